@@ -1,0 +1,1019 @@
+"""
+Matrix Authentication Service (MAS) -- the decisions of the ``mas`` formula.
+
+Everything the formula decides is made here, in Python, and the SLS files only
+fill values in: the pillar is validated and completed by :py:func:`settings`
+(called once per SLS from ``mas/map.jinja``), the MAS ``config.yaml`` is built
+by :py:func:`settings` too, and the secrets are generated and written by
+:py:func:`write_secret` (driven by the ``mas.secret`` state).
+
+Secret values never leave this module: :py:func:`settings` removes them from
+the map it returns (the SLS only learn *that* a secret is set and which file
+holds it), and the secret functions report what they did, never a value.
+
+:depends: cryptography, PyYAML
+"""
+
+import base64
+import copy
+import hashlib
+import hmac
+import ipaddress
+import logging
+import os
+import re
+import secrets
+import stat
+import tempfile
+import urllib.parse
+
+import salt.utils.data
+import salt.utils.dictupdate
+import salt.utils.files
+import salt.utils.yaml
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+try:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    HAS_CRYPTOGRAPHY = True
+except ImportError:  # pragma: no cover - depends on the minion
+    HAS_CRYPTOGRAPHY = False
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mas"
+
+PILLAR_ROOT = "mas"
+
+RUNTIMES = ("docker", "binary")
+EMAIL_TRANSPORTS = ("blackhole", "smtp", "sendmail")
+SMTP_MODES = ("plain", "starttls", "tls")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+PROXY_TYPES = ("nginx", "traefik", "none")
+TOKEN_AUTH_METHODS = (
+    "none",
+    "client_secret_basic",
+    "client_secret_post",
+    "client_secret_jwt",
+    "private_key_jwt",
+    "sign_in_with_apple",
+)
+ACCOUNT_TOGGLES = (
+    "email_change_allowed",
+    "displayname_change_allowed",
+    "password_registration_enabled",
+    "password_registration_email_required",
+    "password_change_allowed",
+    "password_recovery_enabled",
+    "password_registration_token_required",
+    "account_deactivation_allowed",
+    "login_with_email_allowed",
+    "registration_token_required",
+)
+BOOL_KEYS = (
+    ("enabled",),
+    ("migration_in_progress",),
+    ("service", "manage"),
+    ("secrets", "allow_encryption_rotation"),
+    ("database", "manage"),
+    ("synapse", "restart"),
+    ("proxy", "reload"),
+    ("proxy", "nginx", "well_known"),
+    ("http", "adminapi"),
+    ("clean", "purge"),
+)
+# Secrets an operator may give in pillar: (pillar path, file name).
+PILLAR_SECRETS = (
+    (("secrets", "encryption"), "encryption"),
+    (("secrets", "homeserver_secret"), "homeserver_secret"),
+    (("database", "password"), "database_password"),
+    (("email", "password"), "email_password"),
+    (("synapse", "pepper"), "synapse_pepper"),
+)
+# Signing keys generated on the minion: (file name, kind).
+SIGNING_KEYS = (
+    ("rsa.pem", "rsa"),
+    ("ec-p256.pem", "ec-p256"),
+    ("ec-p384.pem", "ec-p384"),
+    ("ec-k256.pem", "ec-k256"),
+)
+SECRET_KINDS = ("hex32", "token", "pillar", "pepper", "copy") + tuple(
+    kind for _, kind in SIGNING_KEYS
+)
+
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+$")
+
+
+def __virtual__():
+    if not HAS_CRYPTOGRAPHY:
+        return (False, "The mas module needs the 'cryptography' Python package")
+    return __virtualname__
+
+
+# --------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------
+
+
+def _key(*path):
+    return ":".join((PILLAR_ROOT,) + tuple(str(p) for p in path))
+
+
+def _get(data, *path, default=None):
+    cur = data
+    for part in path:
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def _is_set(value):
+    return value not in (None, "", [], {})
+
+
+def _is_dns_name(value):
+    if not isinstance(value, str) or not value or len(value) > 253:
+        return False
+    labels = value.rstrip(".").split(".")
+    return all(_DNS_LABEL.match(label) for label in labels)
+
+
+def _is_url(value, schemes=("http", "https")):
+    if not isinstance(value, str):
+        return False
+    parsed = urllib.parse.urlparse(value)
+    return parsed.scheme in schemes and bool(parsed.netloc)
+
+
+def _as_port(value):
+    if isinstance(value, bool):
+        return None
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+class _Errors(list):
+    def add(self, path, message):
+        self.append(f"{_key(*path)}: {message}")
+
+
+def _validate(data):
+    """Return the list of problems of the merged pillar ``data``."""
+    errors = _Errors()
+    for path in BOOL_KEYS:
+        value = _get(data, *path)
+        if not isinstance(value, bool):
+            errors.add(path, f"must be true or false, not {value!r}")
+    if errors:
+        return errors
+    enabled = data["enabled"]
+
+    server_name = data.get("server_name")
+    if enabled and not _is_set(server_name):
+        errors.add(("server_name",), "is required when mas:enabled is true")
+    elif _is_set(server_name):
+        if not isinstance(server_name, str) or "://" in server_name or ":" in server_name:
+            errors.add(
+                ("server_name",),
+                f"must be the bare Matrix domain (no scheme, no port), not {server_name!r}",
+            )
+        elif not _is_dns_name(server_name):
+            errors.add(("server_name",), f"{server_name!r} is not a DNS name")
+
+    hostname = data.get("hostname")
+    if _is_set(hostname) and not _is_dns_name(hostname):
+        errors.add(("hostname",), f"{hostname!r} is not a DNS name (no scheme, port or path)")
+
+    prefix = data.get("path_prefix")
+    if not isinstance(prefix, str) or not prefix.startswith("/"):
+        errors.add(("path_prefix",), f"must start with '/', not {prefix!r}")
+    elif prefix != "/" and prefix.endswith("/"):
+        errors.add(("path_prefix",), f"must not end with '/' (use /auth, not /auth/): {prefix!r}")
+    elif not re.match(r"^/[A-Za-z0-9._~/-]*$", prefix) or "//" in prefix:
+        errors.add(("path_prefix",), f"{prefix!r} is not a plain URL path")
+
+    for path in (("base_path",), ("service", "unit_dir")):
+        value = _get(data, *path)
+        if not isinstance(value, str) or not os.path.isabs(value) or value == "/":
+            errors.add(path, f"must be an absolute directory path, not {value!r}")
+    for path in (("user",), ("group",)):
+        value = _get(data, *path)
+        if not isinstance(value, str) or not _NAME.match(value):
+            errors.add(path, f"{value!r} is not a valid user or group name")
+    unit = _get(data, "service", "name")
+    if not isinstance(unit, str) or not _UNIT_NAME.match(unit):
+        errors.add(("service", "name"), f"{unit!r} is not a valid systemd unit name")
+
+    runtime = data.get("runtime")
+    if runtime not in RUNTIMES:
+        errors.add(("runtime",), f"must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    elif runtime == "docker":
+        image = data.get("image")
+        if not isinstance(image, str) or not image or any(c.isspace() for c in image):
+            errors.add(("image",), f"must be a container image reference, not {image!r}")
+        extra = _get(data, "service", "docker", "extra_args")
+        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+            errors.add(("service", "docker", "extra_args"), "must be a list of strings")
+    else:
+        binary = data.get("binary")
+        if not isinstance(binary, str) or not os.path.isabs(binary):
+            errors.add(("binary",), f"must be the absolute path of mas-cli, not {binary!r}")
+
+    for path in (("http", "web_bind"), ("http", "internal_bind")):
+        value = _get(data, *path)
+        if not isinstance(value, str) or _as_port(value.rsplit(":", 1)[-1]) is None:
+            errors.add(path, f"must be HOST:PORT (e.g. '[::]:8080'), not {value!r}")
+    proxies = _get(data, "http", "trusted_proxies")
+    if not isinstance(proxies, list):
+        errors.add(("http", "trusted_proxies"), "must be a list of CIDR networks")
+    else:
+        for index, net in enumerate(proxies):
+            try:
+                ipaddress.ip_network(str(net), strict=False)
+            except ValueError:
+                errors.add(("http", "trusted_proxies", index), f"{net!r} is not a CIDR network")
+
+    _validate_secrets(data, errors)
+    _validate_database(data, errors)
+    _validate_email(data, errors)
+    _validate_account(data, errors)
+    _validate_providers(data, errors)
+
+    endpoint = _get(data, "synapse", "endpoint")
+    if not _is_url(endpoint):
+        errors.add(("synapse", "endpoint"), f"must be an http(s) URL, not {endpoint!r}")
+    mas_endpoint = _get(data, "synapse", "mas_endpoint")
+    if _is_set(mas_endpoint) and not _is_url(mas_endpoint):
+        errors.add(("synapse", "mas_endpoint"), f"must be an http(s) URL, not {mas_endpoint!r}")
+    files = _get(data, "synapse", "config_files")
+    if not isinstance(files, list) or not all(
+        isinstance(f, str) and os.path.isabs(f) for f in files
+    ):
+        errors.add(("synapse", "config_files"), "must be a list of absolute file paths")
+    if not isinstance(_get(data, "synapse", "extra_config"), dict):
+        errors.add(("synapse", "extra_config"), "must be a mapping (Synapse config keys)")
+
+    proxy_type = _get(data, "proxy", "type")
+    if proxy_type not in PROXY_TYPES:
+        errors.add(("proxy", "type"), f"must be one of {', '.join(PROXY_TYPES)}, not {proxy_type!r}")
+    if not isinstance(data.get("config"), dict):
+        errors.add(("config",), "must be a mapping merged into MAS's config.yaml")
+    return errors
+
+
+def _validate_secrets(data, errors):
+    encryption = _get(data, "secrets", "encryption")
+    if _is_set(encryption) and not (isinstance(encryption, str) and _HEX64.match(encryption)):
+        errors.add(
+            ("secrets", "encryption"),
+            "must be exactly 64 hexadecimal characters (generate with `openssl rand -hex 32`),"
+            " or be left out to let the formula generate it",
+        )
+    hs_secret = _get(data, "secrets", "homeserver_secret")
+    if _is_set(hs_secret) and not (
+        isinstance(hs_secret, str) and len(hs_secret) >= 16 and not re.search(r"\s", hs_secret)
+    ):
+        errors.add(
+            ("secrets", "homeserver_secret"),
+            "must be a string of at least 16 characters without whitespace,"
+            " or be left out to let the formula generate it",
+        )
+    pepper = _get(data, "synapse", "pepper")
+    if _is_set(pepper) and not isinstance(pepper, str):
+        errors.add(("synapse", "pepper"), "must be a string (Synapse's password_config.pepper)")
+
+
+def _validate_database(data, errors):
+    db = data.get("database")
+    if not isinstance(db, dict):
+        errors.add(("database",), "must be a mapping")
+        return
+    host = db.get("host")
+    if not isinstance(host, str) or not (_is_dns_name(host) or _is_ip(host) or os.path.isabs(host)):
+        errors.add(("database", "host"), f"must be a host name, IP address or socket directory, not {host!r}")
+    if _as_port(db.get("port")) is None:
+        errors.add(("database", "port"), f"must be a port number (1-65535), not {db.get('port')!r}")
+    for name in ("name", "user"):
+        value = db.get(name)
+        if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$", value):
+            errors.add(("database", name), f"{value!r} is not a valid PostgreSQL identifier")
+    if db.get("ssl_mode") not in SSL_MODES:
+        errors.add(("database", "ssl_mode"), f"must be one of {', '.join(SSL_MODES)}, not {db.get('ssl_mode')!r}")
+    password = db.get("password")
+    if _is_set(password) and not isinstance(password, str):
+        errors.add(("database", "password"), "must be a string")
+
+
+def _is_ip(value):
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _validate_email(data, errors):
+    email = data.get("email")
+    if not isinstance(email, dict):
+        errors.add(("email",), "must be a mapping")
+        return
+    transport = email.get("transport")
+    if transport not in EMAIL_TRANSPORTS:
+        errors.add(("email", "transport"), f"must be one of {', '.join(EMAIL_TRANSPORTS)}, not {transport!r}")
+        return
+    for name in ("from", "reply_to"):
+        if not isinstance(email.get(name), str) or "@" not in email.get(name, ""):
+            errors.add(("email", name), f"must be an email address, not {email.get(name)!r}")
+    if transport == "smtp":
+        if not _is_set(email.get("hostname")):
+            errors.add(("email", "hostname"), "is required when mas:email:transport is smtp")
+        elif not (_is_dns_name(email["hostname"]) or _is_ip(email["hostname"])):
+            errors.add(("email", "hostname"), f"{email['hostname']!r} is not a host name")
+        if _is_set(email.get("port")) and _as_port(email.get("port")) is None:
+            errors.add(("email", "port"), f"must be a port number (1-65535), not {email.get('port')!r}")
+        if _is_set(email.get("mode")) and email.get("mode") not in SMTP_MODES:
+            errors.add(("email", "mode"), f"must be one of {', '.join(SMTP_MODES)}, not {email.get('mode')!r}")
+        if _is_set(email.get("password")) and not _is_set(email.get("username")):
+            errors.add(("email", "username"), "is required when mas:email:password is set")
+    elif transport == "sendmail" and _is_set(email.get("command")) and not os.path.isabs(email["command"]):
+        errors.add(("email", "command"), "must be an absolute path")
+
+
+def _validate_account(data, errors):
+    account = data.get("account")
+    if not isinstance(account, dict):
+        errors.add(("account",), "must be a mapping of MAS account toggles")
+        return
+    for name, value in account.items():
+        if name not in ACCOUNT_TOGGLES:
+            errors.add(("account", name), f"is not a MAS account toggle (known: {', '.join(ACCOUNT_TOGGLES)})")
+        elif not isinstance(value, bool):
+            errors.add(("account", name), f"must be true or false, not {value!r}")
+
+
+def _validate_providers(data, errors):
+    providers = data.get("upstream_oauth2_providers")
+    if not isinstance(providers, list):
+        errors.add(("upstream_oauth2_providers",), "must be a list of MAS upstream OAuth2 providers")
+        return
+    seen = set()
+    for index, provider in enumerate(providers):
+        path = ("upstream_oauth2_providers", index)
+        if not isinstance(provider, dict):
+            errors.add(path, "must be a mapping")
+            continue
+        pid = provider.get("id")
+        if not isinstance(pid, str) or not _ULID.match(pid):
+            errors.add(path + ("id",), f"must be a ULID (26 characters, e.g. 01HFVBY12TMNTYTBV8W921M5FA), not {pid!r}")
+        elif pid.upper() in seen:
+            errors.add(path + ("id",), f"{pid} is used by another provider")
+        else:
+            seen.add(pid.upper())
+        if not _is_set(provider.get("client_id")):
+            errors.add(path + ("client_id",), "is required")
+        method = provider.get("token_endpoint_auth_method")
+        if method not in TOKEN_AUTH_METHODS:
+            errors.add(
+                path + ("token_endpoint_auth_method",),
+                f"must be one of {', '.join(TOKEN_AUTH_METHODS)}, not {method!r}",
+            )
+        issuer = provider.get("issuer")
+        if _is_set(issuer) and not _is_url(issuer):
+            errors.add(path + ("issuer",), f"must be an http(s) URL, not {issuer!r}")
+        idp = provider.get("synapse_idp_id")
+        if _is_set(idp) and not (isinstance(idp, str) and re.match(r"^oidc(-[A-Za-z0-9._~-]+)?$", idp)):
+            errors.add(
+                path + ("synapse_idp_id",),
+                f"must be 'oidc-<idp_id>' (Synapse adds the 'oidc-' prefix) or 'oidc', not {idp!r}",
+            )
+
+
+# --------------------------------------------------------------------------
+# settings: validation + derived values + the MAS config
+# --------------------------------------------------------------------------
+
+
+def _paths(base_path):
+    config_dir = os.path.join(base_path, "config")
+    return {
+        "base": base_path,
+        "config_dir": config_dir,
+        "config_file": os.path.join(config_dir, "config.yaml"),
+        "secrets_dir": os.path.join(config_dir, "secrets"),
+        "keys_dir": os.path.join(config_dir, "keys"),
+        "data_dir": os.path.join(base_path, "data"),
+        "bin_dir": os.path.join(base_path, "bin"),
+        "mas_cli": os.path.join(base_path, "bin", "mas-cli"),
+        "register_user": os.path.join(base_path, "bin", "register-user"),
+        "state_dir": os.path.join(base_path, "data", "formula"),
+    }
+
+
+def _secret_files(data, paths):
+    """The secret files of the deployment, in the order they are written."""
+    user, group = data["user"], data["group"]
+    base = {"user": user, "group": group, "mode": "0600"}
+    files = []
+
+    def add(name, path, kind, pillar_key=None, **extra):
+        entry = dict(base, name=name, path=path, kind=kind, pillar_key=pillar_key)
+        entry.update(extra)
+        files.append(entry)
+
+    secrets_dir = paths["secrets_dir"]
+    add(
+        "encryption",
+        os.path.join(secrets_dir, "encryption"),
+        "hex32",
+        _key("secrets", "encryption"),
+        allow_rotation=_get(data, "secrets", "allow_encryption_rotation"),
+    )
+    add(
+        "homeserver_secret",
+        os.path.join(secrets_dir, "homeserver_secret"),
+        "token",
+        _key("secrets", "homeserver_secret"),
+    )
+    for filename, kind in SIGNING_KEYS:
+        add(f"key-{kind}", os.path.join(paths["keys_dir"], filename), kind)
+    if _is_set(_get(data, "database", "password")):
+        add("database_password", os.path.join(secrets_dir, "database_password"), "pillar", _key("database", "password"))
+    if _is_set(_get(data, "email", "password")):
+        add("email_password", os.path.join(secrets_dir, "email_password"), "pillar", _key("email", "password"))
+    for index, provider in enumerate(data["upstream_oauth2_providers"]):
+        if _is_set(provider.get("client_secret")):
+            add(
+                f"provider-{provider['id']}",
+                os.path.join(secrets_dir, f"upstream-{provider['id']}.secret"),
+                "pillar",
+                _key("upstream_oauth2_providers", index, "client_secret"),
+            )
+    return files
+
+
+def _split_bind(bind):
+    return {"address": bind}
+
+
+def _mas_config(data, paths, pepper_file):
+    """Build MAS's config.yaml (a dict) from validated data. No secret inside."""
+    prefix = data["path_prefix"]
+    web = {
+        "name": "web",
+        "resources": [
+            {"name": "discovery"},
+            {"name": "human"},
+            {"name": "oauth"},
+            {"name": "compat"},
+            {"name": "graphql"},
+            {"name": "assets"},
+        ],
+        "binds": [_split_bind(data["http"]["web_bind"])],
+    }
+    if prefix != "/":
+        web["prefix"] = prefix
+    internal_resources = [{"name": "health"}]
+    if data["http"]["adminapi"]:
+        internal_resources.append({"name": "adminapi"})
+    http = {
+        "public_base": data["public_base"],
+        "issuer": data["public_base"],
+        "listeners": [
+            web,
+            {
+                "name": "internal",
+                "resources": internal_resources,
+                "binds": [_split_bind(data["http"]["internal_bind"])],
+            },
+        ],
+    }
+    if data["http"]["trusted_proxies"]:
+        http["trusted_proxies"] = [str(net) for net in data["http"]["trusted_proxies"]]
+
+    db = data["database"]
+    database = {
+        "host": db["host"],
+        "port": int(db["port"]),
+        "username": db["user"],
+        "database": db["name"],
+        "ssl_mode": db["ssl_mode"],
+    }
+    if db["password_set"]:
+        database["password_file"] = os.path.join(paths["secrets_dir"], "database_password")
+
+    bcrypt = {"version": 1, "algorithm": "bcrypt", "unicode_normalization": True}
+    if pepper_file:
+        bcrypt["secret_file"] = pepper_file
+    passwords = {"enabled": True, "schemes": [bcrypt, {"version": 2, "algorithm": "argon2id"}]}
+
+    mail = data["email"]
+    email = {"transport": mail["transport"], "from": mail["from"], "reply_to": mail["reply_to"]}
+    if mail["transport"] == "smtp":
+        email["hostname"] = mail["hostname"]
+        if _is_set(mail.get("port")):
+            email["port"] = int(mail["port"])
+        if _is_set(mail.get("mode")):
+            email["mode"] = mail["mode"]
+        if _is_set(mail.get("username")):
+            email["username"] = mail["username"]
+        if mail["password_set"]:
+            email["password_file"] = os.path.join(paths["secrets_dir"], "email_password")
+    elif mail["transport"] == "sendmail" and _is_set(mail.get("command")):
+        email["command"] = mail["command"]
+
+    config = {
+        "http": http,
+        "database": database,
+        "secrets": {
+            "encryption_file": os.path.join(paths["secrets_dir"], "encryption"),
+            "keys_dir": paths["keys_dir"],
+        },
+        "matrix": {
+            "kind": "synapse",
+            "homeserver": data["server_name"],
+            "secret_file": os.path.join(paths["secrets_dir"], "homeserver_secret"),
+            "endpoint": data["synapse"]["endpoint"],
+        },
+        "passwords": passwords,
+        "email": email,
+    }
+    if data["account"]:
+        config["account"] = dict(data["account"])
+    if data["upstream_oauth2_providers"]:
+        config["upstream_oauth2"] = {"providers": data["upstream_oauth2_providers"]}
+    return salt.utils.dictupdate.update(config, copy.deepcopy(data["config"]), merge_lists=False)
+
+
+def _redact(data):
+    """Remove every secret value from ``data``; keep ``*_set`` flags instead."""
+    data["secrets"]["encryption_set"] = _is_set(data["secrets"].pop("encryption", None))
+    data["secrets"]["homeserver_secret_set"] = _is_set(data["secrets"].pop("homeserver_secret", None))
+    data["database"]["password_set"] = _is_set(data["database"].pop("password", None))
+    data["email"]["password_set"] = _is_set(data["email"].pop("password", None))
+    data["synapse"]["pepper_set"] = _is_set(data["synapse"].pop("pepper", None))
+    # Synapse settings given in pillar may hold Synapse secrets: the modules
+    # read them from pillar themselves; the map keeps only their names.
+    data["synapse"]["extra_config_keys"] = sorted(data["synapse"].pop("extra_config", {}))
+    providers = []
+    for provider in data["upstream_oauth2_providers"]:
+        provider = dict(provider)
+        if _is_set(provider.pop("client_secret", None)):
+            provider["client_secret_file"] = os.path.join(
+                data["paths"]["secrets_dir"], f"upstream-{provider['id']}.secret"
+            )
+        providers.append(provider)
+    data["upstream_oauth2_providers"] = providers
+
+
+def settings(data):
+    """
+    Validate the merged pillar of the formula and return the complete map.
+
+    Called by ``mas/map.jinja`` with the merge of ``parameters/defaults.yaml``,
+    ``mas:lookup`` and ``mas``. Raises ``SaltInvocationError`` listing every
+    problem by pillar key, so that a bad pillar fails the render before any
+    state runs. The returned map holds no secret value; it adds ``hostname``,
+    ``public_base``, ``paths``, ``secret_files`` and ``mas_config`` (the
+    content of MAS's ``config.yaml``).
+
+    data
+        The merged pillar data (a mapping).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.settings "{'enabled': false, ...}"
+    """
+    if not isinstance(data, dict):
+        raise SaltInvocationError("mas: the pillar key 'mas' must be a mapping")
+    data = copy.deepcopy(salt.utils.data.decode(dict(data)))
+    errors = _validate(data)
+    if errors:
+        raise SaltInvocationError(
+            "Invalid pillar for the mas formula (nothing was changed):\n- " + "\n- ".join(errors)
+        )
+    prefix = data["path_prefix"]
+    if _is_set(data["server_name"]) and not _is_set(data["hostname"]):
+        data["hostname"] = f"matrix.{data['server_name']}"
+    host = data["hostname"] or "localhost"
+    data["public_base"] = f"https://{host}{'' if prefix == '/' else prefix}/"
+    data["paths"] = _paths(data["base_path"])
+    if not _is_set(data["synapse"]["mas_endpoint"]):
+        port = data["http"]["web_bind"].rsplit(":", 1)[-1]
+        data["synapse"]["mas_endpoint"] = f"http://localhost:{port}{'' if prefix == '/' else prefix}/"
+    pepper_source = "pillar" if _is_set(data["synapse"].get("pepper")) else None
+    if pepper_source is None and _synapse_pepper(data) is not None:
+        pepper_source = "synapse"
+    data["secret_files"] = _secret_files(data, data["paths"])
+    _redact(data)
+    data["synapse"]["pepper_source"] = pepper_source
+    pepper_file = None
+    if pepper_source:
+        pepper_file = os.path.join(data["paths"]["secrets_dir"], "synapse_pepper")
+        data["secret_files"].append(
+            {
+                "name": "synapse_pepper",
+                "path": pepper_file,
+                "kind": "pepper",
+                "pillar_key": _key("synapse", "pepper"),
+                "user": data["user"],
+                "group": data["group"],
+                "mode": "0600",
+            }
+        )
+    data["mas_config"] = _mas_config(data, data["paths"], pepper_file)
+    return data
+
+
+# --------------------------------------------------------------------------
+# Synapse configuration (read only)
+# --------------------------------------------------------------------------
+
+
+def _synapse_config_files(config_files, config_dir):
+    files = list(config_files or [])
+    if not files:
+        files.append("/etc/matrix-synapse/homeserver.yaml")
+    if config_dir and os.path.isdir(config_dir):
+        for entry in sorted(os.listdir(config_dir)):
+            path = os.path.join(config_dir, entry)
+            if entry.endswith(".yaml") and os.path.isfile(path) and path not in files:
+                files.append(path)
+    return files
+
+
+def synapse_config(config_files=None, config_dir=None, extra_config=None, exclude=None):
+    """
+    Read and merge the Synapse configuration files that exist on the minion.
+
+    Returns ``{"config": <merged mapping>, "origins": {<top-level key>: <file>},
+    "files": [<files read>]}``. Later files win, like Synapse's own loader;
+    ``extra_config`` (pillar ``mas:synapse:extra_config``) is merged last with
+    the origin ``pillar mas:synapse:extra_config``. The merged mapping may hold
+    Synapse secrets: callers must never return it to the user.
+
+    config_files
+        Synapse config files (default ``/etc/matrix-synapse/homeserver.yaml``).
+    config_dir
+        A directory whose ``*.yaml`` files Synapse also loads.
+    extra_config
+        Synapse settings Salt does not see in the files.
+    exclude
+        Files to leave out (e.g. the formula's own drop-in).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.synapse_config "['/etc/matrix-synapse/homeserver.yaml']"
+    """
+    merged, origins, read = {}, {}, []
+    exclude = set(exclude or [])
+    for path in _synapse_config_files(config_files, config_dir):
+        if path in exclude or not os.path.isfile(path):
+            continue
+        try:
+            with salt.utils.files.fopen(path, "r") as handle:
+                content = salt.utils.yaml.safe_load(handle) or {}
+        except (OSError, salt.utils.yaml.YAMLError) as exc:
+            raise CommandExecutionError(f"Cannot read the Synapse config file {path}: {exc}") from exc
+        if not isinstance(content, dict):
+            raise CommandExecutionError(f"The Synapse config file {path} is not a YAML mapping")
+        read.append(path)
+        for key in content:
+            origins[key] = path
+        merged.update(content)
+    for key, value in (extra_config or {}).items():
+        origins[key] = "pillar mas:synapse:extra_config"
+        merged[key] = value
+    return {"config": merged, "origins": origins, "files": read}
+
+
+def _synapse_pepper(data):
+    syn = data["synapse"]
+    try:
+        conf = synapse_config(syn["config_files"], syn["config_dir"], syn["extra_config"])["config"]
+    except CommandExecutionError:
+        return None
+    pepper = _get(conf, "password_config", "pepper")
+    return pepper if _is_set(pepper) else None
+
+
+# --------------------------------------------------------------------------
+# Secrets
+# --------------------------------------------------------------------------
+
+
+def _pillar_value(pillar_key):
+    if not pillar_key:
+        return None
+    value = salt.utils.data.traverse_dict_and_list(__pillar__, pillar_key, None, delimiter=":")
+    return value if _is_set(value) else None
+
+
+def _generate(kind):
+    if kind == "hex32":
+        return secrets.token_hex(32).encode()
+    if kind == "token":
+        return secrets.token_hex(32).encode()
+    if kind == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    elif kind == "ec-p256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif kind == "ec-p384":
+        key = ec.generate_private_key(ec.SECP384R1())
+    elif kind == "ec-k256":
+        key = ec.generate_private_key(ec.SECP256K1())
+    else:
+        raise SaltInvocationError(f"mas: secrets of kind {kind!r} cannot be generated")
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _wanted(kind, pillar_key, source, synapse):
+    """The bytes the secret file must hold, or None when it is generated/kept."""
+    if kind == "copy":
+        if not source or not os.path.isfile(source):
+            raise CommandExecutionError(f"the source secret file {source} does not exist yet")
+        with salt.utils.files.fopen(source, "rb") as handle:
+            return handle.read()
+    value = _pillar_value(pillar_key)
+    if kind == "pepper":
+        if value is None and synapse:
+            extra = synapse.get("extra_config")
+            if synapse.get("extra_config_from_pillar"):
+                extra = _pillar_value(_key("synapse", "extra_config"))
+            value = _get(
+                synapse_config(synapse.get("config_files"), synapse.get("config_dir"), extra)["config"],
+                "password_config",
+                "pepper",
+            )
+        if not _is_set(value):
+            raise CommandExecutionError(
+                "no Synapse pepper found: set mas:synapse:pepper or password_config.pepper in Synapse's config"
+            )
+        # syn2mas compares the v1 secret_file untrimmed: no trailing newline.
+        return str(value).encode()
+    if kind == "pillar":
+        if value is None:
+            raise CommandExecutionError(f"the pillar key {pillar_key} is not set")
+        return str(value).encode()
+    if value is not None:
+        return str(value).strip().encode()
+    return None
+
+
+def _owner_ids(user, group):
+    import grp  # pylint: disable=import-outside-toplevel
+    import pwd  # pylint: disable=import-outside-toplevel
+
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError as exc:
+        raise CommandExecutionError(f"the user {user!r} does not exist") from exc
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError as exc:
+        raise CommandExecutionError(f"the group {group!r} does not exist") from exc
+    return uid, gid
+
+
+def secret_status(path, kind, pillar_key=None, user="root", group="root", mode="0600",
+                  allow_rotation=False, source=None, synapse=None):
+    """
+    Tell what :py:func:`write_secret` would do with one secret file, without
+    revealing or changing anything.
+
+    Returns ``{"action": "none"|"create"|"update"|"fix-mode", "reason": ...}``
+    and raises ``CommandExecutionError`` when the change is refused (an
+    encryption secret in pillar that differs from the one on disk).
+
+    path
+        The secret file.
+    kind
+        ``hex32`` (MAS encryption secret), ``token`` (shared secret), ``rsa``,
+        ``ec-p256``, ``ec-p384``, ``ec-k256`` (signing keys), ``pillar`` (a
+        value that must come from pillar), ``pepper`` (Synapse's pepper, from
+        pillar or Synapse's config) or ``copy`` (the content of ``source``).
+    pillar_key
+        The colon-separated pillar key that may hold the value.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.secret_status /matrix/matrix-authentication-service/config/secrets/encryption hex32 mas:secrets:encryption
+    """
+    if kind not in SECRET_KINDS:
+        raise SaltInvocationError(f"mas: unknown secret kind {kind!r} (known: {', '.join(SECRET_KINDS)})")
+    wanted = _wanted(kind, pillar_key, source, synapse)
+    if not os.path.exists(path):
+        return {"action": "create", "reason": "from pillar" if wanted is not None else "generated"}
+    with salt.utils.files.fopen(path, "rb") as handle:
+        current = handle.read()
+    if wanted is not None and not hmac.compare_digest(current, wanted):
+        if kind == "hex32" and not allow_rotation:
+            raise CommandExecutionError(
+                f"{pillar_key} differs from the encryption secret already in use ({path}). Changing it makes "
+                "every value MAS has encrypted in its database unreadable (upstream OAuth2 client secrets, "
+                "sessions, ...). Put the current value in pillar, or remove the key from pillar to keep the "
+                "file; to rotate on purpose set mas:secrets:allow_encryption_rotation: true."
+            )
+        return {"action": "update", "reason": "from pillar" if kind != "copy" else f"copied from {source}"}
+    uid, gid = _owner_ids(user, group)
+    info = os.stat(path)
+    if stat.S_IMODE(info.st_mode) != int(str(mode), 8) or (info.st_uid, info.st_gid) != (uid, gid):
+        return {"action": "fix-mode", "reason": "owner or mode"}
+    return {"action": "none", "reason": "in place"}
+
+
+def write_secret(path, kind, pillar_key=None, user="root", group="root", mode="0600",
+                 allow_rotation=False, source=None, synapse=None):
+    """
+    Create or update one secret file atomically, never world-readable, and
+    return what was done (never the value). An existing generated secret is
+    never regenerated. See :py:func:`secret_status` for the arguments.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.write_secret /matrix/matrix-authentication-service/config/keys/rsa.pem rsa user=mas group=mas
+    """
+    status = secret_status(path, kind, pillar_key, user, group, mode, allow_rotation, source, synapse)
+    if status["action"] == "none":
+        return status
+    uid, gid = _owner_ids(user, group)
+    if status["action"] == "fix-mode":
+        os.chown(path, uid, gid)
+        os.chmod(path, int(str(mode), 8))
+        return status
+    content = _wanted(kind, pillar_key, source, synapse)
+    if content is None:
+        content = _generate(kind)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise CommandExecutionError(f"the directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        os.fchmod(fd, int(str(mode), 8))
+        os.fchown(fd, uid, gid)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    log.info("mas: %s secret file %s (%s)", status["action"], path, status["reason"])
+    return status
+
+
+# --------------------------------------------------------------------------
+# Database (mas:database:manage)
+# --------------------------------------------------------------------------
+
+
+def _scram_keys(password, salt, iterations):
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    return hashlib.sha256(client_key).digest(), server_key
+
+
+def _scram_verifier(password):
+    """A PostgreSQL SCRAM-SHA-256 verifier, so the password itself never
+    leaves this process (not in psql's input, not in any log)."""
+    salt, iterations = os.urandom(16), 4096
+    stored, server = _scram_keys(password, salt, iterations)
+    enc = base64.b64encode
+    return f"SCRAM-SHA-256${iterations}:{enc(salt).decode()}${enc(stored).decode()}:{enc(server).decode()}"
+
+
+def _scram_matches(verifier, password):
+    match = re.match(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$", verifier or "")
+    if not match:
+        return False
+    iterations, salt, stored, server = match.groups()
+    want_stored, want_server = _scram_keys(password, base64.b64decode(salt), int(iterations))
+    return hmac.compare_digest(want_stored, base64.b64decode(stored)) and hmac.compare_digest(
+        want_server, base64.b64decode(server)
+    )
+
+
+def _psql(admin, dbname, script):
+    """Run ``script`` (psql input on stdin, never argv) as the PostgreSQL admin."""
+    cmd = ["psql", "-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-d", dbname]
+    if admin.get("host"):
+        cmd += ["-h", str(admin["host"])]
+    if admin.get("port"):
+        cmd += ["-p", str(admin["port"])]
+    if admin.get("user"):
+        cmd += ["-U", admin["user"]]
+    res = __salt__["cmd.run_all"](
+        cmd, runas=admin.get("runas") or None, stdin=script, python_shell=False,
+        output_loglevel="quiet", ignore_retcode=True,
+    )
+    if res["retcode"] != 0:
+        raise CommandExecutionError(f"psql as {admin.get('user')} on database {dbname} failed: {res['stderr'].strip()}")
+    return [line.split("|") for line in res["stdout"].splitlines() if line]
+
+
+def _sql_literal(value):
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _sql_ident(value):
+    return '"' + str(value).replace('"', '""') + '"'
+
+
+def database_status(name, owner, admin, password_pillar_key=None):
+    """
+    Compare the MAS database, its role and the ``pg_trgm`` extension with what
+    the formula wants. Returns ``{"role": ..., "password": ..., "database": ...,
+    "owner": ..., "pg_trgm": ...}`` where each value is ``ok`` or what is
+    missing. The password is checked against the role's SCRAM verifier; it is
+    read from pillar on the minion (``password_pillar_key``).
+
+    name
+        The database name (``mas:database:name``).
+    owner
+        The role (``mas:database:user``).
+    admin
+        How to reach PostgreSQL as a superuser: ``{user, host, port, runas}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.database_status mas mas "{user: postgres, runas: postgres}"
+    """
+    password = _pillar_value(password_pillar_key)
+    rows = _psql(
+        admin,
+        "postgres",
+        f"SELECT 'role', rolpassword FROM pg_authid WHERE rolname = {_sql_literal(owner)};\n"
+        f"SELECT 'db', pg_get_userbyid(datdba) FROM pg_database WHERE datname = {_sql_literal(name)};\n",
+    )
+    found = {row[0]: row[1] for row in rows}
+    status = {"role": "ok" if "role" in found else "missing", "password": "ok",
+              "database": "ok" if "db" in found else "missing", "owner": "ok", "pg_trgm": "ok"}
+    if password is not None and not _scram_matches(found.get("role"), str(password)):
+        status["password"] = "differs" if "role" in found else "missing"
+    if "db" not in found:
+        status["owner"] = status["pg_trgm"] = "missing"
+        return status
+    if found["db"] != owner:
+        status["owner"] = f"owned by {found['db']}"
+    ext = _psql(admin, name, "SELECT extname FROM pg_extension WHERE extname = 'pg_trgm';\n")
+    if not ext:
+        status["pg_trgm"] = "missing"
+    return status
+
+
+def database_ensure(name, owner, admin, password_pillar_key=None):
+    """
+    Create or fix the MAS role (LOGIN, password from pillar), its UTF8
+    database and the ``pg_trgm`` extension (created as superuser: on
+    PostgreSQL < 16 MAS's own role cannot). Returns the status from before.
+    See :py:func:`database_status` for the arguments.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.database_ensure mas mas "{user: postgres, runas: postgres}" mas:database:password
+    """
+    before = database_status(name, owner, admin, password_pillar_key)
+    password = _pillar_value(password_pillar_key)
+    script = []
+    pw = f" PASSWORD {_sql_literal(_scram_verifier(str(password)))}" if password is not None else ""
+    if before["role"] == "missing":
+        script.append(f"CREATE ROLE {_sql_ident(owner)} LOGIN{pw};")
+    elif before["password"] != "ok":
+        script.append(f"ALTER ROLE {_sql_ident(owner)}{pw};")
+    if before["database"] == "missing":
+        script.append(
+            f"CREATE DATABASE {_sql_ident(name)} OWNER {_sql_ident(owner)} ENCODING 'UTF8' TEMPLATE template0;"
+        )
+    elif before["owner"] != "ok":
+        script.append(f"ALTER DATABASE {_sql_ident(name)} OWNER TO {_sql_ident(owner)};")
+    if script:
+        _psql(admin, "postgres", "\n".join(script) + "\n")
+    if before["pg_trgm"] != "ok":
+        _psql(admin, name, "CREATE EXTENSION IF NOT EXISTS pg_trgm;\n")
+    return before

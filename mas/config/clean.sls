@@ -1,0 +1,17 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- set sls_service_clean = tplroot ~ ".service.clean" %}
+{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+
+include:
+  - {{ sls_service_clean }}
+
+{%- for item in ["config_file", "mas_cli", "register_user"] %}
+
+mas-config-clean-file-absent-{{ item }}:
+  file.absent:
+    - name: {{ mas.paths[item] }}
+    - require:
+      - sls: {{ sls_service_clean }}
+{%- endfor %}

@@ -1,0 +1,36 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# The service account and the directory tree under mas:base_path.
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+
+mas-install-account-group-present:
+  group.present:
+    - name: {{ mas.group }}
+    - system: true
+
+mas-install-account-user-present:
+  user.present:
+    - name: {{ mas.user }}
+    - gid: {{ mas.group }}
+    - system: true
+    - createhome: false
+    - home: {{ mas.paths.data_dir }}
+    - shell: /usr/sbin/nologin
+    - require:
+      - group: mas-install-account-group-present
+
+{%- for dir, mode in [("base", "0755"), ("bin_dir", "0755"), ("config_dir", "0750"),
+                      ("secrets_dir", "0700"), ("keys_dir", "0700"), ("data_dir", "0750"),
+                      ("state_dir", "0750")] %}
+
+mas-install-account-file-directory-{{ dir }}:
+  file.directory:
+    - name: {{ mas.paths[dir] }}
+    - user: {{ "root" if dir in ("base", "bin_dir") else mas.user }}
+    - group: {{ "root" if dir in ("base", "bin_dir") else mas.group }}
+    - mode: '{{ mode }}'
+    - makedirs: true
+    - require:
+      - user: mas-install-account-user-present
+{%- endfor %}

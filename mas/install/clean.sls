@@ -1,0 +1,23 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# Removes the directory tree only when mas:clean:purge is true; the service
+# account is kept (files elsewhere may still belong to it).
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+
+include:
+  - {{ tplroot }}.secrets.clean
+
+{%- if mas.clean.purge %}
+
+mas-install-clean-file-absent:
+  file.absent:
+    - name: {{ mas.paths.base }}
+    - require:
+      - sls: {{ tplroot }}.secrets.clean
+{%- else %}
+
+mas-install-clean-test-nop:
+  test.nop:
+    - name: Keeping {{ mas.paths.base }} (secrets, keys, data); set mas:clean:purge to remove it
+{%- endif %}

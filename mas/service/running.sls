@@ -1,0 +1,48 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# Starts MAS and restarts it only when its config, secrets, keys or unit
+# changed. With mas:service:manage false, starting and stopping is left to
+# the operator's own supervisor.
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- set sls_unit = tplroot ~ ".service.unit" %}
+{%- set sls_config = tplroot ~ ".config" %}
+{%- set sls_secrets = tplroot ~ ".secrets" %}
+{%- set sls_database = tplroot ~ ".database" %}
+{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+
+include:
+  - {{ sls_unit }}
+{%- if mas.database.manage %}
+  - {{ sls_database }}
+{%- endif %}
+{%- if mas.service.manage %}
+{%- if mas.runtime == "docker" %}
+
+mas-service-running-cmd-run-image:
+  cmd.run:
+    - name: docker pull {{ mas.image }}
+    - unless: docker image inspect {{ mas.image }}
+    - require:
+      - sls: {{ sls_unit }}
+{%- endif %}
+
+mas-service-running-service-running:
+  service.running:
+    - name: {{ mas.service.name }}
+    - enable: true
+{%- if mas.database.manage %}
+    - require:
+      - sls: {{ sls_database }}
+{%- endif %}
+    - watch:
+      - sls: {{ sls_unit }}
+      - sls: {{ sls_config }}
+      - sls: {{ sls_secrets }}
+{%- else %}
+
+mas-service-running-test-nop:
+  test.nop:
+    - name: mas:service:manage is false; start {{ mas.service.name }} with your own supervisor
+    - require:
+      - sls: {{ sls_unit }}
+{%- endif %}

@@ -1,0 +1,340 @@
+"""The formula foundation with the real salt-call: files, secrets, idempotence,
+validation before writing, no secret leaks (issue: Formula foundation)."""
+
+import hashlib
+import os
+import pathlib
+import pwd
+import grp
+import shutil
+import stat
+import subprocess
+
+import jsonschema
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from pillars import PILLAR_SECRETS, deep_update
+from saltrun import REPO_ROOT
+
+
+def snapshot(root):
+    """{relative path: (sha256, mode, uid, gid)} of every file under root."""
+    root = pathlib.Path(root)
+    out = {}
+    if not root.exists():
+        return out
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        out[str(path.relative_to(root))] = (digest, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+    return out
+
+
+def owner(path):
+    info = os.stat(path)
+    return pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name, oct(stat.S_IMODE(info.st_mode))
+
+
+def test_apply_full_pillar_files_modes_owners_and_idempotence(salt_minion, full_pillar, paths, mas_config_schema):
+    res = salt_minion.apply(full_pillar)
+    assert res.returncode == 0, res.output
+    base = paths["base"]
+    cfg_file = base / "config" / "config.yaml"
+    config = yaml.safe_load(cfg_file.read_text())
+
+    # config.yaml: valid against MAS's published schema, holds no secret
+    jsonschema.validate(config, mas_config_schema)
+    text = cfg_file.read_text()
+    for value in PILLAR_SECRETS.values():
+        assert value not in text
+    assert owner(cfg_file) == ("root", "mas", "0o640")
+    assert config["http"]["public_base"] == "https://matrix.example.com/auth/"
+    assert config["http"]["issuer"] == "https://matrix.example.com/auth/"
+    web, internal = config["http"]["listeners"]
+    assert web["name"] == "web" and web["prefix"] == "/auth" and web["binds"] == [{"address": "[::]:8080"}]
+    assert internal["name"] == "internal" and {"name": "health"} in internal["resources"]
+    assert internal["binds"] == [{"address": "localhost:8081"}]
+    assert config["matrix"]["homeserver"] == "example.com"
+    assert config["matrix"]["secret_file"] == str(base / "config/secrets/homeserver_secret")
+    assert config["secrets"] == {
+        "encryption_file": str(base / "config/secrets/encryption"),
+        "keys_dir": str(base / "config/keys"),
+    }
+    assert config["database"]["password_file"] == str(base / "config/secrets/database_password")
+    assert config["email"]["password_file"] == str(base / "config/secrets/email_password")
+    schemes = config["passwords"]["schemes"]
+    assert schemes[0] == {
+        "version": 1,
+        "algorithm": "bcrypt",
+        "unicode_normalization": True,
+        "secret_file": str(base / "config/secrets/synapse_pepper"),
+    }
+    assert schemes[1] == {"version": 2, "algorithm": "argon2id"}
+    provider = config["upstream_oauth2"]["providers"][0]
+    assert "client_secret" not in provider
+    assert provider["client_secret_file"] == str(base / "config/secrets/upstream-01HFVBY12TMNTYTBV8W921M5FA.secret")
+    assert config["branding"] == {"service_name": "Test"}
+
+    # secret files: 0600, owned by the service user, exact content
+    secrets = base / "config" / "secrets"
+    expected = {
+        "encryption": PILLAR_SECRETS["encryption"],
+        "homeserver_secret": PILLAR_SECRETS["homeserver_secret"],
+        "database_password": PILLAR_SECRETS["database_password"],
+        "email_password": PILLAR_SECRETS["email_password"],
+        "synapse_pepper": PILLAR_SECRETS["pepper"],
+        "upstream-01HFVBY12TMNTYTBV8W921M5FA.secret": PILLAR_SECRETS["client_secret"],
+    }
+    for name, value in expected.items():
+        assert (secrets / name).read_text() == value, name
+        assert owner(secrets / name) == ("mas", "mas", "0o600")
+    assert owner(secrets) == ("mas", "mas", "0o700")
+
+    # signing keys: RSA >= 2048 bits, EC P-256, P-384, secp256k1
+    keys = base / "config" / "keys"
+    assert owner(keys) == ("mas", "mas", "0o700")
+    loaded = {p.name: serialization.load_pem_private_key(p.read_bytes(), None) for p in keys.iterdir()}
+    assert isinstance(loaded["rsa.pem"], rsa.RSAPrivateKey) and loaded["rsa.pem"].key_size >= 2048
+    assert isinstance(loaded["ec-p256.pem"].curve, ec.SECP256R1)
+    assert isinstance(loaded["ec-p384.pem"].curve, ec.SECP384R1)
+    assert isinstance(loaded["ec-k256.pem"].curve, ec.SECP256K1)
+    for path in keys.iterdir():
+        assert owner(path) == ("mas", "mas", "0o600")
+
+    # wrappers and unit
+    for wrapper in ("mas-cli", "register-user"):
+        assert owner(base / "bin" / wrapper) == ("root", "root", "0o755")
+    unit = (paths["units"] / "matrix-authentication-service.service").read_text()
+    assert f"ExecStartPre=/usr/local/bin/mas-cli -c {base}/config/config.yaml config check" in unit
+    assert f"ExecStart=/usr/local/bin/mas-cli -c {base}/config/config.yaml server" in unit
+    assert "User=mas" in unit
+
+    # a second apply changes nothing and leaves every secret byte-identical
+    before = snapshot(base)
+    again = salt_minion.apply(full_pillar)
+    assert again.returncode == 0, again.output
+    assert again.changed == []
+    assert snapshot(base) == before
+
+
+def test_generated_secrets_are_kept(salt_minion, minimal_pillar, paths):
+    res = salt_minion.apply(minimal_pillar)
+    assert res.returncode == 0, res.output
+    secrets = paths["base"] / "config" / "secrets"
+    enc = (secrets / "encryption").read_text()
+    assert len(enc) == 64 and int(enc, 16) >= 0
+    assert len((secrets / "homeserver_secret").read_text()) >= 32
+    # nothing from pillar: no password files, no pepper scheme secret
+    assert sorted(p.name for p in secrets.iterdir()) == ["encryption", "homeserver_secret"]
+    change = res.by_id("mas-secrets-file-mas-secret-encryption")["changes"]
+    assert change == {"secret": {"old": "absent", "new": "generated"}}
+    before = snapshot(paths["base"])
+    again = salt_minion.apply(minimal_pillar)
+    assert again.returncode == 0 and again.changed == [], again.output
+    assert snapshot(paths["base"]) == before
+
+
+def test_test_mode_predicts_and_touches_nothing(salt_minion, full_pillar, paths):
+    res = salt_minion.apply(full_pillar, test=True)
+    assert res.returncode == 0, res.output
+    assert not paths["base"].exists()
+    assert not paths["units"].exists()
+    secret = res.by_id("mas-secrets-file-mas-secret-encryption")
+    assert secret["result"] is None
+    assert secret["changes"] == {"secret": {"old": "absent", "new": "from pillar"}}
+    assert res.by_id("mas-config-file-file-managed")["result"] is None
+
+
+def test_changed_encryption_secret_is_refused_unless_rotation_allowed(salt_minion, full_pillar, paths):
+    assert salt_minion.apply(full_pillar).returncode == 0
+    enc_file = paths["base"] / "config" / "secrets" / "encryption"
+    before = snapshot(paths["base"])
+    other = "f" * 64
+    res = salt_minion.apply(deep_update(full_pillar, {"secrets": {"encryption": other}}))
+    assert res.returncode != 0
+    failed = res.by_id("mas-secrets-file-mas-secret-encryption")
+    assert failed["result"] is False
+    assert "mas:secrets:encryption differs from the encryption secret already in use" in failed["comment"]
+    assert "allow_encryption_rotation" in failed["comment"]
+    assert other not in res.output and PILLAR_SECRETS["encryption"] not in res.output
+    assert snapshot(paths["base"]) == before
+    # removing the key from pillar keeps the file
+    assert salt_minion.apply(deep_update(full_pillar, {"secrets": {"encryption": None}})).changed == []
+    assert enc_file.read_text() == PILLAR_SECRETS["encryption"]
+    res = salt_minion.apply(
+        deep_update(full_pillar, {"secrets": {"encryption": other, "allow_encryption_rotation": True}})
+    )
+    assert res.returncode == 0, res.output
+    assert enc_file.read_text() == other
+
+
+BAD_PILLARS = [
+    ({"enabled": "yes"}, "mas:enabled: must be true or false"),
+    ({"server_name": None}, "mas:server_name: is required"),
+    ({"server_name": "example.com:8448"}, "mas:server_name: must be the bare Matrix domain"),
+    ({"server_name": "https://example.com"}, "mas:server_name: must be the bare Matrix domain"),
+    ({"hostname": "matrix example.com"}, "mas:hostname: 'matrix example.com' is not a DNS name"),
+    ({"path_prefix": "auth"}, "mas:path_prefix: must start with '/'"),
+    ({"path_prefix": "/auth/"}, "mas:path_prefix: must not end with '/'"),
+    ({"secrets": {"encryption": "abc123"}}, "mas:secrets:encryption: must be exactly 64 hexadecimal"),
+    ({"secrets": {"homeserver_secret": "short"}}, "mas:secrets:homeserver_secret: must be a string of at least 16"),
+    ({"runtime": "podman"}, "mas:runtime: must be one of docker, binary"),
+    ({"runtime": "binary", "binary": "mas-cli"}, "mas:binary: must be the absolute path"),
+    ({"base_path": "relative/dir"}, "mas:base_path: must be an absolute directory path"),
+    ({"user": "Bad User"}, "mas:user: 'Bad User' is not a valid user or group name"),
+    ({"email": {"transport": "carrier-pigeon"}}, "mas:email:transport: must be one of blackhole, smtp, sendmail"),
+    ({"email": {"transport": "smtp", "hostname": None}}, "mas:email:hostname: is required when mas:email:transport is smtp"),
+    ({"email": {"transport": "smtp", "hostname": "smtp.example.com", "mode": "ssl"}}, "mas:email:mode: must be one of plain"),
+    ({"database": {"port": "abc"}}, "mas:database:port: must be a port number"),
+    ({"database": {"ssl_mode": "always"}}, "mas:database:ssl_mode: must be one of"),
+    (
+        {"upstream_oauth2_providers": [{"id": "keycloak", "client_id": "x", "token_endpoint_auth_method": "none"}]},
+        "mas:upstream_oauth2_providers:0:id: must be a ULID",
+    ),
+    (
+        {"upstream_oauth2_providers": [{"id": "01HFVBY12TMNTYTBV8W921M5FA", "client_id": "x", "token_endpoint_auth_method": "magic"}]},
+        "mas:upstream_oauth2_providers:0:token_endpoint_auth_method: must be one of",
+    ),
+    ({"account": {"password_registration_enabled": "sure"}}, "mas:account:password_registration_enabled: must be true or false"),
+    ({"account": {"no_such_toggle": True}}, "mas:account:no_such_toggle: is not a MAS account toggle"),
+    ({"synapse": {"endpoint": "localhost:8008"}}, "mas:synapse:endpoint: must be an http(s) URL"),
+    ({"proxy": {"type": "apache"}}, "mas:proxy:type: must be one of nginx, traefik, none"),
+    ({"config": ["not", "a", "mapping"]}, "mas:config: must be a mapping"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD_PILLARS, ids=[m.split(":")[1] + "-" + str(i) for i, (_, m) in enumerate(BAD_PILLARS)])
+def test_bad_pillar_fails_naming_the_key_and_writes_nothing(salt_minion, full_pillar, paths, bad, message):
+    res = salt_minion.apply(deep_update(full_pillar, bad))
+    assert res.returncode != 0
+    assert message in res.output, res.output
+    assert "nothing was changed" in res.output
+    assert not paths["base"].exists()
+    assert not paths["units"].exists()
+    for value in PILLAR_SECRETS.values():
+        assert value not in res.output
+
+
+def test_bad_pillar_leaves_an_existing_deployment_untouched(salt_minion, full_pillar, paths):
+    assert salt_minion.apply(full_pillar).returncode == 0
+    before = snapshot(paths["base"]), snapshot(paths["units"])
+    res = salt_minion.apply(deep_update(full_pillar, {"path_prefix": "/auth/", "hostname": "-bad-"}))
+    assert res.returncode != 0
+    assert "mas:path_prefix" in res.output and "mas:hostname" in res.output
+    assert (snapshot(paths["base"]), snapshot(paths["units"])) == before
+
+
+def test_no_secret_in_debug_log_or_show_sls(salt_minion, full_pillar, paths):
+    res = salt_minion.apply(full_pillar, log_level="debug")
+    assert res.returncode == 0, res.output
+    generated = [
+        (paths["base"] / "config/keys" / name).read_text().splitlines()[1] for name in ("rsa.pem", "ec-p256.pem")
+    ]
+    log_text = (salt_minion.workdir / "minion.log").read_text() if (salt_minion.workdir / "minion.log").exists() else ""
+    for text in (res.output, log_text):
+        for value in list(PILLAR_SECRETS.values()) + generated:
+            assert value not in text
+    show = salt_minion.run("state.show_sls", "mas")
+    assert show.returncode == 0, show.output
+    for value in PILLAR_SECRETS.values():
+        assert value not in show.output
+    # and with generated secrets (no pillar values)
+    minimal = deep_update(full_pillar, {"secrets": {"encryption": None, "homeserver_secret": None}})
+    shutil.rmtree(paths["base"])
+    res = salt_minion.apply(minimal, log_level="debug")
+    assert res.returncode == 0, res.output
+    for name in ("encryption", "homeserver_secret"):
+        assert (paths["base"] / "config/secrets" / name).read_text() not in res.output
+
+
+def test_docker_runtime_unit_and_wrapper(salt_minion, minimal_pillar, paths):
+    pillar = deep_update(
+        minimal_pillar,
+        {"runtime": "docker", "service": {"docker": {"network": "matrix", "extra_args": ["--publish=127.0.0.1:8080:8080"]}}},
+    )
+    res = salt_minion.apply(pillar)
+    assert res.returncode == 0, res.output
+    unit = (paths["units"] / "matrix-authentication-service.service").read_text()
+    wrapper = (paths["base"] / "bin" / "mas-cli").read_text()
+    assert f"ExecStartPre={paths['base']}/bin/mas-cli config check" in unit
+    assert f"ExecStart={paths['base']}/bin/mas-cli server" in unit
+    assert "ExecStop=/usr/bin/docker stop matrix-authentication-service" in unit
+    for flag in ("--read-only", "--cap-drop=ALL", "--network=matrix", "--publish=127.0.0.1:8080:8080",
+                 f"dst={paths['base']}/config,readonly", "ghcr.io/element-hq/matrix-authentication-service:1.23.0"):
+        assert flag in wrapper
+    assert '--user="$(id -u mas):$(id -g mas)"' in wrapper
+    assert subprocess.run(["sh", "-n", str(paths["base"] / "bin" / "mas-cli")], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("runtime", ["binary", "docker"])
+def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, runtime, tmp_path):
+    tool = shutil.which("systemd-analyze")
+    if not tool:
+        pytest.skip("systemd-analyze is not installed")
+    pillar = deep_update(minimal_pillar, {"runtime": runtime, "binary": "/bin/true"})
+    assert salt_minion.apply(pillar).returncode == 0
+    unit = paths["units"] / "matrix-authentication-service.service"
+    if runtime == "docker" and not os.path.exists("/usr/bin/docker"):
+        pytest.skip("the docker unit names /usr/bin/docker, which is not installed here")
+    proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, check=False)
+    if "Failed to" in proc.stderr and "bus" in proc.stderr.lower():
+        pytest.skip(f"systemd-analyze verify does not work here: {proc.stderr.strip()}")
+    problems = [line for line in proc.stderr.splitlines() if unit.name in line and "network-online.target" not in line]
+    assert proc.returncode == 0 or not problems, proc.stderr
+
+
+def test_disabled_runs_clean_and_keeps_secrets_unless_purge(salt_minion, minimal_pillar, paths):
+    assert salt_minion.apply(minimal_pillar).returncode == 0
+    keys = snapshot(paths["base"] / "config" / "keys")
+    res = salt_minion.apply(deep_update(minimal_pillar, {"enabled": False}))
+    assert res.returncode == 0, res.output
+    assert not (paths["base"] / "config" / "config.yaml").exists()
+    assert not (paths["base"] / "bin" / "mas-cli").exists()
+    assert not (paths["units"] / "matrix-authentication-service.service").exists()
+    assert snapshot(paths["base"] / "config" / "keys") == keys
+    assert (paths["base"] / "config" / "secrets" / "encryption").exists()
+    res = salt_minion.apply(deep_update(minimal_pillar, {"enabled": False, "clean": {"purge": True}}))
+    assert res.returncode == 0, res.output
+    assert not paths["base"].exists()
+
+
+def test_path_prefix_root_and_custom_hostname(salt_minion, minimal_pillar, paths, mas_config_schema):
+    res = salt_minion.apply(deep_update(minimal_pillar, {"hostname": "auth.example.com", "path_prefix": "/"}))
+    assert res.returncode == 0, res.output
+    config = yaml.safe_load((paths["base"] / "config" / "config.yaml").read_text())
+    jsonschema.validate(config, mas_config_schema)
+    assert config["http"]["public_base"] == "https://auth.example.com/"
+    assert "prefix" not in config["http"]["listeners"][0]
+
+
+def test_pepper_read_from_synapse_config(salt_minion, minimal_pillar, paths):
+    paths["synapse_cfg"].parent.mkdir(parents=True)
+    paths["synapse_cfg"].write_text(yaml.safe_dump({"server_name": "example.com", "password_config": {"pepper": "From-Synapse-Pepper"}}))
+    res = salt_minion.apply(minimal_pillar)
+    assert res.returncode == 0, res.output
+    assert (paths["base"] / "config/secrets/synapse_pepper").read_bytes() == b"From-Synapse-Pepper"
+    assert "From-Synapse-Pepper" not in res.output
+    config = yaml.safe_load((paths["base"] / "config" / "config.yaml").read_text())
+    assert config["passwords"]["schemes"][0]["secret_file"].endswith("secrets/synapse_pepper")
+
+
+def test_pillar_example_applies_twice_with_zero_changes(salt_minion, tmp_path):
+    """pillar.example, redirected under tmp (paths only), is a valid pillar."""
+    example = yaml.safe_load((REPO_ROOT / "pillar.example").read_text())["mas"]
+    demo = tmp_path / "demo-root"
+    pillar = deep_update(example, demo_overrides(demo))
+    first = salt_minion.apply(pillar)
+    assert first.returncode == 0, first.output
+    second = salt_minion.apply(pillar)
+    assert second.returncode == 0, second.output
+    assert second.changed == []
+
+
+def demo_overrides(root):
+    """The same redirections as the README demo (bin/demo)."""
+    from mas_demo import overrides  # pylint: disable=import-outside-toplevel
+
+    return overrides(str(root))

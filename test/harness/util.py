@@ -1,0 +1,152 @@
+"""Shared helpers of the test harness: ports, HTTP polling, binaries, commands."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+
+#: Root of the mas-formula repository (``test/harness/util.py`` -> repo).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Read-only upstream contracts (MAS schema, config schema, admin API spec).
+UPSTREAM_DIR = REPO_ROOT.parent / "shared" / "upstream"
+
+#: The only address servers started by the harness listen on.
+LOOPBACK = "127.0.0.1"
+
+
+class CommandError(RuntimeError):
+    """A harness command exited non-zero; the message carries its output."""
+
+    def __init__(self, args: Sequence[str], returncode: int, output: str):
+        self.cmd = list(args)
+        self.returncode = returncode
+        self.output = output
+        super().__init__(f"command {self.cmd!r} exited {returncode}:\n{output}")
+
+
+def ci_enabled() -> bool:
+    """Return True when running under CI (``CI=true``), where skips become failures."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> None:
+    """Skip the current test because something is missing; fail instead under CI."""
+    if ci_enabled():
+        pytest.fail(f"{reason} (CI=true: missing prerequisites are errors)", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_binary(name: str, candidates: Iterable[str] = ()) -> str:
+    """Locate an executable, or skip (fail when ``CI=true``) when it is absent.
+
+    ``candidates`` are extra absolute paths or glob patterns tried after ``$PATH``;
+    among glob matches the lexically highest one wins.
+    """
+    candidates = list(candidates)
+    found = shutil.which(name)
+    if found:
+        return found
+    for pattern in candidates:
+        for match in sorted(glob.glob(pattern), reverse=True):
+            if os.access(match, os.X_OK):
+                return match
+    unavailable(f"required binary {name!r} not found on PATH or in {list(candidates)}")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """Return a TCP port that is currently free on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(
+    url: str,
+    timeout: float = 30.0,
+    status: int | None = 200,
+    proc: subprocess.Popen | None = None,
+    interval: float = 0.1,
+) -> None:
+    """Poll ``url`` until it answers with ``status`` (``None``: any HTTP status).
+
+    Raises ``RuntimeError`` as soon as ``proc`` (the server process, if given)
+    has exited, and ``TimeoutError`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback only)
+                if status is None or resp.status == status:
+                    return
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            if status is None or exc.code == status:
+                return
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer {status or 'HTTP'} within {timeout}s (last: {last})")
+        time.sleep(interval)
+
+
+def wait_for_port(port: int, host: str = LOOPBACK, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until a TCP connection to ``host:port`` succeeds (see :func:`wait_for_http`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server process exited with {proc.returncode} before {host}:{port} accepted")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{host}:{port} accepted no connection within {timeout}s ({exc})") from exc
+        time.sleep(0.02)
+
+
+def run(args: Sequence[str], *, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command (argument list, never a shell string) capturing its output as text.
+
+    With ``check`` a non-zero exit raises :class:`CommandError` with stdout+stderr.
+    """
+    proc = subprocess.run(list(args), capture_output=True, text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, proc.stdout + proc.stderr)
+    return proc
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    """Return the last ``lines`` lines of a text file (empty string when absent)."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Terminate ``proc`` (SIGTERM, then SIGKILL after ``timeout``) and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
