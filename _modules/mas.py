@@ -19,6 +19,7 @@ import copy
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -597,7 +598,18 @@ def settings(data):
     """
     if not isinstance(data, dict):
         raise SaltInvocationError("mas: the pillar key 'mas' must be a mapping")
-    data = copy.deepcopy(salt.utils.data.decode(dict(data)))
+    # Every SLS of the formula imports map.jinja: compute the map once per run.
+    cache_key = "mas.settings:" + hashlib.sha256(
+        json.dumps(data, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    if cache_key in __context__:
+        return copy.deepcopy(__context__[cache_key])
+    result = _settings(copy.deepcopy(salt.utils.data.decode(dict(data))))
+    __context__[cache_key] = result
+    return copy.deepcopy(result)
+
+
+def _settings(data):
     errors = _validate(data)
     if errors:
         raise SaltInvocationError(

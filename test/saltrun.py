@@ -11,6 +11,8 @@ import sys
 
 import yaml
 
+from mas_demo import link_formula
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SALT_CALL = str(pathlib.Path(sys.executable).with_name("salt-call"))
 
@@ -72,7 +74,7 @@ class SaltMinion:
             "id": "mas-test",
             "file_client": "local",
             "root_dir": str(self.workdir / "root"),
-            "file_roots": {"base": [str(repo)]},
+            "file_roots": {"base": [str(link_formula(self.workdir / "formula"))]},
             "pillar_roots": {"base": [str(self.pillar_dir)]},
             "log_file": str(self.workdir / "minion.log"),
             "state_output_diff": True,

@@ -22,7 +22,7 @@ mas-secrets-file-mas-secret-{{ secret.name }}:
     - group: {{ secret.group }}
     - mode: '{{ secret.mode }}'
 {%- if secret.allow_rotation is defined %}
-    - allow_rotation: {{ secret.allow_rotation }}
+    - allow_rotation: {{ secret.allow_rotation | tojson }}
 {%- endif %}
 {%- if secret.kind == "pepper" %}
     - synapse:

@@ -29,6 +29,8 @@ def minimal_pillar(paths):
         "base_path": str(paths["base"]),
         "service": {"manage": False, "unit_dir": str(paths["units"])},
         "synapse": {
+            "user": "root",
+            "group": "root",
             "restart": False,
             "config_dir": str(paths["synapse_dir"]),
             "config_files": [str(paths["synapse_cfg"])],

@@ -1,0 +1,80 @@
+"""salt-lint and yamllint on the states, pillar.example and the parameters.
+
+The SLS files are Jinja templates, so yamllint reads them as Salt renders
+them (with a pillar that enables every branch), in one salt process.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from pillars import deep_update
+from saltrun import REPO_ROOT
+
+BIN = pathlib.Path(sys.executable).parent
+SLS_FILES = sorted(p for p in (REPO_ROOT / "mas").rglob("*.sls"))
+
+RENDER = """
+import json, sys
+import salt.client
+caller = salt.client.Caller(c_path=sys.argv[1])
+out = {}
+for sls in sys.argv[2:]:
+    path = "salt://" + sls.replace(".", "/") + ".sls"
+    out[sls] = caller.cmd("slsutil.renderer", path, default_renderer="jinja", sls=sls)
+print(json.dumps(out))
+"""
+
+RENDERED_RULES = (
+    "{extends: default, rules: {line-length: disable, document-start: disable, "
+    "empty-lines: {max: 2}, comments-indentation: disable, "
+    "indentation: {spaces: 2, indent-sequences: whatever}}}"
+)
+
+
+def test_salt_lint_passes_on_every_state():
+    proc = subprocess.run(
+        [str(BIN / "salt-lint"), "-c", str(REPO_ROOT / ".salt-lint"), *map(str, SLS_FILES)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_yamllint_strict_on_pillar_example_and_parameters():
+    files = [REPO_ROOT / "pillar.example", REPO_ROOT / "mas/parameters/defaults.yaml", REPO_ROOT / ".yamllint"]
+    proc = subprocess.run(
+        [str(BIN / "yamllint"), "-s", "-c", str(REPO_ROOT / ".yamllint"), *map(str, files)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("variant", ["enabled", "migrating", "disabled"])
+def test_yamllint_on_every_rendered_state(salt_minion, full_pillar, tmp_path, variant):
+    pillar = deep_update(full_pillar, {"database": {"manage": True}, "service": {"manage": True}})
+    if variant == "migrating":
+        pillar = deep_update(pillar, {"migration_in_progress": True, "runtime": "docker", "proxy": {"type": "traefik"}})
+    elif variant == "disabled":
+        pillar = deep_update(pillar, {"enabled": False, "clean": {"purge": True}})
+    salt_minion.set_pillar({"mas": pillar})
+    names = [".".join(p.relative_to(REPO_ROOT).with_suffix("").parts) for p in SLS_FILES]
+    proc = subprocess.run(
+        [sys.executable, "-c", RENDER, str(salt_minion.confdir / "minion"), *names],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rendered = json.loads(proc.stdout.splitlines()[-1])
+    problems = []
+    for name, text in rendered.items():
+        assert isinstance(text, str), f"{name} did not render: {text}"
+        target = tmp_path / f"{name}.yaml"
+        target.write_text(text)
+        lint = subprocess.run(
+            [str(BIN / "yamllint"), "-d", RENDERED_RULES, str(target)], capture_output=True, text=True, check=False
+        )
+        if lint.returncode != 0:
+            problems.append(lint.stdout)
+    assert not problems, "\n".join(problems)
