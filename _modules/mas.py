@@ -832,6 +832,10 @@ def secret_status(path, kind, pillar_key=None, user="root", group="root", mode="
     """
     if kind not in SECRET_KINDS:
         raise SaltInvocationError(f"mas: unknown secret kind {kind!r} (known: {', '.join(SECRET_KINDS)})")
+    if kind == "copy" and not (source and os.path.isfile(source)):
+        # the source is written earlier in the same run (test=True predicts)
+        return {"action": "create" if not os.path.exists(path) else "update",
+                "reason": f"copied from {source}, which does not exist yet"}
     wanted = _wanted(kind, pillar_key, source, synapse)
     if not os.path.exists(path):
         return {"action": "create", "reason": "from pillar" if wanted is not None else "generated"}
@@ -930,6 +934,9 @@ def _scram_matches(verifier, password):
 def _psql(admin, dbname, script):
     """Run ``script`` (psql input on stdin, never argv) as the PostgreSQL admin."""
     cmd = ["psql", "-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-d", dbname]
+    if admin.get("runas") and os.geteuid() == 0:
+        # runuser, not cmd.run's runas: that one needs a login shell for the user
+        cmd = ["runuser", "-u", str(admin["runas"]), "--"] + cmd
     if admin.get("host"):
         cmd += ["-h", str(admin["host"])]
     if admin.get("port"):
@@ -937,8 +944,7 @@ def _psql(admin, dbname, script):
     if admin.get("user"):
         cmd += ["-U", admin["user"]]
     res = __salt__["cmd.run_all"](
-        cmd, runas=admin.get("runas") or None, stdin=script, python_shell=False,
-        output_loglevel="quiet", ignore_retcode=True,
+        cmd, stdin=script, python_shell=False, output_loglevel="quiet", ignore_retcode=True
     )
     if res["retcode"] != 0:
         raise CommandExecutionError(f"psql as {admin.get('user')} on database {dbname} failed: {res['stderr'].strip()}")

@@ -189,6 +189,16 @@ class PostgresCluster:
             raise RuntimeError(f"PostgreSQL failed to start: {exc}\n--- server log ---\n{log[-4000:]}") from exc
         return self
 
+    def require_password(self, role: str) -> None:
+        """Make TCP logins of ``role`` check its password (SCRAM); every other
+        login stays ``trust``. Used to prove a password the formula set."""
+        hba = self.datadir / "pg_hba.conf"
+        line = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        content = hba.read_text()
+        if line not in content:
+            hba.write_text(line + content)
+        self._run_server_cmd(self._bin("pg_ctl"), "--pgdata", str(self.datadir), "reload")
+
     @property
     def running(self) -> bool:
         """True while the server of this cluster is up (``pg_ctl status``)."""
