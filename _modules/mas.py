@@ -222,6 +222,9 @@ def _validate(data):
         image = data.get("image")
         if not isinstance(image, str) or not image or any(c.isspace() for c in image):
             errors.add(("image",), f"must be a container image reference, not {image!r}")
+        command = _get(data, "service", "docker", "command")
+        if not isinstance(command, str) or not os.path.isabs(command):
+            errors.add(("service", "docker", "command"), f"must be the absolute path of docker, not {command!r}")
         extra = _get(data, "service", "docker", "extra_args")
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
             errors.add(("service", "docker", "extra_args"), "must be a list of strings")

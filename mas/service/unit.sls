@@ -28,5 +28,6 @@ mas-service-unit-file-managed:
         group: {{ mas.group }}
         restart: {{ mas.service.restart }}
         paths: {{ mas.paths | json }}
+        docker: {{ mas.service.docker | json }}
     - require:
       - sls: {{ sls_config }}

@@ -262,6 +262,7 @@ def test_docker_runtime_unit_and_wrapper(salt_minion, minimal_pillar, paths):
     assert f"ExecStartPre={paths['base']}/bin/mas-cli config check" in unit
     assert f"ExecStart={paths['base']}/bin/mas-cli server" in unit
     assert "ExecStop=/usr/bin/docker stop matrix-authentication-service" in unit
+    assert "exec /usr/bin/docker run --rm" in wrapper
     for flag in ("--read-only", "--cap-drop=ALL", "--network=matrix", "--publish=127.0.0.1:8080:8080",
                  f"dst={paths['base']}/config,readonly", "ghcr.io/element-hq/matrix-authentication-service:1.23.0"):
         assert flag in wrapper
@@ -274,15 +275,18 @@ def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, 
     tool = shutil.which("systemd-analyze")
     if not tool:
         pytest.skip("systemd-analyze is not installed")
-    pillar = deep_update(minimal_pillar, {"runtime": runtime, "binary": "/bin/true"})
+    # docker itself is not installed here: any existing executable stands in
+    pillar = deep_update(minimal_pillar, {"runtime": runtime, "binary": "/bin/true",
+                                          "service": {"docker": {"command": "/bin/true"}}})
     assert salt_minion.apply(pillar).returncode == 0
     unit = paths["units"] / "matrix-authentication-service.service"
-    if runtime == "docker" and not os.path.exists("/usr/bin/docker"):
-        pytest.skip("the docker unit names /usr/bin/docker, which is not installed here")
     proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, check=False)
     if "Failed to" in proc.stderr and "bus" in proc.stderr.lower():
         pytest.skip(f"systemd-analyze verify does not work here: {proc.stderr.strip()}")
-    problems = [line for line in proc.stderr.splitlines() if unit.name in line and "network-online.target" not in line]
+    # units this machine does not have (docker.service) are not the unit's fault
+    absent_here = ("network-online.target", "Unit docker.service not found")
+    problems = [line for line in proc.stderr.splitlines()
+                if unit.name in line and not any(text in line for text in absent_here)]
     assert proc.returncode == 0 or not problems, proc.stderr
 
 
