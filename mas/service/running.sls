@@ -20,8 +20,8 @@ include:
 
 mas-service-running-cmd-run-image:
   cmd.run:
-    - name: docker pull {{ mas.image }}
-    - unless: docker image inspect {{ mas.image }}
+    - name: {{ mas.service.docker.command }} pull {{ mas.image }}
+    - unless: {{ mas.service.docker.command }} image inspect {{ mas.image }}
     - require:
       - sls: {{ sls_unit }}
 {%- endif %}

@@ -342,3 +342,19 @@ def demo_overrides(root):
     from mas_demo import overrides  # pylint: disable=import-outside-toplevel
 
     return overrides(str(root))
+
+
+def test_service_restarts_only_on_config_secret_key_or_unit_changes(salt_minion, minimal_pillar):
+    """With mas:service:manage the service watches exactly the SLS whose
+    changes must restart it (systemd is not PID 1 here, so the requisites
+    are checked in the compiled state data)."""
+    salt_minion.set_pillar({"mas": deep_update(minimal_pillar, {"service": {"manage": True}, "runtime": "docker"})})
+    show = salt_minion.run("state.show_sls", "mas")
+    assert show.returncode == 0, show.output
+    service = show.data["mas-service-running-service-running"]["service"]
+    args = {key: value for item in service if isinstance(item, dict) for key, value in item.items()}
+    assert "running" in service and args["enable"] is True
+    assert sorted(w["sls"] for w in args["watch"]) == ["mas.config", "mas.secrets", "mas.service.unit"]
+    pull = show.data["mas-service-running-cmd-run-image"]["cmd"]
+    pull_args = {key: value for item in pull if isinstance(item, dict) for key, value in item.items()}
+    assert pull_args["unless"] == "/usr/bin/docker image inspect ghcr.io/element-hq/matrix-authentication-service:1.23.0"
