@@ -9,14 +9,20 @@ mas-install-account-group-present:
     - name: {{ mas.group }}
     - system: true
 
+{#- An existing account is left exactly as it is (its home, shell and groups
+    are the operator's); a missing one is created as a system account. #}
 mas-install-account-user-present:
   user.present:
     - name: {{ mas.user }}
+{%- if not salt["user.info"](mas.user) %}
     - gid: {{ mas.group }}
     - system: true
     - createhome: false
     - home: {{ mas.paths.data_dir }}
     - shell: /usr/sbin/nologin
+{%- else %}
+    - remove_groups: false
+{%- endif %}
     - require:
       - group: mas-install-account-group-present
 

@@ -358,3 +358,13 @@ def test_service_restarts_only_on_config_secret_key_or_unit_changes(salt_minion,
     pull = show.data["mas-service-running-cmd-run-image"]["cmd"]
     pull_args = {key: value for item in pull if isinstance(item, dict) for key, value in item.items()}
     assert pull_args["unless"] == "/usr/bin/docker image inspect ghcr.io/element-hq/matrix-authentication-service:1.23.0"
+
+
+def test_an_existing_account_is_left_as_it_is(salt_minion, minimal_pillar):
+    """Home, shell and groups of an account that already exists are the
+    operator's: the formula must not rewrite them (here: `nobody`)."""
+    before = pwd.getpwnam("nobody")
+    res = salt_minion.apply(deep_update(minimal_pillar, {"user": "nobody", "group": "nogroup"}))
+    assert res.returncode == 0, res.output
+    assert res.by_id("mas-install-account-user-present")["changes"] == {}
+    assert pwd.getpwnam("nobody") == before
