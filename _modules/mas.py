@@ -267,12 +267,86 @@ def _validate(data):
     if not isinstance(_get(data, "synapse", "extra_config"), dict):
         errors.add(("synapse", "extra_config"), "must be a mapping (Synapse config keys)")
 
-    proxy_type = _get(data, "proxy", "type")
-    if proxy_type not in PROXY_TYPES:
-        errors.add(("proxy", "type"), f"must be one of {', '.join(PROXY_TYPES)}, not {proxy_type!r}")
+    _validate_synapse(data, errors)
+    _validate_proxy(data, errors)
     if not isinstance(data.get("config"), dict):
         errors.add(("config",), "must be a mapping merged into MAS's config.yaml")
     return errors
+
+
+def _abs_path(errors, path, value):
+    if not isinstance(value, str) or not os.path.isabs(value) or value == "/" or value.endswith("/"):
+        errors.add(path, f"must be an absolute path (no trailing '/'), not {value!r}")
+
+
+def _validate_synapse(data, errors):
+    syn = data["synapse"]
+    name = syn.get("dropin_name")
+    if not isinstance(name, str) or "/" in name or not name.endswith(".yaml") or name.startswith("."):
+        errors.add(("synapse", "dropin_name"), f"must be a file name ending in .yaml (Synapse ignores others), not {name!r}")
+    _abs_path(errors, ("synapse", "config_dir"), syn.get("config_dir"))
+    if _is_set(syn.get("secret_path")):
+        _abs_path(errors, ("synapse", "secret_path"), syn.get("secret_path"))
+    for key in ("user", "group"):
+        if not isinstance(syn.get(key), str) or not _NAME.match(syn[key]):
+            errors.add(("synapse", key), f"{syn.get(key)!r} is not a valid user or group name")
+    if not isinstance(syn.get("service"), str) or not _UNIT_NAME.match(syn["service"]):
+        errors.add(("synapse", "service"), f"{syn.get('service')!r} is not a valid systemd unit name")
+
+
+def _validate_proxy(data, errors):
+    proxy = data["proxy"]
+    kind = proxy.get("type")
+    if kind not in PROXY_TYPES:
+        errors.add(("proxy", "type"), f"must be one of {', '.join(PROXY_TYPES)}, not {kind!r}")
+        return
+    if kind == "none" or not data["enabled"] or not _is_set(data.get("server_name")):
+        return
+    matrix_host = proxy.get("matrix_hostname") or f"matrix.{data['server_name']}"
+    if not _is_dns_name(matrix_host):
+        errors.add(("proxy", "matrix_hostname"), f"must be the homeserver's public host name, not {matrix_host!r}")
+    separate_host = (data.get("hostname") or f"matrix.{data['server_name']}") != matrix_host
+    if data.get("path_prefix") == "/" and not separate_host:
+        errors.add(
+            ("path_prefix",),
+            "'/' needs MAS on its own host name: set mas:hostname (e.g. auth.example.com) to differ from"
+            f" the homeserver's host {matrix_host!r} (mas:proxy:matrix_hostname)",
+        )
+    if kind == "nginx":
+        nginx = proxy["nginx"]
+        _upstream_url(errors, ("proxy", "nginx", "mas_upstream"), nginx.get("mas_upstream"))
+        _abs_path(errors, ("proxy", "nginx", "snippet_path"), nginx.get("snippet_path"))
+        if separate_host:
+            _abs_path(errors, ("proxy", "nginx", "public_snippet_path"), nginx.get("public_snippet_path"))
+            if nginx.get("public_snippet_path") == nginx.get("snippet_path"):
+                errors.add(("proxy", "nginx", "public_snippet_path"), "must differ from mas:proxy:nginx:snippet_path")
+    else:
+        traefik = proxy["traefik"]
+        _upstream_url(errors, ("proxy", "traefik", "mas_url"), traefik.get("mas_url"))
+        _abs_path(errors, ("proxy", "traefik", "config_path"), traefik.get("config_path"))
+        entrypoint = traefik.get("entrypoint")
+        if not isinstance(entrypoint, str) or not re.match(r"^[A-Za-z0-9_-]+$", entrypoint):
+            errors.add(("proxy", "traefik", "entrypoint"), f"must be a Traefik entrypoint name, not {entrypoint!r}")
+
+
+def _upstream_url(errors, path, value):
+    """An optional ``http(s)://HOST[:PORT]`` (empty: derived from the web bind)."""
+    if not _is_set(value):
+        return
+    parsed = urllib.parse.urlparse(value) if isinstance(value, str) else None
+    if not parsed or parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
+        errors.add(path, f"must be http(s)://HOST[:PORT] (no path), not {value!r}")
+
+
+def _local_upstream(web_bind):
+    """``http://<host>:<port>`` of MAS's web listener, seen from this host."""
+    host, _, port = web_bind.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "::", "0.0.0.0", "*"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _validate_secrets(data, errors):
@@ -627,6 +701,15 @@ def _settings(data):
     if not _is_set(data["synapse"]["mas_endpoint"]):
         port = data["http"]["web_bind"].rsplit(":", 1)[-1]
         data["synapse"]["mas_endpoint"] = f"http://localhost:{port}{'' if prefix == '/' else prefix}/"
+    if not _is_set(data["synapse"].get("secret_path")):
+        data["synapse"]["secret_path"] = os.path.join(data["base_path"], "synapse", "homeserver_secret")
+    proxy = data["proxy"]
+    if not _is_set(proxy.get("matrix_hostname")) and _is_set(data["server_name"]):
+        proxy["matrix_hostname"] = f"matrix.{data['server_name']}"
+    upstream = _local_upstream(data["http"]["web_bind"])
+    for kind, key in (("nginx", "mas_upstream"), ("traefik", "mas_url")):
+        if not _is_set(proxy[kind].get(key)):
+            proxy[kind][key] = upstream
     pepper_source = "pillar" if _is_set(data["synapse"].get("pepper")) else None
     if pepper_source is None and _synapse_pepper(data) is not None:
         pepper_source = "synapse"

@@ -1,6 +1,8 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# Placeholder: filled in by the Synapse wiring / proxy work.
+# The compatibility layer (login/logout/refresh to MAS) and MAS's public route
+# for the reverse proxy in mas:proxy:type (nginx, traefik or none).
 
-mas-proxy-test-nop:
-  test.nop: []
+include:
+  - .file
+  - .reload

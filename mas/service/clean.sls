@@ -1,19 +1,28 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 {%- set tplroot = tpldir.split("/")[0] %}
+{%- set sls_synapse_clean = tplroot ~ ".synapse.clean" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+
+{#- MAS stops only once Synapse is authoritative again and the compatibility
+    routes are gone. #}
+include:
+  - {{ sls_synapse_clean }}
 {%- if mas.service.manage %}
 
 mas-service-clean-service-dead:
   service.dead:
     - name: {{ mas.service.name }}
     - enable: false
+    - require:
+      - sls: {{ sls_synapse_clean }}
 {%- endif %}
 
 mas-service-clean-file-absent:
   file.absent:
     - name: {{ mas.service.unit_dir }}/{{ mas.service.name }}.service
-{%- if mas.service.manage %}
     - require:
+      - sls: {{ sls_synapse_clean }}
+{%- if mas.service.manage %}
       - service: mas-service-clean-service-dead
 {%- endif %}

@@ -1,5 +1,33 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
+# Removes the drop-in (Synapse becomes authoritative again) and Synapse's copy
+# of the shared secret, after the compatibility routes are gone, and restarts
+# Synapse when something was removed (mas:synapse:restart).
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- set sls_proxy_clean = tplroot ~ ".proxy.clean" %}
+{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+{%- set synapse = salt["mas_synapse.synapse_settings"](mas) %}
 
-mas-synapse-clean-test-nop:
-  test.nop: []
+include:
+  - {{ sls_proxy_clean }}
+
+mas-synapse-clean-file-absent-dropin:
+  file.absent:
+    - name: {{ synapse.dropin }}
+    - require:
+      - sls: {{ sls_proxy_clean }}
+
+mas-synapse-clean-file-absent-secret:
+  file.absent:
+    - name: {{ synapse.secret.path }}
+    - require:
+      - file: mas-synapse-clean-file-absent-dropin
+{%- if synapse.restart %}
+
+mas-synapse-clean-module-run:
+  module.run:
+    - service.restart:
+      - name: {{ synapse.service }}
+    - onchanges:
+      - file: mas-synapse-clean-file-absent-dropin
+{%- endif %}

@@ -1,6 +1,9 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# Placeholder: filled in by the Synapse wiring / proxy work.
+# Synapse side of the integration: the drop-in delegating authentication to
+# MAS (removed while mas:migration_in_progress is true) and Synapse's copy of
+# the shared secret; Synapse is restarted when they change.
 
-mas-synapse-test-nop:
-  test.nop: []
+include:
+  - .file
+  - .restart

@@ -203,6 +203,11 @@ BAD_PILLARS = [
     ({"synapse": {"endpoint": "localhost:8008"}}, "mas:synapse:endpoint: must be an http(s) URL"),
     ({"proxy": {"type": "apache"}}, "mas:proxy:type: must be one of nginx, traefik, none"),
     ({"config": ["not", "a", "mapping"]}, "mas:config: must be a mapping"),
+    ({"synapse": {"dropin_name": "mas.conf"}}, "mas:synapse:dropin_name: must be a file name ending in .yaml"),
+    ({"synapse": {"config_dir": "conf.d"}}, "mas:synapse:config_dir: must be an absolute path"),
+    ({"path_prefix": "/"}, "mas:path_prefix: '/' needs MAS on its own host name"),
+    ({"proxy": {"nginx": {"mas_upstream": "http://127.0.0.1:8080/auth"}}}, "mas:proxy:nginx:mas_upstream: must be http(s)://HOST[:PORT]"),
+    ({"proxy": {"type": "traefik", "traefik": {"entrypoint": "web secure"}}}, "mas:proxy:traefik:entrypoint: must be a Traefik entrypoint name"),
 ]
 
 

@@ -19,8 +19,11 @@ message.  :meth:`SynapseServer.check_config` uses it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import io
+import json
 import os
 import secrets
 import shutil
@@ -263,6 +266,17 @@ class SynapseServer:
         )  # fmt: skip
         return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
+    def check_configs(self, variants: Sequence[Sequence[Path | str]]) -> list[tuple[bool, str]]:
+        """Load several configs offline in one Python process; ``(ok, output)`` each.
+
+        Each variant lists the config paths (files or directories) loaded after
+        ``hs.yaml`` *instead of* :attr:`conf_d`.  Importing Synapse takes about
+        1 s and each load about 0.1 s, so checking many variants this way is
+        much faster than calling :meth:`check_config` for each.
+        """
+        config_sets = [[str(self.config_path), *(str(path) for path in variant)] for variant in variants]
+        return check_configs(config_sets, cwd=self.workdir)
+
     # -------------------------------------------------------------- process
 
     @property
@@ -414,27 +428,60 @@ class SynapseAPIError(RuntimeError):
         )
 
 
-def _check_config_main(argv: Sequence[str]) -> int:
-    """Load a Synapse config like ``python -m synapse.config`` but print the causes too."""
+def check_configs(config_sets: Sequence[Sequence[Path | str]], cwd: Path | None = None) -> list[tuple[bool, str]]:
+    """Load each list of config paths offline, all in one child process.
+
+    Returns ``(ok, output)`` per set, like :meth:`SynapseServer.check_config`.
+    """
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_TEST_DIR), os.environ.get("PYTHONPATH")])))
+    payload = json.dumps([[str(path) for path in paths] for paths in config_sets])
+    proc = run([sys.executable, "-m", "harness.synapse", "check-configs"], input=payload, cwd=cwd, env=env)
+    return [(bool(ok), output) for ok, output in json.loads(proc.stdout)]
+
+
+def _load_config(argv: Sequence[str]) -> tuple[bool, str]:
+    """Load a Synapse config like ``python -m synapse.config``; return ``(ok, output with causes)``."""
     from synapse.config._base import ConfigError, format_config_error
     from synapse.config.homeserver import HomeServerConfig
 
+    printed = io.StringIO()
     try:
-        HomeServerConfig.load_config("", list(argv))
+        with contextlib.redirect_stdout(printed):
+            HomeServerConfig.load_config("", list(argv))
     except ConfigError as exc:
-        sys.stderr.write("".join(format_config_error(exc)) + "\n")
-        return 1
+        return False, (printed.getvalue() + "".join(format_config_error(exc))).strip()
     except Exception as exc:  # noqa: BLE001 -- report any loader failure with its chain
+        lines = []
         err: BaseException | None = exc
         while err is not None:
-            sys.stderr.write(f"{type(err).__name__}: {err}\n")
+            lines.append(f"{type(err).__name__}: {err}")
             err = err.__cause__ or err.__context__
-        return 1
-    print("Config parses OK!")
+        return False, (printed.getvalue() + "\n".join(lines)).strip()
+    return True, (printed.getvalue() + "Config parses OK!").strip()
+
+
+def _check_config_main(argv: Sequence[str]) -> int:
+    """Load a Synapse config like ``python -m synapse.config`` but print the causes too."""
+    ok, output = _load_config(argv)
+    (sys.stdout if ok else sys.stderr).write(output + "\n")
+    return 0 if ok else 1
+
+
+def _check_configs_main() -> int:
+    """Read a JSON list of config-path lists on stdin; print a JSON list of ``[ok, output]``."""
+    results = []
+    for paths in json.load(sys.stdin):
+        results.append(_load_config([arg for path in paths for arg in ("-c", path)]))
+    print(json.dumps(results))
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] != "check-config":
-        sys.exit("usage: python -m harness.synapse check-config -c CONFIG [-c CONFIG_DIR ...]")
-    sys.exit(_check_config_main(sys.argv[2:]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "check-config":
+        sys.exit(_check_config_main(sys.argv[2:]))
+    if len(sys.argv) == 2 and sys.argv[1] == "check-configs":
+        sys.exit(_check_configs_main())
+    sys.exit(
+        "usage: python -m harness.synapse check-config -c CONFIG [-c CONFIG_DIR ...]\n"
+        "       python -m harness.synapse check-configs < JSON list of config-path lists"
+    )

@@ -73,8 +73,9 @@ def test_settings_collects_every_error_at_once():
 
 
 def test_settings_root_prefix_and_mas_config_overrides():
-    result = settings(path_prefix="/", config={"http": {"public_base": "https://other.example.com/"}})
-    assert result["public_base"] == "https://matrix.example.com/"
+    result = settings(path_prefix="/", hostname="auth.example.com",
+                      config={"http": {"public_base": "https://other.example.com/"}})
+    assert result["public_base"] == "https://auth.example.com/"
     assert result["synapse"]["mas_endpoint"] == "http://localhost:8080/"
     assert "prefix" not in result["mas_config"]["http"]["listeners"][0]
     # mas:config is merged last and wins
@@ -91,10 +92,16 @@ def test_settings_is_computed_once_per_run():
 @pytest.mark.parametrize("prefix,ok", [("/auth", True), ("/", True), ("/a/b", True), ("/auth/", False), ("auth", False), ("/a//b", False)])
 def test_path_prefix_rules(prefix, ok):
     if ok:
-        settings(path_prefix=prefix)
+        settings(path_prefix=prefix, hostname="auth.example.com")
     else:
         with pytest.raises(SaltInvocationError, match="mas:path_prefix"):
-            settings(path_prefix=prefix)
+            settings(path_prefix=prefix, hostname="auth.example.com")
+
+
+def test_root_prefix_needs_its_own_host():
+    with pytest.raises(SaltInvocationError, match="'/' needs MAS on its own host name"):
+        settings(path_prefix="/")
+    settings(path_prefix="/", proxy={"type": "none"})
 
 
 def test_write_secret_generates_once_with_mode_and_owner(tmp_path):

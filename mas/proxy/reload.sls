@@ -1,0 +1,40 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# Reloads the proxy only when one of its files changed (mas:proxy:reload);
+# nginx's whole configuration is tested first.
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- set sls_proxy_file = tplroot ~ ".proxy.file" %}
+{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+{%- set proxy = salt["mas_synapse.proxy_settings"](mas) %}
+
+include:
+  - {{ sls_proxy_file }}
+{%- if proxy.files and proxy.reload %}
+{%- if proxy.check %}
+
+mas-proxy-reload-module-run-check:
+  module.run:
+    - mas_synapse.proxy_check:
+      - argv: {{ proxy.check | json }}
+    - onchanges:
+      - sls: {{ sls_proxy_file }}
+{%- endif %}
+
+mas-proxy-reload-module-run-reload:
+  module.run:
+    - service.reload:
+      - name: {{ proxy.service }}
+    - onchanges:
+      - sls: {{ sls_proxy_file }}
+{%- if proxy.check %}
+    - require:
+      - module: mas-proxy-reload-module-run-check
+{%- endif %}
+{%- else %}
+
+mas-proxy-reload-test-nop:
+  test.nop:
+    - name: No proxy reload (mas:proxy:reload is false or mas:proxy:type is none)
+    - require:
+      - sls: {{ sls_proxy_file }}
+{%- endif %}

@@ -1,0 +1,43 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# Synapse's readable copy of the shared secret and the drop-in. The drop-in
+# state reads Synapse's config first and refuses, changing nothing, while a
+# setting Synapse rejects next to MAS is left (see mas_synapse.conflicts).
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- set sls_secrets = tplroot ~ ".secrets" %}
+{%- set sls_service = tplroot ~ ".service" %}
+{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+{%- set synapse = salt["mas_synapse.synapse_settings"](mas) %}
+
+include:
+  - {{ sls_secrets }}
+  - {{ sls_service }}
+
+mas-synapse-file-file-directory-secret:
+  file.directory:
+    - name: {{ synapse.secret.dir }}
+    - makedirs: true
+
+mas-synapse-file-mas-secret:
+  mas.secret:
+    - name: {{ synapse.secret.path }}
+    - kind: copy
+    - source: {{ synapse.secret.source }}
+    - user: {{ synapse.secret.user }}
+    - group: {{ synapse.secret.group }}
+    - mode: '{{ synapse.secret.mode }}'
+    - require:
+      - sls: {{ sls_secrets }}
+      - file: mas-synapse-file-file-directory-secret
+
+mas-synapse-file-mas-synapse-dropin:
+  mas_synapse.dropin:
+    - name: {{ synapse.dropin }}
+    - endpoint: {{ synapse.endpoint }}
+    - secret_path: {{ synapse.secret.path }}
+    - config_files: {{ synapse.config_files | json }}
+    - config_dir: {{ synapse.config_dir }}
+    - migrating: {{ synapse.state == "absent" }}
+    - require:
+      - mas: mas-synapse-file-mas-secret
+      - sls: {{ sls_service }}

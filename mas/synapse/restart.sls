@@ -1,0 +1,27 @@
+# -*- coding: utf-8 -*-
+# vim: ft=sls
+# Restarts Synapse only when its drop-in or its copy of the shared secret
+# changed (mas:synapse:restart); a stopped Synapse is not started otherwise.
+{%- set tplroot = tpldir.split("/")[0] %}
+{%- set sls_synapse_file = tplroot ~ ".synapse.file" %}
+{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+{%- set synapse = salt["mas_synapse.synapse_settings"](mas) %}
+
+include:
+  - {{ sls_synapse_file }}
+{%- if synapse.restart %}
+
+mas-synapse-restart-module-run:
+  module.run:
+    - service.restart:
+      - name: {{ synapse.service }}
+    - onchanges:
+      - sls: {{ sls_synapse_file }}
+{%- else %}
+
+mas-synapse-restart-test-nop:
+  test.nop:
+    - name: mas:synapse:restart is false; restart {{ synapse.service }} yourself after its drop-in changes
+    - require:
+      - sls: {{ sls_synapse_file }}
+{%- endif %}

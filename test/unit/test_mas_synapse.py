@@ -1,0 +1,534 @@
+"""Unit tests of the Synapse wiring and the proxy data (``mas_synapse`` modules).
+
+The execution and state modules are loaded with pytest-salt-factories'
+``configure_loader_modules``; ``mas.synapse_config`` is the real reader of the
+foundation module, so the conflict rules run against real files under tmp.
+"""
+
+import copy
+import importlib.util
+import pathlib
+import re
+from unittest.mock import MagicMock
+
+import pytest
+import salt.utils.dictupdate
+import yaml
+from salt.exceptions import SaltInvocationError
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _import(kind, name, alias):
+    spec = importlib.util.spec_from_file_location(alias, REPO / kind / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mas_mod = _import("_modules", "mas", "mas_exec_for_mas_synapse_tests")
+mas_synapse = _import("_modules", "mas_synapse", "mas_synapse_exec_for_tests")
+mas_synapse_state = _import("_states", "mas_synapse", "mas_synapse_state_for_tests")
+
+DEFAULTS = yaml.safe_load((REPO / "mas" / "parameters" / "defaults.yaml").read_text())["values"]
+SECRET_PATH = "/srv/mas/synapse/homeserver_secret"
+ENDPOINT = "http://localhost:8080/auth/"
+
+
+@pytest.fixture
+def pillar():
+    """The minion's pillar as the modules see it (``__pillar__``)."""
+    return {}
+
+
+@pytest.fixture
+def file_states():
+    """Mocks of ``file.managed`` / ``file.absent`` returning a plain success."""
+
+    def result(name, **_kwargs):
+        return {"name": name, "result": True, "changes": {"diff": "New file"}, "comment": "File updated"}
+
+    return {"file.managed": MagicMock(side_effect=result), "file.absent": MagicMock(side_effect=result)}
+
+
+@pytest.fixture
+def configure_loader_modules(pillar, file_states):
+    salt_funcs = {
+        "mas.synapse_config": mas_mod.synapse_config,
+        "mas_synapse.inspect": mas_synapse.inspect,
+        "mas_synapse.conflict_message": mas_synapse.conflict_message,
+    }
+    return {
+        mas_mod: {"__context__": {}, "__pillar__": pillar},
+        mas_synapse: {"__salt__": salt_funcs, "__pillar__": pillar, "__opts__": {"test": False}},
+        mas_synapse_state: {"__salt__": salt_funcs, "__states__": file_states, "__opts__": {"test": False}},
+    }
+
+
+@pytest.fixture
+def synapse_dir(tmp_path):
+    """A Synapse config tree: homeserver.yaml (plain, accepted) and conf.d/."""
+    root = tmp_path / "synapse"
+    (root / "conf.d").mkdir(parents=True)
+    write(root / "homeserver.yaml", {"server_name": "example.com", "report_stats": False,
+                                     "password_config": {"pepper": "x"}})  # fmt: skip
+    return root
+
+
+def write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def check(synapse_dir, migrating=False, extra_config=None, files=None):
+    """Run the conflict check on the tree (the drop-in is conf.d/matrix-authentication-service.yaml)."""
+    return mas_synapse.conflicts(
+        files or [str(synapse_dir / "homeserver.yaml")],
+        str(synapse_dir / "conf.d"),
+        dropin=str(synapse_dir / "conf.d" / "matrix-authentication-service.yaml"),
+        migrating=migrating,
+        extra_config=extra_config,
+    )
+
+
+# Each conflict Synapse refuses next to MAS: (setting, key named by the formula).
+CONFLICTS = [
+    ({"enable_registration": True}, "enable_registration"),
+    ({"enable_registration": "yes"}, "enable_registration"),
+    ({"disable_registration": False}, "disable_registration"),
+    ({"enable_registration_captcha": True}, "enable_registration_captcha"),
+    ({"user_consent": {"version": "1.0", "template_dir": "/x"}}, "user_consent"),
+    ({"oidc_providers": [{"idp_id": "kc"}]}, "oidc_providers"),
+    ({"oidc_config": {"enabled": True}}, "oidc_config"),
+    ({"saml2_config": {"sp_config": {"metadata": {}}}}, "saml2_config"),
+    ({"cas_config": {"server_url": "https://cas.example.com"}}, "cas_config"),
+    ({"jwt_config": {"enabled": True, "secret": "s", "algorithm": "HS256"}}, "jwt_config"),
+    ({"password_providers": [{"module": "rest_auth_provider.RestAuthProvider"}]}, "password_providers"),
+    ({"ldap_config": {"enabled": True}}, "ldap_config"),
+    ({"modules": [{"module": "shared_secret_authenticator.SharedSecretAuthProvider"}]}, "modules"),
+    ({"password_config": {"enabled": True}}, "password_config.enabled"),
+    ({"password_config": {"enabled": "only_for_reauth"}}, "password_config.enabled"),
+    ({"login_via_existing_session": {"enabled": True}}, "login_via_existing_session.enabled"),
+    ({"enable_3pid_changes": True}, "enable_3pid_changes"),
+    ({"refresh_token_lifetime": "1h"}, "refresh_token_lifetime"),
+    ({"nonrefreshable_access_token_lifetime": 3600000}, "nonrefreshable_access_token_lifetime"),
+    ({"session_lifetime": "24h"}, "session_lifetime"),
+    ({"experimental_features": {"msc3861": {"enabled": True}}}, "experimental_features.msc3861"),
+    ({"experimental_features": {"msc4108_delegation_endpoint": "https://x.example.com/"}},
+     "experimental_features.msc4108_delegation_endpoint"),
+    ({"matrix_authentication_service": {"enabled": True, "secret": "s"}}, "matrix_authentication_service"),
+]  # fmt: skip
+
+# Settings Synapse accepts next to MAS: the formula must not refuse them.
+ACCEPTED = [
+    {"enable_registration": False},
+    {"enable_registration": "false"},
+    {"disable_registration": True},
+    {"user_consent": None},
+    {"oidc_providers": []},
+    {"oidc_config": {"enabled": False}},
+    {"saml2_config": {"enabled": True}},
+    {"saml2_config": {"enabled": False, "sp_config": {}}},
+    {"cas_config": {"enabled": False, "server_url": "https://cas.example.com"}},
+    {"jwt_config": {"enabled": False, "secret": "s", "algorithm": "HS256"}},
+    {"password_providers": []},
+    {"password_config": {"enabled": False, "localdb_enabled": False, "pepper": "x"}},
+    {"session_lifetime": 0},
+    {"refresh_token_lifetime": "0s"},
+    {"modules": [{"module": "my_spam_checker.Checker"}]},
+    {"experimental_features": {"msc4108_enabled": True, "msc4388_mode": "open", "msc3861": {}}},
+    {"registration_shared_secret": "left unused", "public_baseurl": "https://matrix.example.com/"},
+]
+
+
+@pytest.mark.parametrize(("setting", "key"), CONFLICTS, ids=[key for _, key in CONFLICTS])
+def test_each_conflict_is_named_with_its_file(synapse_dir, setting, key):
+    path = write(synapse_dir / "conf.d" / "10-extra.yaml", setting)
+    found = check(synapse_dir)
+    assert [(c["key"], c["file"]) for c in found] == [(key, str(path))]
+    assert found[0]["problem"] and found[0]["fix"]
+
+
+@pytest.mark.parametrize("setting", ACCEPTED, ids=lambda s: "+".join(s))
+def test_accepted_settings_are_not_conflicts(synapse_dir, setting):
+    write(synapse_dir / "conf.d" / "10-extra.yaml", setting)
+    assert check(synapse_dir) == []
+
+
+def test_every_offending_key_is_listed_with_file_and_fix(synapse_dir):
+    hs = write(synapse_dir / "homeserver.yaml", {"server_name": "example.com", "enable_registration": True,
+                                                 "session_lifetime": "1d"})  # fmt: skip
+    extra = write(synapse_dir / "conf.d" / "ldap.yaml", {"password_providers": [{"module": "ldap_auth_provider.X"}]})
+    found = check(synapse_dir)
+    assert {(c["key"], c["file"]) for c in found} == {
+        ("enable_registration", str(hs)),
+        ("session_lifetime", str(hs)),
+        ("password_providers", str(extra)),
+    }
+    message = mas_synapse.conflict_message(found)
+    assert "Nothing was changed" in message
+    for item in found:
+        assert f"- {item['key']} in {item['file']}: " in message
+        assert "To do: " in message
+    assert "enable_registration" in message and "mas:account:password_registration_enabled" in message
+
+
+def test_a_later_file_wins_like_in_synapse(synapse_dir):
+    """Synapse replaces whole top-level sections: the last file decides."""
+    write(synapse_dir / "homeserver.yaml", {"server_name": "example.com", "password_config": {"enabled": True}})
+    write(synapse_dir / "conf.d" / "10-passwords.yaml", {"password_config": {"pepper": "p"}})
+    assert check(synapse_dir) == []
+
+
+def test_own_dropin_is_not_checked(synapse_dir):
+    write(synapse_dir / "conf.d" / "matrix-authentication-service.yaml",
+          {"matrix_authentication_service": {"enabled": True, "secret_path": "/x"}})  # fmt: skip
+    assert check(synapse_dir) == []
+
+
+def test_extra_config_from_pillar_is_checked(synapse_dir, pillar):
+    pillar["mas"] = {"synapse": {"extra_config": {"enable_3pid_changes": True}}}
+    found = check(synapse_dir)
+    assert [(c["key"], c["file"]) for c in found] == [("enable_3pid_changes", "pillar mas:synapse:extra_config")]
+
+
+def test_extra_config_argument_wins_over_pillar(synapse_dir, pillar):
+    pillar["mas"] = {"synapse": {"extra_config": {"enable_3pid_changes": True}}}
+    assert check(synapse_dir, extra_config={}) == []
+
+
+def test_missing_files_are_skipped(tmp_path):
+    found = mas_synapse.conflicts([str(tmp_path / "absent.yaml")], str(tmp_path / "absent.d"), extra_config={})
+    assert found == []
+
+
+def test_migrating_keeps_oidc_and_password_login(synapse_dir):
+    write(synapse_dir / "conf.d" / "10-sso.yaml", {
+        "oidc_providers": [{"idp_id": "kc"}],
+        "oidc_config": {"enabled": True},
+        "password_config": {"enabled": True},
+    })  # fmt: skip
+    assert check(synapse_dir, migrating=True) == []
+    assert {c["key"] for c in check(synapse_dir)} == {"oidc_providers", "oidc_config", "password_config.enabled"}
+
+
+def test_migrating_applies_the_other_rules(synapse_dir):
+    write(synapse_dir / "conf.d" / "10-extra.yaml", {"enable_registration": True, "cas_config": {"server_url": "x"}})
+    found = check(synapse_dir, migrating=True)
+    assert {c["key"] for c in found} == {"enable_registration", "cas_config"}
+    assert "mas:migration_in_progress is true" in mas_synapse.conflict_message(found, migrating=True)
+
+
+@pytest.mark.parametrize(
+    ("features", "key"),
+    [
+        ({"msc4108_enabled": True}, "experimental_features.msc4108_enabled"),
+        ({"msc4388_mode": "authenticated"}, "experimental_features.msc4388_mode"),
+        ({"msc4108_delegation_endpoint": "https://x/"}, "experimental_features.msc4108_delegation_endpoint"),
+    ],
+)
+def test_migrating_refuses_what_needs_mas(synapse_dir, features, key):
+    """Without the drop-in Synapse refuses MSC4108/MSC4388 ("requires matrix_authentication_service")."""
+    write(synapse_dir / "conf.d" / "10-extra.yaml", {"experimental_features": features})
+    assert [c["key"] for c in check(synapse_dir, migrating=True)] == [key]
+
+
+def test_experimental_features_loaded_after_the_dropin(synapse_dir):
+    late = write(synapse_dir / "conf.d" / "zz-late.yaml", {"experimental_features": {"msc3391_enabled": True}})
+    found = check(synapse_dir)
+    assert [(c["key"], c["file"]) for c in found] == [("experimental_features", str(late))]
+    assert check(synapse_dir, migrating=True) == []
+
+
+def test_values_never_appear_in_conflicts(synapse_dir):
+    write(synapse_dir / "conf.d" / "10-jwt.yaml",
+          {"jwt_config": {"enabled": True, "secret": "Top-Secret-Value", "algorithm": "HS256"}})  # fmt: skip
+    found = check(synapse_dir)
+    assert "Top-Secret-Value" not in repr(found) + mas_synapse.conflict_message(found)
+
+
+# ------------------------------------------------------------------ drop-in
+
+
+def test_dropin_content_and_real_boolean():
+    text = mas_synapse.dropin_text(mas_synapse.dropin_content(ENDPOINT, SECRET_PATH))
+    assert text.startswith("# File managed by Salt")
+    assert "enabled: true\n" in text
+    assert yaml.safe_load(text) == {
+        "matrix_authentication_service": {"enabled": True, "endpoint": ENDPOINT, "secret_path": SECRET_PATH},
+        "experimental_features": {"msc4108_enabled": True},
+    }
+
+
+def test_inspect_carries_the_operators_experimental_features_over(synapse_dir):
+    write(synapse_dir / "homeserver.yaml", {"server_name": "example.com",
+                                            "experimental_features": {"msc3391_enabled": True}})  # fmt: skip
+    plan = mas_synapse.inspect(str(synapse_dir / "conf.d" / "matrix-authentication-service.yaml"), ENDPOINT,
+                               SECRET_PATH, [str(synapse_dir / "homeserver.yaml")], str(synapse_dir / "conf.d"),
+                               extra_config={})  # fmt: skip
+    assert plan["conflicts"] == []
+    assert plan["files"] == [str(synapse_dir / "homeserver.yaml")]
+    assert yaml.safe_load(plan["text"])["experimental_features"] == {"msc3391_enabled": True, "msc4108_enabled": True}
+
+
+def test_inspect_has_no_text_while_migrating(synapse_dir):
+    plan = mas_synapse.inspect(str(synapse_dir / "conf.d" / "x.yaml"), ENDPOINT, SECRET_PATH,
+                               [str(synapse_dir / "homeserver.yaml")], migrating=True, extra_config={})  # fmt: skip
+    assert plan["text"] is None and plan["conflicts"] == []
+
+
+def _dropin_state(synapse_dir, migrating=False):
+    return mas_synapse_state.dropin(
+        str(synapse_dir / "conf.d" / "matrix-authentication-service.yaml"),
+        ENDPOINT,
+        SECRET_PATH,
+        config_files=[str(synapse_dir / "homeserver.yaml")],
+        migrating=migrating,
+    )
+
+
+def test_state_writes_the_dropin_through_file_managed(synapse_dir, file_states):
+    ret = _dropin_state(synapse_dir)
+    assert ret["result"] is True
+    assert ret["changes"] == {"diff": "New file"}
+    assert "delegates authentication to MAS" in ret["comment"]
+    assert str(synapse_dir / "homeserver.yaml") in ret["comment"]
+    file_states["file.absent"].assert_not_called()
+    (name,), kwargs = file_states["file.managed"].call_args
+    assert name == str(synapse_dir / "conf.d" / "matrix-authentication-service.yaml")
+    assert kwargs["mode"] == "0644" and kwargs["makedirs"] is True
+    assert yaml.safe_load(kwargs["contents"])["matrix_authentication_service"]["enabled"] is True
+
+
+def test_state_refuses_before_writing_anything(synapse_dir, file_states):
+    write(synapse_dir / "conf.d" / "10-extra.yaml", {"enable_registration": True, "cas_config": {"server_url": "x"}})
+    ret = _dropin_state(synapse_dir)
+    assert ret["result"] is False and ret["changes"] == {}
+    assert "enable_registration in " in ret["comment"] and "cas_config in " in ret["comment"]
+    file_states["file.managed"].assert_not_called()
+    file_states["file.absent"].assert_not_called()
+
+
+def test_state_removes_the_dropin_while_migrating(synapse_dir, file_states):
+    write(synapse_dir / "conf.d" / "10-sso.yaml", {"oidc_providers": [{"idp_id": "kc"}],
+                                                   "password_config": {"enabled": True}})  # fmt: skip
+    ret = _dropin_state(synapse_dir, migrating=True)
+    assert ret["result"] is True
+    assert "removed while mas:migration_in_progress is true" in ret["comment"]
+    file_states["file.absent"].assert_called_once_with(
+        str(synapse_dir / "conf.d" / "matrix-authentication-service.yaml")
+    )
+    file_states["file.managed"].assert_not_called()
+
+
+def test_state_reports_unreadable_config(synapse_dir, file_states):
+    (synapse_dir / "homeserver.yaml").write_text("- not\n- a mapping\n")
+    ret = _dropin_state(synapse_dir)
+    assert ret["result"] is False and "is not a YAML mapping" in ret["comment"]
+    file_states["file.managed"].assert_not_called()
+
+
+# ----------------------------------------------------------------- settings
+
+
+def mapdata(**pillar):
+    """The formula's map for ``pillar`` (defaults + pillar through mas.settings)."""
+    base = {"enabled": True, "server_name": "example.com", "base_path": "/srv/mas"}
+    merged = salt.utils.dictupdate.update(salt.utils.dictupdate.update(copy.deepcopy(DEFAULTS), base), pillar)
+    return mas_mod.settings(merged)
+
+
+def test_synapse_settings_defaults():
+    out = mas_synapse.synapse_settings(mapdata())
+    assert out["dropin"] == "/etc/matrix-synapse/conf.d/matrix-authentication-service.yaml"
+    assert out["state"] == "present"
+    assert out["endpoint"] == "http://localhost:8080/auth/"
+    assert out["secret"] == {
+        "path": "/srv/mas/synapse/homeserver_secret",
+        "dir": "/srv/mas/synapse",
+        "source": "/srv/mas/config/secrets/homeserver_secret",
+        "user": "matrix-synapse",
+        "group": "matrix-synapse",
+        "mode": "0600",
+    }
+    assert out["restart"] is True and out["service"] == "matrix-synapse"
+
+
+def test_synapse_settings_migrating_and_custom_secret_path():
+    out = mas_synapse.synapse_settings(
+        mapdata(migration_in_progress=True, synapse={"secret_path": "/etc/matrix-synapse/mas.secret"})
+    )
+    assert out["state"] == "absent"
+    assert out["secret"]["path"] == "/etc/matrix-synapse/mas.secret"
+
+
+@pytest.mark.parametrize(
+    ("synapse", "key"),
+    [
+        ({"dropin_name": "mas.conf"}, "mas:synapse:dropin_name"),
+        ({"dropin_name": "../x.yaml"}, "mas:synapse:dropin_name"),
+        ({"secret_path": "relative/secret"}, "mas:synapse:secret_path"),
+        ({"config_dir": "conf.d"}, "mas:synapse:config_dir"),
+    ],
+)
+def test_synapse_settings_refuses_bad_pillar(synapse, key):
+    with pytest.raises(SaltInvocationError, match=re.escape(key)):
+        mas_synapse.synapse_settings(mapdata(synapse=synapse))
+
+
+# -------------------------------------------------------------------- proxy
+
+COMPAT = re.compile(mas_synapse.COMPAT_REGEX)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v3/login",
+        "/_matrix/client/r0/login",
+        "/_matrix/client/v3/login/sso/redirect/oidc-x",
+        "/_matrix/client/v3/logout",
+        "/_matrix/client/v3/logout/all",
+        "/_matrix/client/unstable/refresh",
+    ],
+)
+def test_compat_regex_matches_the_compat_paths(path):
+    assert COMPAT.search(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v3/sync",
+        "/_matrix/client/v3/user/@alice:example.com/account_data/login",
+        "/_matrix/client/v3/rooms/!r:example.com/state/m.room.name/refresh",
+        "/_matrix/client/v3/loginx",
+        "/_synapse/mas/is_localpart_available",
+        "/auth/_matrix/client/v3/login",
+    ],
+)
+def test_compat_regex_leaves_look_alikes_alone(path):
+    assert not COMPAT.search(path)
+
+
+def test_nginx_settings_default():
+    out = mas_synapse.proxy_settings(mapdata())
+    assert out["type"] == "nginx" and out["service"] == "nginx" and out["check"] == ["nginx", "-t"]
+    assert out["reload"] is True
+    (snippet,) = out["files"]
+    assert snippet["path"] == "/etc/nginx/snippets/matrix-authentication-service.conf"
+    assert snippet["server"] == "matrix.example.com"
+    route = snippet["context"]
+    assert route["upstream"] == "http://127.0.0.1:8080"
+    assert route["compat"] == {"regex": mas_synapse.COMPAT_REGEX, "prefix": "/auth"}
+    assert route["public"] == {"location": "^~ /auth/"}
+    assert route["well_known"] is None
+
+
+def test_nginx_settings_migrating_keeps_only_the_public_route():
+    route = mas_synapse.proxy_settings(mapdata(migration_in_progress=True))["files"][0]["context"]
+    assert route["compat"] is None
+    assert route["public"] == {"location": "^~ /auth/"}
+
+
+def test_nginx_well_known_document():
+    route = mas_synapse.proxy_settings(mapdata(proxy={"nginx": {"well_known": True}}))["files"][0]["context"]
+    assert route["well_known"] == (
+        "'{\"m.homeserver\":{\"base_url\":\"https://matrix.example.com/\"},"
+        "\"org.matrix.msc2965.authentication\":{\"account\":\"https://matrix.example.com/auth/account\","
+        "\"issuer\":\"https://matrix.example.com/auth/\"}}'"
+    )
+    migrating = mapdata(migration_in_progress=True, proxy={"nginx": {"well_known": True}})
+    assert "msc2965" not in mas_synapse.proxy_settings(migrating)["files"][0]["context"]["well_known"]
+
+
+def test_nginx_own_host_with_root_prefix_gets_a_second_snippet():
+    out = mas_synapse.proxy_settings(mapdata(hostname="auth.example.com", path_prefix="/",
+                                             proxy={"nginx": {"mas_upstream": "http://mas:8080"}}))  # fmt: skip
+    matrix, public = out["files"]
+    assert matrix["context"]["compat"] == {"regex": mas_synapse.COMPAT_REGEX, "prefix": ""}
+    assert matrix["context"]["public"] is None
+    assert matrix["context"]["upstream"] == "http://mas:8080"
+    assert public["path"] == "/etc/nginx/snippets/matrix-authentication-service-public.conf"
+    assert public["server"] == "auth.example.com"
+    assert public["context"]["public"] == {"location": "/"} and public["context"]["compat"] is None
+
+
+def test_root_prefix_on_the_matrix_host_is_refused():
+    with pytest.raises(SaltInvocationError, match="mas:path_prefix: '/' needs MAS on its own host name"):
+        mas_synapse.proxy_settings(mapdata(path_prefix="/"))
+
+
+@pytest.mark.parametrize(
+    ("proxy", "key"),
+    [
+        ({"nginx": {"mas_upstream": "http://mas:8080/auth"}}, "mas:proxy:nginx:mas_upstream"),
+        ({"nginx": {"snippet_path": "snippets/mas.conf"}}, "mas:proxy:nginx:snippet_path"),
+        ({"matrix_hostname": "https://matrix.example.com"}, "mas:proxy:matrix_hostname"),
+        ({"type": "traefik", "traefik": {"entrypoint": "web secure"}}, "mas:proxy:traefik:entrypoint"),
+        ({"type": "traefik", "traefik": {"mas_url": "mas:8080"}}, "mas:proxy:traefik:mas_url"),
+    ],
+)
+def test_proxy_settings_refuses_bad_pillar(proxy, key):
+    with pytest.raises(SaltInvocationError, match=re.escape(key)):
+        mas_synapse.proxy_settings(mapdata(proxy=proxy))
+
+
+def test_nginx_upstream_follows_the_web_bind():
+    assert mas_synapse.proxy_settings(mapdata(http={"web_bind": "127.0.0.2:9090"}))["files"][0]["context"][
+        "upstream"
+    ] == "http://127.0.0.2:9090"
+    assert mas_synapse.proxy_settings(mapdata(http={"web_bind": "[::1]:8080"}))["files"][0]["context"][
+        "upstream"
+    ] == "http://[::1]:8080"
+
+
+def test_traefik_dynamic_config():
+    out = mas_synapse.proxy_settings(mapdata(runtime="binary", proxy={"type": "traefik",
+                                                                       "traefik": {"certresolver": "le"}}))  # fmt: skip
+    (dynamic,) = out["files"]
+    assert dynamic["path"] == "/etc/traefik/dynamic/matrix-authentication-service.yml"
+    http = dynamic["context"]["config"]["http"]
+    name = "matrix-authentication-service"
+    assert http["routers"][name] == {
+        "rule": "Host(`matrix.example.com`) && PathPrefix(`/auth/`)",
+        "entryPoints": ["websecure"],
+        "service": name,
+        "tls": {"certResolver": "le"},
+    }
+    compat = http["routers"][f"{name}-compat"]
+    assert compat["rule"] == f"Host(`matrix.example.com`) && PathRegexp(`{mas_synapse.COMPAT_REGEX}`)"
+    assert compat["middlewares"] == [f"{name}-compat-prefix"] and compat["service"] == name
+    assert http["middlewares"] == {f"{name}-compat-prefix": {"addPrefix": {"prefix": "/auth"}}}
+    assert http["services"][name]["loadBalancer"]["servers"] == [{"url": "http://127.0.0.1:8080"}]
+    assert out["labels"] == {} and out["service"] == "traefik"
+
+
+def test_traefik_migrating_and_root_prefix():
+    out = mas_synapse.proxy_settings(mapdata(migration_in_progress=True, hostname="auth.example.com",
+                                             path_prefix="/", proxy={"type": "traefik"}))  # fmt: skip
+    http = out["files"][0]["context"]["config"]["http"]
+    assert list(http["routers"]) == ["matrix-authentication-service"]
+    assert http["routers"]["matrix-authentication-service"]["rule"] == "Host(`auth.example.com`)"
+    assert "middlewares" not in http
+
+
+def test_traefik_labels_for_docker():
+    labels = mas_synapse.proxy_settings(mapdata(proxy={"type": "traefik"}))["labels"]
+    name = "matrix-authentication-service"
+    assert labels["traefik.enable"] == "true"
+    assert labels[f"traefik.http.routers.{name}-compat.middlewares"] == f"{name}-compat-prefix"
+    assert labels[f"traefik.http.routers.{name}-compat.tls"] == "true"
+    assert labels[f"traefik.http.middlewares.{name}-compat-prefix.addPrefix.prefix"] == "/auth"
+    assert labels[f"traefik.http.services.{name}.loadbalancer.server.port"] == "8080"
+    assert not any(".servers" in key for key in labels)
+
+
+def test_proxy_none_and_clean():
+    assert mas_synapse.proxy_settings(mapdata(proxy={"type": "none"}))["files"] == []
+    disabled = mapdata(enabled=False, server_name="")
+    clean = mas_synapse.proxy_settings(disabled, clean=True)
+    assert [(f["name"], f["action"]) for f in clean["files"]] == [("snippet", "empty"), ("public-snippet", "empty")]
+    assert clean["files"][0]["context"]["disabled"] is True
+    traefik = mas_synapse.proxy_settings(mapdata(enabled=False, proxy={"type": "traefik"}), clean=True)
+    assert [(f["name"], f["action"]) for f in traefik["files"]] == [("config", "absent")]
