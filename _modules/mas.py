@@ -127,12 +127,7 @@ def _key(*path):
 
 
 def _get(data, *path, default=None):
-    cur = data
-    for part in path:
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
+    return salt.utils.data.traverse_dict_and_list(data, list(path), default)
 
 
 def _is_set(value):

@@ -71,12 +71,7 @@ def __virtual__():
 
 
 def _get(data, *path):
-    cur = data
-    for part in path:
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
+    return salt.utils.data.traverse_dict_and_list(data, list(path))
 
 
 def _strtobool(value):

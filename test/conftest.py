@@ -50,12 +50,23 @@ def salt_extmods(tmp_path_factory):
     return minion.extmods.resolve()
 
 
+def _root_only():
+    if os.geteuid() != 0:
+        pytest.skip("applying the formula creates a service account: run the tests as root")
+
+
 @pytest.fixture
 def salt_minion(tmp_path, salt_extmods):
     """A masterless minion for one test: ``salt_minion.apply(pillar)``."""
-    if os.geteuid() != 0:
-        pytest.skip("the functional tests create a service account: run them as root")
+    _root_only()
     return SaltMinion(tmp_path, REPO_ROOT, extmods=salt_extmods)
+
+
+@pytest.fixture(scope="module")
+def module_salt_minion(tmp_path_factory, salt_extmods):
+    """A masterless minion shared by the tests of one module."""
+    _root_only()
+    return SaltMinion(tmp_path_factory.mktemp("minion"), REPO_ROOT, extmods=salt_extmods)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ request is checked for where it lands and with which path. Traefik has no
 Debian package: its dynamic configuration is parsed and checked.
 """
 
-import os
 import re
 
 import pytest
@@ -14,7 +13,6 @@ import requests
 import yaml
 
 from pillars import deep_update
-from saltrun import SaltMinion
 
 pytestmark = pytest.mark.integration
 
@@ -57,10 +55,8 @@ def land(server, method, path):
 
 
 @pytest.fixture(scope="module")
-def minion(tmp_path_factory, salt_extmods, repo_root):
-    if os.geteuid() != 0:
-        pytest.skip("applying the formula creates a service account: run as root")
-    return SaltMinion(tmp_path_factory.mktemp("proxy-minion"), repo_root, extmods=salt_extmods)
+def minion(module_salt_minion):
+    return module_salt_minion
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import yaml
 
 from harness.util import LOOPBACK, require_binary, unavailable
 from pillars import PILLAR_SECRETS, deep_update
-from saltrun import SaltMinion
 
 pytestmark = pytest.mark.integration
 
@@ -175,10 +174,8 @@ def require_extra(module, what):
 
 
 @pytest.fixture(scope="module")
-def minion(tmp_path_factory, salt_extmods, repo_root):
-    if os.geteuid() != 0:
-        pytest.skip("applying the formula creates a service account: run as root")
-    return SaltMinion(tmp_path_factory.mktemp("wiring-minion"), repo_root, extmods=salt_extmods)
+def minion(module_salt_minion):
+    return module_salt_minion
 
 
 @pytest.fixture(scope="module")
