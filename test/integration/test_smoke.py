@@ -88,3 +88,69 @@ def test_full_cast(pg, mas_db, synapse, salt_minion, minimal_pillar, nginx_facto
             assert "v1.1" in requests.get(proxy.base_url + "/_matrix/client/versions", timeout=10).json()["versions"]
         finally:
             proxy.stop()
+
+
+def test_register_user_wrapper_end_to_end(pg, salt_minion, minimal_pillar, synapse_factory, nginx_factory, tmp_path):
+    """The seed's `bin/register-user <user> <password> <0|1>` on a deployment
+    the formula wired: the user lands in MAS's database (admin flag set), the
+    double's worker provisions it in the real Synapse, and a password login
+    through nginx (compat route -> MAS) gives a token that Synapse accepts
+    (introspection -> MAS)."""
+    pg.create_database("mas_e2e")
+    pg.load_mas_schema("mas_e2e")
+    synapse = synapse_factory(database="sqlite")
+    web, internal = free_port(), free_port()
+    pillar = deep_update(
+        minimal_pillar,
+        {
+            "user": "root",
+            "group": "root",
+            "binary": str(MAS_CLI),
+            "http": {"web_bind": f"127.0.0.1:{web}", "internal_bind": f"127.0.0.1:{internal}"},
+            "database": {"host": "127.0.0.1", "port": pg.port, "name": "mas_e2e", "user": pg.superuser},
+            "synapse": {
+                "endpoint": synapse.base_url + "/",
+                "mas_endpoint": f"http://127.0.0.1:{web}/auth/",
+                "config_files": [str(synapse.config_path)],
+                "config_dir": str(synapse.conf_d),
+            },
+            "proxy": {"nginx": {"mas_upstream": f"http://127.0.0.1:{web}"}},
+        },
+    )
+    res = salt_minion.apply(pillar)
+    assert res.returncode == 0, res.output
+    base = tmp_path / "srv" / "mas"
+    assert (synapse.conf_d / "matrix-authentication-service.yaml").is_file()
+    try:
+        with run_server([base / "config" / "config.yaml"], log_path=tmp_path / "mas.log") as mas:
+            synapse.start()
+            reg = subprocess.run(
+                [str(base / "bin" / "register-user"), "alice", "Alice-Passw0rd-42", "1"],
+                capture_output=True, text=True, env=cli_env(), timeout=120, check=False,
+            )
+            assert reg.returncode == 0, reg.stderr + mas.log()
+            assert pg.query("mas_e2e", "SELECT can_request_admin FROM users WHERE username = 'alice'") == [(True,)]
+            again = subprocess.run(
+                [str(base / "bin" / "register-user"), "alice", "Alice-Passw0rd-42", "1"],
+                capture_output=True, text=True, env=cli_env(), timeout=120, check=False,
+            )
+            assert again.returncode == 1 and "User already exists" in again.stderr
+
+            proxy = nginx_factory(synapse_upstream=synapse.base_url, include_files=[tmp_path / "nginx" / "mas.conf"])
+            proxy.start()
+            try:
+                login = requests.post(
+                    proxy.base_url + "/_matrix/client/v3/login", timeout=30,
+                    json={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
+                          "password": "Alice-Passw0rd-42"},
+                )
+                assert login.status_code == 200, login.text + mas.log()
+                token = login.json()["access_token"]
+                whoami = requests.get(proxy.base_url + "/_matrix/client/v3/account/whoami", timeout=30,
+                                      headers={"Authorization": f"Bearer {token}"})
+                assert whoami.status_code == 200, whoami.text + mas.log()
+                assert whoami.json()["user_id"] == "@alice:example.com"
+            finally:
+                proxy.stop()
+    finally:
+        synapse.stop()
