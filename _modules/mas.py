@@ -11,7 +11,7 @@ Secret values never leave this module: :py:func:`settings` removes them from
 the map it returns (the SLS only learn *that* a secret is set and which file
 holds it), and the secret functions report what they did, never a value.
 
-:depends: cryptography, PyYAML
+:depends: cryptography, PyYAML, requests
 """
 
 import base64
@@ -26,6 +26,7 @@ import re
 import secrets
 import stat
 import tempfile
+import time
 import urllib.parse
 
 import salt.utils.data
@@ -33,6 +34,13 @@ import salt.utils.dictupdate
 import salt.utils.files
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+try:
+    import requests
+
+    HAS_REQUESTS = True
+except ImportError:  # pragma: no cover - depends on the minion
+    HAS_REQUESTS = False
 
 try:
     from cryptography.hazmat.primitives import serialization
@@ -104,6 +112,11 @@ SECRET_KINDS = ("hex32", "token", "pillar", "pepper", "copy") + tuple(
     kind for _, kind in SIGNING_KEYS
 )
 
+# The formula's own OAuth2 client of MAS (client_credentials, scope
+# urn:mas:admin): a fixed id like upstream's 0000000000000000000SYNAPSE; its
+# secret is generated on the minion.
+ADMIN_CLIENT_ID = "00000000000000000SA1TADM1N"
+_LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -114,6 +127,8 @@ _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+$")
 def __virtual__():
     if not HAS_CRYPTOGRAPHY:
         return (False, "The mas module needs the 'cryptography' Python package")
+    if not HAS_REQUESTS:
+        return (False, "The mas module needs the 'requests' Python package")
     return __virtualname__
 
 
@@ -264,9 +279,39 @@ def _validate(data):
 
     _validate_synapse(data, errors)
     _validate_proxy(data, errors)
+    _validate_users(data, errors)
     if not isinstance(data.get("config"), dict):
         errors.add(("config",), "must be a mapping merged into MAS's config.yaml")
     return errors
+
+
+def _validate_users(data, errors):
+    users = data.get("users")
+    if not isinstance(users, list):
+        errors.add(("users",), "must be a list of {username, password, admin, emails}")
+        return
+    seen = set()
+    for index, user in enumerate(users):
+        path = ("users", index)
+        if not isinstance(user, dict):
+            errors.add(path, "must be a mapping with at least `username`")
+            continue
+        name = user.get("username")
+        if not isinstance(name, str) or not _LOCALPART.match(name):
+            errors.add(path + ("username",), f"must be a Matrix localpart (a-z, 0-9, ._=/+-), not {name!r}")
+        elif name in seen:
+            errors.add(path + ("username",), f"{name} is listed twice")
+        seen.add(name)
+        if not isinstance(user.get("admin", False), bool):
+            errors.add(path + ("admin",), f"must be true or false, not {user.get('admin')!r}")
+        emails = user.get("emails", [])
+        if not isinstance(emails, list) or not all(isinstance(e, str) and "@" in e for e in emails):
+            errors.add(path + ("emails",), "must be a list of email addresses")
+        if _is_set(user.get("password")) and not isinstance(user["password"], str):
+            errors.add(path + ("password",), "must be a string")
+        unknown = set(user) - {"username", "password", "admin", "emails"}
+        if unknown:
+            errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: username, password, admin, emails)")
 
 
 def _abs_path(errors, path, value):
@@ -517,6 +562,7 @@ def _secret_files(data, paths):
         "token",
         _key("secrets", "homeserver_secret"),
     )
+    add("admin_client_secret", os.path.join(secrets_dir, "admin_client_secret"), "token")
     for filename, kind in SIGNING_KEYS:
         add(f"key-{kind}", os.path.join(paths["keys_dir"], filename), kind)
     if _is_set(_get(data, "database", "password")):
@@ -624,7 +670,22 @@ def _mas_config(data, paths, pepper_file):
         config["account"] = dict(data["account"])
     if data["upstream_oauth2_providers"]:
         config["upstream_oauth2"] = {"providers": data["upstream_oauth2_providers"]}
-    return salt.utils.dictupdate.update(config, copy.deepcopy(data["config"]), merge_lists=False)
+    config = salt.utils.dictupdate.update(config, copy.deepcopy(data["config"]), merge_lists=False)
+    # The formula's admin client survives an operator's own `clients` or
+    # `policy.data` in mas:config: mas.register_user and mas.user_present need it.
+    admin_client = {
+        "client_id": ADMIN_CLIENT_ID,
+        "client_name": "Salt (mas formula)",
+        "client_auth_method": "client_secret_basic",
+        "client_secret_file": os.path.join(paths["secrets_dir"], "admin_client_secret"),
+    }
+    config["clients"] = [admin_client] + [
+        c for c in config.get("clients") or [] if not (isinstance(c, dict) and c.get("client_id") == ADMIN_CLIENT_ID)
+    ]
+    policy_data = config.setdefault("policy", {}).setdefault("data", {})
+    admins = list(policy_data.get("admin_clients") or [])
+    policy_data["admin_clients"] = [ADMIN_CLIENT_ID] + [c for c in admins if c != ADMIN_CLIENT_ID]
+    return config
 
 
 def _redact(data):
@@ -646,6 +707,48 @@ def _redact(data):
             )
         providers.append(provider)
     data["upstream_oauth2_providers"] = providers
+    users = []
+    for index, user in enumerate(data["users"]):
+        users.append({
+            "username": user["username"],
+            "admin": bool(user.get("admin", False)),
+            "emails": list(user.get("emails") or []),
+            "password_pillar_key": _key("users", index, "password") if _is_set(user.get("password")) else None,
+        })
+    data["users"] = users
+
+
+def mapdata(defaults=None):
+    """
+    The formula's map: ``parameters/defaults.yaml`` < pillar ``mas:lookup`` <
+    pillar ``mas``, validated and completed by :py:func:`settings`. This is
+    what ``mas/map.jinja`` gives every SLS, and what the execution functions
+    (``mas.register_user``, ``mas.doctor``, ...) work from.
+
+    defaults
+        The ``values`` of ``parameters/defaults.yaml`` (``map.jinja`` passes
+        them); read from ``salt://mas/parameters/defaults.yaml`` when omitted.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.mapdata
+    """
+    if defaults is None:
+        text = __salt__["cp.get_file_str"](f"salt://{PILLAR_ROOT}/parameters/defaults.yaml")
+        if not text:
+            raise CommandExecutionError(
+                f"cannot read salt://{PILLAR_ROOT}/parameters/defaults.yaml: is the formula in file_roots?"
+            )
+        defaults = salt.utils.yaml.safe_load(text)["values"]
+    pillar = salt.utils.data.traverse_dict_and_list(__pillar__, PILLAR_ROOT, {}) or {}
+    if not isinstance(pillar, dict):
+        raise SaltInvocationError(f"the pillar key '{PILLAR_ROOT}' must be a mapping")
+    pillar = copy.deepcopy(dict(pillar))
+    lookup = pillar.pop("lookup", None) or {}
+    merged = salt.utils.dictupdate.update(copy.deepcopy(dict(defaults)), copy.deepcopy(dict(lookup)), merge_lists=False)
+    return settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False))
 
 
 def settings(data):
@@ -702,6 +805,13 @@ def _settings(data):
     if not _is_set(proxy.get("matrix_hostname")) and _is_set(data["server_name"]):
         proxy["matrix_hostname"] = f"matrix.{data['server_name']}"
     upstream = _local_upstream(data["http"]["web_bind"])
+    data["api"] = {
+        "client_id": ADMIN_CLIENT_ID,
+        "client_secret_file": os.path.join(data["paths"]["secrets_dir"], "admin_client_secret"),
+        "token_url": f"{upstream}{'' if prefix == '/' else prefix}/oauth2/token",
+        "admin_url": _local_upstream(data["http"]["internal_bind"]) + "/api/admin/v1",
+        "health_url": _local_upstream(data["http"]["internal_bind"]) + "/health",
+    }
     for kind, key in (("nginx", "mas_upstream"), ("traefik", "mas_url")):
         if not _is_set(proxy[kind].get(key)):
             proxy[kind][key] = upstream
@@ -1116,3 +1226,228 @@ def database_ensure(name, owner, admin, password_pillar_key=None):
     if before["pg_trgm"] != "ok":
         _psql(admin, name, "CREATE EXTENSION IF NOT EXISTS pg_trgm;\n")
     return before
+
+
+# --------------------------------------------------------------------------
+# Users (through MAS's admin API: passwords travel in request bodies, never
+# in a process's arguments)
+# --------------------------------------------------------------------------
+
+
+class _AdminApi:
+    """A client of MAS's admin API authenticated as the formula's client."""
+
+    def __init__(self, api, timeout=30, wait=0):
+        self.api = api
+        self.timeout = timeout
+        self.session = requests.Session()
+        deadline = time.monotonic() + float(wait)
+        try:
+            with salt.utils.files.fopen(api["client_secret_file"], "r") as handle:
+                secret = handle.read().strip()
+        except OSError as exc:
+            raise CommandExecutionError(
+                f"cannot read the admin client secret {api['client_secret_file']} (apply the mas state first): {exc}"
+            ) from exc
+        while True:  # MAS may still be starting: wait up to `wait` seconds
+            try:
+                resp = self._send(
+                    "POST", api["token_url"], auth=(api["client_id"], secret),
+                    data={"grant_type": "client_credentials", "scope": "urn:mas:admin"},
+                )  # fmt: skip
+                break
+            except CommandExecutionError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1)
+        if resp.status_code != 200:
+            raise CommandExecutionError(
+                f"MAS refused the formula's admin client at {api['token_url']} ({resp.status_code}): {_api_error(resp)}"
+                " -- is MAS running with the config the formula wrote (clients, policy.data.admin_clients)?"
+            )
+        self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+
+    def _send(self, method, url, **kwargs):
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise CommandExecutionError(f"MAS is not reachable at {url}: {exc.__class__.__name__}") from exc
+
+    def call(self, method, path, expect=(200,), **kwargs):
+        resp = self._send(method, self.api["admin_url"] + path, **kwargs)
+        if resp.status_code not in expect:
+            raise CommandExecutionError(f"MAS admin API {method} {path}: {resp.status_code} {_api_error(resp)}")
+        return resp.json() if resp.content else None
+
+
+def _api_error(resp):
+    try:
+        return "; ".join(e.get("title", "") for e in resp.json().get("errors", [])) or resp.text[:200]
+    except ValueError:
+        return resp.text[:200]
+
+
+def _user_view(api, user):
+    attrs = user["attributes"]
+    emails = api.call("GET", f"/user-emails?filter[user]={user['id']}&page[first]=100")["data"]
+    return {
+        "user_id": user["id"],
+        "username": attrs["username"],
+        "admin": bool(attrs["admin"]),
+        "locked": attrs.get("locked_at") is not None,
+        "deactivated": attrs.get("deactivated_at") is not None,
+        "emails": sorted(e["attributes"]["email"] for e in emails),
+    }
+
+
+def _refuse_while_migrating(mas):
+    if mas["migration_in_progress"]:
+        raise CommandExecutionError(
+            "mas:migration_in_progress is true: users are still Synapse's and syn2mas will copy them to MAS. "
+            "Registering users in MAS now would make the migration fail (the MAS database must be empty). "
+            "Register them in Synapse, or after the migration."
+        )
+
+
+def user_info(username):
+    """
+    A MAS user as the formula sees it: ``{user_id, username, admin, locked,
+    deactivated, emails}``, or ``None`` when there is no such user.
+
+    username
+        The localpart (a leading ``@`` and a trailing ``:server`` are removed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.user_info alice
+    """
+    username = _localpart(username)
+    api = _AdminApi(mapdata()["api"])
+    found = api.call("GET", f"/users/by-username/{username}", expect=(200, 404))
+    if not found or "data" not in found:
+        return None
+    return _user_view(api, found["data"])
+
+
+def _localpart(username):
+    if not isinstance(username, str) or not username:
+        raise SaltInvocationError("username: a Matrix localpart is required")
+    name = username[1:] if username.startswith("@") else username
+    name = name.split(":", 1)[0]
+    if not _LOCALPART.match(name):
+        raise SaltInvocationError(f"username: {username!r} is not a valid Matrix localpart (a-z, 0-9, ._=/+-)")
+    return name
+
+
+def _password(password, password_file, password_pillar_key):
+    given = [x for x in (password, password_file, password_pillar_key) if x is not None]
+    if len(given) > 1:
+        raise SaltInvocationError("give at most one of password, password_file, password_pillar_key")
+    if password_file is not None:
+        try:
+            with salt.utils.files.fopen(password_file, "r") as handle:
+                return handle.read().rstrip("\n")
+        except OSError as exc:
+            raise SaltInvocationError(f"password_file: cannot read {password_file}: {exc.strerror}") from exc
+    if password_pillar_key is not None:
+        value = _pillar_value(password_pillar_key)
+        if value is None:
+            raise SaltInvocationError(f"password_pillar_key: {password_pillar_key} is not set in pillar")
+        return str(value)
+    return password
+
+
+def _plan(api, username, admin, emails, password_set):
+    found = api.call("GET", f"/users/by-username/{username}", expect=(200, 404))
+    user = _user_view(api, found["data"]) if found and "data" in found else None
+    changes = {}
+    current = user or {"admin": False, "emails": []}
+    if user is None:
+        changes["user"] = {"old": None, "new": username}
+        if password_set:
+            changes["password"] = {"old": None, "new": "set"}
+    if bool(admin) != current["admin"]:
+        changes["admin"] = {"old": current["admin"], "new": bool(admin)}
+    missing = sorted(set(emails or []) - set(current["emails"]))
+    if missing:
+        changes["emails"] = {"old": current["emails"], "new": sorted(set(current["emails"]) | set(missing))}
+    return user, changes
+
+
+def _users_api(wait=0):
+    mas = mapdata()
+    _refuse_while_migrating(mas)
+    return _AdminApi(mas["api"], wait=wait)
+
+
+def user_plan(username, admin=False, emails=None, password_set=False, wait=0):
+    """
+    What :py:func:`register_user` would change for ``username``, read from
+    MAS without changing anything: ``{"user": <user_info or None>, "changes":
+    {key: {old, new}}}``. A password is only set when the user is created
+    (``password_set``), so that re-applying never resets a password the user
+    has changed since. ``wait``: seconds to wait for MAS to come up.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.user_plan alice admin=True emails='[alice@example.com]'
+    """
+    user, changes = _plan(_users_api(wait), _localpart(username), admin, emails, password_set)
+    return {"user": user, "changes": changes}
+
+
+def register_user(username, password=None, password_file=None, password_pillar_key=None, admin=False,
+                  emails=None, skip_password_check=True):
+    """
+    Register a user in MAS, or bring an existing one to the wanted admin flag
+    and emails -- idempotent, unlike ``mas-cli manage register-user``. The
+    password is set when the user is created, through MAS's admin API, so it
+    never appears in a process's arguments or in Salt's output; prefer
+    ``password_file`` or ``password_pillar_key`` to ``password`` (which would
+    sit in salt-call's own arguments). Refused while
+    ``mas:migration_in_progress`` is true (syn2mas needs an empty MAS).
+
+    Returns ``{"username", "user_id", "created", "changes"}``.
+
+    username
+        The localpart (``alice``, ``@alice:example.com`` works too).
+    password / password_file / password_pillar_key
+        At most one; without any, the user has no password (e.g. upstream
+        OAuth2 logins only).
+    admin
+        Whether the user may request admin rights (``can_request_admin``).
+    emails
+        Email addresses to add (verified); existing ones are kept.
+    skip_password_check
+        Skip MAS's password complexity check (like the seed's
+        ``--ignore-password-complexity``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.register_user alice password_file=/root/alice.pw admin=True emails='[alice@example.com]'
+    """
+    secret = _password(password, password_file, password_pillar_key)
+    username = _localpart(username)
+    api = _users_api()
+    user, changes = _plan(api, username, admin, emails, secret is not None)
+    if user is None:
+        created = api.call("POST", "/users", expect=(201,), json={"username": username})["data"]
+        user_id = created["id"]
+        if secret is not None:
+            api.call("POST", f"/users/{user_id}/set-password", expect=(204,),
+                     json={"password": secret, "skip_password_check": bool(skip_password_check)})
+    else:
+        user_id = user["user_id"]
+    if "admin" in changes:
+        api.call("POST", f"/users/{user_id}/set-admin", json={"admin": bool(admin)})
+    for email in changes.get("emails", {}).get("new", []):
+        if email not in (user or {}).get("emails", []):
+            api.call("POST", "/user-emails", expect=(201,), json={"user_id": user_id, "email": email})
+    log.info("mas: user %s %s", username, "registered" if user is None else "updated" if changes else "unchanged")
+    return {"username": username, "user_id": user_id, "created": user is None, "changes": changes}

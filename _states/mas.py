@@ -131,3 +131,52 @@ def database(name, owner, admin, password_pillar_key=None):
     ret["comment"] = f"Database {name} fixed: {', '.join(sorted(todo))}"
     ret["changes"] = todo
     return ret
+
+
+def user_present(name, admin=False, emails=None, password_pillar_key=None, wait=60):
+    """
+    Ensure a MAS user exists with the given admin flag and emails (the
+    playbook's matrix-user-creator, idempotent). The password, read from
+    pillar on the minion, is set when the user is created only. MAS must be
+    running; refused while ``mas:migration_in_progress`` is true.
+
+    name
+        The localpart.
+    admin
+        ``can_request_admin``.
+    emails
+        Email addresses the user must have (others are kept).
+    password_pillar_key
+        The pillar key of the initial password (e.g. ``mas:users:0:password``).
+    wait
+        Seconds to wait for MAS to answer (it may just have been started).
+
+    .. code-block:: yaml
+
+        mas-users-mas-user-present-alice:
+          mas.user_present:
+            - name: alice
+            - admin: true
+            - emails: [alice@example.com]
+            - password_pillar_key: mas:users:0:password
+    """
+    ret = _ret(name)
+    try:
+        plan = __salt__["mas.user_plan"](name, admin, emails, password_set=password_pillar_key is not None,
+                                         wait=wait)
+        if not plan["changes"]:
+            ret["comment"] = f"MAS user {name} is already as wanted"
+            return ret
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["comment"] = f"MAS user {name} would be {'updated' if plan['user'] else 'registered'}"
+            ret["changes"] = plan["changes"]
+            return ret
+        done = __salt__["mas.register_user"](name, password_pillar_key=password_pillar_key, admin=admin, emails=emails)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["result"] = False
+        ret["comment"] = f"MAS user {name}: {exc}"
+        return ret
+    ret["comment"] = f"MAS user {name} {'registered' if done['created'] else 'updated'}"
+    ret["changes"] = done["changes"]
+    return ret

@@ -15,6 +15,9 @@ include:
   - .service
   - .synapse
   - .proxy
+{%- if mas.users %}
+  - .users
+{%- endif %}
 {%- else %}
   - .clean
 {%- endif %}

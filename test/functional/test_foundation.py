@@ -77,6 +77,14 @@ def test_apply_full_pillar_files_modes_owners_and_idempotence(salt_minion, full_
     assert "client_secret" not in provider
     assert provider["client_secret_file"] == str(base / "config/secrets/upstream-01HFVBY12TMNTYTBV8W921M5FA.secret")
     assert config["branding"] == {"service_name": "Test"}
+    # the formula's own admin client (mas.register_user), secret in a file
+    assert config["clients"] == [{
+        "client_id": "00000000000000000SA1TADM1N", "client_name": "Salt (mas formula)",
+        "client_auth_method": "client_secret_basic",
+        "client_secret_file": str(base / "config/secrets/admin_client_secret"),
+    }]
+    assert config["policy"]["data"]["admin_clients"] == ["00000000000000000SA1TADM1N"]
+    assert {"name": "adminapi"} in internal["resources"]
 
     # secret files: 0600, owned by the service user, exact content
     secrets = base / "config" / "secrets"
@@ -128,7 +136,7 @@ def test_generated_secrets_are_kept(salt_minion, minimal_pillar, paths):
     assert len(enc) == 64 and int(enc, 16) >= 0
     assert len((secrets / "homeserver_secret").read_text()) >= 32
     # nothing from pillar: no password files, no pepper scheme secret
-    assert sorted(p.name for p in secrets.iterdir()) == ["encryption", "homeserver_secret"]
+    assert sorted(p.name for p in secrets.iterdir()) == ["admin_client_secret", "encryption", "homeserver_secret"]
     change = res.by_id("mas-secrets-file-mas-secret-encryption")["changes"]
     assert change == {"secret": {"old": "absent", "new": "generated"}}
     before = snapshot(paths["base"])

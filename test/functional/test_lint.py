@@ -54,7 +54,8 @@ def test_yamllint_strict_on_pillar_example_and_parameters():
 
 @pytest.mark.parametrize("variant", ["enabled", "migrating", "disabled"])
 def test_yamllint_on_every_rendered_state(salt_minion, full_pillar, tmp_path, variant):
-    pillar = deep_update(full_pillar, {"database": {"manage": True}, "service": {"manage": True}})
+    pillar = deep_update(full_pillar, {"database": {"manage": True}, "service": {"manage": True},
+                                       "users": [{"username": "bot", "password": "x", "emails": ["b@example.com"]}]})
     if variant == "migrating":
         pillar = deep_update(pillar, {"migration_in_progress": True, "runtime": "docker", "proxy": {"type": "traefik"}})
     elif variant == "disabled":

@@ -188,3 +188,42 @@ def test_scram_verifier_round_trip():
     assert mas._scram_matches(verifier, "s3cret")
     assert not mas._scram_matches(verifier, "other")
     assert not mas._scram_matches("md5abc", "s3cret")
+
+
+@pytest.mark.parametrize("given,expected", [("alice", "alice"), ("@alice:example.com", "alice"), ("bot.x_1=/+-", "bot.x_1=/+-")])
+def test_localpart_normalisation(given, expected):
+    assert mas._localpart(given) == expected
+
+
+@pytest.mark.parametrize("given", ["", "Alice", "al ice", "@:example.com"])
+def test_localpart_refused(given):
+    with pytest.raises(SaltInvocationError, match="username"):
+        mas._localpart(given)
+
+
+def test_password_sources(tmp_path, pillar):
+    (tmp_path / "pw").write_text("from-file\n")
+    pillar["mas"] = {"users": [{"username": "a", "password": "from-pillar"}]}
+    assert mas._password(None, str(tmp_path / "pw"), None) == "from-file"
+    assert mas._password(None, None, "mas:users:0:password") == "from-pillar"
+    assert mas._password("given", None, None) == "given"
+    assert mas._password(None, None, None) is None
+    with pytest.raises(SaltInvocationError, match="at most one"):
+        mas._password("a", str(tmp_path / "pw"), None)
+    with pytest.raises(SaltInvocationError, match="mas:users:1:password is not set"):
+        mas._password(None, None, "mas:users:1:password")
+
+
+def test_mapdata_merges_lookup_then_pillar_and_redacts_user_passwords(pillar):
+    pillar["mas"] = {
+        "lookup": {"user": "from-lookup", "group": "from-lookup"},
+        "enabled": True, "server_name": "example.com", "group": "from-pillar",
+        "users": [{"username": "bot", "password": "Bot-Secret-1", "admin": True}],
+    }
+    result = mas.mapdata(DEFAULTS)
+    assert (result["user"], result["group"]) == ("from-lookup", "from-pillar")
+    assert result["users"] == [{"username": "bot", "admin": True, "emails": [],
+                                "password_pillar_key": "mas:users:0:password"}]
+    assert "Bot-Secret-1" not in repr(result)
+    assert result["api"]["token_url"] == "http://127.0.0.1:8080/auth/oauth2/token"
+    assert result["api"]["admin_url"] == "http://localhost:8081/api/admin/v1"
