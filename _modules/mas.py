@@ -92,6 +92,7 @@ BOOL_KEYS = (
     ("proxy", "nginx", "well_known"),
     ("http", "adminapi"),
     ("clean", "purge"),
+    ("doctor", "strict"),
 )
 # Secrets an operator may give in pillar: (pillar path, file name).
 PILLAR_SECRETS = (
@@ -1451,3 +1452,92 @@ def register_user(username, password=None, password_file=None, password_pillar_k
             api.call("POST", "/user-emails", expect=(201,), json={"user_id": user_id, "email": email})
     log.info("mas: user %s %s", username, "registered" if user is None else "updated" if changes else "unchanged")
     return {"username": username, "user_id": user_id, "created": user is None, "changes": changes}
+
+
+# --------------------------------------------------------------------------
+# doctor
+# --------------------------------------------------------------------------
+
+_TRACE = re.compile(r"^(\d{4}-\d\d-\d\dT\S+)\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(\S+)\s?(.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_INLINE_SECRET = re.compile(r"(?im)^(\s*(?:secret|client_secret|password)\s*:\s*).+$")
+
+
+def _doctor_entries(stderr):
+    """Tracing lines of ``mas-cli`` as ``[{level, target, message}]``
+    (continuation lines belong to the entry above them)."""
+    entries = []
+    for raw in _ANSI.sub("", stderr).splitlines():
+        match = _TRACE.match(raw)
+        if match:
+            entries.append({"level": match.group(2), "target": match.group(3), "message": match.group(4)})
+        elif entries:
+            entries[-1]["message"] += "\n" + raw
+        elif raw.strip():
+            entries.append({"level": "ERROR" if raw.startswith("Error") else "INFO", "target": "", "message": raw})
+    return entries
+
+
+def _classify(entry):
+    message = entry["message"].lstrip()
+    if message.startswith("✅"):
+        return "ok"
+    if message.startswith("⚠"):
+        return "warning"
+    if message.startswith("❌") or entry["level"] == "ERROR":
+        return "error"
+    if entry["level"] == "WARN":
+        return "warning"
+    return "info"
+
+
+def _scrub(text, secrets_to_hide):
+    for value in secrets_to_hide:
+        if value:
+            text = text.replace(value, "[REDACTED]")
+    return _INLINE_SECRET.sub(r"\1[REDACTED]", text)
+
+
+def doctor(strict=False):
+    """
+    Run ``mas-cli doctor`` with the deployed configuration and return a result
+    automation can gate on: ``{"result", "exit_code", "ok": [...], "warnings":
+    [...], "errors": [...]}``. ``result`` is false when doctor reports an
+    error (or a warning, with ``strict``), and ``salt-call`` then exits
+    non-zero. Secrets are removed from every message (upstream's doctor
+    prints ``matrix.secret`` when the ``/_synapse/mas`` probe fails).
+
+    strict
+        Count warnings as failures too.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.doctor
+        salt-call mas.doctor strict=True
+    """
+    mas = mapdata()
+    cli = mas["paths"]["mas_cli"]
+    if not os.path.isfile(cli):
+        raise CommandExecutionError(f"{cli} does not exist: apply the mas state first")
+    hide = []
+    for entry in mas["secret_files"]:
+        if entry["kind"] in ("token", "hex32", "pillar", "pepper") and os.path.isfile(entry["path"]):
+            with salt.utils.files.fopen(entry["path"], "r") as handle:
+                hide.append(handle.read().strip())
+    res = __salt__["cmd.run_all"](
+        [cli, "doctor"], python_shell=False, output_loglevel="quiet", ignore_retcode=True,
+        env={"RUST_LOG": "info", "NO_COLOR": "1"},
+    )  # fmt: skip
+    report = {"result": True, "exit_code": res["retcode"], "ok": [], "warnings": [], "errors": []}
+    for entry in _doctor_entries(res["stderr"]):
+        kind = _classify(entry)
+        if kind != "info":
+            report[kind + "s" if kind != "ok" else "ok"].append(_scrub(entry["message"], hide))
+    if res["retcode"] != 0 and not report["errors"]:
+        report["errors"].append(_scrub((res["stderr"] or res["stdout"]).strip()[-2000:], hide))
+    report["result"] = res["retcode"] == 0 and not report["errors"] and not (strict and report["warnings"])
+    if not report["result"]:
+        __context__["retcode"] = 1
+    return report

@@ -180,3 +180,38 @@ def user_present(name, admin=False, emails=None, password_pillar_key=None, wait=
     ret["comment"] = f"MAS user {name} {'registered' if done['created'] else 'updated'}"
     ret["changes"] = done["changes"]
     return ret
+
+
+def doctor(name, strict=False):
+    """
+    Fail when ``mas-cli doctor`` reports an error (or a warning, with
+    ``strict``): a gate for orchestration after deploying MAS. Changes
+    nothing; under ``test=True`` doctor is not run.
+
+    name
+        Any label.
+    strict
+        Count warnings as failures too.
+
+    .. code-block:: yaml
+
+        mas-doctor-mas-doctor:
+          mas.doctor:
+            - name: MAS and Synapse work together
+    """
+    ret = _ret(name)
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["comment"] = "mas-cli doctor would run"
+        return ret
+    try:
+        report = __salt__["mas.doctor"](strict=strict)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["result"] = False
+        ret["comment"] = f"mas-cli doctor: {exc}"
+        return ret
+    lines = [f"error: {m}" for m in report["errors"]] + [f"warning: {m}" for m in report["warnings"]]
+    ret["result"] = report["result"]
+    summary = f"{len(report['ok'])} checks passed, {len(report['warnings'])} warnings, {len(report['errors'])} errors"
+    ret["comment"] = "\n".join([f"mas-cli doctor: {summary}"] + lines)
+    return ret

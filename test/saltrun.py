@@ -5,6 +5,7 @@ cache and pillar under a temporary directory, ``file_roots`` at the checkout.
 """
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -87,9 +88,10 @@ class SaltMinion:
         """Write ``pillar`` (the whole pillar, e.g. ``{"mas": {...}}``)."""
         (self.pillar_dir / "mas.sls").write_text(yaml.safe_dump(pillar))
 
-    def run(self, *args, log_level="warning", timeout=300):
+    def run(self, *args, log_level="warning", timeout=300, env=None):
         cmd = [SALT_CALL, "-c", str(self.confdir), "--local", "--out=json", "-l", log_level, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=dict(os.environ, **(env or {})))
         return SaltResult(proc)
 
     def sync(self):

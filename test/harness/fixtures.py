@@ -121,11 +121,14 @@ class EchoUpstream:
 
     Every request, whatever its method or path, gets ``200`` with the JSON
     ``{"upstream": name, "path": <raw path incl. query>, "method": ...,
-    "headers": {...}}``.  ``requests`` lists the same dicts, oldest first.
+    "headers": {...}}`` -- or with ``reply``, when given (a fixed JSON
+    document, e.g. a ``/.well-known/matrix/client``).  ``requests`` lists the
+    request dicts, oldest first.
     """
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, reply: Any = None):
         self.name = name
+        self.reply = reply
         self.requests: list[dict[str, Any]] = []
         self._server = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
         self._server.daemon_threads = True
@@ -151,7 +154,7 @@ class EchoUpstream:
                     "headers": dict(self.headers.items()),
                 }
                 upstream.requests.append(record)
-                body = json.dumps(record).encode()
+                body = json.dumps(record if upstream.reply is None else upstream.reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -181,8 +184,8 @@ def echo_upstream() -> Iterator[Callable[[str], EchoUpstream]]:
     """Factory of started :class:`EchoUpstream` servers, stopped at session end."""
     servers: list[EchoUpstream] = []
 
-    def factory(name: str) -> EchoUpstream:
-        server = EchoUpstream(name)
+    def factory(name: str, reply: Any = None) -> EchoUpstream:
+        server = EchoUpstream(name, reply)
         servers.append(server)
         return server
 

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from harness.util import free_port
-from mas_double import MAS_CLI, run_server
 from pillars import deep_update
 
 pytestmark = pytest.mark.integration
@@ -21,49 +20,8 @@ BOT_PASSWORD = "Bot-Passw0rd-In-Pillar-77"
 ALICE_PASSWORD = "Alice-Passw0rd-From-File-31"
 
 
-@pytest.fixture(scope="module")
-def deployment(pg, module_salt_minion, synapse_factory, tmp_path_factory):
-    """MAS (the double) and Synapse, wired by the formula: ``{pillar, minion, db, synapse, mas, root}``."""
-    root = tmp_path_factory.mktemp("users")
-    pg.create_database("mas_users")
-    pg.load_mas_schema("mas_users")
-    synapse = synapse_factory(database="sqlite")
-    web, internal = free_port(), free_port()
-    pillar = {
-        "enabled": True,
-        "server_name": "example.com",
-        "runtime": "binary",
-        "binary": str(MAS_CLI),
-        "user": "root",
-        "group": "root",
-        "base_path": str(root / "mas"),
-        "service": {"manage": False, "unit_dir": str(root / "systemd")},
-        "http": {"web_bind": f"127.0.0.1:{web}", "internal_bind": f"127.0.0.1:{internal}"},
-        "database": {"host": "127.0.0.1", "port": pg.port, "name": "mas_users", "user": pg.superuser},
-        "synapse": {
-            "user": "root",
-            "group": "root",
-            "restart": False,
-            "endpoint": synapse.base_url + "/",
-            "mas_endpoint": f"http://127.0.0.1:{web}/auth/",
-            "config_files": [str(synapse.config_path)],
-            "config_dir": str(synapse.conf_d),
-        },
-        "proxy": {"type": "none"},
-    }
-    minion = module_salt_minion
-    res = minion.apply(pillar)
-    assert res.returncode == 0, res.output
-    with run_server([root / "mas" / "config" / "config.yaml"], log_path=root / "mas.log") as mas:
-        synapse.start()
-        try:
-            yield {"pillar": pillar, "minion": minion, "synapse": synapse, "mas": mas, "root": root}
-        finally:
-            synapse.stop()
-
-
 def rows(pg, sql, *params):
-    return pg.query("mas_users", sql, params or None)
+    return pg.query("mas_test_users", sql, params or None)
 
 
 def compat_login(mas, username, password, attempts=20):

@@ -12,6 +12,9 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from formula_modules import DEFAULTS, load
 from pillars import deep_update
+from saltrun import REPO_ROOT
+
+REPO_DEFAULTS = REPO_ROOT / "mas" / "parameters" / "defaults.yaml"
 
 mas = load("_modules", "mas", "mas_exec_for_unit_tests")
 mas_state = load("_states", "mas", "mas_state_for_unit_tests")
@@ -28,6 +31,7 @@ def pillar():
 @pytest.fixture
 def configure_loader_modules(pillar):
     salt_funcs = {"mas.secret_status": mas.secret_status, "mas.write_secret": mas.write_secret}
+    # (the doctor tests add cmd.run_all / cp.get_file_str stand-ins for mas-cli and the file server)
     return {
         mas: {"__pillar__": pillar, "__context__": {}, "__opts__": {"test": False}, "__salt__": salt_funcs},
         mas_state: {"__salt__": salt_funcs, "__opts__": {"test": False}},
@@ -227,3 +231,55 @@ def test_mapdata_merges_lookup_then_pillar_and_redacts_user_passwords(pillar):
     assert "Bot-Secret-1" not in repr(result)
     assert result["api"]["token_url"] == "http://127.0.0.1:8080/auth/oauth2/token"
     assert result["api"]["admin_url"] == "http://localhost:8081/api/admin/v1"
+
+
+DOCTOR_STDERR = """\x1b[2m2026-11-26T10:00:00.000001Z\x1b[0m \x1b[32m INFO\x1b[0m mas_cli::commands::doctor:40 💡 Running diagnostics, make sure that both MAS and Synapse are running.
+2026-11-26T10:00:00.000002Z  WARN mas_cli::commands::doctor:60 ⚠️ The issuer in the config (`http.issuer`/`http.public_base`) is not an HTTPS URL.
+This means some clients will refuse to use it.
+2026-11-26T10:00:00.000003Z  INFO mas_cli::commands::doctor:80 ✅ Homeserver is reachable at "http://synapse:8008/_matrix/client/versions"
+2026-11-26T10:00:00.000004Z ERROR mas_cli::commands::doctor:90 ❌Can't reach the homeserver admin API at "http://synapse:8008/_synapse/mas/is_localpart_available".
+matrix:
+  kind: synapse
+  homeserver: example.com
+  secret: "THE-SHARED-SECRET"
+2026-11-26T10:00:00.000005Z ERROR mas_cli::commands::doctor:99 The legacy login API at "https://matrix.example.com/_matrix/client/v3/login" replied with 404 Not Found.
+"""
+
+
+def test_doctor_parsing_markers_quirks_and_scrubbing(tmp_path, pillar):
+    pillar["mas"] = {"enabled": True, "server_name": "example.com", "base_path": str(tmp_path),
+                     "secrets": {"homeserver_secret": "THE-SHARED-SECRET"}}
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "mas-cli").write_text("#!/bin/sh\n")
+    (tmp_path / "config" / "secrets").mkdir(parents=True)
+    (tmp_path / "config" / "secrets" / "homeserver_secret").write_text("THE-SHARED-SECRET")
+    calls = []
+
+    def run_all(cmd, **kwargs):
+        calls.append((cmd, kwargs))
+        return {"retcode": 0, "stdout": "", "stderr": DOCTOR_STDERR}
+
+    mas.__salt__["cmd.run_all"] = run_all
+    mas.__salt__["cp.get_file_str"] = lambda url: (REPO_DEFAULTS.read_text())
+    report = mas.doctor()
+    assert calls[0][0] == [str(tmp_path / "bin" / "mas-cli"), "doctor"]
+    assert calls[0][1]["output_loglevel"] == "quiet" and calls[0][1]["python_shell"] is False
+    assert report["ok"] == ['✅ Homeserver is reachable at "http://synapse:8008/_matrix/client/versions"']
+    assert len(report["warnings"]) == 1 and "This means some clients" in report["warnings"][0]
+    assert len(report["errors"]) == 2
+    assert report["errors"][0].startswith("❌Can't reach the homeserver admin API")
+    assert "THE-SHARED-SECRET" not in repr(report) and "[REDACTED]" in report["errors"][0]
+    assert report["errors"][1].startswith("The legacy login API")
+    assert report["result"] is False and mas.__context__["retcode"] == 1
+
+
+def test_doctor_strict_fails_on_warnings_only(tmp_path, pillar):
+    pillar["mas"] = {"enabled": True, "server_name": "example.com", "base_path": str(tmp_path)}
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "mas-cli").write_text("#!/bin/sh\n")
+    warn_only = "\n".join(line for line in DOCTOR_STDERR.splitlines()[:4])
+    mas.__salt__["cmd.run_all"] = lambda cmd, **kw: {"retcode": 0, "stdout": "", "stderr": warn_only}
+    mas.__salt__["cp.get_file_str"] = lambda url: (REPO_DEFAULTS.read_text())
+    assert mas.doctor()["result"] is True
+    assert "retcode" not in mas.__context__
+    assert mas.doctor(strict=True)["result"] is False
