@@ -15,7 +15,7 @@ import requests
 from harness.util import free_port
 from mas_double import MAS_CLI, run_server
 from mas_double.runner import cli_env
-from pillars import deep_update
+from pillars import deep_update, wired_pillar
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def test_full_cast(pg, mas_db, synapse, salt_minion, minimal_pillar, nginx_facto
             proxy.stop()
 
 
-def test_register_user_wrapper_end_to_end(pg, salt_minion, minimal_pillar, synapse_factory, nginx_factory, tmp_path):
+def test_register_user_wrapper_end_to_end(pg, salt_minion, synapse_factory, nginx_factory, tmp_path):
     """The seed's `bin/register-user <user> <password> <0|1>` on a deployment
     the formula wired: the user lands in MAS's database (admin flag set), the
     double's worker provisions it in the real Synapse, and a password login
@@ -99,27 +99,10 @@ def test_register_user_wrapper_end_to_end(pg, salt_minion, minimal_pillar, synap
     pg.create_database("mas_e2e")
     pg.load_mas_schema("mas_e2e")
     synapse = synapse_factory(database="sqlite")
-    web, internal = free_port(), free_port()
-    pillar = deep_update(
-        minimal_pillar,
-        {
-            "user": "root",
-            "group": "root",
-            "binary": str(MAS_CLI),
-            "http": {"web_bind": f"127.0.0.1:{web}", "internal_bind": f"127.0.0.1:{internal}"},
-            "database": {"host": "127.0.0.1", "port": pg.port, "name": "mas_e2e", "user": pg.superuser},
-            "synapse": {
-                "endpoint": synapse.base_url + "/",
-                "mas_endpoint": f"http://127.0.0.1:{web}/auth/",
-                "config_files": [str(synapse.config_path)],
-                "config_dir": str(synapse.conf_d),
-            },
-            "proxy": {"nginx": {"mas_upstream": f"http://127.0.0.1:{web}"}},
-        },
-    )
+    pillar = wired_pillar(tmp_path, pg, "mas_e2e", synapse, free_port(), free_port())
     res = salt_minion.apply(pillar)
     assert res.returncode == 0, res.output
-    base = tmp_path / "srv" / "mas"
+    base = tmp_path / "mas"
     assert (synapse.conf_d / "matrix-authentication-service.yaml").is_file()
     try:
         with run_server([base / "config" / "config.yaml"], log_path=tmp_path / "mas.log") as mas:
