@@ -727,8 +727,9 @@ def mapdata(defaults=None):
     (``mas.register_user``, ``mas.doctor``, ...) work from.
 
     defaults
-        The ``values`` of ``parameters/defaults.yaml`` (``map.jinja`` passes
-        them); read from ``salt://mas/parameters/defaults.yaml`` when omitted.
+        The ``values`` of ``parameters/defaults.yaml``; read from
+        ``salt://mas/parameters/defaults.yaml`` when omitted (and then
+        computed once per run).
 
     CLI Example:
 
@@ -736,6 +737,13 @@ def mapdata(defaults=None):
 
         salt-call mas.mapdata
     """
+    pillar = salt.utils.data.traverse_dict_and_list(__pillar__, PILLAR_ROOT, {}) or {}
+    if not isinstance(pillar, dict):
+        raise SaltInvocationError(f"the pillar key '{PILLAR_ROOT}' must be a mapping")
+    # every SLS of a run asks for the same map: compute it once per pillar
+    cache_key = "mas.mapdata:" + hashlib.sha256(json.dumps(pillar, sort_keys=True, default=str).encode()).hexdigest()
+    if defaults is None and cache_key in __context__:
+        return copy.deepcopy(__context__[cache_key])
     if defaults is None:
         text = __salt__["cp.get_file_str"](f"salt://{PILLAR_ROOT}/parameters/defaults.yaml")
         if not text:
@@ -743,13 +751,12 @@ def mapdata(defaults=None):
                 f"cannot read salt://{PILLAR_ROOT}/parameters/defaults.yaml: is the formula in file_roots?"
             )
         defaults = salt.utils.yaml.safe_load(text)["values"]
-    pillar = salt.utils.data.traverse_dict_and_list(__pillar__, PILLAR_ROOT, {}) or {}
-    if not isinstance(pillar, dict):
-        raise SaltInvocationError(f"the pillar key '{PILLAR_ROOT}' must be a mapping")
     pillar = copy.deepcopy(dict(pillar))
     lookup = pillar.pop("lookup", None) or {}
     merged = salt.utils.dictupdate.update(copy.deepcopy(dict(defaults)), copy.deepcopy(dict(lookup)), merge_lists=False)
-    return settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False))
+    result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False))
+    __context__[cache_key] = copy.deepcopy(result)
+    return result
 
 
 def settings(data):
@@ -774,18 +781,7 @@ def settings(data):
     """
     if not isinstance(data, dict):
         raise SaltInvocationError("mas: the pillar key 'mas' must be a mapping")
-    # Every SLS of the formula imports map.jinja: compute the map once per run.
-    cache_key = "mas.settings:" + hashlib.sha256(
-        json.dumps(data, sort_keys=True, default=str).encode()
-    ).hexdigest()
-    if cache_key in __context__:
-        return copy.deepcopy(__context__[cache_key])
-    result = _settings(copy.deepcopy(salt.utils.data.decode(dict(data))))
-    __context__[cache_key] = result
-    return copy.deepcopy(result)
-
-
-def _settings(data):
+    data = copy.deepcopy(salt.utils.data.decode(dict(data)))
     errors = _validate(data)
     if errors:
         raise SaltInvocationError(

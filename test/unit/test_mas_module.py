@@ -86,11 +86,15 @@ def test_settings_root_prefix_and_mas_config_overrides():
     assert result["mas_config"]["http"]["public_base"] == "https://other.example.com/"
 
 
-def test_settings_is_computed_once_per_run():
-    first = settings()
+def test_mapdata_is_computed_once_per_pillar(pillar):
+    pillar["mas"] = {"enabled": True, "server_name": "example.com"}
+    mas.__salt__["cp.get_file_str"] = lambda url: REPO_DEFAULTS.read_text()
+    first = mas.mapdata()
     first["hostname"] = "changed-by-caller"
-    assert settings()["hostname"] == "matrix.example.com"
+    assert mas.mapdata()["hostname"] == "matrix.example.com"
     assert len(mas.__context__) == 1
+    pillar["mas"]["server_name"] = "example.org"
+    assert mas.mapdata()["hostname"] == "matrix.example.org"
 
 
 @pytest.mark.parametrize("prefix,ok", [("/auth", True), ("/", True), ("/a/b", True), ("/auth/", False), ("auth", False), ("/a//b", False)])
