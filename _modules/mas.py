@@ -708,6 +708,10 @@ def _redact(data):
             )
         providers.append(provider)
     data["upstream_oauth2_providers"] = providers
+    # a postgresql:// URI may carry a password: mas_syn2mas reads it from pillar
+    syn2mas = data.get("syn2mas")
+    if isinstance(syn2mas, dict) and "synapse_database_uri" in syn2mas:
+        syn2mas["synapse_database_uri_set"] = _is_set(syn2mas.pop("synapse_database_uri"))
     users = []
     for index, user in enumerate(data["users"]):
         users.append({

@@ -15,7 +15,14 @@ include:
 {%- if mas.database.manage %}
   - {{ sls_database }}
 {%- endif %}
-{%- if mas.service.manage %}
+{%- if mas.service.manage and salt["mas_syn2mas.phase"]() == "migrating" %}
+
+mas-service-running-test-nop-syn2mas:
+  test.nop:
+    - name: MAS is not started while a syn2mas migration is unfinished (salt-call mas_syn2mas.status)
+    - require:
+      - sls: {{ sls_unit }}
+{%- elif mas.service.manage %}
 {%- if mas.runtime == "docker" %}
 
 mas-service-running-cmd-run-image:

@@ -41,3 +41,23 @@ mas-synapse-file-mas-synapse-dropin:
     - require:
       - mas: mas-synapse-file-mas-secret
       - sls: {{ sls_service }}
+{%- if synapse.state == "present" %}
+{%- if salt["mas_syn2mas.phase"]() == "migrating" %}
+
+mas-synapse-file-test-fail-without-changes-syn2mas:
+  test.fail_without_changes:
+    - name: syn2mas-unfinished
+    - comment: >-
+        The last syn2mas migration did not finish (salt-call mas_syn2mas.status):
+        Synapse must not delegate to MAS yet. Set mas:migration_in_progress: true,
+        apply mas, then run state.apply mas.syn2mas again.
+    - require_in:
+      - mas_synapse: mas-synapse-file-mas-synapse-dropin
+{%- endif %}
+
+mas-synapse-file-mas-syn2mas-delegated:
+  mas_syn2mas.delegated:
+    - name: syn2mas
+    - require:
+      - mas_synapse: mas-synapse-file-mas-synapse-dropin
+{%- endif %}

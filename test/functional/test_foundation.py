@@ -381,3 +381,16 @@ def test_an_existing_account_is_left_as_it_is(salt_minion, minimal_pillar):
     assert res.returncode == 0, res.output
     assert res.by_id("mas-install-account-user-present")["changes"] == {}
     assert pwd.getpwnam("nobody") == before
+
+
+def test_syn2mas_database_uri_stays_out_of_the_map(salt_minion, full_pillar):
+    """A postgresql:// URI may carry a password: it is read on the minion,
+    never rendered into an SLS (state.show_sls)."""
+    uri = "postgresql://synapse:Uri-Password-Secret-42@db.example.com/synapse"
+    salt_minion.set_pillar({"mas": deep_update(full_pillar, {"syn2mas": {"synapse_database_uri": uri}})})
+    for sls in ("mas", "mas.syn2mas"):
+        show = salt_minion.run("state.show_sls", sls)
+        assert show.returncode == 0, show.output
+        assert "Uri-Password-Secret-42" not in show.output
+    opts = salt_minion.run("mas_syn2mas.options")
+    assert opts.data["synapse_database_uri"] == uri
