@@ -25,8 +25,8 @@ import yaml
 
 from harness.synapse import SYNAPSE_DB_PASSWORD
 from harness.util import free_port
-from mas_double import MAS_CLI, run_server
-from pillars import PILLAR_SECRETS, deep_update
+from mas_double import run_server
+from pillars import PILLAR_SECRETS, deep_update, wired_pillar
 from saltrun import REPO_ROOT, SaltMinion
 
 pytestmark = pytest.mark.integration
@@ -131,28 +131,18 @@ def deployment(world, pg, salt_extmods, tmp_path, upstream_dir, request):
     pg.drop_database(dbname)
     pg.create_database(dbname)  # empty: syn2mas itself creates MAS's schema
     hs = world.server.config_path
-    pillar = {
-        "enabled": True,
-        "server_name": "example.com",
+    pillar = deep_update(wired_pillar(tmp_path, pg, dbname, world.server, free_port(), free_port()), {
         "migration_in_progress": True,
-        "runtime": "binary",
-        "binary": str(MAS_CLI),
-        "user": "root",
-        "group": "root",
         "base_path": str(tmp_path / "srv"),
-        "service": {"manage": False, "unit_dir": str(tmp_path / "units")},
-        "http": {"web_bind": f"127.0.0.1:{free_port()}", "internal_bind": f"127.0.0.1:{free_port()}"},
-        "database": {"host": "127.0.0.1", "port": pg.port, "name": dbname, "user": pg.superuser},
         "secrets": {key: PILLAR_SECRETS[key] for key in ("encryption", "homeserver_secret")},
-        "synapse": {"endpoint": world.server.base_url + "/", "config_files": [str(hs)],
-                    "config_dir": str(world.server.conf_d), "user": "root", "group": "root", "restart": False},
+        "synapse": {"mas_endpoint": None},
         "upstream_oauth2_providers": [{
             "id": PROVIDER_ID, "synapse_idp_id": SYNAPSE_IDP_ID, "issuer": ISSUER, "client_id": "mas",
             "client_secret": PILLAR_SECRETS["client_secret"], "token_endpoint_auth_method": "client_secret_post",
             "scope": "openid"}],
         "proxy": {"type": "none"},
         "syn2mas": {"stop_services": False, "synapse_config_files": [str(hs), str(world.fragment)]},
-    }  # fmt: skip
+    })  # fmt: skip
     minion = SaltMinion(tmp_path, REPO_ROOT, extmods=salt_extmods)
     dep = Deployment(minion, pillar, pg, dbname, tmp_path, world.secrets)
     res = dep.call("state.apply", "mas", "--retcode-passthrough")
