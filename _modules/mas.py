@@ -123,6 +123,13 @@ _ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+$")
+# Values rendered into the bin/ wrappers and the systemd unit: no whitespace,
+# quotes, `$`, `%` or control characters, so nothing can inject a command.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@-]*$")
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+_DOCKER_NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DOCKER_ARG = re.compile(r"^[A-Za-z0-9_./:=@,+-]+$")
+SYSTEMD_RESTART = ("no", "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog")
 
 
 def __virtual__():
@@ -218,6 +225,11 @@ def _validate(data):
         value = _get(data, *path)
         if not isinstance(value, str) or not os.path.isabs(value) or value == "/":
             errors.add(path, f"must be an absolute directory path, not {value!r}")
+        elif not _SAFE_PATH.match(value):
+            errors.add(path, f"{value!r} may only hold letters, digits and . _ / + @ -")
+    restart = _get(data, "service", "restart")
+    if restart not in SYSTEMD_RESTART:
+        errors.add(("service", "restart"), f"must be one of {', '.join(SYSTEMD_RESTART)}, not {restart!r}")
     for path in (("user",), ("group",)):
         value = _get(data, *path)
         if not isinstance(value, str) or not _NAME.match(value):
@@ -231,18 +243,25 @@ def _validate(data):
         errors.add(("runtime",), f"must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     elif runtime == "docker":
         image = data.get("image")
-        if not isinstance(image, str) or not image or any(c.isspace() for c in image):
+        if not isinstance(image, str) or not _IMAGE.match(image):
             errors.add(("image",), f"must be a container image reference, not {image!r}")
         command = _get(data, "service", "docker", "command")
-        if not isinstance(command, str) or not os.path.isabs(command):
+        if not isinstance(command, str) or not _SAFE_PATH.match(command):
             errors.add(("service", "docker", "command"), f"must be the absolute path of docker, not {command!r}")
+        network = _get(data, "service", "docker", "network")
+        if not isinstance(network, str) or (network and not _DOCKER_NETWORK.match(network)):
+            errors.add(("service", "docker", "network"), f"must be a docker network name, not {network!r}")
         extra = _get(data, "service", "docker", "extra_args")
-        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
-            errors.add(("service", "docker", "extra_args"), "must be a list of strings")
+        if not isinstance(extra, list) or not all(isinstance(a, str) and _DOCKER_ARG.match(a) for a in extra):
+            errors.add(
+                ("service", "docker", "extra_args"),
+                "must be a list of single docker arguments (letters, digits and _ . / : = @ , + -; e.g."
+                " --publish=127.0.0.1:8080:8080)",
+            )
     else:
         binary = data.get("binary")
-        if not isinstance(binary, str) or not os.path.isabs(binary):
-            errors.add(("binary",), f"must be the absolute path of mas-cli, not {binary!r}")
+        if not isinstance(binary, str) or not _SAFE_PATH.match(binary):
+            errors.add(("binary",), f"must be the absolute path of mas-cli (letters, digits, . _ / + @ -), not {binary!r}")
 
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         value = _get(data, *path)
@@ -534,7 +553,9 @@ def _paths(base_path):
         "bin_dir": os.path.join(base_path, "bin"),
         "mas_cli": os.path.join(base_path, "bin", "mas-cli"),
         "register_user": os.path.join(base_path, "bin", "register-user"),
-        "state_dir": os.path.join(base_path, "data", "formula"),
+        # the formula's own records (syn2mas phase): root only, outside data/,
+        # which the MAS process may write
+        "state_dir": os.path.join(base_path, "formula"),
     }
 
 
@@ -800,6 +821,10 @@ def settings(data):
     if not _is_set(data["synapse"]["mas_endpoint"]):
         port = data["http"]["web_bind"].rsplit(":", 1)[-1]
         data["synapse"]["mas_endpoint"] = f"http://localhost:{port}{'' if prefix == '/' else prefix}/"
+    if data["runtime"] == "docker" and not data["service"]["docker"]["network"]:
+        # MAS reaches PostgreSQL and Synapse on localhost, and Salt, Synapse
+        # and the proxy reach MAS there, as with the binary runtime
+        data["service"]["docker"]["network"] = "host"
     if not _is_set(data["synapse"].get("secret_path")):
         data["synapse"]["secret_path"] = os.path.join(data["base_path"], "synapse", "homeserver_secret")
     proxy = data["proxy"]
@@ -953,8 +978,7 @@ def _wanted(kind, pillar_key, source, synapse):
     if kind == "copy":
         if not source or not os.path.isfile(source):
             raise CommandExecutionError(f"the source secret file {source} does not exist yet")
-        with salt.utils.files.fopen(source, "rb") as handle:
-            return handle.read()
+        return _read_regular(source)
     value = _pillar_value(pillar_key)
     if kind == "pepper":
         if value is None and synapse:
@@ -1029,10 +1053,9 @@ def secret_status(path, kind, pillar_key=None, user="root", group="root", mode="
         return {"action": "create" if not os.path.exists(path) else "update",
                 "reason": f"copied from {source}, which does not exist yet"}
     wanted = _wanted(kind, pillar_key, source, synapse)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return {"action": "create", "reason": "from pillar" if wanted is not None else "generated"}
-    with salt.utils.files.fopen(path, "rb") as handle:
-        current = handle.read()
+    current = _read_regular(path)
     if wanted is not None and not hmac.compare_digest(current, wanted):
         if kind == "hex32" and not allow_rotation:
             raise CommandExecutionError(
@@ -1043,10 +1066,23 @@ def secret_status(path, kind, pillar_key=None, user="root", group="root", mode="
             )
         return {"action": "update", "reason": "from pillar" if kind != "copy" else f"copied from {source}"}
     uid, gid = _owner_ids(user, group)
-    info = os.stat(path)
+    info = os.lstat(path)
     if stat.S_IMODE(info.st_mode) != int(str(mode), 8) or (info.st_uid, info.st_gid) != (uid, gid):
         return {"action": "fix-mode", "reason": "owner or mode"}
     return {"action": "none", "reason": "in place"}
+
+
+def _read_regular(path):
+    """Read a secret file, refusing anything but a regular file (a symlink
+    planted there must never make root read or chown another file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot read {path} (a symlink is refused): {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise CommandExecutionError(f"{path} is not a regular file")
+        return handle.read()
 
 
 def write_secret(path, kind, pillar_key=None, user="root", group="root", mode="0600",
@@ -1067,8 +1103,15 @@ def write_secret(path, kind, pillar_key=None, user="root", group="root", mode="0
         return status
     uid, gid = _owner_ids(user, group)
     if status["action"] == "fix-mode":
-        os.chown(path, uid, gid)
-        os.chmod(path, int(str(mode), 8))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, int(str(mode), 8))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CommandExecutionError(f"cannot fix owner/mode of {path}: {exc.strerror}") from exc
         return status
     content = _wanted(kind, pillar_key, source, synapse)
     if content is None:
@@ -1083,10 +1126,10 @@ def write_secret(path, kind, pillar_key=None, user="root", group="root", mode="0
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        raise CommandExecutionError(f"cannot write {path}: {exc.strerror}") from exc
     log.info("mas: %s secret file %s (%s)", status["action"], path, status["reason"])
     return status
 
@@ -1541,3 +1584,38 @@ def doctor(strict=False):
     if not report["result"]:
         __context__["retcode"] = 1
     return report
+
+
+# --------------------------------------------------------------------------
+# Container image (docker runtime)
+# --------------------------------------------------------------------------
+
+
+def image_present(image, command="/usr/bin/docker", test=False):
+    """
+    Make sure the MAS container image is on the minion: ``docker image
+    inspect``, and ``docker pull`` when it is missing (argument lists, no
+    shell). Returns ``{"present_before": bool, "pulled": bool}``; with
+    ``test`` nothing is pulled.
+
+    image
+        The image reference (``mas:image``).
+    command
+        The docker CLI (``mas:service:docker:command``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.image_present ghcr.io/element-hq/matrix-authentication-service:1.23.0
+    """
+    inspect = __salt__["cmd.run_all"]([command, "image", "inspect", image], python_shell=False,
+                                      output_loglevel="quiet", ignore_retcode=True)
+    if inspect["retcode"] == 0:
+        return {"present_before": True, "pulled": False}
+    if test:
+        return {"present_before": False, "pulled": False}
+    pull = __salt__["cmd.run_all"]([command, "pull", image], python_shell=False, ignore_retcode=True)
+    if pull["retcode"] != 0:
+        raise CommandExecutionError(f"docker pull {image} failed: {(pull['stderr'] or pull['stdout']).strip()[-500:]}")
+    return {"present_before": False, "pulled": True}

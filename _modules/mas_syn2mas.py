@@ -6,7 +6,7 @@ sessions from Synapse's database into an *empty* MAS database. It can only
 succeed once: a second run fails inside MAS ("The MAS database is not empty"),
 a run against a live Synapse gives an inconsistent copy, and a run killed
 half-way leaves a partial migration behind. This module wraps it with a
-persisted **phase marker** (``<mas:base_path>/data/formula/syn2mas.json``,
+persisted **phase marker** (``<mas:base_path>/formula/syn2mas.json``,
 root-owned, 0600, written atomically) and guards:
 
 ``legacy_auth``

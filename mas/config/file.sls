@@ -41,6 +41,7 @@ mas-config-file-file-managed-{{ wrapper }}:
         image: {{ mas.image }}
         binary: {{ mas.binary }}
         user: {{ mas.user }}
+        group: {{ mas.group }}
         docker: {{ mas.service.docker | json }}
     - require:
       - sls: {{ sls_secrets }}

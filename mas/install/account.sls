@@ -26,15 +26,19 @@ mas-install-account-user-present:
     - require:
       - group: mas-install-account-group-present
 
-{%- for dir, mode in [("base", "0755"), ("bin_dir", "0755"), ("config_dir", "0750"),
-                      ("secrets_dir", "0700"), ("keys_dir", "0700"), ("data_dir", "0750"),
-                      ("state_dir", "0750")] %}
+{#- Only data/ belongs to the service account: the directories holding the
+    config, secrets and keys are root's (MAS reads them through its group),
+    so the account can never plant a link that root would follow. #}
+{%- for dir, group, mode in [("base", "root", "0755"), ("bin_dir", "root", "0755"),
+                             ("config_dir", mas.group, "0750"), ("secrets_dir", mas.group, "0750"),
+                             ("keys_dir", mas.group, "0750"), ("data_dir", mas.group, "0750"),
+                             ("state_dir", "root", "0700")] %}
 
 mas-install-account-file-directory-{{ dir }}:
   file.directory:
     - name: {{ mas.paths[dir] }}
-    - user: {{ "root" if dir in ("base", "bin_dir") else mas.user }}
-    - group: {{ "root" if dir in ("base", "bin_dir") else mas.group }}
+    - user: {{ mas.user if dir == "data_dir" else "root" }}
+    - group: {{ group }}
     - mode: '{{ mode }}'
     - makedirs: true
     - require:

@@ -9,6 +9,8 @@
 
 include:
   - {{ sls_proxy_file }}
+{#- onchanges by state ID: an `sls:` requisite would also match every state
+    the included SLS include (Salt 3008), reloading on any MAS change #}
 {%- if proxy.files and proxy.reload %}
 {%- if proxy.check %}
 
@@ -17,7 +19,9 @@ mas-proxy-reload-module-run-check:
     - mas_synapse.proxy_check:
       - argv: {{ proxy.check | json }}
     - onchanges:
-      - sls: {{ sls_proxy_file }}
+{%- for file in proxy.files %}
+      - file: mas-proxy-file-file-managed-{{ file.name }}
+{%- endfor %}
 {%- endif %}
 
 mas-proxy-reload-module-run-reload:
@@ -25,7 +29,9 @@ mas-proxy-reload-module-run-reload:
     - service.reload:
       - name: {{ proxy.service }}
     - onchanges:
-      - sls: {{ sls_proxy_file }}
+{%- for file in proxy.files %}
+      - file: mas-proxy-file-file-managed-{{ file.name }}
+{%- endfor %}
 {%- if proxy.check %}
     - require:
       - module: mas-proxy-reload-module-run-check

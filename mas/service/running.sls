@@ -25,10 +25,10 @@ mas-service-running-test-nop-syn2mas:
 {%- elif mas.service.manage %}
 {%- if mas.runtime == "docker" %}
 
-mas-service-running-cmd-run-image:
-  cmd.run:
-    - name: {{ mas.service.docker.command }} pull {{ mas.image }}
-    - unless: {{ mas.service.docker.command }} image inspect {{ mas.image }}
+mas-service-running-mas-image-present:
+  mas.image_present:
+    - name: {{ mas.image }}
+    - command: {{ mas.service.docker.command }}
     - require:
       - sls: {{ sls_unit }}
 {%- endif %}
@@ -37,9 +37,14 @@ mas-service-running-service-running:
   service.running:
     - name: {{ mas.service.name }}
     - enable: true
-{%- if mas.database.manage %}
     - require:
+{%- if mas.database.manage %}
       - sls: {{ sls_database }}
+{%- endif %}
+{%- if mas.runtime == "docker" %}
+      - mas: mas-service-running-mas-image-present
+{%- else %}
+      - sls: {{ sls_unit }}
 {%- endif %}
     - watch:
       - sls: {{ sls_unit }}

@@ -15,8 +15,11 @@ mas-synapse-restart-module-run:
   module.run:
     - service.restart:
       - name: {{ synapse.service }}
+    # by state ID: an `sls:` requisite would also match every state the
+    # included SLS include (Salt 3008), restarting Synapse on any MAS change
     - onchanges:
-      - sls: {{ sls_synapse_file }}
+      - mas: mas-synapse-file-mas-secret
+      - mas_synapse: mas-synapse-file-mas-synapse-dropin
 {%- else %}
 
 mas-synapse-restart-test-nop:

@@ -99,11 +99,11 @@ def test_apply_full_pillar_files_modes_owners_and_idempotence(salt_minion, full_
     for name, value in expected.items():
         assert (secrets / name).read_text() == value, name
         assert owner(secrets / name) == ("mas", "mas", "0o600")
-    assert owner(secrets) == ("mas", "mas", "0o700")
+    assert owner(secrets) == ("root", "mas", "0o750")
 
     # signing keys: RSA >= 2048 bits, EC P-256, P-384, secp256k1
     keys = base / "config" / "keys"
-    assert owner(keys) == ("mas", "mas", "0o700")
+    assert owner(keys) == ("root", "mas", "0o750")
     loaded = {p.name: serialization.load_pem_private_key(p.read_bytes(), None) for p in keys.iterdir()}
     assert isinstance(loaded["rsa.pem"], rsa.RSAPrivateKey) and loaded["rsa.pem"].key_size >= 2048
     assert isinstance(loaded["ec-p256.pem"].curve, ec.SECP256R1)
@@ -211,6 +211,12 @@ BAD_PILLARS = [
     ({"synapse": {"endpoint": "localhost:8008"}}, "mas:synapse:endpoint: must be an http(s) URL"),
     ({"proxy": {"type": "apache"}}, "mas:proxy:type: must be one of nginx, traefik, none"),
     ({"config": ["not", "a", "mapping"]}, "mas:config: must be a mapping"),
+    ({"runtime": "docker", "image": "img$(touch /tmp/x)"}, "mas:image: must be a container image reference"),
+    ({"runtime": "docker", "service": {"docker": {"network": "host$(id)"}}}, "mas:service:docker:network: must be a docker network name"),
+    ({"runtime": "docker", "service": {"docker": {"extra_args": ["$(touch /tmp/x)"]}}}, "mas:service:docker:extra_args: must be a list of single docker arguments"),
+    ({"runtime": "docker", "service": {"docker": {"command": "/usr/bin/docker\nExecStartPost=/bin/sh"}}}, "mas:service:docker:command: must be the absolute path of docker"),
+    ({"base_path": "/srv/mas$(id)"}, "mas:base_path: '/srv/mas$(id)' may only hold"),
+    ({"service": {"restart": "sometimes"}}, "mas:service:restart: must be one of no, always"),
     ({"synapse": {"dropin_name": "mas.conf"}}, "mas:synapse:dropin_name: must be a file name ending in .yaml"),
     ({"synapse": {"config_dir": "conf.d"}}, "mas:synapse:config_dir: must be an absolute path"),
     ({"path_prefix": "/"}, "mas:path_prefix: '/' needs MAS on its own host name"),
@@ -279,7 +285,7 @@ def test_docker_runtime_unit_and_wrapper(salt_minion, minimal_pillar, paths):
     for flag in ("--read-only", "--cap-drop=ALL", "--network=matrix", "--publish=127.0.0.1:8080:8080",
                  f"dst={paths['base']}/config,readonly", "ghcr.io/element-hq/matrix-authentication-service:1.23.0"):
         assert flag in wrapper
-    assert '--user="$(id -u mas):$(id -g mas)"' in wrapper
+    assert '--user="$(id -u mas):$(getent group mas | cut -d: -f3)"' in wrapper
     assert subprocess.run(["sh", "-n", str(paths["base"] / "bin" / "mas-cli")], check=False).returncode == 0
 
 
@@ -368,9 +374,9 @@ def test_service_restarts_only_on_config_secret_key_or_unit_changes(salt_minion,
     args = {key: value for item in service if isinstance(item, dict) for key, value in item.items()}
     assert "running" in service and args["enable"] is True
     assert sorted(w["sls"] for w in args["watch"]) == ["mas.config", "mas.secrets", "mas.service.unit"]
-    pull = show.data["mas-service-running-cmd-run-image"]["cmd"]
+    pull = show.data["mas-service-running-mas-image-present"]["mas"]
     pull_args = {key: value for item in pull if isinstance(item, dict) for key, value in item.items()}
-    assert pull_args["unless"] == "/usr/bin/docker image inspect ghcr.io/element-hq/matrix-authentication-service:1.23.0"
+    assert "image_present" in pull and pull_args["command"] == "/usr/bin/docker"
 
 
 def test_an_existing_account_is_left_as_it_is(salt_minion, minimal_pillar):

@@ -103,7 +103,7 @@ class Deployment:
 
     @property
     def marker_path(self):
-        return self.root / "srv" / "data" / "formula" / "syn2mas.json"
+        return self.root / "srv" / "formula" / "syn2mas.json"
 
     def marker(self):
         return json.loads(self.marker_path.read_text()) if self.marker_path.exists() else None

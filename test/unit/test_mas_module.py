@@ -287,3 +287,15 @@ def test_doctor_strict_fails_on_warnings_only(tmp_path, pillar):
     assert mas.doctor()["result"] is True
     assert "retcode" not in mas.__context__
     assert mas.doctor(strict=True)["result"] is False
+
+
+def test_a_symlink_in_place_of_a_secret_is_refused(tmp_path):
+    """Root must never read, chown or chmod what a planted link points at."""
+    target = tmp_path / "victim"
+    target.write_text("not yours")
+    target.chmod(0o644)
+    link = tmp_path / "homeserver_secret"
+    link.symlink_to(target)
+    with pytest.raises(CommandExecutionError, match="symlink is refused"):
+        mas.write_secret(str(link), "token", None, ME, MY_GROUP)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_text() == "not yours"

@@ -139,7 +139,7 @@ def configure_loader_modules(pillar, cli, services):
 def world(tmp_path):
     """A deployed MAS (wrapper, state dir, a secret file) and a Synapse config under tmp."""
     base = tmp_path / "srv"
-    for sub in ("bin", "data/formula", "config/secrets"):
+    for sub in ("bin", "formula", "config/secrets"):
         (base / sub).mkdir(parents=True)
     wrapper = base / "bin" / "mas-cli"
     wrapper.write_text("#!/bin/sh\nexit 99\n")
@@ -171,7 +171,7 @@ def mapdata(world, **overrides):
 
 
 def marker(world):
-    path = world["base"] / "data" / "formula" / "syn2mas.json"
+    path = world["base"] / "formula" / "syn2mas.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -246,7 +246,7 @@ def test_map_is_computed_from_pillar_like_map_jinja(world, pillar):
     pillar["mas"].update(enabled=True, server_name="example.com", base_path=str(world["base"]),
                          migration_in_progress=True, lookup={"runtime": "binary"})  # fmt: skip
     computed = syn2mas._mapdata()
-    assert computed["paths"]["state_dir"] == str(world["base"] / "data" / "formula")
+    assert computed["paths"]["state_dir"] == str(world["base"] / "formula")
     assert computed["runtime"] == "binary" and computed["migration_in_progress"] is True
     assert_no_secret(computed)
 
@@ -322,7 +322,7 @@ def test_migrate_success_records_the_phase(world, cli, up, services):
     assert [h["phase"] for h in saved["history"]] == ["migrating", "migrated"]
     assert saved["synapse_configs"] == [str(world["hs"]), str(world["conf_d"] / "oidc.yaml")]
     assert saved["mas_config"] == str(world["base"] / "config" / "config.yaml")
-    path = world["base"] / "data" / "formula" / "syn2mas.json"
+    path = world["base"] / "formula" / "syn2mas.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.stat().st_uid == os.geteuid()
     assert_no_secret(result)
     assert_no_secret(path.read_text())
@@ -389,7 +389,7 @@ def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up
     assert result["services"] == {"stopped": ["synapse-unit", "mas-unit"], "started": []}
     assert "Synapse stays stopped" in result["comment"]
 
-    (world["base"] / "data" / "formula" / "syn2mas.json").unlink()
+    (world["base"] / "formula" / "syn2mas.json").unlink()
     result = syn2mas.migrate(mapdata=data, start_synapse_after=True)
     assert result["services"]["started"] == ["synapse-unit"]
 
@@ -489,7 +489,7 @@ def test_explicit_synapse_config_files_and_database_uri(world, cli, up, pillar):
 
 
 def test_unreadable_marker_is_an_error_with_the_way_out(world, up):
-    (world["base"] / "data" / "formula" / "syn2mas.json").write_text("{not json")
+    (world["base"] / "formula" / "syn2mas.json").write_text("{not json")
     with pytest.raises(CommandExecutionError) as err:
         syn2mas.status(mapdata(world))
     assert "mas_syn2mas.reset confirm=True" in str(err.value)
@@ -513,7 +513,7 @@ def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
 
 
 def test_reset_repairs_an_unreadable_marker(world):
-    (world["base"] / "data" / "formula" / "syn2mas.json").write_text("{not json")
+    (world["base"] / "formula" / "syn2mas.json").write_text("{not json")
     done = syn2mas.reset(confirm=True, mapdata=mapdata(world))
     assert done["result"] is True and done["changes"] == {"phase": {"old": "unreadable", "new": "legacy_auth"}}
     assert marker(world)["phase"] == "legacy_auth"
