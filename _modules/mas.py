@@ -778,6 +778,13 @@ def mapdata(defaults=None):
         defaults = salt.utils.yaml.safe_load(text)["values"]
     pillar = copy.deepcopy(dict(pillar))
     lookup = pillar.pop("lookup", None) or {}
+    misplaced = [":".join(path) for path, _ in PILLAR_SECRETS if _get(lookup, *path) is not None]
+    misplaced += [key for key in ("users", "upstream_oauth2_providers") if key in lookup]
+    if misplaced:
+        raise SaltInvocationError(
+            "Invalid pillar for the mas formula (nothing was changed):\n- "
+            + "\n- ".join(f"mas:lookup:{key}: secrets belong under mas:{key}, not mas:lookup" for key in misplaced)
+        )
     merged = salt.utils.dictupdate.update(copy.deepcopy(dict(defaults)), copy.deepcopy(dict(lookup)), merge_lists=False)
     result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False))
     __context__[cache_key] = copy.deepcopy(result)
@@ -1309,7 +1316,10 @@ class _AdminApi:
                 f"MAS refused the formula's admin client at {api['token_url']} ({resp.status_code}): {_api_error(resp)}"
                 " -- is MAS running with the config the formula wrote (clients, policy.data.admin_clients)?"
             )
-        self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+        try:
+            self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
+        except (ValueError, KeyError) as exc:
+            raise CommandExecutionError(f"MAS answered {api['token_url']} without an access token") from exc
 
     def _send(self, method, url, **kwargs):
         try:
@@ -1321,7 +1331,10 @@ class _AdminApi:
         resp = self._send(method, self.api["admin_url"] + path, **kwargs)
         if resp.status_code not in expect:
             raise CommandExecutionError(f"MAS admin API {method} {path}: {resp.status_code} {_api_error(resp)}")
-        return resp.json() if resp.content else None
+        try:
+            return resp.json() if resp.content else None
+        except ValueError as exc:
+            raise CommandExecutionError(f"MAS admin API {method} {path}: the answer is not JSON") from exc
 
 
 def _api_error(resp):
@@ -1484,8 +1497,14 @@ def register_user(username, password=None, password_file=None, password_pillar_k
         created = api.call("POST", "/users", expect=(201,), json={"username": username})["data"]
         user_id = created["id"]
         if secret is not None:
-            api.call("POST", f"/users/{user_id}/set-password", expect=(204,),
-                     json={"password": secret, "skip_password_check": bool(skip_password_check)})
+            try:
+                api.call("POST", f"/users/{user_id}/set-password", expect=(204,),
+                         json={"password": secret, "skip_password_check": bool(skip_password_check)})
+            except CommandExecutionError as exc:
+                raise CommandExecutionError(
+                    f"user {username} was created but MAS refused its password ({exc}); it has no password now:"
+                    f" set one with `{mapdata()['paths']['mas_cli']} manage set-password {username} ...`"
+                ) from exc
     else:
         user_id = user["user_id"]
     if "admin" in changes:

@@ -300,6 +300,10 @@ def _known_secrets(mas, synapse_conf):
     """Every secret value the minion knows for this deployment (never returned)."""
     found = _secret_values(synapse_conf or {}, set())
     _secret_values(salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT], {}) or {}, found)
+    # the whole URI: libpq also takes ?password=... which the URL rule misses
+    uri = salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT, "syn2mas", "synapse_database_uri"], "")
+    if isinstance(uri, str) and uri:
+        found.add(uri)
     secrets_dir = mas["paths"]["secrets_dir"]
     if os.path.isdir(secrets_dir):
         for entry in os.listdir(secrets_dir):

@@ -163,7 +163,7 @@ def user_present(name, admin=False, emails=None, password_pillar_key=None, wait=
     ret = _ret(name)
     try:
         plan = __salt__["mas.user_plan"](name, admin, emails, password_set=password_pillar_key is not None,
-                                         wait=wait)
+                                         wait=0 if __opts__["test"] else wait)
         if not plan["changes"]:
             ret["comment"] = f"MAS user {name} is already as wanted"
             return ret
@@ -174,6 +174,11 @@ def user_present(name, admin=False, emails=None, password_pillar_key=None, wait=
             return ret
         done = __salt__["mas.register_user"](name, password_pillar_key=password_pillar_key, admin=admin, emails=emails)
     except (CommandExecutionError, SaltInvocationError) as exc:
+        if __opts__["test"]:
+            # a fresh minion: MAS is not configured or running yet
+            ret["result"] = None
+            ret["comment"] = f"MAS user {name} would be registered once MAS answers ({exc})"
+            return ret
         ret["result"] = False
         ret["comment"] = f"MAS user {name}: {exc}"
         return ret

@@ -299,3 +299,13 @@ def test_a_symlink_in_place_of_a_secret_is_refused(tmp_path):
     with pytest.raises(CommandExecutionError, match="symlink is refused"):
         mas.write_secret(str(link), "token", None, ME, MY_GROUP)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_text() == "not yours"
+
+
+def test_secrets_under_lookup_are_refused(pillar):
+    pillar["mas"] = {"enabled": True, "server_name": "example.com",
+                     "lookup": {"secrets": {"encryption": "a" * 64}, "database": {"password": "x"}}}
+    with pytest.raises(SaltInvocationError) as err:
+        mas.mapdata(DEFAULTS)
+    assert "mas:lookup:secrets:encryption: secrets belong under mas:secrets:encryption" in str(err.value)
+    assert "mas:lookup:database:password" in str(err.value)
+    assert "a" * 64 not in str(err.value)
