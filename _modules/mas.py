@@ -1638,3 +1638,30 @@ def image_present(image, command="/usr/bin/docker", test=False):
     if pull["retcode"] != 0:
         raise CommandExecutionError(f"docker pull {image} failed: {(pull['stderr'] or pull['stdout']).strip()[-500:]}")
     return {"present_before": False, "pulled": True}
+
+
+BANNER = "File managed by Salt (mas formula)"
+
+
+def managed_by_formula(path):
+    """
+    True when ``path`` is a regular file carrying the formula's banner: what
+    ``mas.clean`` may remove (files another tool wrote at the same paths, e.g.
+    the playbook's, are left alone).
+
+    path
+        The file to look at.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.managed_by_formula /matrix/matrix-authentication-service/config/config.yaml
+    """
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with salt.utils.files.fopen(path, "r") as handle:
+            return BANNER in handle.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False

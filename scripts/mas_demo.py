@@ -48,7 +48,10 @@ def overrides(root):
         },
         "proxy": {
             "reload": False,
-            "nginx": {"snippet_path": f"{root}/etc/nginx/snippets/matrix-authentication-service.conf"},
+            "nginx": {
+                "snippet_path": f"{root}/etc/nginx/snippets/matrix-authentication-service.conf",
+                "public_snippet_path": f"{root}/etc/nginx/snippets/matrix-authentication-service-public.conf",
+            },
             "traefik": {"config_path": f"{root}/etc/traefik/dynamic/matrix-authentication-service.yml"},
         },
     }

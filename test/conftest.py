@@ -109,7 +109,8 @@ def minimal_pillar(paths):
         },
         "proxy": {
             "reload": False,
-            "nginx": {"snippet_path": str(paths["nginx"])},
+            "nginx": {"snippet_path": str(paths["nginx"]),
+                      "public_snippet_path": str(paths["nginx"].with_name("mas-public.conf"))},
             "traefik": {"config_path": str(paths["traefik"])},
         },
     }

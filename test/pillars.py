@@ -52,5 +52,6 @@ def wired_pillar(root, pg, dbname, synapse, web, internal):
             "config_dir": str(synapse.conf_d),
         },
         "proxy": {"reload": False, "nginx": {"snippet_path": str(root / "nginx" / "mas.conf"),
+                                             "public_snippet_path": str(root / "nginx" / "mas-public.conf"),
                                              "mas_upstream": f"http://127.0.0.1:{web}"}},
     }

@@ -12,6 +12,10 @@ include:
 mas-config-clean-file-absent-{{ item }}:
   file.absent:
     - name: {{ mas.paths[item] }}
+    # only what this formula wrote (e.g. not the playbook's files at the same paths)
+    - onlyif:
+      - fun: mas.managed_by_formula
+        path: {{ mas.paths[item] }}
     - require:
       - sls: {{ sls_service_clean }}
 {%- endfor %}

@@ -3,6 +3,9 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_synapse_clean = tplroot ~ ".synapse.clean" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+{%- set unit = mas.service.unit_dir ~ "/" ~ mas.service.name ~ ".service" %}
+{#- only a unit this formula wrote (e.g. not the playbook's of the same name) #}
+{%- set ours = [{"fun": "mas.managed_by_formula", "path": unit}] %}
 
 {#- MAS stops only once Synapse is authoritative again and the compatibility
     routes are gone. #}
@@ -10,17 +13,20 @@ include:
   - {{ sls_synapse_clean }}
 {%- if mas.service.manage %}
 
+
 mas-service-clean-service-dead:
   service.dead:
     - name: {{ mas.service.name }}
     - enable: false
+    - onlyif: {{ ours | json }}
     - require:
       - sls: {{ sls_synapse_clean }}
 {%- endif %}
 
 mas-service-clean-file-absent:
   file.absent:
-    - name: {{ mas.service.unit_dir }}/{{ mas.service.name }}.service
+    - name: {{ unit }}
+    - onlyif: {{ ours | json }}
     - require:
       - sls: {{ sls_synapse_clean }}
 {%- if mas.service.manage %}

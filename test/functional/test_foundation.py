@@ -400,3 +400,20 @@ def test_syn2mas_database_uri_stays_out_of_the_map(salt_minion, full_pillar):
         assert "Uri-Password-Secret-42" not in show.output
     opts = salt_minion.run("mas_syn2mas.options")
     assert opts.data["synapse_database_uri"] == uri
+
+
+def test_clean_leaves_files_it_did_not_write(salt_minion, minimal_pillar, paths):
+    """mas:enabled false on a host where the playbook deployed MAS at the same
+    paths: the playbook's config, wrappers and unit are not removed."""
+    foreign = {
+        paths["base"] / "config" / "config.yaml": "# written by the playbook\nhttp: {}\n",
+        paths["base"] / "bin" / "mas-cli": "#!/bin/sh\n# playbook wrapper\n",
+        paths["units"] / "matrix-authentication-service.service": "[Unit]\nDescription=playbook's MAS\n",
+    }
+    for path, text in foreign.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    res = salt_minion.apply(deep_update(minimal_pillar, {"enabled": False}))
+    assert res.returncode == 0, res.output
+    for path, text in foreign.items():
+        assert path.read_text() == text
