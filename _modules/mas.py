@@ -1230,6 +1230,23 @@ def database_status(name, owner, admin, password_pillar_key=None):
         f"SELECT 'db', pg_get_userbyid(datdba) FROM pg_database WHERE datname = {_sql_literal(name)};\n",
     )
     found = {row[0]: row[1] for row in rows}
+    others = _psql(
+        admin,
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datdba = "
+        f"(SELECT oid FROM pg_roles WHERE rolname = {_sql_literal(owner)}) AND datname <> {_sql_literal(name)};\n",
+    )
+    if others:
+        raise CommandExecutionError(
+            f"the role {owner} (mas:database:user) already owns the database(s) "
+            f"{', '.join(row[0] for row in others)}: it belongs to another service, and the formula does not take "
+            "it over (nor change its password). Give MAS a role of its own."
+        )
+    if "db" in found and found["db"] != owner:
+        raise CommandExecutionError(
+            f"the database {name} (mas:database:name) already exists and belongs to {found['db']}: the formula "
+            "does not take over an existing database. MAS needs a dedicated, empty database: choose another name."
+        )
     status = {"role": "ok" if "role" in found else "missing", "password": "ok",
               "database": "ok" if "db" in found else "missing", "owner": "ok", "pg_trgm": "ok"}
     if password is not None and not _scram_matches(found.get("role"), str(password)):
@@ -1237,8 +1254,6 @@ def database_status(name, owner, admin, password_pillar_key=None):
     if "db" not in found:
         status["owner"] = status["pg_trgm"] = "missing"
         return status
-    if found["db"] != owner:
-        status["owner"] = f"owned by {found['db']}"
     ext = _psql(admin, name, "SELECT extname FROM pg_extension WHERE extname = 'pg_trgm';\n")
     if not ext:
         status["pg_trgm"] = "missing"
@@ -1270,8 +1285,6 @@ def database_ensure(name, owner, admin, password_pillar_key=None):
         script.append(
             f"CREATE DATABASE {_sql_ident(name)} OWNER {_sql_ident(owner)} ENCODING 'UTF8' TEMPLATE template0;"
         )
-    elif before["owner"] != "ok":
-        script.append(f"ALTER DATABASE {_sql_ident(name)} OWNER TO {_sql_ident(owner)};")
     if script:
         _psql(admin, "postgres", "\n".join(script) + "\n")
     if before["pg_trgm"] != "ok":

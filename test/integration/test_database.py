@@ -65,3 +65,17 @@ def test_database_password_change_is_applied(salt_minion, db_pillar, pg):
     assert res.by_id("mas-database-present-mas-database")["changes"] == {"password": {"old": "differs", "new": "ok"}}
     assert "A-New-Db-Password-42" not in res.output
     assert login(pg, name, "A-New-Db-Password-42") == name
+
+
+def test_an_existing_database_or_foreign_role_is_not_taken_over(salt_minion, db_pillar, pg):
+    """A pillar typo naming another service's database or role must not reset
+    its password or change its owner."""
+    pg.create_role("other_service", password="Other-Service-Pw-1")
+    pg.create_database("other_db", owner="other_service")
+    for database in ({"name": "other_db"}, {"user": "other_service", "name": "mas_new_db_for_takeover"}):
+        res = salt_minion.apply(deep_update(db_pillar, {"database": database}))
+        assert res.returncode != 0
+        state = res.by_id("mas-database-present-mas-database")
+        assert state["result"] is False and "does not take" in state["comment"]
+    assert pg.query("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'other_db'") == [("other_service",)]
+    assert not pg.database_exists("mas_new_db_for_takeover")
