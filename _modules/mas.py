@@ -553,6 +553,7 @@ def _paths(base_path):
         "bin_dir": os.path.join(base_path, "bin"),
         "mas_cli": os.path.join(base_path, "bin", "mas-cli"),
         "register_user": os.path.join(base_path, "bin", "register-user"),
+        "labels_file": os.path.join(config_dir, "docker.labels"),
         # the formula's own records (syn2mas phase): root only, outside data/,
         # which the MAS process may write
         "state_dir": os.path.join(base_path, "formula"),

@@ -4,6 +4,8 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_secrets = tplroot ~ ".secrets" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+{#- the server container carries Traefik's routers as labels (docker provider) #}
+{%- set labels = salt["mas_synapse.proxy_settings"](mas)["labels"] if mas.proxy.type == "traefik" else {} %}
 
 include:
   - {{ sls_secrets }}
@@ -43,6 +45,29 @@ mas-config-file-file-managed-{{ wrapper }}:
         user: {{ mas.user }}
         group: {{ mas.group }}
         docker: {{ mas.service.docker | json }}
+        labels_file: {{ (mas.paths.labels_file if labels else "") | json }}
     - require:
       - sls: {{ sls_secrets }}
 {%- endfor %}
+{%- if labels %}
+
+mas-config-file-file-managed-labels:
+  file.managed:
+    - name: {{ mas.paths.labels_file }}
+    - source:
+      - salt://{{ tplroot }}/files/mas-config-file-file-managed-labels/docker.labels.jinja
+      - salt://{{ tplroot }}/files/default/docker.labels.jinja
+    - template: jinja
+    - user: root
+    - group: {{ mas.group }}
+    - mode: '0640'
+    - context:
+        labels: {{ labels | json }}
+    - require:
+      - sls: {{ sls_secrets }}
+{%- else %}
+
+mas-config-file-file-absent-labels:
+  file.absent:
+    - name: {{ mas.paths.labels_file }}
+{%- endif %}

@@ -417,3 +417,22 @@ def test_clean_leaves_files_it_did_not_write(salt_minion, minimal_pillar, paths)
     assert res.returncode == 0, res.output
     for path, text in foreign.items():
         assert path.read_text() == text
+
+
+def test_docker_and_traefik_label_the_server_container(salt_minion, minimal_pillar, paths):
+    """Issue 4: with the docker runtime, Traefik's routers also ride on the
+    server container as labels (docker provider), through --label-file."""
+    res = salt_minion.apply(deep_update(minimal_pillar, {"runtime": "docker", "proxy": {"type": "traefik"}}))
+    assert res.returncode == 0, res.output
+    labels_file = paths["base"] / "config" / "docker.labels"
+    labels = dict(line.split("=", 1) for line in labels_file.read_text().splitlines() if not line.startswith("#"))
+    assert labels["traefik.enable"] == "true"
+    compat = "traefik.http.routers.matrix-authentication-service-compat"
+    assert labels[f"{compat}.rule"].startswith("Host(`matrix.example.com`) && PathRegexp(")
+    assert labels["traefik.http.middlewares.matrix-authentication-service-compat-prefix.addPrefix.prefix"] == "/auth"
+    wrapper = (paths["base"] / "bin" / "mas-cli").read_text()
+    assert f'labels="--label-file="{labels_file}' in wrapper
+    assert subprocess.run(["sh", "-n", str(paths["base"] / "bin" / "mas-cli")], check=False).returncode == 0
+    # back to nginx: the labels go away
+    assert salt_minion.apply(deep_update(minimal_pillar, {"runtime": "docker"})).returncode == 0
+    assert not labels_file.exists()
