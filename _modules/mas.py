@@ -1535,8 +1535,80 @@ def register_user(username, password=None, password_file=None, password_pillar_k
 # --------------------------------------------------------------------------
 
 _TRACE = re.compile(r"^(\d{4}-\d\d-\d\dT\S+)\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(\S+)\s?(.*)$")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MASK = "**********"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: Config keys whose string values are secrets (Synapse's and the formula's pillar).
+_SECRET_KEY = re.compile(
+    r"^(.*_)?(secret|secret_key|password|passwd|pass|pepper|token|api_key|encryption)$", re.IGNORECASE
+)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#\s@]*:)(?P<pw>[^@/\s]+)(?P<tail>@)", re.IGNORECASE)
+#: `secret: value` lines (upstream doctor prints a config snippet with matrix.secret)
 _INLINE_SECRET = re.compile(r"(?im)^(\s*(?:secret|client_secret|password)\s*:\s*).+$")
+
+
+def _secret_values(node, found):
+    """Collect string values under secret-looking keys (recursively)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                if _SECRET_KEY.match(str(key)):
+                    found.add(value)
+            else:
+                _secret_values(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _secret_values(item, found)
+    return found
+
+
+def _known_secrets(secrets_dir, synapse_conf=None):
+    """Every secret value the minion knows for this deployment (never returned)."""
+    found = _secret_values(synapse_conf or {}, set())
+    _secret_values(salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT], {}) or {}, found)
+    # the whole URI: libpq also takes ?password=... which the URL rule misses
+    uri = salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT, "syn2mas", "synapse_database_uri"], "")
+    if isinstance(uri, str) and uri:
+        found.add(uri)
+    if os.path.isdir(secrets_dir):
+        for entry in os.listdir(secrets_dir):
+            path = os.path.join(secrets_dir, entry)
+            if os.path.isfile(path) and os.path.getsize(path) < 65536:
+                with salt.utils.files.fopen(path, "rb") as handle:
+                    content = handle.read().decode("utf-8", "replace")
+                found.update({content, content.strip()})
+    return sorted((s for s in found if isinstance(s, str) and len(s.strip()) >= 4), key=len, reverse=True)
+
+
+def _scrub(text, secrets):
+    """``text`` without ANSI colours, secrets or passwords in URLs."""
+    text = _ANSI.sub("", text or "")
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("tail"), text)
+    return _INLINE_SECRET.sub(lambda m: m.group(1) + MASK, text)
+
+
+def scrub(text, synapse_conf=None, secrets_dir=None):
+    """
+    ``text`` without ANSI colours and without any secret the minion knows for
+    this deployment: its secret files, the secret values of pillar ``mas``
+    (and of ``synapse_conf``, a Synapse config mapping), passwords in URLs and
+    ``secret: ...`` lines. For output of ``mas-cli`` that may echo them.
+
+    text
+        The text to clean.
+    synapse_conf
+        A Synapse configuration whose secret-looking values are hidden too.
+    secrets_dir
+        The deployment's secrets directory (default: from the map).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.scrub "$(bin/mas-cli doctor 2>&1)"
+    """
+    return _scrub(text, _known_secrets(secrets_dir or mapdata()["paths"]["secrets_dir"], synapse_conf))
 
 
 def _doctor_entries(stderr):
@@ -1567,13 +1639,6 @@ def _classify(entry):
     return "info"
 
 
-def _scrub(text, secrets_to_hide):
-    for value in secrets_to_hide:
-        if value:
-            text = text.replace(value, "[REDACTED]")
-    return _INLINE_SECRET.sub(r"\1[REDACTED]", text)
-
-
 def doctor(strict=False):
     """
     Run ``mas-cli doctor`` with the deployed configuration and return a result
@@ -1597,11 +1662,7 @@ def doctor(strict=False):
     cli = mas["paths"]["mas_cli"]
     if not os.path.isfile(cli):
         raise CommandExecutionError(f"{cli} does not exist: apply the mas state first")
-    hide = []
-    for entry in mas["secret_files"]:
-        if entry["kind"] in ("token", "hex32", "pillar", "pepper") and os.path.isfile(entry["path"]):
-            with salt.utils.files.fopen(entry["path"], "r") as handle:
-                hide.append(handle.read().strip())
+    hide = _known_secrets(mas["paths"]["secrets_dir"])
     res = __salt__["cmd.run_all"](
         [cli, "doctor"], python_shell=False, output_loglevel="quiet", ignore_retcode=True,
         env={"RUST_LOG": "info", "NO_COLOR": "1"},

@@ -86,12 +86,6 @@ _BOOL_OPTIONS = ("dry_run", "accept_warnings", "ignore_missing_auth_providers", 
                  "start_synapse_after")  # fmt: skip
 
 MASK = "**********"
-#: Config keys whose string values are secrets (Synapse's and the formula's pillar).
-_SECRET_KEY = re.compile(
-    r"^(.*_)?(secret|secret_key|password|passwd|pass|pepper|token|api_key|encryption)$", re.IGNORECASE
-)
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#\s@]*:)(?P<pw>[^@/\s]+)(?P<tail>@)", re.IGNORECASE)
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _HEADING = re.compile(r"^=+\s*(Errors|Warnings)\s*=+$")
 _BULLET = "\u2022"
 _SUMMARY_LINES = 40
@@ -281,46 +275,15 @@ def _exclusive(mas):
 # --------------------------------------------------------------------------
 
 
-def _secret_values(node, found):
-    """Collect string values under secret-looking keys (recursively)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, str):
-                if _SECRET_KEY.match(str(key)):
-                    found.add(value)
-            else:
-                _secret_values(value, found)
-    elif isinstance(node, list):
-        for item in node:
-            _secret_values(item, found)
-    return found
-
-
 def _known_secrets(mas, synapse_conf):
-    """Every secret value the minion knows for this deployment (never returned)."""
-    found = _secret_values(synapse_conf or {}, set())
-    _secret_values(salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT], {}) or {}, found)
-    # the whole URI: libpq also takes ?password=... which the URL rule misses
-    uri = salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT, "syn2mas", "synapse_database_uri"], "")
-    if isinstance(uri, str) and uri:
-        found.add(uri)
-    secrets_dir = mas["paths"]["secrets_dir"]
-    if os.path.isdir(secrets_dir):
-        for entry in os.listdir(secrets_dir):
-            path = os.path.join(secrets_dir, entry)
-            if os.path.isfile(path) and os.path.getsize(path) < 65536:
-                with salt.utils.files.fopen(path, "rb") as handle:
-                    content = handle.read().decode("utf-8", "replace")
-                found.update({content, content.strip()})
-    return sorted((s for s in found if isinstance(s, str) and len(s.strip()) >= 4), key=len, reverse=True)
+    """What ``mas.scrub`` needs to hide this run's secrets: the deployment's
+    secrets directory and the Synapse config read (its secret-looking values)."""
+    return {"secrets_dir": mas["paths"]["secrets_dir"], "synapse_conf": synapse_conf or {}}
 
 
 def _scrub(text, secrets):
-    """``text`` without ANSI colours, secrets or passwords in URLs."""
-    text = _ANSI.sub("", text or "")
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("tail"), text)
+    """``text`` without ANSI colours, secrets or passwords in URLs (``mas.scrub``)."""
+    return __salt__["mas.scrub"](text, **secrets)
 
 
 def _parse(stdout, stderr):

@@ -121,6 +121,7 @@ def up(monkeypatch):
 def configure_loader_modules(pillar, cli, services):
     exec_funcs = {
         "mas.mapdata": mas.mapdata,
+        "mas.scrub": mas.scrub,
         "mas.synapse_config": mas.synapse_config,
         "cmd.run_all": cli,
         "cp.get_file_str": lambda path: (REPO_ROOT / "mas" / "parameters" / "defaults.yaml").read_text(),
@@ -500,7 +501,7 @@ def test_secret_keys_are_matched_precisely():
             "app": [{"as_token": "As-Token-0010"}], "signing_key_path": "/etc/x.key",
             "encryption_enabled_by_default_for_room_type": "invite", "refresh_token_lifetime": "1000ms",
             "email": {"smtp_pass": "Smtp-0011"}}  # fmt: skip
-    assert syn2mas._secret_values(conf, set()) == {"Form-Secret-0008", "Pep-0009", "As-Token-0010", "Smtp-0011"}
+    assert mas._secret_values(conf, set()) == {"Form-Secret-0008", "Pep-0009", "As-Token-0010", "Smtp-0011"}
 
 
 def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
