@@ -1,32 +1,28 @@
 """
-Matrix Authentication Service (MAS) -- the decisions of the ``mas`` formula.
+The map of the ``mas`` formula: pillar validation, the derived values and paths, and MAS's ``config.yaml``.
 
-Everything the formula decides is made here, in Python, and the SLS files only
-fill values in: the pillar is validated and completed by :py:func:`settings`
-(called once per SLS from ``mas/map.jinja``), the MAS ``config.yaml`` is built
-by :py:func:`settings` too, and the secrets are generated and written by
-:py:func:`write_secret` (driven by the ``mas.secret`` state).
+Everything the formula decides is made in Python, and the SLS files only fill
+values in: :py:func:`mapdata` merges ``parameters/defaults.yaml``, pillar
+``mas:lookup`` and pillar ``mas``, and :py:func:`settings` validates the
+result (every problem at once, by pillar key), derives the host names, URLs
+and every path the formula writes (``paths``: one source for SLS files and
+modules alike), lists the secret files and builds ``config.yaml``
+(``mas_config``). The map holds no secret value: the SLS only learn *that* a
+secret is set and which file holds it. Also here: the MAS runtime the map
+describes (the docker image, :py:func:`image_present`) and whether a file is
+the formula's own (:py:func:`managed_by_formula`).
 
-Secret values never leave this module: :py:func:`settings` removes them from
-the map it returns (the SLS only learn *that* a secret is set and which file
-holds it), and the secret functions report what they did, never a value.
-
-:depends: cryptography, PyYAML, requests
+:depends: PyYAML
 """
 
-import base64
 import copy
 import hashlib
-import hmac
 import ipaddress
 import json
 import logging
 import os
 import re
-import secrets
 import stat
-import tempfile
-import time
 import urllib.parse
 
 import salt.utils.data
@@ -34,21 +30,6 @@ import salt.utils.dictupdate
 import salt.utils.files
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-
-try:
-    import requests
-
-    HAS_REQUESTS = True
-except ImportError:  # pragma: no cover - depends on the minion
-    HAS_REQUESTS = False
-
-try:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-    HAS_CRYPTOGRAPHY = True
-except ImportError:  # pragma: no cover - depends on the minion
-    HAS_CRYPTOGRAPHY = False
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +74,11 @@ BOOL_KEYS = (
     ("http", "adminapi"),
     ("clean", "purge"),
     ("doctor", "strict"),
+    ("syn2mas", "dry_run"),
+    ("syn2mas", "accept_warnings"),
+    ("syn2mas", "ignore_missing_auth_providers"),
+    ("syn2mas", "stop_services"),
+    ("syn2mas", "start_synapse_after"),
 )
 # Secrets an operator may give in pillar: (pillar path, file name).
 PILLAR_SECRETS = (
@@ -109,9 +95,6 @@ SIGNING_KEYS = (
     ("ec-p384.pem", "ec-p384"),
     ("ec-k256.pem", "ec-k256"),
 )
-SECRET_KINDS = ("hex32", "token", "pillar", "pepper", "copy") + tuple(
-    kind for _, kind in SIGNING_KEYS
-)
 
 # The formula's own OAuth2 client of MAS (client_credentials, scope
 # urn:mas:admin): a fixed id like upstream's 0000000000000000000SYNAPSE; its
@@ -122,6 +105,8 @@ _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+#: A file or directory name of the TOFS lookup (no '/', no leading '.').
+_TOFS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+$")
 # Values rendered into the bin/ wrappers and the systemd unit: no whitespace,
 # quotes, `$`, `%` or control characters, so nothing can inject a command.
@@ -133,10 +118,6 @@ SYSTEMD_RESTART = ("no", "always", "on-success", "on-failure", "on-abnormal", "o
 
 
 def __virtual__():
-    if not HAS_CRYPTOGRAPHY:
-        return (False, "The mas module needs the 'cryptography' Python package")
-    if not HAS_REQUESTS:
-        return (False, "The mas module needs the 'requests' Python package")
     return __virtualname__
 
 
@@ -189,12 +170,35 @@ class _Errors(list):
 def _validate(data):
     """Return the list of problems of the merged pillar ``data``."""
     errors = _Errors()
+    for section in (
+        "service",
+        "secrets",
+        "database",
+        "synapse",
+        "proxy",
+        "http",
+        "clean",
+        "doctor",
+        "syn2mas",
+        "email",
+        "tofs",
+    ):
+        if not isinstance(data.get(section), dict):
+            errors.add((section,), "must be a mapping")
+    for path in (("service", "docker"), ("proxy", "nginx"), ("proxy", "traefik"), ("database", "admin")):
+        if isinstance(data.get(path[0]), dict) and not isinstance(_get(data, *path), dict):
+            errors.add(path, "must be a mapping")
+    if errors:
+        return errors
     for path in BOOL_KEYS:
         value = _get(data, *path)
         if not isinstance(value, bool):
             errors.add(path, f"must be true or false, not {value!r}")
-    if errors:
-        return errors
+            # go on validating the rest with a neutral value: every problem at once
+            node = data
+            for part in path[:-1]:
+                node = node[part]
+            node[path[-1]] = False
     enabled = data["enabled"]
 
     server_name = data.get("server_name")
@@ -261,7 +265,9 @@ def _validate(data):
     else:
         binary = data.get("binary")
         if not isinstance(binary, str) or not _SAFE_PATH.match(binary):
-            errors.add(("binary",), f"must be the absolute path of mas-cli (letters, digits, . _ / + @ -), not {binary!r}")
+            errors.add(
+                ("binary",), f"must be the absolute path of mas-cli (letters, digits, . _ / + @ -), not {binary!r}"
+            )
 
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         value = _get(data, *path)
@@ -290,9 +296,7 @@ def _validate(data):
     if _is_set(mas_endpoint) and not _is_url(mas_endpoint):
         errors.add(("synapse", "mas_endpoint"), f"must be an http(s) URL, not {mas_endpoint!r}")
     files = _get(data, "synapse", "config_files")
-    if not isinstance(files, list) or not all(
-        isinstance(f, str) and os.path.isabs(f) for f in files
-    ):
+    if not isinstance(files, list) or not all(isinstance(f, str) and os.path.isabs(f) for f in files):
         errors.add(("synapse", "config_files"), "must be a list of absolute file paths")
     if not isinstance(_get(data, "synapse", "extra_config"), dict):
         errors.add(("synapse", "extra_config"), "must be a mapping (Synapse config keys)")
@@ -300,6 +304,8 @@ def _validate(data):
     _validate_synapse(data, errors)
     _validate_proxy(data, errors)
     _validate_users(data, errors)
+    _validate_syn2mas(data, errors)
+    _validate_tofs(data, errors)
     if not isinstance(data.get("config"), dict):
         errors.add(("config",), "must be a mapping merged into MAS's config.yaml")
     return errors
@@ -334,6 +340,58 @@ def _validate_users(data, errors):
             errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: username, password, admin, emails)")
 
 
+def _validate_syn2mas(data, errors):
+    syn2mas = data["syn2mas"]
+    known = (
+        "dry_run",
+        "accept_warnings",
+        "ignore_missing_auth_providers",
+        "stop_services",
+        "start_synapse_after",
+        "synapse_config_files",
+        "synapse_database_uri",
+        "timeout",
+        "stop_timeout",
+    )
+    for key in sorted(set(syn2mas) - set(known)):
+        errors.add(("syn2mas", key), f"unknown option (known: {', '.join(sorted(known))})")
+    files = syn2mas.get("synapse_config_files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and os.path.isabs(f) for f in files):
+        errors.add(("syn2mas", "synapse_config_files"), "must be a list of absolute file paths")
+    uri = syn2mas.get("synapse_database_uri")
+    if _is_set(uri) and not (isinstance(uri, str) and re.match(r"^postgres(ql)?://", uri)):
+        errors.add(("syn2mas", "synapse_database_uri"), "must be a postgresql:// URI (or empty)")
+    for key in ("timeout", "stop_timeout"):
+        value = syn2mas.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            errors.add(("syn2mas", key), f"must be a positive number of seconds, not {value!r}")
+
+
+def _validate_tofs(data, errors):
+    tofs = data["tofs"]
+    if not isinstance(tofs, dict):
+        errors.add(("tofs",), "must be a mapping (source_files, files_switch, path_prefix, dirs)")
+        return
+    sources = tofs.get("source_files")
+    if not isinstance(sources, dict):
+        errors.add(("tofs", "source_files"), "must be a mapping of state ID -> list of file names")
+    else:
+        for lookup, names in sources.items():
+            if not (isinstance(names, list) and all(isinstance(n, str) and _TOFS_NAME.fullmatch(n) for n in names)):
+                errors.add(
+                    ("tofs", "source_files", lookup), "must be a list of file names (letters, digits, . _ -; no '/')"
+                )
+    switch = tofs.get("files_switch")
+    if not isinstance(switch, list) or not all(isinstance(g, str) and _TOFS_NAME.fullmatch(g) for g in switch):
+        errors.add(("tofs", "files_switch"), "must be a list of grain names (e.g. [id, os_family])")
+    prefix = tofs.get("path_prefix")
+    if prefix and not (isinstance(prefix, str) and all(_TOFS_NAME.fullmatch(p) for p in prefix.split("/"))):
+        errors.add(("tofs", "path_prefix"), f"must be a relative salt:// directory (e.g. mas), not {prefix!r}")
+    files = _get(tofs, "dirs", "files")
+    if not (isinstance(files, str) and _TOFS_NAME.fullmatch(files)):
+        errors.add(("tofs", "dirs", "files"), f"must be a directory name (default files), not {files!r}")
+
+
 def _abs_path(errors, path, value):
     if not isinstance(value, str) or not os.path.isabs(value) or value == "/" or value.endswith("/"):
         errors.add(path, f"must be an absolute path (no trailing '/'), not {value!r}")
@@ -343,7 +401,9 @@ def _validate_synapse(data, errors):
     syn = data["synapse"]
     name = syn.get("dropin_name")
     if not isinstance(name, str) or "/" in name or not name.endswith(".yaml") or name.startswith("."):
-        errors.add(("synapse", "dropin_name"), f"must be a file name ending in .yaml (Synapse ignores others), not {name!r}")
+        errors.add(
+            ("synapse", "dropin_name"), f"must be a file name ending in .yaml (Synapse ignores others), not {name!r}"
+        )
     _abs_path(errors, ("synapse", "config_dir"), syn.get("config_dir"))
     if _is_set(syn.get("secret_path")):
         _abs_path(errors, ("synapse", "secret_path"), syn.get("secret_path"))
@@ -402,7 +462,7 @@ def _local_upstream(web_bind):
     """``http://<host>:<port>`` of MAS's web listener, seen from this host."""
     host, _, port = web_bind.rpartition(":")
     host = host.strip("[]")
-    if host in ("", "::", "0.0.0.0", "*"):
+    if host in ("", "::", "0.0.0.0", "*"):  # noqa: S104 -- a wildcard bind is reached on loopback
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
@@ -541,65 +601,90 @@ def _validate_providers(data, errors):
 # --------------------------------------------------------------------------
 
 
-def _paths(base_path):
-    config_dir = os.path.join(base_path, "config")
+def _paths(data):
+    """Every path the formula writes or reads for this deployment (one source)."""
+    base = data["base_path"]
+    config_dir = os.path.join(base, "config")
+    secrets_dir = os.path.join(config_dir, "secrets")
+    state_dir = os.path.join(base, "formula")
+    syn = data["synapse"]
     return {
-        "base": base_path,
+        "base": base,
         "config_dir": config_dir,
         "config_file": os.path.join(config_dir, "config.yaml"),
-        "secrets_dir": os.path.join(config_dir, "secrets"),
+        "secrets_dir": secrets_dir,
         "keys_dir": os.path.join(config_dir, "keys"),
-        "data_dir": os.path.join(base_path, "data"),
-        "bin_dir": os.path.join(base_path, "bin"),
-        "mas_cli": os.path.join(base_path, "bin", "mas-cli"),
-        "register_user": os.path.join(base_path, "bin", "register-user"),
+        "encryption_secret": os.path.join(secrets_dir, "encryption"),
+        "homeserver_secret": os.path.join(secrets_dir, "homeserver_secret"),
+        "admin_client_secret": os.path.join(secrets_dir, "admin_client_secret"),
+        "database_password": os.path.join(secrets_dir, "database_password"),
+        "email_password": os.path.join(secrets_dir, "email_password"),
+        "synapse_pepper": os.path.join(secrets_dir, "synapse_pepper"),
+        "data_dir": os.path.join(base, "data"),
+        "bin_dir": os.path.join(base, "bin"),
+        "mas_cli": os.path.join(base, "bin", "mas-cli"),
+        "register_user": os.path.join(base, "bin", "register-user"),
         "labels_file": os.path.join(config_dir, "docker.labels"),
+        "unit": os.path.join(data["service"]["unit_dir"], data["service"]["name"] + ".service"),
+        # Synapse's side: the drop-in and its copy of the shared secret
+        "synapse_dropin": os.path.join(syn["config_dir"], syn["dropin_name"]),
+        "synapse_secret": syn["secret_path"] or os.path.join(base, "synapse", "homeserver_secret"),
         # the formula's own records (syn2mas phase): root only, outside data/,
         # which the MAS process may write
-        "state_dir": os.path.join(base_path, "formula"),
+        "state_dir": state_dir,
+        "syn2mas_marker": os.path.join(state_dir, "syn2mas.json"),
+        "syn2mas_lock": os.path.join(state_dir, "syn2mas.lock"),
     }
 
 
-def _secret_files(data, paths):
+def _provider_secret(paths, provider_id):
+    return os.path.join(paths["secrets_dir"], f"upstream-{provider_id}.secret")
+
+
+def _synapse_pepper(data):
+    syn = data["synapse"]
+    try:
+        conf = __salt__["mas_synapse.config"](syn["config_files"], syn["config_dir"], syn["extra_config"], mask=False)[
+            "config"
+        ]
+    except CommandExecutionError:
+        return None
+    pepper = _get(conf, "password_config", "pepper")
+    return pepper if _is_set(pepper) else None
+
+
+def _secret_files(data, paths, pepper_source):
     """The secret files of the deployment, in the order they are written."""
-    user, group = data["user"], data["group"]
-    base = {"user": user, "group": group, "mode": "0600"}
+    base = {"user": data["user"], "group": data["group"], "mode": "0600", "allow_rotation": False}
     files = []
 
     def add(name, path, kind, pillar_key=None, **extra):
-        entry = dict(base, name=name, path=path, kind=kind, pillar_key=pillar_key)
-        entry.update(extra)
-        files.append(entry)
+        files.append({**base, "name": name, "path": path, "kind": kind, "pillar_key": pillar_key, **extra})
 
-    secrets_dir = paths["secrets_dir"]
     add(
         "encryption",
-        os.path.join(secrets_dir, "encryption"),
+        paths["encryption_secret"],
         "hex32",
         _key("secrets", "encryption"),
         allow_rotation=_get(data, "secrets", "allow_encryption_rotation"),
     )
-    add(
-        "homeserver_secret",
-        os.path.join(secrets_dir, "homeserver_secret"),
-        "token",
-        _key("secrets", "homeserver_secret"),
-    )
-    add("admin_client_secret", os.path.join(secrets_dir, "admin_client_secret"), "token")
+    add("homeserver_secret", paths["homeserver_secret"], "token", _key("secrets", "homeserver_secret"))
+    add("admin_client_secret", paths["admin_client_secret"], "token")
     for filename, kind in SIGNING_KEYS:
         add(f"key-{kind}", os.path.join(paths["keys_dir"], filename), kind)
-    if _is_set(_get(data, "database", "password")):
-        add("database_password", os.path.join(secrets_dir, "database_password"), "pillar", _key("database", "password"))
-    if _is_set(_get(data, "email", "password")):
-        add("email_password", os.path.join(secrets_dir, "email_password"), "pillar", _key("email", "password"))
+    for name, path in (("database_password", ("database", "password")), ("email_password", ("email", "password"))):
+        if _is_set(_get(data, *path)):
+            add(name, paths[name], "pillar", _key(*path))
     for index, provider in enumerate(data["upstream_oauth2_providers"]):
         if _is_set(provider.get("client_secret")):
             add(
                 f"provider-{provider['id']}",
-                os.path.join(secrets_dir, f"upstream-{provider['id']}.secret"),
+                _provider_secret(paths, provider["id"]),
                 "pillar",
                 _key("upstream_oauth2_providers", index, "client_secret"),
             )
+    if pepper_source:
+        add("synapse_pepper", paths["synapse_pepper"], "pepper", _key("synapse", "pepper"))
     return files
 
 
@@ -651,7 +736,7 @@ def _mas_config(data, paths, pepper_file):
         "ssl_mode": db["ssl_mode"],
     }
     if db["password_set"]:
-        database["password_file"] = os.path.join(paths["secrets_dir"], "database_password")
+        database["password_file"] = paths["database_password"]
 
     bcrypt = {"version": 1, "algorithm": "bcrypt", "unicode_normalization": True}
     if pepper_file:
@@ -669,7 +754,7 @@ def _mas_config(data, paths, pepper_file):
         if _is_set(mail.get("username")):
             email["username"] = mail["username"]
         if mail["password_set"]:
-            email["password_file"] = os.path.join(paths["secrets_dir"], "email_password")
+            email["password_file"] = paths["email_password"]
     elif mail["transport"] == "sendmail" and _is_set(mail.get("command")):
         email["command"] = mail["command"]
 
@@ -677,13 +762,13 @@ def _mas_config(data, paths, pepper_file):
         "http": http,
         "database": database,
         "secrets": {
-            "encryption_file": os.path.join(paths["secrets_dir"], "encryption"),
+            "encryption_file": paths["encryption_secret"],
             "keys_dir": paths["keys_dir"],
         },
         "matrix": {
             "kind": "synapse",
             "homeserver": data["server_name"],
-            "secret_file": os.path.join(paths["secrets_dir"], "homeserver_secret"),
+            "secret_file": paths["homeserver_secret"],
             "endpoint": data["synapse"]["endpoint"],
         },
         "passwords": passwords,
@@ -700,7 +785,7 @@ def _mas_config(data, paths, pepper_file):
         "client_id": ADMIN_CLIENT_ID,
         "client_name": "Salt (mas formula)",
         "client_auth_method": "client_secret_basic",
-        "client_secret_file": os.path.join(paths["secrets_dir"], "admin_client_secret"),
+        "client_secret_file": paths["admin_client_secret"],
     }
     config["clients"] = [admin_client] + [
         c for c in config.get("clients") or [] if not (isinstance(c, dict) and c.get("client_id") == ADMIN_CLIENT_ID)
@@ -725,9 +810,7 @@ def _redact(data):
     for provider in data["upstream_oauth2_providers"]:
         provider = dict(provider)
         if _is_set(provider.pop("client_secret", None)):
-            provider["client_secret_file"] = os.path.join(
-                data["paths"]["secrets_dir"], f"upstream-{provider['id']}.secret"
-            )
+            provider["client_secret_file"] = _provider_secret(data["paths"], provider["id"])
         providers.append(provider)
     data["upstream_oauth2_providers"] = providers
     # a postgresql:// URI may carry a password: mas_syn2mas reads it from pillar
@@ -736,12 +819,14 @@ def _redact(data):
         syn2mas["synapse_database_uri_set"] = _is_set(syn2mas.pop("synapse_database_uri"))
     users = []
     for index, user in enumerate(data["users"]):
-        users.append({
-            "username": user["username"],
-            "admin": bool(user.get("admin", False)),
-            "emails": list(user.get("emails") or []),
-            "password_pillar_key": _key("users", index, "password") if _is_set(user.get("password")) else None,
-        })
+        users.append(
+            {
+                "username": user["username"],
+                "admin": bool(user.get("admin", False)),
+                "emails": list(user.get("emails") or []),
+                "password_pillar_key": _key("users", index, "password") if _is_set(user.get("password")) else None,
+            }
+        )
     data["users"] = users
 
 
@@ -817,15 +902,14 @@ def settings(data):
     data = copy.deepcopy(salt.utils.data.decode(dict(data)))
     errors = _validate(data)
     if errors:
-        raise SaltInvocationError(
-            "Invalid pillar for the mas formula (nothing was changed):\n- " + "\n- ".join(errors)
-        )
+        raise SaltInvocationError("Invalid pillar for the mas formula (nothing was changed):\n- " + "\n- ".join(errors))
     prefix = data["path_prefix"]
     if _is_set(data["server_name"]) and not _is_set(data["hostname"]):
         data["hostname"] = f"matrix.{data['server_name']}"
     host = data["hostname"] or "localhost"
     data["public_base"] = f"https://{host}{'' if prefix == '/' else prefix}/"
-    data["paths"] = _paths(data["base_path"])
+    data["paths"] = _paths(data)
+    data["synapse"]["secret_path"] = data["paths"]["synapse_secret"]
     if not _is_set(data["synapse"]["mas_endpoint"]):
         port = data["http"]["web_bind"].rsplit(":", 1)[-1]
         data["synapse"]["mas_endpoint"] = f"http://localhost:{port}{'' if prefix == '/' else prefix}/"
@@ -833,18 +917,17 @@ def settings(data):
         # MAS reaches PostgreSQL and Synapse on localhost, and Salt, Synapse
         # and the proxy reach MAS there, as with the binary runtime
         data["service"]["docker"]["network"] = "host"
-    if not _is_set(data["synapse"].get("secret_path")):
-        data["synapse"]["secret_path"] = os.path.join(data["base_path"], "synapse", "homeserver_secret")
     proxy = data["proxy"]
     if not _is_set(proxy.get("matrix_hostname")) and _is_set(data["server_name"]):
         proxy["matrix_hostname"] = f"matrix.{data['server_name']}"
     upstream = _local_upstream(data["http"]["web_bind"])
+    internal = _local_upstream(data["http"]["internal_bind"])
     data["api"] = {
         "client_id": ADMIN_CLIENT_ID,
-        "client_secret_file": os.path.join(data["paths"]["secrets_dir"], "admin_client_secret"),
+        "client_secret_file": data["paths"]["admin_client_secret"],
         "token_url": f"{upstream}{'' if prefix == '/' else prefix}/oauth2/token",
-        "admin_url": _local_upstream(data["http"]["internal_bind"]) + "/api/admin/v1",
-        "health_url": _local_upstream(data["http"]["internal_bind"]) + "/health",
+        "admin_url": internal + "/api/admin/v1",
+        "health_url": internal + "/health",
     }
     for kind, key in (("nginx", "mas_upstream"), ("traefik", "mas_url")):
         if not _is_set(proxy[kind].get(key)):
@@ -852,832 +935,12 @@ def settings(data):
     pepper_source = "pillar" if _is_set(data["synapse"].get("pepper")) else None
     if pepper_source is None and _synapse_pepper(data) is not None:
         pepper_source = "synapse"
-    data["secret_files"] = _secret_files(data, data["paths"])
+    data["secret_files"] = _secret_files(data, data["paths"], pepper_source)
     _redact(data)
     data["synapse"]["pepper_source"] = pepper_source
-    pepper_file = None
-    if pepper_source:
-        pepper_file = os.path.join(data["paths"]["secrets_dir"], "synapse_pepper")
-        data["secret_files"].append(
-            {
-                "name": "synapse_pepper",
-                "path": pepper_file,
-                "kind": "pepper",
-                "pillar_key": _key("synapse", "pepper"),
-                "user": data["user"],
-                "group": data["group"],
-                "mode": "0600",
-            }
-        )
+    pepper_file = data["paths"]["synapse_pepper"] if pepper_source else None
     data["mas_config"] = _mas_config(data, data["paths"], pepper_file)
     return data
-
-
-# --------------------------------------------------------------------------
-# Synapse configuration (read only)
-# --------------------------------------------------------------------------
-
-
-def _synapse_config_files(config_files, config_dir):
-    files = list(config_files or [])
-    if not files:
-        files.append("/etc/matrix-synapse/homeserver.yaml")
-    if config_dir and os.path.isdir(config_dir):
-        for entry in sorted(os.listdir(config_dir)):
-            path = os.path.join(config_dir, entry)
-            if entry.endswith(".yaml") and os.path.isfile(path) and path not in files:
-                files.append(path)
-    return files
-
-
-def synapse_config(config_files=None, config_dir=None, extra_config=None, exclude=None):
-    """
-    Read and merge the Synapse configuration files that exist on the minion.
-
-    Returns ``{"config": <merged mapping>, "origins": {<top-level key>: <file>},
-    "files": [<files read>]}``. Later files win, like Synapse's own loader;
-    ``extra_config`` (pillar ``mas:synapse:extra_config``) is merged last with
-    the origin ``pillar mas:synapse:extra_config``. The merged mapping may hold
-    Synapse secrets: callers must never return it to the user.
-
-    config_files
-        Synapse config files (default ``/etc/matrix-synapse/homeserver.yaml``).
-    config_dir
-        A directory whose ``*.yaml`` files Synapse also loads.
-    extra_config
-        Synapse settings Salt does not see in the files.
-    exclude
-        Files to leave out (e.g. the formula's own drop-in).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.synapse_config "['/etc/matrix-synapse/homeserver.yaml']"
-    """
-    merged, origins, read = {}, {}, []
-    exclude = set(exclude or [])
-    for path in _synapse_config_files(config_files, config_dir):
-        if path in exclude or not os.path.isfile(path):
-            continue
-        try:
-            with salt.utils.files.fopen(path, "r") as handle:
-                content = salt.utils.yaml.safe_load(handle) or {}
-        except (OSError, salt.utils.yaml.YAMLError) as exc:
-            raise CommandExecutionError(f"Cannot read the Synapse config file {path}: {exc}") from exc
-        if not isinstance(content, dict):
-            raise CommandExecutionError(f"The Synapse config file {path} is not a YAML mapping")
-        read.append(path)
-        for key in content:
-            origins[key] = path
-        merged.update(content)
-    for key, value in (extra_config or {}).items():
-        origins[key] = "pillar mas:synapse:extra_config"
-        merged[key] = value
-    return {"config": merged, "origins": origins, "files": read}
-
-
-def _synapse_pepper(data):
-    syn = data["synapse"]
-    try:
-        conf = synapse_config(syn["config_files"], syn["config_dir"], syn["extra_config"])["config"]
-    except CommandExecutionError:
-        return None
-    pepper = _get(conf, "password_config", "pepper")
-    return pepper if _is_set(pepper) else None
-
-
-# --------------------------------------------------------------------------
-# Secrets
-# --------------------------------------------------------------------------
-
-
-def _pillar_value(pillar_key):
-    if not pillar_key:
-        return None
-    value = salt.utils.data.traverse_dict_and_list(__pillar__, pillar_key, None, delimiter=":")
-    return value if _is_set(value) else None
-
-
-def _generate(kind):
-    if kind == "hex32":
-        return secrets.token_hex(32).encode()
-    if kind == "token":
-        return secrets.token_hex(32).encode()
-    if kind == "rsa":
-        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    elif kind == "ec-p256":
-        key = ec.generate_private_key(ec.SECP256R1())
-    elif kind == "ec-p384":
-        key = ec.generate_private_key(ec.SECP384R1())
-    elif kind == "ec-k256":
-        key = ec.generate_private_key(ec.SECP256K1())
-    else:
-        raise SaltInvocationError(f"mas: secrets of kind {kind!r} cannot be generated")
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _wanted(kind, pillar_key, source, synapse):
-    """The bytes the secret file must hold, or None when it is generated/kept."""
-    if kind == "copy":
-        if not source or not os.path.isfile(source):
-            raise CommandExecutionError(f"the source secret file {source} does not exist yet")
-        return _read_regular(source)
-    value = _pillar_value(pillar_key)
-    if kind == "pepper":
-        if value is None and synapse:
-            extra = synapse.get("extra_config")
-            if synapse.get("extra_config_from_pillar"):
-                extra = _pillar_value(_key("synapse", "extra_config"))
-            value = _get(
-                synapse_config(synapse.get("config_files"), synapse.get("config_dir"), extra)["config"],
-                "password_config",
-                "pepper",
-            )
-        if not _is_set(value):
-            raise CommandExecutionError(
-                "no Synapse pepper found: set mas:synapse:pepper or password_config.pepper in Synapse's config"
-            )
-        # syn2mas compares the v1 secret_file untrimmed: no trailing newline.
-        return str(value).encode()
-    if kind == "pillar":
-        if value is None:
-            raise CommandExecutionError(f"the pillar key {pillar_key} is not set")
-        return str(value).encode()
-    if value is not None:
-        return str(value).strip().encode()
-    return None
-
-
-def _owner_ids(user, group):
-    import grp  # pylint: disable=import-outside-toplevel
-    import pwd  # pylint: disable=import-outside-toplevel
-
-    try:
-        uid = pwd.getpwnam(user).pw_uid
-    except KeyError as exc:
-        raise CommandExecutionError(f"the user {user!r} does not exist") from exc
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError as exc:
-        raise CommandExecutionError(f"the group {group!r} does not exist") from exc
-    return uid, gid
-
-
-def secret_status(path, kind, pillar_key=None, user="root", group="root", mode="0600",
-                  allow_rotation=False, source=None, synapse=None):
-    """
-    Tell what :py:func:`write_secret` would do with one secret file, without
-    revealing or changing anything.
-
-    Returns ``{"action": "none"|"create"|"update"|"fix-mode", "reason": ...}``
-    and raises ``CommandExecutionError`` when the change is refused (an
-    encryption secret in pillar that differs from the one on disk).
-
-    path
-        The secret file.
-    kind
-        ``hex32`` (MAS encryption secret), ``token`` (shared secret), ``rsa``,
-        ``ec-p256``, ``ec-p384``, ``ec-k256`` (signing keys), ``pillar`` (a
-        value that must come from pillar), ``pepper`` (Synapse's pepper, from
-        pillar or Synapse's config) or ``copy`` (the content of ``source``).
-    pillar_key
-        The colon-separated pillar key that may hold the value.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.secret_status /matrix/matrix-authentication-service/config/secrets/encryption hex32 mas:secrets:encryption
-    """
-    if kind not in SECRET_KINDS:
-        raise SaltInvocationError(f"mas: unknown secret kind {kind!r} (known: {', '.join(SECRET_KINDS)})")
-    if kind == "copy" and not (source and os.path.isfile(source)):
-        # the source is written earlier in the same run (test=True predicts)
-        return {"action": "create" if not os.path.exists(path) else "update",
-                "reason": f"copied from {source}, which does not exist yet"}
-    wanted = _wanted(kind, pillar_key, source, synapse)
-    if not os.path.lexists(path):
-        return {"action": "create", "reason": "from pillar" if wanted is not None else "generated"}
-    current = _read_regular(path)
-    if wanted is not None and not hmac.compare_digest(current, wanted):
-        if kind == "hex32" and not allow_rotation:
-            raise CommandExecutionError(
-                f"{pillar_key} differs from the encryption secret already in use ({path}). Changing it makes "
-                "every value MAS has encrypted in its database unreadable (upstream OAuth2 client secrets, "
-                "sessions, ...). Put the current value in pillar, or remove the key from pillar to keep the "
-                "file; to rotate on purpose set mas:secrets:allow_encryption_rotation: true."
-            )
-        return {"action": "update", "reason": "from pillar" if kind != "copy" else f"copied from {source}"}
-    uid, gid = _owner_ids(user, group)
-    info = os.lstat(path)
-    if stat.S_IMODE(info.st_mode) != int(str(mode), 8) or (info.st_uid, info.st_gid) != (uid, gid):
-        return {"action": "fix-mode", "reason": "owner or mode"}
-    return {"action": "none", "reason": "in place"}
-
-
-def _read_regular(path):
-    """Read a secret file, refusing anything but a regular file (a symlink
-    planted there must never make root read or chown another file)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise CommandExecutionError(f"cannot read {path} (a symlink is refused): {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise CommandExecutionError(f"{path} is not a regular file")
-        return handle.read()
-
-
-def write_secret(path, kind, pillar_key=None, user="root", group="root", mode="0600",
-                 allow_rotation=False, source=None, synapse=None):
-    """
-    Create or update one secret file atomically, never world-readable, and
-    return what was done (never the value). An existing generated secret is
-    never regenerated. See :py:func:`secret_status` for the arguments.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.write_secret /matrix/matrix-authentication-service/config/keys/rsa.pem rsa user=mas group=mas
-    """
-    status = secret_status(path, kind, pillar_key, user, group, mode, allow_rotation, source, synapse)
-    if status["action"] == "none":
-        return status
-    uid, gid = _owner_ids(user, group)
-    if status["action"] == "fix-mode":
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                os.fchown(fd, uid, gid)
-                os.fchmod(fd, int(str(mode), 8))
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise CommandExecutionError(f"cannot fix owner/mode of {path}: {exc.strerror}") from exc
-        return status
-    content = _wanted(kind, pillar_key, source, synapse)
-    if content is None:
-        content = _generate(kind)
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise CommandExecutionError(f"the directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        os.fchmod(fd, int(str(mode), 8))
-        os.fchown(fd, uid, gid)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise CommandExecutionError(f"cannot write {path}: {exc.strerror}") from exc
-    log.info("mas: %s secret file %s (%s)", status["action"], path, status["reason"])
-    return status
-
-
-# --------------------------------------------------------------------------
-# Database (mas:database:manage)
-# --------------------------------------------------------------------------
-
-
-def _scram_keys(password, salt, iterations):
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-    return hashlib.sha256(client_key).digest(), server_key
-
-
-def _scram_verifier(password):
-    """A PostgreSQL SCRAM-SHA-256 verifier, so the password itself never
-    leaves this process (not in psql's input, not in any log)."""
-    salt, iterations = os.urandom(16), 4096
-    stored, server = _scram_keys(password, salt, iterations)
-    enc = base64.b64encode
-    return f"SCRAM-SHA-256${iterations}:{enc(salt).decode()}${enc(stored).decode()}:{enc(server).decode()}"
-
-
-def _scram_matches(verifier, password):
-    match = re.match(r"^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$", verifier or "")
-    if not match:
-        return False
-    iterations, salt, stored, server = match.groups()
-    want_stored, want_server = _scram_keys(password, base64.b64decode(salt), int(iterations))
-    return hmac.compare_digest(want_stored, base64.b64decode(stored)) and hmac.compare_digest(
-        want_server, base64.b64decode(server)
-    )
-
-
-def _psql(admin, dbname, script):
-    """Run ``script`` (psql input on stdin, never argv) as the PostgreSQL admin."""
-    cmd = ["psql", "-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-d", dbname]
-    if admin.get("runas") and os.geteuid() == 0:
-        # runuser, not cmd.run's runas: that one needs a login shell for the user
-        cmd = ["runuser", "-u", str(admin["runas"]), "--"] + cmd
-    if admin.get("host"):
-        cmd += ["-h", str(admin["host"])]
-    if admin.get("port"):
-        cmd += ["-p", str(admin["port"])]
-    if admin.get("user"):
-        cmd += ["-U", admin["user"]]
-    res = __salt__["cmd.run_all"](
-        cmd, stdin=script, python_shell=False, output_loglevel="quiet", ignore_retcode=True
-    )
-    if res["retcode"] != 0:
-        raise CommandExecutionError(f"psql as {admin.get('user')} on database {dbname} failed: {res['stderr'].strip()}")
-    return [line.split("|") for line in res["stdout"].splitlines() if line]
-
-
-def _sql_literal(value):
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _sql_ident(value):
-    return '"' + str(value).replace('"', '""') + '"'
-
-
-def database_status(name, owner, admin, password_pillar_key=None):
-    """
-    Compare the MAS database, its role and the ``pg_trgm`` extension with what
-    the formula wants. Returns ``{"role": ..., "password": ..., "database": ...,
-    "owner": ..., "pg_trgm": ...}`` where each value is ``ok`` or what is
-    missing. The password is checked against the role's SCRAM verifier; it is
-    read from pillar on the minion (``password_pillar_key``).
-
-    name
-        The database name (``mas:database:name``).
-    owner
-        The role (``mas:database:user``).
-    admin
-        How to reach PostgreSQL as a superuser: ``{user, host, port, runas}``.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.database_status mas mas "{user: postgres, runas: postgres}"
-    """
-    password = _pillar_value(password_pillar_key)
-    rows = _psql(
-        admin,
-        "postgres",
-        f"SELECT 'role', rolpassword FROM pg_authid WHERE rolname = {_sql_literal(owner)};\n"
-        f"SELECT 'db', pg_get_userbyid(datdba) FROM pg_database WHERE datname = {_sql_literal(name)};\n",
-    )
-    found = {row[0]: row[1] for row in rows}
-    others = _psql(
-        admin,
-        "postgres",
-        "SELECT datname FROM pg_database WHERE datdba = "
-        f"(SELECT oid FROM pg_roles WHERE rolname = {_sql_literal(owner)}) AND datname <> {_sql_literal(name)};\n",
-    )
-    if others:
-        raise CommandExecutionError(
-            f"the role {owner} (mas:database:user) already owns the database(s) "
-            f"{', '.join(row[0] for row in others)}: it belongs to another service, and the formula does not take "
-            "it over (nor change its password). Give MAS a role of its own."
-        )
-    if "db" in found and found["db"] != owner:
-        raise CommandExecutionError(
-            f"the database {name} (mas:database:name) already exists and belongs to {found['db']}: the formula "
-            "does not take over an existing database. MAS needs a dedicated, empty database: choose another name."
-        )
-    status = {"role": "ok" if "role" in found else "missing", "password": "ok",
-              "database": "ok" if "db" in found else "missing", "owner": "ok", "pg_trgm": "ok"}
-    if password is not None and not _scram_matches(found.get("role"), str(password)):
-        status["password"] = "differs" if "role" in found else "missing"
-    if "db" not in found:
-        status["owner"] = status["pg_trgm"] = "missing"
-        return status
-    ext = _psql(admin, name, "SELECT extname FROM pg_extension WHERE extname = 'pg_trgm';\n")
-    if not ext:
-        status["pg_trgm"] = "missing"
-    return status
-
-
-def database_ensure(name, owner, admin, password_pillar_key=None):
-    """
-    Create or fix the MAS role (LOGIN, password from pillar), its UTF8
-    database and the ``pg_trgm`` extension (created as superuser: on
-    PostgreSQL < 16 MAS's own role cannot). Returns the status from before.
-    See :py:func:`database_status` for the arguments.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.database_ensure mas mas "{user: postgres, runas: postgres}" mas:database:password
-    """
-    before = database_status(name, owner, admin, password_pillar_key)
-    password = _pillar_value(password_pillar_key)
-    script = []
-    pw = f" PASSWORD {_sql_literal(_scram_verifier(str(password)))}" if password is not None else ""
-    if before["role"] == "missing":
-        script.append(f"CREATE ROLE {_sql_ident(owner)} LOGIN{pw};")
-    elif before["password"] != "ok":
-        script.append(f"ALTER ROLE {_sql_ident(owner)}{pw};")
-    if before["database"] == "missing":
-        script.append(
-            f"CREATE DATABASE {_sql_ident(name)} OWNER {_sql_ident(owner)} ENCODING 'UTF8' TEMPLATE template0;"
-        )
-    if script:
-        _psql(admin, "postgres", "\n".join(script) + "\n")
-    if before["pg_trgm"] != "ok":
-        _psql(admin, name, "CREATE EXTENSION IF NOT EXISTS pg_trgm;\n")
-    return before
-
-
-# --------------------------------------------------------------------------
-# Users (through MAS's admin API: passwords travel in request bodies, never
-# in a process's arguments)
-# --------------------------------------------------------------------------
-
-
-class _AdminApi:
-    """A client of MAS's admin API authenticated as the formula's client."""
-
-    def __init__(self, api, timeout=30, wait=0):
-        self.api = api
-        self.timeout = timeout
-        self.session = requests.Session()
-        deadline = time.monotonic() + float(wait)
-        try:
-            with salt.utils.files.fopen(api["client_secret_file"], "r") as handle:
-                secret = handle.read().strip()
-        except OSError as exc:
-            raise CommandExecutionError(
-                f"cannot read the admin client secret {api['client_secret_file']} (apply the mas state first): {exc}"
-            ) from exc
-        while True:  # MAS may still be starting: wait up to `wait` seconds
-            try:
-                resp = self._send(
-                    "POST", api["token_url"], auth=(api["client_id"], secret),
-                    data={"grant_type": "client_credentials", "scope": "urn:mas:admin"},
-                )  # fmt: skip
-                break
-            except CommandExecutionError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(1)
-        if resp.status_code != 200:
-            raise CommandExecutionError(
-                f"MAS refused the formula's admin client at {api['token_url']} ({resp.status_code}): {_api_error(resp)}"
-                " -- is MAS running with the config the formula wrote (clients, policy.data.admin_clients)?"
-            )
-        try:
-            self.session.headers["Authorization"] = f"Bearer {resp.json()['access_token']}"
-        except (ValueError, KeyError) as exc:
-            raise CommandExecutionError(f"MAS answered {api['token_url']} without an access token") from exc
-
-    def _send(self, method, url, **kwargs):
-        try:
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:
-            raise CommandExecutionError(f"MAS is not reachable at {url}: {exc.__class__.__name__}") from exc
-
-    def call(self, method, path, expect=(200,), **kwargs):
-        resp = self._send(method, self.api["admin_url"] + path, **kwargs)
-        if resp.status_code not in expect:
-            raise CommandExecutionError(f"MAS admin API {method} {path}: {resp.status_code} {_api_error(resp)}")
-        try:
-            return resp.json() if resp.content else None
-        except ValueError as exc:
-            raise CommandExecutionError(f"MAS admin API {method} {path}: the answer is not JSON") from exc
-
-
-def _api_error(resp):
-    try:
-        return "; ".join(e.get("title", "") for e in resp.json().get("errors", [])) or resp.text[:200]
-    except ValueError:
-        return resp.text[:200]
-
-
-def _user_view(api, user):
-    attrs = user["attributes"]
-    emails = api.call("GET", f"/user-emails?filter[user]={user['id']}&page[first]=100")["data"]
-    return {
-        "user_id": user["id"],
-        "username": attrs["username"],
-        "admin": bool(attrs["admin"]),
-        "locked": attrs.get("locked_at") is not None,
-        "deactivated": attrs.get("deactivated_at") is not None,
-        "emails": sorted(e["attributes"]["email"] for e in emails),
-    }
-
-
-def _refuse_while_migrating(mas):
-    if mas["migration_in_progress"]:
-        raise CommandExecutionError(
-            "mas:migration_in_progress is true: users are still Synapse's and syn2mas will copy them to MAS. "
-            "Registering users in MAS now would make the migration fail (the MAS database must be empty). "
-            "Register them in Synapse, or after the migration."
-        )
-
-
-def user_info(username):
-    """
-    A MAS user as the formula sees it: ``{user_id, username, admin, locked,
-    deactivated, emails}``, or ``None`` when there is no such user.
-
-    username
-        The localpart (a leading ``@`` and a trailing ``:server`` are removed).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.user_info alice
-    """
-    username = _localpart(username)
-    api = _AdminApi(mapdata()["api"])
-    found = api.call("GET", f"/users/by-username/{username}", expect=(200, 404))
-    if not found or "data" not in found:
-        return None
-    return _user_view(api, found["data"])
-
-
-def _localpart(username):
-    if not isinstance(username, str) or not username:
-        raise SaltInvocationError("username: a Matrix localpart is required")
-    name = username[1:] if username.startswith("@") else username
-    name = name.split(":", 1)[0]
-    if not _LOCALPART.match(name):
-        raise SaltInvocationError(f"username: {username!r} is not a valid Matrix localpart (a-z, 0-9, ._=/+-)")
-    return name
-
-
-def _password(password, password_file, password_pillar_key):
-    given = [x for x in (password, password_file, password_pillar_key) if x is not None]
-    if len(given) > 1:
-        raise SaltInvocationError("give at most one of password, password_file, password_pillar_key")
-    if password_file is not None:
-        try:
-            with salt.utils.files.fopen(password_file, "r") as handle:
-                return handle.read().rstrip("\n")
-        except OSError as exc:
-            raise SaltInvocationError(f"password_file: cannot read {password_file}: {exc.strerror}") from exc
-    if password_pillar_key is not None:
-        value = _pillar_value(password_pillar_key)
-        if value is None:
-            raise SaltInvocationError(f"password_pillar_key: {password_pillar_key} is not set in pillar")
-        return str(value)
-    return password
-
-
-def _plan(api, username, admin, emails, password_set):
-    found = api.call("GET", f"/users/by-username/{username}", expect=(200, 404))
-    user = _user_view(api, found["data"]) if found and "data" in found else None
-    changes = {}
-    current = user or {"admin": False, "emails": []}
-    if user is None:
-        changes["user"] = {"old": None, "new": username}
-        if password_set:
-            changes["password"] = {"old": None, "new": "set"}
-    if bool(admin) != current["admin"]:
-        changes["admin"] = {"old": current["admin"], "new": bool(admin)}
-    missing = sorted(set(emails or []) - set(current["emails"]))
-    if missing:
-        changes["emails"] = {"old": current["emails"], "new": sorted(set(current["emails"]) | set(missing))}
-    return user, changes
-
-
-def _users_api(wait=0):
-    mas = mapdata()
-    _refuse_while_migrating(mas)
-    return _AdminApi(mas["api"], wait=wait)
-
-
-def user_plan(username, admin=False, emails=None, password_set=False, wait=0):
-    """
-    What :py:func:`register_user` would change for ``username``, read from
-    MAS without changing anything: ``{"user": <user_info or None>, "changes":
-    {key: {old, new}}}``. A password is only set when the user is created
-    (``password_set``), so that re-applying never resets a password the user
-    has changed since. ``wait``: seconds to wait for MAS to come up.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.user_plan alice admin=True emails='[alice@example.com]'
-    """
-    user, changes = _plan(_users_api(wait), _localpart(username), admin, emails, password_set)
-    return {"user": user, "changes": changes}
-
-
-def register_user(username, password=None, password_file=None, password_pillar_key=None, admin=False,
-                  emails=None, skip_password_check=True):
-    """
-    Register a user in MAS, or bring an existing one to the wanted admin flag
-    and emails -- idempotent, unlike ``mas-cli manage register-user``. The
-    password is set when the user is created, through MAS's admin API, so it
-    never appears in a process's arguments or in Salt's output; prefer
-    ``password_file`` or ``password_pillar_key`` to ``password`` (which would
-    sit in salt-call's own arguments). Refused while
-    ``mas:migration_in_progress`` is true (syn2mas needs an empty MAS).
-
-    Returns ``{"username", "user_id", "created", "changes"}``.
-
-    username
-        The localpart (``alice``, ``@alice:example.com`` works too).
-    password / password_file / password_pillar_key
-        At most one; without any, the user has no password (e.g. upstream
-        OAuth2 logins only).
-    admin
-        Whether the user may request admin rights (``can_request_admin``).
-    emails
-        Email addresses to add (verified); existing ones are kept.
-    skip_password_check
-        Skip MAS's password complexity check (like the seed's
-        ``--ignore-password-complexity``).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.register_user alice password_file=/root/alice.pw admin=True emails='[alice@example.com]'
-    """
-    secret = _password(password, password_file, password_pillar_key)
-    username = _localpart(username)
-    api = _users_api()
-    user, changes = _plan(api, username, admin, emails, secret is not None)
-    if user is None:
-        created = api.call("POST", "/users", expect=(201,), json={"username": username})["data"]
-        user_id = created["id"]
-        if secret is not None:
-            try:
-                api.call("POST", f"/users/{user_id}/set-password", expect=(204,),
-                         json={"password": secret, "skip_password_check": bool(skip_password_check)})
-            except CommandExecutionError as exc:
-                raise CommandExecutionError(
-                    f"user {username} was created but MAS refused its password ({exc}); it has no password now:"
-                    f" set one with `{mapdata()['paths']['mas_cli']} manage set-password {username} ...`"
-                ) from exc
-    else:
-        user_id = user["user_id"]
-    if "admin" in changes:
-        api.call("POST", f"/users/{user_id}/set-admin", json={"admin": bool(admin)})
-    for email in changes.get("emails", {}).get("new", []):
-        if email not in (user or {}).get("emails", []):
-            api.call("POST", "/user-emails", expect=(201,), json={"user_id": user_id, "email": email})
-    log.info("mas: user %s %s", username, "registered" if user is None else "updated" if changes else "unchanged")
-    return {"username": username, "user_id": user_id, "created": user is None, "changes": changes}
-
-
-# --------------------------------------------------------------------------
-# doctor
-# --------------------------------------------------------------------------
-
-_TRACE = re.compile(r"^(\d{4}-\d\d-\d\dT\S+)\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(\S+)\s?(.*)$")
-MASK = "**********"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-#: Config keys whose string values are secrets (Synapse's and the formula's pillar).
-_SECRET_KEY = re.compile(
-    r"^(.*_)?(secret|secret_key|password|passwd|pass|pepper|token|api_key|encryption)$", re.IGNORECASE
-)
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#\s@]*:)(?P<pw>[^@/\s]+)(?P<tail>@)", re.IGNORECASE)
-#: `secret: value` lines (upstream doctor prints a config snippet with matrix.secret)
-_INLINE_SECRET = re.compile(r"(?im)^(\s*(?:secret|client_secret|password)\s*:\s*).+$")
-
-
-def _secret_values(node, found):
-    """Collect string values under secret-looking keys (recursively)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, str):
-                if _SECRET_KEY.match(str(key)):
-                    found.add(value)
-            else:
-                _secret_values(value, found)
-    elif isinstance(node, list):
-        for item in node:
-            _secret_values(item, found)
-    return found
-
-
-def _known_secrets(secrets_dir, synapse_conf=None):
-    """Every secret value the minion knows for this deployment (never returned)."""
-    found = _secret_values(synapse_conf or {}, set())
-    _secret_values(salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT], {}) or {}, found)
-    # the whole URI: libpq also takes ?password=... which the URL rule misses
-    uri = salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT, "syn2mas", "synapse_database_uri"], "")
-    if isinstance(uri, str) and uri:
-        found.add(uri)
-    if os.path.isdir(secrets_dir):
-        for entry in os.listdir(secrets_dir):
-            path = os.path.join(secrets_dir, entry)
-            if os.path.isfile(path) and os.path.getsize(path) < 65536:
-                with salt.utils.files.fopen(path, "rb") as handle:
-                    content = handle.read().decode("utf-8", "replace")
-                found.update({content, content.strip()})
-    return sorted((s for s in found if isinstance(s, str) and len(s.strip()) >= 4), key=len, reverse=True)
-
-
-def _scrub(text, secrets):
-    """``text`` without ANSI colours, secrets or passwords in URLs."""
-    text = _ANSI.sub("", text or "")
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("tail"), text)
-    return _INLINE_SECRET.sub(lambda m: m.group(1) + MASK, text)
-
-
-def scrub(text, synapse_conf=None, secrets_dir=None):
-    """
-    ``text`` without ANSI colours and without any secret the minion knows for
-    this deployment: its secret files, the secret values of pillar ``mas``
-    (and of ``synapse_conf``, a Synapse config mapping), passwords in URLs and
-    ``secret: ...`` lines. For output of ``mas-cli`` that may echo them.
-
-    text
-        The text to clean.
-    synapse_conf
-        A Synapse configuration whose secret-looking values are hidden too.
-    secrets_dir
-        The deployment's secrets directory (default: from the map).
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.scrub "$(bin/mas-cli doctor 2>&1)"
-    """
-    return _scrub(text, _known_secrets(secrets_dir or mapdata()["paths"]["secrets_dir"], synapse_conf))
-
-
-def _doctor_entries(stderr):
-    """Tracing lines of ``mas-cli`` as ``[{level, target, message}]``
-    (continuation lines belong to the entry above them)."""
-    entries = []
-    for raw in _ANSI.sub("", stderr).splitlines():
-        match = _TRACE.match(raw)
-        if match:
-            entries.append({"level": match.group(2), "target": match.group(3), "message": match.group(4)})
-        elif entries:
-            entries[-1]["message"] += "\n" + raw
-        elif raw.strip():
-            entries.append({"level": "ERROR" if raw.startswith("Error") else "INFO", "target": "", "message": raw})
-    return entries
-
-
-def _classify(entry):
-    message = entry["message"].lstrip()
-    if message.startswith("✅"):
-        return "ok"
-    if message.startswith("⚠"):
-        return "warning"
-    if message.startswith("❌") or entry["level"] == "ERROR":
-        return "error"
-    if entry["level"] == "WARN":
-        return "warning"
-    return "info"
-
-
-def doctor(strict=False):
-    """
-    Run ``mas-cli doctor`` with the deployed configuration and return a result
-    automation can gate on: ``{"result", "exit_code", "ok": [...], "warnings":
-    [...], "errors": [...]}``. ``result`` is false when doctor reports an
-    error (or a warning, with ``strict``), and ``salt-call`` then exits
-    non-zero. Secrets are removed from every message (upstream's doctor
-    prints ``matrix.secret`` when the ``/_synapse/mas`` probe fails).
-
-    strict
-        Count warnings as failures too.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-call mas.doctor
-        salt-call mas.doctor strict=True
-    """
-    mas = mapdata()
-    cli = mas["paths"]["mas_cli"]
-    if not os.path.isfile(cli):
-        raise CommandExecutionError(f"{cli} does not exist: apply the mas state first")
-    hide = _known_secrets(mas["paths"]["secrets_dir"])
-    res = __salt__["cmd.run_all"](
-        [cli, "doctor"], python_shell=False, output_loglevel="quiet", ignore_retcode=True,
-        env={"RUST_LOG": "info", "NO_COLOR": "1"},
-    )  # fmt: skip
-    report = {"result": True, "exit_code": res["retcode"], "ok": [], "warnings": [], "errors": []}
-    for entry in _doctor_entries(res["stderr"]):
-        kind = _classify(entry)
-        if kind != "info":
-            report[kind + "s" if kind != "ok" else "ok"].append(_scrub(entry["message"], hide))
-    if res["retcode"] != 0 and not report["errors"]:
-        report["errors"].append(_scrub((res["stderr"] or res["stdout"]).strip()[-2000:], hide))
-    report["result"] = res["retcode"] == 0 and not report["errors"] and not (strict and report["warnings"])
-    if not report["result"]:
-        __context__["retcode"] = 1
-    return report
 
 
 # --------------------------------------------------------------------------
@@ -1703,8 +966,9 @@ def image_present(image, command="/usr/bin/docker", test=False):
 
         salt-call mas.image_present ghcr.io/element-hq/matrix-authentication-service:1.23.0
     """
-    inspect = __salt__["cmd.run_all"]([command, "image", "inspect", image], python_shell=False,
-                                      output_loglevel="quiet", ignore_retcode=True)
+    inspect = __salt__["cmd.run_all"](
+        [command, "image", "inspect", image], python_shell=False, output_loglevel="quiet", ignore_retcode=True
+    )
     if inspect["retcode"] == 0:
         return {"present_before": True, "pulled": False}
     if test:
@@ -1713,6 +977,42 @@ def image_present(image, command="/usr/bin/docker", test=False):
     if pull["retcode"] != 0:
         raise CommandExecutionError(f"docker pull {image} failed: {(pull['stderr'] or pull['stdout']).strip()[-500:]}")
     return {"present_before": False, "pulled": True}
+
+
+def files_switch(source_files, lookup, tplroot=PILLAR_ROOT):
+    """
+    The ``source`` list of a template, TOFS-style as the template-formula's
+    ``files_switch`` builds it (used by the SLS files while they render): for
+    each directory ``<lookup>`` (the state ID), the values of the grains in
+    ``mas:tofs:files_switch`` (default ``id``, ``os_family``) and ``default``,
+    each file of ``mas:tofs:source_files:<lookup>`` then of ``source_files``,
+    under ``salt://<mas:tofs:path_prefix>/<mas:tofs:dirs:files>/``. The first
+    that exists wins, so an operator overrides a template by placing a file
+    in ``mas/files/<state id>/`` or naming another one in pillar.
+
+    source_files
+        The formula's file names for the state (e.g. ``['config.yaml.jinja']``).
+    lookup
+        The state ID.
+    tplroot
+        The formula's directory (default ``mas``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.files_switch "['config.yaml.jinja']" mas-config-file-file-managed
+    """
+    tofs = mapdata()["tofs"]
+    prefix = tofs["path_prefix"] or tplroot
+    names = list(tofs["source_files"].get(lookup, [])) + list(source_files)
+    dirs = [lookup]
+    for grain in tofs["files_switch"]:
+        value = __grains__.get(grain)
+        if isinstance(value, str) and _TOFS_NAME.fullmatch(value) and value not in dirs:
+            dirs.append(value)
+    dirs.append("default")
+    return [f"salt://{prefix}/{tofs['dirs']['files']}/{directory}/{name}" for directory in dirs for name in names]
 
 
 BANNER = "File managed by Salt (mas formula)"

@@ -35,7 +35,7 @@ scrubbed of every secret the minion knows (MAS's secret files, the secrets in
 Synapse's config and in pillar ``mas``, passwords in URLs) before it is parsed,
 returned or recorded.
 
-:depends: the ``mas`` execution module of this formula
+:depends: requests; the ``mas``, ``mas_secret`` and ``mas_synapse`` execution modules of this formula
 """
 
 import contextlib
@@ -45,23 +45,25 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import salt.utils.data
 import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+try:
+    import requests
+
+    HAS_REQUESTS = True
+except ImportError:  # pragma: no cover - depends on the minion
+    HAS_REQUESTS = False
 
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mas_syn2mas"
 
 PILLAR_ROOT = "mas"
-MARKER_NAME = "syn2mas.json"
-LOCK_NAME = "syn2mas.lock"
 MARKER_VERSION = 1
 
 PHASES = ("legacy_auth", "migrating", "migrated", "delegated")
@@ -70,20 +72,8 @@ DONE_PHASES = ("migrated", "delegated")
 #: Exit codes of ``mas-cli syn2mas``.
 EXIT_OK, EXIT_FATAL, EXIT_ERRORS, EXIT_WARNINGS = 0, 1, 10, 11
 
-#: ``mas:syn2mas:*`` and their defaults (until they live in defaults.yaml).
-DEFAULTS = {
-    "dry_run": False,
-    "accept_warnings": False,
-    "ignore_missing_auth_providers": False,
-    "stop_services": True,
-    "start_synapse_after": False,
-    "synapse_config_files": [],
-    "synapse_database_uri": "",
-    "timeout": 3600,
-    "stop_timeout": 30,
-}
-_BOOL_OPTIONS = ("dry_run", "accept_warnings", "ignore_missing_auth_providers", "stop_services",
-                 "start_synapse_after")  # fmt: skip
+#: Options a call may override (the rest come from the map, validated there).
+_BOOL_OPTIONS = ("dry_run", "accept_warnings", "ignore_missing_auth_providers", "stop_services", "start_synapse_after")
 
 MASK = "**********"
 _HEADING = re.compile(r"^=+\s*(Errors|Warnings)\s*=+$")
@@ -99,6 +89,8 @@ _ROLLBACK = (
 
 
 def __virtual__():
+    if not HAS_REQUESTS:
+        return (False, "The mas_syn2mas module needs the 'requests' Python package")
     return __virtualname__
 
 
@@ -119,9 +111,9 @@ def _mapdata(mapdata=None):
 
 def options(mapdata=None, **overrides):
     """
-    The syn2mas options: pillar ``mas:syn2mas`` over the defaults, then the
-    keyword arguments that are not None. Raises ``SaltInvocationError``
-    listing every invalid option.
+    The syn2mas options: pillar ``mas:syn2mas`` (merged over
+    ``parameters/defaults.yaml`` and validated with the rest of the map), then
+    the keyword arguments that are not None.
 
     Options: ``dry_run``, ``accept_warnings`` (run a real migration despite
     syn2mas warnings), ``ignore_missing_auth_providers``, ``stop_services``
@@ -143,35 +135,25 @@ def options(mapdata=None, **overrides):
         salt-call mas_syn2mas.options accept_warnings=True
     """
     mas = _mapdata(mapdata)
-    given = mas.get("syn2mas") or {}
-    if not isinstance(given, dict):
-        raise SaltInvocationError("mas:syn2mas must be a mapping")
-    given = dict(given)
-    if given.pop("synapse_database_uri_set", False):
-        # kept out of the map (it may hold a password): read on the minion
-        given["synapse_database_uri"] = salt.utils.data.traverse_dict_and_list(
+    opts = dict(mas["syn2mas"])
+    # kept out of the map (it may hold a password): read on the minion
+    opts["synapse_database_uri"] = ""
+    if opts.pop("synapse_database_uri_set", False):
+        opts["synapse_database_uri"] = salt.utils.data.traverse_dict_and_list(
             __pillar__, f"{PILLAR_ROOT}:syn2mas:synapse_database_uri", ""
         )
-    opts = dict(DEFAULTS)
-    opts.update(given)
-    opts.update({key: value for key, value in overrides.items() if not key.startswith("__") and value is not None})
-    errors = []
-    for key in sorted(set(opts) - set(DEFAULTS)):
-        errors.append(f"mas:syn2mas:{key}: unknown option (known: {', '.join(sorted(DEFAULTS))})")
-    for key in _BOOL_OPTIONS:
-        if not isinstance(opts[key], bool):
-            errors.append(f"mas:syn2mas:{key}: must be true or false, not {opts[key]!r}")
-    files = opts["synapse_config_files"]
-    if not isinstance(files, list) or not all(isinstance(f, str) and os.path.isabs(f) for f in files):
-        errors.append("mas:syn2mas:synapse_config_files: must be a list of absolute file paths")
-    uri = opts["synapse_database_uri"]
-    if uri and not (isinstance(uri, str) and re.match(r"^postgres(ql)?://", uri)):
-        errors.append("mas:syn2mas:synapse_database_uri: must be a postgresql:// URI (or empty)")
-    for key in ("timeout", "stop_timeout"):
-        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] <= 0:
-            errors.append(f"mas:syn2mas:{key}: must be a positive number of seconds, not {opts[key]!r}")
+    given = {key: value for key, value in overrides.items() if not key.startswith("__") and value is not None}
+    errors = [
+        f"{key}: unknown option (known: {', '.join(_BOOL_OPTIONS)})" for key in sorted(set(given) - set(_BOOL_OPTIONS))
+    ]
+    errors += [
+        f"{key}: must be true or false, not {value!r}"
+        for key, value in sorted(given.items())
+        if key in _BOOL_OPTIONS and not isinstance(value, bool)
+    ]
     if errors:
         raise SaltInvocationError("Invalid syn2mas options (nothing was run):\n- " + "\n- ".join(errors))
+    opts.update(given)
     return opts
 
 
@@ -181,11 +163,11 @@ def options(mapdata=None, **overrides):
 
 
 def _now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _marker_path(mas):
-    return os.path.join(mas["paths"]["state_dir"], MARKER_NAME)
+    return mas["paths"]["syn2mas_marker"]
 
 
 def _read_marker(mas):
@@ -214,28 +196,11 @@ def _phase(marker):
 
 
 def _write_marker(mas, marker):
-    """Write the marker atomically, owned by root (the minion), mode 0600."""
+    """Write the marker atomically (``mas_secret.atomic_write``), owned by root (the minion), mode 0600."""
     directory = mas["paths"]["state_dir"]
     if not os.path.isdir(directory):
         raise CommandExecutionError(f"the formula's state directory {directory} does not exist: apply `mas` first")
-    fd, tmp = tempfile.mkstemp(prefix=".syn2mas-", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(marker, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, _marker_path(mas))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    __salt__["mas_secret.atomic_write"](_marker_path(mas), json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
 def _set_phase(mas, marker, phase, **fields):
@@ -259,7 +224,7 @@ def _exclusive(mas):
     directory = mas["paths"]["state_dir"]
     if not os.path.isdir(directory):
         raise CommandExecutionError(f"the formula's state directory {directory} does not exist: apply `mas` first")
-    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(mas["paths"]["syn2mas_lock"], os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -276,14 +241,14 @@ def _exclusive(mas):
 
 
 def _known_secrets(mas, synapse_conf):
-    """What ``mas.scrub`` needs to hide this run's secrets: the deployment's
+    """What ``mas_secret.scrub`` needs to hide this run's secrets: the deployment's
     secrets directory and the Synapse config read (its secret-looking values)."""
     return {"secrets_dir": mas["paths"]["secrets_dir"], "synapse_conf": synapse_conf or {}}
 
 
 def _scrub(text, secrets):
-    """``text`` without ANSI colours, secrets or passwords in URLs (``mas.scrub``)."""
-    return __salt__["mas.scrub"](text, **secrets)
+    """``text`` without ANSI colours, secrets or passwords in URLs (``mas_secret.scrub``)."""
+    return __salt__["mas_secret.scrub"](text, **secrets)
 
 
 def _parse(stdout, stderr):
@@ -310,7 +275,7 @@ def _parse(stdout, stderr):
         if current is None or fatal is not None:
             continue
         if line.startswith(_BULLET):
-            bullet = line[len(_BULLET):].strip()
+            bullet = line[len(_BULLET) :].strip()
             sections[current].append(bullet)
         elif not line or re.match(r"^\d{4}-\d\d-\d\dT", line):
             bullet = None
@@ -334,7 +299,7 @@ def _summary(text):
 
 
 def _dropin(mas):
-    return os.path.join(mas["synapse"]["config_dir"], mas["synapse"]["dropin_name"])
+    return mas["paths"]["synapse_dropin"]
 
 
 def _synapse_files(mas, opts):
@@ -346,11 +311,14 @@ def _synapse_files(mas, opts):
         present = [f for f in files if os.path.isfile(f)]
         problems += [
             f"the Synapse config file {f} (mas:syn2mas:synapse_config_files) does not exist"
-            for f in files if f not in present
-        ]  # fmt: skip
-        conf = __salt__["mas.synapse_config"](present, None, None)["config"] if present else {}
+            for f in files
+            if f not in present
+        ]
+        conf = __salt__["mas_synapse.config"](present, None, {}, mask=False)["config"] if present else {}
     else:
-        read = __salt__["mas.synapse_config"](syn.get("config_files"), syn["config_dir"], None, exclude=[_dropin(mas)])
+        read = __salt__["mas_synapse.config"](
+            syn.get("config_files"), syn["config_dir"], {}, exclude=[_dropin(mas)], mask=False
+        )
         files, conf = read["files"], read["config"]
         if not files:
             problems.append(
@@ -407,8 +375,10 @@ def _static_problems(mas, files):
         problems.append(f"{mas['paths']['mas_cli']} is missing: apply `mas` first")
     for path in files:
         if mas.get("runtime") == "docker" and re.search(r"[\s:,]", path):
-            problems.append(f"the Synapse config file {path} cannot be mounted into the MAS container (its path has "
-                            "a space, ':' or ','): copy it elsewhere and list it in mas:syn2mas:synapse_config_files")
+            problems.append(
+                f"the Synapse config file {path} cannot be mounted into the MAS container (its path has "
+                "a space, ':' or ','): copy it elsewhere and list it in mas:syn2mas:synapse_config_files"
+            )
         why = _readable_by(path, mas["user"]) if os.path.exists(path) else None
         if why:
             problems.append(
@@ -429,20 +399,17 @@ def _static_problems(mas, files):
     return problems, real
 
 
-def _opener():
-    # never through an http(s)_proxy from the environment: these are local services
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 def _answers(url, timeout=3):
     """True when something answers HTTP at ``url`` (any status code)."""
+    session = requests.Session()
+    session.trust_env = False  # never through an http(s)_proxy from the environment: these are local services
     try:
-        with _opener().open(url, timeout=timeout):
-            return True
-    except urllib.error.HTTPError:
+        session.get(url, timeout=timeout)
         return True
-    except (urllib.error.URLError, OSError, ValueError):
+    except requests.RequestException:
         return False
+    finally:
+        session.close()
 
 
 def _synapse_url(mas):
@@ -462,8 +429,13 @@ def _run(mas, argv, opts, files, secrets):
     """
     env = {"MAS_CLI_READONLY_MOUNTS": ":".join(files)} if mas.get("runtime") == "docker" else None
     res = __salt__["cmd.run_all"](
-        argv, python_shell=False, output_loglevel="quiet", ignore_retcode=True, timeout=opts["timeout"], env=env,
-    )  # fmt: skip
+        argv,
+        python_shell=False,
+        output_loglevel="quiet",
+        ignore_retcode=True,
+        timeout=opts["timeout"],
+        env=env,
+    )
     stdout, stderr = _scrub(res.get("stdout", ""), secrets), _scrub(res.get("stderr", ""), secrets)
     errors, warnings, fatal = _parse(stdout, stderr)
     if fatal:
@@ -574,7 +546,7 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
     """
     mas, opts, marker, files, (common, real), secrets = _prepare(
         mapdata, {"ignore_missing_auth_providers": ignore_missing_auth_providers, "stop_services": stop_services}
-    )  # fmt: skip
+    )
     phase = _phase(marker)
     synapse_up, mas_up = _answers(_synapse_url(mas)), _answers(_mas_url(mas))
     dry_run_blockers = list(common)
@@ -594,18 +566,28 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
         "delegated": "nothing: Synapse delegates to MAS",
     }[phase]
     return _result(
-        True, phase, f"syn2mas phase {phase}; next: {next_step}",
-        exit_code=last.get("exit_code"), errors=last.get("errors"), warnings=last.get("warnings"),
-        recorded=marker is not None, marker=_marker_path(mas), last_run=last or None,
-        history=(marker or {}).get("history", []), migration_in_progress=bool(mas.get("migration_in_progress")),
-        synapse_answers=synapse_up, mas_answers=mas_up, blockers=blockers, dry_run_blockers=dry_run_blockers,
+        True,
+        phase,
+        f"syn2mas phase {phase}; next: {next_step}",
+        exit_code=last.get("exit_code"),
+        errors=last.get("errors"),
+        warnings=last.get("warnings"),
+        recorded=marker is not None,
+        marker=_marker_path(mas),
+        last_run=last or None,
+        history=(marker or {}).get("history", []),
+        migration_in_progress=bool(mas.get("migration_in_progress")),
+        synapse_answers=synapse_up,
+        mas_answers=mas_up,
+        blockers=blockers,
+        dry_run_blockers=dry_run_blockers,
         next_step=next_step,
         commands={
             "check": _display(_argv(mas, opts, files, "check"), secrets),
             "dry_run": _display(_argv(mas, opts, files, "migrate", dry_run=True), secrets),
             "migrate": _display(_argv(mas, opts, files, "migrate"), secrets),
         },
-    )  # fmt: skip
+    )
 
 
 def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None):
@@ -633,7 +615,7 @@ def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None
     """
     mas, opts, marker, files, (problems, _), secrets = _prepare(
         mapdata, {"accept_warnings": accept_warnings, "ignore_missing_auth_providers": ignore_missing_auth_providers}
-    )  # fmt: skip
+    )
     phase = _phase(marker)
     if phase in DONE_PHASES:
         return _result(False, phase, "syn2mas check refused", errors=[f"already migrated (phase {phase}). {_ROLLBACK}"])
@@ -655,14 +637,24 @@ def _checked(run, phase, accept_warnings, **extra):
     hint = _hint(errors, phase)
     if hint:
         errors.append(hint)
-    comment = {EXIT_OK: "syn2mas check passed", EXIT_WARNINGS: "syn2mas check passed with warnings",
-               EXIT_ERRORS: "syn2mas check found blocking errors"}.get(code, f"syn2mas check failed (exit {code})")
-    return _result(result, phase, comment, exit_code=code, errors=errors, warnings=warnings,
-                   summary=run["summary"], **extra)  # fmt: skip
+    comment = {
+        EXIT_OK: "syn2mas check passed",
+        EXIT_WARNINGS: "syn2mas check passed with warnings",
+        EXIT_ERRORS: "syn2mas check found blocking errors",
+    }.get(code, f"syn2mas check failed (exit {code})")
+    return _result(
+        result, phase, comment, exit_code=code, errors=errors, warnings=warnings, summary=run["summary"], **extra
+    )
 
 
-def migrate(dry_run=None, accept_warnings=None, ignore_missing_auth_providers=None, stop_services=None,
-            start_synapse_after=None, mapdata=None):
+def migrate(
+    dry_run=None,
+    accept_warnings=None,
+    ignore_missing_auth_providers=None,
+    stop_services=None,
+    start_synapse_after=None,
+    mapdata=None,
+):
     """
     Migrate Synapse's users into MAS with ``mas-cli syn2mas migrate``, once.
 
@@ -711,17 +703,25 @@ def migrate(dry_run=None, accept_warnings=None, ignore_missing_auth_providers=No
         salt-call mas_syn2mas.migrate
         salt-call mas_syn2mas.migrate accept_warnings=True
     """
-    overrides = {"dry_run": dry_run, "accept_warnings": accept_warnings, "stop_services": stop_services,
-                 "ignore_missing_auth_providers": ignore_missing_auth_providers,
-                 "start_synapse_after": start_synapse_after}  # fmt: skip
+    overrides = {
+        "dry_run": dry_run,
+        "accept_warnings": accept_warnings,
+        "stop_services": stop_services,
+        "ignore_missing_auth_providers": ignore_missing_auth_providers,
+        "start_synapse_after": start_synapse_after,
+    }
     mas, opts, marker, files, (common, real), secrets = _prepare(mapdata, overrides)
     phase = _phase(marker)
     if opts["dry_run"]:
         return _dry_run(mas, opts, phase, files, common, secrets)
     if phase in DONE_PHASES:
         done = (marker or {}).get("finished_at") or (marker or {}).get("updated_at")
-        return _result(False, phase, "syn2mas migration refused: already migrated",
-                       errors=[f"already migrated (phase {phase} since {done}). {_ROLLBACK}"])  # fmt: skip
+        return _result(
+            False,
+            phase,
+            "syn2mas migration refused: already migrated",
+            errors=[f"already migrated (phase {phase} since {done}). {_ROLLBACK}"],
+        )
     if common or real:
         return _result(False, phase, "syn2mas migration refused", errors=common + real)
     with _exclusive(mas):
@@ -730,9 +730,13 @@ def migrate(dry_run=None, accept_warnings=None, ignore_missing_auth_providers=No
 
 def _dry_run(mas, opts, phase, files, problems, secrets):
     if phase in DONE_PHASES:
-        return _result(False, phase, "syn2mas dry run refused",
-                       errors=[f"already migrated (phase {phase}): MAS's database is not empty. {_ROLLBACK}"],
-                       dry_run=True)  # fmt: skip
+        return _result(
+            False,
+            phase,
+            "syn2mas dry run refused",
+            errors=[f"already migrated (phase {phase}): MAS's database is not empty. {_ROLLBACK}"],
+            dry_run=True,
+        )
     if problems:
         return _result(False, phase, "syn2mas dry run refused", errors=problems, dry_run=True)
     argv = _argv(mas, opts, files, "migrate", dry_run=True)
@@ -751,9 +755,16 @@ def _dry_run(mas, opts, phase, files, problems, secrets):
     if not ok:
         comment = f"syn2mas dry run failed (exit {run['exit_code']})"
     return _result(
-        ok and not errors, phase, comment, exit_code=run["exit_code"], errors=errors, warnings=run["warnings"],
-        summary=run["summary"], dry_run=True, command=_display(argv, secrets),
-    )  # fmt: skip
+        ok and not errors,
+        phase,
+        comment,
+        exit_code=run["exit_code"],
+        errors=errors,
+        warnings=run["warnings"],
+        summary=run["summary"],
+        dry_run=True,
+        command=_display(argv, secrets),
+    )
 
 
 def _stop(mas, opts):
@@ -811,16 +822,31 @@ def _migrate(mas, opts, marker, files, secrets):
     running += _still_answering(mas, opts, stopped)
     if running:
         started = _start(stopped, "synapse") + _start(stopped, "mas")
-        return _result(False, phase_before, "syn2mas migration refused: services still running", errors=running,
-                       warnings=check_run["warnings"], services={"stopped": [n for _, n in stopped],
-                                                                 "started": started})  # fmt: skip
+        return _result(
+            False,
+            phase_before,
+            "syn2mas migration refused: services still running",
+            errors=running,
+            warnings=check_run["warnings"],
+            services={"stopped": [n for _, n in stopped], "started": started},
+        )
     argv = _argv(mas, opts, files, "migrate")
-    record = {"mas_config": mas["paths"]["config_file"], "synapse_configs": files,
-              "command": _display(argv, secrets), "accepted_warnings": check_run["warnings"]}  # fmt: skip
+    record = {
+        "mas_config": mas["paths"]["config_file"],
+        "synapse_configs": files,
+        "command": _display(argv, secrets),
+        "accepted_warnings": check_run["warnings"],
+    }
     marker = _set_phase(mas, marker, "migrating", started_at=_now(), finished_at=None, **record)
     run = _run(mas, argv, opts, files, secrets)
-    last = {"at": _now(), "exit_code": run["exit_code"], "result": run["exit_code"] == EXIT_OK,
-            "errors": run["errors"], "warnings": run["warnings"], "summary": run["summary"]}  # fmt: skip
+    last = {
+        "at": _now(),
+        "exit_code": run["exit_code"],
+        "result": run["exit_code"] == EXIT_OK,
+        "errors": run["errors"],
+        "warnings": run["warnings"],
+        "summary": run["summary"],
+    }
     services = {"stopped": [name for _, name in stopped], "started": []}
     if run["exit_code"] == EXIT_OK:
         _set_phase(mas, marker, "migrated", finished_at=last["at"], last_run=last)
@@ -829,9 +855,17 @@ def _migrate(mas, opts, marker, files, secrets):
         next_step = "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)"
         if stopped and not services["started"]:
             next_step += "; Synapse stays stopped until then"
-        return _result(True, "migrated", f"syn2mas migration completed. Next: {next_step}",
-                       exit_code=EXIT_OK, warnings=run["warnings"], summary=run["summary"], phase_before=phase_before,
-                       services=services, command=record["command"])  # fmt: skip
+        return _result(
+            True,
+            "migrated",
+            f"syn2mas migration completed. Next: {next_step}",
+            exit_code=EXIT_OK,
+            warnings=run["warnings"],
+            summary=run["summary"],
+            phase_before=phase_before,
+            services=services,
+            command=record["command"],
+        )
     _set_phase(mas, marker, "migrating", last_run=last)
     services["started"] = _start(stopped, "synapse")
     errors = list(run["errors"]) or [f"mas-cli syn2mas migrate exited with {run['exit_code']}"]
@@ -839,11 +873,19 @@ def _migrate(mas, opts, marker, files, secrets):
     if hint:
         errors.append(hint)
     restarted = " Synapse (still authoritative) was started again." if services["started"] else ""
-    return _result(False, "migrating",
-                   f"syn2mas migration failed (exit {run['exit_code']}); the phase stays migrating and the next run "
-                   f"retries (syn2mas resets the partial migration).{restarted} MAS stays stopped.",
-                   exit_code=run["exit_code"], errors=errors, warnings=run["warnings"], summary=run["summary"],
-                   phase_before=phase_before, services=services, command=record["command"])  # fmt: skip
+    return _result(
+        False,
+        "migrating",
+        f"syn2mas migration failed (exit {run['exit_code']}); the phase stays migrating and the next run "
+        f"retries (syn2mas resets the partial migration).{restarted} MAS stays stopped.",
+        exit_code=run["exit_code"],
+        errors=errors,
+        warnings=run["warnings"],
+        summary=run["summary"],
+        phase_before=phase_before,
+        services=services,
+        command=record["command"],
+    )
 
 
 def reset(confirm=False, mapdata=None):
@@ -872,19 +914,34 @@ def reset(confirm=False, mapdata=None):
     except CommandExecutionError:
         marker, phase = {"version": MARKER_VERSION, "history": [], "phase": "legacy_auth"}, "unreadable"
     if confirm is not True:
-        return _result(False, phase, "syn2mas reset refused",
-                       errors=["resetting the phase lets syn2mas run again: pass confirm=True once MAS's database "
-                               "has been dropped and recreated"])  # fmt: skip
+        return _result(
+            False,
+            phase,
+            "syn2mas reset refused",
+            errors=[
+                "resetting the phase lets syn2mas run again: pass confirm=True once MAS's database "
+                "has been dropped and recreated"
+            ],
+        )
     if not mas.get("migration_in_progress"):
-        return _result(False, phase, "syn2mas reset refused",
-                       errors=["mas:migration_in_progress is false (Synapse delegates to MAS): set it to true and "
-                               "apply `mas` first"])  # fmt: skip
+        return _result(
+            False,
+            phase,
+            "syn2mas reset refused",
+            errors=[
+                "mas:migration_in_progress is false (Synapse delegates to MAS): set it to true and apply `mas` first"
+            ],
+        )
     if marker is None or phase == "legacy_auth":
         return _result(True, "legacy_auth", "syn2mas phase is already legacy_auth", changes={})
     with _exclusive(mas):
         _set_phase(mas, marker, "legacy_auth", reset_at=_now(), reset_from=phase)
-    return _result(True, "legacy_auth", f"syn2mas phase reset from {phase} to legacy_auth",
-                   changes={"phase": {"old": phase, "new": "legacy_auth"}})  # fmt: skip
+    return _result(
+        True,
+        "legacy_auth",
+        f"syn2mas phase reset from {phase} to legacy_auth",
+        changes={"phase": {"old": phase, "new": "legacy_auth"}},
+    )
 
 
 def mark_delegated(mapdata=None):
@@ -922,9 +979,14 @@ def mark_delegated(mapdata=None):
     if mas.get("migration_in_progress"):
         return _result(False, phase, "delegated refused", errors=["mas:migration_in_progress is still true"])
     if not os.path.exists(_dropin(mas)):
-        return _result(False, phase, "delegated refused",
-                       errors=[f"Synapse's drop-in {_dropin(mas)} is not there yet: apply `mas`"])  # fmt: skip
+        return _result(
+            False,
+            phase,
+            "delegated refused",
+            errors=[f"Synapse's drop-in {_dropin(mas)} is not there yet: apply `mas`"],
+        )
     with _exclusive(mas):
         _set_phase(mas, marker, "delegated", delegated_at=_now())
-    return _result(True, "delegated", "syn2mas phase delegated recorded",
-                   changes={"phase": {"old": phase, "new": "delegated"}})  # fmt: skip
+    return _result(
+        True, "delegated", "syn2mas phase delegated recorded", changes={"phase": {"old": phase, "new": "delegated"}}
+    )

@@ -34,8 +34,15 @@ def _lines(title, items):
     return f"\n{title}:\n- " + "\n- ".join(items) if items else ""
 
 
-def migrated(name, dry_run=None, accept_warnings=None, ignore_missing_auth_providers=None, stop_services=None,
-             start_synapse_after=None, mapdata=None):
+def migrated(
+    name,
+    dry_run=None,
+    accept_warnings=None,
+    ignore_missing_auth_providers=None,
+    stop_services=None,
+    start_synapse_after=None,
+    mapdata=None,
+):
     """
     Ensure Synapse's users have been migrated into MAS with syn2mas (once).
 
@@ -72,8 +79,13 @@ def migrated(name, dry_run=None, accept_warnings=None, ignore_missing_auth_provi
             - accept_warnings: false
     """
     ret = _ret(name)
-    args = {"accept_warnings": accept_warnings, "ignore_missing_auth_providers": ignore_missing_auth_providers,
-            "stop_services": stop_services, "start_synapse_after": start_synapse_after, "mapdata": mapdata}  # fmt: skip
+    args = {
+        "accept_warnings": accept_warnings,
+        "ignore_missing_auth_providers": ignore_missing_auth_providers,
+        "stop_services": stop_services,
+        "start_synapse_after": start_synapse_after,
+        "mapdata": mapdata,
+    }
     try:
         opts = __salt__["mas_syn2mas.options"](mapdata, dry_run=dry_run)
         status = __salt__["mas_syn2mas.status"](
@@ -93,9 +105,7 @@ def migrated(name, dry_run=None, accept_warnings=None, ignore_missing_auth_provi
     ret["result"] = result["result"]
     if result["phase"] != phase:
         ret["changes"] = {"phase": {"old": phase, "new": result["phase"]}}
-    ret["comment"] = (
-        result["comment"] + _lines("Errors", result["errors"]) + _lines("Warnings", result["warnings"])
-    )
+    ret["comment"] = result["comment"] + _lines("Errors", result["errors"]) + _lines("Warnings", result["warnings"])
     return ret
 
 

@@ -19,11 +19,11 @@ __virtualname__ = "mas_synapse"
 
 
 def __virtual__():
-    if "mas_synapse.inspect" in __salt__ and "mas.synapse_config" in __salt__:
+    if "mas_synapse.inspect" in __salt__:
         return __virtualname__
     return (
         False,
-        "The mas_synapse state module needs the mas and mas_synapse execution modules (run saltutil.sync_all)",
+        "The mas_synapse state module needs the mas_synapse execution module (run saltutil.sync_all)",
     )
 
 
@@ -31,8 +31,17 @@ def _ret(name):
     return {"name": name, "result": True, "comment": "", "changes": {}}
 
 
-def dropin(name, endpoint, secret_path, config_files=None, config_dir=None, migrating=False,
-           user="root", group="root", mode="0644"):
+def dropin(
+    name,
+    endpoint,
+    secret_path,
+    config_files=None,
+    config_dir=None,
+    migrating=False,
+    user="root",
+    group="root",
+    mode="0644",
+):
     """
     Ensure the Synapse drop-in that delegates authentication to MAS.
 
@@ -75,9 +84,13 @@ def dropin(name, endpoint, secret_path, config_files=None, config_dir=None, migr
     ret = _ret(name)
     try:
         plan = __salt__["mas_synapse.inspect"](
-            name, endpoint, secret_path, config_files=config_files,
-            config_dir=config_dir or os.path.dirname(name), migrating=migrating,
-        )  # fmt: skip
+            name,
+            endpoint,
+            secret_path,
+            config_files=config_files,
+            config_dir=config_dir or os.path.dirname(name),
+            migrating=migrating,
+        )
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["result"] = False
         ret["comment"] = f"Synapse drop-in {name}: {exc}"
@@ -92,8 +105,13 @@ def dropin(name, endpoint, secret_path, config_files=None, config_dir=None, migr
         why = "removed while mas:migration_in_progress is true (Synapse stays authoritative)"
     else:
         sub = __states__["file.managed"](
-            name, contents=plan["text"], user=user, group=group, mode=mode, makedirs=True,
-        )  # fmt: skip
+            name,
+            contents=plan["text"],
+            user=user,
+            group=group,
+            mode=mode,
+            makedirs=True,
+        )
         why = "delegates authentication to MAS"
     ret["result"] = sub["result"]
     ret["changes"] = sub["changes"]

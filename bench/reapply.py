@@ -28,13 +28,25 @@ def main(rounds):
         pillar["bench_trivial_path"] = str(tmp / "trivial.txt")
         (tmp / "pillar" / "mas.sls").write_text(yaml.safe_dump(pillar))
         (tmp / "pillar" / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["mas"]}}))
-        (tmp / "minion").write_text(yaml.safe_dump({
-            "id": "bench", "file_client": "local", "root_dir": str(tmp / "salt"),
-            "file_roots": {"base": [str(link_formula(tmp / "formula")), str(REPO / "bench" / "trivial")]},
-            "pillar_roots": {"base": [str(tmp / "pillar")]},
-        }))
-        call = [str(pathlib.Path(sys.executable).with_name("salt-call")), "-c", str(tmp), "--local",
-                "--out=txt", "--retcode-passthrough"]
+        (tmp / "minion").write_text(
+            yaml.safe_dump(
+                {
+                    "id": "bench",
+                    "file_client": "local",
+                    "root_dir": str(tmp / "salt"),
+                    "file_roots": {"base": [str(link_formula(tmp / "formula")), str(REPO / "bench" / "trivial")]},
+                    "pillar_roots": {"base": [str(tmp / "pillar")]},
+                }
+            )
+        )
+        call = [
+            str(pathlib.Path(sys.executable).with_name("salt-call")),
+            "-c",
+            str(tmp),
+            "--local",
+            "--out=txt",
+            "--retcode-passthrough",
+        ]
         subprocess.run(call + ["saltutil.sync_all"], check=True, capture_output=True)
         for sls in ("mas", "trivial"):  # first applies make the changes
             subprocess.run(call + ["state.apply", sls], check=True, capture_output=True)

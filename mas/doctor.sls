@@ -6,7 +6,7 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
-mas-doctor-mas-doctor:
-  mas.doctor:
-    - name: mas-cli doctor ({{ mas.paths.mas_cli }})
-    - strict: {{ mas.doctor.strict | tojson }}
+mas-doctor-mas_doctor-healthy:
+  mas_doctor.healthy:
+    - name: {{ ("mas-cli doctor (" ~ mas.paths.mas_cli ~ ")") | json }}
+    - strict: {{ mas.doctor.strict | json }}

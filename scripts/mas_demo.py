@@ -88,7 +88,9 @@ def main(argv):
     if sync.returncode != 0:
         print(sync.stdout + sync.stderr, file=sys.stderr)
         return sync.returncode
-    proc = subprocess.run(salt_call + ["state.apply", "mas", "--state-output=terse", "--retcode-passthrough"], check=False)
+    proc = subprocess.run(
+        salt_call + ["state.apply", "mas", "--state-output=terse", "--retcode-passthrough"], check=False
+    )
     if proc.returncode != 0:
         return proc.returncode
     print(f"\nRendered by the mas formula under {root}:")

@@ -5,17 +5,16 @@
 - ``salt_call``: real ``salt-call --local`` against the formula in this
   checkout, with a temporary minion config and pillar (see ``saltrun.py``).
 - The integration harness fixtures (PostgreSQL, Synapse, nginx, MAS double)
-  come from ``harness.fixtures``.
+  are in ``integration/conftest.py``: the unit and functional tiers load none
+  of them.
 """
 
 import json
 import logging
 import os
-import pathlib
 
 import pytest
 
-from harness.fixtures import *  # noqa: F401,F403  pylint: disable=wildcard-import,unused-wildcard-import
 from pillars import PILLAR_SECRETS, deep_update
 from saltrun import REPO_ROOT, SaltMinion
 
@@ -109,8 +108,10 @@ def minimal_pillar(paths):
         },
         "proxy": {
             "reload": False,
-            "nginx": {"snippet_path": str(paths["nginx"]),
-                      "public_snippet_path": str(paths["nginx"].with_name("mas-public.conf"))},
+            "nginx": {
+                "snippet_path": str(paths["nginx"]),
+                "public_snippet_path": str(paths["nginx"].with_name("mas-public.conf")),
+            },
             "traefik": {"config_path": str(paths["traefik"])},
         },
     }

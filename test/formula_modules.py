@@ -1,18 +1,85 @@
-"""Import the formula's Salt modules (``_modules/``, ``_states/``) for unit
-tests run through pytest-salt-factories' ``configure_loader_modules``."""
+"""The formula's Salt modules (``_modules/``, ``_states/``) for the unit tests.
+
+Each module is imported once, under its own name, and the tests hand them to
+pytest-salt-factories' ``configure_loader_modules`` through :func:`dunders`:
+every module's ``__salt__`` holds the *real* public functions of the formula's
+other execution modules (as Salt's loader would), plus the stand-ins a test
+gives for the outside world (``cmd.run_all``, ``service.*``, ...). Salt's
+file server is the one stand-in every test gets: ``cp.get_file_str`` reads
+``mas/parameters/defaults.yaml`` from this checkout.
+"""
 
 import importlib.util
+import inspect
 
 import yaml
 
 from saltrun import REPO_ROOT
 
-DEFAULTS = yaml.safe_load((REPO_ROOT / "mas" / "parameters" / "defaults.yaml").read_text())["values"]
+DEFAULTS_FILE = REPO_ROOT / "mas" / "parameters" / "defaults.yaml"
+DEFAULTS = yaml.safe_load(DEFAULTS_FILE.read_text())["values"]
+
+EXECUTION_MODULES = ("mas", "mas_secret", "mas_db", "mas_user", "mas_doctor", "mas_proxy", "mas_synapse", "mas_syn2mas")
+STATE_MODULES = ("mas", "mas_secret", "mas_db", "mas_user", "mas_doctor", "mas_synapse", "mas_syn2mas")
 
 
-def load(kind, name, alias):
-    """Import ``<kind>/<name>.py`` (kind ``_modules`` or ``_states``) as ``alias``."""
+def load(kind, name, alias=None):
+    """Import ``<kind>/<name>.py`` (kind ``_modules`` or ``_states``)."""
+    alias = alias or f"formula{kind}_{name}"
     spec = importlib.util.spec_from_file_location(alias, REPO_ROOT / kind / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+MODULES = {name: load("_modules", name) for name in EXECUTION_MODULES}
+STATES = {name: load("_states", name) for name in STATE_MODULES}
+
+
+def public_functions(name):
+    """``{"<module>.<function>": function}`` of one execution module, as Salt's loader names them."""
+    module = MODULES[name]
+    return {
+        f"{name}.{fn}": obj
+        for fn, obj in vars(module).items()
+        if inspect.isfunction(obj) and not fn.startswith("_") and obj.__module__ == module.__name__
+    }
+
+
+def dunders(pillar, salt=None, states=None, test=False):
+    """The ``configure_loader_modules`` mapping for every module of the formula.
+
+    pillar
+        The minion's pillar (shared, so a test can change it).
+    salt
+        Stand-ins for functions outside the formula (``cmd.run_all``, ...).
+    states
+        Stand-ins for ``__states__`` (``file.managed``, ...).
+    test
+        ``__opts__["test"]``.
+    """
+    funcs = {"cp.get_file_str": lambda url, **kwargs: DEFAULTS_FILE.read_text()}
+    for name in EXECUTION_MODULES:
+        funcs.update(public_functions(name))
+    funcs.update(salt or {})
+    opts = {"test": test}
+    context = {}
+    grains = {"id": "mas-unit", "os_family": "Debian"}
+    out = {}
+    for module in MODULES.values():
+        out[module] = {
+            "__pillar__": pillar,
+            "__context__": context,
+            "__opts__": opts,
+            "__salt__": funcs,
+            "__grains__": grains,
+        }
+    for module in STATES.values():
+        out[module] = {
+            "__pillar__": pillar,
+            "__context__": context,
+            "__opts__": opts,
+            "__salt__": funcs,
+            "__states__": states or {},
+        }
+    return out

@@ -51,7 +51,12 @@ def wired_pillar(root, pg, dbname, synapse, web, internal):
             "config_files": [str(synapse.config_path)],
             "config_dir": str(synapse.conf_d),
         },
-        "proxy": {"reload": False, "nginx": {"snippet_path": str(root / "nginx" / "mas.conf"),
-                                             "public_snippet_path": str(root / "nginx" / "mas-public.conf"),
-                                             "mas_upstream": f"http://127.0.0.1:{web}"}},
+        "proxy": {
+            "reload": False,
+            "nginx": {
+                "snippet_path": str(root / "nginx" / "mas.conf"),
+                "public_snippet_path": str(root / "nginx" / "mas-public.conf"),
+                "mas_upstream": f"http://127.0.0.1:{web}",
+            },
+        },
     }

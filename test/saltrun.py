@@ -36,7 +36,7 @@ class SaltResult:
         return self.data if isinstance(self.data, dict) else {}
 
     def by_id(self, state_id):
-        for key, value in self.states.items():
+        for value in self.states.values():
             if value.get("__id__") == state_id:
                 return value
         raise KeyError(f"state {state_id} not in the result: {sorted(v.get('__id__') for v in self.states.values())}")
@@ -90,8 +90,9 @@ class SaltMinion:
 
     def run(self, *args, log_level="warning", timeout=300, env=None):
         cmd = [SALT_CALL, "-c", str(self.confdir), "--local", "--out=json", "-l", log_level, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                              env=dict(os.environ, **(env or {})))
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ, **(env or {}))
+        )
         return SaltResult(proc)
 
     def sync(self):

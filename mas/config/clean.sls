@@ -9,13 +9,13 @@ include:
 
 {%- for item in ["config_file", "mas_cli", "register_user"] %}
 
-mas-config-clean-file-absent-{{ item }}:
+{{ ("mas-config-clean-file-absent-" ~ item) | json }}:
   file.absent:
-    - name: {{ mas.paths[item] }}
+    - name: {{ mas.paths[item] | json }}
     # only what this formula wrote (e.g. not the playbook's files at the same paths)
     - onlyif:
       - fun: mas.managed_by_formula
-        path: {{ mas.paths[item] }}
+        path: {{ mas.paths[item] | json }}
     - require:
       - sls: {{ sls_service_clean }}
 {%- endfor %}

@@ -5,45 +5,47 @@
 {%- set sls_secrets = tplroot ~ ".secrets" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 {#- the server container carries Traefik's routers as labels (docker provider) #}
-{%- set labels = salt["mas_synapse.proxy_settings"](mas)["labels"] if mas.proxy.type == "traefik" else {} %}
+{%- set labels = salt["mas_proxy.settings"](mas)["labels"] if mas.proxy.type == "traefik" else {} %}
 
 include:
   - {{ sls_secrets }}
 
 mas-config-file-file-managed:
   file.managed:
-    - name: {{ mas.paths.config_file }}
+    - name: {{ mas.paths.config_file | json }}
     - source:
-      - salt://{{ tplroot }}/files/mas-config-file-file-managed/config.yaml.jinja
-      - salt://{{ tplroot }}/files/default/config.yaml.jinja
+{%- for source in salt["mas.files_switch"](["config.yaml.jinja"], "mas-config-file-file-managed", tplroot) %}
+      - {{ source | json }}
+{%- endfor %}
     - template: jinja
     - user: root
-    - group: {{ mas.group }}
+    - group: {{ mas.group | json }}
     - mode: '0640'
     - context:
         mas_config: {{ mas.mas_config | json }}
     - require:
       - sls: {{ sls_secrets }}
 
-{%- for wrapper in ["mas_cli", "register_user"] %}
+{%- for wrapper, template in [("mas_cli", "mas-cli.sh.jinja"), ("register_user", "register-user.sh.jinja")] %}
 
-mas-config-file-file-managed-{{ wrapper }}:
+{{ ("mas-config-file-file-managed-" ~ wrapper) | json }}:
   file.managed:
-    - name: {{ mas.paths[wrapper] }}
+    - name: {{ mas.paths[wrapper] | json }}
     - source:
-      - salt://{{ tplroot }}/files/mas-config-file-file-managed-{{ wrapper }}/{{ wrapper | replace("_", "-") }}.sh.jinja
-      - salt://{{ tplroot }}/files/default/{{ wrapper | replace("_", "-") }}.sh.jinja
+{%- for source in salt["mas.files_switch"]([template], "mas-config-file-file-managed-" ~ wrapper, tplroot) %}
+      - {{ source | json }}
+{%- endfor %}
     - template: jinja
     - user: root
     - group: root
     - mode: '0755'
     - context:
         paths: {{ mas.paths | json }}
-        runtime: {{ mas.runtime }}
-        image: {{ mas.image }}
-        binary: {{ mas.binary }}
-        user: {{ mas.user }}
-        group: {{ mas.group }}
+        runtime: {{ mas.runtime | json }}
+        image: {{ mas.image | json }}
+        binary: {{ mas.binary | json }}
+        user: {{ mas.user | json }}
+        group: {{ mas.group | json }}
         docker: {{ mas.service.docker | json }}
         labels_file: {{ (mas.paths.labels_file if labels else "") | json }}
     - require:
@@ -53,13 +55,14 @@ mas-config-file-file-managed-{{ wrapper }}:
 
 mas-config-file-file-managed-labels:
   file.managed:
-    - name: {{ mas.paths.labels_file }}
+    - name: {{ mas.paths.labels_file | json }}
     - source:
-      - salt://{{ tplroot }}/files/mas-config-file-file-managed-labels/docker.labels.jinja
-      - salt://{{ tplroot }}/files/default/docker.labels.jinja
+{%- for source in salt["mas.files_switch"](["docker.labels.jinja"], "mas-config-file-file-managed-labels", tplroot) %}
+      - {{ source | json }}
+{%- endfor %}
     - template: jinja
     - user: root
-    - group: {{ mas.group }}
+    - group: {{ mas.group | json }}
     - mode: '0640'
     - context:
         labels: {{ labels | json }}
@@ -69,5 +72,5 @@ mas-config-file-file-managed-labels:
 
 mas-config-file-file-absent-labels:
   file.absent:
-    - name: {{ mas.paths.labels_file }}
+    - name: {{ mas.paths.labels_file | json }}
 {%- endif %}

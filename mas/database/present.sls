@@ -4,11 +4,9 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
-mas-database-present-mas-database:
-  mas.database:
-    - name: {{ mas.database.name }}
-    - owner: {{ mas.database.user }}
+mas-database-present-mas_db-present:
+  mas_db.present:
+    - name: {{ mas.database.name | json }}
+    - owner: {{ mas.database.user | json }}
     - admin: {{ mas.database.admin | json }}
-{%- if mas.database.password_set %}
-    - password_pillar_key: mas:database:password
-{%- endif %}
+    - password_pillar_key: {{ ("mas:database:password" if mas.database.password_set else none) | json }}

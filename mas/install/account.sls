@@ -6,19 +6,19 @@
 
 mas-install-account-group-present:
   group.present:
-    - name: {{ mas.group }}
+    - name: {{ mas.group | json }}
     - system: true
 
 {#- An existing account is left exactly as it is (its home, shell and groups
     are the operator's); a missing one is created as a system account. #}
 mas-install-account-user-present:
   user.present:
-    - name: {{ mas.user }}
+    - name: {{ mas.user | json }}
 {%- if not salt["user.info"](mas.user) %}
-    - gid: {{ mas.group }}
+    - gid: {{ mas.group | json }}
     - system: true
     - createhome: false
-    - home: {{ mas.paths.data_dir }}
+    - home: {{ mas.paths.data_dir | json }}
     - shell: /usr/sbin/nologin
 {%- else %}
     - remove_groups: false
@@ -34,12 +34,12 @@ mas-install-account-user-present:
                              ("keys_dir", mas.group, "0750"), ("data_dir", mas.group, "0750"),
                              ("state_dir", "root", "0700")] %}
 
-mas-install-account-file-directory-{{ dir }}:
+{{ ("mas-install-account-file-directory-" ~ dir) | json }}:
   file.directory:
-    - name: {{ mas.paths[dir] }}
-    - user: {{ mas.user if dir == "data_dir" else "root" }}
-    - group: {{ group }}
-    - mode: '{{ mode }}'
+    - name: {{ mas.paths[dir] | json }}
+    - user: {{ (mas.user if dir == "data_dir" else "root") | json }}
+    - group: {{ group | json }}
+    - mode: {{ mode | json }}
     - makedirs: true
     - require:
       - user: mas-install-account-user-present

@@ -3,21 +3,22 @@
 # Removes the directory tree only when mas:clean:purge is true; the service
 # account is kept (files elsewhere may still belong to it).
 {%- set tplroot = tpldir.split("/")[0] %}
+{%- set sls_secrets_clean = tplroot ~ ".secrets.clean" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
 include:
-  - {{ tplroot }}.secrets.clean
+  - {{ sls_secrets_clean }}
 
 {%- if mas.clean.purge %}
 
 mas-install-clean-file-absent:
   file.absent:
-    - name: {{ mas.paths.base }}
+    - name: {{ mas.paths.base | json }}
     - require:
-      - sls: {{ tplroot }}.secrets.clean
+      - sls: {{ sls_secrets_clean }}
 {%- else %}
 
 mas-install-clean-test-nop:
   test.nop:
-    - name: Keeping {{ mas.paths.base }} (secrets, keys, data); set mas:clean:purge to remove it
+    - name: {{ ("Keeping " ~ mas.paths.base ~ " (secrets, keys, data); set mas:clean:purge to remove it") | json }}
 {%- endif %}

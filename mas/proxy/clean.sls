@@ -6,26 +6,27 @@
 # breaks nginx); the Traefik file is removed.
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- set proxy = salt["mas_synapse.proxy_settings"](mas, clean=True) %}
+{%- set proxy = salt["mas_proxy.settings"](mas, clean=True) %}
 {%- for file in proxy.files %}
 {%- if file.action == "empty" %}
 
-mas-proxy-clean-file-managed-{{ file.name }}:
+{{ ("mas-proxy-clean-file-managed-" ~ file.name) | json }}:
   file.managed:
-    - name: {{ file.path }}
+    - name: {{ file.path | json }}
     - create: false
     - source:
-      - salt://{{ tplroot }}/files/mas-proxy-file-file-managed-{{ file.name }}/{{ file.template }}
-      - salt://{{ tplroot }}/files/default/{{ file.template }}
+{%- for source in salt["mas.files_switch"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, tplroot) %}
+      - {{ source | json }}
+{%- endfor %}
     - template: jinja
     - context:
         server: ''
         route: {{ file.context | json }}
 {%- else %}
 
-mas-proxy-clean-file-absent-{{ file.name }}:
+{{ ("mas-proxy-clean-file-absent-" ~ file.name) | json }}:
   file.absent:
-    - name: {{ file.path }}
+    - name: {{ file.path | json }}
 {%- endif %}
 {%- else %}
 
@@ -38,21 +39,21 @@ mas-proxy-clean-test-nop:
 
 mas-proxy-clean-module-run-check:
   module.run:
-    - mas_synapse.proxy_check:
+    - mas_proxy.check:
       - argv: {{ proxy.check | json }}
     - onchanges:
 {%- for file in proxy.files %}
-      - file: mas-proxy-clean-file-{{ "managed" if file.action == "empty" else "absent" }}-{{ file.name }}
+      - file: {{ ("mas-proxy-clean-file-" ~ ("managed" if file.action == "empty" else "absent") ~ "-" ~ file.name) | json }}
 {%- endfor %}
 {%- endif %}
 
 mas-proxy-clean-module-run-reload:
   module.run:
     - service.reload:
-      - name: {{ proxy.service }}
+      - name: {{ proxy.service | json }}
     - onchanges:
 {%- for file in proxy.files %}
-      - file: mas-proxy-clean-file-{{ "managed" if file.action == "empty" else "absent" }}-{{ file.name }}
+      - file: {{ ("mas-proxy-clean-file-" ~ ("managed" if file.action == "empty" else "absent") ~ "-" ~ file.name) | json }}
 {%- endfor %}
 {%- if proxy.check %}
     - require:

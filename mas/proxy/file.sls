@@ -6,25 +6,26 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_synapse = tplroot ~ ".synapse" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- set proxy = salt["mas_synapse.proxy_settings"](mas) %}
+{%- set proxy = salt["mas_proxy.settings"](mas) %}
 
 include:
   - {{ sls_synapse }}
 {%- for file in proxy.files %}
 
-mas-proxy-file-file-managed-{{ file.name }}:
+{{ ("mas-proxy-file-file-managed-" ~ file.name) | json }}:
   file.managed:
-    - name: {{ file.path }}
+    - name: {{ file.path | json }}
     - source:
-      - salt://{{ tplroot }}/files/mas-proxy-file-file-managed-{{ file.name }}/{{ file.template }}
-      - salt://{{ tplroot }}/files/default/{{ file.template }}
+{%- for source in salt["mas.files_switch"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, tplroot) %}
+      - {{ source | json }}
+{%- endfor %}
     - template: jinja
     - makedirs: true
     - user: root
     - group: root
     - mode: '0644'
     - context:
-        server: {{ file.server }}
+        server: {{ file.server | json }}
         route: {{ file.context | json }}
     - require:
       - sls: {{ sls_synapse }}
@@ -32,7 +33,7 @@ mas-proxy-file-file-managed-{{ file.name }}:
 
 mas-proxy-file-test-nop:
   test.nop:
-    - name: mas:proxy:type is none; route the compatibility paths and {{ mas.path_prefix }} to MAS yourself
+    - name: {{ ("mas:proxy:type is none; route the compatibility paths and " ~ mas.path_prefix ~ " to MAS yourself") | json }}
     - require:
       - sls: {{ sls_synapse }}
 {%- endfor %}

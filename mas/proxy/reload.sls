@@ -5,7 +5,7 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_proxy_file = tplroot ~ ".proxy.file" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- set proxy = salt["mas_synapse.proxy_settings"](mas) %}
+{%- set proxy = salt["mas_proxy.settings"](mas) %}
 
 include:
   - {{ sls_proxy_file }}
@@ -16,21 +16,21 @@ include:
 
 mas-proxy-reload-module-run-check:
   module.run:
-    - mas_synapse.proxy_check:
+    - mas_proxy.check:
       - argv: {{ proxy.check | json }}
     - onchanges:
 {%- for file in proxy.files %}
-      - file: mas-proxy-file-file-managed-{{ file.name }}
+      - file: {{ ("mas-proxy-file-file-managed-" ~ file.name) | json }}
 {%- endfor %}
 {%- endif %}
 
 mas-proxy-reload-module-run-reload:
   module.run:
     - service.reload:
-      - name: {{ proxy.service }}
+      - name: {{ proxy.service | json }}
     - onchanges:
 {%- for file in proxy.files %}
-      - file: mas-proxy-file-file-managed-{{ file.name }}
+      - file: {{ ("mas-proxy-file-file-managed-" ~ file.name) | json }}
 {%- endfor %}
 {%- if proxy.check %}
     - require:

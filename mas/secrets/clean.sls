@@ -8,4 +8,4 @@
 
 mas-secrets-clean-test-nop:
   test.nop:
-    - name: Secrets under {{ mas.paths.secrets_dir }} and {{ mas.paths.keys_dir }} are kept unless mas:clean:purge is true
+    - name: {{ ("Secrets under " ~ mas.paths.secrets_dir ~ " and " ~ mas.paths.keys_dir ~ " are kept unless mas:clean:purge is true") | json }}

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 # Secrets and signing keys: taken from pillar (read on the minion by the
-# mas.secret state, never passed through this file) or generated once.
+# mas_secret.present state, never passed through this file) or generated once.
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_install = tplroot ~ ".install" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
@@ -11,25 +11,15 @@ include:
 
 {%- for secret in mas.secret_files %}
 
-mas-secrets-file-mas-secret-{{ secret.name }}:
-  mas.secret:
-    - name: {{ secret.path }}
-    - kind: {{ secret.kind }}
-{%- if secret.pillar_key %}
-    - pillar_key: {{ secret.pillar_key }}
-{%- endif %}
-    - user: {{ secret.user }}
-    - group: {{ secret.group }}
-    - mode: '{{ secret.mode }}'
-{%- if secret.allow_rotation is defined %}
-    - allow_rotation: {{ secret.allow_rotation | tojson }}
-{%- endif %}
-{%- if secret.kind == "pepper" %}
-    - synapse:
-        config_files: {{ mas.synapse.config_files | json }}
-        config_dir: {{ mas.synapse.config_dir | json }}
-        extra_config_from_pillar: true
-{%- endif %}
+{{ ("mas-secrets-file-mas_secret-present-" ~ secret.name) | json }}:
+  mas_secret.present:
+    - name: {{ secret.path | json }}
+    - kind: {{ secret.kind | json }}
+    - pillar_key: {{ secret.pillar_key | json }}
+    - user: {{ secret.user | json }}
+    - group: {{ secret.group | json }}
+    - mode: {{ secret.mode | json }}
+    - allow_rotation: {{ secret.allow_rotation | json }}
     - require:
       - sls: {{ sls_install }}
 {%- endfor %}

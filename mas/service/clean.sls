@@ -3,7 +3,7 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_synapse_clean = tplroot ~ ".synapse.clean" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- set unit = mas.service.unit_dir ~ "/" ~ mas.service.name ~ ".service" %}
+{%- set unit = mas.paths.unit %}
 {#- only a unit this formula wrote (e.g. not the playbook's of the same name) #}
 {%- set ours = [{"fun": "mas.managed_by_formula", "path": unit}] %}
 
@@ -16,7 +16,7 @@ include:
 
 mas-service-clean-service-dead:
   service.dead:
-    - name: {{ mas.service.name }}
+    - name: {{ mas.service.name | json }}
     - enable: false
     - onlyif: {{ ours | json }}
     - require:
@@ -25,7 +25,7 @@ mas-service-clean-service-dead:
 
 mas-service-clean-file-absent:
   file.absent:
-    - name: {{ unit }}
+    - name: {{ unit | json }}
     - onlyif: {{ ours | json }}
     - require:
       - sls: {{ sls_synapse_clean }}

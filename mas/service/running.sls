@@ -5,8 +5,6 @@
 # the operator's own supervisor.
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_unit = tplroot ~ ".service.unit" %}
-{%- set sls_config = tplroot ~ ".config" %}
-{%- set sls_secrets = tplroot ~ ".secrets" %}
 {%- set sls_database = tplroot ~ ".database" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
@@ -19,42 +17,46 @@ include:
 
 mas-service-running-test-nop-syn2mas:
   test.nop:
-    - name: MAS is not started while a syn2mas migration is unfinished (salt-call mas_syn2mas.status)
+    - name: "MAS is not started while a syn2mas migration is unfinished (salt-call mas_syn2mas.status)"
     - require:
       - sls: {{ sls_unit }}
 {%- elif mas.service.manage %}
 {%- if mas.runtime == "docker" %}
 
-mas-service-running-mas-image-present:
+mas-service-running-mas-image_present:
   mas.image_present:
-    - name: {{ mas.image }}
-    - command: {{ mas.service.docker.command }}
+    - name: {{ mas.image | json }}
+    - command: {{ mas.service.docker.command | json }}
     - require:
       - sls: {{ sls_unit }}
 {%- endif %}
 
 mas-service-running-service-running:
   service.running:
-    - name: {{ mas.service.name }}
+    - name: {{ mas.service.name | json }}
     - enable: true
     - require:
 {%- if mas.database.manage %}
       - sls: {{ sls_database }}
 {%- endif %}
 {%- if mas.runtime == "docker" %}
-      - mas: mas-service-running-mas-image-present
+      - mas: mas-service-running-mas-image_present
 {%- else %}
       - sls: {{ sls_unit }}
 {%- endif %}
+    # by state ID: an `sls:` requisite would also match every state the
+    # included SLS include (Salt 3008), e.g. the directories of mas.install
     - watch:
-      - sls: {{ sls_unit }}
-      - sls: {{ sls_config }}
-      - sls: {{ sls_secrets }}
+      - file: mas-service-unit-file-managed
+      - file: mas-config-file-file-managed
+{%- for secret in mas.secret_files %}
+      - mas_secret: {{ ("mas-secrets-file-mas_secret-present-" ~ secret.name) | json }}
+{%- endfor %}
 {%- else %}
 
 mas-service-running-test-nop:
   test.nop:
-    - name: mas:service:manage is false; start {{ mas.service.name }} with your own supervisor
+    - name: {{ ("mas:service:manage is false; start " ~ mas.service.name ~ " with your own supervisor") | json }}
     - require:
       - sls: {{ sls_unit }}
 {%- endif %}

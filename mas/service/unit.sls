@@ -11,22 +11,23 @@ include:
 
 mas-service-unit-file-managed:
   file.managed:
-    - name: {{ mas.service.unit_dir }}/{{ mas.service.name }}.service
+    - name: {{ mas.paths.unit | json }}
     - source:
-      - salt://{{ tplroot }}/files/mas-service-unit-file-managed/unit.service.jinja
-      - salt://{{ tplroot }}/files/default/unit.service.jinja
+{%- for source in salt["mas.files_switch"](["unit.service.jinja"], "mas-service-unit-file-managed", tplroot) %}
+      - {{ source | json }}
+{%- endfor %}
     - template: jinja
     - makedirs: true
     - user: root
     - group: root
     - mode: '0644'
     - context:
-        name: {{ mas.service.name }}
-        runtime: {{ mas.runtime }}
-        binary: {{ mas.binary }}
-        user: {{ mas.user }}
-        group: {{ mas.group }}
-        restart: {{ mas.service.restart }}
+        name: {{ mas.service.name | json }}
+        runtime: {{ mas.runtime | json }}
+        binary: {{ mas.binary | json }}
+        user: {{ mas.user | json }}
+        group: {{ mas.group | json }}
+        restart: {{ mas.service.restart | json }}
         paths: {{ mas.paths | json }}
         docker: {{ mas.service.docker | json }}
     - require:

@@ -6,20 +6,20 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_proxy_clean = tplroot ~ ".proxy.clean" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- set synapse = salt["mas_synapse.synapse_settings"](mas) %}
+{%- set synapse = salt["mas_synapse.settings"](mas) %}
 
 include:
   - {{ sls_proxy_clean }}
 
 mas-synapse-clean-file-absent-dropin:
   file.absent:
-    - name: {{ synapse.dropin }}
+    - name: {{ synapse.dropin | json }}
     - require:
       - sls: {{ sls_proxy_clean }}
 
 mas-synapse-clean-file-absent-secret:
   file.absent:
-    - name: {{ synapse.secret.path }}
+    - name: {{ synapse.secret.path | json }}
     - require:
       - file: mas-synapse-clean-file-absent-dropin
 {%- if synapse.restart %}
@@ -27,7 +27,7 @@ mas-synapse-clean-file-absent-secret:
 mas-synapse-clean-module-run:
   module.run:
     - service.restart:
-      - name: {{ synapse.service }}
+      - name: {{ synapse.service | json }}
     - onchanges:
       - file: mas-synapse-clean-file-absent-dropin
 {%- endif %}

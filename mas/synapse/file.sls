@@ -7,7 +7,7 @@
 {%- set sls_secrets = tplroot ~ ".secrets" %}
 {%- set sls_service = tplroot ~ ".service" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- set synapse = salt["mas_synapse.synapse_settings"](mas) %}
+{%- set synapse = salt["mas_synapse.settings"](mas) %}
 
 include:
   - {{ sls_secrets }}
@@ -15,36 +15,36 @@ include:
 
 mas-synapse-file-file-directory-secret:
   file.directory:
-    - name: {{ synapse.secret.dir }}
+    - name: {{ synapse.secret.dir | json }}
     - makedirs: true
 
-mas-synapse-file-mas-secret:
-  mas.secret:
-    - name: {{ synapse.secret.path }}
+mas-synapse-file-mas_secret-present:
+  mas_secret.present:
+    - name: {{ synapse.secret.path | json }}
     - kind: copy
-    - source: {{ synapse.secret.source }}
-    - user: {{ synapse.secret.user }}
-    - group: {{ synapse.secret.group }}
-    - mode: '{{ synapse.secret.mode }}'
+    - source: {{ synapse.secret.source | json }}
+    - user: {{ synapse.secret.user | json }}
+    - group: {{ synapse.secret.group | json }}
+    - mode: {{ synapse.secret.mode | json }}
     - require:
       - sls: {{ sls_secrets }}
       - file: mas-synapse-file-file-directory-secret
 
-mas-synapse-file-mas-synapse-dropin:
+mas-synapse-file-mas_synapse-dropin:
   mas_synapse.dropin:
-    - name: {{ synapse.dropin }}
-    - endpoint: {{ synapse.endpoint }}
-    - secret_path: {{ synapse.secret.path }}
+    - name: {{ synapse.dropin | json }}
+    - endpoint: {{ synapse.endpoint | json }}
+    - secret_path: {{ synapse.secret.path | json }}
     - config_files: {{ synapse.config_files | json }}
-    - config_dir: {{ synapse.config_dir }}
-    - migrating: {{ synapse.state == "absent" }}
+    - config_dir: {{ synapse.config_dir | json }}
+    - migrating: {{ (synapse.state == "absent") | json }}
     - require:
-      - mas: mas-synapse-file-mas-secret
+      - mas_secret: mas-synapse-file-mas_secret-present
       - sls: {{ sls_service }}
 {%- if synapse.state == "present" %}
 {%- if salt["mas_syn2mas.phase"]() == "migrating" %}
 
-mas-synapse-file-test-fail-without-changes-syn2mas:
+mas-synapse-file-test-fail_without_changes-syn2mas:
   test.fail_without_changes:
     - name: syn2mas-unfinished
     - comment: >-
@@ -52,12 +52,12 @@ mas-synapse-file-test-fail-without-changes-syn2mas:
         Synapse must not delegate to MAS yet. Set mas:migration_in_progress: true,
         apply mas, then run state.apply mas.syn2mas again.
     - require_in:
-      - mas_synapse: mas-synapse-file-mas-synapse-dropin
+      - mas_synapse: mas-synapse-file-mas_synapse-dropin
 {%- endif %}
 
-mas-synapse-file-mas-syn2mas-delegated:
+mas-synapse-file-mas_syn2mas-delegated:
   mas_syn2mas.delegated:
     - name: syn2mas
     - require:
-      - mas_synapse: mas-synapse-file-mas-synapse-dropin
+      - mas_synapse: mas-synapse-file-mas_synapse-dropin
 {%- endif %}

@@ -5,7 +5,7 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_synapse_file = tplroot ~ ".synapse.file" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- set synapse = salt["mas_synapse.synapse_settings"](mas) %}
+{%- set synapse = salt["mas_synapse.settings"](mas) %}
 
 include:
   - {{ sls_synapse_file }}
@@ -14,17 +14,17 @@ include:
 mas-synapse-restart-module-run:
   module.run:
     - service.restart:
-      - name: {{ synapse.service }}
+      - name: {{ synapse.service | json }}
     # by state ID: an `sls:` requisite would also match every state the
     # included SLS include (Salt 3008), restarting Synapse on any MAS change
     - onchanges:
-      - mas: mas-synapse-file-mas-secret
-      - mas_synapse: mas-synapse-file-mas-synapse-dropin
+      - mas_secret: mas-synapse-file-mas_secret-present
+      - mas_synapse: mas-synapse-file-mas_synapse-dropin
 {%- else %}
 
 mas-synapse-restart-test-nop:
   test.nop:
-    - name: mas:synapse:restart is false; restart {{ synapse.service }} yourself after its drop-in changes
+    - name: {{ ("mas:synapse:restart is false; restart " ~ synapse.service ~ " yourself after its drop-in changes") | json }}
     - require:
       - sls: {{ sls_synapse_file }}
 {%- endif %}

@@ -18,14 +18,12 @@ mas-users-test-nop:
 
 {%- for user in mas.users %}
 
-mas-users-mas-user-present-{{ user.username }}:
-  mas.user_present:
-    - name: {{ user.username }}
-    - admin: {{ user.admin | tojson }}
+{{ ("mas-users-mas_user-present-" ~ user.username) | json }}:
+  mas_user.present:
+    - name: {{ user.username | json }}
+    - admin: {{ user.admin | json }}
     - emails: {{ user.emails | json }}
-{%- if user.password_pillar_key %}
-    - password_pillar_key: {{ user.password_pillar_key }}
-{%- endif %}
+    - password_pillar_key: {{ user.password_pillar_key | json }}
     - require:
       - sls: {{ sls_service }}
 {%- endfor %}

@@ -1,11 +1,11 @@
 """The formula foundation with the real salt-call: files, secrets, idempotence,
 validation before writing, no secret leaks (issue: Formula foundation)."""
 
+import grp
 import hashlib
 import os
 import pathlib
 import pwd
-import grp
 import shutil
 import stat
 import subprocess
@@ -77,12 +77,15 @@ def test_apply_full_pillar_files_modes_owners_and_idempotence(salt_minion, full_
     assert "client_secret" not in provider
     assert provider["client_secret_file"] == str(base / "config/secrets/upstream-01HFVBY12TMNTYTBV8W921M5FA.secret")
     assert config["branding"] == {"service_name": "Test"}
-    # the formula's own admin client (mas.register_user), secret in a file
-    assert config["clients"] == [{
-        "client_id": "00000000000000000SA1TADM1N", "client_name": "Salt (mas formula)",
-        "client_auth_method": "client_secret_basic",
-        "client_secret_file": str(base / "config/secrets/admin_client_secret"),
-    }]
+    # the formula's own admin client (mas_user.register), secret in a file
+    assert config["clients"] == [
+        {
+            "client_id": "00000000000000000SA1TADM1N",
+            "client_name": "Salt (mas formula)",
+            "client_auth_method": "client_secret_basic",
+            "client_secret_file": str(base / "config/secrets/admin_client_secret"),
+        }
+    ]
     assert config["policy"]["data"]["admin_clients"] == ["00000000000000000SA1TADM1N"]
     assert {"name": "adminapi"} in internal["resources"]
 
@@ -137,7 +140,7 @@ def test_generated_secrets_are_kept(salt_minion, minimal_pillar, paths):
     assert len((secrets / "homeserver_secret").read_text()) >= 32
     # nothing from pillar: no password files, no pepper scheme secret
     assert sorted(p.name for p in secrets.iterdir()) == ["admin_client_secret", "encryption", "homeserver_secret"]
-    change = res.by_id("mas-secrets-file-mas-secret-encryption")["changes"]
+    change = res.by_id("mas-secrets-file-mas_secret-present-encryption")["changes"]
     assert change == {"secret": {"old": "absent", "new": "generated"}}
     before = snapshot(paths["base"])
     again = salt_minion.apply(minimal_pillar)
@@ -150,7 +153,7 @@ def test_test_mode_predicts_and_touches_nothing(salt_minion, full_pillar, paths)
     assert res.returncode == 0, res.output
     assert not paths["base"].exists()
     assert not paths["units"].exists()
-    secret = res.by_id("mas-secrets-file-mas-secret-encryption")
+    secret = res.by_id("mas-secrets-file-mas_secret-present-encryption")
     assert secret["result"] is None
     assert secret["changes"] == {"secret": {"old": "absent", "new": "from pillar"}}
     assert res.by_id("mas-config-file-file-managed")["result"] is None
@@ -163,7 +166,7 @@ def test_changed_encryption_secret_is_refused_unless_rotation_allowed(salt_minio
     other = "f" * 64
     res = salt_minion.apply(deep_update(full_pillar, {"secrets": {"encryption": other}}))
     assert res.returncode != 0
-    failed = res.by_id("mas-secrets-file-mas-secret-encryption")
+    failed = res.by_id("mas-secrets-file-mas_secret-present-encryption")
     assert failed["result"] is False
     assert "mas:secrets:encryption differs from the encryption secret already in use" in failed["comment"]
     assert "allow_encryption_rotation" in failed["comment"]
@@ -194,8 +197,14 @@ BAD_PILLARS = [
     ({"base_path": "relative/dir"}, "mas:base_path: must be an absolute directory path"),
     ({"user": "Bad User"}, "mas:user: 'Bad User' is not a valid user or group name"),
     ({"email": {"transport": "carrier-pigeon"}}, "mas:email:transport: must be one of blackhole, smtp, sendmail"),
-    ({"email": {"transport": "smtp", "hostname": None}}, "mas:email:hostname: is required when mas:email:transport is smtp"),
-    ({"email": {"transport": "smtp", "hostname": "smtp.example.com", "mode": "ssl"}}, "mas:email:mode: must be one of plain"),
+    (
+        {"email": {"transport": "smtp", "hostname": None}},
+        "mas:email:hostname: is required when mas:email:transport is smtp",
+    ),
+    (
+        {"email": {"transport": "smtp", "hostname": "smtp.example.com", "mode": "ssl"}},
+        "mas:email:mode: must be one of plain",
+    ),
     ({"database": {"port": "abc"}}, "mas:database:port: must be a port number"),
     ({"database": {"ssl_mode": "always"}}, "mas:database:ssl_mode: must be one of"),
     (
@@ -203,29 +212,53 @@ BAD_PILLARS = [
         "mas:upstream_oauth2_providers:0:id: must be a ULID",
     ),
     (
-        {"upstream_oauth2_providers": [{"id": "01HFVBY12TMNTYTBV8W921M5FA", "client_id": "x", "token_endpoint_auth_method": "magic"}]},
+        {
+            "upstream_oauth2_providers": [
+                {"id": "01HFVBY12TMNTYTBV8W921M5FA", "client_id": "x", "token_endpoint_auth_method": "magic"}
+            ]
+        },
         "mas:upstream_oauth2_providers:0:token_endpoint_auth_method: must be one of",
     ),
-    ({"account": {"password_registration_enabled": "sure"}}, "mas:account:password_registration_enabled: must be true or false"),
+    (
+        {"account": {"password_registration_enabled": "sure"}},
+        "mas:account:password_registration_enabled: must be true or false",
+    ),
     ({"account": {"no_such_toggle": True}}, "mas:account:no_such_toggle: is not a MAS account toggle"),
     ({"synapse": {"endpoint": "localhost:8008"}}, "mas:synapse:endpoint: must be an http(s) URL"),
     ({"proxy": {"type": "apache"}}, "mas:proxy:type: must be one of nginx, traefik, none"),
     ({"config": ["not", "a", "mapping"]}, "mas:config: must be a mapping"),
     ({"runtime": "docker", "image": "img$(touch /tmp/x)"}, "mas:image: must be a container image reference"),
-    ({"runtime": "docker", "service": {"docker": {"network": "host$(id)"}}}, "mas:service:docker:network: must be a docker network name"),
-    ({"runtime": "docker", "service": {"docker": {"extra_args": ["$(touch /tmp/x)"]}}}, "mas:service:docker:extra_args: must be a list of single docker arguments"),
-    ({"runtime": "docker", "service": {"docker": {"command": "/usr/bin/docker\nExecStartPost=/bin/sh"}}}, "mas:service:docker:command: must be the absolute path of docker"),
+    (
+        {"runtime": "docker", "service": {"docker": {"network": "host$(id)"}}},
+        "mas:service:docker:network: must be a docker network name",
+    ),
+    (
+        {"runtime": "docker", "service": {"docker": {"extra_args": ["$(touch /tmp/x)"]}}},
+        "mas:service:docker:extra_args: must be a list of single docker arguments",
+    ),
+    (
+        {"runtime": "docker", "service": {"docker": {"command": "/usr/bin/docker\nExecStartPost=/bin/sh"}}},
+        "mas:service:docker:command: must be the absolute path of docker",
+    ),
     ({"base_path": "/srv/mas$(id)"}, "mas:base_path: '/srv/mas$(id)' may only hold"),
     ({"service": {"restart": "sometimes"}}, "mas:service:restart: must be one of no, always"),
     ({"synapse": {"dropin_name": "mas.conf"}}, "mas:synapse:dropin_name: must be a file name ending in .yaml"),
     ({"synapse": {"config_dir": "conf.d"}}, "mas:synapse:config_dir: must be an absolute path"),
     ({"path_prefix": "/"}, "mas:path_prefix: '/' needs MAS on its own host name"),
-    ({"proxy": {"nginx": {"mas_upstream": "http://127.0.0.1:8080/auth"}}}, "mas:proxy:nginx:mas_upstream: must be http(s)://HOST[:PORT]"),
-    ({"proxy": {"type": "traefik", "traefik": {"entrypoint": "web secure"}}}, "mas:proxy:traefik:entrypoint: must be a Traefik entrypoint name"),
+    (
+        {"proxy": {"nginx": {"mas_upstream": "http://127.0.0.1:8080/auth"}}},
+        "mas:proxy:nginx:mas_upstream: must be http(s)://HOST[:PORT]",
+    ),
+    (
+        {"proxy": {"type": "traefik", "traefik": {"entrypoint": "web secure"}}},
+        "mas:proxy:traefik:entrypoint: must be a Traefik entrypoint name",
+    ),
 ]
 
 
-@pytest.mark.parametrize("bad,message", BAD_PILLARS, ids=[m.split(":")[1] + "-" + str(i) for i, (_, m) in enumerate(BAD_PILLARS)])
+@pytest.mark.parametrize(
+    "bad,message", BAD_PILLARS, ids=[m.split(":")[1] + "-" + str(i) for i, (_, m) in enumerate(BAD_PILLARS)]
+)
 def test_bad_pillar_fails_naming_the_key_and_writes_nothing(salt_minion, full_pillar, paths, bad, message):
     res = salt_minion.apply(deep_update(full_pillar, bad))
     assert res.returncode != 0
@@ -272,7 +305,10 @@ def test_no_secret_in_debug_log_or_show_sls(salt_minion, full_pillar, paths):
 def test_docker_runtime_unit_and_wrapper(salt_minion, minimal_pillar, paths):
     pillar = deep_update(
         minimal_pillar,
-        {"runtime": "docker", "service": {"docker": {"network": "matrix", "extra_args": ["--publish=127.0.0.1:8080:8080"]}}},
+        {
+            "runtime": "docker",
+            "service": {"docker": {"network": "matrix", "extra_args": ["--publish=127.0.0.1:8080:8080"]}},
+        },
     )
     res = salt_minion.apply(pillar)
     assert res.returncode == 0, res.output
@@ -282,8 +318,14 @@ def test_docker_runtime_unit_and_wrapper(salt_minion, minimal_pillar, paths):
     assert f"ExecStart={paths['base']}/bin/mas-cli server" in unit
     assert "ExecStop=/usr/bin/docker stop matrix-authentication-service" in unit
     assert "exec /usr/bin/docker run --rm" in wrapper
-    for flag in ("--read-only", "--cap-drop=ALL", "--network=matrix", "--publish=127.0.0.1:8080:8080",
-                 f"dst={paths['base']}/config,readonly", "ghcr.io/element-hq/matrix-authentication-service:1.23.0"):
+    for flag in (
+        "--read-only",
+        "--cap-drop=ALL",
+        "--network=matrix",
+        "--publish=127.0.0.1:8080:8080",
+        f"dst={paths['base']}/config,readonly",
+        "ghcr.io/element-hq/matrix-authentication-service:1.23.0",
+    ):
         assert flag in wrapper
     assert '--user="$(id -u mas):$(getent group mas | cut -d: -f3)"' in wrapper
     assert subprocess.run(["sh", "-n", str(paths["base"] / "bin" / "mas-cli")], check=False).returncode == 0
@@ -295,8 +337,9 @@ def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, 
     if not tool:
         pytest.skip("systemd-analyze is not installed")
     # docker itself is not installed here: any existing executable stands in
-    pillar = deep_update(minimal_pillar, {"runtime": runtime, "binary": "/bin/true",
-                                          "service": {"docker": {"command": "/bin/true"}}})
+    pillar = deep_update(
+        minimal_pillar, {"runtime": runtime, "binary": "/bin/true", "service": {"docker": {"command": "/bin/true"}}}
+    )
     assert salt_minion.apply(pillar).returncode == 0
     unit = paths["units"] / "matrix-authentication-service.service"
     proc = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True, check=False)
@@ -304,8 +347,9 @@ def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, 
         pytest.skip(f"systemd-analyze verify does not work here: {proc.stderr.strip()}")
     # units this machine does not have (docker.service) are not the unit's fault
     absent_here = ("network-online.target", "Unit docker.service not found")
-    problems = [line for line in proc.stderr.splitlines()
-                if unit.name in line and not any(text in line for text in absent_here)]
+    problems = [
+        line for line in proc.stderr.splitlines() if unit.name in line and not any(text in line for text in absent_here)
+    ]
     assert proc.returncode == 0 or not problems, proc.stderr
 
 
@@ -335,7 +379,9 @@ def test_path_prefix_root_and_custom_hostname(salt_minion, minimal_pillar, paths
 
 def test_pepper_read_from_synapse_config(salt_minion, minimal_pillar, paths):
     paths["synapse_cfg"].parent.mkdir(parents=True)
-    paths["synapse_cfg"].write_text(yaml.safe_dump({"server_name": "example.com", "password_config": {"pepper": "From-Synapse-Pepper"}}))
+    paths["synapse_cfg"].write_text(
+        yaml.safe_dump({"server_name": "example.com", "password_config": {"pepper": "From-Synapse-Pepper"}})
+    )
     res = salt_minion.apply(minimal_pillar)
     assert res.returncode == 0, res.output
     assert (paths["base"] / "config/secrets/synapse_pepper").read_bytes() == b"From-Synapse-Pepper"
@@ -373,8 +419,11 @@ def test_service_restarts_only_on_config_secret_key_or_unit_changes(salt_minion,
     service = show.data["mas-service-running-service-running"]["service"]
     args = {key: value for item in service if isinstance(item, dict) for key, value in item.items()}
     assert "running" in service and args["enable"] is True
-    assert sorted(w["sls"] for w in args["watch"]) == ["mas.config", "mas.secrets", "mas.service.unit"]
-    pull = show.data["mas-service-running-mas-image-present"]["mas"]
+    watched = sorted(next(iter(w.values())) for w in args["watch"])
+    assert "mas-service-unit-file-managed" in watched and "mas-config-file-file-managed" in watched
+    assert "mas-secrets-file-mas_secret-present-encryption" in watched
+    assert not any(w.startswith("mas-install") for w in watched)
+    pull = show.data["mas-service-running-mas-image_present"]["mas"]
     pull_args = {key: value for item in pull if isinstance(item, dict) for key, value in item.items()}
     assert "image_present" in pull and pull_args["command"] == "/usr/bin/docker"
 

@@ -41,7 +41,7 @@ def _stop_all(servers: list, what: str) -> None:
     for server in reversed(servers):
         try:
             server.stop()
-        except Exception as exc:  # noqa: BLE001 -- keep stopping the others
+        except Exception as exc:
             errors.append(exc)
     if errors:
         raise RuntimeError(f"failed to stop {len(errors)} {what}: {errors[0]}") from errors[0]
@@ -164,7 +164,7 @@ class EchoUpstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _echo
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 -- stdlib signature
+            def log_message(self, format: str, *args: Any) -> None:
                 """Stay quiet (the default writes every request to stderr)."""
 
         return Handler

@@ -147,8 +147,11 @@ class NginxServer:
         with (self.workdir / "stdout.log").open("ab") as output:
             self._proc = subprocess.Popen(
                 self._cli("-g", "daemon off;"),
-                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             self._wait_listening(timeout)
         except (RuntimeError, TimeoutError) as exc:
@@ -205,4 +208,3 @@ class NginxServer:
 
     def __repr__(self) -> str:
         return f"NginxServer({self.base_url}, {'running' if self.running else 'stopped'})"
-

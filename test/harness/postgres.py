@@ -148,14 +148,16 @@ class PostgresCluster:
     def _initdb(self) -> None:
         self._run_server_cmd(
             self._bin("initdb"),
-            "--pgdata", str(self.datadir),
-            "--username", self.superuser,
+            "--pgdata",
+            str(self.datadir),
+            "--username",
+            self.superuser,
             "--auth=trust",
             "--encoding=UTF8",
             "--locale=C",
             "--no-sync",
             "--no-instructions",
-        )  # fmt: skip
+        )
         conf = self.datadir / "postgresql.conf"
         with conf.open("a") as fh:
             fh.write("\n# added by the mas-formula test harness\ninclude_if_exists = 'harness.conf'\n")
@@ -181,9 +183,16 @@ class PostgresCluster:
         self._write_runtime_conf()
         try:
             self._run_server_cmd(
-                self._bin("pg_ctl"), "--pgdata", str(self.datadir), "--log", str(self.logfile),
-                "--wait", "--timeout", str(timeout), "start",
-            )  # fmt: skip
+                self._bin("pg_ctl"),
+                "--pgdata",
+                str(self.datadir),
+                "--log",
+                str(self.logfile),
+                "--wait",
+                "--timeout",
+                str(timeout),
+                "start",
+            )
         except CommandError as exc:
             log = self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
             raise RuntimeError(f"PostgreSQL failed to start: {exc}\n--- server log ---\n{log[-4000:]}") from exc
@@ -248,17 +257,26 @@ class PostgresCluster:
         """
         source = ["-f", str(sql_or_file)] if isinstance(sql_or_file, Path) else ["-c", sql_or_file]
         args = [
-            self._bin("psql"), "--no-psqlrc", "--quiet", "-v", "ON_ERROR_STOP=1",
-            "--host", self.host, "--port", str(self.port),
-            "--username", user or self.superuser, "--dbname", dbname, *source,
-        ]  # fmt: skip
+            self._bin("psql"),
+            "--no-psqlrc",
+            "--quiet",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--username",
+            user or self.superuser,
+            "--dbname",
+            dbname,
+            *source,
+        ]
         return run(args, check=check)
 
     # -------------------------------------------------------------- roles & DBs
 
-    def create_role(
-        self, name: str, password: str | None = None, superuser: bool = False, login: bool = True
-    ) -> None:
+    def create_role(self, name: str, password: str | None = None, superuser: bool = False, login: bool = True) -> None:
         """Create role ``name``, or bring an existing one to the given attributes.
 
         With ``password=None`` an existing role keeps its password.

@@ -81,10 +81,19 @@ def generate_config(directory: Path, server_name: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "hs.yaml"
     run(
-        [sys.executable, "-m", "synapse.app.homeserver", "--generate-config",
-         "--report-stats=no", "-H", server_name, "-c", str(config)],
+        [
+            sys.executable,
+            "-m",
+            "synapse.app.homeserver",
+            "--generate-config",
+            "--report-stats=no",
+            "-H",
+            server_name,
+            "-c",
+            str(config),
+        ],
         cwd=directory,
-    )  # fmt: skip
+    )
     return config
 
 
@@ -112,7 +121,12 @@ def _log_config(logfile: Path) -> dict[str, Any]:
             "precise": {"format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"}
         },
         "handlers": {
-            "file": {"class": "logging.FileHandler", "formatter": "precise", "filename": str(logfile), "encoding": "utf8"}
+            "file": {
+                "class": "logging.FileHandler",
+                "formatter": "precise",
+                "filename": str(logfile),
+                "encoding": "utf8",
+            }
         },
         "loggers": {"synapse.storage.SQL": {"level": "INFO"}},
         "root": {"level": "INFO", "handlers": ["file"]},
@@ -262,8 +276,10 @@ class SynapseServer:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_TEST_DIR), os.environ.get("PYTHONPATH")])))
         proc = run(
             [sys.executable, "-m", "harness.synapse", "check-config", *self.config_args(*args)],
-            check=False, cwd=self.workdir, env=env,
-        )  # fmt: skip
+            check=False,
+            cwd=self.workdir,
+            env=env,
+        )
         return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
 
     def check_configs(self, variants: Sequence[Sequence[Path | str]]) -> list[tuple[bool, str]]:
@@ -295,9 +311,12 @@ class SynapseServer:
         with self.output_path.open("ab") as output:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "synapse.app.homeserver", *self.config_args(*args)],
-                cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         try:
             wait_for_http(f"{self.base_url}/_matrix/client/versions", timeout=timeout, proc=self._proc)
         except (RuntimeError, TimeoutError) as exc:
@@ -450,7 +469,7 @@ def _load_config(argv: Sequence[str]) -> tuple[bool, str]:
             HomeServerConfig.load_config("", list(argv))
     except ConfigError as exc:
         return False, (printed.getvalue() + "".join(format_config_error(exc))).strip()
-    except Exception as exc:  # noqa: BLE001 -- report any loader failure with its chain
+    except Exception as exc:
         lines = []
         err: BaseException | None = exc
         while err is not None:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from harness.fixtures import *  # noqa: F403  pylint: disable=wildcard-import,unused-wildcard-import
 from harness.util import free_port
 from mas_double import run_server
 from pillars import wired_pillar

@@ -38,14 +38,18 @@ def test_database_role_and_pg_trgm_created_once(salt_minion, db_pillar, pg):
     password = db_pillar["database"]["password"]
     predicted = salt_minion.apply(db_pillar, test=True)
     assert predicted.returncode == 0, predicted.output
-    state = predicted.by_id("mas-database-present-mas-database")
+    state = predicted.by_id("mas-database-present-mas_db-present")
     assert state["result"] is None and set(state["changes"]) >= {"role", "database", "pg_trgm"}
     assert not pg.database_exists(name)
 
     res = salt_minion.apply(db_pillar)
     assert res.returncode == 0, res.output
     assert password not in res.output
-    rows = pg.query("postgres", "SELECT pg_encoding_to_char(encoding), pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,))
+    rows = pg.query(
+        "postgres",
+        "SELECT pg_encoding_to_char(encoding), pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+        (name,),
+    )
     assert rows == [("UTF8", name)]
     assert pg.query(name, "SELECT extname FROM pg_extension WHERE extname = 'pg_trgm'") == [("pg_trgm",)]
     assert login(pg, name, password) == name
@@ -62,7 +66,7 @@ def test_database_password_change_is_applied(salt_minion, db_pillar, pg):
     changed = deep_update(db_pillar, {"database": {"password": "A-New-Db-Password-42"}})
     res = salt_minion.apply(changed)
     assert res.returncode == 0, res.output
-    assert res.by_id("mas-database-present-mas-database")["changes"] == {"password": {"old": "differs", "new": "ok"}}
+    assert res.by_id("mas-database-present-mas_db-present")["changes"] == {"password": {"old": "differs", "new": "ok"}}
     assert "A-New-Db-Password-42" not in res.output
     assert login(pg, name, "A-New-Db-Password-42") == name
 
@@ -75,7 +79,9 @@ def test_an_existing_database_or_foreign_role_is_not_taken_over(salt_minion, db_
     for database in ({"name": "other_db"}, {"user": "other_service", "name": "mas_new_db_for_takeover"}):
         res = salt_minion.apply(deep_update(db_pillar, {"database": database}))
         assert res.returncode != 0
-        state = res.by_id("mas-database-present-mas-database")
+        state = res.by_id("mas-database-present-mas_db-present")
         assert state["result"] is False and "does not take" in state["comment"]
-    assert pg.query("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'other_db'") == [("other_service",)]
+    assert pg.query("postgres", "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'other_db'") == [
+        ("other_service",)
+    ]
     assert not pg.database_exists("mas_new_db_for_takeover")

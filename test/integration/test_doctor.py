@@ -1,4 +1,4 @@
-"""`salt-call mas.doctor` / `state.apply mas.doctor`: mas-cli doctor's probes
+"""`salt-call mas_doctor.run` / `state.apply mas.doctor`: mas-cli doctor's probes
 (run by the MAS double against the real Synapse wired by the formula), parsed
 into a result automation can gate on, never showing a secret."""
 
@@ -17,8 +17,9 @@ def env(deployment, echo_upstream, nginx_factory):
     and MAS, announced by the client well-known. Step 2 of doctor asks
     https://<server_name>/.well-known/matrix/client; the double asks a
     loopback server instead (no traffic leaves the machine)."""
-    proxy = nginx_factory(synapse_upstream=deployment["synapse"].base_url,
-                          include_files=[deployment["root"] / "nginx" / "mas.conf"])
+    proxy = nginx_factory(
+        synapse_upstream=deployment["synapse"].base_url, include_files=[deployment["root"] / "nginx" / "mas.conf"]
+    )
     proxy.start()
     well_known = echo_upstream("well-known", reply={"m.homeserver": {"base_url": proxy.base_url}})
     yield {"MAS_DOUBLE_WELL_KNOWN_BASE": well_known.url}
@@ -27,7 +28,7 @@ def env(deployment, echo_upstream, nginx_factory):
 
 def doctor(deployment, env, *args):
     deployment["minion"].set_pillar({"mas": deployment["pillar"]})
-    return deployment["minion"].run("mas.doctor", *args, env=env)
+    return deployment["minion"].run("mas_doctor.run", *args, env=env)
 
 
 def test_healthy_deployment_passes(deployment, env):
@@ -68,11 +69,11 @@ def test_synapse_down_fails_the_state_gate(deployment, env):
     try:
         res = deployment["minion"].run("state.apply", "mas.doctor", "--retcode-passthrough", env=env)
         assert res.returncode != 0
-        state = res.by_id("mas-doctor-mas-doctor")
+        state = res.by_id("mas-doctor-mas_doctor-healthy")
         assert state["result"] is False and state["changes"] == {}
         assert "error" in state["comment"]
         predicted = deployment["minion"].run("state.apply", "mas.doctor", "test=True", env=env)
-        assert predicted.by_id("mas-doctor-mas-doctor")["result"] is None
+        assert predicted.by_id("mas-doctor-mas_doctor-healthy")["result"] is None
     finally:
         deployment["synapse"].start()
 
@@ -83,7 +84,7 @@ def test_config_error_is_reported(deployment, env):
     bad = deep_update(deployment["pillar"], {"config": {"matrix": {"homeserver": "example.com:8448"}}})
     assert minion.apply(bad, sls="mas.config").returncode == 0
     try:
-        res = minion.run("mas.doctor", env=env)
+        res = minion.run("mas_doctor.run", env=env)
         assert res.returncode != 0
         assert res.data["exit_code"] == 1
         assert any("matrix.homeserver" in e for e in res.data["errors"])

@@ -125,9 +125,7 @@ def test_nginx_routes_to_upstreams(nginx_factory, echo_upstream, tmp_path):
     other_up = echo_upstream("mas")
     snippet = tmp_path / "mas-routes.conf"
     snippet.write_text(
-        "location ~ ^/_matrix/client/[^/]+/(login|logout|refresh) {\n"
-        f"    proxy_pass {other_up.url};\n"
-        "}\n"
+        f"location ~ ^/_matrix/client/[^/]+/(login|logout|refresh) {{\n    proxy_pass {other_up.url};\n}}\n"
     )
     nginx = nginx_factory(synapse_upstream=synapse_up.url, include_files=[snippet])
     ok, output = nginx.test_config()

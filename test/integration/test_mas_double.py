@@ -86,7 +86,7 @@ class FakeHomeserver:
             def _authorised(self) -> bool:
                 return self.headers.get("Authorization") == f"Bearer {fake.secret}"
 
-            def do_GET(self):  # noqa: N802 (stdlib naming)
+            def do_GET(self):
                 parts = urlsplit(self.path)
                 query = parse_qs(parts.query)
                 fake.calls.append(("GET", parts.path, query))
@@ -108,7 +108,7 @@ class FakeHomeserver:
                     return self._send(200, fake.well_known)
                 return self._send(404, {"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fake.calls.append(("POST", self.path, body))
@@ -121,7 +121,7 @@ class FakeHomeserver:
                     return self._send(201, {})
                 return self._send(200, {})
 
-            def log_message(self, format, *args):  # noqa: A002
+            def log_message(self, format, *args):
                 """Quiet."""
 
         return Handler
@@ -422,9 +422,12 @@ def test_database_migrate_loads_schema_once(pg, tmp_path, mas_config, upstream_d
     try:
         config = yaml.safe_load(mas_config.read_text())
         config["database"] = {
-            "host": LOOPBACK, "port": pg.port, "username": MAS_ROLE, "database": name,
+            "host": LOOPBACK,
+            "port": pg.port,
+            "username": MAS_ROLE,
+            "database": name,
             "password_file": str(tmp_path / "db.password"),
-        }  # fmt: skip
+        }
         (tmp_path / "db.password").write_text(MAS_PASSWORD + "\n")
         path = write_yaml(tmp_path / "config.yaml", config)
         assert not pg.query(name, "SELECT 1 FROM pg_tables WHERE tablename = 'users'")
@@ -547,9 +550,20 @@ def test_http500_fault(tmp_path, mas_config):
 
 def test_register_user_happy_path(cli, pg, mas_db, homeserver):
     result = cli(
-        "manage", "register-user", "@alice:example.test", "--yes", "-p", STRONG_PASSWORD,
-        "-e", "alice@example.test", "-e", "alice2@example.test", "--admin", "-d", "Alice",
-    )  # fmt: skip
+        "manage",
+        "register-user",
+        "@alice:example.test",
+        "--yes",
+        "-p",
+        STRONG_PASSWORD,
+        "-e",
+        "alice@example.test",
+        "-e",
+        "alice2@example.test",
+        "--admin",
+        "-d",
+        "Alice",
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "User attributes"
@@ -876,8 +890,10 @@ def test_admin_api_user_emails(mas, admin_call, pg, mas_db):
     user_id = call("POST", "/users", 201, json={"username": "ken"}).json()["data"]["id"]
     added = call("POST", "/user-emails", 201, json={"user_id": user_id, "email": "ken@example.test"}).json()["data"]
     assert added["type"] == "user-email" and added["attributes"] == {
-        "created_at": added["attributes"]["created_at"], "user_id": user_id, "email": "ken@example.test",
-    }  # fmt: skip
+        "created_at": added["attributes"]["created_at"],
+        "user_id": user_id,
+        "email": "ken@example.test",
+    }
     conflict = call("POST", "/user-emails", 409, json={"user_id": user_id, "email": "ken@example.test"})
     assert conflict.json()["errors"][0]["title"] == 'User email "ken@example.test" already in use'
     invalid = call("POST", "/user-emails", 400, False, json={"user_id": user_id, "email": "not an email"})
@@ -922,10 +938,10 @@ def test_doctor_all_good(mas, mas_config, homeserver):
     code, stderr, lines = _doctor(mas_config, homeserver.url)
     assert code == 0, stderr
     assert "💡 Running diagnostics" in lines[0]
-    assert any(" WARN " in l and "⚠️ The issuer in the config" in l for l in lines)
-    ok = [l for l in lines if " INFO " in l and "✅" in l]
+    assert any(" WARN " in ln and "⚠️ The issuer in the config" in ln for ln in lines)
+    ok = [ln for ln in lines if " INFO " in ln and "✅" in ln]
     assert len(ok) == 4, stderr
-    assert not [l for l in lines if " ERROR " in l]
+    assert not [ln for ln in lines if " ERROR " in ln]
     assert MATRIX_SECRET not in stderr
 
 
@@ -936,8 +952,8 @@ def test_doctor_failures(tmp_path, mas_config, homeserver):
     homeserver.well_known = None
     code, stderr, lines = _doctor(wrong, homeserver.url)
     assert code == 0
-    assert any(" WARN " in l and "Matrix client well-known replied with 404 Not Found" in l for l in lines)
-    step5 = [l for l in lines if " ERROR " in l and "❌ A Synapse admin API endpoint" in l]
+    assert any(" WARN " in ln and "Matrix client well-known replied with 404 Not Found" in ln for ln in lines)
+    step5 = [ln for ln in lines if " ERROR " in ln and "❌ A Synapse admin API endpoint" in ln]
     assert step5 and "403 Forbidden" in step5[0]
     assert 'secret: "a-wrong-secret"' in stderr  # upstream prints the secret; the formula scrubs it
 
@@ -945,9 +961,9 @@ def test_doctor_failures(tmp_path, mas_config, homeserver):
     down = write_yaml(tmp_path / "down.yaml", config)
     code, stderr, lines = _doctor(down, f"http://{LOOPBACK}:{free_port()}")
     assert code == 0
-    assert any("⚠️ Failed to fetch well-known document" in l for l in lines)
-    assert any(" ERROR " in l and "❌ Can't reach the homeserver" in l for l in lines)
-    assert any(" WARN " in l and "⚠️ Can't reach the legacy login API" in l for l in lines)
+    assert any("⚠️ Failed to fetch well-known document" in ln for ln in lines)
+    assert any(" ERROR " in ln and "❌ Can't reach the homeserver" in ln for ln in lines)
+    assert any(" WARN " in ln and "⚠️ Can't reach the legacy login API" in ln for ln in lines)
 
 
 def test_doctor_status_quirk_and_bare_host_abort(tmp_path, mas_config, homeserver):
@@ -961,7 +977,7 @@ def test_doctor_status_quirk_and_bare_host_abort(tmp_path, mas_config, homeserve
     config = yaml.safe_load(mas_config.read_text())
     code, stderr, lines = _doctor(write_yaml(tmp_path / "hs.yaml", config), homeserver.url)
     # the fake homeserver answers 404 on /_matrix/client/v3/login: the emoji-less ERROR
-    quirk = [l for l in lines if " ERROR " in l and "The legacy login API at" in l]
+    quirk = [ln for ln in lines if " ERROR " in ln and "The legacy login API at" in ln]
     assert quirk and "❌" not in quirk[0] and "replied with 404 Not Found" in quirk[0]
 
 
@@ -1011,10 +1027,12 @@ def test_against_real_synapse(synapse_factory, pg, tmp_path):
             server_name="example.com",
             extra_config={
                 "matrix_authentication_service": {
-                    "enabled": True, "endpoint": f"http://{LOOPBACK}:{web}/", "secret": MATRIX_SECRET,
+                    "enabled": True,
+                    "endpoint": f"http://{LOOPBACK}:{web}/",
+                    "secret": MATRIX_SECRET,
                 },
             },
-        )  # fmt: skip
+        )
         config = make_config(dsn, homeserver.base_url + "/", web, internal, homeserver="example.com")
         path = write_yaml(tmp_path / "config.yaml", config)
         with run_server([path], log_path=tmp_path / "mas.log") as mas:
@@ -1023,9 +1041,7 @@ def test_against_real_synapse(synapse_factory, pg, tmp_path):
             assert result.returncode == 0, result.stderr
             again = run_cli(["manage", "register-user", "mallory2", "-y"], [path])
             assert again.returncode == 0, again.stderr
-            query = homeserver.request(
-                "GET", "/_synapse/mas/query_user?localpart=mallory", token=MATRIX_SECRET
-            )
+            query = homeserver.request("GET", "/_synapse/mas/query_user?localpart=mallory", token=MATRIX_SECRET)
             deadline = time.monotonic() + 20
             while query.status_code != 200 and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -1048,8 +1064,8 @@ def test_against_real_synapse(synapse_factory, pg, tmp_path):
 
             code, stderr, lines = _doctor(path, homeserver.base_url)
             assert code == 0
-            assert [l for l in lines if "✅" in l], stderr
-            assert any("✅ The Synapse admin API is reachable with authentication" in l for l in lines), stderr
-            assert any("✅ Homeserver at" in l and "correctly rejected an invalid token" in l for l in lines), stderr
+            assert [ln for ln in lines if "✅" in ln], stderr
+            assert any("✅ The Synapse admin API is reachable with authentication" in ln for ln in lines), stderr
+            assert any("✅ Homeserver at" in ln and "correctly rejected an invalid token" in ln for ln in lines), stderr
     finally:
         pg.drop_database(name)

@@ -136,12 +136,18 @@ def world(synapse_factory, pg: PostgresCluster, tmp_path_factory) -> Iterator[Sy
         yaml.safe_dump(
             {
                 "oidc_providers": [
-                    {"idp_id": IDP_ID, "idp_name": "Keycloak", "issuer": ISSUER, "client_id": "synapse",
-                     "client_secret": "not-a-real-secret", "scopes": ["openid", "profile"]}
+                    {
+                        "idp_id": IDP_ID,
+                        "idp_name": "Keycloak",
+                        "issuer": ISSUER,
+                        "client_id": "synapse",
+                        "client_secret": "not-a-real-secret",
+                        "scopes": ["openid", "profile"],
+                    }
                 ]
             }
         )
-    )  # fmt: skip
+    )
     synapse_world = SynapseWorld(server, pg, server.config_path, oidc_fragment, tokens, login.json()["refresh_token"])
     try:
         yield synapse_world
@@ -252,9 +258,15 @@ def syn2mas_cli(world: SynapseWorld) -> Callable[..., Result]:
     them on either side); ``options_first`` puts them before.
     """
 
-    def invoke(config: Path, *args: str, synapse_configs: list[Path] | None = None, fault: str | None = None,
-               database_uri: str | None = None, ignore_missing: bool = False,
-               options_first: bool = False) -> Result:  # fmt: skip
+    def invoke(
+        config: Path,
+        *args: str,
+        synapse_configs: list[Path] | None = None,
+        fault: str | None = None,
+        database_uri: str | None = None,
+        ignore_missing: bool = False,
+        options_first: bool = False,
+    ) -> Result:
         configs = [world.hs_yaml, world.oidc_fragment] if synapse_configs is None else synapse_configs
         options = [arg for path in configs for arg in ("--synapse-config", str(path))]
         if database_uri:
@@ -266,10 +278,19 @@ def syn2mas_cli(world: SynapseWorld) -> Callable[..., Result]:
         if fault:
             env["MAS_DOUBLE_FAULT"] = fault
         proc = subprocess.run(
-            [*mas_cli_command(), "-c", str(config), "syn2mas",
-             *([*options, *args] if options_first else [*args, *options])],
-            capture_output=True, text=True, env=env, timeout=120, check=False,
-        )  # fmt: skip
+            [
+                *mas_cli_command(),
+                "-c",
+                str(config),
+                "syn2mas",
+                *([*options, *args] if options_first else [*args, *options]),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     return invoke
@@ -285,9 +306,7 @@ def write_yaml(path: Path, data: dict) -> Path:
 
 def test_check_succeeds_on_a_clean_setup(world, mas, syn2mas_cli):
     """No guest and no phone number: exit 0 and the success line on stdout (DB from --synapse-database-uri)."""
-    clean = world.clone(
-        "DELETE FROM user_threepids WHERE medium <> 'email'", "DELETE FROM users WHERE is_guest <> 0"
-    )
+    clean = world.clone("DELETE FROM user_threepids WHERE medium <> 'email'", "DELETE FROM users WHERE is_guest <> 0")
     result = syn2mas_cli(mas.config_path, "check", database_uri=clean)
     assert result.returncode == syn2mas.EXIT_SUCCESS, result.stderr
     assert result.stdout.strip() == EMPTY_CHECK_OK
@@ -370,8 +389,12 @@ def test_check_config_warnings(case, world, mas, syn2mas_cli, tmp_path):
 
 
 def _bcrypt_v1(**changes: Any) -> dict:
-    return {"schemes": [dict({"version": 1, "algorithm": "bcrypt", "secret": PEPPER}, **changes),
-                        {"version": 2, "algorithm": "argon2id"}]}  # fmt: skip
+    return {
+        "schemes": [
+            dict({"version": 1, "algorithm": "bcrypt", "secret": PEPPER}, **changes),
+            {"version": 2, "algorithm": "argon2id"},
+        ]
+    }
 
 
 #: case -> (MAS top-level overrides, Synapse overlay, expected error text)
@@ -417,13 +440,18 @@ ERROR_CASES: dict[str, tuple[dict, dict, str]] = {
         '`server_name` ("example.com")',
     ),
     "mas_missing_provider": (
-        {"upstream_oauth2": {"providers": [{"id": PROVIDER_ID, "client_id": "mas",
-                                            "token_endpoint_auth_method": "none", "issuer": ISSUER}]}},
+        {
+            "upstream_oauth2": {
+                "providers": [
+                    {"id": PROVIDER_ID, "client_id": "mas", "token_endpoint_auth_method": "none", "issuer": ISSUER}
+                ]
+            }
+        },
         {},
         f"Synapse config contains an OpenID Connect or OAuth2 provider '{SYNAPSE_IDP_ID}' (issuer: \"{ISSUER}\") used "
         "by 1 users which must also be configured in the MAS configuration as an upstream provider.",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
@@ -445,8 +473,14 @@ def test_check_pepper_file_is_compared_untrimmed(mas, syn2mas_cli, tmp_path):
     """A v1 ``secret_file`` is read verbatim: a trailing newline makes it differ from the pepper."""
     pepper_file = tmp_path / "pepper"
     pepper_file.write_text(PEPPER + "\n")
-    config = mas.write(passwords={"schemes": [{"version": 1, "algorithm": "bcrypt", "secret_file": str(pepper_file)},
-                                              {"version": 2, "algorithm": "argon2id"}]})  # fmt: skip
+    config = mas.write(
+        passwords={
+            "schemes": [
+                {"version": 1, "algorithm": "bcrypt", "secret_file": str(pepper_file)},
+                {"version": 2, "algorithm": "argon2id"},
+            ]
+        }
+    )
     result = syn2mas_cli(config, "check")
     assert result.returncode == syn2mas.EXIT_CHECK_ERRORS, result.stderr
     assert "must have the same secret as the `pepper` value from Synapse" in result.stderr
@@ -561,11 +595,10 @@ def test_migrate_refuses_a_locked_synapse_table(world, mas, syn2mas_cli):
     An idle Synapse holds no table locks, so only a Synapse caught mid-write
     trips this; stopping Synapse is still required for a consistent copy.
     """
-    with world.pg.connect(world.dbname) as writer:
-        with writer.transaction():
-            writer.execute("LOCK TABLE devices IN ROW EXCLUSIVE MODE")
-            dry = syn2mas_cli(mas.config_path, "migrate", "--dry-run")
-            real = syn2mas_cli(mas.config_path, "migrate")
+    with world.pg.connect(world.dbname) as writer, writer.transaction():
+        writer.execute("LOCK TABLE devices IN ROW EXCLUSIVE MODE")
+        dry = syn2mas_cli(mas.config_path, "migrate", "--dry-run")
+        real = syn2mas_cli(mas.config_path, "migrate")
     assert dry.returncode == syn2mas.EXIT_SUCCESS, dry.stderr
     assert real.returncode == syn2mas.EXIT_FAILURE
     assert "Error: database error whilst locking Synapse table `devices`" in real.stderr
@@ -637,8 +670,9 @@ def assert_fully_migrated(world: SynapseWorld, mas: MasSide) -> None:
     assert tokens[world.tokens["alice"]] == "alice"
     assert tokens[world.tokens["bob"]] == "bob"
     assert tokens[world.tokens["bob-refreshable"]] == "bob"
-    expiring = mas.query("SELECT expires_at FROM compat_access_tokens WHERE access_token = %s",
-                         (world.tokens["bob-refreshable"],))  # fmt: skip
+    expiring = mas.query(
+        "SELECT expires_at FROM compat_access_tokens WHERE access_token = %s", (world.tokens["bob-refreshable"],)
+    )
     assert expiring[0][0] is not None, "expires_at comes from valid_until_ms"
     refresh = mas.query(
         "SELECT a.access_token FROM compat_refresh_tokens r JOIN compat_access_tokens a USING (compat_access_token_id) "

@@ -55,10 +55,20 @@ def test_salt_star_state_apply_mas(master_and_minion, paths_root):
         "runtime": "binary",
         "base_path": str(paths_root / "mas"),
         "service": {"manage": False, "unit_dir": str(paths_root / "systemd")},
-        "synapse": {"user": "root", "group": "root", "restart": False,
-                    "config_dir": str(paths_root / "synapse"), "config_files": []},
-        "proxy": {"reload": False, "nginx": {"snippet_path": str(paths_root / "nginx" / "mas.conf"),
-                                             "public_snippet_path": str(paths_root / "nginx" / "public.conf")}},
+        "synapse": {
+            "user": "root",
+            "group": "root",
+            "restart": False,
+            "config_dir": str(paths_root / "synapse"),
+            "config_files": [],
+        },
+        "proxy": {
+            "reload": False,
+            "nginx": {
+                "snippet_path": str(paths_root / "nginx" / "mas.conf"),
+                "public_snippet_path": str(paths_root / "nginx" / "public.conf"),
+            },
+        },
     }
     (pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["mas"]}}))
     (pillar_dir / "mas.sls").write_text(yaml.safe_dump({"mas": pillar}))

@@ -90,16 +90,23 @@ def render(minion, upstreams, tmp_path_factory):
             "binary": "/usr/local/bin/mas-cli",
             "base_path": str(base or root / "mas"),
             "service": {"manage": False, "unit_dir": str(root / "units")},
-            "synapse": {"restart": False, "user": "root", "group": "root",
-                        "config_files": [str(synapse_dir / "homeserver.yaml")],
-                        "config_dir": str(synapse_dir / "conf.d")},
+            "synapse": {
+                "restart": False,
+                "user": "root",
+                "group": "root",
+                "config_files": [str(synapse_dir / "homeserver.yaml")],
+                "config_dir": str(synapse_dir / "conf.d"),
+            },
             "proxy": {
                 "reload": False,
-                "nginx": {"snippet_path": str(files["snippet"]), "public_snippet_path": str(files["public"]),
-                          "mas_upstream": upstreams["mas"].url},
+                "nginx": {
+                    "snippet_path": str(files["snippet"]),
+                    "public_snippet_path": str(files["public"]),
+                    "mas_upstream": upstreams["mas"].url,
+                },
                 "traefik": {"config_path": str(files["traefik"]), "mas_url": upstreams["mas"].url},
             },
-        }  # fmt: skip
+        }
         res = minion.apply(deep_update(pillar, overrides), sls=sls)
         assert res.returncode == 0, res.output
         return files
@@ -193,9 +200,7 @@ def test_readme_server_block_order(prefixed, nginx_for, upstreams, tmp_path):
     regex location (nginx takes the first matching regex)."""
     synapse_location = tmp_path / "synapse-location.conf"
     synapse_location.write_text(
-        "location ~ ^(/_matrix|/_synapse/client) {\n"
-        f"    proxy_pass {upstreams['synapse'].url};\n"
-        "}\n"
+        f"location ~ ^(/_matrix|/_synapse/client) {{\n    proxy_pass {upstreams['synapse'].url};\n}}\n"
     )
     server = nginx_for(prefixed["files"]["snippet"], synapse_location, synapse=False)
     for method, path in TO_MAS_COMPAT:
@@ -299,8 +304,13 @@ def test_traefik_dynamic_configuration(render, upstreams):
 
 
 def test_traefik_migrating_and_own_host(render):
-    files = render("traefik-migrating", migration_in_progress=True, hostname="auth.example.com", path_prefix="/",
-                   proxy={"type": "traefik"})  # fmt: skip
+    files = render(
+        "traefik-migrating",
+        migration_in_progress=True,
+        hostname="auth.example.com",
+        path_prefix="/",
+        proxy={"type": "traefik"},
+    )
     http = traefik_routes(files["traefik"])
     assert list(http["routers"]) == ["matrix-authentication-service"]
     assert http["routers"]["matrix-authentication-service"]["rule"] == "Host(`auth.example.com`)"

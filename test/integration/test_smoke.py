@@ -59,7 +59,11 @@ def test_full_cast(pg, mas_db, synapse, salt_minion, minimal_pillar, nginx_facto
     # the double answers `mas-cli config check` through the formula's wrapper
     check = subprocess.run(
         [str(base / "bin" / "mas-cli"), "config", "check"],
-        capture_output=True, text=True, env=cli_env(), timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+        check=False,
     )
     assert check.returncode == 0, check.stderr
     assert "Configuration file looks good" in check.stderr
@@ -109,13 +113,21 @@ def test_register_user_wrapper_end_to_end(pg, salt_minion, synapse_factory, ngin
             synapse.start()
             reg = subprocess.run(
                 [str(base / "bin" / "register-user"), "alice", "Alice-Passw0rd-42", "1"],
-                capture_output=True, text=True, env=cli_env(), timeout=120, check=False,
+                capture_output=True,
+                text=True,
+                env=cli_env(),
+                timeout=120,
+                check=False,
             )
             assert reg.returncode == 0, reg.stderr + mas.log()
             assert pg.query("mas_e2e", "SELECT can_request_admin FROM users WHERE username = 'alice'") == [(True,)]
             again = subprocess.run(
                 [str(base / "bin" / "register-user"), "alice", "Alice-Passw0rd-42", "1"],
-                capture_output=True, text=True, env=cli_env(), timeout=120, check=False,
+                capture_output=True,
+                text=True,
+                env=cli_env(),
+                timeout=120,
+                check=False,
             )
             assert again.returncode == 1 and "User already exists" in again.stderr
 
@@ -123,14 +135,21 @@ def test_register_user_wrapper_end_to_end(pg, salt_minion, synapse_factory, ngin
             proxy.start()
             try:
                 login = requests.post(
-                    proxy.base_url + "/_matrix/client/v3/login", timeout=30,
-                    json={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"},
-                          "password": "Alice-Passw0rd-42"},
+                    proxy.base_url + "/_matrix/client/v3/login",
+                    timeout=30,
+                    json={
+                        "type": "m.login.password",
+                        "identifier": {"type": "m.id.user", "user": "alice"},
+                        "password": "Alice-Passw0rd-42",
+                    },
                 )
                 assert login.status_code == 200, login.text + mas.log()
                 token = login.json()["access_token"]
-                whoami = requests.get(proxy.base_url + "/_matrix/client/v3/account/whoami", timeout=30,
-                                      headers={"Authorization": f"Bearer {token}"})
+                whoami = requests.get(
+                    proxy.base_url + "/_matrix/client/v3/account/whoami",
+                    timeout=30,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
                 assert whoami.status_code == 200, whoami.text + mas.log()
                 assert whoami.json()["user_id"] == "@alice:example.com"
             finally:

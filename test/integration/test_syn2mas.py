@@ -64,10 +64,22 @@ def world(synapse_factory, pg, tmp_path_factory):
     server.add_threepid(alice["access_token"], bob["user_id"], "email", "bob@example.org")
     server.add_external_id(alice["access_token"], bob["user_id"], SYNAPSE_IDP_ID, SUBJECT)
     fragment = tmp_path_factory.mktemp("pre-mas") / "oidc.yaml"
-    fragment.write_text(yaml.safe_dump({"oidc_providers": [
-        {"idp_id": "keycloak", "idp_name": "Keycloak", "issuer": ISSUER, "client_id": "synapse",
-         "client_secret": "Synapse-Oidc-Client-Secret-31", "scopes": ["openid"]}
-    ]}))  # fmt: skip
+    fragment.write_text(
+        yaml.safe_dump(
+            {
+                "oidc_providers": [
+                    {
+                        "idp_id": "keycloak",
+                        "idp_name": "Keycloak",
+                        "issuer": ISSUER,
+                        "client_id": "synapse",
+                        "client_secret": "Synapse-Oidc-Client-Secret-31",
+                        "scopes": ["openid"],
+                    }
+                ]
+            }
+        )
+    )
     secrets = [PEPPER, SYNAPSE_DB_PASSWORD, "Synapse-Oidc-Client-Secret-31", *PILLAR_SECRETS.values()]
     secrets += [server.config[key] for key in ("registration_shared_secret", "macaroon_secret_key", "form_secret")]
     yield World(server, fragment, secrets)
@@ -99,7 +111,7 @@ class Deployment:
         """``state.apply mas.syn2mas``; returns (salt result, the one state's return)."""
         res = self.call("state.apply", "mas.syn2mas", "--retcode-passthrough", *extra, **pillar)
         assert res.data, res.output
-        return res, res.by_id("mas-syn2mas-migrate-mas-syn2mas-migrated")
+        return res, res.by_id("mas-syn2mas-migrate-mas_syn2mas-migrated")
 
     @property
     def marker_path(self):
@@ -116,8 +128,9 @@ class Deployment:
         self.pg.create_database(self.dbname)
 
     def assert_no_secret(self):
-        texts = self.outputs + [(self.root / "minion.log").read_text(errors="replace")
-                                if (self.root / "minion.log").exists() else ""]  # fmt: skip
+        texts = self.outputs + [
+            (self.root / "minion.log").read_text(errors="replace") if (self.root / "minion.log").exists() else ""
+        ]
         if self.marker_path.exists():
             texts.append(self.marker_path.read_text())
         for secret in self.secrets:
@@ -131,18 +144,28 @@ def deployment(world, pg, salt_extmods, tmp_path, upstream_dir, request):
     pg.drop_database(dbname)
     pg.create_database(dbname)  # empty: syn2mas itself creates MAS's schema
     hs = world.server.config_path
-    pillar = deep_update(wired_pillar(tmp_path, pg, dbname, world.server, free_port(), free_port()), {
-        "migration_in_progress": True,
-        "base_path": str(tmp_path / "srv"),
-        "secrets": {key: PILLAR_SECRETS[key] for key in ("encryption", "homeserver_secret")},
-        "synapse": {"mas_endpoint": None},
-        "upstream_oauth2_providers": [{
-            "id": PROVIDER_ID, "synapse_idp_id": SYNAPSE_IDP_ID, "issuer": ISSUER, "client_id": "mas",
-            "client_secret": PILLAR_SECRETS["client_secret"], "token_endpoint_auth_method": "client_secret_post",
-            "scope": "openid"}],
-        "proxy": {"type": "none"},
-        "syn2mas": {"stop_services": False, "synapse_config_files": [str(hs), str(world.fragment)]},
-    })  # fmt: skip
+    pillar = deep_update(
+        wired_pillar(tmp_path, pg, dbname, world.server, free_port(), free_port()),
+        {
+            "migration_in_progress": True,
+            "base_path": str(tmp_path / "srv"),
+            "secrets": {key: PILLAR_SECRETS[key] for key in ("encryption", "homeserver_secret")},
+            "synapse": {"mas_endpoint": None},
+            "upstream_oauth2_providers": [
+                {
+                    "id": PROVIDER_ID,
+                    "synapse_idp_id": SYNAPSE_IDP_ID,
+                    "issuer": ISSUER,
+                    "client_id": "mas",
+                    "client_secret": PILLAR_SECRETS["client_secret"],
+                    "token_endpoint_auth_method": "client_secret_post",
+                    "scope": "openid",
+                }
+            ],
+            "proxy": {"type": "none"},
+            "syn2mas": {"stop_services": False, "synapse_config_files": [str(hs), str(world.fragment)]},
+        },
+    )
     minion = SaltMinion(tmp_path, REPO_ROOT, extmods=salt_extmods)
     dep = Deployment(minion, pillar, pg, dbname, tmp_path, world.secrets)
     res = dep.call("state.apply", "mas", "--retcode-passthrough")
@@ -265,5 +288,9 @@ def test_interrupted_migration_is_retried_and_rolled_back(world, deployment, mon
     res, ret = deployment.state()
     assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated"}}
     assert [h["phase"] for h in deployment.marker()["history"]] == [
-        "migrating", "migrated", "legacy_auth", "migrating", "migrated"
+        "migrating",
+        "migrated",
+        "legacy_auth",
+        "migrating",
+        "migrated",
     ]

@@ -109,7 +109,7 @@ class MasStandIn:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self):  # noqa: N802 -- stdlib name
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 if self.path != f"{stand_in.prefix}/oauth2/introspect":
                     self._send(404, {"error": "not found"})
@@ -127,7 +127,7 @@ class MasStandIn:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, format, *args):  # noqa: A002 -- stdlib signature
+            def log_message(self, format, *args):
                 """Stay quiet."""
 
         return Handler
@@ -162,7 +162,7 @@ def wiring_pillar(root, server, migrating=False, **extra):
 
 
 def dropin_state(res):
-    return res.by_id("mas-synapse-file-mas-synapse-dropin")
+    return res.by_id("mas-synapse-file-mas_synapse-dropin")
 
 
 def require_extra(module, what):
@@ -203,7 +203,7 @@ def wired(minion, synapse_factory, mas_stand_in, tmp_path_factory):
 def test_dropin_is_written_and_accepted_by_synapse(wired, mas_stand_in):
     synapse = wired["synapse"]
     dropin = synapse.conf_d / DROPIN
-    assert wired["first"].by_id("mas-synapse-file-mas-synapse-dropin")["changes"]
+    assert wired["first"].by_id("mas-synapse-file-mas_synapse-dropin")["changes"]
     content = yaml.safe_load(dropin.read_text())
     secret_path = wired["root"] / "mas" / "synapse" / "homeserver_secret"
     assert content == {
@@ -286,8 +286,11 @@ def test_conflict_is_refused_before_anything_is_written(minion, synapse_factory,
     assert res.returncode != 0
     state = dropin_state(res)
     assert state["result"] is False and state["changes"] == {}
-    for key, path in (("enable_registration", synapse.config_path), ("session_lifetime", synapse.config_path),
-                      ("refresh_token_lifetime", extra)):  # fmt: skip
+    for key, path in (
+        ("enable_registration", synapse.config_path),
+        ("session_lifetime", synapse.config_path),
+        ("refresh_token_lifetime", extra),
+    ):
         assert f"- {key} in {path}: " in state["comment"]
     assert "Nothing was changed" in state["comment"]
     assert not (synapse.conf_d / DROPIN).exists()
@@ -324,61 +327,173 @@ def stub_modules(tmp_path_factory):
 
 # (id, Synapse setting, key the formula names, Synapse's message, optional dependency)
 DELEGATED_CONFLICTS = [
-    ("registration", {"enable_registration": True}, "enable_registration",
-     "Registration cannot be enabled when OAuth delegation is enabled", None),
-    ("disable-registration", {"disable_registration": False}, "disable_registration",
-     "Registration cannot be enabled when OAuth delegation is enabled", None),
-    ("captcha", {"enable_registration_captcha": True}, "enable_registration_captcha",
-     "CAPTCHA cannot be enabled when OAuth delegation is enabled", None),
-    ("consent", {"user_consent": {"version": "1.0", "template_dir": "@consent@"}}, "user_consent",
-     "User consent cannot be enabled when OAuth delegation is enabled", None),
-    ("oidc-providers", {"oidc_providers": [OIDC_PROVIDER]}, "oidc_providers",
-     "SSO cannot be enabled when OAuth delegation is enabled", "authlib"),
-    ("oidc-config", {"oidc_config": dict(OIDC_PROVIDER, enabled=True)}, "oidc_config",
-     "SSO cannot be enabled when OAuth delegation is enabled", "authlib"),
-    ("saml2", {"saml2_config": {"sp_config": {"metadata": {}}}}, "saml2_config",
-     "SSO cannot be enabled when OAuth delegation is enabled", "saml2"),
-    ("cas", {"cas_config": {"enabled": True, "server_url": "https://cas.example.com"}}, "cas_config",
-     "SSO cannot be enabled when OAuth delegation is enabled", None),
-    ("jwt", {"jwt_config": {"enabled": True, "secret": "jwt-secret", "algorithm": "HS256"}}, "jwt_config",
-     "SSO cannot be enabled when OAuth delegation is enabled", "authlib"),
-    ("password-providers", {"password_providers": [{"module": "rest_auth_provider.RestAuthProvider",
-                                                    "config": {"endpoint": "http://127.0.0.1:9"}}]},
-     "password_providers", "Password auth providers cannot be enabled when OAuth delegation is enabled", None),
-    ("ldap-config", {"ldap_config": {"enabled": True, "uri": "ldap://127.0.0.1"}}, "ldap_config",
-     "Password auth providers cannot be enabled when OAuth delegation is enabled", None),
-    ("password-login", {"password_config": {"enabled": True}}, "password_config.enabled",
-     "Password auth cannot be enabled when OAuth delegation is enabled", None),
-    ("password-reauth", {"password_config": {"enabled": "only_for_reauth"}}, "password_config.enabled",
-     "Password auth cannot be enabled when OAuth delegation is enabled", None),
-    ("existing-session", {"login_via_existing_session": {"enabled": True}}, "login_via_existing_session.enabled",
-     "Login via existing session cannot be enabled when OAuth delegation is enabled", None),
-    ("3pid-changes", {"enable_3pid_changes": True}, "enable_3pid_changes",
-     "enable_3pid_changes cannot be enabled when OAuth delegation is enabled", None),
-    ("refresh-token-lifetime", {"refresh_token_lifetime": "1h"}, "refresh_token_lifetime",
-     "refresh_token_lifetime cannot be set when OAuth delegation is enabled", None),
-    ("nonrefreshable-lifetime", {"nonrefreshable_access_token_lifetime": "1h"},
-     "nonrefreshable_access_token_lifetime",
-     "nonrefreshable_access_token_lifetime cannot be set when OAuth delegation is enabled", None),
-    ("session-lifetime", {"session_lifetime": "1h"}, "session_lifetime",
-     "session_lifetime cannot be set when OAuth delegation is enabled", None),
-    ("msc3861", {"experimental_features": {"msc3861": {"enabled": True}}}, "experimental_features.msc3861",
-     "experimental_features.msc3861 was removed", None),
-    ("msc4108-delegation", {"experimental_features": {"msc4108_delegation_endpoint": "https://qr.example.com/"}},
-     "experimental_features.msc4108_delegation_endpoint",
-     "You cannot have MSC4108 both enabled and delegated at the same time", None),
-]  # fmt: skip
+    (
+        "registration",
+        {"enable_registration": True},
+        "enable_registration",
+        "Registration cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "disable-registration",
+        {"disable_registration": False},
+        "disable_registration",
+        "Registration cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "captcha",
+        {"enable_registration_captcha": True},
+        "enable_registration_captcha",
+        "CAPTCHA cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "consent",
+        {"user_consent": {"version": "1.0", "template_dir": "@consent@"}},
+        "user_consent",
+        "User consent cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "oidc-providers",
+        {"oidc_providers": [OIDC_PROVIDER]},
+        "oidc_providers",
+        "SSO cannot be enabled when OAuth delegation is enabled",
+        "authlib",
+    ),
+    (
+        "oidc-config",
+        {"oidc_config": dict(OIDC_PROVIDER, enabled=True)},
+        "oidc_config",
+        "SSO cannot be enabled when OAuth delegation is enabled",
+        "authlib",
+    ),
+    (
+        "saml2",
+        {"saml2_config": {"sp_config": {"metadata": {}}}},
+        "saml2_config",
+        "SSO cannot be enabled when OAuth delegation is enabled",
+        "saml2",
+    ),
+    (
+        "cas",
+        {"cas_config": {"enabled": True, "server_url": "https://cas.example.com"}},
+        "cas_config",
+        "SSO cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "jwt",
+        {"jwt_config": {"enabled": True, "secret": "jwt-secret", "algorithm": "HS256"}},
+        "jwt_config",
+        "SSO cannot be enabled when OAuth delegation is enabled",
+        "authlib",
+    ),
+    (
+        "password-providers",
+        {
+            "password_providers": [
+                {"module": "rest_auth_provider.RestAuthProvider", "config": {"endpoint": "http://127.0.0.1:9"}}
+            ]
+        },
+        "password_providers",
+        "Password auth providers cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "ldap-config",
+        {"ldap_config": {"enabled": True, "uri": "ldap://127.0.0.1"}},
+        "ldap_config",
+        "Password auth providers cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "password-login",
+        {"password_config": {"enabled": True}},
+        "password_config.enabled",
+        "Password auth cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "password-reauth",
+        {"password_config": {"enabled": "only_for_reauth"}},
+        "password_config.enabled",
+        "Password auth cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "existing-session",
+        {"login_via_existing_session": {"enabled": True}},
+        "login_via_existing_session.enabled",
+        "Login via existing session cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "3pid-changes",
+        {"enable_3pid_changes": True},
+        "enable_3pid_changes",
+        "enable_3pid_changes cannot be enabled when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "refresh-token-lifetime",
+        {"refresh_token_lifetime": "1h"},
+        "refresh_token_lifetime",
+        "refresh_token_lifetime cannot be set when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "nonrefreshable-lifetime",
+        {"nonrefreshable_access_token_lifetime": "1h"},
+        "nonrefreshable_access_token_lifetime",
+        "nonrefreshable_access_token_lifetime cannot be set when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "session-lifetime",
+        {"session_lifetime": "1h"},
+        "session_lifetime",
+        "session_lifetime cannot be set when OAuth delegation is enabled",
+        None,
+    ),
+    (
+        "msc3861",
+        {"experimental_features": {"msc3861": {"enabled": True}}},
+        "experimental_features.msc3861",
+        "experimental_features.msc3861 was removed",
+        None,
+    ),
+    (
+        "msc4108-delegation",
+        {"experimental_features": {"msc4108_delegation_endpoint": "https://qr.example.com/"}},
+        "experimental_features.msc4108_delegation_endpoint",
+        "You cannot have MSC4108 both enabled and delegated at the same time",
+        None,
+    ),
+]
 
 # Refused while migrating: Synapse rejects them without MAS (no drop-in).
 MIGRATING_CONFLICTS = [
-    ("msc4108-enabled", {"experimental_features": {"msc4108_enabled": True}}, "experimental_features.msc4108_enabled",
-     "MSC4108 requires matrix_authentication_service to be enabled"),
-    ("msc4108-delegation", {"experimental_features": {"msc4108_delegation_endpoint": "https://qr.example.com/"}},
-     "experimental_features.msc4108_delegation_endpoint",
-     "MSC4108 requires matrix_authentication_service to be enabled"),
-    ("msc4388", {"experimental_features": {"msc4388_mode": "open"}}, "experimental_features.msc4388_mode",
-     "MSC4388 requires matrix_authentication_service to be enabled"),
-]  # fmt: skip
+    (
+        "msc4108-enabled",
+        {"experimental_features": {"msc4108_enabled": True}},
+        "experimental_features.msc4108_enabled",
+        "MSC4108 requires matrix_authentication_service to be enabled",
+    ),
+    (
+        "msc4108-delegation",
+        {"experimental_features": {"msc4108_delegation_endpoint": "https://qr.example.com/"}},
+        "experimental_features.msc4108_delegation_endpoint",
+        "MSC4108 requires matrix_authentication_service to be enabled",
+    ),
+    (
+        "msc4388",
+        {"experimental_features": {"msc4388_mode": "open"}},
+        "experimental_features.msc4388_mode",
+        "MSC4388 requires matrix_authentication_service to be enabled",
+    ),
+]
 
 OPTIONAL = {"authlib": ("authlib", "OIDC/JWT in Synapse"), "saml2": ("saml2", "SAML2 in Synapse")}
 
@@ -409,9 +524,12 @@ def matrix(synapse_factory, formula_modules, stub_modules, tmp_path_factory):
         setting = yaml.safe_load(text)
         dropin = cases / f"{mode}-{name}.d" / DROPIN
         formula[(mode, name)] = conflicts(
-            [str(synapse.config_path), str(own)], str(dropin.parent), dropin=str(dropin),
-            migrating=migrating, extra_config={},
-        )  # fmt: skip
+            [str(synapse.config_path), str(own)],
+            str(dropin.parent),
+            dropin=str(dropin),
+            migrating=migrating,
+            extra_config={},
+        )
         paths = [own]
         if with_dropin:
             dropin.parent.mkdir()
@@ -429,7 +547,7 @@ def matrix(synapse_factory, formula_modules, stub_modules, tmp_path_factory):
     add("delegated", "baseline", {"public_baseurl": "https://matrix.example.com/"}, migrating=False, with_dropin=True)
     kept = {"oidc_providers": [OIDC_PROVIDER], "password_config": {"enabled": True}}
     add("migrating", "kept", kept, migrating=True, with_dropin=False)
-    synapse_verdicts = dict(zip(keys, synapse.check_configs(variants)))
+    synapse_verdicts = dict(zip(keys, synapse.check_configs(variants), strict=True))
     return {"formula": formula, "synapse": synapse_verdicts}
 
 
@@ -536,4 +654,3 @@ def test_migration_keeps_synapse_authoritative(minion, synapse_factory, wired, t
     assert f"- oidc_providers in {synapse.config_path}: " in comment
     assert f"- password_config.enabled in {synapse.config_path}: " in comment
     assert not (synapse.conf_d / DROPIN).exists()
-

@@ -313,9 +313,16 @@ def _list_emails(state: ServerState, conn, request: Request) -> Response:
     base = _filters_base(f"{PREFIX}/user-emails", args, ["user", "email"])
     columns = "user_email_id, user_id, email, created_at"
     body = _paginate(
-        conn, "user_emails", "user_email_id", columns, where, params, args, base,
+        conn,
+        "user_emails",
+        "user_email_id",
+        columns,
+        where,
+        params,
+        args,
+        base,
         lambda row: _email_resource(db.UserEmail(*row)),
-    )  # fmt: skip
+    )
     return json_response(200, body)
 
 

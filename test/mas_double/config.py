@@ -569,14 +569,14 @@ def schema_errors(raw: dict) -> list[str]:
             message = f"invalid value (fails `{error.validator}`; value not shown)"
         else:
             message = error.message
-        messages.append(f"{message} for key \"default.{location}\"" if location else message)
+        messages.append(f'{message} for key "default.{location}"' if location else message)
     return messages
 
 
 def _check_url(value: Any, key: str) -> str | None:
     parts = urlsplit(str(value))
     if not parts.scheme or not parts.netloc:
-        return f"relative URL without a base for key \"default.{key}\""
+        return f'relative URL without a base for key "default.{key}"'
     return None
 
 
@@ -602,19 +602,19 @@ def runtime_errors(config: MasConfig, sections: tuple[str, ...] | None = None) -
             secrets_cfg = raw["secrets"]
             error = _pair_error(secrets_cfg, "encryption", "encryption_file", required=True)
             if error:
-                errors.append(f"{error} for key \"default.secrets\"")
+                errors.append(f'{error} for key "default.secrets"')
             for index, key in enumerate(secrets_cfg.get("keys") or []):
                 for inline, file_key in (("key", "key_file"), ("password", "password_file")):
                     error = _pair_error(key, inline, file_key, required=inline == "key")
                     if error:
-                        errors.append(f"{error} for key \"default.secrets.keys.{index}\"")
+                        errors.append(f'{error} for key "default.secrets.keys.{index}"')
     if want("matrix"):
         if not isinstance(raw.get("matrix"), dict):
             errors.append("missing field `matrix`")
         else:
             error = _pair_error(raw["matrix"], "secret", "secret_file", required=True)
             if error:
-                errors.append(f"{error} for key \"default.matrix\"")
+                errors.append(f'{error} for key "default.matrix"')
             error = _check_url(config.endpoint, "matrix.endpoint")
             if error:
                 errors.append(error)
@@ -634,40 +634,39 @@ def runtime_errors(config: MasConfig, sections: tuple[str, ...] | None = None) -
         individual = ("host", "port", "socket", "username", "password", "password_file", "database")
         if db.get("uri") and any(db.get(k) is not None for k in individual):
             errors.append(
-                "`uri` must not be specified together with the individual connection options"
-                " for key \"default.database\""
+                '`uri` must not be specified together with the individual connection options for key "default.database"'
             )
         error = _pair_error(db, "password", "password_file", required=False)
         if error:
-            errors.append(f"{error} for key \"default.database\"")
+            errors.append(f'{error} for key "default.database"')
     if want("passwords"):
         passwords = config.passwords
         if passwords.get("enabled", True):
             schemes = passwords.get("schemes")
             if schemes is not None and not schemes:
-                errors.append("Requires at least one password scheme in the config for key \"default.passwords\"")
+                errors.append('Requires at least one password scheme in the config for key "default.passwords"')
             versions = [s.get("version") for s in schemes or []]
             if len(versions) != len(set(versions)):
-                errors.append("Multiple password schemes have the same versions for key \"default.passwords\"")
+                errors.append('Multiple password schemes have the same versions for key "default.passwords"')
             for scheme in schemes or []:
                 error = _pair_error(scheme, "secret", "secret_file", required=False)
                 if error:
-                    errors.append(f"{error} for key \"default.passwords\"")
+                    errors.append(f'{error} for key "default.passwords"')
     if want("email"):
         email = config.section("email")
         error = _pair_error(email, "password", "password_file", required=False)
         if error:
-            errors.append(f"{error} for key \"default.email\"")
+            errors.append(f'{error} for key "default.email"')
     if want("clients"):
         for index, client in enumerate(config.clients):
             error = _pair_error(client, "client_secret", "client_secret_file", required=False)
             if error:
-                errors.append(f"{error} for key \"default.clients.{index}\"")
+                errors.append(f'{error} for key "default.clients.{index}"')
     if want("upstream_oauth2"):
         for index, provider in enumerate(config.upstream_providers):
             error = _pair_error(provider, "client_secret", "client_secret_file", required=False)
             if error:
-                errors.append(f"{error} for key \"default.upstream_oauth2.providers.{index}\"")
+                errors.append(f'{error} for key "default.upstream_oauth2.providers.{index}"')
     return errors
 
 

@@ -30,14 +30,14 @@ _EMAIL_COLUMNS = "user_email_id, user_id, email, created_at"
 
 def now() -> datetime.datetime:
     """Current UTC time, truncated to microseconds like PostgreSQL stores it."""
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def rfc3339(value: datetime.datetime | None) -> str | None:
     """Format a timestamp like MAS's JSON (``2022-01-16T14:40:00Z``, fractions when set)."""
     if value is None:
         return None
-    value = value.astimezone(datetime.timezone.utc)
+    value = value.astimezone(datetime.UTC)
     text = value.strftime("%Y-%m-%dT%H:%M:%S")
     if value.microsecond:
         text += f".{value.microsecond:06d}".rstrip("0")
@@ -169,9 +169,7 @@ def list_admin_users(conn) -> list[User]:
 # --------------------------------------------------------------- passwords
 
 
-def add_password(
-    conn, user: User, version: int, hashed: str, upgraded_from: uuid.UUID | None = None
-) -> uuid.UUID:
+def add_password(conn, user: User, version: int, hashed: str, upgraded_from: uuid.UUID | None = None) -> uuid.UUID:
     """Insert a ``user_passwords`` row; returns its ID.
 
     ``upgraded_from`` links a re-hash (login with an older scheme) to the old row.
@@ -246,8 +244,7 @@ def schedule_job(conn, queue_name: str, payload: dict) -> uuid.UUID:
     """Insert an ``available`` job in ``queue_jobs`` (as MAS's ``schedule_job``)."""
     job_id = ulid.new_uuid()
     conn.execute(
-        "INSERT INTO queue_jobs (queue_job_id, queue_name, payload, metadata, created_at)"
-        " VALUES (%s, %s, %s, %s, %s)",
+        "INSERT INTO queue_jobs (queue_job_id, queue_name, payload, metadata, created_at) VALUES (%s, %s, %s, %s, %s)",
         (job_id, queue_name, Jsonb(payload), Jsonb({}), now()),
     )
     return job_id
@@ -275,9 +272,7 @@ def add_compat_session(conn, user: User, device_id: str, is_synapse_admin: bool,
     return session_id
 
 
-def add_compat_access_token(
-    conn, session_id: uuid.UUID, token: str, expires_at: datetime.datetime | None
-) -> uuid.UUID:
+def add_compat_access_token(conn, session_id: uuid.UUID, token: str, expires_at: datetime.datetime | None) -> uuid.UUID:
     """Insert a ``compat_access_tokens`` row; returns its ID."""
     token_id = ulid.new_uuid()
     conn.execute(

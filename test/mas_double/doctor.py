@@ -158,9 +158,7 @@ def _whoami(config: MasConfig) -> None:
             f"See {DOCS_BASE}/setup/homeserver.html\n"
         )
     else:
-        LOG.warn(
-            f'⚠️ The homeserver at "{url}" replied with {_status(status)}.\nCheck that the homeserver is running.'
-        )
+        LOG.warn(f'⚠️ The homeserver at "{url}" replied with {_status(status)}.\nCheck that the homeserver is running.')
 
 
 def _mas_api(config: MasConfig, domain: str, issuer: str, secret: str) -> None:
@@ -220,9 +218,7 @@ def _compat_login(config: MasConfig, discovered: str | None) -> None:
     if handled:
         LOG.info(f'✅ The legacy login API at "{url}" is reachable and is handled by MAS.')
     else:
-        LOG.warn(
-            f'⚠️ The legacy login API at "{url}" is reachable, but it doesn\'t look to be handled by MAS.\n{tail}'
-        )
+        LOG.warn(f'⚠️ The legacy login API at "{url}" is reachable, but it doesn\'t look to be handled by MAS.\n{tail}')
 
 
 def run(config: MasConfig) -> int:

@@ -142,10 +142,9 @@ def register_user(config: MasConfig, ns: argparse.Namespace) -> int:
     manager = PasswordManager(config)
     homeserver = HomeserverConnection(config)
     with config.connect() as conn:
-        if ns.password is not None and not ns.ignore_password_complexity:
-            if not manager.is_complex_enough(ns.password):
-                LOG.error("That password is too weak.")
-                return 1
+        if ns.password is not None and not ns.ignore_password_complexity and not manager.is_complex_enough(ns.password):
+            LOG.error("That password is too weak.")
+            return 1
         if ns.username is None:
             raise ConfigError("IO error: not a terminal")
         localpart = _normalize_username(ns.username)

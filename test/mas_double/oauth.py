@@ -51,7 +51,11 @@ def discovery_document(state: ServerState) -> dict:
             "urn:ietf:params:oauth:grant-type:device_code",
         ],
         "token_endpoint_auth_methods_supported": [
-            "client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none",
+            "client_secret_basic",
+            "client_secret_post",
+            "client_secret_jwt",
+            "private_key_jwt",
+            "none",
         ],
         "revocation_endpoint": base + "oauth2/revoke",
         "introspection_endpoint": base + "oauth2/introspect",
@@ -69,7 +73,7 @@ def discovery_document(state: ServerState) -> dict:
             "org.matrix.session_end",
             "org.matrix.cross_signing_reset",
         ],
-    }  # fmt: skip
+    }
 
 
 def _oauth_error(status: int, error: str, description: str) -> Response:

@@ -43,11 +43,26 @@ from mas_double.config import ConfigError, MasConfig, PasswordScheme
 
 _COMMON = frozenset(
     {
-        "password", "password1", "password123", "12345678", "123456789", "1234567890",
-        "qwertyui", "qwerty123", "iloveyou", "letmein1", "sunshine", "football",
-        "baseball", "welcome1", "admin123", "trustno1", "passw0rd", "abcdefgh",
+        "password",
+        "password1",
+        "password123",
+        "12345678",
+        "123456789",
+        "1234567890",
+        "qwertyui",
+        "qwerty123",
+        "iloveyou",
+        "letmein1",
+        "sunshine",
+        "football",
+        "baseball",
+        "welcome1",
+        "admin123",
+        "trustno1",
+        "passw0rd",
+        "abcdefgh",
     }
-)  # fmt: skip
+)
 
 _ARGON2_MEMLIMIT = 19456 * 1024
 _ARGON2_OPSLIMIT = 2

@@ -142,8 +142,11 @@ def run_server(
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [str(MAS_CLI), *_config_args(paths), "server", *args],
-            stdout=log, stderr=subprocess.STDOUT, env=full_env, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+        )
     server = MasServer(proc, log_path, paths)
     if not wait:
         return server

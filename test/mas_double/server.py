@@ -42,10 +42,18 @@ LOG = Logger("mas_cli::server")
 
 KNOWN_RESOURCES = frozenset(
     {
-        "health", "prometheus", "discovery", "human", "graphql", "oauth", "compat", "assets", "adminapi",
+        "health",
+        "prometheus",
+        "discovery",
+        "human",
+        "graphql",
+        "oauth",
+        "compat",
+        "assets",
+        "adminapi",
         "connection-info",
     }
-)  # fmt: skip
+)
 
 
 class ListenerApp:
@@ -160,7 +168,7 @@ def _bind_listeners(state: ServerState) -> list[BaseWSGIServer]:
                     raise ConfigError(f"failed to bind {host}:{port}: {exc.strerror or exc}") from exc
                 names = ", ".join(sorted(app.resources))
                 where = host if port is None else f"http://{host}:{port}{app.prefix}/"
-                LOG.info(f"Listening on {where} with resources [{names}]", **{"name": listener.get("name")})
+                LOG.info(f"Listening on {where} with resources [{names}]", name=listener.get("name"))
     except BaseException:
         for server in servers:
             server.server_close()
@@ -187,7 +195,7 @@ def serve(config: MasConfig, no_migrate: bool = False, no_worker: bool = False) 
     worker = None if no_worker else Worker(state)
     stop = threading.Event()
 
-    def on_signal(signum, frame):  # noqa: ARG001 (signal handler signature)
+    def on_signal(signum, frame):
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -126,7 +126,7 @@ _writer_log = Logger("syn2mas::mas_writer")
 _migration_log = Logger("syn2mas::migration")
 _sync_log = Logger("mas_cli::sync")
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 
 
 # ------------------------------------------------------------------ interface
@@ -296,8 +296,11 @@ class SynapseConfig:
 
     def external_auth_systems(self) -> list[str]:
         """Names of the enabled auth systems MAS cannot take over automatically."""
-        systems = [label for key, label in (("cas_config", "CAS"), ("saml2_config", "SAML2"), ("jwt_config", "JWT"))
-                   if self._enabled(key)]  # fmt: skip
+        systems = [
+            label
+            for key, label in (("cas_config", "CAS"), ("saml2_config", "SAML2"), ("jwt_config", "JWT"))
+            if self._enabled(key)
+        ]
         if self.password_enabled and not self.password_localdb_enabled:
             systems.append("non-standard password provider plugin")
         return systems
@@ -334,8 +337,7 @@ class SynapseConfig:
         args = database.get("args") if isinstance(database.get("args"), dict) else {}
         if problem is None and args.get("database") is not None and args.get("dbname") is not None:
             problem = (
-                "Only one of `database` and `dbname` may be specified in the Synapse database configuration, "
-                "not both."
+                "Only one of `database` and `dbname` may be specified in the Synapse database configuration, not both."
             )
         if problem:
             raise Fatal("Synapse configuration does not use Postgres, cannot migrate.", problem)
@@ -808,16 +810,31 @@ MAS_COLUMNS = {
     "user_emails": ("user_email_id", "user_id", "email", "created_at"),
     "user_unsupported_third_party_ids": ("user_id", "medium", "address", "created_at"),
     "upstream_oauth_links": (
-        "upstream_oauth_link_id", "user_id", "upstream_oauth_provider_id", "subject", "created_at",
-    ),  # fmt: skip
+        "upstream_oauth_link_id",
+        "user_id",
+        "upstream_oauth_provider_id",
+        "subject",
+        "created_at",
+    ),
     "compat_sessions": (
-        "compat_session_id", "user_id", "device_id", "human_name", "created_at", "is_synapse_admin",
-        "last_active_at", "last_active_ip", "user_agent",
-    ),  # fmt: skip
+        "compat_session_id",
+        "user_id",
+        "device_id",
+        "human_name",
+        "created_at",
+        "is_synapse_admin",
+        "last_active_at",
+        "last_active_ip",
+        "user_agent",
+    ),
     "compat_access_tokens": ("compat_access_token_id", "compat_session_id", "access_token", "created_at", "expires_at"),
     "compat_refresh_tokens": (
-        "compat_refresh_token_id", "compat_session_id", "compat_access_token_id", "refresh_token", "created_at",
-    ),  # fmt: skip
+        "compat_refresh_token_id",
+        "compat_session_id",
+        "compat_access_token_id",
+        "refresh_token",
+        "created_at",
+    ),
 }
 
 
@@ -879,12 +896,17 @@ class Planner:
             created_at = _from_seconds(creation_ts) or self.now
             info = UserInfo(ulid_uuid(created_at), created_at, bool(admin), bool(deactivated), bool(is_guest))
             self.users[localpart] = info
-            self.plan.users.append((
-                info.mas_user_id, localpart, created_at,
-                created_at if locked else None,
-                created_at if info.deactivated else None,
-                info.admin, info.guest,
-            ))  # fmt: skip
+            self.plan.users.append(
+                (
+                    info.mas_user_id,
+                    localpart,
+                    created_at,
+                    created_at if locked else None,
+                    created_at if info.deactivated else None,
+                    info.admin,
+                    info.guest,
+                )
+            )
             if password_hash is not None:
                 self.plan.user_passwords.append(
                     (ulid_uuid(created_at), info.mas_user_id, password_hash, created_at, MIGRATED_PASSWORD_VERSION)
@@ -903,8 +925,9 @@ class Planner:
                 if localpart in self.appservice_localparts:
                     continue
                 if localpart.lower() in self.users:
-                    _migration_log.warn("Threepid found in the database matching an MXID with the wrong casing",
-                                        mxid=user_id)  # fmt: skip
+                    _migration_log.warn(
+                        "Threepid found in the database matching an MXID with the wrong casing", mxid=user_id
+                    )
                     continue
                 raise self._missing_user("user_threepids", user_id)
             created_at = _from_millis(added_at) or self.now
@@ -922,8 +945,11 @@ class Planner:
             provider_id = self.provider_ids.get(auth_provider)
             if provider_id is None:
                 if self.ignore_missing_auth_providers:
-                    _migration_log.warn("Skipping an upstream link to an unmapped auth provider",
-                                        mxid=user_id, auth_provider=auth_provider)  # fmt: skip
+                    _migration_log.warn(
+                        "Skipping an upstream link to an unmapped auth provider",
+                        mxid=user_id,
+                        auth_provider=auth_provider,
+                    )
                     continue
                 raise Fatal(
                     f"missing a mapping for the auth provider with ID {rust_debug_str(auth_provider)} "
@@ -984,10 +1010,19 @@ class Planner:
                     last_active_ip = str(ipaddress.ip_address(ip))
                 except ValueError:
                     _migration_log.warn("Failed to parse device IP, ignoring", mxid=user_id, device_id=device_id, ip=ip)
-            self.plan.compat_sessions.append((
-                session_id, info.mas_user_id, device_id, display_name, ulid_datetime(session_id), info.admin,
-                _from_millis(last_seen), last_active_ip, user_agent,
-            ))  # fmt: skip
+            self.plan.compat_sessions.append(
+                (
+                    session_id,
+                    info.mas_user_id,
+                    device_id,
+                    display_name,
+                    ulid_datetime(session_id),
+                    info.admin,
+                    _from_millis(last_seen),
+                    last_active_ip,
+                    user_agent,
+                )
+            )
 
     def build(self, data: SynapseData) -> MigrationPlan:
         """Run every phase in upstream's order and return the plan."""

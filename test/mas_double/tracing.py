@@ -28,7 +28,7 @@ def _threshold() -> int:
 
 def timestamp() -> str:
     """Return the current UTC time as tracing prints it (microseconds, ``Z``)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -47,7 +47,7 @@ def log(level: str, target: str, message: str, _stacklevel: int = 1, **fields: o
     if _LEVELS[level] < _threshold():
         return
     try:
-        line = sys._getframe(_stacklevel).f_lineno  # noqa: SLF001 (cheap caller line)
+        line = sys._getframe(_stacklevel).f_lineno
     except ValueError:
         line = 0
     suffix = "".join(f" {key}={value}" for key, value in fields.items())

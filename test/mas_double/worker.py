@@ -100,7 +100,7 @@ class Worker(threading.Thread):
                 process_pending(self.state)
             except (ConfigError, OSError) as exc:
                 LOG.warn(f"Worker could not poll the job queue: {str(exc).splitlines()[0]}")
-            except Exception as exc:  # noqa: BLE001 (keep the worker alive, like MAS)
+            except Exception as exc:
                 LOG.error(f"Worker error: {exc}")
 
     def stop(self) -> None:

@@ -1,8 +1,8 @@
 """Unit tests of the syn2mas phase guard (``_modules/mas_syn2mas.py``,
 ``_states/mas_syn2mas.py``) with the Salt loader.
 
-``mas.settings`` and ``mas.synapse_config`` are the real functions of the
-foundation module; only the outside world is faked: ``cmd.run_all`` answers
+The formula's other modules (the map, ``mas_synapse.config``,
+``mas_secret.scrub`` and its atomic writer) are the real ones; only the outside world is faked: ``cmd.run_all`` answers
 like ``mas-cli syn2mas`` (canned upstream-shaped output and exit codes), the
 ``service.*`` functions are mocks and the HTTP probes of Synapse and MAS are
 replaced by a switch. Files (marker, Synapse config, secrets) are real, under
@@ -18,13 +18,12 @@ import pytest
 import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-from formula_modules import DEFAULTS, load
+from formula_modules import DEFAULTS, MODULES, STATES, dunders
 from pillars import deep_update
-from saltrun import REPO_ROOT
 
-mas = load("_modules", "mas", "mas_exec_for_syn2mas_tests")
-syn2mas = load("_modules", "mas_syn2mas", "mas_syn2mas_exec_for_tests")
-syn2mas_state = load("_states", "mas_syn2mas", "mas_syn2mas_state_for_tests")
+mas = MODULES["mas"]
+syn2mas = MODULES["mas_syn2mas"]
+syn2mas_state = STATES["mas_syn2mas"]
 
 PEPPER = "Pepper-Of-Synapse-0001"
 DB_PASSWORD = "Synapse-Db-Password-0002"
@@ -119,21 +118,7 @@ def up(monkeypatch):
 
 @pytest.fixture
 def configure_loader_modules(pillar, cli, services):
-    exec_funcs = {
-        "mas.mapdata": mas.mapdata,
-        "mas.scrub": mas.scrub,
-        "mas.synapse_config": mas.synapse_config,
-        "cmd.run_all": cli,
-        "cp.get_file_str": lambda path: (REPO_ROOT / "mas" / "parameters" / "defaults.yaml").read_text(),
-        **services,
-    }
-    for name in ("options", "phase", "status", "check", "migrate", "reset", "mark_delegated"):
-        exec_funcs[f"mas_syn2mas.{name}"] = getattr(syn2mas, name)
-    return {
-        mas: {"__pillar__": pillar, "__context__": {}, "__opts__": {"test": False}, "__salt__": exec_funcs},
-        syn2mas: {"__pillar__": pillar, "__context__": {}, "__opts__": {"test": False}, "__salt__": exec_funcs},
-        syn2mas_state: {"__salt__": exec_funcs, "__opts__": {"test": False}},
-    }
+    return dunders(pillar, salt={"cmd.run_all": cli, **services})
 
 
 @pytest.fixture
@@ -149,25 +134,45 @@ def world(tmp_path):
     synapse = tmp_path / "synapse"
     (synapse / "conf.d").mkdir(parents=True)
     hs = synapse / "homeserver.yaml"
-    hs.write_text(yaml.safe_dump({
-        "server_name": "example.com",
-        "macaroon_secret_key": MACAROON,
-        "password_config": {"pepper": PEPPER},
-        "database": {"name": "psycopg2", "args": {"user": "synapse", "password": DB_PASSWORD, "dbname": "synapse"}},
-    }))  # fmt: skip
+    hs.write_text(
+        yaml.safe_dump(
+            {
+                "server_name": "example.com",
+                "macaroon_secret_key": MACAROON,
+                "password_config": {"pepper": PEPPER},
+                "database": {
+                    "name": "psycopg2",
+                    "args": {"user": "synapse", "password": DB_PASSWORD, "dbname": "synapse"},
+                },
+            }
+        )
+    )
     (synapse / "conf.d" / "oidc.yaml").write_text("oidc_providers: []\n")
     return {"base": base, "hs": hs, "conf_d": synapse / "conf.d", "tmp": tmp_path}
 
 
 def mapdata(world, **overrides):
-    data = deep_update(DEFAULTS, {
-        "enabled": True, "server_name": "example.com", "base_path": str(world["base"]), "runtime": "binary",
-        "user": "root", "group": "root", "migration_in_progress": True,
-        "service": {"manage": False},
-        "synapse": {"config_files": [str(world["hs"])], "config_dir": str(world["conf_d"]), "user": "root",
-                    "group": "root", "endpoint": "http://127.0.0.1:8008/"},
-        "http": {"internal_bind": "127.0.0.1:8081"},
-    })  # fmt: skip
+    data = deep_update(
+        DEFAULTS,
+        {
+            "enabled": True,
+            "server_name": "example.com",
+            "base_path": str(world["base"]),
+            "runtime": "binary",
+            "user": "root",
+            "group": "root",
+            "migration_in_progress": True,
+            "service": {"manage": False},
+            "synapse": {
+                "config_files": [str(world["hs"])],
+                "config_dir": str(world["conf_d"]),
+                "user": "root",
+                "group": "root",
+                "endpoint": "http://127.0.0.1:8008/",
+            },
+            "http": {"internal_bind": "127.0.0.1:8081"},
+        },
+    )
     return mas.settings(deep_update(data, overrides))
 
 
@@ -232,20 +237,38 @@ def test_options_defaults_pillar_and_arguments(world):
     assert opts["stop_services"] is False and opts["dry_run"] is False and opts["start_synapse_after"] is False
 
 
-def test_options_lists_every_problem(world, pillar):
-    pillar["mas"]["syn2mas"] = {"synapse_database_uri": "mysql://x"}  # read on the minion, not from the map
-    data = mapdata(world, syn2mas={"accept_warnings": "yes", "synapse_config_files": ["relative.yaml"],
-                                   "timeout": 0, "bogus": 1, "synapse_database_uri": "mysql://x"})  # fmt: skip
+def test_syn2mas_pillar_is_validated_with_the_map_every_problem_at_once(world):
     with pytest.raises(SaltInvocationError) as err:
-        syn2mas.options(data)
+        mapdata(
+            world,
+            syn2mas={
+                "accept_warnings": "yes",
+                "synapse_config_files": ["relative.yaml"],
+                "timeout": 0,
+                "bogus": 1,
+                "synapse_database_uri": "mysql://x",
+            },
+        )
     text = str(err.value)
     for key in ("accept_warnings", "synapse_config_files", "timeout", "bogus", "synapse_database_uri"):
         assert f"mas:syn2mas:{key}" in text
 
 
+def test_options_refuses_bad_arguments(world):
+    with pytest.raises(SaltInvocationError) as err:
+        syn2mas.options(mapdata(world), accept_warnings="yes", timeout=5)
+    assert "accept_warnings: must be true or false" in str(err.value)
+    assert "timeout: unknown option" in str(err.value)
+
+
 def test_map_is_computed_from_pillar_like_map_jinja(world, pillar):
-    pillar["mas"].update(enabled=True, server_name="example.com", base_path=str(world["base"]),
-                         migration_in_progress=True, lookup={"runtime": "binary"})  # fmt: skip
+    pillar["mas"].update(
+        enabled=True,
+        server_name="example.com",
+        base_path=str(world["base"]),
+        migration_in_progress=True,
+        lookup={"runtime": "binary"},
+    )
     computed = syn2mas._mapdata()
     assert computed["paths"]["state_dir"] == str(world["base"] / "formula")
     assert computed["runtime"] == "binary" and computed["migration_in_progress"] is True
@@ -408,8 +431,11 @@ def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up,
 def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, up, services):
     data = mapdata(world, synapse={"service": "synapse-unit"})
     cli.answers["migrate"] = [
-        {"retcode": 1, "stdout": "",
-         "stderr": f"Error: error when writing to MAS DB\n\nCaused by:\n    pw {DB_PASSWORD}\n"},
+        {
+            "retcode": 1,
+            "stdout": "",
+            "stderr": f"Error: error when writing to MAS DB\n\nCaused by:\n    pw {DB_PASSWORD}\n",
+        },
         MIGRATE_OK,
     ]
     failed = syn2mas.migrate(mapdata=data)
@@ -458,9 +484,7 @@ def test_dry_run_never_changes_the_phase(world, cli, up):
 
 def test_docker_runtime_asks_the_wrapper_to_mount_the_synapse_configs(world, cli, up):
     syn2mas.check(mapdata(world, runtime="docker"))
-    assert cli.kwargs[0]["env"] == {
-        "MAS_CLI_READONLY_MOUNTS": f"{world['hs']}:{world['conf_d'] / 'oidc.yaml'}"
-    }
+    assert cli.kwargs[0]["env"] == {"MAS_CLI_READONLY_MOUNTS": f"{world['hs']}:{world['conf_d'] / 'oidc.yaml'}"}
 
 
 def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up):
@@ -476,14 +500,26 @@ def test_explicit_synapse_config_files_and_database_uri(world, cli, up, pillar):
     pillar["mas"]["syn2mas"] = {"synapse_database_uri": "postgresql://synapse:Uri-Pass-0006@db/synapse"}
     fragment = world["tmp"] / "pre-mas-oidc.yaml"
     fragment.write_text("oidc_providers: [{idp_id: kc, client_secret: Oidc-Secret-0007}]\n")
-    data = mapdata(world, syn2mas={"synapse_config_files": [str(world["hs"]), str(fragment)],
-                                   "synapse_database_uri": "postgresql://synapse:Uri-Pass-0006@db/synapse",
-                                   "ignore_missing_auth_providers": True})  # fmt: skip
+    data = mapdata(
+        world,
+        syn2mas={
+            "synapse_config_files": [str(world["hs"]), str(fragment)],
+            "synapse_database_uri": "postgresql://synapse:Uri-Pass-0006@db/synapse",
+            "ignore_missing_auth_providers": True,
+        },
+    )
     result = syn2mas.check(data)
     argv = cli.calls[0]
-    assert argv[2:] == ["--synapse-config", str(world["hs"]), "--synapse-config", str(fragment),
-                        "--synapse-database-uri", "postgresql://synapse:Uri-Pass-0006@db/synapse",
-                        "--ignore-missing-auth-providers", "check"]  # fmt: skip
+    assert argv[2:] == [
+        "--synapse-config",
+        str(world["hs"]),
+        "--synapse-config",
+        str(fragment),
+        "--synapse-database-uri",
+        "postgresql://synapse:Uri-Pass-0006@db/synapse",
+        "--ignore-missing-auth-providers",
+        "check",
+    ]
     assert "Uri-Pass-0006" not in result["command"] and "--synapse-database-uri **********" in result["command"]
     missing = syn2mas.check(mapdata(world, syn2mas={"synapse_config_files": ["/nonexistent.yaml"]}))
     assert "/nonexistent.yaml (mas:syn2mas:synapse_config_files) does not exist" in missing["errors"][0]
@@ -494,14 +530,6 @@ def test_unreadable_marker_is_an_error_with_the_way_out(world, up):
     with pytest.raises(CommandExecutionError) as err:
         syn2mas.status(mapdata(world))
     assert "mas_syn2mas.reset confirm=True" in str(err.value)
-
-
-def test_secret_keys_are_matched_precisely():
-    conf = {"form_secret": "Form-Secret-0008", "password_config": {"pepper": "Pep-0009", "enabled": "true"},
-            "app": [{"as_token": "As-Token-0010"}], "signing_key_path": "/etc/x.key",
-            "encryption_enabled_by_default_for_room_type": "invite", "refresh_token_lifetime": "1000ms",
-            "email": {"smtp_pass": "Smtp-0011"}}  # fmt: skip
-    assert mas._secret_values(conf, set()) == {"Form-Secret-0008", "Pep-0009", "As-Token-0010", "Smtp-0011"}
 
 
 def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
@@ -522,9 +550,8 @@ def test_reset_repairs_an_unreadable_marker(world):
 
 def test_one_run_at_a_time(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
-    with syn2mas._exclusive(data):
-        with pytest.raises(CommandExecutionError, match="another syn2mas run"):
-            syn2mas.migrate(mapdata=data)
+    with syn2mas._exclusive(data), pytest.raises(CommandExecutionError, match="another syn2mas run"):
+        syn2mas.migrate(mapdata=data)
 
 
 # ------------------------------------------------------------------ reset / delegated

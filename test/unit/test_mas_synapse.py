@@ -1,36 +1,22 @@
-"""Unit tests of the Synapse wiring and the proxy data (``mas_synapse`` modules).
+"""Unit tests of ``_modules/mas_synapse.py`` and ``_states/mas_synapse.py``: Synapse's config, the conflict rules, the drop-in.
 
-The execution and state modules are loaded with pytest-salt-factories'
-``configure_loader_modules``; ``mas.synapse_config`` is the real reader of the
-foundation module, so the conflict rules run against real files under tmp.
+The conflict rules run against real Synapse config files under tmp; only
+``file.managed`` / ``file.absent`` (``__states__``) are stand-ins.
 """
 
 import copy
-import importlib.util
-import pathlib
-import re
 from unittest.mock import MagicMock
 
 import pytest
 import salt.utils.dictupdate
 import yaml
-from salt.exceptions import SaltInvocationError
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from formula_modules import DEFAULTS, MODULES, STATES, dunders
 
+mas_mod = MODULES["mas"]
+mas_synapse = MODULES["mas_synapse"]
+mas_synapse_state = STATES["mas_synapse"]
 
-def _import(kind, name, alias):
-    spec = importlib.util.spec_from_file_location(alias, REPO / kind / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mas_mod = _import("_modules", "mas", "mas_exec_for_mas_synapse_tests")
-mas_synapse = _import("_modules", "mas_synapse", "mas_synapse_exec_for_tests")
-mas_synapse_state = _import("_states", "mas_synapse", "mas_synapse_state_for_tests")
-
-DEFAULTS = yaml.safe_load((REPO / "mas" / "parameters" / "defaults.yaml").read_text())["values"]
 SECRET_PATH = "/srv/mas/synapse/homeserver_secret"
 ENDPOINT = "http://localhost:8080/auth/"
 
@@ -53,16 +39,7 @@ def file_states():
 
 @pytest.fixture
 def configure_loader_modules(pillar, file_states):
-    salt_funcs = {
-        "mas.synapse_config": mas_mod.synapse_config,
-        "mas_synapse.inspect": mas_synapse.inspect,
-        "mas_synapse.conflict_message": mas_synapse.conflict_message,
-    }
-    return {
-        mas_mod: {"__context__": {}, "__pillar__": pillar},
-        mas_synapse: {"__salt__": salt_funcs, "__pillar__": pillar, "__opts__": {"test": False}},
-        mas_synapse_state: {"__salt__": salt_funcs, "__states__": file_states, "__opts__": {"test": False}},
-    }
+    return dunders(pillar, states=file_states)
 
 
 @pytest.fixture
@@ -70,8 +47,10 @@ def synapse_dir(tmp_path):
     """A Synapse config tree: homeserver.yaml (plain, accepted) and conf.d/."""
     root = tmp_path / "synapse"
     (root / "conf.d").mkdir(parents=True)
-    write(root / "homeserver.yaml", {"server_name": "example.com", "report_stats": False,
-                                     "password_config": {"pepper": "x"}})  # fmt: skip
+    write(
+        root / "homeserver.yaml",
+        {"server_name": "example.com", "report_stats": False, "password_config": {"pepper": "x"}},
+    )
     return root
 
 
@@ -114,10 +93,12 @@ CONFLICTS = [
     ({"nonrefreshable_access_token_lifetime": 3600000}, "nonrefreshable_access_token_lifetime"),
     ({"session_lifetime": "24h"}, "session_lifetime"),
     ({"experimental_features": {"msc3861": {"enabled": True}}}, "experimental_features.msc3861"),
-    ({"experimental_features": {"msc4108_delegation_endpoint": "https://x.example.com/"}},
-     "experimental_features.msc4108_delegation_endpoint"),
+    (
+        {"experimental_features": {"msc4108_delegation_endpoint": "https://x.example.com/"}},
+        "experimental_features.msc4108_delegation_endpoint",
+    ),
     ({"matrix_authentication_service": {"enabled": True, "secret": "s"}}, "matrix_authentication_service"),
-]  # fmt: skip
+]
 
 # Settings Synapse accepts next to MAS: the formula must not refuse them.
 ACCEPTED = [
@@ -156,8 +137,10 @@ def test_accepted_settings_are_not_conflicts(synapse_dir, setting):
 
 
 def test_every_offending_key_is_listed_with_file_and_fix(synapse_dir):
-    hs = write(synapse_dir / "homeserver.yaml", {"server_name": "example.com", "enable_registration": True,
-                                                 "session_lifetime": "1d"})  # fmt: skip
+    hs = write(
+        synapse_dir / "homeserver.yaml",
+        {"server_name": "example.com", "enable_registration": True, "session_lifetime": "1d"},
+    )
     extra = write(synapse_dir / "conf.d" / "ldap.yaml", {"password_providers": [{"module": "ldap_auth_provider.X"}]})
     found = check(synapse_dir)
     assert {(c["key"], c["file"]) for c in found} == {
@@ -181,8 +164,10 @@ def test_a_later_file_wins_like_in_synapse(synapse_dir):
 
 
 def test_own_dropin_is_not_checked(synapse_dir):
-    write(synapse_dir / "conf.d" / "matrix-authentication-service.yaml",
-          {"matrix_authentication_service": {"enabled": True, "secret_path": "/x"}})  # fmt: skip
+    write(
+        synapse_dir / "conf.d" / "matrix-authentication-service.yaml",
+        {"matrix_authentication_service": {"enabled": True, "secret_path": "/x"}},
+    )
     assert check(synapse_dir) == []
 
 
@@ -203,11 +188,14 @@ def test_missing_files_are_skipped(tmp_path):
 
 
 def test_migrating_keeps_oidc_and_password_login(synapse_dir):
-    write(synapse_dir / "conf.d" / "10-sso.yaml", {
-        "oidc_providers": [{"idp_id": "kc"}],
-        "oidc_config": {"enabled": True},
-        "password_config": {"enabled": True},
-    })  # fmt: skip
+    write(
+        synapse_dir / "conf.d" / "10-sso.yaml",
+        {
+            "oidc_providers": [{"idp_id": "kc"}],
+            "oidc_config": {"enabled": True},
+            "password_config": {"enabled": True},
+        },
+    )
     assert check(synapse_dir, migrating=True) == []
     assert {c["key"] for c in check(synapse_dir)} == {"oidc_providers", "oidc_config", "password_config.enabled"}
 
@@ -241,8 +229,10 @@ def test_experimental_features_loaded_after_the_dropin(synapse_dir):
 
 
 def test_values_never_appear_in_conflicts(synapse_dir):
-    write(synapse_dir / "conf.d" / "10-jwt.yaml",
-          {"jwt_config": {"enabled": True, "secret": "Top-Secret-Value", "algorithm": "HS256"}})  # fmt: skip
+    write(
+        synapse_dir / "conf.d" / "10-jwt.yaml",
+        {"jwt_config": {"enabled": True, "secret": "Top-Secret-Value", "algorithm": "HS256"}},
+    )
     found = check(synapse_dir)
     assert "Top-Secret-Value" not in repr(found) + mas_synapse.conflict_message(found)
 
@@ -261,19 +251,32 @@ def test_dropin_content_and_real_boolean():
 
 
 def test_inspect_carries_the_operators_experimental_features_over(synapse_dir):
-    write(synapse_dir / "homeserver.yaml", {"server_name": "example.com",
-                                            "experimental_features": {"msc3391_enabled": True}})  # fmt: skip
-    plan = mas_synapse.inspect(str(synapse_dir / "conf.d" / "matrix-authentication-service.yaml"), ENDPOINT,
-                               SECRET_PATH, [str(synapse_dir / "homeserver.yaml")], str(synapse_dir / "conf.d"),
-                               extra_config={})  # fmt: skip
+    write(
+        synapse_dir / "homeserver.yaml",
+        {"server_name": "example.com", "experimental_features": {"msc3391_enabled": True}},
+    )
+    plan = mas_synapse.inspect(
+        str(synapse_dir / "conf.d" / "matrix-authentication-service.yaml"),
+        ENDPOINT,
+        SECRET_PATH,
+        [str(synapse_dir / "homeserver.yaml")],
+        str(synapse_dir / "conf.d"),
+        extra_config={},
+    )
     assert plan["conflicts"] == []
     assert plan["files"] == [str(synapse_dir / "homeserver.yaml")]
     assert yaml.safe_load(plan["text"])["experimental_features"] == {"msc3391_enabled": True, "msc4108_enabled": True}
 
 
 def test_inspect_has_no_text_while_migrating(synapse_dir):
-    plan = mas_synapse.inspect(str(synapse_dir / "conf.d" / "x.yaml"), ENDPOINT, SECRET_PATH,
-                               [str(synapse_dir / "homeserver.yaml")], migrating=True, extra_config={})  # fmt: skip
+    plan = mas_synapse.inspect(
+        str(synapse_dir / "conf.d" / "x.yaml"),
+        ENDPOINT,
+        SECRET_PATH,
+        [str(synapse_dir / "homeserver.yaml")],
+        migrating=True,
+        extra_config={},
+    )
     assert plan["text"] is None and plan["conflicts"] == []
 
 
@@ -310,8 +313,10 @@ def test_state_refuses_before_writing_anything(synapse_dir, file_states):
 
 
 def test_state_removes_the_dropin_while_migrating(synapse_dir, file_states):
-    write(synapse_dir / "conf.d" / "10-sso.yaml", {"oidc_providers": [{"idp_id": "kc"}],
-                                                   "password_config": {"enabled": True}})  # fmt: skip
+    write(
+        synapse_dir / "conf.d" / "10-sso.yaml",
+        {"oidc_providers": [{"idp_id": "kc"}], "password_config": {"enabled": True}},
+    )
     ret = _dropin_state(synapse_dir, migrating=True)
     assert ret["result"] is True
     assert "removed while mas:migration_in_progress is true" in ret["comment"]
@@ -339,7 +344,7 @@ def mapdata(**pillar):
 
 
 def test_synapse_settings_defaults():
-    out = mas_synapse.synapse_settings(mapdata())
+    out = mas_synapse.settings(mapdata())
     assert out["dropin"] == "/etc/matrix-synapse/conf.d/matrix-authentication-service.yaml"
     assert out["state"] == "present"
     assert out["endpoint"] == "http://localhost:8080/auth/"
@@ -355,180 +360,8 @@ def test_synapse_settings_defaults():
 
 
 def test_synapse_settings_migrating_and_custom_secret_path():
-    out = mas_synapse.synapse_settings(
+    out = mas_synapse.settings(
         mapdata(migration_in_progress=True, synapse={"secret_path": "/etc/matrix-synapse/mas.secret"})
     )
     assert out["state"] == "absent"
     assert out["secret"]["path"] == "/etc/matrix-synapse/mas.secret"
-
-
-@pytest.mark.parametrize(
-    ("synapse", "key"),
-    [
-        ({"dropin_name": "mas.conf"}, "mas:synapse:dropin_name"),
-        ({"dropin_name": "../x.yaml"}, "mas:synapse:dropin_name"),
-        ({"secret_path": "relative/secret"}, "mas:synapse:secret_path"),
-        ({"config_dir": "conf.d"}, "mas:synapse:config_dir"),
-    ],
-)
-def test_synapse_settings_refuses_bad_pillar(synapse, key):
-    with pytest.raises(SaltInvocationError, match=re.escape(key)):
-        mas_synapse.synapse_settings(mapdata(synapse=synapse))
-
-
-# -------------------------------------------------------------------- proxy
-
-COMPAT = re.compile(mas_synapse.COMPAT_REGEX)
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/_matrix/client/v3/login",
-        "/_matrix/client/r0/login",
-        "/_matrix/client/v3/login/sso/redirect/oidc-x",
-        "/_matrix/client/v3/logout",
-        "/_matrix/client/v3/logout/all",
-        "/_matrix/client/unstable/refresh",
-    ],
-)
-def test_compat_regex_matches_the_compat_paths(path):
-    assert COMPAT.search(path)
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/_matrix/client/v3/sync",
-        "/_matrix/client/v3/user/@alice:example.com/account_data/login",
-        "/_matrix/client/v3/rooms/!r:example.com/state/m.room.name/refresh",
-        "/_matrix/client/v3/loginx",
-        "/_synapse/mas/is_localpart_available",
-        "/auth/_matrix/client/v3/login",
-    ],
-)
-def test_compat_regex_leaves_look_alikes_alone(path):
-    assert not COMPAT.search(path)
-
-
-def test_nginx_settings_default():
-    out = mas_synapse.proxy_settings(mapdata())
-    assert out["type"] == "nginx" and out["service"] == "nginx" and out["check"] == ["nginx", "-t"]
-    assert out["reload"] is True
-    (snippet,) = out["files"]
-    assert snippet["path"] == "/etc/nginx/snippets/matrix-authentication-service.conf"
-    assert snippet["server"] == "matrix.example.com"
-    route = snippet["context"]
-    assert route["upstream"] == "http://127.0.0.1:8080"
-    assert route["compat"] == {"regex": mas_synapse.COMPAT_REGEX, "prefix": "/auth"}
-    assert route["public"] == {"location": "^~ /auth/"}
-    assert route["well_known"] is None
-
-
-def test_nginx_settings_migrating_keeps_only_the_public_route():
-    route = mas_synapse.proxy_settings(mapdata(migration_in_progress=True))["files"][0]["context"]
-    assert route["compat"] is None
-    assert route["public"] == {"location": "^~ /auth/"}
-
-
-def test_nginx_well_known_document():
-    route = mas_synapse.proxy_settings(mapdata(proxy={"nginx": {"well_known": True}}))["files"][0]["context"]
-    assert route["well_known"] == (
-        "'{\"m.homeserver\":{\"base_url\":\"https://matrix.example.com/\"},"
-        "\"org.matrix.msc2965.authentication\":{\"account\":\"https://matrix.example.com/auth/account\","
-        "\"issuer\":\"https://matrix.example.com/auth/\"}}'"
-    )
-    migrating = mapdata(migration_in_progress=True, proxy={"nginx": {"well_known": True}})
-    assert "msc2965" not in mas_synapse.proxy_settings(migrating)["files"][0]["context"]["well_known"]
-
-
-def test_nginx_own_host_with_root_prefix_gets_a_second_snippet():
-    out = mas_synapse.proxy_settings(mapdata(hostname="auth.example.com", path_prefix="/",
-                                             proxy={"nginx": {"mas_upstream": "http://mas:8080"}}))  # fmt: skip
-    matrix, public = out["files"]
-    assert matrix["context"]["compat"] == {"regex": mas_synapse.COMPAT_REGEX, "prefix": ""}
-    assert matrix["context"]["public"] is None
-    assert matrix["context"]["upstream"] == "http://mas:8080"
-    assert public["path"] == "/etc/nginx/snippets/matrix-authentication-service-public.conf"
-    assert public["server"] == "auth.example.com"
-    assert public["context"]["public"] == {"location": "/"} and public["context"]["compat"] is None
-
-
-def test_root_prefix_on_the_matrix_host_is_refused():
-    with pytest.raises(SaltInvocationError, match="mas:path_prefix: '/' needs MAS on its own host name"):
-        mas_synapse.proxy_settings(mapdata(path_prefix="/"))
-
-
-@pytest.mark.parametrize(
-    ("proxy", "key"),
-    [
-        ({"nginx": {"mas_upstream": "http://mas:8080/auth"}}, "mas:proxy:nginx:mas_upstream"),
-        ({"nginx": {"snippet_path": "snippets/mas.conf"}}, "mas:proxy:nginx:snippet_path"),
-        ({"matrix_hostname": "https://matrix.example.com"}, "mas:proxy:matrix_hostname"),
-        ({"type": "traefik", "traefik": {"entrypoint": "web secure"}}, "mas:proxy:traefik:entrypoint"),
-        ({"type": "traefik", "traefik": {"mas_url": "mas:8080"}}, "mas:proxy:traefik:mas_url"),
-    ],
-)
-def test_proxy_settings_refuses_bad_pillar(proxy, key):
-    with pytest.raises(SaltInvocationError, match=re.escape(key)):
-        mas_synapse.proxy_settings(mapdata(proxy=proxy))
-
-
-def test_nginx_upstream_follows_the_web_bind():
-    assert mas_synapse.proxy_settings(mapdata(http={"web_bind": "127.0.0.2:9090"}))["files"][0]["context"][
-        "upstream"
-    ] == "http://127.0.0.2:9090"
-    assert mas_synapse.proxy_settings(mapdata(http={"web_bind": "[::1]:8080"}))["files"][0]["context"][
-        "upstream"
-    ] == "http://[::1]:8080"
-
-
-def test_traefik_dynamic_config():
-    out = mas_synapse.proxy_settings(mapdata(runtime="binary", proxy={"type": "traefik",
-                                                                       "traefik": {"certresolver": "le"}}))  # fmt: skip
-    (dynamic,) = out["files"]
-    assert dynamic["path"] == "/etc/traefik/dynamic/matrix-authentication-service.yml"
-    http = dynamic["context"]["config"]["http"]
-    name = "matrix-authentication-service"
-    assert http["routers"][name] == {
-        "rule": "Host(`matrix.example.com`) && PathPrefix(`/auth/`)",
-        "entryPoints": ["websecure"],
-        "service": name,
-        "tls": {"certResolver": "le"},
-    }
-    compat = http["routers"][f"{name}-compat"]
-    assert compat["rule"] == f"Host(`matrix.example.com`) && PathRegexp(`{mas_synapse.COMPAT_REGEX}`)"
-    assert compat["middlewares"] == [f"{name}-compat-prefix"] and compat["service"] == name
-    assert http["middlewares"] == {f"{name}-compat-prefix": {"addPrefix": {"prefix": "/auth"}}}
-    assert http["services"][name]["loadBalancer"]["servers"] == [{"url": "http://127.0.0.1:8080"}]
-    assert out["labels"] == {} and out["service"] == "traefik"
-
-
-def test_traefik_migrating_and_root_prefix():
-    out = mas_synapse.proxy_settings(mapdata(migration_in_progress=True, hostname="auth.example.com",
-                                             path_prefix="/", proxy={"type": "traefik"}))  # fmt: skip
-    http = out["files"][0]["context"]["config"]["http"]
-    assert list(http["routers"]) == ["matrix-authentication-service"]
-    assert http["routers"]["matrix-authentication-service"]["rule"] == "Host(`auth.example.com`)"
-    assert "middlewares" not in http
-
-
-def test_traefik_labels_for_docker():
-    labels = mas_synapse.proxy_settings(mapdata(proxy={"type": "traefik"}))["labels"]
-    name = "matrix-authentication-service"
-    assert labels["traefik.enable"] == "true"
-    assert labels[f"traefik.http.routers.{name}-compat.middlewares"] == f"{name}-compat-prefix"
-    assert labels[f"traefik.http.routers.{name}-compat.tls"] == "true"
-    assert labels[f"traefik.http.middlewares.{name}-compat-prefix.addPrefix.prefix"] == "/auth"
-    assert labels[f"traefik.http.services.{name}.loadbalancer.server.port"] == "8080"
-    assert not any(".servers" in key for key in labels)
-
-
-def test_proxy_none_and_clean():
-    assert mas_synapse.proxy_settings(mapdata(proxy={"type": "none"}))["files"] == []
-    disabled = mapdata(enabled=False, server_name="")
-    clean = mas_synapse.proxy_settings(disabled, clean=True)
-    assert [(f["name"], f["action"]) for f in clean["files"]] == [("snippet", "empty"), ("public-snippet", "empty")]
-    assert clean["files"][0]["context"]["disabled"] is True
-    traefik = mas_synapse.proxy_settings(mapdata(enabled=False, proxy={"type": "traefik"}), clean=True)
-    assert [(f["name"], f["action"]) for f in traefik["files"]] == [("config", "absent")]

@@ -1,0 +1,297 @@
+"""
+The reverse proxy of the ``mas`` formula: nginx snippets or a Traefik configuration carrying MAS's public route and the compatibility layer.
+
+With MAS authoritative, Synapse no longer serves ``/_matrix/client/*/login``,
+``/logout`` or ``/refresh``: :py:func:`settings` turns the formula's map into
+the files ``mas.proxy`` writes (the compatibility routes, MAS's public path,
+optionally the client well-known), :py:func:`traefik_labels` carries the same
+routers as docker labels, and :py:func:`check` runs ``nginx -t`` before a
+reload. While ``mas:migration_in_progress`` is true the compatibility routes
+are left out (logins keep going to Synapse).
+"""
+
+import json
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+__virtualname__ = "mas_proxy"
+
+#: Client-API paths MAS serves through its ``compat`` resource: any single
+#: version segment, then login/logout/refresh and everything below them.
+COMPAT_REGEX = r"^/_matrix/client/[^/]+/(login|logout|refresh)(/.*)?$"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _nginx_string(value):
+    """Quote ``value`` for an nginx single-quoted string (``$`` cannot be escaped)."""
+    if "$" in value:
+        raise SaltInvocationError(f"mas: '$' cannot appear in nginx literal text: {value!r}")
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def well_known_client(homeserver_base_url, public_base, migrating=False):
+    """
+    The ``/.well-known/matrix/client`` document: ``m.homeserver`` and, unless
+    migrating, ``org.matrix.msc2965.authentication`` ``{issuer, account}``.
+
+    homeserver_base_url
+        The homeserver's public base URL.
+    public_base
+        MAS's ``http.public_base`` (also its issuer).
+    migrating
+        ``mas:migration_in_progress`` (clients must not be sent to MAS yet).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_proxy.well_known_client https://matrix.example.com/ https://matrix.example.com/auth/
+    """
+    doc = {"m.homeserver": {"base_url": homeserver_base_url}}
+    if not migrating:
+        doc["org.matrix.msc2965.authentication"] = {"issuer": public_base, "account": public_base + "account"}
+    return doc
+
+
+def _nginx(mas, proxy, matrix_host, separate_host):
+    nginx = proxy["nginx"]
+    upstream = nginx["mas_upstream"]
+    prefix = mas["path_prefix"]
+    migrating = mas["migration_in_progress"]
+    public = {"location": "/" if prefix == "/" else f"^~ {prefix}/"}
+    matrix = {
+        "upstream": upstream,
+        "compat": None if migrating else {"regex": COMPAT_REGEX, "prefix": "" if prefix == "/" else prefix},
+        "public": None if separate_host else public,
+        "well_known": None,
+        "disabled": False,
+    }
+    if nginx["well_known"]:
+        doc = well_known_client(f"https://{matrix_host}/", mas["public_base"], migrating)
+        matrix["well_known"] = _nginx_string(json.dumps(doc, sort_keys=True, separators=(",", ":")))
+    files = [
+        {
+            "name": "snippet",
+            "path": nginx["snippet_path"],
+            "template": "nginx-snippet.conf.jinja",
+            "context": matrix,
+            "server": matrix_host,
+        }
+    ]
+    if separate_host:
+        files.append(
+            {
+                "name": "public-snippet",
+                "path": nginx["public_snippet_path"],
+                "template": "nginx-snippet.conf.jinja",
+                "context": {
+                    "upstream": upstream,
+                    "compat": None,
+                    "public": public,
+                    "well_known": None,
+                    "disabled": False,
+                },
+                "server": mas["hostname"],
+            }
+        )
+    return {"files": files, "check": ["nginx", "-t"], "service": nginx["service"]}
+
+
+def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
+    """
+    The Traefik (v3) dynamic configuration for the file provider: a router for
+    the compatibility routes on the Matrix host (absent while migrating) with an
+    ``addPrefix`` middleware when MAS has a path prefix, a router for MAS's
+    public path on MAS's host, and the MAS service.
+
+    mas
+        The formula's map.
+    matrix_host
+        The homeserver's public host name.
+    mas_url
+        MAS's web listener as Traefik reaches it (``http://HOST:PORT``).
+    entrypoint
+        The Traefik entrypoint (e.g. ``websecure``).
+    certresolver
+        Optional ACME resolver name for the routers' TLS.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_proxy.traefik_config "$(...mapdata...)" matrix.example.com http://127.0.0.1:8080 websecure
+    """
+    name = mas["service"]["name"]
+    prefix = mas["path_prefix"]
+    tls = {"certResolver": certresolver} if certresolver else {}
+    public_rule = f"Host(`{mas['hostname']}`)"
+    if prefix != "/":
+        public_rule += f" && PathPrefix(`{prefix}/`)"
+    routers = {
+        name: {"rule": public_rule, "entryPoints": [entrypoint], "service": name, "tls": dict(tls)},
+    }
+    middlewares = {}
+    if not mas["migration_in_progress"]:
+        compat = {
+            "rule": f"Host(`{matrix_host}`) && PathRegexp(`{COMPAT_REGEX}`)",
+            "entryPoints": [entrypoint],
+            "service": name,
+            "priority": 1000,
+            "tls": dict(tls),
+        }
+        if prefix != "/":
+            middlewares[f"{name}-compat-prefix"] = {"addPrefix": {"prefix": prefix}}
+            compat["middlewares"] = [f"{name}-compat-prefix"]
+        routers[f"{name}-compat"] = compat
+    http = {
+        "routers": routers,
+        "services": {name: {"loadBalancer": {"servers": [{"url": mas_url}], "passHostHeader": True}}},
+    }
+    if middlewares:
+        http["middlewares"] = middlewares
+    return {"http": http}
+
+
+def traefik_labels(config, port):
+    """
+    Docker container labels carrying the routers and middlewares of
+    :py:func:`traefik_config` (Traefik's docker provider), with the service
+    pointed at the container's ``port``.
+
+    config
+        The mapping from :py:func:`traefik_config`.
+    port
+        MAS's web port inside the container.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_proxy.traefik_labels "{http: {routers: {}}}" 8080
+    """
+    labels = {"traefik.enable": "true"}
+
+    def flatten(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                flatten(f"{prefix}.{key}", item)
+        elif isinstance(value, list):
+            labels[prefix] = ",".join(str(item) for item in value)
+        else:
+            labels[prefix] = str(value).lower() if isinstance(value, bool) else str(value)
+
+    http = config["http"]
+    for kind in ("routers", "middlewares"):
+        for name, section in (http.get(kind) or {}).items():
+            section = dict(section)
+            if section.get("tls") == {}:
+                section["tls"] = True
+            flatten(f"traefik.http.{kind}.{name}", section)
+    for name in http["services"]:
+        labels[f"traefik.http.services.{name}.loadbalancer.server.port"] = str(port)
+    return labels
+
+
+def settings(mas=None, clean=False):
+    """
+    What ``mas.proxy`` manages, from the formula's map (``mapdata``).
+
+    Returns ``{type, files: [{name, path, template, context, server}], check
+    (argv run before a reload, or None), reload, service, labels}``. With type
+    ``none`` there are no files. nginx gets one snippet for the Matrix server
+    block (compatibility routes, MAS's public path when MAS shares the Matrix
+    host, the optional well-known document) and, when MAS has its own host
+    name, one for MAS's server block. Traefik gets one dynamic-configuration
+    file; ``labels`` carries the same routers as docker labels for the docker
+    runtime.
+
+    mas
+        The map from ``mas/map.jinja`` (default: ``mas.mapdata``).
+    clean
+        For ``mas.proxy.clean``: every file the type may have written (paths
+        only, nothing validated), so that they can be removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_proxy.settings
+    """
+    mas = mas or __salt__["mas.mapdata"]()
+    proxy = mas["proxy"]
+    kind = proxy["type"]
+    matrix_host = proxy.get("matrix_hostname", "")
+    out = {"type": kind, "files": [], "check": None, "reload": bool(proxy["reload"]), "service": None, "labels": {}}
+    if kind == "none":
+        return out
+    if clean:
+        if kind == "nginx":
+            # nginx fails on an include of a missing file: existing snippets
+            # are emptied (no route left), never deleted.
+            keys, action = ("snippet_path", "public_snippet_path"), "empty"
+            out.update(check=["nginx", "-t"], service=proxy["nginx"]["service"])
+        else:
+            keys, action = ("config_path",), "absent"
+            out["service"] = proxy["traefik"]["service"]
+        out["files"] = [
+            {
+                "name": key[: -len("_path")].replace("_", "-"),
+                "path": proxy[kind][key],
+                "action": action,
+                "template": "nginx-snippet.conf.jinja",
+                "server": "",
+                "context": {"upstream": None, "compat": None, "public": None, "well_known": None, "disabled": True},
+            }
+            for key in keys
+            if proxy[kind].get(key)
+        ]
+        return out
+    separate_host = mas["hostname"] != matrix_host
+    if kind == "nginx":
+        out.update(_nginx(mas, proxy, matrix_host, separate_host))
+        return out
+    traefik = proxy["traefik"]
+    mas_url = traefik["mas_url"]
+    config = traefik_config(mas, matrix_host, mas_url, traefik["entrypoint"], traefik.get("certresolver") or "")
+    out["files"] = [
+        {
+            "name": "config",
+            "path": traefik["config_path"],
+            "template": "traefik-dynamic.yml.jinja",
+            "context": {"config": config},
+            "server": matrix_host,
+        }
+    ]
+    out["service"] = traefik["service"]
+    if mas["runtime"] == "docker":
+        out["labels"] = traefik_labels(config, mas["http"]["web_bind"].rpartition(":")[2])
+    return out
+
+
+def check(argv):
+    """
+    Run the proxy's own configuration test (``nginx -t``) before a reload and
+    raise ``CommandExecutionError`` with its output when it fails.
+
+    argv
+        The command as a list (``check`` of :py:func:`proxy_settings`).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_proxy.check "['nginx', '-t']"
+    """
+    if not isinstance(argv, list) or not argv or not all(isinstance(arg, str) for arg in argv):
+        raise SaltInvocationError(f"mas_proxy.check needs the command as a list of strings, not {argv!r}")
+    res = __salt__["cmd.run_all"](argv, python_shell=False, output_loglevel="trace", ignore_retcode=True)
+    output = (res.get("stdout", "") + "\n" + res.get("stderr", "")).strip()
+    if res["retcode"] != 0:
+        raise CommandExecutionError(
+            f"{' '.join(argv)} failed (exit {res['retcode']}); the proxy was not reloaded:\n{output}",
+            info={"result": res},
+        )
+    return output

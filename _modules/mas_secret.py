@@ -1,0 +1,382 @@
+"""
+The secrets of the ``mas`` formula: generated or taken from pillar, written atomically, and scrubbed from output.
+
+* :py:func:`status` / :py:func:`write` (driven by the ``mas_secret.present``
+  state) manage one secret file: the MAS encryption secret, the shared secret,
+  the signing keys, pillar secrets (database and SMTP passwords, provider client
+  secrets), Synapse's pepper and copies of another secret file. A generated
+  secret is never regenerated; the encryption secret is never replaced unless
+  ``mas:secrets:allow_encryption_rotation``.
+* :py:func:`atomic_write` is the one atomic writer of the formula (secret files
+  and the syn2mas phase marker): a temporary file in the same directory, owner
+  and mode set before the content, ``fsync``, ``rename``.
+* :py:func:`scrub` removes every secret the minion knows for the deployment
+  from a text (``mas-cli`` output may echo them).
+
+Values are never returned or logged: the functions report what they did.
+
+:depends: cryptography
+"""
+
+import hmac
+import logging
+import os
+import re
+import secrets
+import stat
+import tempfile
+
+import salt.utils.data
+import salt.utils.files
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+try:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    HAS_CRYPTOGRAPHY = True
+except ImportError:  # pragma: no cover - depends on the minion
+    HAS_CRYPTOGRAPHY = False
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "mas_secret"
+
+PILLAR_ROOT = "mas"
+
+#: Kinds of secret files: generated (hex32, token, the signing keys), from
+#: pillar, Synapse's pepper, or a copy of another secret file.
+GENERATED = ("hex32", "token", "rsa", "ec-p256", "ec-p384", "ec-k256")
+KINDS = GENERATED + ("pillar", "pepper", "copy")
+
+MASK = "**********"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: Config keys whose string values are secrets (Synapse's and the formula's pillar).
+_SECRET_KEY = re.compile(
+    r"^(.*_)?(secret|secret_key|private_key|password|passwd|pass|pepper|token|api_key|encryption)$", re.IGNORECASE
+)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#\s@]*:)(?P<pw>[^@/\s]+)(?P<tail>@)", re.IGNORECASE)
+#: `secret: value` lines (upstream doctor prints a config snippet with matrix.secret)
+_INLINE_SECRET = re.compile(r"(?im)^(\s*(?:secret|client_secret|password)\s*:\s*).+$")
+
+
+def __virtual__():
+    if not HAS_CRYPTOGRAPHY:
+        return (False, "The mas_secret module needs the 'cryptography' Python package")
+    return __virtualname__
+
+
+def _pillar_value(pillar_key):
+    if not pillar_key:
+        return None
+    value = salt.utils.data.traverse_dict_and_list(__pillar__, pillar_key, None, delimiter=":")
+    return value if value not in (None, "", [], {}) else None
+
+
+def _generate(kind):
+    if kind in ("hex32", "token"):
+        return secrets.token_hex(32).encode()
+    curves = {"ec-p256": ec.SECP256R1, "ec-p384": ec.SECP384R1, "ec-k256": ec.SECP256K1}
+    if kind == "rsa":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    elif kind in curves:
+        key = ec.generate_private_key(curves[kind]())
+    else:
+        raise SaltInvocationError(f"mas_secret: secrets of kind {kind!r} cannot be generated")
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _wanted(kind, pillar_key, source):
+    """The bytes the secret file must hold, or None when it is generated/kept."""
+    if kind == "copy":
+        if not source or not os.path.isfile(source):
+            raise CommandExecutionError(f"the source secret file {source} does not exist yet")
+        return _read_regular(source)
+    value = _pillar_value(pillar_key)
+    if kind == "pepper":
+        if value is None:
+            conf = __salt__["mas_synapse.config"](mask=False)["config"]
+            value = salt.utils.data.traverse_dict_and_list(conf, ["password_config", "pepper"])
+        if value in (None, ""):
+            raise CommandExecutionError(
+                "no Synapse pepper found: set mas:synapse:pepper or password_config.pepper in Synapse's config"
+            )
+        # syn2mas compares the v1 secret_file untrimmed: no trailing newline.
+        return str(value).encode()
+    if kind == "pillar":
+        if value is None:
+            raise CommandExecutionError(f"the pillar key {pillar_key} is not set")
+        return str(value).encode()
+    if value is not None:
+        return str(value).strip().encode()
+    return None
+
+
+def _owner_ids(user, group):
+    import grp  # pylint: disable=import-outside-toplevel
+    import pwd  # pylint: disable=import-outside-toplevel
+
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError as exc:
+        raise CommandExecutionError(f"the user {user!r} does not exist") from exc
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError as exc:
+        raise CommandExecutionError(f"the group {group!r} does not exist") from exc
+    return uid, gid
+
+
+def _read_regular(path):
+    """Read a secret file, refusing anything but a regular file (a symlink
+    planted there must never make root read or chown another file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise CommandExecutionError(f"cannot read {path} (a symlink is refused): {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise CommandExecutionError(f"{path} is not a regular file")
+        return handle.read()
+
+
+def status(path, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None):
+    """
+    Tell what :py:func:`write` would do with one secret file, without
+    revealing or changing anything.
+
+    Returns ``{"action": "none"|"create"|"update"|"fix-mode", "reason": ...}``
+    and raises ``CommandExecutionError`` when the change is refused (an
+    encryption secret in pillar that differs from the one on disk).
+
+    path
+        The secret file.
+    kind
+        ``hex32`` (MAS encryption secret), ``token`` (shared secret), ``rsa``,
+        ``ec-p256``, ``ec-p384``, ``ec-k256`` (signing keys), ``pillar`` (a
+        value that must come from pillar), ``pepper`` (Synapse's pepper, from
+        pillar ``pillar_key`` or Synapse's config) or ``copy`` (the content of
+        ``source``).
+    pillar_key
+        The colon-separated pillar key that may hold the value.
+    user, group, mode
+        Owner and mode of the file.
+    allow_rotation
+        Allow replacing an existing encryption secret with another pillar value.
+    source
+        For ``kind: copy``, the file to copy.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.status /matrix/matrix-authentication-service/config/secrets/encryption hex32 mas:secrets:encryption
+    """
+    if kind not in KINDS:
+        raise SaltInvocationError(f"mas_secret: unknown secret kind {kind!r} (known: {', '.join(KINDS)})")
+    if kind == "copy" and not (source and os.path.isfile(source)):
+        # the source is written earlier in the same run (test=True predicts)
+        return {
+            "action": "create" if not os.path.exists(path) else "update",
+            "reason": f"copied from {source}, which does not exist yet",
+        }
+    wanted = _wanted(kind, pillar_key, source)
+    if not os.path.lexists(path):
+        return {"action": "create", "reason": "from pillar" if wanted is not None else "generated"}
+    current = _read_regular(path)
+    if wanted is not None and not hmac.compare_digest(current, wanted):
+        if kind == "hex32" and not allow_rotation:
+            raise CommandExecutionError(
+                f"{pillar_key} differs from the encryption secret already in use ({path}). Changing it makes "
+                "every value MAS has encrypted in its database unreadable (upstream OAuth2 client secrets, "
+                "sessions, ...). Put the current value in pillar, or remove the key from pillar to keep the "
+                "file; to rotate on purpose set mas:secrets:allow_encryption_rotation: true."
+            )
+        return {"action": "update", "reason": "from pillar" if kind != "copy" else f"copied from {source}"}
+    uid, gid = _owner_ids(user, group)
+    info = os.lstat(path)
+    if stat.S_IMODE(info.st_mode) != int(str(mode), 8) or (info.st_uid, info.st_gid) != (uid, gid):
+        return {"action": "fix-mode", "reason": "owner or mode"}
+    return {"action": "none", "reason": "in place"}
+
+
+def atomic_write(path, content, mode="0600", user="root", group="root"):
+    """
+    Write ``content`` to ``path`` atomically: a temporary file in the same
+    directory gets the owner and mode first, then the content, ``fsync`` and
+    ``rename`` over ``path`` (a symlink at ``path`` is replaced, never
+    followed). The formula's one writer of secret files and of its own records
+    (the syn2mas phase marker). Nothing is logged about the content.
+
+    path
+        The file to write; its directory must exist.
+    content
+        ``bytes`` or ``str`` (UTF-8).
+    mode, user, group
+        Mode and owner of the file.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.atomic_write /root/example.txt "some text" mode=0600
+    """
+    uid, gid = _owner_ids(user, group)
+    data = content.encode() if isinstance(content, str) else bytes(content)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise CommandExecutionError(f"the directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        os.fchmod(fd, int(str(mode), 8))
+        os.fchown(fd, uid, gid)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CommandExecutionError(f"cannot write {path}: {exc.strerror}") from exc
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
+def write(path, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None):
+    """
+    Create or update one secret file atomically, never world-readable, and
+    return what was done (never the value). An existing generated secret is
+    never regenerated. See :py:func:`status` for the arguments.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.write /matrix/matrix-authentication-service/config/keys/rsa.pem rsa user=mas group=mas
+    """
+    state = status(path, kind, pillar_key, user, group, mode, allow_rotation, source)
+    if state["action"] == "none":
+        return state
+    if state["action"] == "fix-mode":
+        uid, gid = _owner_ids(user, group)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, int(str(mode), 8))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CommandExecutionError(f"cannot fix owner/mode of {path}: {exc.strerror}") from exc
+        return state
+    content = _wanted(kind, pillar_key, source)
+    if content is None:
+        content = _generate(kind)
+    atomic_write(path, content, mode, user, group)
+    log.info("mas_secret: %s secret file %s (%s)", state["action"], path, state["reason"])
+    return state
+
+
+# --------------------------------------------------------------------------
+# Scrubbing
+# --------------------------------------------------------------------------
+
+
+def _secret_values(node, found):
+    """Collect string values under secret-looking keys (recursively)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                if _SECRET_KEY.match(str(key)):
+                    found.add(value)
+            else:
+                _secret_values(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _secret_values(item, found)
+    return found
+
+
+def mask(data):
+    """
+    A copy of ``data`` (a mapping or list, e.g. a Synapse configuration) with
+    the values of secret-looking keys (``*secret``, ``*password``, ``pepper``,
+    ``*token``, ``*private_key``, ...) replaced by ``**********``.
+
+    data
+        The structure to mask.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.mask "{form_secret: abc, port: 5}"
+    """
+    if isinstance(data, dict):
+        return {
+            key: MASK
+            if _SECRET_KEY.match(str(key))
+            and isinstance(value, (str, int, float))
+            and not isinstance(value, bool)
+            and value != ""
+            else mask(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [mask(item) for item in data]
+    return data
+
+
+def _known_secrets(secrets_dir, synapse_conf=None):
+    """Every secret value the minion knows for this deployment (never returned)."""
+    found = _secret_values(synapse_conf or {}, set())
+    _secret_values(salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT], {}) or {}, found)
+    # the whole URI: libpq also takes ?password=... which the URL rule misses
+    uri = salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT, "syn2mas", "synapse_database_uri"], "")
+    if isinstance(uri, str) and uri:
+        found.add(uri)
+    if os.path.isdir(secrets_dir):
+        for entry in os.listdir(secrets_dir):
+            path = os.path.join(secrets_dir, entry)
+            if os.path.isfile(path) and os.path.getsize(path) < 65536:
+                with salt.utils.files.fopen(path, "rb") as handle:
+                    content = handle.read().decode("utf-8", "replace")
+                found.update({content, content.strip()})
+    return sorted((s for s in found if isinstance(s, str) and len(s.strip()) >= 4), key=len, reverse=True)
+
+
+def scrub(text, synapse_conf=None, secrets_dir=None):
+    """
+    ``text`` without ANSI colours and without any secret the minion knows for
+    this deployment: its secret files, the secret values of pillar ``mas``
+    (and of ``synapse_conf``, a Synapse config mapping), passwords in URLs and
+    ``secret: ...`` lines. For output of ``mas-cli`` that may echo them.
+
+    text
+        The text to clean.
+    synapse_conf
+        A Synapse configuration whose secret-looking values are hidden too.
+    secrets_dir
+        The deployment's secrets directory (default: from the map).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.scrub "$(bin/mas-cli doctor 2>&1)"
+    """
+    hide = _known_secrets(secrets_dir or __salt__["mas.mapdata"]()["paths"]["secrets_dir"], synapse_conf)
+    text = _ANSI.sub("", text or "")
+    for secret in hide:
+        text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("tail"), text)
+    return _INLINE_SECRET.sub(lambda m: m.group(1) + MASK, text)

@@ -1,0 +1,165 @@
+"""Unit tests of ``_modules/mas.py``: the map (merge, validation, derived values and paths, config.yaml).
+
+The functions run for real; only what the loader would inject is given
+(``formula_modules.dunders``).
+"""
+
+import re
+
+import pytest
+from salt.exceptions import SaltInvocationError
+
+from formula_modules import DEFAULTS, MODULES, dunders
+from pillars import deep_update
+
+mas = MODULES["mas"]
+
+
+@pytest.fixture
+def pillar():
+    return {}
+
+
+@pytest.fixture
+def configure_loader_modules(pillar):
+    return dunders(pillar)
+
+
+def settings(**overrides):
+    data = deep_update(DEFAULTS, {"enabled": True, "server_name": "example.com", "base_path": "/srv/mas"})
+    return mas.settings(deep_update(data, overrides))
+
+
+def test_settings_derives_public_base_paths_and_redacts_secrets():
+    result = settings(
+        secrets={"encryption": "a" * 64},
+        database={"password": "pw-secret"},
+        upstream_oauth2_providers=[
+            {
+                "id": "01HFVBY12TMNTYTBV8W921M5FA",
+                "client_id": "c",
+                "client_secret": "cs-secret",
+                "token_endpoint_auth_method": "client_secret_basic",
+            }
+        ],
+    )
+    assert result["hostname"] == "matrix.example.com"
+    assert result["public_base"] == "https://matrix.example.com/auth/"
+    assert result["paths"]["config_file"] == "/srv/mas/config/config.yaml"
+    assert result["synapse"]["mas_endpoint"] == "http://localhost:8080/auth/"
+    assert result["database"]["password_set"] is True and "password" not in result["database"]
+    assert result["secrets"]["encryption_set"] is True and "encryption" not in result["secrets"]
+    text = repr(result)
+    for secret in ("a" * 64, "pw-secret", "cs-secret"):
+        assert secret not in text
+    provider = result["mas_config"]["upstream_oauth2"]["providers"][0]
+    assert provider["client_secret_file"] == "/srv/mas/config/secrets/upstream-01HFVBY12TMNTYTBV8W921M5FA.secret"
+    kinds = {entry["name"]: entry["kind"] for entry in result["secret_files"]}
+    assert kinds["encryption"] == "hex32" and kinds["key-rsa"] == "rsa"
+    assert kinds["database_password"] == "pillar" and kinds["provider-01HFVBY12TMNTYTBV8W921M5FA"] == "pillar"
+
+
+def test_settings_collects_every_error_at_once():
+    with pytest.raises(SaltInvocationError) as err:
+        settings(hostname="bad_host!", path_prefix="auth", runtime="lxc")
+    text = str(err.value)
+    assert "mas:hostname" in text and "mas:path_prefix" in text and "mas:runtime" in text
+    assert "nothing was changed" in text
+
+
+def test_settings_root_prefix_and_mas_config_overrides():
+    result = settings(
+        path_prefix="/", hostname="auth.example.com", config={"http": {"public_base": "https://other.example.com/"}}
+    )
+    assert result["public_base"] == "https://auth.example.com/"
+    assert result["synapse"]["mas_endpoint"] == "http://localhost:8080/"
+    assert "prefix" not in result["mas_config"]["http"]["listeners"][0]
+    # mas:config is merged last and wins
+    assert result["mas_config"]["http"]["public_base"] == "https://other.example.com/"
+
+
+def test_mapdata_is_computed_once_per_pillar(pillar):
+    pillar["mas"] = {"enabled": True, "server_name": "example.com"}
+    first = mas.mapdata()
+    first["hostname"] = "changed-by-caller"
+    assert mas.mapdata()["hostname"] == "matrix.example.com"
+    assert len([k for k in mas.__context__ if k.startswith("mas.mapdata:")]) == 1
+    pillar["mas"]["server_name"] = "example.org"
+    assert mas.mapdata()["hostname"] == "matrix.example.org"
+
+
+@pytest.mark.parametrize(
+    "prefix,ok", [("/auth", True), ("/", True), ("/a/b", True), ("/auth/", False), ("auth", False), ("/a//b", False)]
+)
+def test_path_prefix_rules(prefix, ok):
+    if ok:
+        settings(path_prefix=prefix, hostname="auth.example.com")
+    else:
+        with pytest.raises(SaltInvocationError, match="mas:path_prefix"):
+            settings(path_prefix=prefix, hostname="auth.example.com")
+
+
+def test_root_prefix_needs_its_own_host():
+    with pytest.raises(SaltInvocationError, match="'/' needs MAS on its own host name"):
+        settings(path_prefix="/")
+    settings(path_prefix="/", proxy={"type": "none"})
+
+
+def test_mapdata_merges_lookup_then_pillar_and_redacts_user_passwords(pillar):
+    pillar["mas"] = {
+        "lookup": {"user": "from-lookup", "group": "from-lookup"},
+        "enabled": True,
+        "server_name": "example.com",
+        "group": "from-pillar",
+        "users": [{"username": "bot", "password": "Bot-Secret-1", "admin": True}],
+    }
+    result = mas.mapdata(DEFAULTS)
+    assert (result["user"], result["group"]) == ("from-lookup", "from-pillar")
+    assert result["users"] == [
+        {"username": "bot", "admin": True, "emails": [], "password_pillar_key": "mas:users:0:password"}
+    ]
+    assert "Bot-Secret-1" not in repr(result)
+    assert result["api"]["token_url"] == "http://127.0.0.1:8080/auth/oauth2/token"
+    assert result["api"]["admin_url"] == "http://localhost:8081/api/admin/v1"
+
+
+def test_secrets_under_lookup_are_refused(pillar):
+    pillar["mas"] = {
+        "enabled": True,
+        "server_name": "example.com",
+        "lookup": {"secrets": {"encryption": "a" * 64}, "database": {"password": "x"}},
+    }
+    with pytest.raises(SaltInvocationError) as err:
+        mas.mapdata(DEFAULTS)
+    assert "mas:lookup:secrets:encryption: secrets belong under mas:secrets:encryption" in str(err.value)
+    assert "mas:lookup:database:password" in str(err.value)
+    assert "a" * 64 not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("synapse", "key"),
+    [
+        ({"dropin_name": "mas.conf"}, "mas:synapse:dropin_name"),
+        ({"dropin_name": "../x.yaml"}, "mas:synapse:dropin_name"),
+        ({"secret_path": "relative/secret"}, "mas:synapse:secret_path"),
+        ({"config_dir": "conf.d"}, "mas:synapse:config_dir"),
+    ],
+)
+def test_synapse_keys_are_validated(synapse, key):
+    with pytest.raises(SaltInvocationError, match=re.escape(key)):
+        settings(synapse=synapse)
+
+
+@pytest.mark.parametrize(
+    ("proxy", "key"),
+    [
+        ({"nginx": {"mas_upstream": "http://mas:8080/auth"}}, "mas:proxy:nginx:mas_upstream"),
+        ({"nginx": {"snippet_path": "snippets/mas.conf"}}, "mas:proxy:nginx:snippet_path"),
+        ({"matrix_hostname": "https://matrix.example.com"}, "mas:proxy:matrix_hostname"),
+        ({"type": "traefik", "traefik": {"entrypoint": "web secure"}}, "mas:proxy:traefik:entrypoint"),
+        ({"type": "traefik", "traefik": {"mas_url": "mas:8080"}}, "mas:proxy:traefik:mas_url"),
+    ],
+)
+def test_proxy_keys_are_validated(proxy, key):
+    with pytest.raises(SaltInvocationError, match=re.escape(key)):
+        settings(proxy=proxy)
