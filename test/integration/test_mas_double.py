@@ -36,7 +36,7 @@ from mas_double.cli import parse_syn2mas
 from mas_double.config import load_config
 from mas_double.contract import AdminApiContract, ContractViolation
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.double]
 
 MAS_ROLE = "mas_double"
 MAS_PASSWORD = "mas-double-db-password"

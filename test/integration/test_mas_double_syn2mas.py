@@ -32,7 +32,7 @@ from harness.postgres import PostgresCluster
 from harness.synapse import SynapseServer
 from mas_double import syn2mas, ulid
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.double]
 
 SERVER_NAME = "example.com"
 PEPPER = "pepper-of-the-synapse-tests"
