@@ -854,7 +854,8 @@ def mapdata(defaults=None):
     # every SLS of a run asks for the same map: compute it once per pillar
     cache_key = "mas.mapdata:" + hashlib.sha256(json.dumps(pillar, sort_keys=True, default=str).encode()).hexdigest()
     if defaults is None and cache_key in __context__:
-        return copy.deepcopy(__context__[cache_key])
+        # a copy for each caller (the map is plain JSON data: a JSON round trip is the fast deep copy)
+        return json.loads(__context__[cache_key])
     if defaults is None:
         text = __salt__["cp.get_file_str"](f"salt://{PILLAR_ROOT}/parameters/defaults.yaml")
         if not text:
@@ -873,8 +874,8 @@ def mapdata(defaults=None):
         )
     merged = salt.utils.dictupdate.update(copy.deepcopy(dict(defaults)), copy.deepcopy(dict(lookup)), merge_lists=False)
     result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False))
-    __context__[cache_key] = copy.deepcopy(result)
-    return result
+    __context__[cache_key] = json.dumps(result, default=str)
+    return json.loads(__context__[cache_key])
 
 
 def settings(data):
@@ -988,7 +989,9 @@ def files_switch(source_files, lookup, tplroot=PILLAR_ROOT):
     each file of ``mas:tofs:source_files:<lookup>`` then of ``source_files``,
     under ``salt://<mas:tofs:path_prefix>/<mas:tofs:dirs:files>/``. The first
     that exists wins, so an operator overrides a template by placing a file
-    in ``mas/files/<state id>/`` or naming another one in pillar.
+    in ``mas/files/<state id>/`` or naming another one in pillar. Masterless,
+    only the first candidate found in ``file_roots`` is returned (all of them
+    when none is there, so that ``file.managed`` names what it looked for).
 
     source_files
         The formula's file names for the state (e.g. ``['config.yaml.jinja']``).
@@ -1012,7 +1015,15 @@ def files_switch(source_files, lookup, tplroot=PILLAR_ROOT):
         if isinstance(value, str) and _TOFS_NAME.fullmatch(value) and value not in dirs:
             dirs.append(value)
     dirs.append("default")
-    return [f"salt://{prefix}/{tofs['dirs']['files']}/{directory}/{name}" for directory in dirs for name in names]
+    candidates = [f"{prefix}/{tofs['dirs']['files']}/{directory}/{name}" for directory in dirs for name in names]
+    if __opts__.get("file_client") == "local":
+        # masterless: keep only the candidates that exist in file_roots, so that file.managed looks up one
+        # source instead of asking the file server for every override that is not there
+        saltenv = __opts__.get("saltenv") or "base"
+        roots = (__opts__.get("file_roots") or {}).get(saltenv, [])
+        found = [path for path in candidates if any(os.path.isfile(os.path.join(root, path)) for root in roots)]
+        candidates = found[:1] or candidates
+    return [f"salt://{path}" for path in candidates]
 
 
 BANNER = "File managed by Salt (mas formula)"
