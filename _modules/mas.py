@@ -780,7 +780,7 @@ def _mas_config(data, paths, pepper_file):
         config["upstream_oauth2"] = {"providers": data["upstream_oauth2_providers"]}
     config = salt.utils.dictupdate.update(config, copy.deepcopy(data["config"]), merge_lists=False)
     # The formula's admin client survives an operator's own `clients` or
-    # `policy.data` in mas:config: mas.register_user and mas.user_present need it.
+    # `policy.data` in mas:config: mas_user.register and the mas_user.present state need it.
     admin_client = {
         "client_id": ADMIN_CLIENT_ID,
         "client_name": "Salt (mas formula)",
@@ -835,7 +835,7 @@ def mapdata(defaults=None):
     The formula's map: ``parameters/defaults.yaml`` < pillar ``mas:lookup`` <
     pillar ``mas``, validated and completed by :py:func:`settings`. This is
     what ``mas/map.jinja`` gives every SLS, and what the execution functions
-    (``mas.register_user``, ``mas.doctor``, ...) work from.
+    (``mas_user.register``, ``mas_doctor.run``, ...) work from.
 
     defaults
         The ``values`` of ``parameters/defaults.yaml``; read from
@@ -857,12 +857,7 @@ def mapdata(defaults=None):
         # a copy for each caller (the map is plain JSON data: a JSON round trip is the fast deep copy)
         return json.loads(__context__[cache_key])
     if defaults is None:
-        text = __salt__["cp.get_file_str"](f"salt://{PILLAR_ROOT}/parameters/defaults.yaml")
-        if not text:
-            raise CommandExecutionError(
-                f"cannot read salt://{PILLAR_ROOT}/parameters/defaults.yaml: is the formula in file_roots?"
-            )
-        defaults = salt.utils.yaml.safe_load(text)["values"]
+        defaults = _defaults()
     pillar = copy.deepcopy(dict(pillar))
     lookup = pillar.pop("lookup", None) or {}
     misplaced = [":".join(path) for path, _ in PILLAR_SECRETS if _get(lookup, *path) is not None]
@@ -873,34 +868,50 @@ def mapdata(defaults=None):
             + "\n- ".join(f"mas:lookup:{key}: secrets belong under mas:{key}, not mas:lookup" for key in misplaced)
         )
     merged = salt.utils.dictupdate.update(copy.deepcopy(dict(defaults)), copy.deepcopy(dict(lookup)), merge_lists=False)
-    result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False))
+    result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False), defaults)
     __context__[cache_key] = json.dumps(result, default=str)
     return json.loads(__context__[cache_key])
 
 
-def settings(data):
-    """
-    Validate the merged pillar of the formula and return the complete map.
+def _defaults():
+    """The ``values`` of ``parameters/defaults.yaml``, through the file server (once per run)."""
+    if "mas.defaults" not in __context__:
+        text = __salt__["cp.get_file_str"](f"salt://{PILLAR_ROOT}/parameters/defaults.yaml")
+        if not text:
+            raise CommandExecutionError(
+                f"cannot read salt://{PILLAR_ROOT}/parameters/defaults.yaml: is the formula in file_roots?"
+            )
+        __context__["mas.defaults"] = salt.utils.yaml.safe_load(text)["values"]
+    return copy.deepcopy(__context__["mas.defaults"])
 
-    Called by ``mas/map.jinja`` with the merge of ``parameters/defaults.yaml``,
-    ``mas:lookup`` and ``mas``. Raises ``SaltInvocationError`` listing every
-    problem by pillar key, so that a bad pillar fails the render before any
-    state runs. The returned map holds no secret value; it adds ``hostname``,
-    ``public_base``, ``paths``, ``secret_files`` and ``mas_config`` (the
-    content of MAS's ``config.yaml``).
+
+def settings(data, defaults=None):
+    """
+    Validate pillar data of the formula and return the complete map (what
+    :py:func:`mapdata` does with the pillar, for any data: e.g. to check a
+    pillar before it is deployed).
+
+    ``data`` is merged over ``parameters/defaults.yaml``. Raises
+    ``SaltInvocationError`` listing every problem by pillar key. The returned
+    map holds no secret value; it adds ``hostname``, ``public_base``,
+    ``paths``, ``secret_files``, ``api`` and ``mas_config`` (the content of
+    MAS's ``config.yaml``).
 
     data
-        The merged pillar data (a mapping).
+        Pillar data of the formula (the value of the ``mas`` key).
+    defaults
+        The defaults to merge it over (default: ``parameters/defaults.yaml``).
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call mas.settings "{'enabled': false, ...}"
+        salt-call mas.settings "{enabled: true, server_name: example.com}"
     """
     if not isinstance(data, dict):
         raise SaltInvocationError("mas: the pillar key 'mas' must be a mapping")
-    data = copy.deepcopy(salt.utils.data.decode(dict(data)))
+    base = copy.deepcopy(defaults) if defaults is not None else _defaults()
+    data = salt.utils.dictupdate.update(base, copy.deepcopy(salt.utils.data.decode(dict(data))), merge_lists=False)
     errors = _validate(data)
     if errors:
         raise SaltInvocationError("Invalid pillar for the mas formula (nothing was changed):\n- " + "\n- ".join(errors))

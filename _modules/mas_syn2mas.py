@@ -75,7 +75,6 @@ EXIT_OK, EXIT_FATAL, EXIT_ERRORS, EXIT_WARNINGS = 0, 1, 10, 11
 #: Options a call may override (the rest come from the map, validated there).
 _BOOL_OPTIONS = ("dry_run", "accept_warnings", "ignore_missing_auth_providers", "stop_services", "start_synapse_after")
 
-MASK = "**********"
 _HEADING = re.compile(r"^=+\s*(Errors|Warnings)\s*=+$")
 _BULLET = "\u2022"
 _SUMMARY_LINES = 40

@@ -96,11 +96,11 @@ def test_full_cast(pg, mas_db, synapse, salt_minion, minimal_pillar, nginx_facto
 
 def test_register_user_wrapper_end_to_end(pg, salt_minion, synapse_factory, nginx_factory, tmp_path):
     """The seed's `bin/register-user <user> <password> <0|1>` on a deployment
-    the formula wired: the user exists in MAS (admin flag set, as the formula's
-own `mas_user.info` reads it through the admin API), the
-    double's worker provisions it in the real Synapse, and a password login
-    through nginx (compat route -> MAS) gives a token that Synapse accepts
-    (introspection -> MAS)."""
+        the formula wired: the user exists in MAS (admin flag set, as the formula's
+    own `mas_user.info` reads it through the admin API), the
+        double's worker provisions it in the real Synapse, and a password login
+        through nginx (compat route -> MAS) gives a token that Synapse accepts
+        (introspection -> MAS)."""
     pg.create_database("mas_e2e")
     pg.load_mas_schema("mas_e2e")
     synapse = synapse_factory(database="sqlite")
