@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 import urllib.parse
@@ -77,8 +78,9 @@ SYNAPSE_MINIMUM = (
         " (older Synapse ignores it and keeps authenticating itself)",
     ),
 )
-#: A token no server knows (upstream doctor uses one of its own the same way).
-BAD_TOKEN = "mas-formula-doctor-certainly-not-a-valid-token"  # noqa: S105
+#: Prefix of a made-up access token; a fresh one each time, because Synapse caches
+#: what MAS said about a token for 2 minutes (it would not ask MAS again).
+BAD_TOKEN_PREFIX = "mas-formula-doctor-invalid-"  # noqa: S105
 PROBE_REFRESH_TOKEN = "mas-formula-doctor-certainly-not-a-refresh-token"  # noqa: S105
 MAS_FLOW_MARKERS = ("oauth_aware_preferred", "org.matrix.msc3824.delegated_oidc_compatibility")
 
@@ -374,18 +376,28 @@ def _check_compat_login_route(ctx):
 
 def _check_synapse_reaches_mas(ctx):
     url = _join(ctx.synapse, "/_matrix/client/v3/account/whoami")
-    resp, err = ctx.get(url, headers={"Authorization": f"Bearer {BAD_TOKEN}"})
+    resp, err = ctx.get(url, headers={"Authorization": f"Bearer {BAD_TOKEN_PREFIX}{secrets.token_hex(8)}"})
     if err:
         return _check(ERROR, f"Synapse does not answer at {ctx.synapse}: {err}", ctx.start_synapse_fix(), url)
     if resp.status_code == 401:
         return _check(OK, "Synapse rejected a made-up access token (401): it can check tokens with MAS", url=url)
     if resp.status_code == 503:
+        said = f"Synapse could not check an access token with MAS ({_status(resp)}: {_short(resp.text, 120)})"
+        # from this host, MAS's endpoint for Synapse tells the two causes apart
+        probe, err = ctx.get(ctx.mas_endpoint.rstrip("/") + "/.well-known/openid-configuration")
+        if probe is not None and probe.status_code == 200:
+            return _check(
+                ERROR,
+                f"{said}; MAS answers at {ctx.mas_endpoint} (mas:synapse:mas_endpoint), so it refuses the shared"
+                " secret Synapse sends",
+                "see shared_secret: Synapse's copy must match MAS's; apply mas, then restart Synapse",
+                url,
+            )
         return _check(
             ERROR,
-            f"Synapse cannot reach MAS to check an access token ({_status(resp)}: {_short(resp.text, 120)})",
-            f"Synapse reaches MAS at {ctx.mas_endpoint} (mas:synapse:mas_endpoint, the drop-in's endpoint): "
-            + ctx.start_mas_fix()
-            + ", or correct that URL, apply mas and restart Synapse",
+            f"{said}: MAS does not answer at {ctx.mas_endpoint} (mas:synapse:mas_endpoint, the drop-in's endpoint):"
+            f" {err or _status(probe)}",
+            ctx.start_mas_fix() + "; or correct mas:synapse:mas_endpoint, apply mas and restart Synapse",
             url,
         )
     if resp.status_code < 400:
@@ -597,7 +609,7 @@ def _check_synapse_version(ctx):
     version = _version(version_text)
     for minimum, reason in SYNAPSE_MINIMUM:
         if version is not None and version < minimum:
-            problems.append(f"Synapse {version_text} is older than {'.'.join(map(str, minimum))}: {reason}")
+            problems.append(f"Synapse {version_text.split()[0]} is older than {'.'.join(map(str, minimum))}: {reason}")
             fixes.append(f"upgrade Synapse to {'.'.join(map(str, SYNAPSE_MINIMUM[-1][0]))} or newer")
     syn = ctx.synapse_settings
     unknown = []
@@ -619,7 +631,7 @@ def _check_synapse_version(ctx):
         return _check(WARNING, "; ".join(unknown), ctx.start_synapse_fix() if err else "", url)
     return _check(
         OK,
-        f"Synapse {version_text} (>= {'.'.join(map(str, SYNAPSE_MINIMUM[-1][0]))}); its config has nothing MAS or"
+        f"Synapse {version_text.split()[0]} (>= {'.'.join(map(str, SYNAPSE_MINIMUM[-1][0]))}); its config has nothing MAS or"
         " Synapse refuses together",
         url=url,
     )
