@@ -229,7 +229,6 @@ class _Context:
         self.mas_endpoint = mas["synapse"]["mas_endpoint"]
         self.secret_file = self.config["matrix"].get("secret_file") or self.paths["homeserver_secret"]
         self.synapse_settings = __salt__["mas_synapse.settings"](mas)
-        self.proxy_settings = __salt__["mas_proxy.settings"](mas)
         kind = mas["proxy"]["type"]
         self.serves_well_known = kind == "nginx" and bool(mas["proxy"]["nginx"]["well_known"])
         self.well_known = __salt__["mas_proxy.well_known_client"](
@@ -366,7 +365,7 @@ def _check_compat_login_route(ctx):
     if resp.status_code == 200:
         detail = f"Synapse's login flows ({_flow_types(resp)}), not MAS's"
     elif _errcode(resp) == "M_UNRECOGNIZED":
-        detail = f"{_status(resp)} M_UNRECOGNIZED: Synapse's answer for a route it leaves to MAS"
+        detail = f"{_status(resp)} with M_UNRECOGNIZED (Synapse's answer for a route it leaves to MAS)"
     else:
         detail = _status(resp)
     return _check(
@@ -827,24 +826,27 @@ def _upstream_checks(ctx, stderr, retcode):
         steps[step] = _check(
             kind, message, "" if kind == OK else _upstream_fix(ctx, step, message), url and url.group(1)
         )
-    failed = retcode != 0 or any(kind == ERROR for kind, _ in other)
-    if failed:
-        text = "\n".join(message for _, message in other).strip() or f"mas-cli doctor exited with {retcode}"
+    stopped = retcode != 0
+    problems = [message.strip() for kind, message in other if kind == ERROR]
+    notes = [message.strip() for kind, message in other if kind == WARNING]
+    if stopped:
         run_check = _check(
             ERROR,
-            text,
-            "fix the configuration it names (mas-cli -c config.yaml config check), then apply mas",
+            "\n".join(problems + notes) or f"mas-cli doctor exited with {retcode}",
+            f"fix what it names ({ctx.paths['mas_cli']} config check shows the configuration's errors), then apply mas",
         )
+    elif problems:
+        run_check = _check(ERROR, "\n".join(problems), "see the message (a step this formula does not know yet)")
+    elif notes:
+        run_check = _check(WARNING, "\n".join(notes), "see the message (a step this formula does not know yet)")
     else:
         run_check = _check(OK, f"mas-cli doctor ran ({ctx.paths['mas_cli']} doctor, exit 0)")
-        for kind, message in other:
-            run_check = _check(WARNING, message.strip(), "") if kind == WARNING else run_check
     out = [dict(run_check, name="mas_cli_doctor")]
     homeserver_failed = steps.get("homeserver", {}).get("status") == ERROR
     for step in UPSTREAM_STEPS:
         check = steps.get(step)
         if check is None:
-            if failed:
+            if stopped:
                 check = _check(SKIPPED, "mas-cli doctor stopped before this step")
             elif step in ("whoami", "synapse_mas_api") and homeserver_failed:
                 check = _check(SKIPPED, "upstream skips this step when the homeserver is unreachable")
@@ -929,9 +931,10 @@ def _timed(name, func, ctx, results):
 
 
 def _run_checks(ctx, checks):
+    """Run every check in a thread of its own; the slowest (the last, ``mas_cli_doctor``) starts first."""
     results = {}
     threads = []
-    for name, func in checks:
+    for name, func in reversed(checks):
         if ctx.migrating and name in DELEGATION_CHECKS:
             results[name] = [
                 dict(
@@ -1017,9 +1020,19 @@ def run(timeout=10, strict=False):
     if timeout <= 0:
         raise SaltInvocationError(f"mas_doctor.run: timeout must be a positive number of seconds, not {timeout!r}")
     mas = __salt__["mas.mapdata"]()
+    if not mas["enabled"]:
+        raise CommandExecutionError("mas:enabled is false: there is no deployment to check")
     ctx = _Context(mas, timeout)
-    checks = _run_checks(ctx, _CHECKS + (("mas_cli_doctor", _check_mas_cli_doctor),))
+    prepared = time.monotonic()
+    checks = _run_checks(ctx, (*_CHECKS, ("mas_cli_doctor", _check_mas_cli_doctor)))
+    checked = time.monotonic()
     _scrub(checks, mas)
+    log.debug(
+        "mas_doctor: map and context %.3f s, checks %.3f s, scrubbing %.3f s",
+        prepared - started,
+        checked - prepared,
+        time.monotonic() - checked,
+    )
     for check in checks:
         log.debug("mas_doctor: %s %s: %s", check["name"], check["status"], check["message"])
     result = _worst(checks)

@@ -229,6 +229,25 @@ def test_config_error_exit_1_is_the_run_check(deployment):
     assert all(checks[name]["status"] == "skipped" for name in STEPS)
 
 
+def test_unknown_upstream_lines_and_log_context_prefix(deployment):
+    """A line of a step this parser does not know is reported on ``mas_cli_doctor``; MAS's optional log
+    context (``<tag>-<n> - ``) before the message does not hide the marker."""
+    extra = f"{T} ERROR {D}:400 ❌ Something new went wrong.\n"
+    prefixed = ALL_GOOD.replace(f"{D}:131 ✅", f"{D}:131 cli-0 - ✅")
+    doctor_says(prefixed + extra)
+    checks = by_name(mas_doctor.run(timeout=2))
+    assert checks["mas_cli_doctor"]["status"] == "error"
+    assert checks["mas_cli_doctor"]["message"] == "❌ Something new went wrong."
+    assert checks["mas_cli_doctor.homeserver"]["status"] == "ok"
+    assert checks["mas_cli_doctor.legacy_login"]["status"] == "ok"
+
+
+def test_disabled_deployment_is_refused(deployment, pillar):
+    pillar["mas"]["enabled"] = False
+    with pytest.raises(mas_doctor.CommandExecutionError, match="mas:enabled is false"):
+        mas_doctor.run()
+
+
 def test_docker_runtime_without_docker_says_so_and_the_others_still_run(deployment, pillar, tmp_path):
     pillar["mas"].update(runtime="docker", service={"docker": {"command": str(tmp_path / "no" / "docker")}})
     calls = []
