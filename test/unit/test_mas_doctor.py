@@ -10,6 +10,7 @@ the HTTP checks fail fast ("connection refused") and the tests touch no other se
 import datetime
 import json
 import os
+import re
 import socket
 import ssl
 import threading
@@ -209,6 +210,93 @@ def test_both_wordings_of_step_5_and_an_all_good_run(deployment):
     upstream = RECORDED.replace("Synapse MAS API endpoint", "Synapse admin API endpoint")
     doctor_says(upstream)
     assert by_name(mas_doctor.run(timeout=2))["mas_cli_doctor.synapse_mas_api"]["status"] == "error"
+
+
+WK = "https://example.com/.well-known/matrix/client"
+HS = "http://synapse:8008"
+
+
+@pytest.mark.parametrize(
+    ("level", "message", "step", "status"),
+    [
+        (
+            "WARN",
+            f'⚠️ Invalid JSON for the well-known document at "{WK}".\nMake sure going to "{WK}" in a web browser',
+            "well_known",
+            "warning",
+        ),
+        (
+            "WARN",
+            f'⚠️ Failed to fetch well-known document at "{WK}".\nThis means that the homeserver is not reachable',
+            "well_known",
+            "warning",
+        ),
+        (
+            "ERROR",
+            f'❌ Can\'t reach the homeserver at "{HS}/_matrix/client/versions".\nThis may be due to a misconfiguration',
+            "homeserver",
+            "error",
+        ),
+        (
+            "ERROR",
+            f'❌ The homeserver at "{HS}/_matrix/client/v3/account/whoami" replied with 503 Service Unavailable.\nThis means probably means',
+            "whoami",
+            "error",
+        ),
+        (
+            "ERROR",
+            f'❌ The homeserver at "{HS}/_matrix/client/v3/account/whoami" replied with 200 OK.\nThis is *highly* unexpected',
+            "whoami",
+            "error",
+        ),
+        (
+            "WARN",
+            f'⚠️ The homeserver at "{HS}/_matrix/client/v3/account/whoami" replied with 404 Not Found.\nCheck that the homeserver is running.',
+            "whoami",
+            "warning",
+        ),
+        (
+            "ERROR",
+            f'❌ Can\'t reach the homeserver at "{HS}/_matrix/client/v3/account/whoami".\n\nError details: x',
+            "whoami",
+            "error",
+        ),
+        (
+            "INFO",
+            f'✅ The Synapse MAS API is reachable with authentication at "{HS}/_synapse/mas/is_localpart_available".',
+            "synapse_mas_api",
+            "ok",
+        ),
+        (
+            "ERROR",
+            f'❌ Can\'t reach the Synapse MAS API at "{HS}/_synapse/mas/is_localpart_available".\nMake sure',
+            "synapse_mas_api",
+            "error",
+        ),
+        (
+            "WARN",
+            '⚠️ The legacy login API at "https://m.example.com/_matrix/client/v3/login" is reachable, but it doesn\'t look to be handled by MAS.',
+            "legacy_login",
+            "warning",
+        ),
+        (
+            "WARN",
+            '⚠️ Can\'t reach the legacy login API at "https://m.example.com/_matrix/client/v3/login".\nThis means',
+            "legacy_login",
+            "warning",
+        ),
+    ],
+)
+def test_each_upstream_message_lands_on_its_step(deployment, level, message, step, status):
+    doctor_says(f"{T} {level:>5} {D}:1 {message}\n")
+    checks = by_name(mas_doctor.run(timeout=2))
+    check = checks[f"mas_cli_doctor.{step}"]
+    assert (check["status"], check["message"]) == (status, message.strip())
+    assert check["url"] == re.search(r'"(http[^"]+)"', message).group(1)
+    assert (check["fix"] == "") == (status == "ok")
+    assert checks["mas_cli_doctor"]["status"] == "ok"
+    if "503" in message:
+        assert "mas:synapse:mas_endpoint" in check["fix"]
 
 
 def test_homeserver_unreachable_skips_steps_4_and_5_like_upstream(deployment):
