@@ -305,6 +305,7 @@ def _validate(data):
     _validate_proxy(data, errors)
     _validate_users(data, errors)
     _validate_syn2mas(data, errors)
+    _validate_doctor(data, errors)
     _validate_tofs(data, errors)
     if not isinstance(data.get("config"), dict):
         errors.add(("config",), "must be a mapping merged into MAS's config.yaml")
@@ -365,6 +366,27 @@ def _validate_syn2mas(data, errors):
         value = syn2mas.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             errors.add(("syn2mas", key), f"must be a positive number of seconds, not {value!r}")
+
+
+def _validate_doctor(data, errors):
+    doctor = data["doctor"]
+    known = ("strict", "after_apply", "wait", "timeout", "proxy_url", "tls_verify")
+    for key in sorted(set(doctor) - set(known)):
+        errors.add(("doctor", key), f"unknown option (known: {', '.join(known)})")
+    if not isinstance(doctor.get("after_apply"), bool):
+        errors.add(("doctor", "after_apply"), f"must be true or false, not {doctor.get('after_apply')!r}")
+    for key in ("wait", "timeout"):
+        value = doctor.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            errors.add(("doctor", key), f"must be a positive number of seconds, not {value!r}")
+    url = doctor.get("proxy_url")
+    if _is_set(url):
+        parsed = urllib.parse.urlparse(url) if isinstance(url, str) else None
+        if not parsed or parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
+            errors.add(("doctor", "proxy_url"), f"must be http(s)://HOST[:PORT] (no path), not {url!r}")
+    verify = doctor.get("tls_verify")
+    if not isinstance(verify, bool) and not (isinstance(verify, str) and os.path.isabs(verify)):
+        errors.add(("doctor", "tls_verify"), f"must be true, false or the absolute path of a CA bundle, not {verify!r}")
 
 
 def _validate_tofs(data, errors):
@@ -940,6 +962,7 @@ def settings(data, defaults=None):
         "token_url": f"{upstream}{'' if prefix == '/' else prefix}/oauth2/token",
         "admin_url": internal + "/api/admin/v1",
         "health_url": internal + "/health",
+        "web_url": f"{upstream}{'' if prefix == '/' else prefix}/",
     }
     for kind, key in (("nginx", "mas_upstream"), ("traefik", "mas_url")):
         if not _is_set(proxy[kind].get(key)):

@@ -18,6 +18,20 @@ include:
 {%- if mas.users %}
   - .users
 {%- endif %}
+{%- if mas.doctor.after_apply %}
+  - .doctor
+{%- endif %}
 {%- else %}
   - .clean
+{%- endif %}
+{%- if mas.enabled and mas.doctor.after_apply %}
+
+# mas:doctor:after_apply: the run ends with the doctor, once everything else is in place
+extend:
+  mas-doctor-mas_doctor-healthy:
+    mas_doctor.healthy:
+      - require:
+{%- for sls in ["service", "synapse", "proxy"] + (["users"] if mas.users else []) %}
+        - sls: {{ (tplroot ~ "." ~ sls) | json }}
+{%- endfor %}
 {%- endif %}
