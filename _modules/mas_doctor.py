@@ -75,6 +75,9 @@ def run(strict=False):
     cli = mas["paths"]["mas_cli"]
     if not os.path.isfile(cli):
         raise CommandExecutionError(f"{cli} does not exist: apply the mas state first")
+    problem = __salt__["mas.runtime_problem"]()
+    if problem:
+        raise CommandExecutionError(problem)
     res = __salt__["cmd.run_all"](
         [cli, "doctor"],
         python_shell=False,
