@@ -204,7 +204,7 @@ def _users_api(wait=0):
     _refuse_while_migrating(mas)
     problem = __salt__["mas.runtime_problem"]()
     if problem:  # MAS cannot be running: say why rather than "not reachable"
-        raise CommandExecutionError(problem, info={"unreachable": True})
+        raise CommandExecutionError(problem)
     return _AdminApi(mas["api"], wait=wait)
 
 
