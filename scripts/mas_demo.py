@@ -177,12 +177,16 @@ def main(argv):
     user, group = prepare(root)
     print(f"Demo root: {root}. Service account: {user}:{group}, an existing account (the demo creates none).")
     call = salt_call(root)
+    # Salt 3008 on Python 3.11 warns about its own use of `crypt`: noise here
+    env = dict(os.environ, PYTHONWARNINGS="ignore::DeprecationWarning")
     # state.apply alone does not sync the formula's _modules/_states
-    sync = subprocess.run(call + ["saltutil.sync_all"], capture_output=True, text=True, check=False)
+    sync = subprocess.run(call + ["saltutil.sync_all"], capture_output=True, text=True, check=False, env=env)
     if sync.returncode != 0:
         print(sync.stdout + sync.stderr, file=sys.stderr)
         return sync.returncode
-    proc = subprocess.run(call + ["state.apply", "mas", "--state-output=terse", "--retcode-passthrough"], check=False)
+    proc = subprocess.run(
+        call + ["state.apply", "mas", "--state-output=terse", "--retcode-passthrough"], check=False, env=env
+    )
     if proc.returncode != 0:
         return proc.returncode
     print(f"\nFiles the mas formula rendered under {root}:")
