@@ -136,14 +136,14 @@ def main(argv, log=print):
             log(f"  {need.package}: {need.without}")
         try:
             apt_install(names, log=log)
+            why_not = "still missing after apt-get install"
         except RuntimeError as exc:
             log(f"{who}: {exc}")
-            return 1
+            why_not = "apt-get failed"
         lacking = missing(groups)
         if not lacking:
             return 0
         names = [need.package for need in lacking]
-        why_not = "still missing after apt-get install"
     log(
         f"{who}: missing system packages (Debian names): {' '.join(names)} ({why_not}; as root on Debian they are installed)"
     )

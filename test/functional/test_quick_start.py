@@ -199,6 +199,20 @@ def test_scripts_test_gives_each_checkout_its_own_pytest_temp_root(tmp_path):
 
 # ------------------------------------------------------ the end of a test run
 
+
+def test_every_skip_goes_through_unavailable():
+    """So that CI=true turns every missing prerequisite into a failure."""
+    bypass = ("pytest.skip(", "importorskip(", "mark.skip", "skipif(")
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{number}"
+        for path in sorted((REPO_ROOT / "test").rglob("*.py"))
+        if path != REPO_ROOT / "test" / "harness" / "util.py" and path != pathlib.Path(__file__)
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(text in line for text in bypass)
+    ]
+    assert found == [], "skip with harness.util.unavailable (or require_*) instead"
+
+
 SKIPPING_TESTS = """
 from harness.util import require_upstream, unavailable
 

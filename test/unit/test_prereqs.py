@@ -105,6 +105,18 @@ def test_a_package_still_missing_after_apt_get_is_reported(world, monkeypatch):
     assert "xmlsec1 (still missing after apt-get install;" in out
 
 
+def test_a_failed_apt_get_still_runs_the_rest(world, monkeypatch):
+    def broken(packages, log=print):
+        raise RuntimeError("apt-get update -qq exited 100")
+
+    world["absent"] = {"nginx"}
+    monkeypatch.setattr(prereqs, "apt_install", broken)
+    code, out = run(["tests"])
+    assert code == 0
+    assert "apt-get update -qq exited 100" in out and "nginx (apt-get failed;" in out
+    assert "without nginx: the reverse-proxy tests" in out
+
+
 def test_check_only_never_installs(world):
     world["absent"] = {"postgresql"}
     code, out = run(["tests", "--check"])
