@@ -982,6 +982,39 @@ def settings(data, defaults=None):
 # Container image (docker runtime)
 # --------------------------------------------------------------------------
 
+#: What every command that needs docker says when it is not there (the docker
+#: branch of ``mas/files/default/mas-cli.sh.jinja`` prints the same line).
+DOCKER_MISSING = "mas:runtime is docker but {command} is missing: install Docker or set mas:runtime: binary"
+BINARY_MISSING = "mas:runtime is binary but {command} is missing: install mas-cli there or set mas:binary"
+
+
+def runtime_problem(mas=None):
+    """
+    Why ``bin/mas-cli`` cannot run on this minion, in one line for the
+    operator, or an empty string when nothing is known to be wrong: with the
+    docker runtime, the docker CLI (``mas:service:docker:command``) missing;
+    with the binary runtime, ``mas-cli`` (``mas:binary``) missing.
+    The formula's functions that run ``mas-cli`` (doctor, syn2mas) or need MAS
+    running (users) check it first, instead of a shell's "exec: not found".
+
+    mas
+        The formula's map (default: :py:func:`mapdata`).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.runtime_problem
+    """
+    mas = mas or mapdata()
+    if mas["runtime"] == "docker":
+        command = mas["service"]["docker"]["command"]
+        if not __salt__["cmd.has_exec"](command):
+            return DOCKER_MISSING.format(command=command)
+    elif not __salt__["cmd.has_exec"](mas["binary"]):
+        return BINARY_MISSING.format(command=mas["binary"])
+    return ""
+
 
 def image_present(image, command="/usr/bin/docker", test=False):
     """
@@ -1001,6 +1034,8 @@ def image_present(image, command="/usr/bin/docker", test=False):
 
         salt-call mas.image_present ghcr.io/element-hq/matrix-authentication-service:1.23.0
     """
+    if not __salt__["cmd.has_exec"](command):
+        raise CommandExecutionError(DOCKER_MISSING.format(command=command))
     inspect = __salt__["cmd.run_all"](
         [command, "image", "inspect", image], python_shell=False, output_loglevel="quiet", ignore_retcode=True
     )

@@ -873,22 +873,11 @@ def _cannot_start(ctx, message, fix):
 
 
 def _check_mas_cli_doctor(ctx):
-    mas = ctx.mas
     cli = ctx.paths["mas_cli"]
-    if mas["runtime"] == "docker":
-        docker = mas["service"]["docker"]["command"]
-        if not os.access(docker, os.X_OK):
-            return _cannot_start(
-                ctx,
-                f"mas:runtime is docker but {docker} is missing",
-                "install Docker, or set mas:service:docker:command to the docker CLI (or mas:runtime: binary)",
-            )
-    elif not os.access(mas["binary"], os.X_OK):
-        return _cannot_start(
-            ctx,
-            f"mas:runtime is binary but {mas['binary']} is missing",
-            "install mas-cli there, or set mas:binary to where it is",
-        )
+    problem = __salt__["mas.runtime_problem"](ctx.mas)
+    if problem:
+        message, _, fix = problem.partition(": ")
+        return _cannot_start(ctx, message, fix)
     if not os.path.isfile(cli):
         return _cannot_start(ctx, f"{cli} is missing", "apply mas (state mas.config installs the wrapper)")
     res = __salt__["cmd.run_all"](

@@ -372,6 +372,9 @@ def _static_problems(mas, files):
         problems.append("mas:enabled is false: deploy MAS with `state.apply mas` first")
     if not os.access(mas["paths"]["mas_cli"], os.X_OK):
         problems.append(f"{mas['paths']['mas_cli']} is missing: apply `mas` first")
+    runtime = __salt__["mas.runtime_problem"](mas)
+    if runtime:
+        problems.append(runtime)
     for path in files:
         if mas.get("runtime") == "docker" and re.search(r"[\s:,]", path):
             problems.append(

@@ -202,6 +202,9 @@ def _plan(api, username, admin, emails, password_set):
 def _users_api(wait=0):
     mas = __salt__["mas.mapdata"]()
     _refuse_while_migrating(mas)
+    problem = __salt__["mas.runtime_problem"](mas)
+    if problem:  # MAS cannot be running: say why rather than "not reachable"
+        raise CommandExecutionError(problem)
     return _AdminApi(mas["api"], wait=wait)
 
 

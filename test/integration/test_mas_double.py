@@ -30,7 +30,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness.util import LOOPBACK, free_port
+from harness.util import LOOPBACK, free_port, require_upstream
 from mas_double import MAS_CLI, run_cli, run_server, ulid
 from mas_double.cli import parse_syn2mas
 from mas_double.config import load_config
@@ -215,10 +215,8 @@ def log_lines(stderr: str, level: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def contract(upstream_dir) -> AdminApiContract:
-    spec = upstream_dir / "mas" / "admin-api-spec.json"
-    if not spec.is_file():
-        pytest.skip(f"upstream admin API spec not available: {spec} is missing")
+def contract() -> AdminApiContract:
+    spec = require_upstream("mas/admin-api-spec.json")
     return AdminApiContract(spec)
 
 
@@ -1017,7 +1015,7 @@ def test_syn2mas_dry_run_only_with_migrate():
 # ------------------------------------------------------------ real Synapse
 
 
-def test_against_real_synapse(synapse_factory, pg, tmp_path):
+def test_against_real_synapse(synapse_factory, pg, tmp_path, upstream_dir):  # the double checks its config
     """register-user, provisioning, compat login and Synapse introspection end to end."""
     name = "mas_double_e2e"
     dsn = fresh_database(pg, name)

@@ -346,7 +346,7 @@ def test_docker_runtime_without_docker_says_so_and_the_others_still_run(deployme
         "name": "mas_cli_doctor",
         "status": "error",
         "message": f"mas:runtime is docker but {tmp_path / 'no' / 'docker'} is missing",
-        "fix": "install Docker, or set mas:service:docker:command to the docker CLI (or mas:runtime: binary)",
+        "fix": "install Docker or set mas:runtime: binary",
         "url": None,
         "seconds": checks["mas_cli_doctor"]["seconds"],
     }

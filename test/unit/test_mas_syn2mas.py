@@ -159,6 +159,7 @@ def mapdata(world, **overrides):
             "server_name": "example.com",
             "base_path": str(world["base"]),
             "runtime": "binary",
+            "binary": str(world["base"] / "bin" / "mas-cli"),
             "user": "root",
             "group": "root",
             "migration_in_progress": True,
@@ -483,14 +484,21 @@ def test_dry_run_never_changes_the_phase(world, cli, up):
 
 
 def test_docker_runtime_asks_the_wrapper_to_mount_the_synapse_configs(world, cli, up):
-    syn2mas.check(mapdata(world, runtime="docker"))
+    syn2mas.check(mapdata(world, runtime="docker", service={"docker": {"command": "/bin/true"}}))
     assert cli.kwargs[0]["env"] == {"MAS_CLI_READONLY_MOUNTS": f"{world['hs']}:{world['conf_d'] / 'oidc.yaml'}"}
 
 
 def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up):
     odd = world["tmp"] / "odd name.yaml"
     odd.write_text("{}\n")
-    result = syn2mas.check(mapdata(world, runtime="docker", syn2mas={"synapse_config_files": [str(odd)]}))
+    result = syn2mas.check(
+        mapdata(
+            world,
+            runtime="docker",
+            service={"docker": {"command": "/bin/true"}},
+            syn2mas={"synapse_config_files": [str(odd)]},
+        )
+    )
     assert result["result"] is False and "cannot be mounted into the MAS container" in result["errors"][0]
     assert cli.calls == []
 
