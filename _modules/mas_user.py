@@ -106,6 +106,8 @@ def check_username(username):
 
         salt-call mas_user.check_username @alice:example.com
     """
+    if isinstance(username, int) and not isinstance(username, bool):
+        username = str(username)  # salt-call reads `username=123` as a number
     if not isinstance(username, str) or not username:
         raise SaltInvocationError("username: a Matrix localpart is required")
     name = username[1:] if username.startswith("@") else username
@@ -493,7 +495,10 @@ class _Synapse(_Http):
 
     def _config(self):
         if self._conf is None:
-            self._conf = __salt__["mas_synapse.config"](mask=False)
+            syn = self.mas["synapse"]
+            self._conf = __salt__["mas_synapse.config"](
+                syn["config_files"], syn["config_dir"], exclude=[self.mas["paths"]["synapse_dropin"]], mask=False
+            )
         return self._conf
 
     @property
@@ -1476,3 +1481,36 @@ def bot_token(
             __salt__["mas_secret.atomic_write"](path, _read_private(path), mode="0600", user=user, group=group)
             changes["mode"] = {"old": reason, "new": f"0600 {user}:{group}"}
         return {"username": username, "path": path, "changes": changes}
+
+
+# --------------------------------------------------------------------------
+# bin/register-user
+# --------------------------------------------------------------------------
+
+#: Paths rendered into bin/register-user (no whitespace, quotes, `$`, `%` or control characters).
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
+
+
+def wrapper_settings():
+    """
+    What ``bin/register-user`` runs: ``{salt_call, config_dir}`` -- this
+    minion's ``salt-call`` (next to Salt's Python, else on ``PATH``) and its
+    configuration directory, so that the wrapper reaches ``mas_user.register``
+    with the same map (and phase) as the states.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_user.wrapper_settings
+    """
+    import shutil  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    sibling = os.path.join(os.path.dirname(sys.executable), "salt-call")
+    salt_call = sibling if os.access(sibling, os.X_OK) else (shutil.which("salt-call") or "/usr/bin/salt-call")
+    config_dir = os.path.dirname(__opts__.get("conf_file") or "/etc/salt/minion")
+    for name, value in (("salt-call", salt_call), ("the minion's configuration directory", config_dir)):
+        if not _SAFE_PATH.fullmatch(value):
+            raise CommandExecutionError(f"bin/register-user: {name} {value!r} has characters a wrapper cannot hold")
+    return {"salt_call": salt_call, "config_dir": config_dir}

@@ -15,9 +15,13 @@ include:
   - .service
   - .synapse
   - .proxy
-{%- if mas.users %}
+{%- if mas.users or mas.registration_tokens %}
   - .users
 {%- endif %}
 {%- else %}
   - .clean
+{#- Synapse is authoritative: mas:users are registered there #}
+{%- if mas.users %}
+  - .users
+{%- endif %}
 {%- endif %}
