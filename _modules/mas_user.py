@@ -1346,9 +1346,11 @@ def _owner_ok(path, owner, group):
     )
 
 
-def _bot_check(backend, username, path, scope, expires_in, renew_before, owner, group):
-    """``(action, reason, view, session)``: action ``none``, ``fix-mode``, ``regenerate`` or ``create``."""
+def _bot_check(backend, username, path, scope, expires_in, renew_before, owner, group, missing_ok=False):
+    """``(action, reason, view, session, sessions)``: action ``none``, ``fix-mode``, ``regenerate`` or ``create``."""
     view = backend.find(username)
+    if view is None and missing_ok:  # a prediction: the user is registered by an earlier state of the run
+        return "create", "the user is not registered yet", None, None, []
     if view is None or view["deactivated"]:
         state = "does not exist" if view is None else "is deactivated"
         raise CommandExecutionError(f"bot token: the MAS user {username} {state} (list it in mas:users first)")
@@ -1417,7 +1419,9 @@ def bot_token_status(
     )
     with _opened(batch) as (mas, backend):
         _require_mas(mas, "bot tokens")
-        action, reason, *_ = _bot_check(backend, username, path, scope, expires_in, renew_before, owner, group)
+        action, reason, *_ = _bot_check(
+            backend, username, path, scope, expires_in, renew_before, owner, group, missing_ok=True
+        )
         return {"username": username, "path": path, "action": action, "reason": reason}
 
 
