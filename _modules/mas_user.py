@@ -337,7 +337,10 @@ class _AdminApi(_Http):
             self._login()
             resp = self.send(method, url, **kwargs)
         if resp.status_code not in expect:
-            raise CommandExecutionError(f"MAS admin API {method} {path}: {resp.status_code} {_api_error(resp)}")
+            raise CommandExecutionError(
+                f"MAS admin API {method} {path}: {resp.status_code} {_api_error(resp)}",
+                info={"status": resp.status_code},
+            )
         return _json(resp, f"MAS admin API {method} {path}")
 
     def pages(self, path, params=None):
@@ -1346,38 +1349,75 @@ def _owner_ok(path, owner, group):
     )
 
 
+def _personal_sessions(backend, view, path):
+    """The formula's active personal sessions for ``path``, or None when this MAS has no personal sessions."""
+    filters = {"filter[actor_user]": view["user_id"], "filter[status]": "active"}
+    try:
+        found = list(backend.api.pages("/personal-sessions", filters))
+    except CommandExecutionError as exc:
+        if (exc.info or {}).get("status") == 404:
+            return None  # a MAS before personal sessions: compatibility tokens instead
+        raise
+    return [s for s in found if s["attributes"]["human_name"] == _session_name(path)]
+
+
 def _bot_check(backend, username, path, scope, expires_in, renew_before, owner, group, missing_ok=False):
-    """``(action, reason, view, session, sessions)``: action ``none``, ``fix-mode``, ``regenerate`` or ``create``."""
+    """What the bot's token needs: ``{action, reason, view, session, sessions, personal}`` with action ``none``,
+    ``fix-mode``, ``regenerate`` (personal session) or ``create`` (new session, or a compatibility token)."""
     view = backend.find(username)
     if view is None and missing_ok:  # a prediction: the user is registered by an earlier state of the run
-        return "create", "the user is not registered yet", None, None, []
+        return {"action": "create", "reason": "the user is not registered yet", "personal": True}
     if view is None or view["deactivated"]:
         state = "does not exist" if view is None else "is deactivated"
         raise CommandExecutionError(f"bot token: the MAS user {username} {state} (list it in mas:users first)")
-    filters = {"filter[actor_user]": view["user_id"], "filter[status]": "active"}
-    sessions = [
-        s
-        for s in backend.api.pages("/personal-sessions", filters)
-        if s["attributes"]["human_name"] == _session_name(path)
-    ]
-    same_scope = [s for s in sessions if " ".join(sorted(s["attributes"]["scope"].split())) == scope]
+    sessions = _personal_sessions(backend, view, path)
+    personal = sessions is not None
+    same_scope = [s for s in sessions or [] if " ".join(sorted(s["attributes"]["scope"].split())) == scope]
     session = same_scope[0] if same_scope else None
+    found = {"view": view, "session": session, "sessions": sessions or [], "personal": personal}
+    renew = "regenerate" if session else "create"
     value = _read_private(path)
     if not value or not value.strip():
-        return ("regenerate" if session else "create"), "no token file", view, session, sessions
+        return dict(found, action=renew, reason="no token file")
     answer = backend.api.introspect(value.strip())
     if not answer.get("active"):
-        return ("regenerate" if session else "create"), "token no longer valid", view, session, sessions
+        return dict(found, action=renew, reason="token no longer valid")
     if answer.get("username") != username or " ".join(sorted((answer.get("scope") or "").split())) != scope:
-        return ("regenerate" if session else "create"), "token of another user or scope", view, session, sessions
+        return dict(found, action=renew, reason="token of another user or scope")
     expiry = answer.get("exp")
-    if (expiry is None) != (expires_in is None):
-        return ("regenerate" if session else "create"), "expiry policy changed", view, session, sessions
+    if personal and (expiry is None) != (expires_in is None):
+        return dict(found, action=renew, reason="expiry policy changed")
     if expiry is not None and expiry - time.time() <= renew_before:
-        return ("regenerate" if session else "create"), "token expires soon", view, session, sessions
+        return dict(found, action=renew, reason="token expires soon")
     if not _owner_ok(path, owner, group):
-        return "fix-mode", "owner or mode", view, session, sessions
-    return "none", "valid", view, session, sessions
+        return dict(found, action="fix-mode", reason="owner or mode")
+    return dict(found, action="none", reason="valid")
+
+
+def _compat_token(mas, username, scope, synapse_admin):
+    """A compatibility token from ``mas-cli manage issue-compatibility-token`` (never logged)."""
+    devices = [
+        t[len("urn:matrix:client:device:") :] for t in scope.split() if t.startswith("urn:matrix:client:device:")
+    ]
+    extra = (
+        set(scope.split())
+        - {"urn:matrix:client:api:*", "urn:synapse:admin:*"}
+        - {f"urn:matrix:client:device:{d}" for d in devices}
+    )
+    if len(devices) != 1 or extra:
+        raise SaltInvocationError(
+            "scope: this MAS has no personal sessions; a compatibility token carries only the client API, one device"
+            " and (synapse_admin) urn:synapse:admin:*"
+        )
+    argv = [mas["paths"]["mas_cli"], "manage", "issue-compatibility-token", username, devices[0]]
+    if synapse_admin:
+        argv.append("--yes-i-want-to-grant-synapse-admin-privileges")
+    res = __salt__["cmd.run_all"](argv, python_shell=False, output_loglevel="quiet", ignore_retcode=True)
+    found = re.search(r"Compatibility token issued: (mct_\S+)", (res.get("stderr") or "") + (res.get("stdout") or ""))
+    if res.get("retcode") != 0 or found is None:
+        tail = __salt__["mas_secret.scrub"](((res.get("stderr") or "") + (res.get("stdout") or ""))[-600:])
+        raise CommandExecutionError(f"mas-cli manage issue-compatibility-token failed ({res.get('retcode')}): {tail}")
+    return found.group(1)
 
 
 def _bot_args(username, path, owner, group, scope, device_id, expires_in, renew_before, synapse_admin):
@@ -1419,10 +1459,8 @@ def bot_token_status(
     )
     with _opened(batch) as (mas, backend):
         _require_mas(mas, "bot tokens")
-        action, reason, *_ = _bot_check(
-            backend, username, path, scope, expires_in, renew_before, owner, group, missing_ok=True
-        )
-        return {"username": username, "path": path, "action": action, "reason": reason}
+        check = _bot_check(backend, username, path, scope, expires_in, renew_before, owner, group, missing_ok=True)
+        return {"username": username, "path": path, "action": check["action"], "reason": check["reason"]}
 
 
 def bot_token(
@@ -1447,6 +1485,10 @@ def bot_token(
     valid token is kept; one that expires within ``renew_before`` seconds (or
     is revoked) is regenerated in the same session, the old one revoked.
     ``expires_in``: lifetime of a new token in seconds (``None``: no expiry).
+    A MAS without personal sessions (its admin API answers 404) gets a
+    compatibility token instead (``mas-cli manage issue-compatibility-token``,
+    same scope; it does not expire, so ``expires_in`` does not apply), issued
+    again whenever it is no longer valid.
     Returns ``{username, path, changes}``; the token is never returned or logged.
 
     CLI Example:
@@ -1463,21 +1505,24 @@ def bot_token(
     user, group, _, _ = _file_owner(owner, group)
     with _opened(batch) as (mas, backend):
         _require_mas(mas, "bot tokens")
-        action, reason, view, session, sessions = _bot_check(
-            backend, username, path, scope, expires_in, renew_before, owner, group
-        )
+        check = _bot_check(backend, username, path, scope, expires_in, renew_before, owner, group)
+        action, reason, session = check["action"], check["reason"], check["session"]
         changes = {}
-        if action in ("create", "regenerate"):
+        if action in ("create", "regenerate") and not check["personal"]:
+            token = _compat_token(mas, username, scope, synapse_admin)
+            __salt__["mas_secret.atomic_write"](path, token + "\n", mode="0600", user=user, group=group)
+            changes["token"] = {"old": reason, "new": "issued (compatibility token: this MAS has no personal sessions)"}
+        elif action in ("create", "regenerate"):
             body = {} if expires_in is None else {"expires_in": int(expires_in)}
             if action == "regenerate":
                 url = f"/personal-sessions/{session['id']}/regenerate"
                 issued = backend.api.call("POST", url, expect=(201,), json=body)["data"]
             else:
-                body.update(actor_user_id=view["user_id"], human_name=_session_name(path), scope=scope)
+                body.update(actor_user_id=check["view"]["user_id"], human_name=_session_name(path), scope=scope)
                 issued = backend.api.call("POST", "/personal-sessions", expect=(201,), json=body)["data"]
             token = issued["attributes"]["access_token"]
             __salt__["mas_secret.atomic_write"](path, token + "\n", mode="0600", user=user, group=group)
-            for stale in sessions:
+            for stale in check["sessions"]:
                 if stale["id"] != issued["id"]:
                     backend.api.call("POST", f"/personal-sessions/{stale['id']}/revoke", expect=(200, 409))
             changes["token"] = {"old": reason, "new": "issued" if action == "create" else "regenerated"}

@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 from werkzeug.wrappers import Request, Response
 
-from mas_double import db, tokens, ulid, upstream
+from mas_double import db, faults, tokens, ulid, upstream
 from mas_double.homeserver import HomeserverError
 from mas_double.oauth import ADMIN_SCOPE
 from mas_double.passwords import complexity_score
@@ -397,6 +397,8 @@ def _route(state: ServerState, conn, request: Request, path: str) -> Response:
         return tokens.add_token(conn, request)
     elif parts[:1] == ["user-registration-tokens"] and len(parts) in (2, 3):
         return tokens.token_by_id(conn, request, _path_id(parts[1]), parts[2] if len(parts) == 3 else None)
+    elif parts[:1] == ["personal-sessions"] and faults.active("no-personal-sessions"):
+        return Response(status=404)  # a MAS before personal sessions: no such route
     elif parts == ["personal-sessions"] and method in ("GET", "POST"):
         if method == "GET":
             return tokens.list_sessions(conn, request, _paginate, _filters_base)
