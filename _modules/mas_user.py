@@ -852,6 +852,12 @@ def _changes(mas, view, username, admin, emails, locked, secret, password_update
     return changes
 
 
+def _to_set(secret, changes):
+    """The password only when it will be set (a new user, an update, a reactivation): an
+    existing user's password is never judged again."""
+    return secret if "password" in changes or "deactivated" in changes else None
+
+
 def _check_update_mode(password_update):
     if password_update not in PASSWORD_UPDATES:
         raise SaltInvocationError(f"password_update: must be one of {', '.join(PASSWORD_UPDATES)}")
@@ -891,15 +897,12 @@ def plan(
     _check_update_mode(password_update)
     secret = _password(password, password_file, password_pillar_key)
     with _opened(batch, wait) as (mas, backend):
-        _check_strength(mas, secret, skip_password_check)
         view = backend.find(username)
         unverified = view is _UNKNOWN
         view = None if unverified else view
-        out = {
-            "authority": backend.authority,
-            "user": _public(view),
-            "changes": _changes(mas, view, username, admin, emails, locked, secret, password_update),
-        }
+        changes = _changes(mas, view, username, admin, emails, locked, secret, password_update)
+        _check_strength(mas, _to_set(secret, changes), skip_password_check)
+        out = {"authority": backend.authority, "user": _public(view), "changes": changes}
         if unverified:
             out["unverified"] = True
         return out
@@ -962,9 +965,9 @@ def register(
     _check_update_mode(password_update)
     secret = _password(password, password_file, password_pillar_key)
     with _opened(batch) as (mas, backend):
-        _check_strength(mas, secret, skip_password_check)
         view = backend.find(username, create_admin=True)
         changes = _changes(mas, view, username, admin, emails, locked, secret, password_update)
+        _check_strength(mas, _to_set(secret, changes), skip_password_check)
         if view is None:
             view = backend.create(username, secret, admin, skip_password_check)
         else:
