@@ -45,24 +45,41 @@ def admin_get(server, token, user_id):
 def secrets_of(server, root):
     """Every secret that must never appear in an output."""
     values = [server.config["registration_shared_secret"], server.config["macaroon_secret_key"], PEPPER]
-    password_file = root / "formula" / "synapse-admin.password"
-    if password_file.exists():
+    for password_file in root.glob("formula/synapse-admin.password"):
         values.append(password_file.read_text().strip())
     return values
 
 
-def test_mas_disabled_registers_in_synapse(homeserver, salt_minion, tmp_path):
+PHASES = {
+    "disabled": {"enabled": False},
+    "migrating": {
+        "enabled": True,
+        "migration_in_progress": True,
+        "server_name": "example.com",
+        "runtime": "binary",
+        "service": {"manage": False},
+    },
+}
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+def test_registration_goes_to_synapse(phase, homeserver, salt_minion, tmp_path):
+    """MAS disabled, and separately migrating: Synapse receives the registration."""
     root = tmp_path / "srv"
-    pillar = {
-        "enabled": False,
-        "base_path": str(root),
-        "synapse": {
-            "endpoint": homeserver.base_url + "/",
-            "config_files": [str(homeserver.config_path)],
-            "config_dir": str(homeserver.conf_d),
-            "restart": False,
+    pillar = deep_update(
+        PHASES[phase],
+        {
+            "base_path": str(root),
+            "synapse": {
+                "endpoint": homeserver.base_url + "/",
+                "config_files": [str(homeserver.config_path)],
+                "config_dir": str(homeserver.conf_d),
+                "restart": False,
+                "formula_admin": f"mas-formula-{phase}",
+            },
         },
-    }
+    )
+    alice, bob, carol = (f"{name}-{phase}" for name in ("alice", "bob", "carol"))
     salt_minion.set_pillar({"mas": pillar})
     password_file = tmp_path / "alice.pw"
     password_file.write_text(ALICE_PASSWORD + "\n")
@@ -70,58 +87,60 @@ def test_mas_disabled_registers_in_synapse(homeserver, salt_minion, tmp_path):
 
     with CmdlineWatch(ALICE_PASSWORD) as watch:
         res = salt_minion.run(
-            "mas_user.register", "alice", f"password_file={password_file}", "admin=True", log_level="debug"
+            "mas_user.register", alice, f"password_file={password_file}", "admin=True", log_level="debug"
         )
     outputs.append(res.output)
     assert res.returncode == 0, res.output
     assert watch.samples > 0 and watch.found == []
     assert res.data["authority"] == "synapse" and res.data["created"] is True
-    assert res.data["user_id"] == "@alice:example.com"
+    assert res.data["user_id"] == f"@{alice}:example.com"
 
     # alice logs in with that password on Synapse and is a Synapse admin
-    alice = login(homeserver, "alice", ALICE_PASSWORD)
-    assert alice.status_code == 200, alice.text
-    alice_token = alice.json()["access_token"]
-    assert admin_get(homeserver, alice_token, "@alice:example.com").json()["admin"] is True
+    logged_in = login(homeserver, alice, ALICE_PASSWORD)
+    assert logged_in.status_code == 200, logged_in.text
+    alice_token = logged_in.json()["access_token"]
+    assert admin_get(homeserver, alice_token, f"@{alice}:example.com").json()["admin"] is True
 
     # the formula's own admin: password 0600 root, no session left behind
     admin_password = root / "formula" / "synapse-admin.password"
     assert oct(admin_password.stat().st_mode & 0o777) == "0o600" and admin_password.stat().st_uid == 0
-    devices = homeserver.request("GET", "/_synapse/admin/v2/users/@mas-formula:example.com/devices", token=alice_token)
+    devices = homeserver.request(
+        "GET", f"/_synapse/admin/v2/users/@mas-formula-{phase}:example.com/devices", token=alice_token
+    )
     assert devices.status_code == 200 and devices.json()["devices"] == [], "the formula logged out"
 
-    again = salt_minion.run("mas_user.register", "alice", f"password_file={password_file}", "admin=True")
+    again = salt_minion.run("mas_user.register", alice, f"password_file={password_file}", "admin=True")
     outputs.append(again.output)
     assert again.returncode == 0 and again.data["changes"] == {} and again.data["created"] is False, again.output
 
     # bob, not an admin, is refused by Synapse's admin API
     (tmp_path / "bob.pw").write_text(BOB_PASSWORD)
-    bob = salt_minion.run("mas_user.register", "bob", f"password_file={tmp_path / 'bob.pw'}", "admin=False")
-    outputs.append(bob.output)
-    assert bob.returncode == 0 and bob.data["created"] is True, bob.output
-    bob_token = login(homeserver, "bob", BOB_PASSWORD).json()["access_token"]
-    assert admin_get(homeserver, bob_token, "@bob:example.com").status_code == 403
+    made = salt_minion.run("mas_user.register", bob, f"password_file={tmp_path / 'bob.pw'}", "admin=False")
+    outputs.append(made.output)
+    assert made.returncode == 0 and made.data["created"] is True, made.output
+    bob_token = login(homeserver, bob, BOB_PASSWORD).json()["access_token"]
+    assert admin_get(homeserver, bob_token, f"@{bob}:example.com").status_code == 403
 
     # lifecycle on Synapse: admin flag, email, lock, deactivate
-    promoted = salt_minion.run("mas_user.set_admin", "bob", "admin=True")
+    promoted = salt_minion.run("mas_user.set_admin", bob, "admin=True")
     assert promoted.data["changes"] == {"admin": {"old": False, "new": True}}, promoted.output
-    assert admin_get(homeserver, alice_token, "@bob:example.com").json()["admin"] is True
-    email = salt_minion.run("mas_user.add_email", "bob", "bob@example.com")
-    assert email.data["changes"] == {"emails": {"old": [], "new": ["bob@example.com"]}}, email.output
-    locked = salt_minion.run("mas_user.lock", "bob")
+    assert admin_get(homeserver, alice_token, f"@{bob}:example.com").json()["admin"] is True
+    email = salt_minion.run("mas_user.add_email", bob, f"{bob}@example.com")
+    assert email.data["changes"] == {"emails": {"old": [], "new": [f"{bob}@example.com"]}}, email.output
+    locked = salt_minion.run("mas_user.lock", bob)
     assert locked.data["changes"] == {"locked": {"old": False, "new": True}}, locked.output
-    assert admin_get(homeserver, alice_token, "@bob:example.com").json()["locked"] is True
-    salt_minion.run("mas_user.unlock", "bob")
-    gone = salt_minion.run("mas_user.deactivate", "bob")
+    assert admin_get(homeserver, alice_token, f"@{bob}:example.com").json()["locked"] is True
+    salt_minion.run("mas_user.unlock", bob)
+    gone = salt_minion.run("mas_user.deactivate", bob)
     assert gone.data["changes"] == {"deactivated": {"old": False, "new": True}}, gone.output
-    assert admin_get(homeserver, alice_token, "@bob:example.com").json()["deactivated"] is True
+    assert admin_get(homeserver, alice_token, f"@{bob}:example.com").json()["deactivated"] is True
 
     # bad input: nothing is created in Synapse
-    weak = salt_minion.run("mas_user.register", "carol", "password=abcdefgh12")
+    weak = salt_minion.run("mas_user.register", carol, "password=abcdefgh12")
     assert weak.returncode != 0 and "password: too weak" in weak.output
-    bad_email = salt_minion.run("mas_user.register", "carol", "emails=[carol]")
+    bad_email = salt_minion.run("mas_user.register", carol, "emails=[carol]")
     assert bad_email.returncode != 0 and "is not an email address" in bad_email.output
-    assert admin_get(homeserver, alice_token, "@carol:example.com").status_code == 404
+    assert admin_get(homeserver, alice_token, f"@{carol}:example.com").status_code == 404
 
     # without a registration shared secret in Synapse's config: a clear refusal naming both keys
     bare = tmp_path / "bare.yaml"
