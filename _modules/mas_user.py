@@ -563,7 +563,9 @@ class _Synapse(_Http):
             "admin": bool(admin),
             "mac": hmac.new(key.encode(), message, hashlib.sha1).hexdigest(),
         }
-        if not login:
+        if login:
+            body["device_id"] = self._new_device()
+        else:
             body["inhibit_login"] = True
         status, answer = self._request("POST", "/_synapse/admin/v1/register", expect=(200, 400), json=body)
         if status == 400:
@@ -574,14 +576,24 @@ class _Synapse(_Http):
 
     # -- the formula's admin session
 
+    @staticmethod
+    def _new_device():
+        """A device ID that says when it was made (stale ones are recognised by it)."""
+        return f"SALT{int(time.time())}" + "".join(secrets.choice(string.ascii_uppercase) for _ in range(4))
+
     def _login(self, secret):
         body = {
             "type": "m.login.password",
             "identifier": {"type": "m.id.user", "user": self.admin_name},
             "password": secret,
+            "device_id": self._new_device(),
             "initial_device_display_name": "mas formula (Salt)",
         }
-        status, answer = self._request("POST", "/_matrix/client/v3/login", expect=(200, 401, 403), json=body)
+        for _ in range(4):  # Synapse rate-limits logins per account (rc_login): wait as told
+            status, answer = self._request("POST", "/_matrix/client/v3/login", expect=(200, 401, 403, 429), json=body)
+            if status != 429:
+                break
+            time.sleep(min(30.0, int(answer.get("retry_after_ms") or 1000) / 1000))
         if status != 200:
             raise CommandExecutionError(
                 f"cannot log in to Synapse as the formula's admin account @{self.admin_name} ({answer.get('errcode')}:"
@@ -594,7 +606,12 @@ class _Synapse(_Http):
         """A run that died before logging out left a device (and its token): remove them."""
         path = self._user_path(self.admin_name) + "/devices"
         _, answer = self._request("GET", path)
-        stale = [d["device_id"] for d in answer.get("devices", []) if d["device_id"] != self._device]
+        stale = []
+        for device in answer.get("devices", []):
+            made = re.fullmatch(r"SALT(\d+)[A-Z]{4}", device["device_id"])
+            # another run's device is kept while it may still be working (an hour)
+            if device["device_id"] != self._device and (made is None or time.time() - int(made.group(1)) > 3600):
+                stale.append(device["device_id"])
         if stale:
             path = self._user_path(self.admin_name) + "/delete_devices"
             self._request("POST", path, json={"devices": stale})
