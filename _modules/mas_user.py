@@ -935,6 +935,7 @@ def register(
     skip_password_check=False,
     locked=None,
     password_update=ON_CREATE,
+    exists_ok=True,
     batch=False,
 ):
     """
@@ -968,6 +969,10 @@ def register(
         ``on_create`` (default): the password is set when the user is created
         only. ``always``: also whenever it differs from the one the formula
         set last (a scrypt fingerprint in ``<base_path>/formula/passwords.json``).
+    exists_ok
+        ``False``: an existing user is an error (``User already exists``), as
+        with ``mas-cli manage register-user`` (``bin/register-user`` keeps
+        that playbook behaviour).
     batch
         Share this run's sessions (the states pass it).
 
@@ -983,6 +988,8 @@ def register(
     secret = _password(password, password_file, password_pillar_key)
     with _opened(batch) as (mas, backend):
         view = backend.find(username, create_admin=True)
+        if view is not None and not exists_ok:
+            raise CommandExecutionError("User already exists")
         changes = _changes(mas, view, username, admin, emails, locked, secret, password_update)
         _check_strength(mas, _to_set(secret, changes), skip_password_check)
         if view is None:
@@ -1414,6 +1421,19 @@ def _bot_check(backend, username, path, scope, expires_in, renew_before, owner, 
     return dict(found, action="none", reason="valid")
 
 
+def _create_session(backend, body, attempts=20):
+    """``POST /personal-sessions``. MAS puts the session's device on Synapse first; a user MAS created
+    moments ago may not be provisioned there yet (MAS's job queue): retry that for a while."""
+    for attempt in range(attempts):
+        try:
+            return backend.api.call("POST", "/personal-sessions", expect=(201,), json=body)["data"]
+        except CommandExecutionError as exc:
+            if attempt == attempts - 1 or (exc.info or {}).get("status") != 500 or "provision" not in str(exc):
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _compat_token(mas, username, scope, synapse_admin):
     """A compatibility token from ``mas-cli manage issue-compatibility-token`` (never logged)."""
     devices = [
@@ -1539,7 +1559,7 @@ def bot_token(
                 issued = backend.api.call("POST", url, expect=(201,), json=body)["data"]
             else:
                 body.update(actor_user_id=check["view"]["user_id"], human_name=_session_name(path), scope=scope)
-                issued = backend.api.call("POST", "/personal-sessions", expect=(201,), json=body)["data"]
+                issued = _create_session(backend, body)
             token = issued["attributes"]["access_token"]
             __salt__["mas_secret.atomic_write"](path, token + "\n", mode="0600", user=user, group=group)
             for stale in check["sessions"]:

@@ -395,7 +395,7 @@ def test_register_user_wrapper_goes_to_mas(deployment, pg):
     assert rows(pg, "SELECT can_request_admin FROM users WHERE username = 'gina'") == [(True,)]
     assert compat_login(deployment["mas"], "gina", "Gina-Passw0rd-Stdin-55").status_code == 200
     again = subprocess.run([wrapper, "gina", "weak", "1"], capture_output=True, text=True, check=False)
-    assert again.returncode == 0, "an existing user is no error (unlike mas-cli manage register-user)"
+    assert again.returncode == 1 and "User already exists" in again.stderr, "the playbook's behaviour"
     bad = subprocess.run([wrapper, "gina", "-", "2"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "must be 0 (normal user) or 1 (admin)" in bad.stderr
 
