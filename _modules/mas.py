@@ -16,6 +16,7 @@ the formula's own (:py:func:`managed_by_formula`).
 """
 
 import copy
+import datetime
 import hashlib
 import ipaddress
 import json
@@ -100,7 +101,6 @@ SIGNING_KEYS = (
 # urn:mas:admin): a fixed id like upstream's 0000000000000000000SYNAPSE; its
 # secret is generated on the minion.
 ADMIN_CLIENT_ID = "00000000000000000SA1TADM1N"
-_LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -304,6 +304,7 @@ def _validate(data):
     _validate_synapse(data, errors)
     _validate_proxy(data, errors)
     _validate_users(data, errors)
+    _validate_registration_tokens(data, errors)
     _validate_syn2mas(data, errors)
     _validate_doctor(data, errors)
     _validate_tofs(data, errors)
@@ -312,10 +313,34 @@ def _validate(data):
     return errors
 
 
+USER_KEYS = (
+    "username",
+    "password",
+    "admin",
+    "emails",
+    "locked",
+    "password_update",
+    "skip_password_check",
+    "absent",
+    "erase",
+    "access_token",
+)
+ACCESS_TOKEN_KEYS = ("path", "owner", "group", "scope", "device_id", "expires_in", "renew_before", "synapse_admin")
+REGISTRATION_TOKEN_KEYS = ("usage_limit", "expires", "revoked")
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def _validate_users(data, errors):
+    """``mas:users`` (and ``mas:synapse:formula_admin``); usernames and emails are
+    judged by ``mas_user`` itself (one rule for the pillar and the CLI)."""
+    admin_user = _get(data, "synapse", "formula_admin")
+    try:
+        __salt__["mas_user.check_username"](admin_user)
+    except SaltInvocationError:
+        errors.add(("synapse", "formula_admin"), f"must be a Matrix localpart (a-z, 0-9, ._=/+-), not {admin_user!r}")
     users = data.get("users")
     if not isinstance(users, list):
-        errors.add(("users",), "must be a list of {username, password, admin, emails}")
+        errors.add(("users",), "must be a list of {username, password, admin, emails, ...}")
         return
     seen = set()
     for index, user in enumerate(users):
@@ -324,21 +349,103 @@ def _validate_users(data, errors):
             errors.add(path, "must be a mapping with at least `username`")
             continue
         name = user.get("username")
-        if not isinstance(name, str) or not _LOCALPART.match(name):
+        try:
+            if not isinstance(name, str) or __salt__["mas_user.check_username"](name) != name:
+                raise SaltInvocationError(name)
+        except SaltInvocationError:
             errors.add(path + ("username",), f"must be a Matrix localpart (a-z, 0-9, ._=/+-), not {name!r}")
-        elif name in seen:
-            errors.add(path + ("username",), f"{name} is listed twice")
-        seen.add(name)
-        if not isinstance(user.get("admin", False), bool):
-            errors.add(path + ("admin",), f"must be true or false, not {user.get('admin')!r}")
+        else:
+            if name in seen:
+                errors.add(path + ("username",), f"{name} is listed twice")
+            seen.add(name)
+        for key in ("admin", "skip_password_check", "absent", "erase"):
+            if not isinstance(user.get(key, False), bool):
+                errors.add(path + (key,), f"must be true or false, not {user.get(key)!r}")
+        if user.get("locked") is not None and not isinstance(user["locked"], bool):
+            errors.add(path + ("locked",), f"must be true, false or unset, not {user['locked']!r}")
+        if user.get("password_update", "on_create") not in ("on_create", "always"):
+            errors.add(path + ("password_update",), f"must be on_create or always, not {user['password_update']!r}")
         emails = user.get("emails", [])
-        if not isinstance(emails, list) or not all(isinstance(e, str) and "@" in e for e in emails):
+        if not isinstance(emails, list):
             errors.add(path + ("emails",), "must be a list of email addresses")
+        else:
+            for position, email in enumerate(emails):
+                try:
+                    __salt__["mas_user.check_email"](email)
+                except SaltInvocationError:
+                    errors.add(path + ("emails", position), f"{email!r} is not an email address")
         if _is_set(user.get("password")) and not isinstance(user["password"], str):
             errors.add(path + ("password",), "must be a string")
-        unknown = set(user) - {"username", "password", "admin", "emails"}
+        if user.get("access_token") is not None:
+            _validate_access_token(user["access_token"], path + ("access_token",), errors)
+        unknown = set(user) - set(USER_KEYS)
         if unknown:
-            errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: username, password, admin, emails)")
+            errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(USER_KEYS)})")
+
+
+def _validate_access_token(token, path, errors):
+    if not isinstance(token, dict):
+        errors.add(path, "must be a mapping {path, owner, group, expires_in, ...}")
+        return
+    file = token.get("path")
+    if not isinstance(file, str) or not os.path.isabs(file) or ".." in file.split("/") or file.endswith("/"):
+        errors.add(path + ("path",), f"must be an absolute file path, not {file!r}")
+    for key in ("owner", "group"):
+        if token.get(key) is not None and (not isinstance(token[key], str) or not _NAME.match(token[key])):
+            errors.add(path + (key,), f"{token[key]!r} is not a valid user or group name")
+    for key, low in (("expires_in", 60), ("renew_before", 0)):
+        value = token.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            errors.add(path + (key,), f"must be a number of seconds >= {low}, not {value!r}")
+    if token.get("scope") is not None and (not isinstance(token["scope"], str) or not token["scope"].split()):
+        errors.add(path + ("scope",), "must be a space-separated list of OAuth2 scopes")
+    device = token.get("device_id")
+    if device is not None and (
+        not isinstance(device, str) or not re.fullmatch(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255}", device)
+    ):
+        errors.add(path + ("device_id",), f"{device!r} is not a device ID usable in a scope")
+    if not isinstance(token.get("synapse_admin", False), bool):
+        errors.add(path + ("synapse_admin",), f"must be true or false, not {token['synapse_admin']!r}")
+    unknown = set(token) - set(ACCESS_TOKEN_KEYS)
+    if unknown:
+        errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(ACCESS_TOKEN_KEYS)})")
+
+
+def _validate_registration_tokens(data, errors):
+    tokens = data.get("registration_tokens")
+    if not isinstance(tokens, dict):
+        errors.add(("registration_tokens",), "must be a mapping of name -> {usage_limit, expires, revoked}")
+        return
+    for name, token in tokens.items():
+        path = ("registration_tokens", name)
+        if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name):
+            errors.add(path, "the name must be 1-64 letters, digits, '.', '_' or '-' (it names the token's file)")
+        if token is None:
+            tokens[name] = token = {}
+        if not isinstance(token, dict):
+            errors.add(path, "must be a mapping {usage_limit, expires, revoked}")
+            continue
+        limit = token.get("usage_limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**32):
+            errors.add(path + ("usage_limit",), f"must be a number of uses (or unset: unlimited), not {limit!r}")
+        expires = token.get("expires")
+        if isinstance(expires, datetime.datetime):  # YAML reads an unquoted timestamp as a datetime
+            expires = token["expires"] = expires.isoformat()
+        if expires is not None:
+            try:
+                parsed = datetime.datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
+                if parsed.tzinfo is None:
+                    raise ValueError(expires)
+                token["expires"] = parsed.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            except ValueError:
+                errors.add(
+                    path + ("expires",), f"must be an RFC 3339 time with a zone (2030-01-31T00:00:00Z), not {expires!r}"
+                )
+        if not isinstance(token.get("revoked", False), bool):
+            errors.add(path + ("revoked",), f"must be true or false, not {token['revoked']!r}")
+        unknown = set(token) - set(REGISTRATION_TOKEN_KEYS)
+        if unknown:
+            errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(REGISTRATION_TOKEN_KEYS)})")
 
 
 def _validate_syn2mas(data, errors):
@@ -656,6 +763,10 @@ def _paths(data):
         "state_dir": state_dir,
         "syn2mas_marker": os.path.join(state_dir, "syn2mas.json"),
         "syn2mas_lock": os.path.join(state_dir, "syn2mas.lock"),
+        # users (mas_user): the formula's Synapse admin account, password fingerprints, registration tokens
+        "synapse_admin_password": os.path.join(state_dir, "synapse-admin.password"),
+        "password_fingerprints": os.path.join(state_dir, "passwords.json"),
+        "registration_tokens_dir": os.path.join(base, "registration-tokens"),
     }
 
 
@@ -841,12 +952,19 @@ def _redact(data):
         syn2mas["synapse_database_uri_set"] = _is_set(syn2mas.pop("synapse_database_uri"))
     users = []
     for index, user in enumerate(data["users"]):
+        token = user.get("access_token")
         users.append(
             {
                 "username": user["username"],
                 "admin": bool(user.get("admin", False)),
                 "emails": list(user.get("emails") or []),
                 "password_pillar_key": _key("users", index, "password") if _is_set(user.get("password")) else None,
+                "locked": user.get("locked"),
+                "password_update": user.get("password_update", "on_create"),
+                "skip_password_check": bool(user.get("skip_password_check", False)),
+                "absent": bool(user.get("absent", False)),
+                "erase": bool(user.get("erase", False)),
+                "access_token": dict(token) if token else None,
             }
         )
     data["users"] = users
@@ -960,6 +1078,7 @@ def settings(data, defaults=None):
         "client_id": ADMIN_CLIENT_ID,
         "client_secret_file": data["paths"]["admin_client_secret"],
         "token_url": f"{upstream}{'' if prefix == '/' else prefix}/oauth2/token",
+        "introspect_url": f"{upstream}{'' if prefix == '/' else prefix}/oauth2/introspect",
         "admin_url": internal + "/api/admin/v1",
         "health_url": internal + "/health",
         "web_url": f"{upstream}{'' if prefix == '/' else prefix}/",

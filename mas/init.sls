@@ -15,7 +15,7 @@ include:
   - .service
   - .synapse
   - .proxy
-{%- if mas.users %}
+{%- if mas.users or mas.registration_tokens %}
   - .users
 {%- endif %}
 {%- if mas.doctor.after_apply %}
@@ -23,6 +23,10 @@ include:
 {%- endif %}
 {%- else %}
   - .clean
+{#- Synapse is authoritative: mas:users are registered there #}
+{%- if mas.users %}
+  - .users
+{%- endif %}
 {%- endif %}
 {%- if mas.enabled and mas.doctor.after_apply %}
 
