@@ -18,7 +18,7 @@ include:
 {%- set state_id = "mas-users-mas_user-" ~ function ~ "-" ~ user.username %}
 
 {{ state_id | json }}:
-  mas_user.{{ function }}:
+  {{ ("mas_user." ~ function) | json }}:
     - name: {{ user.username | json }}
 {%- if user.absent %}
     - erase: {{ user.erase | json }}
