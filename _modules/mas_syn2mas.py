@@ -44,9 +44,12 @@ import fcntl
 import json
 import logging
 import os
+import pathlib
 import re
+import sqlite3
 import time
 import urllib.parse
+import uuid
 
 import salt.utils.data
 import salt.utils.files
@@ -59,6 +62,13 @@ try:
 except ImportError:  # pragma: no cover - depends on the minion
     HAS_REQUESTS = False
 
+try:
+    import psycopg
+
+    HAS_PSYCOPG = True
+except ImportError:  # pragma: no cover - depends on the minion
+    HAS_PSYCOPG = False
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mas_syn2mas"
@@ -66,8 +76,11 @@ __virtualname__ = "mas_syn2mas"
 PILLAR_ROOT = "mas"
 MARKER_VERSION = 1
 
-PHASES = ("legacy_auth", "migrating", "migrated", "delegated")
-DONE_PHASES = ("migrated", "delegated")
+PHASES = ("legacy_auth", "migrating", "migrated_unverified", "migrated", "verified", "delegated", "rolled_back")
+#: Phases after which Synapse may delegate to MAS (``migrated``: a run recorded before verification existed).
+MIGRATED_PHASES = ("migrated", "verified")
+#: Phases in which a (second) migration is refused by the formula.
+DONE_PHASES = ("migrated_unverified", "migrated", "verified", "delegated", "rolled_back")
 
 #: Exit codes of ``mas-cli syn2mas``.
 EXIT_OK, EXIT_FATAL, EXIT_ERRORS, EXIT_WARNINGS = 0, 1, 10, 11
@@ -421,6 +434,216 @@ def _mas_url(mas):
     return mas["api"]["health_url"]
 
 
+# --------------------------------------------------------------------------
+# The databases: Synapse's (read only) and MAS's
+# --------------------------------------------------------------------------
+
+#: Crockford's base32 alphabet of ULIDs (MAS provider ids).
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+#: The MAS tables syn2mas fills; it needs them empty (FACTS §3.5).
+MAS_MIGRATED_TABLES = (
+    "users",
+    "user_passwords",
+    "user_emails",
+    "user_unsupported_third_party_ids",
+    "upstream_oauth_links",
+    "compat_sessions",
+    "compat_access_tokens",
+    "compat_refresh_tokens",
+)
+
+
+#: What a database driver raises.
+_DB_ERRORS = (sqlite3.Error, psycopg.Error) if HAS_PSYCOPG else (sqlite3.Error,)
+
+
+class Unreachable(CommandExecutionError):
+    """A database the formula must read cannot be reached (the reason says why, without secrets)."""
+
+
+def _ulid_uuid(ulid):
+    """The UUID MAS stores for a ULID (``01HFVBY12TMNTYTBV8W921M5FA`` -> ``uuid.UUID``)."""
+    value = 0
+    for char in str(ulid).upper():
+        value = value * 32 + _CROCKFORD.index(char)
+    return uuid.UUID(int=value)
+
+
+def _synapse_database(conf, opts, files):
+    """Where Synapse's database is, from its config (or ``mas:syn2mas:synapse_database_uri``).
+
+    Returns ``{"engine": "postgres", "connect": {...}, "label": ...}`` or
+    ``{"engine": "sqlite", "path": ..., "label": ...}``; raises :class:`Unreachable`
+    when the configuration does not say. ``label`` names the database without secrets.
+    """
+    if opts.get("synapse_database_uri"):
+        params = psycopg.conninfo.conninfo_to_dict(opts["synapse_database_uri"]) if HAS_PSYCOPG else {}
+        label = f"PostgreSQL database {params.get('dbname', '?')} at {params.get('host', 'localhost')}:" + str(
+            params.get("port", 5432)
+        )
+        return {"engine": "postgres", "connect": {"conninfo": opts["synapse_database_uri"]}, "label": label}
+    if not files:
+        raise Unreachable(
+            "no Synapse config file found (mas:synapse:config_files, mas:synapse:config_dir, "
+            "mas:syn2mas:synapse_config_files), so the formula cannot tell which database Synapse uses"
+        )
+    database = conf.get("database") if isinstance(conf.get("database"), dict) else {}
+    name = database.get("name", "sqlite3")
+    args = database.get("args") if isinstance(database.get("args"), dict) else {}
+    if name == "sqlite3":
+        path = args.get("database")
+        if not path or path == ":memory:" or not os.path.isabs(str(path)):
+            raise Unreachable(
+                f"Synapse's SQLite database path {path!r} (database.args.database in {', '.join(files)}) is not "
+                "an absolute file path the formula can open"
+            )
+        return {"engine": "sqlite", "path": str(path), "label": f"SQLite database {path}"}
+    if name not in ("psycopg2", "psycopg"):
+        raise Unreachable(f"Synapse's database engine {name!r} (database.name in {', '.join(files)}) is unknown")
+    connect = {"dbname": args.get("dbname", args.get("database"))}
+    for key in ("host", "port", "user", "password", "sslmode"):
+        if args.get(key) not in (None, ""):
+            connect[key] = str(args[key])
+    label = f"PostgreSQL database {connect.get('dbname')} at {connect.get('host', 'localhost')}:" + str(
+        connect.get("port", 5432)
+    )
+    return {"engine": "postgres", "connect": connect, "label": label}
+
+
+def _mas_database(mas):
+    """MAS's database connection (from the map; the password from pillar or its secret file)."""
+    db = mas["database"]
+    connect = {"host": db["host"], "port": str(db["port"]), "dbname": db["name"], "user": db["user"]}
+    if db.get("ssl_mode"):
+        connect["sslmode"] = db["ssl_mode"]
+    if db.get("password_set"):
+        password = salt.utils.data.traverse_dict_and_list(__pillar__, f"{PILLAR_ROOT}:database:password", None)
+        path = mas["paths"]["database_password"]
+        if password in (None, "") and os.path.isfile(path):
+            with salt.utils.files.fopen(path, "r") as handle:
+                password = handle.read().strip()
+        if password not in (None, ""):
+            connect["password"] = str(password)
+    label = f"MAS's database {db['name']} at {db['host']}:{db['port']} (mas:database)"
+    return {"engine": "postgres", "connect": connect, "label": label}
+
+
+@contextlib.contextmanager
+def _connect(database, secrets=None):
+    """A read-only connection to ``database`` (from :func:`_synapse_database` / :func:`_mas_database`).
+
+    Yields ``(engine, connection)``. A connection failure raises
+    :class:`Unreachable` naming the database (the driver's message scrubbed).
+    """
+    if database["engine"] == "sqlite":
+        path = database["path"]
+        if not os.path.exists(path):
+            yield "sqlite", None  # Synapse never started: no database yet
+            return
+        try:
+            conn = sqlite3.connect(pathlib.Path(path).as_uri() + "?mode=ro", uri=True, timeout=10)
+            conn.execute("SELECT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise Unreachable(f"{database['label']} cannot be read: {exc}") from exc
+        try:
+            yield "sqlite", conn
+        finally:
+            conn.close()
+        return
+    if not HAS_PSYCOPG:
+        raise Unreachable(f"{database['label']} cannot be read: the Python package psycopg (3) is not installed")
+    params = dict(database["connect"])
+    conninfo = params.pop("conninfo", "")
+    try:
+        conn = psycopg.connect(conninfo, connect_timeout=10, application_name="mas-formula", **params)
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if secrets:
+            reason = _scrub(reason, secrets)
+        raise Unreachable(f"{database['label']} is unreachable: {reason}") from exc
+    try:
+        conn.read_only = True
+        yield "postgres", conn
+    finally:
+        conn.close()
+
+
+def _missing_table(exc):
+    """True when ``exc`` says a table does not exist (a database nobody has set up yet)."""
+    if HAS_PSYCOPG and isinstance(exc, psycopg.errors.UndefinedTable):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
+
+
+def _rows(conn, statement, params=None):
+    """All rows of ``statement`` (``%s`` placeholders; ``?`` for SQLite)."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn.execute(statement.replace("%s", "?"), params or ()).fetchall()
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall() if cur.description else []
+
+
+# Local users who log in with a password or through an upstream provider:
+# the users a drop-in without a migration locks out. Application-service,
+# guest and deactivated users log in neither way.
+_LOGIN_USERS_SQL = (
+    "SELECT count(*) FILTER (WHERE u.password_hash IS NOT NULL AND u.password_hash <> ''), "
+    "count(*) FILTER (WHERE EXISTS (SELECT 1 FROM user_external_ids e WHERE e.user_id = u.name)), "
+    "count(*) FILTER (WHERE (u.password_hash IS NOT NULL AND u.password_hash <> '') "
+    "OR EXISTS (SELECT 1 FROM user_external_ids e WHERE e.user_id = u.name)) "
+    "FROM users u WHERE u.appservice_id IS NULL AND u.deactivated = 0 AND u.is_guest = 0"
+)
+
+
+def _login_users(database, secrets):
+    """``{"with_password", "with_external_id", "total"}`` of Synapse's users who can log in."""
+    with _connect(database, secrets) as (_, conn):
+        if conn is None:
+            return {"with_password": 0, "with_external_id": 0, "total": 0}
+        try:
+            passwords, external, total = _rows(conn, _LOGIN_USERS_SQL)[0]
+        except _DB_ERRORS as exc:
+            if _missing_table(exc):
+                return {"with_password": 0, "with_external_id": 0, "total": 0}
+            raise Unreachable(f"{database['label']} cannot be queried: {str(exc).strip().splitlines()[0]}") from exc
+    return {"with_password": passwords, "with_external_id": external, "total": total}
+
+
+def _mas_created_since(database, since, secrets):
+    """Users and active sessions MAS holds that were created after ``since`` (None: ever)."""
+    since = since or "-infinity"
+    counts = {}
+    with _connect(database, secrets) as (_, conn):
+        for key, statement in (
+            ("users", "SELECT count(*) FROM users WHERE created_at > %s::timestamptz"),
+            (
+                "compat_sessions",
+                "SELECT count(*) FROM compat_sessions WHERE created_at > %s::timestamptz AND finished_at IS NULL",
+            ),
+            (
+                "oauth2_sessions",
+                "SELECT count(*) FROM oauth2_sessions WHERE created_at > %s::timestamptz AND finished_at IS NULL",
+            ),
+        ):
+            try:
+                counts[key] = _rows(conn, statement, (since,))[0][0]
+            except _DB_ERRORS as exc:
+                if not _missing_table(exc):
+                    raise Unreachable(
+                        f"{database['label']} cannot be queried: {str(exc).strip().splitlines()[0]}"
+                    ) from exc
+                conn.rollback()
+                counts[key] = 0
+    return {
+        "users": counts["users"],
+        "sessions": counts["compat_sessions"] + counts["oauth2_sessions"],
+        "compat_sessions": counts["compat_sessions"],
+        "oauth2_sessions": counts["oauth2_sessions"],
+    }
+
+
 def _run(mas, argv, opts, files, secrets):
     """Run ``argv`` (never logged: it may carry a database URI) and parse it.
 
@@ -501,6 +724,58 @@ def _prepare(mapdata, overrides):
 # --------------------------------------------------------------------------
 
 
+def _effective_phase(mas, marker):
+    """The recorded phase; without a marker ``delegated`` when Synapse's drop-in is on disk, else ``legacy_auth``."""
+    if marker is not None:
+        return marker["phase"]
+    return "delegated" if os.path.exists(_dropin(mas)) else "legacy_auth"
+
+
+def _already(mas, marker):
+    """Why a (second) migration is refused in a done phase, with the way back."""
+    phase = _effective_phase(mas, marker)
+    if phase == "delegated" and (marker is None or marker.get("migration") == "none"):
+        return (
+            "no migration is needed: Synapse already delegates to MAS "
+            f"({'no syn2mas migration was ever recorded' if marker is None else 'none was needed'})"
+        )
+    if phase == "rolled_back":
+        return f"rolled back after a migration (phase rolled_back). {_ROLLBACK}"
+    done = (marker or {}).get("finished_at") or (marker or {}).get("updated_at")
+    return f"already migrated (phase {phase} since {done}). {_ROLLBACK}"
+
+
+def _next_step(mas, marker, phase):
+    """What the operator does next in ``phase`` (status and the state comments)."""
+    if phase == "delegated" and marker is None:
+        return (
+            f"nothing: Synapse already delegates to MAS (its drop-in {_dropin(mas)} is in place) and no "
+            "syn2mas migration was ever recorded on this minion"
+        )
+    if phase == "delegated" and marker.get("migration") == "none":
+        return "nothing: Synapse delegates to MAS; no migration was needed (Synapse had no user to migrate)"
+    if phase == "rolled_back" and (marker or {}).get("migration") == "none":
+        return "nothing to migrate: Synapse authenticates again (MAS was authoritative without a migration)"
+    return {
+        "legacy_auth": "check (mas_syn2mas.check), dry run, then migrate (state.apply mas.syn2mas)",
+        "migrating": "the last migration did not finish: fix the errors and migrate again (it resumes safely)",
+        "migrated_unverified": (
+            "the verification found differences (`salt-call mas_syn2mas.verify`): fix MAS, then "
+            "`salt-call mas_syn2mas.verify record=True`; or roll back"
+        ),
+        "migrated": (
+            "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts); "
+            "`salt-call mas_syn2mas.verify` first compares MAS with Synapse"
+        ),
+        "verified": "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)",
+        "delegated": "nothing: Synapse delegates to MAS",
+        "rolled_back": (
+            "Synapse authenticates again. To migrate again: drop and recreate MAS's database, "
+            "`salt-call mas_syn2mas.reset confirm=True`, then `salt-call state.apply mas.syn2mas`"
+        ),
+    }[phase]
+
+
 def phase(mapdata=None):
     """
     The syn2mas phase recorded on the minion: ``legacy_auth`` (also when no
@@ -547,11 +822,11 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
     mas, opts, marker, files, (common, real), secrets = _prepare(
         mapdata, {"ignore_missing_auth_providers": ignore_missing_auth_providers, "stop_services": stop_services}
     )
-    phase = _phase(marker)
+    phase = _effective_phase(mas, marker)
     synapse_up, mas_up = _answers(_synapse_url(mas)), _answers(_mas_url(mas))
     dry_run_blockers = list(common)
     if phase in DONE_PHASES:
-        dry_run_blockers.insert(0, f"already migrated (phase {phase}). {_ROLLBACK}")
+        dry_run_blockers.insert(0, _already(mas, marker))
     blockers = dry_run_blockers + real
     if not opts["stop_services"]:
         if synapse_up:
@@ -559,12 +834,7 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
         if mas_up:
             blockers.append(f"MAS answers at {_mas_url(mas)}: stop it (mas:syn2mas:stop_services is false)")
     last = (marker or {}).get("last_run") or {}
-    next_step = {
-        "legacy_auth": "check (mas_syn2mas.check), dry run, then migrate (state.apply mas.syn2mas)",
-        "migrating": "the last migration did not finish: fix the errors and migrate again (it resumes safely)",
-        "migrated": "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)",
-        "delegated": "nothing: Synapse delegates to MAS",
-    }[phase]
+    next_step = _next_step(mas, marker, phase)
     return _result(
         True,
         phase,
@@ -618,7 +888,7 @@ def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None
     )
     phase = _phase(marker)
     if phase in DONE_PHASES:
-        return _result(False, phase, "syn2mas check refused", errors=[f"already migrated (phase {phase}). {_ROLLBACK}"])
+        return _result(False, phase, "syn2mas check refused", errors=[_already(mas, marker)])
     if problems:
         return _result(False, phase, "syn2mas check refused", errors=problems)
     argv = _argv(mas, opts, files, "check")
@@ -713,30 +983,19 @@ def migrate(
     mas, opts, marker, files, (common, real), secrets = _prepare(mapdata, overrides)
     phase = _phase(marker)
     if opts["dry_run"]:
-        return _dry_run(mas, opts, phase, files, common, secrets)
+        return _dry_run(mas, opts, marker, files, common, secrets)
     if phase in DONE_PHASES:
-        done = (marker or {}).get("finished_at") or (marker or {}).get("updated_at")
-        return _result(
-            False,
-            phase,
-            "syn2mas migration refused: already migrated",
-            errors=[f"already migrated (phase {phase} since {done}). {_ROLLBACK}"],
-        )
+        return _result(False, phase, "syn2mas migration refused: already migrated", errors=[_already(mas, marker)])
     if common or real:
         return _result(False, phase, "syn2mas migration refused", errors=common + real)
     with _exclusive(mas):
         return _migrate(mas, opts, marker, files, secrets)
 
 
-def _dry_run(mas, opts, phase, files, problems, secrets):
+def _dry_run(mas, opts, marker, files, problems, secrets):
+    phase = _phase(marker)
     if phase in DONE_PHASES:
-        return _result(
-            False,
-            phase,
-            "syn2mas dry run refused",
-            errors=[f"already migrated (phase {phase}): MAS's database is not empty. {_ROLLBACK}"],
-            dry_run=True,
-        )
+        return _result(False, phase, "syn2mas dry run refused", errors=[_already(mas, marker)], dry_run=True)
     if problems:
         return _result(False, phase, "syn2mas dry run refused", errors=problems, dry_run=True)
     argv = _argv(mas, opts, files, "migrate", dry_run=True)
@@ -772,15 +1031,19 @@ def _stop(mas, opts):
     stopped, problems = [], []
     if not opts["stop_services"]:
         return stopped, problems
-    targets = [("synapse", mas["synapse"]["service"], _synapse_url(mas))]
+    targets = [("synapse", mas["synapse"]["service"], _synapse_url(mas), "mas:synapse:service")]
     if mas["service"]["manage"]:
-        targets.append(("mas", mas["service"]["name"], _mas_url(mas)))
-    for kind, name, url in targets:
+        targets.append(("mas", mas["service"]["name"], _mas_url(mas), "mas:service:name"))
+    for kind, name, url, key in targets:
         if __salt__["service.status"](name) or _answers(url):
             if __salt__["service.stop"](name):
                 stopped.append((kind, name))
             else:
-                problems.append(f"service.stop {name} failed")
+                problems.append(
+                    f"service.stop {name} failed: {'Synapse' if kind == 'synapse' else 'MAS'} could not be stopped. "
+                    f"Is {key} ({name!r}) the right service? Or stop it yourself and set "
+                    "mas:syn2mas:stop_services: false"
+                )
     return stopped, problems
 
 
@@ -801,14 +1064,25 @@ def _still_answering(mas, opts, stopped):
 
 
 def _start(stopped, kind):
-    started = []
+    """Start the services of ``kind`` this run stopped: ``(started, still_down)``."""
+    started, down = [], []
     for what, name in stopped:
         if what == kind:
-            if not __salt__["service.start"](name):
+            if __salt__["service.start"](name):
+                started.append(name)
+            else:
                 log.warning("mas_syn2mas: service.start %s failed", name)
-                continue
-            started.append(name)
-    return started
+                down.append(name)
+    return started, down
+
+
+def _synapse_down(names):
+    """The error saying Synapse stayed down, and how to start it."""
+    return [
+        f"Synapse is DOWN: service.start {name} failed after the formula stopped it. It is still authoritative "
+        f"(no drop-in): start it with `salt-call service.start {name}` (systemctl start {name}) and read its log"
+        for name in names
+    ]
 
 
 def _migrate(mas, opts, marker, files, secrets):
@@ -821,14 +1095,15 @@ def _migrate(mas, opts, marker, files, secrets):
     stopped, running = _stop(mas, opts)
     running += _still_answering(mas, opts, stopped)
     if running:
-        started = _start(stopped, "synapse") + _start(stopped, "mas")
+        started, down = _start(stopped, "synapse")
+        started += _start(stopped, "mas")[0]
         return _result(
             False,
             phase_before,
-            "syn2mas migration refused: services still running",
-            errors=running,
+            "syn2mas migration refused: services still running" + (" (and Synapse is DOWN)" if down else ""),
+            errors=running + _synapse_down(down),
             warnings=check_run["warnings"],
-            services={"stopped": [n for _, n in stopped], "started": started},
+            services={"stopped": [n for _, n in stopped], "started": started, "down": down},
         )
     argv = _argv(mas, opts, files, "migrate")
     record = {
@@ -847,18 +1122,20 @@ def _migrate(mas, opts, marker, files, secrets):
         "warnings": run["warnings"],
         "summary": run["summary"],
     }
-    services = {"stopped": [name for _, name in stopped], "started": []}
+    services = {"stopped": [name for _, name in stopped], "started": [], "down": []}
     if run["exit_code"] == EXIT_OK:
         _set_phase(mas, marker, "migrated", finished_at=last["at"], last_run=last)
         if opts["start_synapse_after"]:
-            services["started"] = _start(stopped, "synapse")
+            services["started"], services["down"] = _start(stopped, "synapse")
         next_step = "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)"
         if stopped and not services["started"]:
             next_step += "; Synapse stays stopped until then"
         return _result(
-            True,
+            not services["down"],
             "migrated",
-            f"syn2mas migration completed. Next: {next_step}",
+            f"syn2mas migration completed. Next: {next_step}"
+            + (". Synapse did not start again: it is DOWN" if services["down"] else ""),
+            errors=_synapse_down(services["down"]),
             exit_code=EXIT_OK,
             warnings=run["warnings"],
             summary=run["summary"],
@@ -867,12 +1144,15 @@ def _migrate(mas, opts, marker, files, secrets):
             command=record["command"],
         )
     _set_phase(mas, marker, "migrating", last_run=last)
-    services["started"] = _start(stopped, "synapse")
+    services["started"], services["down"] = _start(stopped, "synapse")
     errors = list(run["errors"]) or [f"mas-cli syn2mas migrate exited with {run['exit_code']}"]
     hint = _hint(errors, "migrating")
     if hint:
         errors.append(hint)
+    errors += _synapse_down(services["down"])
     restarted = " Synapse (still authoritative) was started again." if services["started"] else ""
+    if services["down"]:
+        restarted = f" Synapse is DOWN: service.start {services['down'][0]} failed."
     return _result(
         False,
         "migrating",
@@ -885,6 +1165,234 @@ def _migrate(mas, opts, marker, files, secrets):
         phase_before=phase_before,
         services=services,
         command=record["command"],
+    )
+
+
+# --------------------------------------------------------------------------
+# Guards of `state.apply mas`: no lock-out, no silent rollback
+# --------------------------------------------------------------------------
+
+_MIGRATE_FIRST = (
+    "Migrate first: set mas:migration_in_progress: true and apply `mas`, then check, back up and migrate "
+    "(`salt-call state.apply mas.syn2mas`; README, 'Migrating an existing Synapse')"
+)
+
+_NOT_DELEGABLE = {
+    "legacy_auth": (
+        "the syn2mas phase was reset to legacy_auth (mas_syn2mas.reset): Synapse's users are not in MAS. "
+        + _MIGRATE_FIRST
+    ),
+    "migrating": (
+        "the last syn2mas migration did not finish (phase migrating; `salt-call mas_syn2mas.status` shows its "
+        "errors): Synapse must not delegate to MAS yet. Set mas:migration_in_progress: true, apply `mas`, then run "
+        "`salt-call state.apply mas.syn2mas` again"
+    ),
+    "migrated_unverified": (
+        "the migration finished but its verification found Synapse users, emails, links or devices missing in MAS "
+        "(phase migrated_unverified; `salt-call mas_syn2mas.verify` lists them): delegating now would lock them "
+        "out. Fix MAS, then `salt-call mas_syn2mas.verify record=True` records `verified`; or roll back (README)"
+    ),
+    "rolled_back": (
+        "Synapse was made authoritative again after the migration (phase rolled_back): users and sessions created "
+        "in Synapse since are not in MAS. Migrate again: drop and recreate MAS's database, "
+        "`salt-call mas_syn2mas.reset confirm=True`, then `salt-call state.apply mas.syn2mas`"
+    ),
+}
+
+
+def _probe_login_users(mas, opts):
+    """Synapse's users who can log in (``_login_users``) and the database label; raises :class:`Unreachable`."""
+    files, conf, _ = _synapse_files(mas, opts)
+    secrets = _known_secrets(mas, conf)
+    database = _synapse_database(conf, opts, files)
+    return _login_users(database, secrets), database["label"]
+
+
+def _lockout(mas, opts, marker):
+    """The lock-out guard's verdict: ``(ok, message, probe)``; ``probe`` is what was found in Synapse."""
+    phase = _phase(marker)
+    fresh_again = phase == "rolled_back" and (marker or {}).get("migration") == "none"
+    if marker is not None and not fresh_again:
+        if phase in MIGRATED_PHASES + ("delegated",):
+            return True, f"Synapse's users are in MAS (syn2mas phase {phase})", None
+        return False, _NOT_DELEGABLE[phase], None
+    try:
+        users, label = _probe_login_users(mas, opts)
+    except Unreachable as exc:
+        if opts["assume_fresh"]:
+            return (
+                True,
+                f"Synapse's database was not checked ({exc}); mas:syn2mas:assume_fresh is true",
+                {"assumed_fresh": True},
+            )
+        return (
+            False,
+            f"{exc}: the formula cannot tell whether delegating to MAS would lock Synapse's users out. Fix that "
+            "and apply again; on a new homeserver without users, set mas:syn2mas:assume_fresh: true",
+            None,
+        )
+    if users["total"]:
+        return (
+            False,
+            f"Synapse's {label} holds {users['total']} users who log in with a password ({users['with_password']}) "
+            f"or through an upstream provider ({users['with_external_id']}), and no syn2mas migration is recorded on "
+            "this minion: delegating to MAS now would lock every one of them out (MAS does not know them). "
+            f"{_MIGRATE_FIRST}. Migrated them outside the formula? `salt-call mas_syn2mas.verify record=True` "
+            "records it once MAS holds them all",
+            {"login_users": users, "database": label},
+        )
+    return (
+        True,
+        f"no Synapse user to lock out ({label}: no user with a password or an external id)",
+        {
+            "login_users": users,
+            "database": label,
+        },
+    )
+
+
+def lockout_check(mapdata=None):
+    """
+    The lock-out guard of ``state.apply mas`` (``mas_syn2mas.safe_to_delegate``):
+    may Synapse delegate authentication to MAS now without locking its users out?
+
+    Yes when the syn2mas phase is ``migrated``, ``verified`` or ``delegated``.
+    No while a migration is unfinished, unverified, reset or rolled back. With
+    no migration recorded, Synapse's database (read from its config files, or
+    ``mas:syn2mas:synapse_database_uri``) is asked: any local user with a
+    password or an external id (application-service, guest and deactivated
+    users aside) refuses, and so does a database the formula cannot read,
+    unless ``mas:syn2mas:assume_fresh`` is true. Reads only.
+
+    Returns ``{"result", "phase", "errors", "warnings", "comment", "probe"}``.
+
+    mapdata
+        The formula's map (default: computed from pillar).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.lockout_check
+    """
+    mas = _mapdata(mapdata)
+    opts = options(mas)
+    marker = _read_marker(mas)
+    ok, message, probe = _lockout(mas, opts, marker)
+    warnings = [message] if ok and (probe or {}).get("assumed_fresh") else []
+    return _result(
+        ok,
+        _phase(marker),
+        message if ok else "delegating to MAS refused: it would lock Synapse's users out",
+        errors=[] if ok else [message],
+        warnings=warnings,
+        probe=probe,
+    )
+
+
+def _rollback_target(mas, marker):
+    """``(delegated, since)``: whether Synapse delegates (recorded or on disk) and since when MAS is authoritative."""
+    dropin = os.path.exists(_dropin(mas))
+    phase = _phase(marker)
+    if marker is not None and phase == "delegated":
+        since = None if marker.get("migration") == "none" else marker.get("finished_at")
+        return dropin, since
+    return (marker is None and dropin), None
+
+
+def rollback_check(mapdata=None):
+    """
+    The silent-rollback guard of ``state.apply mas`` (``mas_syn2mas.safe_to_roll_back``):
+    may Synapse become authoritative again (``mas:migration_in_progress:
+    true`` or ``mas:enabled: false``) without breaking what MAS alone knows?
+
+    Only asked while Synapse delegates to MAS (phase ``delegated``, or its
+    drop-in with no marker). MAS's database is counted: users created since
+    the migration (all of them when none was needed) and active sessions
+    (compatibility and OAuth 2.0) created since then. Any of them refuses,
+    naming the numbers, unless ``mas:syn2mas:force_rollback`` is true; so does
+    a MAS database the formula cannot read. Reads only.
+
+    Returns ``{"result", "phase", "errors", "warnings", "comment", "counts"}``.
+
+    mapdata
+        The formula's map (default: computed from pillar).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.rollback_check
+    """
+    mas = _mapdata(mapdata)
+    opts = options(mas)
+    marker = _read_marker(mas)
+    phase = _phase(marker)
+    delegating, since = _rollback_target(mas, marker)
+    if not delegating:
+        return _result(True, phase, f"Synapse does not delegate to MAS (syn2mas phase {phase}): nothing to roll back")
+    why = "mas:enabled is false" if not mas.get("enabled") else "mas:migration_in_progress is true"
+    when = f"since the migration ({since})" if since else "since MAS became authoritative"
+    force = "set mas:syn2mas:force_rollback: true to roll back anyway"
+    try:
+        counts = _mas_created_since(_mas_database(mas), since, _known_secrets(mas, {}))
+    except Unreachable as exc:
+        message = (
+            f"{why}, so Synapse would become authoritative again, but {exc}: the formula cannot count the users "
+            f"and sessions that exist only in MAS. Fix that and apply again, or {force}"
+        )
+        if opts["force_rollback"]:
+            return _result(True, phase, f"rollback forced (mas:syn2mas:force_rollback): {message}", warnings=[message])
+        return _result(False, phase, "rollback refused", errors=[message])
+    broken = counts["users"] or counts["sessions"]
+    message = (
+        f"{why}: Synapse would become authoritative again and {counts['users']} users and {counts['sessions']} "
+        f"sessions created in MAS {when} would break (they exist only in MAS: the seed's reversibility warning)"
+    )
+    if broken and not opts["force_rollback"]:
+        return _result(
+            False,
+            phase,
+            "rollback refused",
+            errors=[f"{message}. Keep MAS authoritative, or {force}"],
+            counts=counts,
+        )
+    if broken:
+        return _result(
+            True, phase, f"rollback forced (mas:syn2mas:force_rollback): {message}", warnings=[message], counts=counts
+        )
+    return _result(True, phase, f"{why}: MAS holds no user or session created {when}; nothing breaks", counts=counts)
+
+
+def mark_rolled_back(mapdata=None):
+    """
+    Record the ``rolled_back`` phase once Synapse is authoritative again
+    after a delegation (its drop-in removed), so that
+    :py:func:`status` tells the truth. Nothing to do otherwise.
+
+    mapdata
+        The formula's map (default: computed from pillar).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.mark_rolled_back
+    """
+    mas = _mapdata(mapdata)
+    marker = _read_marker(mas)
+    phase = _phase(marker)
+    if phase != "delegated" or os.path.exists(_dropin(mas)):
+        return _result(True, phase, f"nothing to record (syn2mas phase {phase})", changes={})
+    opts = options(mas)
+    why = "mas:enabled: false" if not mas.get("enabled") else "mas:migration_in_progress: true"
+    with _exclusive(mas):
+        _set_phase(mas, marker, "rolled_back", rolled_back_at=_now(), rolled_back_by=why, forced=opts["force_rollback"])
+    return _result(
+        True,
+        "rolled_back",
+        f"syn2mas phase rolled_back recorded ({why}): Synapse authenticates again",
+        changes={"phase": {"old": phase, "new": "rolled_back"}},
     )
 
 
@@ -946,13 +1454,16 @@ def reset(confirm=False, mapdata=None):
 
 def mark_delegated(mapdata=None):
     """
-    Record the ``delegated`` phase after a migration: once
-    ``mas:migration_in_progress`` is false and Synapse's drop-in is live.
+    Record the ``delegated`` phase once ``mas:migration_in_progress`` is false
+    and Synapse's drop-in is live: after a migration (phase ``migrated`` or
+    ``verified``), or on a homeserver that needed none (no marker, and the
+    lock-out guard finds no Synapse user who could log in: recorded with
+    ``migration: none``). Later rollbacks are guarded from this record on.
 
-    Returns ``result: True`` without change when there is nothing to record
-    (no migration recorded: a new homeserver; or already ``delegated``), and
+    Returns ``result: True`` without change when already ``delegated``, and
     ``result: False`` when delegation would skip or outrun syn2mas (phase
-    ``migrating``, or ``legacy_auth`` after a reset).
+    ``migrating``, ``migrated_unverified``, ``rolled_back`` or a reset
+    ``legacy_auth``, or Synapse users but no migration).
 
     mapdata
         The formula's map (default: computed from pillar).
@@ -966,16 +1477,8 @@ def mark_delegated(mapdata=None):
     mas = _mapdata(mapdata)
     marker = _read_marker(mas)
     phase = _phase(marker)
-    if marker is None:
-        return _result(True, phase, "no syn2mas migration recorded; nothing to mark", changes={})
     if phase == "delegated":
         return _result(True, phase, "syn2mas phase is already delegated", changes={})
-    if phase != "migrated":
-        why = (
-            f"syn2mas has not completed (phase {phase}): finish the migration before Synapse delegates to MAS "
-            "(mas:migration_in_progress: true, then state.apply mas.syn2mas)"
-        )
-        return _result(False, phase, "delegated refused", errors=[why])
     if mas.get("migration_in_progress"):
         return _result(False, phase, "delegated refused", errors=["mas:migration_in_progress is still true"])
     if not os.path.exists(_dropin(mas)):
@@ -985,8 +1488,16 @@ def mark_delegated(mapdata=None):
             "delegated refused",
             errors=[f"Synapse's drop-in {_dropin(mas)} is not there yet: apply `mas`"],
         )
+    ok, message, probe = _lockout(mas, options(mas), marker)
+    if not ok:
+        return _result(False, phase, "delegated refused", errors=[message])
+    fields = {"delegated_at": _now()}
+    if probe is not None:  # no migration was needed (a new homeserver)
+        fields.update(migration="none", finished_at=None, fresh_check=probe)
+    old = phase if marker is not None else None
     with _exclusive(mas):
-        _set_phase(mas, marker, "delegated", delegated_at=_now())
-    return _result(
-        True, "delegated", "syn2mas phase delegated recorded", changes={"phase": {"old": phase, "new": "delegated"}}
-    )
+        _set_phase(mas, marker, "delegated", **fields)
+    comment = "syn2mas phase delegated recorded"
+    if probe is not None:
+        comment += f" (no migration needed: {message})"
+    return _result(True, "delegated", comment, changes={"phase": {"old": old, "new": "delegated"}})

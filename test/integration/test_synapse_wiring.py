@@ -650,6 +650,15 @@ def test_migration_keeps_synapse_authoritative(minion, synapse_factory, wired, t
 
     res = minion.apply(wiring_pillar(root, synapse), sls="mas.synapse")
     assert res.returncode != 0
+    # the syn2mas lock-out guard refuses first: alice logs in with a password and no migration is recorded
+    guard = res.by_id("mas-synapse-file-mas_syn2mas-safe_to_delegate")
+    assert guard["result"] is False and "lock every one of them out" in guard["comment"]
+    assert not (synapse.conf_d / DROPIN).exists()
+    # with the migration recorded (as mas.syn2mas would), the conflict check names what has to move to MAS
+    marker = {"version": 1, "phase": "verified", "history": [{"phase": "verified", "at": "2026-01-01T00:00:00+00:00"}]}
+    (root / "mas" / "formula" / "syn2mas.json").write_text(json.dumps(marker))
+    res = minion.apply(wiring_pillar(root, synapse), sls="mas.synapse")
+    assert res.returncode != 0
     comment = dropin_state(res)["comment"]
     assert f"- oidc_providers in {synapse.config_path}: " in comment
     assert f"- password_config.enabled in {synapse.config_path}: " in comment

@@ -11,6 +11,7 @@ tmp.
 
 import json
 import os
+import sqlite3
 import stat
 from unittest.mock import MagicMock
 
@@ -19,6 +20,7 @@ import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from formula_modules import DEFAULTS, MODULES, STATES, dunders
+from harness.util import free_port
 from pillars import deep_update
 
 mas = MODULES["mas"]
@@ -296,7 +298,12 @@ def test_status_leaves_out_the_formulas_dropin_and_reports_blockers(world, up):
     text = "\n".join(result["blockers"])
     assert "mas:migration_in_progress is false" in text
     assert "drop-in" in text and "Synapse answers at http://127.0.0.1:8008/_matrix/client/versions" in text
-    assert result["dry_run_blockers"] == []
+    # issue 10: the drop-in is on disk and no migration was recorded: status says Synapse already delegates
+    assert result["phase"] == "delegated" and result["recorded"] is False
+    assert result["dry_run_blockers"] == [
+        "no migration is needed: Synapse already delegates to MAS (no syn2mas migration was ever recorded)"
+    ]
+    assert "already delegates to MAS" in result["next_step"] and "check, dry run" not in result["comment"]
 
 
 def test_check_passes_on_exit_0(world, cli):
@@ -410,7 +417,7 @@ def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up
     assert result["result"] is True
     assert [c.args[0] for c in services["service.stop"].call_args_list] == ["synapse-unit", "mas-unit"]
     services["service.start"].assert_not_called()
-    assert result["services"] == {"stopped": ["synapse-unit", "mas-unit"], "started": []}
+    assert result["services"] == {"stopped": ["synapse-unit", "mas-unit"], "started": [], "down": []}
     assert "Synapse stays stopped" in result["comment"]
 
     (world["base"] / "formula" / "syn2mas.json").unlink()
@@ -424,7 +431,7 @@ def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up,
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is False and "still answers" in result["errors"][0]
     assert "after service.stop" in result["errors"][0]
-    assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"]}
+    assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
     assert marker(world) is None and cli.actions == ["check"]
 
 
@@ -441,7 +448,7 @@ def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, u
     failed = syn2mas.migrate(mapdata=data)
     assert failed["result"] is False and failed["phase"] == "migrating" and failed["exit_code"] == 1
     assert failed["errors"][0].startswith("Error: error when writing to MAS DB")
-    assert failed["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"]}
+    assert failed["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
     assert_no_secret(failed)
     saved = marker(world)
     assert saved["phase"] == "migrating" and saved["last_run"]["exit_code"] == 1 and saved["finished_at"] is None
@@ -536,8 +543,10 @@ def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
     services["service.stop"].side_effect = [True, False]
     data = mapdata(world, service={"manage": True, "name": "mas-unit"}, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
-    assert result["result"] is False and result["errors"] == ["service.stop mas-unit failed"]
-    assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"]}
+    assert result["result"] is False and len(result["errors"]) == 1
+    assert result["errors"][0].startswith("service.stop mas-unit failed: MAS could not be stopped")
+    assert "mas:service:name ('mas-unit')" in result["errors"][0] and "stop_services: false" in result["errors"][0]
+    assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
     assert marker(world) is None and cli.actions == ["check"]
 
 
@@ -571,25 +580,243 @@ def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up):
     assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {}
 
 
-def test_mark_delegated(world, cli, up):
+def test_mark_delegated_after_a_migration(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
     delegating = mapdata(world, migration_in_progress=False)
-    fresh = syn2mas.mark_delegated(delegating)  # a new homeserver: nothing recorded, nothing to do
-    assert fresh["result"] is True and fresh["changes"] == {} and marker(world) is None
-
     cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: boom\n"}
     syn2mas.migrate(mapdata=data)
+    dropin(world)
     half = syn2mas.mark_delegated(delegating)
-    assert half["result"] is False and "has not completed (phase migrating)" in half["errors"][0]
+    assert half["result"] is False and "did not finish (phase migrating" in half["errors"][0]
 
     cli.answers["migrate"] = MIGRATE_OK
+    (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
     syn2mas.migrate(mapdata=data)
     assert "not there yet" in syn2mas.mark_delegated(delegating)["errors"][0]
-    (world["conf_d"] / "matrix-authentication-service.yaml").write_text("{}\n")
+    dropin(world)
     done = syn2mas.mark_delegated(delegating)
     assert done["result"] is True and done["changes"] == {"phase": {"old": "migrated", "new": "delegated"}}
-    assert marker(world)["phase"] == "delegated"
+    assert marker(world)["phase"] == "delegated" and "migration" not in marker(world)
     assert syn2mas.mark_delegated(delegating)["changes"] == {}
+
+
+def test_mark_delegated_records_a_homeserver_that_needed_no_migration(world):
+    synapse_sqlite(world)  # Synapse has no user yet
+    delegating = mapdata(world, migration_in_progress=False)
+    dropin(world)
+    fresh = syn2mas.mark_delegated(delegating)
+    assert fresh["result"] is True and fresh["changes"] == {"phase": {"old": None, "new": "delegated"}}
+    saved = marker(world)
+    assert saved["phase"] == "delegated" and saved["migration"] == "none"
+    assert saved["fresh_check"]["login_users"]["total"] == 0
+    status = syn2mas.status(delegating)
+    assert status["phase"] == "delegated" and "no migration was needed" in status["next_step"]
+    assert syn2mas.migrate(mapdata=mapdata(world))["errors"][0].startswith("no migration is needed")
+
+
+# ------------------------------------------------------------------ guards of `state.apply mas`
+
+
+def synapse_sqlite(world, users=(), external_ids=()):
+    """Point Synapse's config at a SQLite database holding ``users`` (Synapse's columns the guard reads).
+
+    ``users``: ``(name, password_hash, admin, deactivated, is_guest, appservice_id)``.
+    """
+    path = world["tmp"] / "homeserver.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE users (name TEXT, password_hash TEXT, creation_ts BIGINT, admin SMALLINT DEFAULT 0 NOT NULL, "
+        "upgrade_ts BIGINT, is_guest SMALLINT DEFAULT 0 NOT NULL, appservice_id TEXT, consent_version TEXT, "
+        "consent_server_notice_sent TEXT, user_type TEXT, deactivated SMALLINT DEFAULT 0 NOT NULL, "
+        "shadow_banned BOOLEAN, consent_ts BIGINT, approved BOOLEAN, locked BOOLEAN DEFAULT FALSE NOT NULL, "
+        "suspended BOOLEAN DEFAULT FALSE NOT NULL, UNIQUE(name));"
+        "CREATE TABLE user_external_ids (auth_provider TEXT NOT NULL, external_id TEXT NOT NULL, "
+        "user_id TEXT NOT NULL, UNIQUE (auth_provider, external_id));"
+    )
+    conn.executemany(
+        "INSERT INTO users (name, password_hash, creation_ts, admin, deactivated, is_guest, appservice_id) "
+        "VALUES (?, ?, 1700000000, ?, ?, ?, ?)",
+        list(users),
+    )
+    conn.executemany("INSERT INTO user_external_ids VALUES (?, ?, ?)", list(external_ids))
+    conn.commit()
+    conn.close()
+    conf = yaml.safe_load(world["hs"].read_text())
+    conf["database"] = {"name": "sqlite3", "args": {"database": str(path)}}
+    world["hs"].write_text(yaml.safe_dump(conf))
+    return path
+
+
+def dropin(world):
+    (world["conf_d"] / "matrix-authentication-service.yaml").write_text("matrix_authentication_service: {}\n")
+
+
+LOGIN_USERS = [
+    ("@alice:example.com", "$2b$12$hash", 1, 0, 0, None),  # password
+    ("@bob:example.com", None, 0, 0, 0, None),  # OIDC only
+    ("@bridge:example.com", None, 0, 0, 0, "bridge"),  # application service: does not log in
+    ("@gone:example.com", "$2b$12$hash", 0, 1, 0, None),  # deactivated
+    ("@guest:example.com", None, 0, 0, 1, None),  # guest
+]
+
+
+def test_lockout_guard_refuses_synapse_users_without_a_migration(world):
+    synapse_sqlite(world, LOGIN_USERS, [("oidc-keycloak", "kc-bob", "@bob:example.com")])
+    result = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
+    assert result["result"] is False and result["phase"] == "legacy_auth"
+    error = result["errors"][0]
+    assert "holds 2 users who log in with a password (1) or through an upstream provider (1)" in error
+    assert "lock every one of them out" in error and "mas:migration_in_progress: true" in error
+    assert "mas_syn2mas.verify record=True" in error
+    assert result["probe"]["login_users"] == {"with_password": 1, "with_external_id": 1, "total": 2}
+
+
+def test_lockout_guard_passes_a_synapse_without_users(world):
+    synapse_sqlite(world, LOGIN_USERS[2:])  # only users who cannot log in
+    result = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
+    assert result["result"] is True and result["errors"] == [] and "no Synapse user to lock out" in result["comment"]
+    (world["tmp"] / "homeserver.db").unlink()  # Synapse never started: no database yet
+    assert syn2mas.lockout_check(mapdata(world, migration_in_progress=False))["result"] is True
+
+
+@pytest.mark.parametrize("case", ["unreachable", "no_config"])
+def test_lockout_guard_refuses_what_it_cannot_read_unless_assume_fresh(world, case):
+    if case == "no_config":
+        world["hs"].unlink()
+        (world["conf_d"] / "oidc.yaml").unlink()
+        text = "no Synapse config file found"
+    else:  # the world's Synapse config: PostgreSQL on a port nothing listens on
+        conf = yaml.safe_load(world["hs"].read_text())
+        conf["database"]["args"].update(host="127.0.0.1", port=free_port())
+        world["hs"].write_text(yaml.safe_dump(conf))
+        text = "is unreachable"
+    refused = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
+    assert refused["result"] is False and text in refused["errors"][0]
+    assert "mas:syn2mas:assume_fresh: true" in refused["errors"][0]
+    assert_no_secret(refused)
+    allowed = syn2mas.lockout_check(mapdata(world, migration_in_progress=False, syn2mas={"assume_fresh": True}))
+    assert allowed["result"] is True and "assume_fresh is true" in allowed["warnings"][0]
+
+
+@pytest.mark.parametrize(
+    "phase, ok, text",
+    [
+        ("migrating", False, "did not finish"),
+        ("legacy_auth", False, "was reset to legacy_auth"),
+        ("migrated_unverified", False, "verification found"),
+        ("rolled_back", False, "made authoritative again"),
+        ("migrated", True, "phase migrated"),
+        ("verified", True, "phase verified"),
+        ("delegated", True, "phase delegated"),
+    ],
+)
+def test_lockout_guard_follows_the_recorded_phase_without_asking_synapse(world, monkeypatch, phase, ok, text):
+    data = mapdata(world, migration_in_progress=False)
+    syn2mas._set_phase(data, None, phase)
+    monkeypatch.setattr(syn2mas, "_connect", None)  # no database may be asked
+    result = syn2mas.lockout_check(data)
+    assert result["result"] is ok and text in (result["comment"] + " ".join(result["errors"]))
+
+
+def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
+    monkeypatch.setattr(syn2mas, "_connect", None)
+    data = mapdata(world)
+    assert "nothing to roll back" in syn2mas.rollback_check(data)["comment"]
+    syn2mas._set_phase(data, None, "verified")
+    assert syn2mas.rollback_check(data)["result"] is True
+
+
+def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
+    data = mapdata(world, database={"host": "127.0.0.1", "port": free_port()})
+    syn2mas._set_phase(data, None, "delegated", finished_at="2026-01-01T00:00:00+00:00")
+    dropin(world)
+    refused = syn2mas.rollback_check(data)
+    assert refused["result"] is False and "mas:migration_in_progress is true" in refused["errors"][0]
+    assert "is unreachable" in refused["errors"][0] and "mas:syn2mas:force_rollback: true" in refused["errors"][0]
+    disabled = syn2mas.rollback_check(mapdata(world, enabled=False, database={"port": free_port()}))
+    assert disabled["result"] is False and disabled["errors"][0].startswith("mas:enabled is false")
+    forced = syn2mas.rollback_check(
+        mapdata(world, database={"host": "127.0.0.1", "port": free_port()}, syn2mas={"force_rollback": True})
+    )
+    assert forced["result"] is True and forced["comment"].startswith("rollback forced")
+
+
+def test_mark_rolled_back_once_the_dropin_is_gone(world):
+    data = mapdata(world, syn2mas={"force_rollback": True})
+    syn2mas._set_phase(data, None, "delegated")
+    dropin(world)
+    assert syn2mas.mark_rolled_back(data)["changes"] == {}
+    (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
+    done = syn2mas.mark_rolled_back(data)
+    assert done["changes"] == {"phase": {"old": "delegated", "new": "rolled_back"}}
+    saved = marker(world)
+    assert saved["rolled_back_by"] == "mas:migration_in_progress: true" and saved["forced"] is True
+    status = syn2mas.status(data)
+    assert status["phase"] == "rolled_back" and "drop and recreate MAS's database" in status["next_step"]
+
+
+def test_guard_states_report_and_refuse(world):
+    synapse_sqlite(world, LOGIN_USERS)
+    ret = syn2mas_state.safe_to_delegate("syn2mas", mapdata=mapdata(world, migration_in_progress=False))
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].startswith("delegating to MAS refused") and "\nErrors:\n- Synapse's SQLite" in ret["comment"]
+    ok = syn2mas_state.safe_to_roll_back("syn2mas", mapdata=mapdata(world))
+    assert ok["result"] is True and ok["changes"] == {}
+    rolled = syn2mas_state.rolled_back("syn2mas", mapdata=mapdata(world))
+    assert rolled["result"] is True and rolled["changes"] == {}
+
+
+# ------------------------------------------------------------------ the seed's extra arguments
+
+
+def test_seed_provider_mapping_becomes_synapse_idp_id(world):
+    provider = {
+        "id": "01HFVBY12TMNTYTBV8W921M5FA",
+        "client_id": "mas",
+        "token_endpoint_auth_method": "none",
+        "issuer": "https://kc.example.com/",
+    }
+    data = mapdata(
+        world,
+        upstream_oauth2_providers=[provider],
+        syn2mas={"extra_arguments": ["--upstreamProviderMapping oidc-keycloak:01hfvby12tmntytbv8w921m5fa"]},
+    )
+    assert data["upstream_oauth2_providers"][0]["synapse_idp_id"] == "oidc-keycloak"
+    assert data["mas_config"]["upstream_oauth2"]["providers"][0]["synapse_idp_id"] == "oidc-keycloak"
+    assert (
+        "deprecated" in data["syn2mas"]["deprecations"][0]
+        and "synapse_idp_id: oidc-keycloak" in (data["syn2mas"]["deprecations"][0])
+    )
+    split = mapdata(
+        world,
+        upstream_oauth2_providers=[provider],
+        syn2mas={"extra_arguments": ["--upstreamProviderMapping", "oidc-keycloak:01HFVBY12TMNTYTBV8W921M5FA"]},
+    )
+    assert split["upstream_oauth2_providers"][0]["synapse_idp_id"] == "oidc-keycloak"
+
+
+@pytest.mark.parametrize(
+    "arguments, text",
+    [
+        (
+            ["--upstreamProviderMapping oidc-keycloak:01J9SYN2MASF0RMV1A000000ZZ"],
+            "no provider 01J9SYN2MASF0RMV1A000000ZZ",
+        ),
+        (["--dryRun"], "'--dryRun' is not accepted (accepted: --upstreamProviderMapping"),
+        (["--upstreamProviderMapping keycloak"], "must be <synapse idp>:<MAS provider ULID>"),
+        (["--upstreamProviderMapping oidc-other:01HFVBY12TMNTYTBV8W921M5FA"], "contradicts synapse_idp_id"),
+    ],
+)
+def test_seed_extra_arguments_refused(world, arguments, text):
+    provider = {
+        "id": "01HFVBY12TMNTYTBV8W921M5FA",
+        "synapse_idp_id": "oidc-keycloak",
+        "client_id": "mas",
+        "token_endpoint_auth_method": "none",
+    }
+    with pytest.raises(SaltInvocationError) as err:
+        mapdata(world, upstream_oauth2_providers=[provider], syn2mas={"extra_arguments": arguments})
+    assert "mas:syn2mas:extra_arguments: " in str(err.value) and text in str(err.value)
 
 
 # ------------------------------------------------------------------ states
