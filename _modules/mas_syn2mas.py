@@ -41,12 +41,15 @@ returned or recorded.
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import logging
 import os
 import pathlib
 import re
+import shutil
 import sqlite3
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -379,7 +382,7 @@ def _readable_by(path, user):
     return f"mode {oct(info.st_mode & 0o777)[2:]}, owner {info.st_uid}:{info.st_gid}"
 
 
-def _static_problems(mas, files):
+def _static_problems(mas, opts, files):
     """What stops syn2mas before it runs: ``(any run, a real migration only)``."""
     problems = []
     if not mas.get("enabled"):
@@ -409,6 +412,16 @@ def _static_problems(mas, files):
             f"Synapse's drop-in {_dropin(mas)} is present (Synapse delegates to MAS): apply `mas` with "
             "mas:migration_in_progress: true first"
         )
+    if opts["backup"] and not opts.get("backup_dir"):
+        real.append(
+            "mas:syn2mas:backup_dir is not set: a real migration first takes a pg_dump of Synapse's database. Set "
+            "it (e.g. /var/backups/matrix-synapse), or say mas:syn2mas:backup: false to migrate without one"
+        )
+    elif opts["backup"]:
+        try:
+            _pg_dump()
+        except CommandExecutionError as exc:
+            real.append(str(exc))
     return problems, real
 
 
@@ -706,17 +719,895 @@ def _result(result, phase, comment, exit_code=None, errors=None, warnings=None, 
 
 
 def _prepare(mapdata, overrides):
-    """The map, options, marker, Synapse files, problems and secrets of a call.
+    """What every public function starts from: the map, options, marker, Synapse's config and the problems.
 
-    ``problems`` is ``(for any run, for a real migration only)``.
+    ``file_problems``: Synapse config files missing; ``common``: what stops
+    any mas-cli run (with the file problems); ``real``: what stops a real
+    migration only.
     """
     mas = _mapdata(mapdata)
     opts = options(mas, **overrides)
     marker = _read_marker(mas)
-    files, conf, problems = _synapse_files(mas, opts)
-    common, real = _static_problems(mas, files)
-    secrets = _known_secrets(mas, conf)
-    return mas, opts, marker, files, (problems + common, real), secrets
+    files, conf, file_problems = _synapse_files(mas, opts)
+    common, real = _static_problems(mas, opts, files)
+    return {
+        "mas": mas,
+        "opts": opts,
+        "marker": marker,
+        "files": files,
+        "conf": conf,
+        "file_problems": file_problems,
+        "common": file_problems + common,
+        "real": real,
+        "secrets": _known_secrets(mas, conf),
+    }
+
+
+class _Steps(list):
+    """The steps of a real run with their durations: logged at info level, listed in the comment and marker."""
+
+    def run(self, name, func, *args, ok=None, **kwargs):
+        """Run ``func`` as step ``name``; ``ok(value)`` tells whether it succeeded (default: no exception)."""
+        started = time.monotonic()
+        try:
+            value = func(*args, **kwargs)
+        except Exception:
+            self._done(name, started, "failed")
+            raise
+        self._done(name, started, "ok" if ok is None or ok(value) else "failed")
+        return value
+
+    def skip(self, name, why):
+        self.append({"step": name, "result": "skipped", "seconds": 0.0, "why": why})
+        log.info("mas_syn2mas: step %s skipped: %s", name, why)
+
+    def _done(self, name, started, result):
+        seconds = round(time.monotonic() - started, 3)
+        self.append({"step": name, "result": result, "seconds": seconds})
+        log.info("mas_syn2mas: step %s %s in %.3f s", name, result, seconds)
+
+    def text(self):
+        return "Steps: " + "; ".join(
+            f"{s['step']} {s['result']}" + (f" ({s['seconds']:.1f} s)" if s["result"] != "skipped" else "")
+            for s in self
+        )
+
+
+def _merge_check(pre, run, accept_warnings, phase):
+    """Preflight and upstream's ``check`` in one shape: ``(result, errors, warnings, comment)``."""
+    errors = list(pre["errors"]) + [e for e in run["errors"] if e not in pre["errors"]] if run else list(pre["errors"])
+    warnings = list(pre["warnings"]) + [w for w in (run or {}).get("warnings", []) if w not in pre["warnings"]]
+    code = (run or {}).get("exit_code")
+    ok = not errors and code in (EXIT_OK, EXIT_WARNINGS, None)
+    if ok and warnings and not accept_warnings:
+        ok = False
+        errors.append(
+            f"{len(warnings)} warning(s): read them, then accept them with accept_warnings=True "
+            "(pillar mas:syn2mas:accept_warnings: true)"
+        )
+    hint = _hint(errors, phase)
+    if hint:
+        errors.append(hint)
+    comment = {
+        EXIT_OK: "syn2mas check passed",
+        EXIT_WARNINGS: "syn2mas check passed with warnings",
+        EXIT_ERRORS: "syn2mas check found blocking errors",
+        None: "syn2mas preflight found blocking errors",
+    }.get(code, f"syn2mas check failed (exit {code})")
+    if pre["errors"] and code in (EXIT_OK, EXIT_WARNINGS):
+        comment = "syn2mas check passed upstream but the preflight found blocking errors"
+    return ok, errors, warnings, comment
+
+
+# --------------------------------------------------------------------------
+# Preflight: what will fail, and how big the job is (no MAS binary needed)
+# --------------------------------------------------------------------------
+
+#: ``user_external_ids.auth_provider`` rows a previously configured MAS left behind.
+_OAUTH_DELEGATED = "oauth-delegated"
+
+#: Synapse's auth systems MAS cannot take over by itself: (config key, name).
+_EXTERNAL_AUTH = (("cas_config", "CAS"), ("saml2_config", "SAML2"), ("jwt_config", "JWT"))
+
+
+def _enabled(section):
+    return isinstance(section, dict) and bool(section.get("enabled", False))
+
+
+def _synapse_oidc_providers(conf):
+    """The ``auth_provider`` ids Synapse stores for its OIDC providers (upstream's rules)."""
+    ids = set()
+    legacy = conf.get("oidc_config") if isinstance(conf.get("oidc_config"), dict) else {}
+    if legacy.get("issuer") is not None and legacy.get("client_id") is not None:
+        ids.add(str(legacy.get("idp_id") or "oidc"))
+    for provider in conf.get("oidc_providers") or []:
+        if isinstance(provider, dict):
+            idp_id = provider.get("idp_id")
+            ids.add("oidc" if idp_id in (None, "oidc") else f"oidc-{idp_id}")
+    return ids
+
+
+def _mas_providers(mas):
+    """``{synapse_idp_id: MAS provider id}`` of the providers in MAS's config."""
+    providers = ((mas.get("mas_config") or {}).get("upstream_oauth2") or {}).get("providers") or []
+    return {str(p["synapse_idp_id"]): str(p.get("id")) for p in providers if p.get("synapse_idp_id")}
+
+
+def _mas_bcrypt_secret(mas):
+    """``(scheme, secret bytes or None, where)`` of MAS's password scheme version 1 (``scheme`` None: none).
+
+    A ``secret_file`` is read raw (MAS compares it untrimmed); the formula's own
+    pepper file not written yet counts as the value the formula will write.
+    """
+    passwords = (mas.get("mas_config") or {}).get("passwords") or {}
+    if passwords.get("enabled", True) is False:
+        return None, None, "passwords.enabled is false in MAS's config"
+    scheme = next((s for s in passwords.get("schemes") or [] if isinstance(s, dict) and s.get("version") == 1), None)
+    if scheme is None:
+        return None, None, "MAS's config has no password scheme version 1"
+    if scheme.get("secret") is not None:
+        return scheme, str(scheme["secret"]).encode(), "passwords.schemes[version 1].secret (mas:config)"
+    path = scheme.get("secret_file")
+    if not path:
+        return scheme, None, "passwords.schemes[version 1] has no secret"
+    if os.path.isfile(path):
+        with salt.utils.files.fopen(path, "rb") as handle:
+            return scheme, handle.read(), f"{path} (MAS's bcrypt secret_file)"
+    if path == mas["paths"]["synapse_pepper"]:
+        if mas["synapse"].get("pepper_source") == "pillar":
+            value = salt.utils.data.traverse_dict_and_list(__pillar__, f"{PILLAR_ROOT}:synapse:pepper", None)
+            return scheme, str(value).encode(), "mas:synapse:pepper (written to the pepper file by `mas`)"
+        syn = mas["synapse"]
+        conf = __salt__["mas_synapse.config"](
+            syn.get("config_files"), syn["config_dir"], {}, exclude=[_dropin(mas)], mask=False
+        )["config"]
+        pepper = (conf.get("password_config") or {}).get("pepper")
+        where = "Synapse's pepper from mas:synapse:config_files (written to the pepper file by `mas`)"
+        return scheme, None if pepper in (None, "") else str(pepper).encode(), where
+    return scheme, None, f"{path} (MAS's bcrypt secret_file) does not exist"
+
+
+def _column_list(conn, table):
+    return {
+        row[0]
+        for row in _rows(conn, "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,))
+    }
+
+
+def _synapse_counts(conn, server_name):
+    """Synapse's numbers, set-based (one aggregate query per table)."""
+    columns = _column_list(conn, "users")
+    optional = {
+        name: (f"count(*) FILTER (WHERE {name})" if name in columns else "0")
+        for name in ("locked", "shadow_banned", "suspended")
+    }
+    suffix = f":{server_name}"
+    (
+        total,
+        admins,
+        guests,
+        deactivated,
+        appservice,
+        with_password,
+        bcrypt,
+        foreign,
+        locked,
+        shadow_banned,
+        suspended,
+    ) = _rows(
+        conn,
+        "SELECT count(*), count(*) FILTER (WHERE admin <> 0), count(*) FILTER (WHERE is_guest <> 0), "  # noqa: S608
+        "count(*) FILTER (WHERE deactivated <> 0), count(*) FILTER (WHERE appservice_id IS NOT NULL), "
+        "count(*) FILTER (WHERE password_hash IS NOT NULL AND password_hash <> ''), "
+        "count(*) FILTER (WHERE password_hash LIKE '$2%%'), "
+        "count(*) FILTER (WHERE appservice_id IS NULL AND right(name, %s) <> %s), "
+        f"{optional['locked']}, {optional['shadow_banned']}, {optional['suspended']} FROM users",
+        (len(suffix), suffix),
+    )[0]
+    threepids = dict(_rows(conn, "SELECT medium, count(*) FROM user_threepids GROUP BY medium ORDER BY medium"))
+    external = dict(
+        _rows(conn, "SELECT auth_provider, count(*) FROM user_external_ids GROUP BY auth_provider ORDER BY 1")
+    )
+    devices, visible = _rows(
+        conn,
+        "SELECT count(*), count(*) FILTER (WHERE NOT coalesce(hidden, false) AND device_id <> 'guest_device') "
+        "FROM devices",
+    )[0]
+    (access,) = _rows(conn, "SELECT count(*) FROM access_tokens")[0]
+    (refresh,) = _rows(conn, "SELECT count(*) FROM refresh_tokens")[0]
+    return {
+        "users": {
+            "total": total,
+            "local": total - appservice,
+            "admins": admins,
+            "guests": guests,
+            "deactivated": deactivated,
+            "locked": locked,
+            "shadow_banned": shadow_banned,
+            "suspended": suspended,
+            "appservice": appservice,
+            "with_password": with_password,
+            "bcrypt_hashes": bcrypt,
+            "foreign_ids": foreign,
+        },
+        "threepids": {
+            "email": threepids.get("email", 0),
+            "non_email": sum(n for medium, n in threepids.items() if medium != "email"),
+            "by_medium": threepids,
+        },
+        "external_ids": external,
+        "devices": devices,
+        "devices_migrated": visible,
+        "access_tokens": access,
+        "refresh_tokens": refresh,
+    }
+
+
+def _mas_contents(conn):
+    """Which of syn2mas's tables hold rows in MAS's database, and whether a partial migration is there."""
+    present = {
+        table
+        for table, exists in _rows(
+            conn,
+            "SELECT t, to_regclass('public.' || t) IS NOT NULL FROM unnest(%s::text[]) AS t",
+            (list(MAS_MIGRATED_TABLES) + ["syn2mas_restore_indices", "syn2mas__users"],),
+        )
+        if exists
+    }
+    filled = [
+        table
+        for table in MAS_MIGRATED_TABLES
+        if table in present and _rows(conn, f"SELECT EXISTS (SELECT 1 FROM {table})")[0][0]  # noqa: S608
+    ]
+    users = _rows(conn, "SELECT count(*) FROM users")[0][0] if "users" in filled else 0
+    return {
+        "schema": "users" in present,
+        "filled": filled,
+        "users": users,
+        "partial": "syn2mas_restore_indices" in present,
+    }
+
+
+def _preflight(mas, opts, marker, files, conf, secrets):
+    """The native checks (see :py:func:`preflight`): ``{errors, warnings, notes, counts, ...}``."""
+    errors, warnings, notes = [], [], list(mas["syn2mas"].get("deprecations") or [])
+    origin = __salt__["mas_synapse.config"](files, None, {}, mask=True)["origins"] if files else {}
+
+    def where(key):
+        return f"{key} in {origin.get(key, 'the Synapse config')}"
+
+    phase = _phase(marker)
+    if phase in DONE_PHASES:
+        errors.append(_already(mas, marker))
+    if not files:
+        errors.append(
+            "no Synapse config file found (mas:synapse:config_files, mas:synapse:config_dir): list the pre-MAS "
+            "Synapse config in mas:syn2mas:synapse_config_files"
+        )
+    server_name = conf.get("server_name")
+    if files and server_name != mas.get("server_name"):
+        errors.append(
+            f"Synapse's server_name is {server_name!r} ({where('server_name')}) but mas:server_name is "
+            f"{mas.get('server_name')!r}: MAS's matrix.homeserver must equal it; set mas:server_name: {server_name}"
+        )
+    if conf.get("allow_guest_access"):
+        errors.append(
+            f"guest access is on ({where('allow_guest_access')}): MAS has no guests (MAS#1445); set "
+            "allow_guest_access: false in Synapse's config"
+        )
+    if conf.get("enable_3pid_changes") is True:
+        errors.append(f"{where('enable_3pid_changes')} is true: remove it or set it to false (MAS manages emails)")
+    if _enabled(conf.get("login_via_existing_session")):
+        errors.append(
+            f"login_via_existing_session.enabled is true ({where('login_via_existing_session')}): set it to false"
+        )
+    if conf.get("enable_registration"):
+        warnings.append(
+            f"Synapse has registration enabled ({where('enable_registration')}): turn it off before Synapse comes "
+            "back (the formula refuses it once Synapse delegates; users then register in MAS)"
+        )
+    for key, name in _EXTERNAL_AUTH:
+        if _enabled(conf.get(key)):
+            warnings.append(
+                f"Synapse signs users in with {name} ({where(key)}): MAS cannot take {name} over; its users need "
+                "an upstream OAuth 2.0 provider mapped by hand (mas:upstream_oauth2_providers)"
+            )
+    password_config = conf.get("password_config") if isinstance(conf.get("password_config"), dict) else {}
+    if password_config.get("localdb_enabled") is False or conf.get("password_providers"):
+        warnings.append(
+            "Synapse checks passwords with a password provider (password_config.localdb_enabled: false or "
+            "password_providers): those users have no password MAS can check; give them an upstream provider"
+        )
+    if conf.get("user_consent") is not None:
+        warnings.append(
+            f"Synapse has user_consent ({where('user_consent')}): disable it after the migration; MAS links terms "
+            "of service with mas:config:branding:tos_uri"
+        )
+
+    counts, synapse_label = {}, None
+    try:
+        database = _synapse_database(conf, opts, files)
+        synapse_label = database["label"]
+        if database["engine"] == "sqlite":
+            raise Unreachable(
+                "Synapse database configuration is invalid, cannot migrate: syn2mas does not support the sqlite3 "
+                f"database driver ({database['label']}). Port Synapse to PostgreSQL first (synapse_port_db), "
+                "then migrate"
+            )
+        with _connect(database, secrets) as (_, conn):
+            counts = _synapse_counts(conn, server_name or mas.get("server_name"))
+            conn.rollback()
+    except Unreachable as exc:
+        errors.append(str(exc))
+    except _DB_ERRORS as exc:
+        errors.append(
+            f"Synapse's {synapse_label} cannot be read as a Synapse database: {_scrub(str(exc).strip(), secrets)}"
+        )
+
+    scheme, secret, source = _mas_bcrypt_secret(mas)
+    pepper = password_config.get("pepper")
+    bcrypt_users = (counts.get("users") or {}).get("bcrypt_hashes", 0)
+    if scheme is None or scheme.get("algorithm") != "bcrypt":
+        if bcrypt_users:
+            errors.append(
+                f"{bcrypt_users} Synapse users have bcrypt password hashes but MAS has no bcrypt password scheme "
+                f"version 1 ({source}): keep the formula's passwords.schemes (do not override them in mas:config)"
+            )
+    elif files and secret != (None if pepper in (None, "") else str(pepper).encode()):
+        errors.append(
+            f"Synapse's pepper ({'password_config.pepper in ' + origin.get('password_config', '?') if pepper else 'none set'}) "
+            f"differs from the secret of MAS's bcrypt scheme ({source}): migrated passwords would not work. Set "
+            "mas:synapse:pepper to Synapse's pepper, or leave it unset to let the formula read it from Synapse's config"
+        )
+
+    if counts:
+        users = counts["users"]
+        if users["foreign_ids"]:
+            errors.append(
+                f"{users['foreign_ids']} Synapse users have an ID not ending in :{server_name}: syn2mas stops on "
+                "them (check server_name)"
+            )
+        if users["guests"]:
+            warnings.append(
+                f"{users['guests']} guest users will be migrated, but MAS does not support guests (MAS#1445)"
+            )
+        if counts["threepids"]["non_email"]:
+            media = ", ".join(
+                f"{medium}: {n}" for medium, n in counts["threepids"]["by_medium"].items() if medium != "email"
+            )
+            warnings.append(
+                f"{counts['threepids']['non_email']} non-email 3PIDs ({media}) are copied to MAS's "
+                "user_unsupported_third_party_ids: MAS cannot use them to sign in or to reset a password"
+            )
+        known = _synapse_oidc_providers(conf)
+        mapped = _mas_providers(mas)
+        for provider, n in sorted(counts["external_ids"].items()):
+            if provider == _OAUTH_DELEGATED:
+                errors.append(
+                    f"Synapse's database has {n} user_external_ids rows of provider {_OAUTH_DELEGATED} left by a "  # noqa: S608
+                    "previously configured MAS: if they are from an earlier migration attempt, run `DELETE FROM "
+                    f"user_external_ids WHERE auth_provider = '{_OAUTH_DELEGATED}';` on Synapse's database"
+                )
+                continue
+            if provider in mapped and provider in known:
+                continue
+            if provider in mapped or provider not in known:
+                text = (
+                    f"{n} Synapse users are linked to provider {provider}, which the Synapse config syn2mas reads "
+                    f"does not define ({', '.join(files) or 'no file'})"
+                )
+                if opts["ignore_missing_auth_providers"]:
+                    warnings.append(f"{text}: their links are dropped (mas:syn2mas:ignore_missing_auth_providers)")
+                    continue
+                if provider in mapped:
+                    errors.append(
+                        f"{text}: syn2mas refuses that. List the pre-MAS config file that defines it in "
+                        "mas:syn2mas:synapse_config_files, or set mas:syn2mas:ignore_missing_auth_providers: true "
+                        "to drop these links"
+                    )
+                    continue
+            if not provider.startswith("oidc"):
+                errors.append(
+                    f"Unknown upstream provider {provider}: {n} Synapse users signed in with it, and it is no "
+                    "OpenID Connect provider MAS can map (CAS/SAML?): give those users another way in, or set "
+                    "mas:syn2mas:ignore_missing_auth_providers: true to drop their links"
+                )
+                continue
+            errors.append(
+                f"Unknown upstream provider {provider}: {n} Synapse users are linked to it and no MAS provider maps "
+                f"it. Add `synapse_idp_id: {provider}` to its entry in mas:upstream_oauth2_providers (or the seed's "
+                f"`--upstreamProviderMapping {provider}:<MAS provider id>` in mas:syn2mas:extra_arguments)"
+            )
+
+    mas_database = _mas_database(mas)
+    if phase not in DONE_PHASES:
+        try:
+            with _connect(mas_database, secrets) as (_, conn):
+                contents = _mas_contents(conn)
+                conn.rollback()
+        except Unreachable as exc:
+            errors.append(f"{exc}: syn2mas writes there (create it: mas:database:manage, or by hand)")
+        except _DB_ERRORS as exc:
+            errors.append(f"{mas_database['label']} cannot be read: {_scrub(str(exc).strip(), secrets)}")
+        else:
+            if contents["partial"]:
+                notes.append("a partial syn2mas migration is in MAS's database: the next run resets it first")
+            elif contents["filled"]:
+                errors.append(
+                    f"{mas_database['label']} is not empty: rows in {', '.join(contents['filled'])} "
+                    f"({contents['users']} users). syn2mas needs it empty: drop and recreate it (mas:database), "
+                    "then run again"
+                )
+    return {
+        "errors": errors,
+        "warnings": warnings,
+        "notes": notes,
+        "counts": counts,
+        "synapse_database": synapse_label,
+        "mas_database": mas_database["label"],
+        "synapse_configs": files,
+    }
+
+
+def preflight(mapdata=None, ignore_missing_auth_providers=None):
+    """
+    Native checks before syn2mas, fast on a million users and needing no MAS
+    binary and no MAS service: Synapse's config files (``mas:syn2mas:
+    synapse_config_files``, else ``mas:synapse:config_files`` and
+    ``config_dir``) and Synapse's PostgreSQL database, read with set-based SQL
+    (one aggregate query per table, one read-only snapshot), and MAS's
+    database (``mas:database``).
+
+    Errors (each says what to change): a provider in ``user_external_ids``
+    that no MAS provider maps with ``synapse_idp_id`` (named, with its user
+    count); ``server_name`` different from ``mas:server_name``; a pepper that
+    is not the secret of MAS's bcrypt scheme (or no bcrypt scheme while users
+    have bcrypt hashes); MAS's database unreachable or not empty; guest access
+    on; ``enable_3pid_changes``; ``login_via_existing_session``; user IDs of
+    another server; a SQLite Synapse (upstream's reason). Warnings: guests,
+    non-email 3PIDs (by medium), registration on, CAS/SAML/JWT/password
+    providers, ``user_consent``.
+
+    Returns ``{"result", "phase", "errors", "warnings", "notes", "counts":
+    {"users": {total, local, admins, guests, deactivated, locked,
+    shadow_banned, suspended, appservice, with_password, bcrypt_hashes,
+    foreign_ids}, "threepids": {email, non_email, by_medium}, "external_ids":
+    {provider: n}, "devices", "devices_migrated", "access_tokens",
+    "refresh_tokens"}, "synapse_database", "mas_database", "comment"}``.
+
+    mapdata
+        The formula's map (default: computed from pillar).
+    ignore_missing_auth_providers
+        Links to providers missing from Synapse's config become warnings
+        (default ``mas:syn2mas:ignore_missing_auth_providers``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.preflight
+    """
+    ctx = _prepare(mapdata, {"ignore_missing_auth_providers": ignore_missing_auth_providers})
+    started = time.monotonic()
+    found = _preflight(ctx["mas"], ctx["opts"], ctx["marker"], ctx["files"], ctx["conf"], ctx["secrets"])
+    errors = ctx["file_problems"] + found.pop("errors")
+    seconds = round(time.monotonic() - started, 3)
+    users = (found["counts"].get("users") or {}).get("local")
+    comment = f"syn2mas preflight {'passed' if not errors else 'failed'} in {seconds} s"
+    if users is not None:
+        comment += f" ({users} local users)"
+    return _result(
+        not errors,
+        _phase(ctx["marker"]),
+        comment,
+        errors=errors,
+        warnings=found.pop("warnings"),
+        seconds=seconds,
+        **found,
+    )
+
+
+# --------------------------------------------------------------------------
+# Backup: pg_dump -Fc of Synapse's database before the point of no return
+# --------------------------------------------------------------------------
+
+#: Kept free on top of the estimated size of a backup.
+_BACKUP_MARGIN = 16 * 1024 * 1024
+
+
+def _human(size):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+def _pg_dump():
+    """The ``pg_dump`` binary (PATH, else the newest of Debian's versioned ones)."""
+    found = shutil.which("pg_dump")
+    if found:
+        return found
+    for candidate in sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/pg_dump"), reverse=True):
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise CommandExecutionError(
+        "pg_dump is not installed: install PostgreSQL's client tools (postgresql-client), or set "
+        "mas:syn2mas:backup: false and take the backup yourself"
+    )
+
+
+def _backup_plan(mas, opts, database, secrets):
+    """Check the backup directory and its free space before anything stops: ``(plan, problems)``."""
+    directory = opts.get("backup_dir")
+    if not directory:
+        return None, [
+            "mas:syn2mas:backup_dir is not set: a real migration first takes a pg_dump of Synapse's database. Set "
+            "it (e.g. /var/backups/matrix-synapse), or say mas:syn2mas:backup: false to migrate without one"
+        ]
+    if database["engine"] != "postgres":
+        return None, [f"Synapse's {database['label']} is not PostgreSQL: nothing pg_dump can back up"]
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".mas-formula-probe-", dir=directory)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        return None, [
+            f"the backup directory {directory} (mas:syn2mas:backup_dir) is not writable: {exc.strerror}. Choose "
+            "another one, or say mas:syn2mas:backup: false"
+        ]
+    try:
+        with _connect(database, secrets) as (_, conn):
+            (estimate,) = _rows(
+                conn,
+                "SELECT coalesce(sum(pg_table_size(c.oid)), 0)::bigint FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'",
+            )[0]
+            conn.rollback()
+    except (Unreachable, *_DB_ERRORS) as exc:
+        return None, [f"the size of Synapse's database cannot be read before its backup: {exc}"]
+    stats = os.statvfs(directory)
+    free = stats.f_bavail * stats.f_frsize
+    need = int(estimate) + _BACKUP_MARGIN
+    if free < need:
+        return None, [
+            f"the backup directory {directory} (mas:syn2mas:backup_dir) has {_human(free)} free; the backup of "
+            f"Synapse's {database['label']} needs up to {_human(need)} (its tables, uncompressed). Free space or "
+            "choose another directory"
+        ]
+    return {"dir": directory, "estimate": int(estimate), "free": free}, []
+
+
+def _dump_target(database):
+    """``(conninfo without password, password or None, database name)`` for pg_dump."""
+    params = dict(database["connect"])
+    if "conninfo" in params:
+        params = dict(psycopg.conninfo.conninfo_to_dict(params.pop("conninfo")), **params)
+    password = params.pop("password", None)
+    params = {key: str(value) for key, value in params.items() if value not in (None, "")}
+    return psycopg.conninfo.make_conninfo(**params), password, params.get("dbname", "synapse")
+
+
+def _passfile_line(password):
+    escaped = str(password).replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:*:*:*:{escaped}\n"
+
+
+def _backup(mas, opts, database, plan, secrets):
+    """Write ``pg_dump -Fc`` of Synapse's database into the backup directory (0600, root), atomically.
+
+    The password reaches pg_dump through a 0600 PGPASSFILE, never argv or the
+    environment. Returns ``{path, sha256, size, database, at, seconds}``.
+    """
+    conninfo, password, dbname = _dump_target(database)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", dbname)
+    path = os.path.join(plan["dir"], f"synapse-{name}-{stamp}.dump")
+    partial = path + ".partial"
+    started = time.monotonic()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.close(fd)
+    private = tempfile.mkdtemp(prefix="mas-formula-pgpass-")
+    try:
+        env = {"PGAPPNAME": "mas-formula-backup"}
+        if password is not None:
+            passfile = os.path.join(private, "pgpass")
+            descriptor = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(_passfile_line(password))
+            env["PGPASSFILE"] = passfile
+        argv = [_pg_dump(), "--format=custom", "--no-password", "--file", partial, "--dbname", conninfo]
+        res = __salt__["cmd.run_all"](
+            argv,
+            python_shell=False,
+            output_loglevel="quiet",
+            ignore_retcode=True,
+            timeout=opts["timeout"],
+            env=env,
+        )
+        if res["retcode"] != 0:
+            reason = _summary(_scrub(res.get("stderr") or res.get("stdout") or "", secrets))[-800:]
+            raise CommandExecutionError(
+                f"pg_dump of Synapse's {database['label']} failed (exit {res['retcode']}): {reason}"
+            )
+        digest = hashlib.sha256()
+        with salt.utils.files.fopen(partial, "rb") as handle:
+            for block in iter(lambda: handle.read(1024 * 1024), b""):
+                digest.update(block)
+            os.fsync(handle.fileno())
+        os.chmod(partial, 0o600)
+        os.rename(partial, path)
+        dir_fd = os.open(plan["dir"], os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    size = os.path.getsize(path)
+    return {
+        "path": path,
+        "sha256": digest.hexdigest(),
+        "size": size,
+        "database": database["label"],
+        "at": _now(),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def backup(mapdata=None):
+    """
+    Take a backup of Synapse's database now: ``pg_dump -Fc`` into
+    ``mas:syn2mas:backup_dir`` (free space checked first; the file is written
+    0600 under a ``.partial`` name, then renamed), connecting like syn2mas
+    (Synapse's config, or ``mas:syn2mas:synapse_database_uri``; the password
+    through a private PGPASSFILE). A real migration does this by itself after
+    Synapse is stopped; this is the same on its own (Synapse may run: pg_dump
+    reads one consistent snapshot). The phase marker is not changed.
+
+    Returns ``{"result", "phase", "errors", "backup": {path, sha256, size,
+    database, at, seconds}, "comment"}``.
+
+    mapdata
+        The formula's map (default: computed from pillar).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.backup
+    """
+    ctx = _prepare(mapdata, {})
+    mas, opts = ctx["mas"], dict(ctx["opts"])
+    phase = _phase(ctx["marker"])
+    try:
+        database = _synapse_database(ctx["conf"], opts, ctx["files"])
+        plan, problems = _backup_plan(mas, opts, database, ctx["secrets"])
+        if problems:
+            return _result(False, phase, "backup refused", errors=problems)
+        taken = _backup(mas, opts, database, plan, ctx["secrets"])
+    except CommandExecutionError as exc:
+        return _result(False, phase, "backup failed", errors=[str(exc)])
+    return _result(
+        True,
+        phase,
+        f"backup of Synapse's {taken['database']} written to {taken['path']} ({_human(taken['size'])}, "
+        f"sha256 {taken['sha256']})",
+        backup=taken,
+    )
+
+
+# --------------------------------------------------------------------------
+# Verification: what was in Synapse is in MAS (set-wise)
+# --------------------------------------------------------------------------
+
+#: Shown per kind of difference before "... and N more".
+_SHOWN = 20
+
+_BUCKETS = (
+    "SELECT ('x' || substr(md5(k), 1, 2))::bit(8)::int, count(*), "
+    "sum(('x' || substr(md5(k), 3, 15))::bit(60)::bigint) FROM ({query}) AS s(k) GROUP BY 1"
+)
+_BUCKET_KEYS = "SELECT k FROM ({query}) AS s(k) WHERE ('x' || substr(md5(k), 1, 2))::bit(8)::int = ANY(%(buckets)s)"
+
+
+def _verify_queries(synapse_columns):
+    """The sets compared: ``{kind: (synapse query, mas query)}``, one text key per row."""
+    localpart = "substr(u.name, 2, length(u.name) - 1 - %(slen)s)"
+    eligible = "u.appservice_id IS NULL AND right(u.name, %(slen)s) = %(suffix)s"
+    locked = "u.locked::int" if "locked" in synapse_columns else "0"
+    return {
+        "users": (
+            f"SELECT {localpart} || '|' || (u.admin <> 0)::int || (u.deactivated <> 0)::int || {locked} "  # noqa: S608
+            f"|| (u.is_guest <> 0)::int FROM users u WHERE {eligible}",
+            "SELECT username || '|' || can_request_admin::int || (deactivated_at IS NOT NULL)::int "
+            "|| (locked_at IS NOT NULL)::int || is_guest::int FROM users",
+        ),
+        "emails": (
+            f"SELECT {localpart} || '|' || t.address FROM user_threepids t JOIN users u ON u.name = t.user_id "  # noqa: S608
+            f"WHERE t.medium = 'email' AND {eligible}",
+            "SELECT u.username || '|' || e.email FROM user_emails e JOIN users u USING (user_id)",
+        ),
+        "external_ids": (
+            f"SELECT {localpart} || '|' || x.auth_provider || '|' || x.external_id FROM user_external_ids x "  # noqa: S608
+            f"JOIN users u ON u.name = x.user_id WHERE {eligible} AND x.auth_provider = ANY(%(mapped)s)",
+            "SELECT u.username || '|' || m.idp || '|' || l.subject FROM upstream_oauth_links l "
+            "JOIN users u USING (user_id) "
+            "JOIN unnest(%(pids)s::uuid[], %(idps)s::text[]) AS m(pid, idp) ON m.pid = l.upstream_oauth_provider_id",
+        ),
+        "devices": (
+            f"SELECT {localpart} || '|' || d.device_id FROM devices d JOIN users u ON u.name = d.user_id "  # noqa: S608
+            f"WHERE {eligible} AND u.deactivated = 0 AND u.is_guest = 0 AND NOT coalesce(d.hidden, false) "
+            "AND d.device_id <> 'guest_device'",
+            "SELECT u.username || '|' || cs.device_id FROM compat_sessions cs JOIN users u USING (user_id) "
+            "WHERE cs.device_id IS NOT NULL",
+        ),
+    }
+
+
+def _buckets(conn, query, params):
+    return {bucket: (n, total) for bucket, n, total in _rows(conn, _BUCKETS.format(query=query), params)}
+
+
+def _keys(conn, query, params, buckets):
+    return {row[0] for row in _rows(conn, _BUCKET_KEYS.format(query=query), dict(params, buckets=buckets))}
+
+
+def _missing(kind, keys, mas_keys):
+    """Errors naming what Synapse has and MAS lacks (first ``_SHOWN`` and a count)."""
+
+    def shown(items):
+        items = sorted(items)
+        more = f" ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+        return ", ".join(items[:_SHOWN]) + more
+
+    if not keys:
+        return []
+    if kind == "users":
+        present = {key.split("|", 1)[0] for key in mas_keys}
+        absent = sorted(key.split("|", 1)[0] for key in keys if key.split("|", 1)[0] not in present)
+        differ = sorted(key.split("|", 1)[0] for key in keys if key.split("|", 1)[0] in present)
+        errors = []
+        if absent:
+            errors.append(f"{len(absent)} Synapse users are missing in MAS: {shown(absent)}")
+        if differ:
+            errors.append(
+                f"{len(differ)} users have another admin/deactivated/locked/guest state in MAS than in Synapse: "
+                f"{shown(differ)}"
+            )
+        return errors
+    labels = {
+        "emails": ("email addresses of Synapse are missing in MAS", lambda k: ": ".join(k.split("|", 1))),
+        "external_ids": (
+            "upstream links of Synapse are missing in MAS",
+            lambda k: "{} ({})".format(*k.split("|", 2)[:2]),
+        ),
+        "devices": (
+            "Synapse devices have no compatibility session in MAS",
+            lambda k: ": ".join(k.split("|", 1)),
+        ),
+    }
+    text, render = labels[kind]
+    return [f"{len(keys)} {text}: {shown(render(k) for k in keys)}"]
+
+
+def _verify(mas, opts, conf, files, secrets):
+    """Compare Synapse with MAS set-wise: ``{errors, counts, missing}`` (raises :class:`Unreachable`)."""
+    server_name = conf.get("server_name") or mas.get("server_name")
+    suffix = f":{server_name}"
+    mapped = _mas_providers(mas)
+    params = {
+        "slen": len(suffix),
+        "suffix": suffix,
+        "mapped": sorted(mapped),
+        "pids": [_ulid_uuid(pid) for pid in mapped.values()],
+        "idps": list(mapped),
+    }
+    database = _synapse_database(conf, opts, files)
+    if database["engine"] != "postgres":
+        raise Unreachable(f"Synapse's {database['label']} is not PostgreSQL: syn2mas cannot have migrated it")
+    errors, counts, missing = [], {"synapse": {}, "mas": {}}, {}
+    with _connect(database, secrets) as (_, syn), _connect(_mas_database(mas), secrets) as (_, mas_conn):
+        syn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        mas_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        for kind, (syn_query, mas_query) in _verify_queries(_column_list(syn, "users")).items():
+            left, right = _buckets(syn, syn_query, params), _buckets(mas_conn, mas_query, params)
+            counts["synapse"][kind] = sum(n for n, _ in left.values())
+            counts["mas"][kind] = sum(n for n, _ in right.values())
+            differing = sorted(bucket for bucket in left if left[bucket] != right.get(bucket))
+            if not differing:
+                continue
+            keys = _keys(syn, syn_query, params, differing)
+            mas_keys = _keys(mas_conn, mas_query, params, differing)
+            lacking = keys - mas_keys
+            if lacking:
+                missing[kind] = len(lacking)
+                errors += _missing(kind, lacking, mas_keys)
+        for table in ("access_tokens", "refresh_tokens"):
+            counts["synapse"][table] = _rows(syn, f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608
+        for table in ("compat_sessions", "compat_access_tokens", "compat_refresh_tokens"):
+            counts["mas"][table] = _rows(mas_conn, f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608
+        syn.rollback()
+        mas_conn.rollback()
+    return {"errors": errors, "counts": counts, "missing": missing}
+
+
+def verify(mapdata=None, record=False):
+    """
+    Compare MAS with Synapse, set-wise, after a migration: every local user of
+    Synapse (application-service users aside) in MAS with the same admin
+    (``can_request_admin``), deactivated, locked and guest state; every email
+    3PID as a MAS email; every external id of a mapped provider as an upstream
+    link to that provider; every device syn2mas migrates (not hidden, of an
+    active user) as a compatibility session. Users, emails, links and sessions
+    created in MAS since are not differences. Each set is compared by hashed
+    buckets computed in each database (no per-user round trip); only the
+    buckets that differ are fetched, to name what is missing (the first 20
+    and a count). Token counts are reported.
+
+    With ``record=True`` a passing verification records the phase
+    ``verified`` (after ``migrated``/``migrated_unverified``, or to record a
+    migration made outside the formula), and a failing one after ``migrated``
+    records ``migrated_unverified``.
+
+    Returns ``{"result", "phase", "errors", "counts": {"synapse": {...},
+    "mas": {...}}, "missing": {kind: n}, "seconds", "comment"}``.
+
+    mapdata
+        The formula's map (default: computed from pillar).
+    record
+        Record the outcome in the phase marker.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.verify
+        salt-call mas_syn2mas.verify record=True
+    """
+    ctx = _prepare(mapdata, {})
+    mas, marker = ctx["mas"], ctx["marker"]
+    phase = _phase(marker)
+    started = time.monotonic()
+    try:
+        found = _verify(mas, ctx["opts"], ctx["conf"], ctx["files"], ctx["secrets"])
+    except (Unreachable, *_DB_ERRORS) as exc:
+        return _result(False, phase, "syn2mas verification failed", errors=[_scrub(str(exc), ctx["secrets"])])
+    seconds = round(time.monotonic() - started, 3)
+    ok = not found["errors"]
+    changes = {}
+    if record is True:
+        new = None
+        if ok and phase in ("legacy_auth", "migrated", "migrated_unverified"):
+            new = "verified"
+        elif not ok and phase == "migrated":
+            new = "migrated_unverified"
+        if new:
+            with _exclusive(mas):
+                _set_phase(mas, marker, new, verification=dict(found, at=_now(), result=ok))
+            changes = {"phase": {"old": phase if marker else None, "new": new}}
+            phase = new
+    counts = found["counts"]
+    comment = (
+        f"syn2mas verification {'passed' if ok else 'FAILED'} in {seconds} s: "
+        f"{counts['mas'].get('users', 0)} MAS users for {counts['synapse'].get('users', 0)} Synapse users"
+    )
+    return _result(
+        ok,
+        phase,
+        comment,
+        errors=found["errors"],
+        counts=counts,
+        missing=found["missing"],
+        seconds=seconds,
+        changes=changes,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -819,9 +1710,11 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
 
         salt-call mas_syn2mas.status
     """
-    mas, opts, marker, files, (common, real), secrets = _prepare(
+    ctx = _prepare(
         mapdata, {"ignore_missing_auth_providers": ignore_missing_auth_providers, "stop_services": stop_services}
     )
+    mas, opts, marker, files, secrets = ctx["mas"], ctx["opts"], ctx["marker"], ctx["files"], ctx["secrets"]
+    common, real = ctx["common"], ctx["real"]
     phase = _effective_phase(mas, marker)
     synapse_up, mas_up = _answers(_synapse_url(mas)), _answers(_mas_url(mas))
     dry_run_blockers = list(common)
@@ -839,6 +1732,10 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
         True,
         phase,
         f"syn2mas phase {phase}; next: {next_step}",
+        backup=(marker or {}).get("backup"),
+        verification=(marker or {}).get("verification"),
+        steps=(marker or {}).get("steps"),
+        deprecations=mas["syn2mas"].get("deprecations", []),
         exit_code=last.get("exit_code"),
         errors=last.get("errors"),
         warnings=last.get("warnings"),
@@ -862,17 +1759,20 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
 
 def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None):
     """
-    Run ``mas-cli syn2mas check`` (safe while Synapse runs; it creates MAS's
-    schema when missing) and report its errors and warnings.
+    :py:func:`preflight` first, then ``mas-cli syn2mas check`` (safe while
+    Synapse runs; it creates MAS's schema when missing), merged into one
+    report: ``errors`` and ``warnings`` of both (the preflight's first),
+    ``counts`` of the preflight, ``exit_code`` of upstream.
 
-    ``result`` is True with exit code 0, or 11 (warnings only) when warnings
-    are accepted. Refused (nothing run) once the phase is ``migrated`` or
-    ``delegated``.
+    ``result`` is True when neither found an error and the warnings (if any)
+    are accepted. Refused (nothing run) once the phase is ``migrated``,
+    ``verified`` or ``delegated``. Without ``bin/mas-cli`` (MAS not applied
+    yet) the preflight alone answers, with that as an error.
 
     mapdata
         The formula's map (default: computed from pillar).
     accept_warnings
-        Count syn2mas warnings as acceptable (default ``mas:syn2mas:accept_warnings``).
+        Count warnings as acceptable (default ``mas:syn2mas:accept_warnings``).
     ignore_missing_auth_providers
         Pass ``--ignore-missing-auth-providers`` (default from pillar).
 
@@ -883,37 +1783,32 @@ def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None
         salt-call mas_syn2mas.check
         salt-call mas_syn2mas.check accept_warnings=True
     """
-    mas, opts, marker, files, (problems, _), secrets = _prepare(
+    ctx = _prepare(
         mapdata, {"accept_warnings": accept_warnings, "ignore_missing_auth_providers": ignore_missing_auth_providers}
     )
+    mas, opts, marker = ctx["mas"], ctx["opts"], ctx["marker"]
     phase = _phase(marker)
     if phase in DONE_PHASES:
         return _result(False, phase, "syn2mas check refused", errors=[_already(mas, marker)])
-    if problems:
-        return _result(False, phase, "syn2mas check refused", errors=problems)
-    argv = _argv(mas, opts, files, "check")
-    run = _run(mas, argv, opts, files, secrets)
-    return _checked(run, phase, opts["accept_warnings"], command=_display(argv, secrets))
-
-
-def _checked(run, phase, accept_warnings, **extra):
-    code, errors, warnings = run["exit_code"], list(run["errors"]), run["warnings"]
-    result = code == EXIT_OK or (code == EXIT_WARNINGS and accept_warnings)
-    if code == EXIT_WARNINGS and not accept_warnings:
-        errors.append(
-            f"syn2mas reported {len(warnings)} warning(s): read them, then accept them with accept_warnings=True "
-            "(pillar mas:syn2mas:accept_warnings: true)"
-        )
-    hint = _hint(errors, phase)
-    if hint:
-        errors.append(hint)
-    comment = {
-        EXIT_OK: "syn2mas check passed",
-        EXIT_WARNINGS: "syn2mas check passed with warnings",
-        EXIT_ERRORS: "syn2mas check found blocking errors",
-    }.get(code, f"syn2mas check failed (exit {code})")
+    pre = _preflight(mas, opts, marker, ctx["files"], ctx["conf"], ctx["secrets"])
+    pre["errors"] = ctx["file_problems"] + pre["errors"]
+    extra = {"counts": pre["counts"], "notes": pre["notes"]}
+    if ctx["common"][len(ctx["file_problems"]) :]:
+        errors = pre["errors"] + ctx["common"][len(ctx["file_problems"]) :]
+        return _result(False, phase, "syn2mas check refused", errors=errors, warnings=pre["warnings"], **extra)
+    argv = _argv(mas, opts, ctx["files"], "check")
+    run = _run(mas, argv, opts, ctx["files"], ctx["secrets"])
+    ok, errors, warnings, comment = _merge_check(pre, run, opts["accept_warnings"], phase)
     return _result(
-        result, phase, comment, exit_code=code, errors=errors, warnings=warnings, summary=run["summary"], **extra
+        ok,
+        phase,
+        comment,
+        exit_code=run["exit_code"],
+        errors=errors,
+        warnings=warnings,
+        summary=run["summary"],
+        command=_display(argv, ctx["secrets"]),
+        **extra,
     )
 
 
@@ -926,34 +1821,44 @@ def migrate(
     mapdata=None,
 ):
     """
-    Migrate Synapse's users into MAS with ``mas-cli syn2mas migrate``, once.
+    Migrate Synapse's users into MAS with ``mas-cli syn2mas migrate``, once,
+    with a backup before and a verification after.
 
-    **Dry run** (``dry_run=True``): ``migrate --dry-run`` (safe while Synapse
-    runs: MAS's tables are emptied again); the phase never changes. ``result``
-    is True when it completed and its warnings (if any) are accepted.
+    **Dry run** (``dry_run=True``): :py:func:`preflight`, then ``migrate
+    --dry-run`` (safe while Synapse runs: MAS's tables are emptied again);
+    the phase never changes. ``result`` is True when it completed and its
+    warnings (if any) are accepted.
 
     **Real migration**, refused (``result: False``, nothing touched) unless:
     the phase is ``legacy_auth`` or ``migrating`` (a finished migration is never
     run again: see the rollback in ``errors``), ``mas:migration_in_progress`` is
-    true and Synapse's drop-in is absent, and ``syn2mas check`` passes (run
-    first, while Synapse still serves; warnings need ``accept_warnings``).
-    Then, with ``stop_services`` (default), Synapse (``mas:synapse:service``)
-    and a managed MAS (``mas:service:name``) are stopped with
-    ``service.stop``; without it they must already be down. Synapse
-    (``mas:synapse:endpoint``) and MAS (its health URL) must not answer.
-    The phase becomes ``migrating``, then ``migrated`` on success. On failure
-    it stays ``migrating`` with the errors recorded and a Synapse stopped here
-    is started again (it is still authoritative); the next run retries and
-    syn2mas resets the partial migration. After success, Synapse stays stopped
-    unless ``start_synapse_after``: the next step is
-    ``mas:migration_in_progress: false`` and ``state.apply mas``.
+    true and Synapse's drop-in is absent, a backup directory is set
+    (``mas:syn2mas:backup_dir``, or ``mas:syn2mas:backup: false``), and the
+    preflight and ``syn2mas check`` pass (run first, while Synapse still
+    serves; warnings need ``accept_warnings``) and the backup directory is
+    writable with room for the backup. Then, step by step (each logged with
+    its duration and listed in ``steps``): **stop** Synapse
+    (``mas:synapse:service``) and a managed MAS (``mas:service:name``) with
+    ``service.stop`` (``stop_services``; without it they must already be
+    down; neither may answer over HTTP), **backup** (``pg_dump -Fc``, its
+    sha256 and size recorded in the marker; a failed backup starts Synapse
+    again and changes nothing), **migrate** (the phase is ``migrating`` while
+    it runs), **verify** (:py:func:`verify`: the phase becomes ``verified``,
+    or ``migrated_unverified`` with the differences), **start**. After a
+    verified migration Synapse stays stopped unless ``start_synapse_after``:
+    the next step is ``mas:migration_in_progress: false`` and ``state.apply
+    mas``. Whenever the run fails after the stop, Synapse (still
+    authoritative) is started again, or ``errors`` say that it is down and
+    how to start it; MAS stays stopped. A failed migrate keeps the phase
+    ``migrating``; the next run retries (syn2mas resets the partial
+    migration).
 
     Every argument defaults to pillar ``mas:syn2mas:<name>``.
 
     dry_run
         Run ``migrate --dry-run`` instead.
     accept_warnings
-        Migrate despite syn2mas warnings (exit 11 of ``check``).
+        Migrate despite warnings (preflight, and exit 11 of ``check``).
     ignore_missing_auth_providers
         Pass ``--ignore-missing-auth-providers`` (links of providers absent
         from Synapse's config are dropped).
@@ -980,31 +1885,45 @@ def migrate(
         "ignore_missing_auth_providers": ignore_missing_auth_providers,
         "start_synapse_after": start_synapse_after,
     }
-    mas, opts, marker, files, (common, real), secrets = _prepare(mapdata, overrides)
+    ctx = _prepare(mapdata, overrides)
+    mas, marker = ctx["mas"], ctx["marker"]
     phase = _phase(marker)
-    if opts["dry_run"]:
-        return _dry_run(mas, opts, marker, files, common, secrets)
+    if ctx["opts"]["dry_run"]:
+        return _dry_run(ctx)
     if phase in DONE_PHASES:
         return _result(False, phase, "syn2mas migration refused: already migrated", errors=[_already(mas, marker)])
-    if common or real:
-        return _result(False, phase, "syn2mas migration refused", errors=common + real)
+    if ctx["common"] or ctx["real"]:
+        return _result(False, phase, "syn2mas migration refused", errors=ctx["common"] + ctx["real"])
     with _exclusive(mas):
-        return _migrate(mas, opts, marker, files, secrets)
+        return _migrate(ctx)
 
 
-def _dry_run(mas, opts, marker, files, problems, secrets):
+def _dry_run(ctx):
+    mas, opts, marker, files, secrets = ctx["mas"], ctx["opts"], ctx["marker"], ctx["files"], ctx["secrets"]
     phase = _phase(marker)
     if phase in DONE_PHASES:
         return _result(False, phase, "syn2mas dry run refused", errors=[_already(mas, marker)], dry_run=True)
-    if problems:
-        return _result(False, phase, "syn2mas dry run refused", errors=problems, dry_run=True)
+    if ctx["common"]:
+        return _result(False, phase, "syn2mas dry run refused", errors=ctx["common"], dry_run=True)
+    pre = _preflight(mas, opts, marker, files, ctx["conf"], secrets)
+    if pre["errors"]:
+        return _result(
+            False,
+            phase,
+            "syn2mas dry run refused: the preflight found blocking errors",
+            errors=pre["errors"],
+            warnings=pre["warnings"],
+            counts=pre["counts"],
+            dry_run=True,
+        )
     argv = _argv(mas, opts, files, "migrate", dry_run=True)
     run = _run(mas, argv, opts, files, secrets)
     errors = list(run["errors"])
+    warnings = pre["warnings"] + [w for w in run["warnings"] if w not in pre["warnings"]]
     ok = run["exit_code"] == EXIT_OK
-    if ok and run["warnings"] and not opts["accept_warnings"]:
+    if ok and warnings and not opts["accept_warnings"]:
         errors.append(
-            f"the dry run completed with {len(run['warnings'])} warning(s): a real migration is refused until "
+            f"the dry run completed with {len(warnings)} warning(s): a real migration is refused until "
             "they are accepted (accept_warnings=True, pillar mas:syn2mas:accept_warnings: true)"
         )
     hint = _hint(errors, phase)
@@ -1019,8 +1938,9 @@ def _dry_run(mas, opts, marker, files, problems, secrets):
         comment,
         exit_code=run["exit_code"],
         errors=errors,
-        warnings=run["warnings"],
+        warnings=warnings,
         summary=run["summary"],
+        counts=pre["counts"],
         dry_run=True,
         command=_display(argv, secrets),
     )
@@ -1085,35 +2005,108 @@ def _synapse_down(names):
     ]
 
 
-def _migrate(mas, opts, marker, files, secrets):
+def _verification(mas, opts, conf, files, secrets):
+    """:py:func:`_verify`, with an unreadable database as an error of the verification."""
+    try:
+        return _verify(mas, opts, conf, files, secrets)
+    except (Unreachable, *_DB_ERRORS) as exc:
+        return {"errors": [f"the verification could not run: {_scrub(str(exc), secrets)}"], "counts": {}, "missing": {}}
+
+
+def _migrate(ctx):
+    mas, opts, marker, files, conf, secrets = (
+        ctx["mas"],
+        ctx["opts"],
+        ctx["marker"],
+        ctx["files"],
+        ctx["conf"],
+        ctx["secrets"],
+    )
     phase_before = _phase(marker)
-    check_run = _run(mas, _argv(mas, opts, files, "check"), opts, files, secrets)
-    checked = _checked(check_run, phase_before, opts["accept_warnings"])
-    if not checked["result"]:
-        checked["comment"] = "syn2mas migration refused: " + checked["comment"]
-        return checked
-    stopped, running = _stop(mas, opts)
-    running += _still_answering(mas, opts, stopped)
-    if running:
-        started, down = _start(stopped, "synapse")
-        started += _start(stopped, "mas")[0]
+    steps = _Steps()
+
+    def refused(comment, errors, warnings=(), **extra):
         return _result(
             False,
             phase_before,
-            "syn2mas migration refused: services still running" + (" (and Synapse is DOWN)" if down else ""),
-            errors=running + _synapse_down(down),
-            warnings=check_run["warnings"],
-            services={"stopped": [n for _, n in stopped], "started": started, "down": down},
+            f"syn2mas migration refused: {comment}. {steps.text()}",
+            errors=errors,
+            warnings=warnings,
+            steps=steps,
+            phase_before=phase_before,
+            **extra,
         )
+
+    pre = steps.run(
+        "preflight", _preflight, mas, opts, marker, files, conf, secrets, ok=lambda found: not found["errors"]
+    )
+    if pre["errors"]:
+        return refused("the preflight found blocking errors", pre["errors"], pre["warnings"], counts=pre["counts"])
+    check_run = steps.run(
+        "check",
+        _run,
+        mas,
+        _argv(mas, opts, files, "check"),
+        opts,
+        files,
+        secrets,
+        ok=lambda run: run["exit_code"] in (EXIT_OK, EXIT_WARNINGS),
+    )
+    ok, errors, warnings, comment = _merge_check(pre, check_run, opts["accept_warnings"], phase_before)
+    if not ok:
+        return refused(comment, errors, warnings, exit_code=check_run["exit_code"], summary=check_run["summary"])
+    database = _synapse_database(conf, opts, files)
+    plan = None
+    if opts["backup"]:
+        plan, problems = steps.run(
+            "backup check", _backup_plan, mas, opts, database, secrets, ok=lambda planned: not planned[1]
+        )
+        if problems:
+            return refused("no room for the backup (nothing was stopped)", problems, warnings)
+    services = {"stopped": [], "started": [], "down": []}
+
+    def start_synapse_again():
+        services["started"], services["down"] = steps.run(
+            "start", _start, stopped, "synapse", ok=lambda started: not started[1]
+        )
+        if services["down"]:
+            return f" Synapse is DOWN: service.start {services['down'][0]} failed."
+        return " Synapse (still authoritative) was started again." if services["started"] else ""
+
+    stopped, running = steps.run("stop", _stop, mas, opts, ok=lambda done: not done[1])
+    services["stopped"] = [name for _, name in stopped]
+    running += _still_answering(mas, opts, stopped)
+    if running:
+        started = start_synapse_again()
+        services["started"] += _start(stopped, "mas")[0]
+        return refused(
+            "services still running" + started, running + _synapse_down(services["down"]), warnings, services=services
+        )
+    taken = None
+    if plan is not None:
+        try:
+            taken = steps.run("backup", _backup, mas, opts, database, plan, secrets)
+        except CommandExecutionError as exc:
+            started = start_synapse_again()
+            return refused(
+                f"the backup failed, nothing was migrated.{started}",
+                [str(exc)] + _synapse_down(services["down"]),
+                warnings,
+                services=services,
+            )
+    else:
+        steps.skip("backup", "mas:syn2mas:backup is false")
     argv = _argv(mas, opts, files, "migrate")
     record = {
         "mas_config": mas["paths"]["config_file"],
         "synapse_configs": files,
         "command": _display(argv, secrets),
-        "accepted_warnings": check_run["warnings"],
+        "accepted_warnings": warnings,
+        "backup": taken,
+        "preflight_counts": pre["counts"],
     }
     marker = _set_phase(mas, marker, "migrating", started_at=_now(), finished_at=None, **record)
-    run = _run(mas, argv, opts, files, secrets)
+    run = steps.run("migrate", _run, mas, argv, opts, files, secrets, ok=lambda done: done["exit_code"] == EXIT_OK)
     last = {
         "at": _now(),
         "exit_code": run["exit_code"],
@@ -1122,49 +2115,72 @@ def _migrate(mas, opts, marker, files, secrets):
         "warnings": run["warnings"],
         "summary": run["summary"],
     }
-    services = {"stopped": [name for _, name in stopped], "started": [], "down": []}
-    if run["exit_code"] == EXIT_OK:
-        _set_phase(mas, marker, "migrated", finished_at=last["at"], last_run=last)
-        if opts["start_synapse_after"]:
-            services["started"], services["down"] = _start(stopped, "synapse")
-        next_step = "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)"
-        if stopped and not services["started"]:
-            next_step += "; Synapse stays stopped until then"
+    common = {
+        "exit_code": run["exit_code"],
+        "summary": run["summary"],
+        "phase_before": phase_before,
+        "services": services,
+        "steps": steps,
+        "command": record["command"],
+        "backup": taken,
+    }
+    if run["exit_code"] != EXIT_OK:
+        marker = _set_phase(mas, marker, "migrating", last_run=last)
+        errors = list(run["errors"]) or [f"mas-cli syn2mas migrate exited with {run['exit_code']}"]
+        hint = _hint(errors, "migrating")
+        if hint:
+            errors.append(hint)
+        started = start_synapse_again()
+        _set_phase(mas, marker, "migrating", steps=list(steps))
         return _result(
-            not services["down"],
-            "migrated",
-            f"syn2mas migration completed. Next: {next_step}"
-            + (". Synapse did not start again: it is DOWN" if services["down"] else ""),
-            errors=_synapse_down(services["down"]),
-            exit_code=EXIT_OK,
+            False,
+            "migrating",
+            f"syn2mas migration failed (exit {run['exit_code']}); the phase stays migrating and the next run "
+            f"retries (syn2mas resets the partial migration).{started} MAS stays stopped. {steps.text()}",
+            errors=errors + _synapse_down(services["down"]),
             warnings=run["warnings"],
-            summary=run["summary"],
-            phase_before=phase_before,
-            services=services,
-            command=record["command"],
+            **common,
         )
-    _set_phase(mas, marker, "migrating", last_run=last)
-    services["started"], services["down"] = _start(stopped, "synapse")
-    errors = list(run["errors"]) or [f"mas-cli syn2mas migrate exited with {run['exit_code']}"]
-    hint = _hint(errors, "migrating")
-    if hint:
-        errors.append(hint)
-    errors += _synapse_down(services["down"])
-    restarted = " Synapse (still authoritative) was started again." if services["started"] else ""
-    if services["down"]:
-        restarted = f" Synapse is DOWN: service.start {services['down'][0]} failed."
+    verification = steps.run(
+        "verify", _verification, mas, opts, conf, files, secrets, ok=lambda found: not found["errors"]
+    )
+    verified = not verification["errors"]
+    phase = "verified" if verified else "migrated_unverified"
+    marker = _set_phase(
+        mas, marker, phase, finished_at=last["at"], last_run=last, verification=dict(verification, at=_now())
+    )
+    if not verified:
+        started = start_synapse_again()
+        _set_phase(mas, marker, phase, steps=list(steps))
+        return _result(
+            False,
+            phase,
+            "syn2mas migration completed but its verification FAILED: MAS lacks what Synapse has (phase "
+            f"migrated_unverified; Synapse must not delegate yet).{started} MAS stays stopped. Next: "
+            f"{_next_step(mas, marker, phase)}. {steps.text()}",
+            errors=verification["errors"] + _synapse_down(services["down"]),
+            warnings=run["warnings"],
+            verification=verification,
+            **common,
+        )
+    if opts["start_synapse_after"]:
+        start_synapse_again()
+    else:
+        steps.skip("start", "Synapse stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after)")
+    _set_phase(mas, marker, phase, steps=list(steps))
+    next_step = "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)"
+    if stopped and not services["started"]:
+        next_step += "; Synapse stays stopped until then"
+    down = ". Synapse did not start again: it is DOWN" if services["down"] else ""
+    where = f" Backup: {taken['path']} ({_human(taken['size'])})." if taken else " No backup (mas:syn2mas:backup)."
     return _result(
-        False,
-        "migrating",
-        f"syn2mas migration failed (exit {run['exit_code']}); the phase stays migrating and the next run "
-        f"retries (syn2mas resets the partial migration).{restarted} MAS stays stopped.",
-        exit_code=run["exit_code"],
-        errors=errors,
+        not services["down"],
+        phase,
+        f"syn2mas migration completed and verified.{where} Next: {next_step}{down}. {steps.text()}",
+        errors=_synapse_down(services["down"]),
         warnings=run["warnings"],
-        summary=run["summary"],
-        phase_before=phase_before,
-        services=services,
-        command=record["command"],
+        verification=verification,
+        **common,
     )
 
 
@@ -1297,7 +2313,10 @@ def _rollback_target(mas, marker):
     if marker is not None and phase == "delegated":
         since = None if marker.get("migration") == "none" else marker.get("finished_at")
         return dropin, since
-    return (marker is None and dropin), None
+    if marker is None and dropin:  # delegated before the formula kept a marker: since the drop-in was written
+        written = datetime.datetime.fromtimestamp(os.path.getmtime(_dropin(mas)), datetime.UTC)
+        return True, written.isoformat(timespec="seconds")
+    return False, None
 
 
 def rollback_check(mapdata=None):
@@ -1308,8 +2327,9 @@ def rollback_check(mapdata=None):
 
     Only asked while Synapse delegates to MAS (phase ``delegated``, or its
     drop-in with no marker). MAS's database is counted: users created since
-    the migration (all of them when none was needed) and active sessions
-    (compatibility and OAuth 2.0) created since then. Any of them refuses,
+    the migration (all of them when none was needed; without a marker: since
+    the drop-in was last written) and active sessions (compatibility and
+    OAuth 2.0) created since then. Any of them refuses,
     naming the numbers, unless ``mas:syn2mas:force_rollback`` is true; so does
     a MAS database the formula cannot read. Reads only.
 
@@ -1332,7 +2352,11 @@ def rollback_check(mapdata=None):
     if not delegating:
         return _result(True, phase, f"Synapse does not delegate to MAS (syn2mas phase {phase}): nothing to roll back")
     why = "mas:enabled is false" if not mas.get("enabled") else "mas:migration_in_progress is true"
-    when = f"since the migration ({since})" if since else "since MAS became authoritative"
+    when = "since MAS became authoritative"
+    if since and marker is None:
+        when = f"since Synapse's drop-in was written ({since})"
+    elif since:
+        when = f"since the migration ({since})"
     force = "set mas:syn2mas:force_rollback: true to roll back anyway"
     try:
         counts = _mas_created_since(_mas_database(mas), since, _known_secrets(mas, {}))

@@ -53,13 +53,19 @@ def migrated(
     mapdata=None,
 ):
     """
-    Ensure Synapse's users have been migrated into MAS with syn2mas (once).
+    Ensure Synapse's users have been migrated into MAS with syn2mas (once),
+    backed up before and verified after.
 
-    Already ``migrated``/``delegated``: True, nothing run. Otherwise
-    ``mas_syn2mas.migrate`` runs with the guards described there (check first,
-    refused while Synapse or MAS answer or while delegation is on; the phase
-    goes ``legacy_auth`` -> ``migrating`` -> ``migrated``); the change is the
-    phase. With ``dry_run`` only ``migrate --dry-run`` runs and the phase
+    Already ``verified``/``migrated``/``delegated`` (or no migration needed):
+    True, no changes, nothing run (the desired state holds). ``migrated_unverified``:
+    the verification runs again (``mas_syn2mas.verify record=True``) and the
+    phase becomes ``verified`` when it passes. ``rolled_back``: False, with the
+    way to migrate again. Otherwise ``mas_syn2mas.migrate`` runs with the
+    guards described there (preflight and check first, a backup, refused while
+    Synapse or MAS answer or while delegation is on; the phase goes
+    ``legacy_auth`` -> ``migrating`` -> ``verified``); the change is the
+    phase, and the comment lists the steps with their durations. With
+    ``dry_run`` only the preflight and ``migrate --dry-run`` run and the phase
     never changes (no changes are reported).
 
     Every argument defaults to pillar ``mas:syn2mas:<name>``.
@@ -101,12 +107,33 @@ def migrated(
             mapdata=mapdata, ignore_missing_auth_providers=ignore_missing_auth_providers, stop_services=stop_services
         )
         phase = status["phase"]
-        if phase in ("migrated", "delegated"):
-            ret["comment"] = f"Synapse's users are already migrated to MAS (phase {phase}); syn2mas was not run"
+        notices = status.get("deprecations") or []
+        if phase in ("migrated", "verified", "delegated"):
+            ret["comment"] = (
+                f"Synapse's users are already migrated to MAS (phase {phase}); syn2mas was not run. Next: "
+                f"{status['next_step']}" + _lines("Warnings", notices)
+            )
+            if phase == "delegated" and "no migration" in status["next_step"]:
+                ret["comment"] = f"no syn2mas migration needed: {status['next_step']}"
             return ret
-        if __opts__["test"]:
+        if phase == "rolled_back":
+            ret["result"] = False
+            ret["comment"] = f"syn2mas phase rolled_back: {status['next_step']}"
+            return ret
+        if phase == "migrated_unverified":
+            if __opts__["test"]:
+                ret["result"] = None
+                ret["comment"] = "the migration's verification would run again (mas_syn2mas.verify record=True)"
+                ret["changes"] = {"phase": {"old": phase, "new": "verified"}}
+                return ret
+            result = __salt__["mas_syn2mas.verify"](mapdata=mapdata, record=True)
+        elif __opts__["test"]:
             return _predict(ret, status, opts["dry_run"])
-        result = __salt__["mas_syn2mas.migrate"](dry_run=opts["dry_run"], **args)
+        else:
+            result = __salt__["mas_syn2mas.migrate"](dry_run=opts["dry_run"], **args)
+        result["warnings"] = list(result.get("warnings") or []) + [
+            n for n in notices if n not in (result.get("warnings") or [])
+        ]
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["result"] = False
         ret["comment"] = f"syn2mas: {exc}"
@@ -131,10 +158,11 @@ def _predict(ret, status, dry_run):
         ret["comment"] = f"syn2mas dry run would run (phase {status['phase']} unchanged): {commands['dry_run']}"
         return ret
     ret["comment"] = (
-        f"syn2mas would migrate: {commands['check']}; then stop Synapse and MAS (unless "
-        f"mas:syn2mas:stop_services is false); then {commands['migrate']}"
+        f"syn2mas would migrate: preflight, then {commands['check']}; then stop Synapse and MAS (unless "
+        "mas:syn2mas:stop_services is false), back up Synapse's database (mas:syn2mas:backup_dir), then "
+        f"{commands['migrate']}, then verify MAS against Synapse"
     )
-    ret["changes"] = {"phase": {"old": status["phase"], "new": "migrated"}}
+    ret["changes"] = {"phase": {"old": status["phase"], "new": "verified"}}
     return ret
 
 

@@ -6,7 +6,10 @@ The formula's other modules (the map, ``mas_synapse.config``,
 like ``mas-cli syn2mas`` (canned upstream-shaped output and exit codes), the
 ``service.*`` functions are mocks and the HTTP probes of Synapse and MAS are
 replaced by a switch. Files (marker, Synapse config, secrets) are real, under
-tmp.
+tmp. The parts that read PostgreSQL (preflight, backup, verification) are
+stand-ins here (the ``native`` fixture): the integration tests run them
+against a real Synapse database (``test/integration/test_syn2mas_*.py``);
+the lock-out guard runs for real on a SQLite Synapse database.
 """
 
 import json
@@ -118,6 +121,50 @@ def up(monkeypatch):
     return state
 
 
+class Native:
+    """Stand-ins for the PostgreSQL-reading steps of a real run: what they return, what they were asked."""
+
+    def __init__(self):
+        self.preflight_errors, self.preflight_warnings, self.verify_errors = [], [], []
+        self.plan_problems, self.backup_error, self.calls = [], None, []
+
+    def preflight(self, mas, opts, marker, files, conf, secrets):
+        self.calls.append("preflight")
+        return {
+            "errors": list(self.preflight_errors),
+            "warnings": list(self.preflight_warnings),
+            "notes": [],
+            "counts": {"users": {"local": 3}},
+            "synapse_database": "PostgreSQL database synapse",
+            "mas_database": "MAS's database",
+            "synapse_configs": files,
+        }
+
+    def plan(self, mas, opts, database, secrets):
+        self.calls.append("backup check")
+        return (None if self.plan_problems else {"dir": opts["backup_dir"]}), list(self.plan_problems)
+
+    def backup(self, mas, opts, database, plan, secrets):
+        self.calls.append("backup")
+        if self.backup_error:
+            raise CommandExecutionError(self.backup_error)
+        return {"path": f"{plan['dir']}/synapse.dump", "sha256": "0" * 64, "size": 1024, "seconds": 0.1}
+
+    def verification(self, mas, opts, conf, files, secrets):
+        self.calls.append("verify")
+        return {"errors": list(self.verify_errors), "counts": {}, "missing": {}}
+
+
+@pytest.fixture(autouse=True)
+def native(monkeypatch):
+    fake = Native()
+    monkeypatch.setattr(syn2mas, "_preflight", fake.preflight)
+    monkeypatch.setattr(syn2mas, "_backup_plan", fake.plan)
+    monkeypatch.setattr(syn2mas, "_backup", fake.backup)
+    monkeypatch.setattr(syn2mas, "_verification", fake.verification)
+    return fake
+
+
 @pytest.fixture
 def configure_loader_modules(pillar, cli, services):
     return dunders(pillar, salt={"cmd.run_all": cli, **services})
@@ -173,6 +220,7 @@ def mapdata(world, **overrides):
                 "endpoint": "http://127.0.0.1:8008/",
             },
             "http": {"internal_bind": "127.0.0.1:8081"},
+            "syn2mas": {"backup_dir": str(world["tmp"] / "backups")},
         },
     )
     return mas.settings(deep_update(data, overrides))
@@ -344,13 +392,13 @@ def test_check_refuses_a_config_the_mas_user_cannot_read(world, cli):
 def test_migrate_success_records_the_phase(world, cli, up, services):
     data = mapdata(world, syn2mas={"stop_services": False})
     result = syn2mas.migrate(mapdata=data)
-    assert result["result"] is True and result["phase"] == "migrated" and result["phase_before"] == "legacy_auth"
+    assert result["result"] is True and result["phase"] == "verified" and result["phase_before"] == "legacy_auth"
     assert cli.actions == ["check", "migrate"]
     assert "--dry-run" not in cli.calls[1]
     assert "mas:migration_in_progress: false" in result["comment"]
     saved = marker(world)
-    assert saved["phase"] == "migrated" and saved["last_run"]["exit_code"] == 0
-    assert [h["phase"] for h in saved["history"]] == ["migrating", "migrated"]
+    assert saved["phase"] == "verified" and saved["last_run"]["exit_code"] == 0
+    assert [h["phase"] for h in saved["history"]] == ["migrating", "verified"]
     assert saved["synapse_configs"] == [str(world["hs"]), str(world["conf_d"] / "oidc.yaml")]
     assert saved["mas_config"] == str(world["base"] / "config" / "config.yaml")
     path = world["base"] / "formula" / "syn2mas.json"
@@ -366,7 +414,7 @@ def test_phase_reads_the_marker_only(world, cli, up, monkeypatch):
     syn2mas.migrate(mapdata=data)
     calls = len(cli.calls)
     monkeypatch.setattr(syn2mas, "_answers", None)  # no probe allowed
-    assert syn2mas.phase(data) == "migrated" and len(cli.calls) == calls
+    assert syn2mas.phase(data) == "verified" and len(cli.calls) == calls
 
 
 def test_a_second_migration_is_refused_by_the_guard(world, cli, up):
@@ -374,8 +422,8 @@ def test_a_second_migration_is_refused_by_the_guard(world, cli, up):
     assert syn2mas.migrate(mapdata=data)["result"] is True
     cli.calls.clear()
     again = syn2mas.migrate(mapdata=data)
-    assert again["result"] is False and again["phase"] == "migrated" and cli.calls == []
-    assert "already migrated (phase migrated" in again["errors"][0]
+    assert again["result"] is False and again["phase"] == "verified" and cli.calls == []
+    assert "already migrated (phase verified" in again["errors"][0]
     assert "drop and recreate MAS's database" in again["errors"][0] and "mas_syn2mas.reset" in again["errors"][0]
     assert syn2mas.check(data)["result"] is False and syn2mas.migrate(dry_run=True, mapdata=data)["result"] is False
     assert cli.calls == []
@@ -457,7 +505,7 @@ def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, u
     status = syn2mas.status(data)
     assert status["phase"] == "migrating" and status["exit_code"] == 1 and status["blockers"] == []
     retried = syn2mas.migrate(mapdata=data)
-    assert retried["result"] is True and retried["phase"] == "migrated" and retried["phase_before"] == "migrating"
+    assert retried["result"] is True and retried["phase"] == "verified" and retried["phase_before"] == "migrating"
     assert cli.actions == ["check", "migrate", "check", "migrate"]
 
 
@@ -573,10 +621,10 @@ def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up):
     delegating = mapdata(world, migration_in_progress=False)
     assert "set it to true" in syn2mas.reset(confirm=True, mapdata=delegating)["errors"][0]
     done = syn2mas.reset(confirm=True, mapdata=data)
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "migrated", "new": "legacy_auth"}}
+    assert done["result"] is True and done["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
     saved = marker(world)
-    assert saved["phase"] == "legacy_auth" and saved["reset_from"] == "migrated"
-    assert [h["phase"] for h in saved["history"]] == ["migrating", "migrated", "legacy_auth"]
+    assert saved["phase"] == "legacy_auth" and saved["reset_from"] == "verified"
+    assert [h["phase"] for h in saved["history"]] == ["migrating", "verified", "legacy_auth"]
     assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {}
 
 
@@ -595,7 +643,7 @@ def test_mark_delegated_after_a_migration(world, cli, up):
     assert "not there yet" in syn2mas.mark_delegated(delegating)["errors"][0]
     dropin(world)
     done = syn2mas.mark_delegated(delegating)
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "migrated", "new": "delegated"}}
+    assert done["result"] is True and done["changes"] == {"phase": {"old": "verified", "new": "delegated"}}
     assert marker(world)["phase"] == "delegated" and "migration" not in marker(world)
     assert syn2mas.mark_delegated(delegating)["changes"] == {}
 
@@ -825,7 +873,7 @@ def test_seed_extra_arguments_refused(world, arguments, text):
 def test_state_migrated_runs_once(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
     ret = syn2mas_state.migrated("syn2mas", mapdata=data)
-    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated"}}
+    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     again = syn2mas_state.migrated("syn2mas", mapdata=data)
     assert again["result"] is True and again["changes"] == {} and "already migrated" in again["comment"]
     assert cli.actions == ["check", "migrate"]
@@ -842,7 +890,7 @@ def test_state_test_mode_touches_nothing(world, cli, up, services):
     syn2mas_state.__opts__["test"] = True
     data = mapdata(world)
     ret = syn2mas_state.migrated("syn2mas", mapdata=data)
-    assert ret["result"] is None and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated"}}
+    assert ret["result"] is None and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert "syn2mas would migrate" in ret["comment"]
     dry = syn2mas_state.migrated("syn2mas", mapdata=data, dry_run=True)
     assert dry["result"] is None and dry["changes"] == {} and "--dry-run" in dry["comment"]
@@ -864,7 +912,117 @@ def test_state_delegated(world, cli, up):
     delegating = mapdata(world, migration_in_progress=False)
     syn2mas_state.__opts__["test"] = True
     predicted = syn2mas_state.delegated("syn2mas", mapdata=delegating)
-    assert predicted["result"] is None and marker(world)["phase"] == "migrated"
+    assert predicted["result"] is None and marker(world)["phase"] == "verified"
     syn2mas_state.__opts__["test"] = False
     ret = syn2mas_state.delegated("syn2mas", mapdata=delegating)
-    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrated", "new": "delegated"}}
+    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "verified", "new": "delegated"}}
+
+
+# ------------------------------------------------------------------ the steps of a real run
+
+
+def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, cli, up, services, native):
+    data = mapdata(world, synapse={"service": "synapse-unit"})
+    result = syn2mas.migrate(mapdata=data)
+    assert result["result"] is True and result["phase"] == "verified"
+    assert [s["step"] for s in result["steps"]] == [
+        "preflight",
+        "check",
+        "backup check",
+        "stop",
+        "backup",
+        "migrate",
+        "verify",
+        "start",
+    ]
+    assert [s["result"] for s in result["steps"]][-1] == "skipped"
+    assert native.calls == ["preflight", "backup check", "backup", "verify"]
+    assert "Steps: preflight ok" in result["comment"] and "backup ok" in result["comment"]
+    saved = marker(world)
+    assert saved["backup"]["sha256"] == "0" * 64 and saved["verification"]["errors"] == []
+    assert [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
+
+
+def test_preflight_errors_refuse_before_anything_stops(world, cli, up, services, native):
+    native.preflight_errors = ["Unknown upstream provider oidc-keycloak: 1 Synapse users are linked to it"]
+    result = syn2mas.migrate(mapdata=mapdata(world))
+    assert result["result"] is False and result["errors"] == native.preflight_errors
+    assert cli.calls == [] and marker(world) is None
+    services["service.stop"].assert_not_called()
+
+
+def test_preflight_warnings_need_accepting_too(world, cli, up, native):
+    native.preflight_warnings = ["1 non-email 3PIDs (msisdn: 1) are copied to MAS's user_unsupported_third_party_ids"]
+    data = mapdata(world, syn2mas={"stop_services": False})
+    refused = syn2mas.check(data)
+    assert refused["result"] is False and refused["warnings"] == native.preflight_warnings
+    assert "accept_warnings=True" in refused["errors"][-1]
+    assert syn2mas.check(data, accept_warnings=True)["result"] is True
+
+
+@pytest.mark.parametrize("where", ["plan", "backup"])
+def test_a_backup_that_fails_changes_nothing_and_starts_synapse_again(world, cli, up, services, native, where):
+    if where == "plan":
+        native.plan_problems = ["the backup directory /x (mas:syn2mas:backup_dir) has 1.0 MiB free"]
+    else:
+        native.backup_error = "pg_dump of Synapse's database failed (exit 1): disk full"
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["result"] is False and marker(world) is None and cli.actions == ["check"]
+    if where == "plan":  # refused before anything stops
+        services["service.stop"].assert_not_called()
+    else:
+        assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
+        assert (
+            "the backup failed, nothing was migrated. Synapse (still authoritative) was started again"
+            in (result["comment"])
+        )
+
+
+def test_a_verification_mismatch_records_migrated_unverified_and_starts_synapse(world, cli, up, services, native):
+    native.verify_errors = ["1 Synapse users are missing in MAS: carol"]
+    data = mapdata(world, synapse={"service": "synapse-unit"})
+    result = syn2mas.migrate(mapdata=data)
+    assert result["result"] is False and result["phase"] == "migrated_unverified"
+    assert result["errors"] == native.verify_errors and "verification FAILED" in result["comment"]
+    assert result["services"]["started"] == ["synapse-unit"]
+    assert marker(world)["phase"] == "migrated_unverified"
+    refused = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
+    assert refused["result"] is False and "verification found" in refused["errors"][0]
+    # the state verifies again; once MAS holds everything the phase becomes verified
+    native.verify_errors = []
+    monkey = syn2mas_state.__salt__["mas_syn2mas.verify"]
+    syn2mas_state.__salt__["mas_syn2mas.verify"] = lambda mapdata=None, record=False: syn2mas._result(
+        True,
+        "verified",
+        "syn2mas verification passed",
+        changes={"phase": {"old": "migrated_unverified", "new": "verified"}},
+    )
+    try:
+        ret = syn2mas_state.migrated("syn2mas", mapdata=data)
+    finally:
+        syn2mas_state.__salt__["mas_syn2mas.verify"] = monkey
+    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrated_unverified", "new": "verified"}}
+
+
+def test_synapse_left_down_is_reported(world, cli, up, services, native):
+    services["service.start"].return_value = False
+    cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["result"] is False and result["services"]["down"] == ["synapse-unit"]
+    assert "Synapse is DOWN: service.start synapse-unit failed" in result["comment"]
+    assert any("salt-call service.start synapse-unit" in e for e in result["errors"])
+    ret = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert "Synapse is DOWN" in ret["comment"] and ret["result"] is False
+
+
+def test_a_real_run_needs_a_backup_directory_or_backup_false(world, cli, up, native):
+    result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"backup_dir": "", "stop_services": False}))
+    assert result["result"] is False and "mas:syn2mas:backup_dir is not set" in result["errors"][0]
+    assert cli.calls == []
+    without = syn2mas.migrate(
+        mapdata=mapdata(world, syn2mas={"backup_dir": "", "backup": False, "stop_services": False})
+    )
+    assert without["result"] is True and "backup" not in native.calls
+    assert {"step": "backup", "result": "skipped", "seconds": 0.0, "why": "mas:syn2mas:backup is false"} in (
+        without["steps"]
+    )
