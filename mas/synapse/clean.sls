@@ -12,11 +12,14 @@
 include:
   - {{ sls_proxy_clean }}
 
+{#- the guard goes first: before the compatibility routes, the drop-in and a
+    purge of the whole tree (mas.install.clean, outside this chain) #}
 mas-synapse-clean-mas_syn2mas-safe_to_roll_back:
   mas_syn2mas.safe_to_roll_back:
     - name: syn2mas
     - require_in:
       - sls: {{ sls_proxy_clean }}
+      - sls: {{ tplroot ~ ".install.clean" }}
       - file: mas-synapse-clean-file-absent-dropin
 
 mas-synapse-clean-file-absent-dropin:

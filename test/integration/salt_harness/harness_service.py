@@ -10,6 +10,9 @@ from ``argv`` (its pid in ``pidfile``); ``start`` waits until ``url``
 answers. Every call is appended to ``events`` (``<action> <name> <ok|failed>``)
 so a test can tell whether the formula stopped, started or restarted it;
 ``fail`` makes the listed actions fail (e.g. a restart that does not come back).
+With ``snapshot: {"conninfo", "dir"}`` the checksum of every table of that
+database is written to ``dir`` after each stop and before each start, so a
+test can prove that nothing changed it while the service was down.
 
 The same functions work outside Salt (:func:`control`), so a test drives the
 process exactly the way the formula does.
@@ -62,6 +65,30 @@ def _event(spec, action, name, ok):
         with open(spec["events"], "a", encoding="utf-8") as handle:
             handle.write(f"{action} {name} {'ok' if ok else 'failed'}\n")
     return ok
+
+
+def checksum(conninfo):
+    """``{table: md5}`` of every table of the public schema (rows in a fixed order)."""
+    import psycopg  # pylint: disable=import-outside-toplevel
+    from psycopg import sql  # pylint: disable=import-outside-toplevel
+
+    sums = {}
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        tables = [row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in sorted(tables):
+            query = sql.SQL("SELECT md5(coalesce(string_agg(x::text, chr(10) ORDER BY x::text), '')) FROM {} x")
+            sums[table] = conn.execute(query.format(sql.Identifier(table))).fetchone()[0]
+    return sums
+
+
+def _snapshot(spec, when):
+    snap = spec.get("snapshot")
+    if not snap:
+        return
+    os.makedirs(snap["dir"], exist_ok=True)
+    number = len(os.listdir(snap["dir"]))
+    with open(os.path.join(snap["dir"], f"{number:03d}-{when}.json"), "w", encoding="utf-8") as handle:
+        json.dump(checksum(snap["conninfo"]), handle)
 
 
 def running(spec):
@@ -119,9 +146,14 @@ def control(spec, action, name="service"):
             do_stop(spec)
         return _event(spec, action, name, False)
     if action == "start":
+        if not running(spec):
+            _snapshot(spec, "before-start")
         ok = do_start(spec)
     elif action == "stop":
+        was = running(spec)
         ok = do_stop(spec)
+        if ok and was:
+            _snapshot(spec, "after-stop")
     else:
         ok = do_stop(spec) and do_start(spec)
     return _event(spec, action, name, ok)
