@@ -1,5 +1,5 @@
 """
-syn2mas for the ``mas`` formula: move Synapse's users into MAS, once.
+syn2mas for the ``mas`` formula: move Synapse's users into MAS once: checked, backed up, verified, guarded.
 
 MAS's ``mas-cli syn2mas`` copies users, passwords, emails, upstream links and
 sessions from Synapse's database into an *empty* MAS database. It can only
@@ -11,21 +11,32 @@ root-owned, 0600, written atomically) and guards:
 
 ``legacy_auth``
     Synapse authenticates (``mas:migration_in_progress: true``, no drop-in).
-    No marker file means this phase.
+    No marker file means this phase (or ``delegated`` when Synapse's drop-in is
+    on disk: a homeserver that needed no migration).
 ``migrating``
     Written just before a real ``migrate`` starts. It stays there when the run
     fails; the next run retries (syn2mas resets a partial migration itself).
-``migrated``
-    The migration succeeded. Another migration is refused by the formula,
-    before MAS is asked.
+``migrated_unverified``
+    ``migrate`` succeeded but :py:func:`verify` found Synapse rows missing in
+    MAS: Synapse must not delegate yet.
+``verified``
+    The migration succeeded and :py:func:`verify` passed (``migrated``: a run
+    recorded by an earlier formula version). Another migration is refused by
+    the formula, before MAS is asked.
 ``delegated``
     ``mas:migration_in_progress`` is false and Synapse's drop-in is live
-    (:py:func:`mark_delegated`).
+    (:py:func:`mark_delegated`; ``migration: none`` when none was needed).
+``rolled_back``
+    Synapse was made authoritative again after delegating
+    (:py:func:`mark_rolled_back`).
 
 Public functions: :py:func:`options`, :py:func:`phase`, :py:func:`status`,
-:py:func:`check`, :py:func:`migrate` (``dry_run``), :py:func:`reset`,
-:py:func:`mark_delegated`. The last five return a dict automation can gate
-on: ``{"result", "phase", "exit_code", "errors", "warnings", "comment",
+:py:func:`preflight` (native checks: no MAS needed), :py:func:`check`,
+:py:func:`backup`, :py:func:`migrate` (``dry_run``), :py:func:`verify`,
+:py:func:`reset`, :py:func:`mark_delegated`, :py:func:`mark_rolled_back`, and
+the guards of ``state.apply mas``: :py:func:`lockout_check` and
+:py:func:`rollback_check`. All but the first two return a dict automation can
+gate on: ``{"result", "phase", "exit_code", "errors", "warnings", "comment",
 ...}``; a refusal is ``result: False`` with the reason in ``errors`` (and
 ``salt-call`` exits 1).
 
@@ -33,11 +44,15 @@ on: ``{"result", "phase", "exit_code", "errors", "warnings", "comment",
 ``syn2mas --synapse-config <file>... check|migrate [--dry-run]``. Its output is
 scrubbed of every secret the minion knows (MAS's secret files, the secrets in
 Synapse's config and in pillar ``mas``, passwords in URLs) before it is parsed,
-returned or recorded.
+returned or recorded. Synapse's and MAS's databases are read with psycopg
+(read-only transactions, set-based SQL); ``pg_dump`` gets its password from a
+private 0600 PGPASSFILE.
 
-:depends: requests; the ``mas``, ``mas_secret`` and ``mas_synapse`` execution modules of this formula
+:depends: requests, psycopg (3), PostgreSQL's client tools (pg_dump); the ``mas``, ``mas_secret`` and ``mas_synapse``
+    execution modules of this formula
 """
 
+import concurrent.futures
 import contextlib
 import datetime
 import fcntl
@@ -1054,8 +1069,9 @@ def _preflight(mas, opts, marker, files, conf, secrets):
                 f"version 1 ({source}): keep the formula's passwords.schemes (do not override them in mas:config)"
             )
     elif files and secret != (None if pepper in (None, "") else str(pepper).encode()):
+        pepper_where = f"password_config.pepper in {origin.get('password_config', '?')}" if pepper else "none set"
         errors.append(
-            f"Synapse's pepper ({'password_config.pepper in ' + origin.get('password_config', '?') if pepper else 'none set'}) "
+            f"Synapse's pepper ({pepper_where}) "
             f"differs from the secret of MAS's bcrypt scheme ({source}): migrated passwords would not work. Set "
             "mas:synapse:pepper to Synapse's pepper, or leave it unset to let the formula read it from Synapse's config"
         )
@@ -1410,11 +1426,15 @@ def backup(mapdata=None):
 #: Shown per kind of difference before "... and N more".
 _SHOWN = 20
 
+#: Each set is split into 1024 buckets by a 64-bit hash of its text keys; a bucket is (count, sum of another
+#: 64-bit hash), computed in each database. Equal buckets are equal sets (up to a 64-bit collision); only the
+#: differing ones are fetched and compared key by key, so a hash that differed between two servers would only cost
+#: time, never hide a difference.
 _BUCKETS = (
-    "SELECT ('x' || substr(md5(k), 1, 2))::bit(8)::int, count(*), "
-    "sum(('x' || substr(md5(k), 3, 15))::bit(60)::bigint) FROM ({query}) AS s(k) GROUP BY 1"
+    "SELECT (hashtextextended(k, 1) & 1023)::int, count(*), sum(hashtextextended(k, 0)) "
+    "FROM ({query}) AS s(k) GROUP BY 1"
 )
-_BUCKET_KEYS = "SELECT k FROM ({query}) AS s(k) WHERE ('x' || substr(md5(k), 1, 2))::bit(8)::int = ANY(%(buckets)s)"
+_BUCKET_KEYS = "SELECT k FROM ({query}) AS s(k) WHERE (hashtextextended(k, 1) & 1023)::int = ANY(%(buckets)s)"
 
 
 def _verify_queries(synapse_columns):
@@ -1516,8 +1536,16 @@ def _verify(mas, opts, conf, files, secrets):
     with _connect(database, secrets) as (_, syn), _connect(_mas_database(mas), secrets) as (_, mas_conn):
         syn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         mas_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        for kind, (syn_query, mas_query) in _verify_queries(_column_list(syn, "users")).items():
-            left, right = _buckets(syn, syn_query, params), _buckets(mas_conn, mas_query, params)
+        queries = _verify_queries(_column_list(syn, "users"))
+        # each side in its own thread (its own connection): the two databases hash at the same time
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            sides = (
+                pool.submit(lambda: {kind: _buckets(syn, q[0], params) for kind, q in queries.items()}),
+                pool.submit(lambda: {kind: _buckets(mas_conn, q[1], params) for kind, q in queries.items()}),
+            )
+            lefts, rights = sides[0].result(), sides[1].result()
+        for kind, (syn_query, mas_query) in queries.items():
+            left, right = lefts[kind], rights[kind]
             counts["synapse"][kind] = sum(n for n, _ in left.values())
             counts["mas"][kind] = sum(n for n, _ in right.values())
             differing = sorted(bucket for bucket in left if left[bucket] != right.get(bucket))
