@@ -153,7 +153,11 @@ def options(mapdata=None, **overrides):
     still without delegation), ``synapse_config_files`` (the pre-MAS Synapse
     config files; empty: ``mas:synapse:config_files`` plus the ``*.yaml`` of
     ``mas:synapse:config_dir`` without the formula's drop-in),
-    ``synapse_database_uri``, ``timeout`` and ``stop_timeout`` (seconds).
+    ``synapse_database_uri``, ``timeout`` and ``stop_timeout`` (seconds),
+    ``backup`` and ``backup_dir`` (the pg_dump of a real run),
+    ``assume_fresh`` and ``force_rollback`` (the guards' overrides),
+    ``extra_arguments`` (the seed's, translated in the map) and
+    ``deprecations`` (notices about them).
 
     mapdata
         The formula's map (default: computed from pillar).
@@ -2341,6 +2345,8 @@ def _rollback_target(mas, marker):
     if marker is not None and phase == "delegated":
         since = None if marker.get("migration") == "none" else marker.get("finished_at")
         return dropin, since
+    if marker is not None and phase in MIGRATED_PHASES and dropin:  # delegating, the record missed
+        return True, marker.get("finished_at")
     if marker is None and dropin:  # delegated before the formula kept a marker: since the drop-in was written
         written = datetime.datetime.fromtimestamp(os.path.getmtime(_dropin(mas)), datetime.UTC)
         return True, written.isoformat(timespec="seconds")

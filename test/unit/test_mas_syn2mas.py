@@ -772,6 +772,9 @@ def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
     assert "nothing to roll back" in syn2mas.rollback_check(data)["comment"]
     syn2mas._set_phase(data, None, "verified")
     assert syn2mas.rollback_check(data)["result"] is True
+    dropin(world)  # Synapse delegates although `delegated` was not recorded: asked (and MAS cannot be read here)
+    with pytest.raises(TypeError):
+        syn2mas.rollback_check(mapdata(world))
 
 
 def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
