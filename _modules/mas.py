@@ -460,6 +460,11 @@ def _validate_syn2mas(data, errors):
         "synapse_database_uri",
         "timeout",
         "stop_timeout",
+        "backup",
+        "backup_dir",
+        "assume_fresh",
+        "force_rollback",
+        "extra_arguments",
     )
     for key in sorted(set(syn2mas) - set(known)):
         errors.add(("syn2mas", key), f"unknown option (known: {', '.join(sorted(known))})")
@@ -473,6 +478,82 @@ def _validate_syn2mas(data, errors):
         value = syn2mas.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             errors.add(("syn2mas", key), f"must be a positive number of seconds, not {value!r}")
+    for key in ("backup", "assume_fresh", "force_rollback"):
+        if not isinstance(syn2mas.get(key), bool):
+            errors.add(("syn2mas", key), f"must be true or false, not {syn2mas.get(key)!r}")
+    backup_dir = syn2mas.get("backup_dir")
+    if _is_set(backup_dir) and not (
+        isinstance(backup_dir, str)
+        and os.path.isabs(backup_dir)
+        and os.path.normpath(backup_dir) == backup_dir.rstrip("/")
+        and backup_dir != "/"
+    ):
+        errors.add(("syn2mas", "backup_dir"), f"must be an absolute, normalised directory path, not {backup_dir!r}")
+    _syn2mas_extra_arguments(data, errors)
+
+
+#: The seed's syn2mas arguments the formula translates (the TypeScript tool's; MDAD's ..._extra_arguments).
+SYN2MAS_EXTRA_ARGUMENTS = ("--upstreamProviderMapping <synapse idp>:<MAS provider id>",)
+
+
+def _syn2mas_extra_arguments(data, errors):
+    """Translate the seed's ``--upstreamProviderMapping <synapse idp>:<MAS provider id>``
+    (``mas:syn2mas:extra_arguments``) into ``synapse_idp_id`` on that provider,
+    with a deprecation notice (``syn2mas:deprecations``); refuse anything else."""
+    path = ("syn2mas", "extra_arguments")
+    items = data["syn2mas"].get("extra_arguments")
+    data["syn2mas"]["deprecations"] = []
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        errors.add(path, "must be a list of strings (the seed's syn2mas arguments)")
+        return
+    accepted = "accepted: " + ", ".join(SYN2MAS_EXTRA_ARGUMENTS)
+    tokens = [token for item in items for token in item.split()]
+    mappings = []
+    while tokens:
+        token = tokens.pop(0)
+        flag, _, value = token.partition("=")
+        if flag != "--upstreamProviderMapping":
+            errors.add(
+                path,
+                f"{token!r} is not accepted ({accepted}; the Rust syn2mas's own options are pillar keys under "
+                "mas:syn2mas: accept_warnings, ignore_missing_auth_providers, synapse_config_files, "
+                "synapse_database_uri)",
+            )
+            continue
+        if not value:
+            value = tokens.pop(0) if tokens else ""
+        idp, _, provider_id = value.rpartition(":")
+        if not re.match(r"^oidc(-[A-Za-z0-9._~-]+)?$", idp) or not _ULID.match(provider_id):
+            errors.add(path, f"--upstreamProviderMapping {value!r} must be <synapse idp>:<MAS provider ULID>")
+            continue
+        mappings.append((idp, provider_id))
+    providers = data.get("upstream_oauth2_providers")
+    providers = providers if isinstance(providers, list) else []
+    for idp, provider_id in mappings:
+        match = [p for p in providers if isinstance(p, dict) and str(p.get("id", "")).upper() == provider_id.upper()]
+        if not match:
+            known = ", ".join(str(p.get("id")) for p in providers if isinstance(p, dict)) or "none"
+            errors.add(
+                path,
+                f"--upstreamProviderMapping {idp}:{provider_id}: no provider {provider_id} in "
+                f"mas:upstream_oauth2_providers (known ids: {known})",
+            )
+            continue
+        provider = match[0]
+        if _is_set(provider.get("synapse_idp_id")) and provider["synapse_idp_id"] != idp:
+            errors.add(
+                path,
+                f"--upstreamProviderMapping {idp}:{provider_id} contradicts synapse_idp_id "
+                f"{provider['synapse_idp_id']!r} of that provider in mas:upstream_oauth2_providers",
+            )
+            continue
+        provider["synapse_idp_id"] = idp
+        data["syn2mas"]["deprecations"].append(
+            f"mas:syn2mas:extra_arguments: --upstreamProviderMapping {idp}:{provider_id} (the seed's syn2mas "
+            f"option) is deprecated: the formula set synapse_idp_id: {idp} on provider {provider_id}; set it there "
+            "in mas:upstream_oauth2_providers instead"
+        )
+        log.warning("mas: %s", data["syn2mas"]["deprecations"][-1])
 
 
 def _validate_doctor(data, errors):

@@ -4,7 +4,16 @@ States of the ``mas`` formula's syn2mas migration (Synapse users into MAS).
 ``mas_syn2mas.migrated`` runs the guarded migration of the
 ``mas_syn2mas`` execution module once: when the phase marker already says
 ``migrated`` (or ``delegated``) it reports success without running anything.
-``mas_syn2mas.delegated`` records the last phase once Synapse delegates to MAS.
+``mas_syn2mas.delegated`` records the last phase once Synapse delegates to MAS,
+``mas_syn2mas.rolled_back`` records a rollback once Synapse authenticates again.
+
+The guards of ``state.apply mas`` are requisites of Synapse's drop-in and of
+its copy of the shared secret, so they are checked before either is written:
+``mas_syn2mas.safe_to_delegate`` (no drop-in that would lock Synapse's users
+out) and ``mas_syn2mas.safe_to_roll_back`` (no silent rollback that breaks
+users and sessions only MAS knows). They only read, so they run the same
+under ``test=True``.
+
 Under ``test=True`` nothing is run or written: the states report the phase,
 what would be refused and the commands that would run.
 
@@ -44,13 +53,19 @@ def migrated(
     mapdata=None,
 ):
     """
-    Ensure Synapse's users have been migrated into MAS with syn2mas (once).
+    Ensure Synapse's users have been migrated into MAS with syn2mas (once),
+    backed up before and verified after.
 
-    Already ``migrated``/``delegated``: True, nothing run. Otherwise
-    ``mas_syn2mas.migrate`` runs with the guards described there (check first,
-    refused while Synapse or MAS answer or while delegation is on; the phase
-    goes ``legacy_auth`` -> ``migrating`` -> ``migrated``); the change is the
-    phase. With ``dry_run`` only ``migrate --dry-run`` runs and the phase
+    Already ``verified``/``migrated``/``delegated`` (or no migration needed):
+    True, no changes, nothing run (the desired state holds). ``migrated_unverified``:
+    the verification runs again (``mas_syn2mas.verify record=True``) and the
+    phase becomes ``verified`` when it passes. ``rolled_back``: False, with the
+    way to migrate again. Otherwise ``mas_syn2mas.migrate`` runs with the
+    guards described there (preflight and check first, a backup, refused while
+    Synapse or MAS answer or while delegation is on; the phase goes
+    ``legacy_auth`` -> ``migrating`` -> ``verified``); the change is the
+    phase, and the comment lists the steps with their durations. With
+    ``dry_run`` only the preflight and ``migrate --dry-run`` run and the phase
     never changes (no changes are reported).
 
     Every argument defaults to pillar ``mas:syn2mas:<name>``.
@@ -92,12 +107,33 @@ def migrated(
             mapdata=mapdata, ignore_missing_auth_providers=ignore_missing_auth_providers, stop_services=stop_services
         )
         phase = status["phase"]
-        if phase in ("migrated", "delegated"):
-            ret["comment"] = f"Synapse's users are already migrated to MAS (phase {phase}); syn2mas was not run"
+        notices = status.get("deprecations") or []
+        if phase in ("migrated", "verified", "delegated"):
+            ret["comment"] = (
+                f"Synapse's users are already migrated to MAS (phase {phase}); syn2mas was not run. Next: "
+                f"{status['next_step']}" + _lines("Warnings", notices)
+            )
+            if phase == "delegated" and "no migration" in status["next_step"]:
+                ret["comment"] = f"no syn2mas migration needed: {status['next_step']}"
             return ret
-        if __opts__["test"]:
+        if phase == "rolled_back":
+            ret["result"] = False
+            ret["comment"] = f"syn2mas phase rolled_back: {status['next_step']}"
+            return ret
+        if phase == "migrated_unverified":
+            if __opts__["test"]:
+                ret["result"] = None
+                ret["comment"] = "the migration's verification would run again (mas_syn2mas.verify record=True)"
+                ret["changes"] = {"phase": {"old": phase, "new": "verified"}}
+                return ret
+            result = __salt__["mas_syn2mas.verify"](mapdata=mapdata, record=True)
+        elif __opts__["test"]:
             return _predict(ret, status, opts["dry_run"])
-        result = __salt__["mas_syn2mas.migrate"](dry_run=opts["dry_run"], **args)
+        else:
+            result = __salt__["mas_syn2mas.migrate"](dry_run=opts["dry_run"], **args)
+        result["warnings"] = list(result.get("warnings") or []) + [
+            n for n in notices if n not in (result.get("warnings") or [])
+        ]
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["result"] = False
         ret["comment"] = f"syn2mas: {exc}"
@@ -122,20 +158,130 @@ def _predict(ret, status, dry_run):
         ret["comment"] = f"syn2mas dry run would run (phase {status['phase']} unchanged): {commands['dry_run']}"
         return ret
     ret["comment"] = (
-        f"syn2mas would migrate: {commands['check']}; then stop Synapse and MAS (unless "
-        f"mas:syn2mas:stop_services is false); then {commands['migrate']}"
+        f"syn2mas would migrate: preflight, then {commands['check']}; then stop Synapse and MAS (unless "
+        "mas:syn2mas:stop_services is false), back up Synapse's database (mas:syn2mas:backup_dir), then "
+        f"{commands['migrate']}, then verify MAS against Synapse"
     )
-    ret["changes"] = {"phase": {"old": status["phase"], "new": "migrated"}}
+    ret["changes"] = {"phase": {"old": status["phase"], "new": "verified"}}
+    return ret
+
+
+def _guard(name, result):
+    ret = _ret(name)
+    ret["result"] = result["result"]
+    ret["comment"] = result["comment"] + _lines("Errors", result["errors"]) + _lines("Warnings", result["warnings"])
+    return ret
+
+
+def safe_to_delegate(name, mapdata=None):
+    """
+    The lock-out guard: fail, changing nothing, when Synapse delegating to MAS
+    now would lock its users out (see ``mas_syn2mas.lockout_check``): a
+    migration unfinished, unverified, reset or rolled back, or none recorded
+    while Synapse's database holds users with a password or an external id (or
+    cannot be read, unless ``mas:syn2mas:assume_fresh``). Make it a requisite
+    of the drop-in and of Synapse's copy of the secret.
+
+    name
+        Any name.
+    mapdata
+        The formula's map (``mas/map.jinja``).
+
+    .. code-block:: yaml
+
+        mas-synapse-file-mas_syn2mas-safe_to_delegate:
+          mas_syn2mas.safe_to_delegate:
+            - name: syn2mas
+            - require_in:
+              - mas_synapse: mas-synapse-file-mas_synapse-dropin
+    """
+    try:
+        return _guard(name, __salt__["mas_syn2mas.lockout_check"](mapdata=mapdata))
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret = _ret(name)
+        ret["result"] = False
+        ret["comment"] = f"syn2mas lock-out guard: {exc}"
+        return ret
+
+
+def safe_to_roll_back(name, mapdata=None):
+    """
+    The silent-rollback guard: fail, changing nothing, when making Synapse
+    authoritative again (``mas:migration_in_progress: true`` or
+    ``mas:enabled: false``) while it delegates to MAS would break users or
+    sessions created in MAS since (see ``mas_syn2mas.rollback_check``), unless
+    ``mas:syn2mas:force_rollback``. Make it a requisite of the drop-in's
+    removal (and of the compatibility routes' removal).
+
+    name
+        Any name.
+    mapdata
+        The formula's map (``mas/map.jinja``).
+
+    .. code-block:: yaml
+
+        mas-synapse-file-mas_syn2mas-safe_to_roll_back:
+          mas_syn2mas.safe_to_roll_back:
+            - name: syn2mas
+            - require_in:
+              - mas_synapse: mas-synapse-file-mas_synapse-dropin
+    """
+    try:
+        return _guard(name, __salt__["mas_syn2mas.rollback_check"](mapdata=mapdata))
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret = _ret(name)
+        ret["result"] = False
+        ret["comment"] = f"syn2mas rollback guard: {exc}"
+        return ret
+
+
+def rolled_back(name, mapdata=None):
+    """
+    Record the ``rolled_back`` phase once Synapse's drop-in is gone after a
+    delegation (``mas_syn2mas.mark_rolled_back``); nothing to do otherwise.
+
+    name
+        Any name.
+    mapdata
+        The formula's map (``mas/map.jinja``).
+
+    .. code-block:: yaml
+
+        mas-synapse-file-mas_syn2mas-rolled_back:
+          mas_syn2mas.rolled_back:
+            - name: syn2mas
+            - require:
+              - mas_synapse: mas-synapse-file-mas_synapse-dropin
+    """
+    ret = _ret(name)
+    try:
+        if __opts__["test"]:
+            phase = __salt__["mas_syn2mas.phase"](mapdata=mapdata)
+            if phase == "delegated":
+                ret["result"] = None
+                ret["comment"] = "syn2mas phase rolled_back would be recorded once the drop-in is removed"
+                ret["changes"] = {"phase": {"old": phase, "new": "rolled_back"}}
+            else:
+                ret["comment"] = f"nothing to record (syn2mas phase {phase})"
+            return ret
+        result = __salt__["mas_syn2mas.mark_rolled_back"](mapdata=mapdata)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["result"] = False
+        ret["comment"] = f"syn2mas: {exc}"
+        return ret
+    ret["result"] = result["result"]
+    ret["changes"] = result.get("changes", {})
+    ret["comment"] = result["comment"] + _lines("Errors", result["errors"])
     return ret
 
 
 def delegated(name, mapdata=None):
     """
-    Record the ``delegated`` phase once Synapse delegates to MAS after a
-    migration (``mas:migration_in_progress`` false, the drop-in in place).
-    Nothing to do without a recorded migration (a new homeserver). Fails when
-    delegation would skip or outrun syn2mas (phase ``migrating`` or a reset
-    ``legacy_auth``).
+    Record the ``delegated`` phase once Synapse delegates to MAS
+    (``mas:migration_in_progress`` false, the drop-in in place): after a
+    migration, or with ``migration: none`` on a homeserver that needed none.
+    Fails when delegation would skip or outrun syn2mas (see
+    ``mas_syn2mas.mark_delegated``).
 
     name
         Any name.
@@ -152,20 +298,22 @@ def delegated(name, mapdata=None):
     """
     ret = _ret(name)
     try:
-        # cheap on every run: the marker only (no HTTP, no subprocess)
+        # cheap on every later run: the marker only (no HTTP, no subprocess)
         phase = __salt__["mas_syn2mas.phase"](mapdata=mapdata)
-        if __opts__["test"] and phase == "migrated":
-            # the only case in which mark_delegated writes (once per deployment)
+        if phase == "delegated":
+            ret["comment"] = "syn2mas phase is already delegated"
+            return ret
+        if __opts__["test"]:
             status = __salt__["mas_syn2mas.status"](mapdata=mapdata)
             if status["migration_in_progress"]:
                 ret["result"] = False
                 ret["comment"] = "delegated refused: mas:migration_in_progress is still true"
                 return ret
             ret["result"] = None
-            ret["comment"] = "syn2mas phase delegated would be recorded"
-            ret["changes"] = {"phase": {"old": phase, "new": "delegated"}}
+            ret["comment"] = "syn2mas phase delegated would be recorded (the lock-out guard decides first)"
+            ret["changes"] = {"phase": {"old": phase if status["recorded"] else None, "new": "delegated"}}
             return ret
-        result = __salt__["mas_syn2mas.mark_delegated"](mapdata=mapdata)  # read-only unless phase is migrated
+        result = __salt__["mas_syn2mas.mark_delegated"](mapdata=mapdata)
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["result"] = False
         ret["comment"] = f"syn2mas: {exc}"

@@ -85,6 +85,8 @@ def overrides(root, user=None, group=None):
             },
             "traefik": {"config_path": f"{root}/etc/traefik/dynamic/matrix-authentication-service.yml"},
         },
+        # no Synapse (and no database) on the demo machine: a new homeserver
+        "syn2mas": {"assume_fresh": True},
     }
 
 

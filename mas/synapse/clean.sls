@@ -2,7 +2,8 @@
 # vim: ft=sls
 # Removes the drop-in (Synapse becomes authoritative again) and Synapse's copy
 # of the shared secret, after the compatibility routes are gone, and restarts
-# Synapse when something was removed (mas:synapse:restart).
+# Synapse when something was removed (mas:synapse:restart). The syn2mas
+# rollback guard runs before any of it (mas_syn2mas.rollback_check).
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_proxy_clean = tplroot ~ ".proxy.clean" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
@@ -10,6 +11,16 @@
 
 include:
   - {{ sls_proxy_clean }}
+
+{#- the guard goes first: before the compatibility routes, the drop-in and a
+    purge of the whole tree (mas.install.clean, outside this chain) #}
+mas-synapse-clean-mas_syn2mas-safe_to_roll_back:
+  mas_syn2mas.safe_to_roll_back:
+    - name: syn2mas
+    - require_in:
+      - sls: {{ sls_proxy_clean }}
+      - sls: {{ tplroot ~ ".install.clean" }}
+      - file: mas-synapse-clean-file-absent-dropin
 
 mas-synapse-clean-file-absent-dropin:
   file.absent:
@@ -20,6 +31,12 @@ mas-synapse-clean-file-absent-dropin:
 mas-synapse-clean-file-absent-secret:
   file.absent:
     - name: {{ synapse.secret.path | json }}
+    - require:
+      - file: mas-synapse-clean-file-absent-dropin
+
+mas-synapse-clean-mas_syn2mas-rolled_back:
+  mas_syn2mas.rolled_back:
+    - name: syn2mas
     - require:
       - file: mas-synapse-clean-file-absent-dropin
 {%- if synapse.restart %}

@@ -3,6 +3,9 @@
 # Synapse's readable copy of the shared secret and the drop-in. The drop-in
 # state reads Synapse's config first and refuses, changing nothing, while a
 # setting Synapse rejects next to MAS is left (see mas_synapse.conflicts).
+# A syn2mas guard runs before either is written: delegating refuses what would
+# lock Synapse's users out (mas_syn2mas.lockout_check), removing the drop-in
+# refuses a silent rollback (mas_syn2mas.rollback_check).
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_secrets = tplroot ~ ".secrets" %}
 {%- set sls_service = tplroot ~ ".service" %}
@@ -12,6 +15,24 @@
 include:
   - {{ sls_secrets }}
   - {{ sls_service }}
+
+{%- if synapse.state == "present" %}
+
+mas-synapse-file-mas_syn2mas-safe_to_delegate:
+  mas_syn2mas.safe_to_delegate:
+    - name: syn2mas
+    - require_in:
+      - mas_secret: mas-synapse-file-mas_secret-present
+      - mas_synapse: mas-synapse-file-mas_synapse-dropin
+{%- else %}
+
+mas-synapse-file-mas_syn2mas-safe_to_roll_back:
+  mas_syn2mas.safe_to_roll_back:
+    - name: syn2mas
+    - require_in:
+      - mas_secret: mas-synapse-file-mas_secret-present
+      - mas_synapse: mas-synapse-file-mas_synapse-dropin
+{%- endif %}
 
 mas-synapse-file-file-directory-secret:
   file.directory:
@@ -42,21 +63,16 @@ mas-synapse-file-mas_synapse-dropin:
       - mas_secret: mas-synapse-file-mas_secret-present
       - sls: {{ sls_service }}
 {%- if synapse.state == "present" %}
-{%- if salt["mas_syn2mas.phase"]() == "migrating" %}
-
-mas-synapse-file-test-fail_without_changes-syn2mas:
-  test.fail_without_changes:
-    - name: syn2mas-unfinished
-    - comment: >-
-        The last syn2mas migration did not finish (salt-call mas_syn2mas.status):
-        Synapse must not delegate to MAS yet. Set mas:migration_in_progress: true,
-        apply mas, then run state.apply mas.syn2mas again.
-    - require_in:
-      - mas_synapse: mas-synapse-file-mas_synapse-dropin
-{%- endif %}
 
 mas-synapse-file-mas_syn2mas-delegated:
   mas_syn2mas.delegated:
+    - name: syn2mas
+    - require:
+      - mas_synapse: mas-synapse-file-mas_synapse-dropin
+{%- else %}
+
+mas-synapse-file-mas_syn2mas-rolled_back:
+  mas_syn2mas.rolled_back:
     - name: syn2mas
     - require:
       - mas_synapse: mas-synapse-file-mas_synapse-dropin

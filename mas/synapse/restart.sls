@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
-# Restarts Synapse only when its drop-in or its copy of the shared secret
-# changed (mas:synapse:restart); a stopped Synapse is not started otherwise.
+# Restarts Synapse only when its drop-in changed, or its copy of the shared
+# secret changed while a drop-in is in place (mas:synapse:restart); a stopped
+# Synapse is not started otherwise. A failed restart fails the run and says so.
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_synapse_file = tplroot ~ ".synapse.file" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
@@ -18,8 +19,19 @@ mas-synapse-restart-module-run:
     # by state ID: an `sls:` requisite would also match every state the
     # included SLS include (Salt 3008), restarting Synapse on any MAS change
     - onchanges:
+{%- if synapse.state == "present" %}
       - mas_secret: mas-synapse-file-mas_secret-present
+{%- endif %}
       - mas_synapse: mas-synapse-file-mas_synapse-dropin
+
+mas-synapse-restart-test-fail_without_changes:
+  test.fail_without_changes:
+    - name: synapse-restart-failed
+    - comment: {{ ("Synapse (" ~ synapse.service ~ ") did not restart after its drop-in or secret copy changed: "
+                   ~ "it may be DOWN and users cannot log in. Read its log (journalctl -u " ~ synapse.service
+                   ~ "), fix it, then start it: salt-call service.start " ~ synapse.service) | json }}
+    - onfail:
+      - module: mas-synapse-restart-module-run
 {%- else %}
 
 mas-synapse-restart-test-nop:

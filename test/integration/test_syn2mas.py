@@ -163,7 +163,11 @@ def deployment(world, pg, salt_extmods, tmp_path, upstream_dir, request):
                 }
             ],
             "proxy": {"type": "none"},
-            "syn2mas": {"stop_services": False, "synapse_config_files": [str(hs), str(world.fragment)]},
+            "syn2mas": {
+                "stop_services": False,
+                "synapse_config_files": [str(hs), str(world.fragment)],
+                "backup_dir": str(tmp_path / "backups"),
+            },
         },
     )
     minion = SaltMinion(tmp_path, REPO_ROOT, extmods=salt_extmods)
@@ -194,7 +198,7 @@ def test_check_and_dry_run_leave_everything_as_is(world, deployment):
     assert ret["result"] is False and "syn2mas would be refused" in ret["comment"]
     assert f"Synapse answers at {world.server.base_url}/_matrix/client/versions" in ret["comment"]
     res, ret = deployment.state("test=True", syn2mas={"stop_services": True})
-    assert ret["result"] is None and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated"}}
+    assert ret["result"] is None and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert "syn2mas would migrate" in ret["comment"] and world.server.running
     status = deployment.call("mas_syn2mas.status").data
     assert status["phase"] == "legacy_auth" and status["recorded"] is False and status["synapse_answers"] is True
@@ -207,9 +211,12 @@ def test_warnings_are_refused_unless_accepted(world, deployment, tmp_path):
     files = [str(world.server.config_path), str(world.fragment), str(registration)]
     check = deployment.call("mas_syn2mas.check", syn2mas={"synapse_config_files": files})
     assert check.returncode == 1 and check.data["result"] is False and check.data["exit_code"] == 11
+    # the preflight's warning (file and what to do), then upstream's
     assert check.data["warnings"] == [
+        f"Synapse has registration enabled (enable_registration in {registration}): turn it off before Synapse "
+        "comes back (the formula refuses it once Synapse delegates; users then register in MAS)",
         "Synapse config has registration enabled. This must be disabled after migration before bringing "
-        "Synapse back online."
+        "Synapse back online.",
     ]
     world.stopped()
     res, ret = deployment.state(syn2mas={"synapse_config_files": files})
@@ -240,14 +247,14 @@ def test_guarded_migration_runs_once(world, deployment):
     world.stopped()
     res, ret = deployment.state()
     assert res.returncode == 0 and ret["result"] is True, ret["comment"]
-    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated"}}
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert "mas:migration_in_progress: false" in ret["comment"]
     rows = dict(deployment.pg.query(deployment.dbname, "SELECT username, can_request_admin FROM users"))
     assert rows == {"alice": True, "bob": False, "carol": False}
     assert deployment.pg.query(deployment.dbname, "SELECT email FROM user_emails") == [("bob@example.org",)]
     assert deployment.pg.query(deployment.dbname, "SELECT subject FROM upstream_oauth_links") == [(SUBJECT,)]
     marker = deployment.marker()
-    assert marker["phase"] == "migrated" and marker["last_run"]["exit_code"] == 0
+    assert marker["phase"] == "verified" and marker["last_run"]["exit_code"] == 0
     assert marker["synapse_configs"] == [str(world.server.config_path), str(world.fragment)]
     assert stat.S_IMODE(deployment.marker_path.stat().st_mode) == 0o600
 
@@ -256,7 +263,7 @@ def test_guarded_migration_runs_once(world, deployment):
     assert "already migrated" in ret["comment"]
     again = deployment.call("mas_syn2mas.migrate")
     assert again.returncode == 1 and again.data["result"] is False and again.data["exit_code"] is None
-    assert "already migrated (phase migrated" in again.data["errors"][0]
+    assert "already migrated (phase verified" in again.data["errors"][0]
     assert "not empty" not in again.output, "the formula's guard refuses, not MAS"
     assert deployment.count("users") == 3
 
@@ -273,24 +280,24 @@ def test_interrupted_migration_is_retried_and_rolled_back(world, deployment, mon
 
     monkeypatch.delenv("MAS_DOUBLE_FAULT")
     res, ret = deployment.state()
-    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrating", "new": "migrated"}}
+    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrating", "new": "verified"}}
     assert "Partial syn2mas migration has already been done; resetting." in deployment.marker()["last_run"]["summary"]
     assert deployment.count("users") == 3
 
     # rollback: reset the marker; MAS refuses its non-empty database until it is recreated
     assert deployment.call("mas_syn2mas.reset").data["result"] is False
     reset = deployment.call("mas_syn2mas.reset", "confirm=True")
-    assert reset.data["changes"] == {"phase": {"old": "migrated", "new": "legacy_auth"}}
+    assert reset.data["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
     res, ret = deployment.state()
-    assert ret["result"] is False and "The MAS database is not empty" in ret["comment"]
+    assert ret["result"] is False and "is not empty: rows in users" in ret["comment"]
     assert "drop and recreate it" in ret["comment"] and deployment.marker()["phase"] == "legacy_auth"
     deployment.recreate_database()
     res, ret = deployment.state()
-    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated"}}
+    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert [h["phase"] for h in deployment.marker()["history"]] == [
         "migrating",
-        "migrated",
+        "verified",
         "legacy_auth",
         "migrating",
-        "migrated",
+        "verified",
     ]

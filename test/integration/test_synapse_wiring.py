@@ -632,7 +632,10 @@ def test_migration_keeps_synapse_authoritative(minion, synapse_factory, wired, t
     shutil.copy(wired["synapse"].conf_d / DROPIN, synapse.conf_d / DROPIN)
     root = tmp_path_factory.mktemp("migrating")
 
-    res = minion.apply(wiring_pillar(root, synapse, migrating=True), sls="mas.synapse")
+    # no MAS database in these tests: the rollback guard cannot count MAS-only users, so force it
+    res = minion.apply(
+        wiring_pillar(root, synapse, migrating=True, syn2mas={"force_rollback": True}), sls="mas.synapse"
+    )
     assert res.returncode == 0, res.output
     state = dropin_state(res)
     assert state["result"] is True and state["changes"] == {"removed": str(synapse.conf_d / DROPIN)}
@@ -648,6 +651,15 @@ def test_migration_keeps_synapse_authoritative(minion, synapse_factory, wired, t
     flows = [flow["type"] for flow in synapse.request("GET", "/_matrix/client/v3/login").json()["flows"]]
     assert "m.login.password" in flows and "m.login.sso" in flows
 
+    res = minion.apply(wiring_pillar(root, synapse), sls="mas.synapse")
+    assert res.returncode != 0
+    # the syn2mas lock-out guard refuses first: alice logs in with a password and no migration is recorded
+    guard = res.by_id("mas-synapse-file-mas_syn2mas-safe_to_delegate")
+    assert guard["result"] is False and "lock every one of them out" in guard["comment"]
+    assert not (synapse.conf_d / DROPIN).exists()
+    # with the migration recorded (as mas.syn2mas would), the conflict check names what has to move to MAS
+    marker = {"version": 1, "phase": "verified", "history": [{"phase": "verified", "at": "2026-01-01T00:00:00+00:00"}]}
+    (root / "mas" / "formula" / "syn2mas.json").write_text(json.dumps(marker))
     res = minion.apply(wiring_pillar(root, synapse), sls="mas.synapse")
     assert res.returncode != 0
     comment = dropin_state(res)["comment"]

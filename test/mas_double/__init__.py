@@ -38,6 +38,9 @@ Environment variables:
     * ``http500``: the server answers every HTTP request with 500;
     * ``migrate-exit1``: ``syn2mas migrate`` fails half-way with exit 1
       (implemented by ``mas_double.syn2mas``);
+    * ``migrate-drop-user``: a real ``syn2mas migrate`` leaves one user (the
+      last by name) and everything of theirs out, yet exits 0 (a silent loss
+      for the formula's verification to find; ``mas_double.syn2mas``);
     * ``slow``: every command and every HTTP response is delayed by
       ``MAS_DOUBLE_SLOW_SECONDS`` (default 2).
     * ``no-personal-sessions``: the admin API has no ``/personal-sessions``

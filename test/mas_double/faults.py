@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import time
 
-#: Fault names understood by the double (``migrate-exit1`` is handled by syn2mas).
-KNOWN = frozenset({"refuse", "http500", "migrate-exit1", "slow", "no-personal-sessions"})
+#: Fault names understood by the double (``migrate-exit1`` and ``migrate-drop-user`` are handled by syn2mas).
+KNOWN = frozenset({"refuse", "http500", "migrate-exit1", "migrate-drop-user", "slow", "no-personal-sessions"})
 
 #: Seconds of delay added by the ``slow`` fault (override: ``MAS_DOUBLE_SLOW_SECONDS``).
 DEFAULT_SLOW_SECONDS = 2.0

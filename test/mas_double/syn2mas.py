@@ -52,7 +52,10 @@ the injected fault.
 Fault injection: when the environment variable ``MAS_DOUBLE_FAULT`` contains
 ``migrate-exit1``, a real (non dry-run) migration stops after the users and
 passwords are written, prints an ``Error: ...`` line and exits 1, leaving the
-partial-migration marker behind.
+partial-migration marker behind. With ``migrate-drop-user`` a real migration
+leaves out one user (the last by name) with their password, emails, links and
+sessions, and still succeeds: not upstream behaviour, a silent loss for the
+formula's verification to find.
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ ADVISORY_LOCK_NAME = "syn2mas-maswriter"
 
 #: The ``MAS_DOUBLE_FAULT`` fault that stops a real migration half-way.
 FAULT_MIGRATE_EXIT1 = "migrate-exit1"
+
+#: The ``MAS_DOUBLE_FAULT`` fault that silently leaves one user out of a real migration.
+FAULT_MIGRATE_DROP_USER = "migrate-drop-user"
 
 #: The only Synapse database driver syn2mas supports.
 SYNAPSE_DATABASE_DRIVER_PSYCOPG2 = "psycopg2"
@@ -1047,6 +1053,22 @@ def provider_id_mapping(config: MasConfig) -> dict[str, uuid.UUID]:
     }
 
 
+def drop_one_user(plan: MigrationPlan) -> None:
+    """The ``migrate-drop-user`` fault: remove the last user (by name) and every row of theirs from ``plan``."""
+    if not plan.users:
+        return
+    victim = max(plan.users, key=lambda row: row[1])
+    user_id = victim[0]
+    sessions = {row[0] for row in plan.compat_sessions if row[1] == user_id}
+    plan.users = [row for row in plan.users if row[0] != user_id]
+    for table in ("user_passwords", "user_emails", "user_unsupported_third_party_ids", "upstream_oauth_links"):
+        position = MAS_COLUMNS[table].index("user_id")
+        setattr(plan, table, [row for row in getattr(plan, table) if row[position] != user_id])
+    plan.compat_sessions = [row for row in plan.compat_sessions if row[0] not in sessions]
+    plan.compat_access_tokens = [row for row in plan.compat_access_tokens if row[1] not in sessions]
+    plan.compat_refresh_tokens = [row for row in plan.compat_refresh_tokens if row[1] not in sessions]
+
+
 def migrate(config: MasConfig, mas: psycopg.Connection, syn: psycopg.Connection, ns: Syn2MasArgs) -> int:
     """Read Synapse and write MAS (the ``migrate`` subcommand, once the checks passed)."""
     dry_run = bool(ns.dry_run)
@@ -1056,6 +1078,8 @@ def migrate(config: MasConfig, mas: psycopg.Connection, syn: psycopg.Connection,
     writer.start()
     print("\n\n", file=sys.stderr, flush=True)  # padding above the progress bar, as upstream
     plan = planner.build(data)
+    if not dry_run and faults.active(FAULT_MIGRATE_DROP_USER):
+        drop_one_user(plan)
     try:
         with mas.transaction():
             writer.insert("users", MAS_COLUMNS["users"], plan.users)

@@ -6,11 +6,15 @@ The formula's other modules (the map, ``mas_synapse.config``,
 like ``mas-cli syn2mas`` (canned upstream-shaped output and exit codes), the
 ``service.*`` functions are mocks and the HTTP probes of Synapse and MAS are
 replaced by a switch. Files (marker, Synapse config, secrets) are real, under
-tmp.
+tmp. The parts that read PostgreSQL (preflight, backup, verification) are
+stand-ins here (the ``native`` fixture): the integration tests run them
+against a real Synapse database (``test/integration/test_syn2mas_*.py``);
+the lock-out guard runs for real on a SQLite Synapse database.
 """
 
 import json
 import os
+import sqlite3
 import stat
 from unittest.mock import MagicMock
 
@@ -19,6 +23,7 @@ import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from formula_modules import DEFAULTS, MODULES, STATES, dunders
+from harness.util import free_port
 from pillars import deep_update
 
 mas = MODULES["mas"]
@@ -116,6 +121,50 @@ def up(monkeypatch):
     return state
 
 
+class Native:
+    """Stand-ins for the PostgreSQL-reading steps of a real run: what they return, what they were asked."""
+
+    def __init__(self):
+        self.preflight_errors, self.preflight_warnings, self.verify_errors = [], [], []
+        self.plan_problems, self.backup_error, self.calls = [], None, []
+
+    def preflight(self, mas, opts, marker, files, conf, secrets):
+        self.calls.append("preflight")
+        return {
+            "errors": list(self.preflight_errors),
+            "warnings": list(self.preflight_warnings),
+            "notes": [],
+            "counts": {"users": {"local": 3}},
+            "synapse_database": "PostgreSQL database synapse",
+            "mas_database": "MAS's database",
+            "synapse_configs": files,
+        }
+
+    def plan(self, mas, opts, database, secrets):
+        self.calls.append("backup check")
+        return (None if self.plan_problems else {"dir": opts["backup_dir"]}), list(self.plan_problems)
+
+    def backup(self, mas, opts, database, plan, secrets):
+        self.calls.append("backup")
+        if self.backup_error:
+            raise CommandExecutionError(self.backup_error)
+        return {"path": f"{plan['dir']}/synapse.dump", "sha256": "0" * 64, "size": 1024, "seconds": 0.1}
+
+    def verification(self, mas, opts, conf, files, secrets):
+        self.calls.append("verify")
+        return {"errors": list(self.verify_errors), "counts": {}, "missing": {}}
+
+
+@pytest.fixture(autouse=True)
+def native(monkeypatch):
+    fake = Native()
+    monkeypatch.setattr(syn2mas, "_preflight", fake.preflight)
+    monkeypatch.setattr(syn2mas, "_backup_plan", fake.plan)
+    monkeypatch.setattr(syn2mas, "_backup", fake.backup)
+    monkeypatch.setattr(syn2mas, "_verification", fake.verification)
+    return fake
+
+
 @pytest.fixture
 def configure_loader_modules(pillar, cli, services):
     return dunders(pillar, salt={"cmd.run_all": cli, **services})
@@ -172,6 +221,7 @@ def mapdata(world, **overrides):
                 "endpoint": "http://127.0.0.1:8008/",
             },
             "http": {"internal_bind": "127.0.0.1:8081"},
+            "syn2mas": {"backup_dir": str(world["tmp"] / "backups")},
         },
     )
     return mas.settings(deep_update(data, overrides))
@@ -297,7 +347,12 @@ def test_status_leaves_out_the_formulas_dropin_and_reports_blockers(world, up):
     text = "\n".join(result["blockers"])
     assert "mas:migration_in_progress is false" in text
     assert "drop-in" in text and "Synapse answers at http://127.0.0.1:8008/_matrix/client/versions" in text
-    assert result["dry_run_blockers"] == []
+    # issue 10: the drop-in is on disk and no migration was recorded: status says Synapse already delegates
+    assert result["phase"] == "delegated" and result["recorded"] is False
+    assert result["dry_run_blockers"] == [
+        "no migration is needed: Synapse already delegates to MAS (no syn2mas migration was ever recorded)"
+    ]
+    assert "already delegates to MAS" in result["next_step"] and "check, dry run" not in result["comment"]
 
 
 def test_check_passes_on_exit_0(world, cli):
@@ -338,13 +393,13 @@ def test_check_refuses_a_config_the_mas_user_cannot_read(world, cli):
 def test_migrate_success_records_the_phase(world, cli, up, services):
     data = mapdata(world, syn2mas={"stop_services": False})
     result = syn2mas.migrate(mapdata=data)
-    assert result["result"] is True and result["phase"] == "migrated" and result["phase_before"] == "legacy_auth"
+    assert result["result"] is True and result["phase"] == "verified" and result["phase_before"] == "legacy_auth"
     assert cli.actions == ["check", "migrate"]
     assert "--dry-run" not in cli.calls[1]
     assert "mas:migration_in_progress: false" in result["comment"]
     saved = marker(world)
-    assert saved["phase"] == "migrated" and saved["last_run"]["exit_code"] == 0
-    assert [h["phase"] for h in saved["history"]] == ["migrating", "migrated"]
+    assert saved["phase"] == "verified" and saved["last_run"]["exit_code"] == 0
+    assert [h["phase"] for h in saved["history"]] == ["migrating", "verified"]
     assert saved["synapse_configs"] == [str(world["hs"]), str(world["conf_d"] / "oidc.yaml")]
     assert saved["mas_config"] == str(world["base"] / "config" / "config.yaml")
     path = world["base"] / "formula" / "syn2mas.json"
@@ -360,7 +415,7 @@ def test_phase_reads_the_marker_only(world, cli, up, monkeypatch):
     syn2mas.migrate(mapdata=data)
     calls = len(cli.calls)
     monkeypatch.setattr(syn2mas, "_answers", None)  # no probe allowed
-    assert syn2mas.phase(data) == "migrated" and len(cli.calls) == calls
+    assert syn2mas.phase(data) == "verified" and len(cli.calls) == calls
 
 
 def test_a_second_migration_is_refused_by_the_guard(world, cli, up):
@@ -368,8 +423,8 @@ def test_a_second_migration_is_refused_by_the_guard(world, cli, up):
     assert syn2mas.migrate(mapdata=data)["result"] is True
     cli.calls.clear()
     again = syn2mas.migrate(mapdata=data)
-    assert again["result"] is False and again["phase"] == "migrated" and cli.calls == []
-    assert "already migrated (phase migrated" in again["errors"][0]
+    assert again["result"] is False and again["phase"] == "verified" and cli.calls == []
+    assert "already migrated (phase verified" in again["errors"][0]
     assert "drop and recreate MAS's database" in again["errors"][0] and "mas_syn2mas.reset" in again["errors"][0]
     assert syn2mas.check(data)["result"] is False and syn2mas.migrate(dry_run=True, mapdata=data)["result"] is False
     assert cli.calls == []
@@ -411,7 +466,7 @@ def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up
     assert result["result"] is True
     assert [c.args[0] for c in services["service.stop"].call_args_list] == ["synapse-unit", "mas-unit"]
     services["service.start"].assert_not_called()
-    assert result["services"] == {"stopped": ["synapse-unit", "mas-unit"], "started": []}
+    assert result["services"] == {"stopped": ["synapse-unit", "mas-unit"], "started": [], "down": []}
     assert "Synapse stays stopped" in result["comment"]
 
     (world["base"] / "formula" / "syn2mas.json").unlink()
@@ -425,7 +480,7 @@ def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up,
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is False and "still answers" in result["errors"][0]
     assert "after service.stop" in result["errors"][0]
-    assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"]}
+    assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
     assert marker(world) is None and cli.actions == ["check"]
 
 
@@ -442,7 +497,7 @@ def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, u
     failed = syn2mas.migrate(mapdata=data)
     assert failed["result"] is False and failed["phase"] == "migrating" and failed["exit_code"] == 1
     assert failed["errors"][0].startswith("Error: error when writing to MAS DB")
-    assert failed["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"]}
+    assert failed["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
     assert_no_secret(failed)
     saved = marker(world)
     assert saved["phase"] == "migrating" and saved["last_run"]["exit_code"] == 1 and saved["finished_at"] is None
@@ -451,7 +506,7 @@ def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, u
     status = syn2mas.status(data)
     assert status["phase"] == "migrating" and status["exit_code"] == 1 and status["blockers"] == []
     retried = syn2mas.migrate(mapdata=data)
-    assert retried["result"] is True and retried["phase"] == "migrated" and retried["phase_before"] == "migrating"
+    assert retried["result"] is True and retried["phase"] == "verified" and retried["phase_before"] == "migrating"
     assert cli.actions == ["check", "migrate", "check", "migrate"]
 
 
@@ -544,8 +599,10 @@ def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
     services["service.stop"].side_effect = [True, False]
     data = mapdata(world, service={"manage": True, "name": "mas-unit"}, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
-    assert result["result"] is False and result["errors"] == ["service.stop mas-unit failed"]
-    assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"]}
+    assert result["result"] is False and len(result["errors"]) == 1
+    assert result["errors"][0].startswith("service.stop mas-unit failed: MAS could not be stopped")
+    assert "mas:service:name ('mas-unit')" in result["errors"][0] and "stop_services: false" in result["errors"][0]
+    assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
     assert marker(world) is None and cli.actions == ["check"]
 
 
@@ -572,32 +629,253 @@ def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up):
     delegating = mapdata(world, migration_in_progress=False)
     assert "set it to true" in syn2mas.reset(confirm=True, mapdata=delegating)["errors"][0]
     done = syn2mas.reset(confirm=True, mapdata=data)
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "migrated", "new": "legacy_auth"}}
+    assert done["result"] is True and done["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
     saved = marker(world)
-    assert saved["phase"] == "legacy_auth" and saved["reset_from"] == "migrated"
-    assert [h["phase"] for h in saved["history"]] == ["migrating", "migrated", "legacy_auth"]
+    assert saved["phase"] == "legacy_auth" and saved["reset_from"] == "verified"
+    assert [h["phase"] for h in saved["history"]] == ["migrating", "verified", "legacy_auth"]
     assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {}
 
 
-def test_mark_delegated(world, cli, up):
+def test_mark_delegated_after_a_migration(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
     delegating = mapdata(world, migration_in_progress=False)
-    fresh = syn2mas.mark_delegated(delegating)  # a new homeserver: nothing recorded, nothing to do
-    assert fresh["result"] is True and fresh["changes"] == {} and marker(world) is None
-
     cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: boom\n"}
     syn2mas.migrate(mapdata=data)
+    dropin(world)
     half = syn2mas.mark_delegated(delegating)
-    assert half["result"] is False and "has not completed (phase migrating)" in half["errors"][0]
+    assert half["result"] is False and "did not finish (phase migrating" in half["errors"][0]
 
     cli.answers["migrate"] = MIGRATE_OK
+    (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
     syn2mas.migrate(mapdata=data)
     assert "not there yet" in syn2mas.mark_delegated(delegating)["errors"][0]
-    (world["conf_d"] / "matrix-authentication-service.yaml").write_text("{}\n")
+    dropin(world)
     done = syn2mas.mark_delegated(delegating)
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "migrated", "new": "delegated"}}
-    assert marker(world)["phase"] == "delegated"
+    assert done["result"] is True and done["changes"] == {"phase": {"old": "verified", "new": "delegated"}}
+    assert marker(world)["phase"] == "delegated" and "migration" not in marker(world)
     assert syn2mas.mark_delegated(delegating)["changes"] == {}
+
+
+def test_mark_delegated_records_a_homeserver_that_needed_no_migration(world):
+    synapse_sqlite(world)  # Synapse has no user yet
+    delegating = mapdata(world, migration_in_progress=False)
+    dropin(world)
+    fresh = syn2mas.mark_delegated(delegating)
+    assert fresh["result"] is True and fresh["changes"] == {"phase": {"old": None, "new": "delegated"}}
+    saved = marker(world)
+    assert saved["phase"] == "delegated" and saved["migration"] == "none"
+    assert saved["fresh_check"]["login_users"]["total"] == 0
+    status = syn2mas.status(delegating)
+    assert status["phase"] == "delegated" and "no migration was needed" in status["next_step"]
+    assert syn2mas.migrate(mapdata=mapdata(world))["errors"][0].startswith("no migration is needed")
+
+
+# ------------------------------------------------------------------ guards of `state.apply mas`
+
+
+def synapse_sqlite(world, users=(), external_ids=()):
+    """Point Synapse's config at a SQLite database holding ``users`` (Synapse's columns the guard reads).
+
+    ``users``: ``(name, password_hash, admin, deactivated, is_guest, appservice_id)``.
+    """
+    path = world["tmp"] / "homeserver.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE users (name TEXT, password_hash TEXT, creation_ts BIGINT, admin SMALLINT DEFAULT 0 NOT NULL, "
+        "upgrade_ts BIGINT, is_guest SMALLINT DEFAULT 0 NOT NULL, appservice_id TEXT, consent_version TEXT, "
+        "consent_server_notice_sent TEXT, user_type TEXT, deactivated SMALLINT DEFAULT 0 NOT NULL, "
+        "shadow_banned BOOLEAN, consent_ts BIGINT, approved BOOLEAN, locked BOOLEAN DEFAULT FALSE NOT NULL, "
+        "suspended BOOLEAN DEFAULT FALSE NOT NULL, UNIQUE(name));"
+        "CREATE TABLE user_external_ids (auth_provider TEXT NOT NULL, external_id TEXT NOT NULL, "
+        "user_id TEXT NOT NULL, UNIQUE (auth_provider, external_id));"
+    )
+    conn.executemany(
+        "INSERT INTO users (name, password_hash, creation_ts, admin, deactivated, is_guest, appservice_id) "
+        "VALUES (?, ?, 1700000000, ?, ?, ?, ?)",
+        list(users),
+    )
+    conn.executemany("INSERT INTO user_external_ids VALUES (?, ?, ?)", list(external_ids))
+    conn.commit()
+    conn.close()
+    conf = yaml.safe_load(world["hs"].read_text())
+    conf["database"] = {"name": "sqlite3", "args": {"database": str(path)}}
+    world["hs"].write_text(yaml.safe_dump(conf))
+    return path
+
+
+def dropin(world):
+    (world["conf_d"] / "matrix-authentication-service.yaml").write_text("matrix_authentication_service: {}\n")
+
+
+LOGIN_USERS = [
+    ("@alice:example.com", "$2b$12$hash", 1, 0, 0, None),  # password
+    ("@bob:example.com", None, 0, 0, 0, None),  # OIDC only
+    ("@bridge:example.com", None, 0, 0, 0, "bridge"),  # application service: does not log in
+    ("@gone:example.com", "$2b$12$hash", 0, 1, 0, None),  # deactivated
+    ("@guest:example.com", None, 0, 0, 1, None),  # guest
+]
+
+
+def test_lockout_guard_refuses_synapse_users_without_a_migration(world):
+    synapse_sqlite(world, LOGIN_USERS, [("oidc-keycloak", "kc-bob", "@bob:example.com")])
+    result = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
+    assert result["result"] is False and result["phase"] == "legacy_auth"
+    error = result["errors"][0]
+    assert "holds 2 users who log in with a password (1) or through an upstream provider (1)" in error
+    assert "lock every one of them out" in error and "mas:migration_in_progress: true" in error
+    assert "mas_syn2mas.verify record=True" in error
+    assert result["probe"]["login_users"] == {"with_password": 1, "with_external_id": 1, "total": 2}
+
+
+def test_lockout_guard_passes_a_synapse_without_users(world):
+    synapse_sqlite(world, LOGIN_USERS[2:])  # only users who cannot log in
+    result = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
+    assert result["result"] is True and result["errors"] == [] and "no Synapse user to lock out" in result["comment"]
+    (world["tmp"] / "homeserver.db").unlink()  # Synapse never started: no database yet
+    assert syn2mas.lockout_check(mapdata(world, migration_in_progress=False))["result"] is True
+
+
+@pytest.mark.parametrize("case", ["unreachable", "no_config"])
+def test_lockout_guard_refuses_what_it_cannot_read_unless_assume_fresh(world, case):
+    if case == "no_config":
+        world["hs"].unlink()
+        (world["conf_d"] / "oidc.yaml").unlink()
+        text = "no Synapse config file found"
+    else:  # the world's Synapse config: PostgreSQL on a port nothing listens on
+        conf = yaml.safe_load(world["hs"].read_text())
+        conf["database"]["args"].update(host="127.0.0.1", port=free_port())
+        world["hs"].write_text(yaml.safe_dump(conf))
+        text = "is unreachable"
+    refused = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
+    assert refused["result"] is False and text in refused["errors"][0]
+    assert "mas:syn2mas:assume_fresh: true" in refused["errors"][0]
+    assert_no_secret(refused)
+    allowed = syn2mas.lockout_check(mapdata(world, migration_in_progress=False, syn2mas={"assume_fresh": True}))
+    assert allowed["result"] is True and "assume_fresh is true" in allowed["warnings"][0]
+
+
+@pytest.mark.parametrize(
+    "phase, ok, text",
+    [
+        ("migrating", False, "did not finish"),
+        ("legacy_auth", False, "was reset to legacy_auth"),
+        ("migrated_unverified", False, "verification found"),
+        ("rolled_back", False, "made authoritative again"),
+        ("migrated", True, "phase migrated"),
+        ("verified", True, "phase verified"),
+        ("delegated", True, "phase delegated"),
+    ],
+)
+def test_lockout_guard_follows_the_recorded_phase_without_asking_synapse(world, monkeypatch, phase, ok, text):
+    data = mapdata(world, migration_in_progress=False)
+    syn2mas._set_phase(data, None, phase)
+    monkeypatch.setattr(syn2mas, "_connect", None)  # no database may be asked
+    result = syn2mas.lockout_check(data)
+    assert result["result"] is ok and text in (result["comment"] + " ".join(result["errors"]))
+
+
+def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
+    monkeypatch.setattr(syn2mas, "_connect", None)
+    data = mapdata(world)
+    assert "nothing to roll back" in syn2mas.rollback_check(data)["comment"]
+    syn2mas._set_phase(data, None, "verified")
+    assert syn2mas.rollback_check(data)["result"] is True
+    dropin(world)  # Synapse delegates although `delegated` was not recorded: asked (and MAS cannot be read here)
+    with pytest.raises(TypeError):
+        syn2mas.rollback_check(mapdata(world))
+
+
+def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
+    data = mapdata(world, database={"host": "127.0.0.1", "port": free_port()})
+    syn2mas._set_phase(data, None, "delegated", finished_at="2026-01-01T00:00:00+00:00")
+    dropin(world)
+    refused = syn2mas.rollback_check(data)
+    assert refused["result"] is False and "mas:migration_in_progress is true" in refused["errors"][0]
+    assert "is unreachable" in refused["errors"][0] and "mas:syn2mas:force_rollback: true" in refused["errors"][0]
+    disabled = syn2mas.rollback_check(mapdata(world, enabled=False, database={"port": free_port()}))
+    assert disabled["result"] is False and disabled["errors"][0].startswith("mas:enabled is false")
+    forced = syn2mas.rollback_check(
+        mapdata(world, database={"host": "127.0.0.1", "port": free_port()}, syn2mas={"force_rollback": True})
+    )
+    assert forced["result"] is True and forced["comment"].startswith("rollback forced")
+
+
+def test_mark_rolled_back_once_the_dropin_is_gone(world):
+    data = mapdata(world, syn2mas={"force_rollback": True})
+    syn2mas._set_phase(data, None, "delegated")
+    dropin(world)
+    assert syn2mas.mark_rolled_back(data)["changes"] == {}
+    (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
+    done = syn2mas.mark_rolled_back(data)
+    assert done["changes"] == {"phase": {"old": "delegated", "new": "rolled_back"}}
+    saved = marker(world)
+    assert saved["rolled_back_by"] == "mas:migration_in_progress: true" and saved["forced"] is True
+    status = syn2mas.status(data)
+    assert status["phase"] == "rolled_back" and "drop and recreate MAS's database" in status["next_step"]
+
+
+def test_guard_states_report_and_refuse(world):
+    synapse_sqlite(world, LOGIN_USERS)
+    ret = syn2mas_state.safe_to_delegate("syn2mas", mapdata=mapdata(world, migration_in_progress=False))
+    assert ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].startswith("delegating to MAS refused") and "\nErrors:\n- Synapse's SQLite" in ret["comment"]
+    ok = syn2mas_state.safe_to_roll_back("syn2mas", mapdata=mapdata(world))
+    assert ok["result"] is True and ok["changes"] == {}
+    rolled = syn2mas_state.rolled_back("syn2mas", mapdata=mapdata(world))
+    assert rolled["result"] is True and rolled["changes"] == {}
+
+
+# ------------------------------------------------------------------ the seed's extra arguments
+
+
+def test_seed_provider_mapping_becomes_synapse_idp_id(world):
+    provider = {
+        "id": "01HFVBY12TMNTYTBV8W921M5FA",
+        "client_id": "mas",
+        "token_endpoint_auth_method": "none",
+        "issuer": "https://kc.example.com/",
+    }
+    data = mapdata(
+        world,
+        upstream_oauth2_providers=[provider],
+        syn2mas={"extra_arguments": ["--upstreamProviderMapping oidc-keycloak:01hfvby12tmntytbv8w921m5fa"]},
+    )
+    assert data["upstream_oauth2_providers"][0]["synapse_idp_id"] == "oidc-keycloak"
+    assert data["mas_config"]["upstream_oauth2"]["providers"][0]["synapse_idp_id"] == "oidc-keycloak"
+    assert (
+        "deprecated" in data["syn2mas"]["deprecations"][0]
+        and "synapse_idp_id: oidc-keycloak" in (data["syn2mas"]["deprecations"][0])
+    )
+    split = mapdata(
+        world,
+        upstream_oauth2_providers=[provider],
+        syn2mas={"extra_arguments": ["--upstreamProviderMapping", "oidc-keycloak:01HFVBY12TMNTYTBV8W921M5FA"]},
+    )
+    assert split["upstream_oauth2_providers"][0]["synapse_idp_id"] == "oidc-keycloak"
+
+
+@pytest.mark.parametrize(
+    "arguments, text",
+    [
+        (
+            ["--upstreamProviderMapping oidc-keycloak:01J9SYN2MASF0RMV1A000000ZZ"],
+            "no provider 01J9SYN2MASF0RMV1A000000ZZ",
+        ),
+        (["--dryRun"], "'--dryRun' is not accepted (accepted: --upstreamProviderMapping"),
+        (["--upstreamProviderMapping keycloak"], "must be <synapse idp>:<MAS provider ULID>"),
+        (["--upstreamProviderMapping oidc-other:01HFVBY12TMNTYTBV8W921M5FA"], "contradicts synapse_idp_id"),
+    ],
+)
+def test_seed_extra_arguments_refused(world, arguments, text):
+    provider = {
+        "id": "01HFVBY12TMNTYTBV8W921M5FA",
+        "synapse_idp_id": "oidc-keycloak",
+        "client_id": "mas",
+        "token_endpoint_auth_method": "none",
+    }
+    with pytest.raises(SaltInvocationError) as err:
+        mapdata(world, upstream_oauth2_providers=[provider], syn2mas={"extra_arguments": arguments})
+    assert "mas:syn2mas:extra_arguments: " in str(err.value) and text in str(err.value)
 
 
 # ------------------------------------------------------------------ states
@@ -606,7 +884,7 @@ def test_mark_delegated(world, cli, up):
 def test_state_migrated_runs_once(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
     ret = syn2mas_state.migrated("syn2mas", mapdata=data)
-    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated"}}
+    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     again = syn2mas_state.migrated("syn2mas", mapdata=data)
     assert again["result"] is True and again["changes"] == {} and "already migrated" in again["comment"]
     assert cli.actions == ["check", "migrate"]
@@ -623,7 +901,7 @@ def test_state_test_mode_touches_nothing(world, cli, up, services):
     syn2mas_state.__opts__["test"] = True
     data = mapdata(world)
     ret = syn2mas_state.migrated("syn2mas", mapdata=data)
-    assert ret["result"] is None and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated"}}
+    assert ret["result"] is None and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert "syn2mas would migrate" in ret["comment"]
     dry = syn2mas_state.migrated("syn2mas", mapdata=data, dry_run=True)
     assert dry["result"] is None and dry["changes"] == {} and "--dry-run" in dry["comment"]
@@ -645,7 +923,117 @@ def test_state_delegated(world, cli, up):
     delegating = mapdata(world, migration_in_progress=False)
     syn2mas_state.__opts__["test"] = True
     predicted = syn2mas_state.delegated("syn2mas", mapdata=delegating)
-    assert predicted["result"] is None and marker(world)["phase"] == "migrated"
+    assert predicted["result"] is None and marker(world)["phase"] == "verified"
     syn2mas_state.__opts__["test"] = False
     ret = syn2mas_state.delegated("syn2mas", mapdata=delegating)
-    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrated", "new": "delegated"}}
+    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "verified", "new": "delegated"}}
+
+
+# ------------------------------------------------------------------ the steps of a real run
+
+
+def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, cli, up, services, native):
+    data = mapdata(world, synapse={"service": "synapse-unit"})
+    result = syn2mas.migrate(mapdata=data)
+    assert result["result"] is True and result["phase"] == "verified"
+    assert [s["step"] for s in result["steps"]] == [
+        "preflight",
+        "check",
+        "backup check",
+        "stop",
+        "backup",
+        "migrate",
+        "verify",
+        "start",
+    ]
+    assert [s["result"] for s in result["steps"]][-1] == "skipped"
+    assert native.calls == ["preflight", "backup check", "backup", "verify"]
+    assert "Steps: preflight ok" in result["comment"] and "backup ok" in result["comment"]
+    saved = marker(world)
+    assert saved["backup"]["sha256"] == "0" * 64 and saved["verification"]["errors"] == []
+    assert [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
+
+
+def test_preflight_errors_refuse_before_anything_stops(world, cli, up, services, native):
+    native.preflight_errors = ["Unknown upstream provider oidc-keycloak: 1 Synapse users are linked to it"]
+    result = syn2mas.migrate(mapdata=mapdata(world))
+    assert result["result"] is False and result["errors"] == native.preflight_errors
+    assert cli.calls == [] and marker(world) is None
+    services["service.stop"].assert_not_called()
+
+
+def test_preflight_warnings_need_accepting_too(world, cli, up, native):
+    native.preflight_warnings = ["1 non-email 3PIDs (msisdn: 1) are copied to MAS's user_unsupported_third_party_ids"]
+    data = mapdata(world, syn2mas={"stop_services": False})
+    refused = syn2mas.check(data)
+    assert refused["result"] is False and refused["warnings"] == native.preflight_warnings
+    assert "accept_warnings=True" in refused["errors"][-1]
+    assert syn2mas.check(data, accept_warnings=True)["result"] is True
+
+
+@pytest.mark.parametrize("where", ["plan", "backup"])
+def test_a_backup_that_fails_changes_nothing_and_starts_synapse_again(world, cli, up, services, native, where):
+    if where == "plan":
+        native.plan_problems = ["the backup directory /x (mas:syn2mas:backup_dir) has 1.0 MiB free"]
+    else:
+        native.backup_error = "pg_dump of Synapse's database failed (exit 1): disk full"
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["result"] is False and marker(world) is None and cli.actions == ["check"]
+    if where == "plan":  # refused before anything stops
+        services["service.stop"].assert_not_called()
+    else:
+        assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
+        assert (
+            "the backup failed, nothing was migrated. Synapse (still authoritative) was started again"
+            in (result["comment"])
+        )
+
+
+def test_a_verification_mismatch_records_migrated_unverified_and_starts_synapse(world, cli, up, services, native):
+    native.verify_errors = ["1 Synapse users are missing in MAS: carol"]
+    data = mapdata(world, synapse={"service": "synapse-unit"})
+    result = syn2mas.migrate(mapdata=data)
+    assert result["result"] is False and result["phase"] == "migrated_unverified"
+    assert result["errors"] == native.verify_errors and "verification FAILED" in result["comment"]
+    assert result["services"]["started"] == ["synapse-unit"]
+    assert marker(world)["phase"] == "migrated_unverified"
+    refused = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
+    assert refused["result"] is False and "verification found" in refused["errors"][0]
+    # the state verifies again; once MAS holds everything the phase becomes verified
+    native.verify_errors = []
+    monkey = syn2mas_state.__salt__["mas_syn2mas.verify"]
+    syn2mas_state.__salt__["mas_syn2mas.verify"] = lambda mapdata=None, record=False: syn2mas._result(
+        True,
+        "verified",
+        "syn2mas verification passed",
+        changes={"phase": {"old": "migrated_unverified", "new": "verified"}},
+    )
+    try:
+        ret = syn2mas_state.migrated("syn2mas", mapdata=data)
+    finally:
+        syn2mas_state.__salt__["mas_syn2mas.verify"] = monkey
+    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrated_unverified", "new": "verified"}}
+
+
+def test_synapse_left_down_is_reported(world, cli, up, services, native):
+    services["service.start"].return_value = False
+    cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["result"] is False and result["services"]["down"] == ["synapse-unit"]
+    assert "Synapse is DOWN: service.start synapse-unit failed" in result["comment"]
+    assert any("salt-call service.start synapse-unit" in e for e in result["errors"])
+    ret = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert "Synapse is DOWN" in ret["comment"] and ret["result"] is False
+
+
+def test_a_real_run_needs_a_backup_directory_or_backup_false(world, cli, up, native):
+    result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"backup_dir": "", "stop_services": False}))
+    assert result["result"] is False and "mas:syn2mas:backup_dir is not set" in result["errors"][0]
+    assert cli.calls == []
+    without = syn2mas.migrate(
+        mapdata=mapdata(world, syn2mas={"backup_dir": "", "backup": False, "stop_services": False})
+    )
+    assert without["result"] is True and "backup" not in native.calls
+    assert {"step": "backup", "result": "skipped", "seconds": 0.0, "why": "mas:syn2mas:backup is false"} in (
+        without["steps"]
+    )

@@ -86,7 +86,8 @@ def test_doctor_says_so_in_its_check_and_runs_nothing(tmp_path, deployed, ran):
 
 def test_syn2mas_check_and_status_say_so_and_run_nothing(tmp_path, deployed, ran):
     check = MODULES["mas_syn2mas"].check()
-    assert check["result"] is False and check["errors"] == [line(tmp_path)]
+    # the preflight reports what it finds as well (here: no MAS database); mas-cli is never run
+    assert check["result"] is False and line(tmp_path) in check["errors"]
     status = MODULES["mas_syn2mas"].status()
     assert line(tmp_path) in status["dry_run_blockers"]
     assert ran == []

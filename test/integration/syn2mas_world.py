@@ -1,0 +1,298 @@
+"""A populated Synapse on PostgreSQL for the syn2mas integration tests, run like a system service.
+
+The Synapse is built through real Synapse 1.163 (its own schema, its admin
+API): an admin with an email (``alice``), a user with an email and an OIDC link
+to provider ``oidc-keycloak`` (``bob``; Synapse's admin API writes the
+``user_external_ids`` row, no IdP needed), a user with a phone number
+(``carol``, medium ``msisdn``), a deactivated user (``dave``) and a plain user
+(``erin``), each with a device and an access token. ``password_config.pepper``
+is set. The OIDC provider itself lives in a separate pre-MAS config fragment
+handed to syn2mas with ``mas:syn2mas:synapse_config_files`` (FACTS §4.2).
+
+systemd is not PID 1 here, so the formula's ``service.stop``/``start``/
+``restart`` of ``mas:synapse:service`` reach this Synapse through the test
+``service`` provider in ``salt_harness/harness_service.py``; the tests drive
+it through the very same functions (:class:`SynapseService`).
+"""
+
+import importlib.util
+import json
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from harness.synapse import SYNAPSE_DB_PASSWORD
+from harness.util import free_port
+from pillars import PILLAR_SECRETS, deep_update, wired_pillar
+from saltrun import REPO_ROOT, SaltMinion
+
+SERVICE = "synapse-harness"
+PEPPER = "syn2mas-formula-pepper-4711"
+PASSWORD = "correct horse battery staple"
+PROVIDER_ID = "01J9SYN2MASF0RMV1A000000PR"
+SYNAPSE_IDP_ID = "oidc-keycloak"
+ISSUER = "https://keycloak.invalid/realms/matrix"
+SUBJECT = "kc-subject-bob"
+OIDC_SECRET = "Synapse-Oidc-Client-Secret-31"
+USERS = ("alice", "bob", "carol", "dave", "erin")
+MIGRATED = ("users", "user_passwords", "user_emails", "upstream_oauth_links", "compat_sessions")
+DROPIN = "matrix-authentication-service.yaml"
+
+_SERVICE_MODULE = Path(__file__).with_name("salt_harness") / "harness_service.py"
+
+
+def _service_module():
+    spec = importlib.util.spec_from_file_location("harness_service", _SERVICE_MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+harness_service = _service_module()
+
+
+class SynapseService:
+    """The harness Synapse as a service: the spec file the test minion's ``service`` provider reads."""
+
+    def __init__(self, server, pg, root):
+        self.server = server
+        self.conninfo = pg.dsn(server.dbname)
+        self.spec_path = root / "service.json"
+        self.events_path = root / "events.log"
+        self.snapshots = root / "snapshots"
+        self._seen = 0
+        self.spec = {
+            "argv": [*_python_synapse(), *server.config_args()],
+            "cwd": str(server.workdir),
+            "url": f"{server.base_url}/_matrix/client/versions",
+            "pidfile": str(root / "synapse.pid"),
+            "log": str(root / "synapse-service.log"),
+            "events": str(self.events_path),
+            "snapshot": {"conninfo": self.conninfo, "dir": str(self.snapshots)},
+            "fail": [],
+        }
+        self.write()
+
+    def write(self, **changes):
+        self.spec.update(changes)
+        self.spec_path.write_text(json.dumps(self.spec))
+
+    def start(self):
+        assert harness_service.control(self.spec, "start", "test"), "the harness Synapse did not start"
+
+    def stop(self):
+        assert harness_service.control(self.spec, "stop", "test")
+
+    @property
+    def running(self):
+        return harness_service.running(self.spec) and harness_service._answers(self.spec["url"])
+
+    def _lines(self):
+        return self.events_path.read_text().splitlines() if self.events_path.exists() else []
+
+    def mark(self):
+        """Forget the events so far: :meth:`events` lists the later ones."""
+        self._seen = len(self._lines())
+
+    def events(self):
+        """``[(action, name, ok)]`` of the formula's calls since :meth:`mark` (the tests' own are named ``test``)."""
+        return [tuple(line.split()) for line in self._lines()[self._seen :] if line.split()[1] != "test"]
+
+    def checksum(self):
+        return harness_service.checksum(self.conninfo)
+
+    def settle(self, timeout=300):
+        """Wait until Synapse has no background update left (it writes its own tables until then)."""
+        import psycopg  # pylint: disable=import-outside-toplevel
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                if not conn.execute("SELECT count(*) FROM background_updates").fetchone()[0]:
+                    return
+            time.sleep(1)
+        raise AssertionError("Synapse's background updates did not finish")
+
+    def window(self):
+        """The checksums taken after the formula's last stop and before the next start (or None)."""
+        files = sorted(self.snapshots.glob("*.json")) if self.snapshots.exists() else []
+        stops = [f for f in files if f.name.endswith("after-stop.json")]
+        if not stops:
+            return None
+        after = [f for f in files if f.name.endswith("before-start.json") and f.name > stops[-1].name]
+        if not after:
+            return None
+        return json.loads(stops[-1].read_text()), json.loads(after[0].read_text())
+
+
+def _python_synapse():
+    import sys  # pylint: disable=import-outside-toplevel
+
+    return [sys.executable, "-m", "synapse.app.homeserver"]
+
+
+@dataclass
+class World:
+    """The populated Synapse, its service, the pre-MAS OIDC fragment and every secret to look for."""
+
+    server: object
+    service: SynapseService
+    fragment: Path
+    secrets: list
+    tokens: dict
+
+
+def build_world(synapse_factory, pg, root):
+    """Create, start and populate the Synapse (see the module docstring)."""
+    server = synapse_factory(database=pg, extra_config={"password_config": {"pepper": PEPPER}})
+    service = SynapseService(server, pg, root)
+    service.start()
+    tokens = {}
+    for name in USERS:
+        tokens[name] = server.register_user(name, PASSWORD, admin=name == "alice")
+    admin = tokens["alice"]["access_token"]
+    server.add_threepid(admin, tokens["alice"]["user_id"], "email", "alice@example.org")
+    server.add_threepid(admin, tokens["bob"]["user_id"], "email", "bob@example.org")
+    server.add_external_id(admin, tokens["bob"]["user_id"], SYNAPSE_IDP_ID, SUBJECT)
+    server.add_threepid(admin, tokens["carol"]["user_id"], "msisdn", "15555550123")
+    deactivate = server.request(
+        "POST", "/_synapse/admin/v1/deactivate/" + tokens["dave"]["user_id"], token=admin, json={"erase": False}
+    )
+    assert deactivate.status_code == 200, deactivate.text
+    service.settle()
+    fragment = root / "pre-mas-oidc.yaml"
+    fragment.write_text(
+        yaml.safe_dump(
+            {
+                "oidc_providers": [
+                    {
+                        "idp_id": "keycloak",
+                        "idp_name": "Keycloak",
+                        "issuer": ISSUER,
+                        "client_id": "synapse",
+                        "client_secret": OIDC_SECRET,
+                        "scopes": ["openid"],
+                    }
+                ]
+            }
+        )
+    )
+    secrets = [PEPPER, SYNAPSE_DB_PASSWORD, OIDC_SECRET, *PILLAR_SECRETS.values()]
+    secrets += [server.config[key] for key in ("registration_shared_secret", "macaroon_secret_key", "form_secret")]
+    return World(server, service, fragment, secrets, tokens)
+
+
+def service_minion(root, extmods, service):
+    """A test minion whose ``service.*`` functions drive ``service`` (``harness_service``)."""
+    minion = SaltMinion(root, REPO_ROOT, extmods=extmods)
+    config_path = minion.confdir / "minion"
+    config = yaml.safe_load(config_path.read_text())
+    config.update(
+        module_dirs=[str(_SERVICE_MODULE.parent)],
+        providers={"service": "harness_service"},
+        harness_services={SERVICE: str(service.spec_path)},
+    )
+    config_path.write_text(yaml.safe_dump(config))
+    return minion
+
+
+@dataclass
+class Deployment:
+    """The formula applied into ``root`` with its own MAS database, next to the world's Synapse."""
+
+    minion: SaltMinion
+    pillar: dict
+    pg: object
+    dbname: str
+    root: Path
+    world: World
+    outputs: list = field(default_factory=list)
+
+    def call(self, *args, **pillar):
+        """``salt-call <args>`` with the deployment's pillar deep-updated by ``pillar``."""
+        self.minion.set_pillar({"mas": deep_update(self.pillar, pillar)})
+        res = self.minion.run(*args)
+        self.outputs.append(res.output)
+        return res
+
+    def state(self, sls="mas.syn2mas", *extra, **pillar):
+        """``state.apply <sls>``; returns the salt result."""
+        res = self.call("state.apply", sls, "--retcode-passthrough", *extra, **pillar)
+        assert res.data, res.output
+        return res
+
+    def migrated(self, *extra, **pillar):
+        """``state.apply mas.syn2mas``: (salt result, the one state's return)."""
+        res = self.state("mas.syn2mas", *extra, **pillar)
+        return res, res.by_id("mas-syn2mas-migrate-mas_syn2mas-migrated")
+
+    @property
+    def marker_path(self):
+        return self.root / "srv" / "formula" / "syn2mas.json"
+
+    def marker(self):
+        return json.loads(self.marker_path.read_text()) if self.marker_path.exists() else None
+
+    @property
+    def dropin(self):
+        return self.world.server.conf_d / DROPIN
+
+    def count(self, table):
+        return self.pg.query(self.dbname, f"SELECT count(*) FROM {table}")[0][0]
+
+    def assert_no_secret(self):
+        texts = list(self.outputs)
+        log = self.root / "minion.log"
+        if log.exists():
+            texts.append(log.read_text(errors="replace"))
+        if self.marker_path.exists():
+            texts.append(self.marker_path.read_text())
+        for secret in self.world.secrets:
+            for text in texts:
+                assert secret not in text, "a secret leaked into an output"
+        if self.marker_path.exists():
+            assert stat.S_IMODE(self.marker_path.stat().st_mode) == 0o600
+
+
+def deploy(world, pg, extmods, root, dbname, **overrides):
+    """Apply ``mas`` (migration in progress, the double as MAS) into ``root`` with an empty MAS database."""
+    pg.drop_database(dbname)
+    pg.create_database(dbname)  # empty: syn2mas itself creates MAS's schema
+    server = world.server
+    pillar = deep_update(
+        wired_pillar(root, pg, dbname, server, free_port(), free_port()),
+        {
+            "migration_in_progress": True,
+            "base_path": str(root / "srv"),
+            "secrets": {key: PILLAR_SECRETS[key] for key in ("encryption", "homeserver_secret")},
+            "synapse": {"mas_endpoint": None, "service": SERVICE},
+            "upstream_oauth2_providers": [
+                {
+                    "id": PROVIDER_ID,
+                    "synapse_idp_id": SYNAPSE_IDP_ID,
+                    "issuer": ISSUER,
+                    "client_id": "mas",
+                    "client_secret": PILLAR_SECRETS["client_secret"],
+                    "token_endpoint_auth_method": "client_secret_post",
+                    "scope": "openid",
+                }
+            ],
+            "proxy": {"type": "none"},
+            "syn2mas": {
+                "stop_services": True,
+                "stop_timeout": 60,
+                "backup_dir": str(root / "backups"),
+                "synapse_config_files": [str(server.config_path), str(world.fragment)],
+            },
+        },
+    )
+    pillar = deep_update(pillar, overrides)
+    minion = service_minion(root, extmods, world.service)
+    dep = Deployment(minion, pillar, pg, dbname, root, world)
+    res = dep.state("mas")
+    assert res.returncode == 0, res.output
+    assert not dep.dropin.exists()
+    return dep

@@ -1,0 +1,212 @@
+"""A real syn2mas run through ``state.apply mas.syn2mas``, and its faults.
+
+Real Synapse 1.163 on PostgreSQL (populated through its own admin API, see
+``syn2mas_world.py``), stopped and started by the formula through the test
+``service`` provider; the MAS double's ``mas-cli syn2mas``; real ``pg_dump``
+and ``pg_restore``. Each test deploys the formula into its own directory with
+its own, empty MAS database (``mas:migration_in_progress: true``).
+
+Every fault ends with a clear error, Synapse running again on its legacy
+config (no drop-in, password login works) and Synapse's database
+checksum-identical in every table: across the whole run when the formula
+refused before stopping Synapse, and between the formula's stop and its start
+again otherwise (Synapse itself writes bookkeeping rows when it starts, e.g.
+``cache_invalidation_stream_by_instance``).
+"""
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from syn2mas_world import PASSWORD, SUBJECT, USERS, build_world, deploy, harness_service
+
+from harness.postgres import PostgresCluster
+from harness.util import unavailable
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def world(synapse_factory, pg, tmp_path_factory):
+    world = build_world(synapse_factory, pg, tmp_path_factory.mktemp("syn2mas-run"))
+    yield world
+    world.service.stop()
+
+
+@pytest.fixture
+def deployment(world, pg, salt_extmods, tmp_path, request):
+    world.service.write(fail=[])
+    world.service.start()
+    dbname = f"mas_run_{request.node.name[5:30]}".replace("[", "_").replace("]", "").replace("-", "_")
+    # carol's phone number is a warning (MAS cannot use it): read, and accepted here
+    dep = deploy(world, pg, salt_extmods, tmp_path, dbname, syn2mas={"accept_warnings": True})
+    world.service.mark()
+    yield dep
+    dep.assert_no_secret()
+    pg.drop_database(dbname)
+
+
+def table_counts(pg, dbname):
+    tables = [row[0] for row in pg.query(dbname, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+    return {table: pg.query(dbname, f'SELECT count(*) FROM "{table}"')[0][0] for table in sorted(tables)}
+
+
+def test_real_run_backs_up_migrates_and_verifies(world, deployment, pg):
+    res, ret = deployment.migrated()
+    assert res.returncode == 0 and ret["result"] is True, ret["comment"]
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
+    comment = ret["comment"]
+    assert "migration completed and verified" in comment
+    for step in ("preflight ok", "check ok", "backup check ok", "stop ok", "backup ok", "migrate ok", "verify ok"):
+        assert step in comment, comment
+    assert "start skipped" in comment and "Synapse stays stopped" in comment
+    assert not world.service.running and ("stop", "synapse-harness", "ok") in world.service.events()
+
+    marker = deployment.marker()
+    assert marker["phase"] == "verified" and marker["verification"]["errors"] == []
+    assert marker["verification"]["counts"]["synapse"]["users"] == len(USERS)
+    assert [step["step"] for step in marker["steps"]][:3] == ["preflight", "check", "backup check"]
+
+    # the backup: 0600, its checksum and size recorded, and it restores to the same rows
+    backup = Path(marker["backup"]["path"])
+    assert backup.parent == deployment.root / "backups" and oct(backup.stat().st_mode & 0o777) == "0o600"
+    assert hashlib.sha256(backup.read_bytes()).hexdigest() == marker["backup"]["sha256"]
+    assert backup.stat().st_size == marker["backup"]["size"]
+    restored = "syn2mas_restore_check"
+    pg.drop_database(restored)
+    pg.create_database(restored, synapse=True)
+    subprocess.run(
+        [
+            str(PostgresCluster.find_bindir() / "pg_restore"),
+            "--no-owner",
+            "--host",
+            pg.host,
+            "--port",
+            str(pg.port),
+            "--username",
+            pg.superuser,
+            "--dbname",
+            restored,
+            str(backup),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        # Synapse stayed stopped since the formula's stop, before the backup: its database is what was dumped
+        assert table_counts(pg, restored) == table_counts(pg, world.server.dbname)
+        after_stop = sorted(world.service.snapshots.glob("*-after-stop.json"))[-1]
+        assert harness_service.checksum(pg.dsn(restored)) == json.loads(after_stop.read_text())
+    finally:
+        pg.drop_database(restored)
+
+    # what Synapse had is in MAS
+    rows = dict(deployment.pg.query(deployment.dbname, "SELECT username, can_request_admin FROM users"))
+    assert rows == {"alice": True, "bob": False, "carol": False, "dave": False, "erin": False}
+    emails = deployment.pg.query(deployment.dbname, "SELECT email FROM user_emails ORDER BY 1")
+    assert emails == [("alice@example.org",), ("bob@example.org",)]
+    assert deployment.pg.query(deployment.dbname, "SELECT subject FROM upstream_oauth_links") == [(SUBJECT,)]
+    verify = deployment.call("mas_syn2mas.verify")
+    assert verify.returncode == 0 and verify.data["result"] is True, verify.output
+
+    # applied again on the migrated deployment: True, no changes, nothing run
+    res, ret = deployment.migrated()
+    assert res.returncode == 0 and ret["result"] is True and ret["changes"] == {}
+    assert "already migrated" in ret["comment"]
+    assert deployment.count("users") == len(USERS)
+
+
+def assert_legacy_synapse_back(world, deployment, checksum_before):
+    """Synapse runs again on its legacy config and nothing changed its database."""
+    assert world.service.running
+    assert not deployment.dropin.exists()
+    stopped = any(action == "stop" for action, _, _ in world.service.events())
+    if stopped:  # the formula stopped Synapse: nothing changed its database until the formula started it again
+        after_stop, before_start = world.service.window()
+        assert after_stop == before_start
+    else:
+        assert world.service.checksum() == checksum_before
+    assert world.server.login("alice", PASSWORD)  # password login: Synapse is still authoritative
+
+
+def run_fault(world, deployment, **pillar):
+    world.service.start()
+    world.service.mark()
+    checksum = world.service.checksum()
+    res, ret = deployment.migrated(**pillar)
+    assert res.returncode != 0 and ret["result"] is False
+    assert_legacy_synapse_back(world, deployment, checksum)
+    return ret
+
+
+def test_fault_mas_database_not_empty(world, deployment, pg):
+    pg.load_mas_schema(deployment.dbname)
+    pg.query(
+        deployment.dbname,
+        "INSERT INTO users (user_id, username, created_at) VALUES (gen_random_uuid(), 'early', now())",
+    )
+    ret = run_fault(world, deployment)
+    assert "is not empty: rows in users (1 users)" in ret["comment"] and "drop and recreate it" in ret["comment"]
+    assert "stop" not in ret["comment"].split("Steps:")[1] and deployment.marker() is None
+
+
+def test_fault_synapse_database_down(world, deployment, pg):
+    dbname = world.server.dbname
+    world.service.start()
+    world.service.mark()
+    checksum = world.service.checksum()
+    pg.query("postgres", f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+    try:
+        res, ret = deployment.migrated()
+    finally:
+        pg.query("postgres", f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+    assert res.returncode != 0 and ret["result"] is False
+    assert f"PostgreSQL database {dbname} at 127.0.0.1:{pg.port} is unreachable" in ret["comment"]
+    assert_legacy_synapse_back(world, deployment, checksum)
+    assert deployment.marker() is None
+
+
+def test_fault_migrate_exits_1_half_way(world, deployment, monkeypatch):
+    monkeypatch.setenv("MAS_DOUBLE_FAULT", "migrate-exit1")
+    ret = run_fault(world, deployment)
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrating"}}
+    assert "injected fault" in ret["comment"] and "Synapse (still authoritative) was started again" in ret["comment"]
+    assert "migrate failed" in ret["comment"] and "start ok" in ret["comment"]
+    assert deployment.marker()["backup"]["sha256"]  # the backup was taken before migrate
+
+
+def test_fault_backup_directory_unwritable(world, deployment, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the backups should go\n")
+    ret = run_fault(world, deployment, syn2mas={"backup_dir": str(blocker / "backups")})
+    assert f"the backup directory {blocker / 'backups'} (mas:syn2mas:backup_dir) is not writable" in ret["comment"]
+    assert "(nothing was stopped)" in ret["comment"] and deployment.marker() is None
+
+
+def test_fault_disk_too_small_for_the_backup(world, deployment, tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], check=False)
+    if mounted.returncode != 0:
+        unavailable("mounting a 1 MiB tmpfs (the small disk) needs root with CAP_SYS_ADMIN")
+    try:
+        ret = run_fault(world, deployment, syn2mas={"backup_dir": str(tiny)})
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
+    assert f"the backup directory {tiny} (mas:syn2mas:backup_dir) has 1.0 MiB free" in ret["comment"]
+    assert "needs up to" in ret["comment"] and deployment.marker() is None
+
+
+def test_fault_verification_mismatch(world, deployment, monkeypatch):
+    monkeypatch.setenv("MAS_DOUBLE_FAULT", "migrate-drop-user")
+    ret = run_fault(world, deployment)
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated_unverified"}}
+    assert "verification FAILED" in ret["comment"] and "1 Synapse users are missing in MAS: erin" in ret["comment"]
+    assert deployment.marker()["phase"] == "migrated_unverified"
+    assert deployment.count("users") == len(USERS) - 1
+    # delegating now would lock erin out: refused before the drop-in
+    res = deployment.state("mas", migration_in_progress=False)
+    assert res.returncode != 0 and not deployment.dropin.exists()
+    assert "verification found" in res.by_id("mas-synapse-file-mas_syn2mas-safe_to_delegate")["comment"]
