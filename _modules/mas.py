@@ -271,8 +271,10 @@ def _validate(data):
 
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         value = _get(data, *path)
-        if not isinstance(value, str) or _as_port(value.rsplit(":", 1)[-1]) is None:
-            errors.add(path, f"must be HOST:PORT (e.g. '[::]:8080'), not {value!r}")
+        if _parse_bind(value) is None:
+            errors.add(
+                path, f"must be HOST:PORT (an IP, IPv6 in brackets, or a host name; e.g. '[::]:8080'), not {value!r}"
+            )
     proxies = _get(data, "http", "trusted_proxies")
     if not isinstance(proxies, list):
         errors.add(("http", "trusted_proxies"), "must be a list of CIDR networks")
@@ -688,8 +690,32 @@ def _secret_files(data, paths, pepper_source):
     return files
 
 
+def _parse_bind(value):
+    """``(host, port)`` of a ``HOST:PORT`` bind (IPv6 bracketed; host '' = any), or None when malformed."""
+    if not isinstance(value, str):
+        return None
+    host, sep, port = value.rpartition(":")
+    port = _as_port(port) if sep and port.isdigit() else None
+    if port is None:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        return (host, port) if ":" in host and _is_ip(host) else None
+    if host and not (_is_dns_name(host) or (_is_ip(host) and ":" not in host)):
+        return None
+    return host, port
+
+
 def _split_bind(bind):
-    return {"address": bind}
+    """MAS's bind for ``HOST:PORT``: ``address`` is parsed as a literal socket
+    address (an IP, IPv6 in brackets), so a host name becomes ``{host, port}``
+    (MAS resolves it)."""
+    host, port = _parse_bind(bind)
+    if not host:
+        return {"port": port}
+    if _is_ip(host):
+        return {"address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
+    return {"host": host, "port": port}
 
 
 def _mas_config(data, paths, pepper_file):

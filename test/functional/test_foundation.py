@@ -56,7 +56,8 @@ def test_apply_full_pillar_files_modes_owners_and_idempotence(salt_minion, full_
     web, internal = config["http"]["listeners"]
     assert web["name"] == "web" and web["prefix"] == "/auth" and web["binds"] == [{"address": "[::]:8080"}]
     assert internal["name"] == "internal" and {"name": "health"} in internal["resources"]
-    assert internal["binds"] == [{"address": "localhost:8081"}]
+    # a host name is {host, port}: MAS parses `address` as a literal socket address
+    assert internal["binds"] == [{"host": "localhost", "port": 8081}]
     assert config["matrix"]["homeserver"] == "example.com"
     assert config["matrix"]["secret_file"] == str(base / "config/secrets/homeserver_secret")
     assert config["secrets"] == {
