@@ -262,12 +262,7 @@ def _validate(data):
                 "must be a list of single docker arguments (letters, digits and _ . / : = @ , + -; e.g."
                 " --publish=127.0.0.1:8080:8080)",
             )
-    else:
-        binary = data.get("binary")
-        if not isinstance(binary, str) or not _SAFE_PATH.match(binary):
-            errors.add(
-                ("binary",), f"must be the absolute path of mas-cli (letters, digits, . _ / + @ -), not {binary!r}"
-            )
+    _validate_binary(data, errors)
 
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         value = _get(data, *path)
@@ -392,6 +387,86 @@ def _validate_tofs(data, errors):
     files = _get(tofs, "dirs", "files")
     if not (isinstance(files, str) and _TOFS_NAME.fullmatch(files)):
         errors.add(("tofs", "dirs", "files"), f"must be a directory name (default files), not {files!r}")
+
+
+BINARY_KEYS = ("source", "source_hash", "path", "share_dir")
+#: Where Salt's archive.extracted can fetch the release tarball from.
+_ARCHIVE_SOURCE = re.compile(r"^(https?://[^\s]+|salt://[^\s]+|file:///[^\s]+|/[^\s]+)$")
+_SOURCE_HASH = re.compile(r"^(?:(sha256)=)?([0-9a-fA-F]{64})$|^(sha512)=([0-9a-fA-F]{128})$")
+_BINARY_EXAMPLE = (
+    "{source: https://github.com/element-hq/matrix-authentication-service/releases/download/v1.23.0/"
+    "mas-cli-x86_64-linux.tar.gz, source_hash: sha256=<64 hex>} (the release tarball), or"
+    " {path: /usr/local/bin/mas-cli, share_dir: /usr/local/share/mas-cli} (a MAS installed some other way)"
+)
+
+
+def _validate_binary(data, errors):
+    """``mas:binary``: the MAS release tarball (``source``/``source_hash``) or an installed MAS (``path``/``share_dir``)."""
+    binary = data.get("binary")
+    if isinstance(binary, str):
+        errors.add(("binary",), f"must now be a mapping, not the path {binary!r}: {_BINARY_EXAMPLE}")
+        return
+    if not isinstance(binary, dict):
+        errors.add(("binary",), f"must be a mapping: {_BINARY_EXAMPLE}")
+        return
+    for key in sorted(set(binary) - set(BINARY_KEYS)):
+        errors.add(("binary", key), f"unknown key (known: {', '.join(BINARY_KEYS)})")
+    source, source_hash = binary.get("source"), binary.get("source_hash")
+    if _is_set(source):
+        if not (isinstance(source, str) and _ARCHIVE_SOURCE.match(source)):
+            errors.add(
+                ("binary", "source"),
+                f"must be the URL (https://, salt://, file://) or absolute path of mas-cli-<arch>-linux.tar.gz,"
+                f" not {source!r}",
+            )
+        if not (isinstance(source_hash, str) and _SOURCE_HASH.match(source_hash)):
+            errors.add(
+                ("binary", "source_hash"),
+                "is required with mas:binary:source: sha256=<64 hex digits> (or sha512=<128>) of the tarball",
+            )
+        for key in ("path", "share_dir"):
+            if _is_set(binary.get(key)):
+                errors.add(("binary", key), "must be left empty with mas:binary:source (it is inside the tarball)")
+        return
+    if _is_set(source_hash):
+        errors.add(("binary", "source_hash"), "is only used with mas:binary:source")
+    for key, what in (("path", "mas-cli"), ("share_dir", "MAS's share/ directory (policy.wasm, templates, ...)")):
+        value = binary.get(key)
+        if not _is_set(value):
+            if data.get("runtime") == "binary":
+                errors.add(
+                    ("binary", key),
+                    f"is required with mas:runtime binary unless mas:binary:source is set: {_BINARY_EXAMPLE}",
+                )
+        elif not (isinstance(value, str) and _SAFE_PATH.match(value) and value != "/" and not value.endswith("/")):
+            errors.add(
+                ("binary", key), f"must be the absolute path of {what} (letters, digits, . _ / + @ -), not {value!r}"
+            )
+
+
+def _binary_paths(data, base):
+    """Where mas-cli and its share/ directory are: in the versioned release
+    directory of the tarball (one per ``source_hash``) or where the operator
+    installed them."""
+    binary = data["binary"]
+    if data["runtime"] != "binary":
+        return {"dist_dir": os.path.join(base, "dist"), "release_dir": None, "mas_binary": None, "share_dir": None}
+    if _is_set(binary["source"]):
+        match = _SOURCE_HASH.match(binary["source_hash"])
+        digest = (match.group(2) or match.group(4)).lower()
+        release = os.path.join(base, "dist", f"mas-cli-{digest[:16]}")
+        return {
+            "dist_dir": os.path.join(base, "dist"),
+            "release_dir": release,
+            "mas_binary": os.path.join(release, "mas-cli"),
+            "share_dir": os.path.join(release, "share"),
+        }
+    return {
+        "dist_dir": os.path.join(base, "dist"),
+        "release_dir": None,
+        "mas_binary": os.path.normpath(binary["path"]),
+        "share_dir": os.path.normpath(binary["share_dir"]),
+    }
 
 
 def _abs_path(errors, path, value):
@@ -636,6 +711,8 @@ def _paths(data):
         "state_dir": state_dir,
         "syn2mas_marker": os.path.join(state_dir, "syn2mas.json"),
         "syn2mas_lock": os.path.join(state_dir, "syn2mas.lock"),
+        # the binary runtime: mas-cli and its share/ (policy, templates, assets)
+        **_binary_paths(data, base),
     }
 
 
@@ -718,6 +795,13 @@ def _split_bind(bind):
     return {"host": host, "port": port}
 
 
+def _assets_resource(paths):
+    """The ``assets`` resource, served from ``share/assets/`` with the binary runtime."""
+    if paths["share_dir"]:
+        return {"name": "assets", "path": os.path.join(paths["share_dir"], "assets") + "/"}
+    return {"name": "assets"}
+
+
 def _mas_config(data, paths, pepper_file):
     """Build MAS's config.yaml (a dict) from validated data. No secret inside."""
     prefix = data["path_prefix"]
@@ -729,7 +813,7 @@ def _mas_config(data, paths, pepper_file):
             {"name": "oauth"},
             {"name": "compat"},
             {"name": "graphql"},
-            {"name": "assets"},
+            _assets_resource(paths),
         ],
         "binds": [_split_bind(data["http"]["web_bind"])],
     }
@@ -800,6 +884,16 @@ def _mas_config(data, paths, pepper_file):
         "passwords": passwords,
         "email": email,
     }
+    share = paths["share_dir"]
+    if share:
+        # a release build looks for these under ./share/ of its working
+        # directory (crates/config/src/sections/{policy,templates}.rs, dist)
+        config["policy"] = {"wasm_module": os.path.join(share, "policy.wasm")}
+        config["templates"] = {
+            "path": os.path.join(share, "templates") + "/",
+            "assets_manifest": os.path.join(share, "manifest.json"),
+            "translations_path": os.path.join(share, "translations") + "/",
+        }
     if data["account"]:
         config["account"] = dict(data["account"])
     if data["upstream_oauth2_providers"]:
