@@ -96,7 +96,10 @@ class _AdminApi:
     def call(self, method, path, expect=(200,), **kwargs):
         resp = self._send(method, self.api["admin_url"] + path, **kwargs)
         if resp.status_code not in expect:
-            raise CommandExecutionError(f"MAS admin API {method} {path}: {resp.status_code} {_api_error(resp)}")
+            raise CommandExecutionError(
+                f"MAS admin API {method} {path}: {resp.status_code} {_api_error(resp)}",
+                info={"status": resp.status_code, "errors": _api_error(resp)},
+            )
         try:
             return resp.json() if resp.content else None
         except ValueError as exc:
@@ -267,7 +270,18 @@ def register(
     api = _users_api()
     user, changes = _plan(api, username, admin, emails, secret is not None)
     if user is None:
-        created = api.call("POST", "/users", expect=(201,), json={"username": username})["data"]
+        try:
+            created = api.call("POST", "/users", expect=(201,), json={"username": username})["data"]
+        except CommandExecutionError as exc:
+            if (exc.info or {}).get("status") != 500:
+                raise
+            # MAS provisions the account on Synapse before it saves the user
+            # (users/add.rs): a 500 is Synapse's refusal, and MAS kept nothing
+            raise CommandExecutionError(
+                f"Synapse refused to provision the account of {username} for MAS, so MAS did not create the user"
+                f" (nothing was created): {exc.info['errors']}. Check Synapse's log and its"
+                " matrix_authentication_service settings (endpoint, secret)."
+            ) from exc
         user_id = created["id"]
         if secret is not None:
             try:

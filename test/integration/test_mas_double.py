@@ -30,6 +30,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from harness import mas as mas_target
 from harness.util import LOOPBACK, free_port
 from mas_double import MAS_CLI, run_cli, run_server, ulid
 from mas_double.cli import parse_syn2mas
@@ -140,9 +141,12 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def make_config(dsn: str, endpoint: str, web_port: int, internal_port: int, homeserver: str = SERVER_NAME) -> dict:
-    """A complete MAS config (valid against the upstream schema) for the double."""
+def make_config(
+    dsn: str, endpoint: str, web_port: int, internal_port: int, share: Path, homeserver: str = SERVER_NAME
+) -> dict:
+    """A complete MAS config (valid against the upstream schema) for the double, MAS's ``share/`` at ``share``."""
     config = {
+        **mas_target.share_config(share),
         "http": {
             "public_base": f"http://{LOOPBACK}:{web_port}/",
             "listeners": [
@@ -180,8 +184,8 @@ def make_config(dsn: str, endpoint: str, web_port: int, internal_port: int, home
                 "client_secret": "other-secret",
             },
         ],
-        "policy": {"data": {"admin_clients": [ADMIN_CLIENT_ID]}},
     }
+    config["policy"]["data"] = {"admin_clients": [ADMIN_CLIENT_ID]}
     return config
 
 
@@ -227,7 +231,7 @@ def mas_db(pg, upstream_dir) -> Iterator[str]:
     """A fresh MAS database with the upstream schema; yields its name."""
     name = "mas_double_it"
     fresh_database(pg, name)
-    pg.load_mas_schema(name, user=MAS_ROLE)
+    mas_target.migrate(pg, name, user=MAS_ROLE)
     yield name
     pg.drop_database(name)
 
@@ -243,7 +247,8 @@ def homeserver() -> Iterator[FakeHomeserver]:
 def mas_config(tmp_path_factory, pg, mas_db, homeserver) -> Path:
     """``config.yaml`` of the module's double (ports chosen now, server not started)."""
     directory = tmp_path_factory.mktemp("mas-double")
-    config = make_config(pg.dsn(mas_db, MAS_ROLE, MAS_PASSWORD), homeserver.url, free_port(), free_port())
+    share = mas_target.share_dir(directory)
+    config = make_config(pg.dsn(mas_db, MAS_ROLE, MAS_PASSWORD), homeserver.url, free_port(), free_port(), share)
     config["secrets"].update(write_signing_keys(directory))
     return write_yaml(directory / "config.yaml", config)
 
@@ -801,7 +806,9 @@ def test_client_credentials_token(mas):
 
 def test_admin_api_requires_a_token(mas):
     url = mas.url("adminapi", "/api/admin/v1/users/by-username/alice")
-    assert requests.get(url, timeout=10).status_code == 401
+    # admin/call_context.rs: no header is a bad request, a bad token unauthorized
+    missing = requests.get(url, timeout=10)
+    assert missing.status_code == 400 and missing.json() == {"errors": [{"title": "Missing authorization header"}]}
     assert requests.get(url, headers={"Authorization": "Bearer mat_forged"}, timeout=10).status_code == 401
 
 
@@ -953,7 +960,7 @@ def test_doctor_failures(tmp_path, mas_config, homeserver):
     code, stderr, lines = _doctor(wrong, homeserver.url)
     assert code == 0
     assert any(" WARN " in ln and "Matrix client well-known replied with 404 Not Found" in ln for ln in lines)
-    step5 = [ln for ln in lines if " ERROR " in ln and "❌ A Synapse admin API endpoint" in ln]
+    step5 = [ln for ln in lines if " ERROR " in ln and "❌ A Synapse MAS API endpoint" in ln]
     assert step5 and "403 Forbidden" in step5[0]
     assert 'secret: "a-wrong-secret"' in stderr  # upstream prints the secret; the formula scrubs it
 
@@ -1033,7 +1040,8 @@ def test_against_real_synapse(synapse_factory, pg, tmp_path):
                 },
             },
         )
-        config = make_config(dsn, homeserver.base_url + "/", web, internal, homeserver="example.com")
+        share = mas_target.share_dir(tmp_path)
+        config = make_config(dsn, homeserver.base_url + "/", web, internal, share, homeserver="example.com")
         path = write_yaml(tmp_path / "config.yaml", config)
         with run_server([path], log_path=tmp_path / "mas.log") as mas:
             homeserver.start()
@@ -1065,7 +1073,7 @@ def test_against_real_synapse(synapse_factory, pg, tmp_path):
             code, stderr, lines = _doctor(path, homeserver.base_url)
             assert code == 0
             assert [ln for ln in lines if "✅" in ln], stderr
-            assert any("✅ The Synapse admin API is reachable with authentication" in ln for ln in lines), stderr
+            assert any("✅ The Synapse MAS API is reachable with authentication" in ln for ln in lines), stderr
             assert any("✅ Homeserver at" in ln and "correctly rejected an invalid token" in ln for ln in lines), stderr
     finally:
         pg.drop_database(name)

@@ -541,7 +541,7 @@ def test_sqlite_synapse_is_unsupported(world, mas, syn2mas_cli, tmp_path):
     extra = write_yaml(tmp_path / "sqlite.yaml", {"database": {"name": "sqlite3", "args": {"database": "/x.db"}}})
     result = syn2mas_cli(mas.config_path, "check", synapse_configs=[world.hs_yaml, extra])
     assert result.returncode == syn2mas.EXIT_FAILURE
-    assert "Error: Synapse configuration does not use Postgres, cannot migrate." in result.stderr
+    assert "Error: Synapse database configuration is invalid, cannot migrate." in result.stderr
     assert "syn2mas does not support the sqlite3 database driver" in result.stderr
 
 

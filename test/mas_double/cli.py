@@ -97,7 +97,9 @@ def parse_syn2mas(args: list[str]) -> argparse.Namespace:
     """
     parser = syn2mas_parser()
     ns = parser.parse_intermixed_args(args)
-    if ns.dry_run and ns.subcommand != "migrate":
+    # clap: --dry-run is an option of the `migrate` subcommand, so only after it
+    subcommand_at = next((i for i, arg in enumerate(args) if arg in ("check", "migrate")), len(args))
+    if "--dry-run" in args[:subcommand_at] or (ns.dry_run and ns.subcommand != "migrate"):
         parser.error("unexpected argument '--dry-run' found")
     return ns
 
