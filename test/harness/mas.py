@@ -29,9 +29,11 @@ from harness.util import run
 REAL_CLI = os.environ.get("MAS_REAL_CLI", "")
 REAL_SHARE = os.environ.get("MAS_REAL_SHARE", "")
 
-#: Marks tests of the double's own behaviour (fault switches, its wrapper...).
+#: Marks tests of the double's own behaviour: its fault switches (``MAS_DOUBLE_FAULT``)
+#: and test-only knobs (``MAS_DOUBLE_WELL_KNOWN_BASE``, ``MAS_DOUBLE_UPSTREAM_DIR``, its wrapper).
 double_only = pytest.mark.skipif(
-    bool(REAL_CLI and REAL_SHARE), reason="tests a fault switch of the MAS double (MAS_REAL_CLI is set)"
+    bool(REAL_CLI and REAL_SHARE),
+    reason="tests a fault switch or test-only knob of the MAS double (MAS_REAL_CLI is set)",
 )
 
 

@@ -289,6 +289,7 @@ def admin(mas, contract) -> requests.Session:
 # ------------------------------------------------------------------- the binary
 
 
+@mas_target.double_only
 def test_binary_is_an_executable_shell_wrapper():
     assert os.access(MAS_CLI, os.X_OK)
     assert MAS_CLI.read_text().startswith("#!/bin/sh")
@@ -342,6 +343,7 @@ def test_config_errors_never_show_secret_values(tmp_path, mas_config):
     assert "not-hex-but-a-secret-value" not in result.stderr
 
 
+@mas_target.double_only
 def test_slow_fault_delays_commands(cli):
     started = time.monotonic()
     result = cli("config", "check", env={"MAS_DOUBLE_FAULT": "slow", "MAS_DOUBLE_SLOW_SECONDS": "1.5"})
@@ -359,6 +361,7 @@ def test_config_check_does_not_read_secret_files(tmp_path, mas_config):
     assert result.returncode == 0, result.stderr
 
 
+@mas_target.double_only
 def test_config_check_without_upstream_schema(cli, tmp_path):
     result = cli("config", "check", env={"MAS_DOUBLE_UPSTREAM_DIR": str(tmp_path / "nowhere")})
     assert result.returncode == 1
@@ -421,6 +424,7 @@ def test_config_files_are_admerged(tmp_path):
 # -------------------------------------------------------------- database migrate
 
 
+@mas_target.double_only
 def test_database_migrate_loads_schema_once(pg, tmp_path, mas_config, upstream_dir):
     name = "mas_double_migrate"
     fresh_database(pg, name)
@@ -445,6 +449,7 @@ def test_database_migrate_loads_schema_once(pg, tmp_path, mas_config, upstream_d
         pg.drop_database(name)
 
 
+@mas_target.double_only
 def test_refuse_fault_fails_database_commands(cli):
     result = cli("manage", "add-email", "nobody", "x@example.test", env={"MAS_DOUBLE_FAULT": "refuse"})
     assert result.returncode == 1
@@ -527,6 +532,7 @@ def test_server_refuses_unreadable_or_bad_keys(tmp_path, mas_config):
     assert "Error: failed to load the private key" in server.log()
 
 
+@mas_target.double_only
 def test_refuse_fault_server_never_binds(tmp_path, mas_config):
     path = with_fresh_ports(mas_config, tmp_path / "c.yaml")
     server = run_server([path], env={"MAS_DOUBLE_FAULT": "refuse"}, wait=False, log_path=tmp_path / "log")
@@ -539,6 +545,7 @@ def test_refuse_fault_server_never_binds(tmp_path, mas_config):
         requests.get(server.url("health", "/health"), timeout=2)
 
 
+@mas_target.double_only
 def test_http500_fault(tmp_path, mas_config):
     path = with_fresh_ports(mas_config, tmp_path / "c.yaml")
     fault = {"MAS_DOUBLE_FAULT": "http500"}
@@ -940,6 +947,7 @@ def _doctor(config_path: Path, well_known_base: str) -> tuple[int, str, list[str
     return result.returncode, result.stderr, markers
 
 
+@mas_target.double_only
 def test_doctor_all_good(mas, mas_config, homeserver):
     homeserver.well_known = {"m.homeserver": {"base_url": mas.resources["compat"] + "/"}}
     code, stderr, lines = _doctor(mas_config, homeserver.url)
@@ -952,6 +960,7 @@ def test_doctor_all_good(mas, mas_config, homeserver):
     assert MATRIX_SECRET not in stderr
 
 
+@mas_target.double_only
 def test_doctor_failures(tmp_path, mas_config, homeserver):
     config = yaml.safe_load(mas_config.read_text())
     config["matrix"]["secret"] = "a-wrong-secret"
@@ -973,6 +982,7 @@ def test_doctor_failures(tmp_path, mas_config, homeserver):
     assert any(" WARN " in ln and "⚠️ Can't reach the legacy login API" in ln for ln in lines)
 
 
+@mas_target.double_only
 def test_doctor_status_quirk_and_bare_host_abort(tmp_path, mas_config, homeserver):
     config = yaml.safe_load(mas_config.read_text())
     config["matrix"]["homeserver"] = "localhost:8008"
