@@ -495,3 +495,37 @@ def test_every_rendered_config_passes_config_check(tmp_path, minimal_pillar, ful
     config = _rendered(pillar)
     result = check(tmp_path, config)
     assert result.returncode == 0, f"{variant}: {result.stderr}"
+
+
+# ------------------------------------------------------------- the formula side
+
+
+def test_register_user_names_synapses_refusal_and_creates_nothing(
+    pg, salt_minion, synapse_factory, homeserver, tmp_path
+):
+    """``mas_user.register`` against MAS whose homeserver refuses provisioning:
+    a clear error naming Synapse's refusal, and no user in MAS afterwards."""
+    name = "mas_register_refused"
+    pg.drop_database(name)
+    pg.create_database(name)
+    mas_target.migrate(pg, name)
+    synapse = synapse_factory(database="sqlite")  # its config files only; MAS talks to the fake
+    pillar = wired_pillar(tmp_path, pg, name, synapse, free_port(), free_port())
+    pillar["synapse"]["endpoint"] = homeserver.url
+    res = salt_minion.apply(pillar)
+    assert res.returncode == 0, res.output
+    try:
+        with run_server([tmp_path / "mas" / "config" / "config.yaml"], log_path=tmp_path / "mas.log"):
+            homeserver.refuse = True
+            try:
+                refused = salt_minion.run("mas_user.register", "bob")
+            finally:
+                homeserver.refuse = False
+            assert refused.returncode != 0
+            assert "Synapse refused to provision the account of bob" in refused.output
+            assert "nothing was created" in refused.output
+            assert "Unexpected HTTP response while provisioning user in Synapse" in refused.output
+            info = salt_minion.run("mas_user.info", "bob")
+            assert info.returncode == 0 and info.data is None, info.output
+    finally:
+        pg.drop_database(name)
