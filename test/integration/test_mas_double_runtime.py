@@ -396,6 +396,18 @@ def test_server_refuses_a_missing_share_file(tmp_path, base, share, drop, messag
         assert "Error: Failed to load the templates at ./share/templates/" in proc.stderr
 
 
+def test_duplicate_password_versions_fail_the_server_not_config_check(tmp_path, base):
+    schemes = [{"version": 1, "algorithm": "bcrypt"}, {"version": 1, "algorithm": "argon2id"}]
+    config = {**base, "passwords": {"enabled": True, "schemes": schemes}}
+    assert check(tmp_path, config).returncode == 0
+    server = run_server([write(tmp_path, config)], wait=False, log_path=tmp_path / "mas.log")
+    try:
+        assert server.proc.wait(timeout=60) == 1
+    finally:
+        server.stop()
+    assert "Error: Multiple password schemes have the same versions" in server.log()
+
+
 # -------------------------------------------------------------------- admin API
 
 
