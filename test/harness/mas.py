@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness.util import run
 
@@ -100,6 +101,6 @@ def migrate(pg, dbname: str, user: str | None = None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="mas-migrate-") as tmp:
         config = Path(tmp) / "config.yaml"
-        uri = f"postgresql://{user or pg.superuser}@/{dbname}?host={pg.sockdir}&port={pg.port}"
-        config.write_text(f"database:\n  uri: {uri!r}\n")
+        database = {"socket": str(pg.sockdir), "port": pg.port, "username": user or pg.superuser, "database": dbname}
+        config.write_text(yaml.safe_dump({"database": database}))
         run([str(cli()), "-c", str(config), "database", "migrate"], cwd=tmp)
