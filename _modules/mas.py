@@ -262,17 +262,14 @@ def _validate(data):
                 "must be a list of single docker arguments (letters, digits and _ . / : = @ , + -; e.g."
                 " --publish=127.0.0.1:8080:8080)",
             )
-    else:
-        binary = data.get("binary")
-        if not isinstance(binary, str) or not _SAFE_PATH.match(binary):
-            errors.add(
-                ("binary",), f"must be the absolute path of mas-cli (letters, digits, . _ / + @ -), not {binary!r}"
-            )
+    _validate_binary(data, errors)
 
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         value = _get(data, *path)
-        if not isinstance(value, str) or _as_port(value.rsplit(":", 1)[-1]) is None:
-            errors.add(path, f"must be HOST:PORT (e.g. '[::]:8080'), not {value!r}")
+        if _parse_bind(value) is None:
+            errors.add(
+                path, f"must be HOST:PORT (an IP, IPv6 in brackets, or a host name; e.g. '[::]:8080'), not {value!r}"
+            )
     proxies = _get(data, "http", "trusted_proxies")
     if not isinstance(proxies, list):
         errors.add(("http", "trusted_proxies"), "must be a list of CIDR networks")
@@ -602,6 +599,86 @@ def _validate_tofs(data, errors):
         errors.add(("tofs", "dirs", "files"), f"must be a directory name (default files), not {files!r}")
 
 
+BINARY_KEYS = ("source", "source_hash", "path", "share_dir")
+#: Where Salt's archive.extracted can fetch the release tarball from.
+_ARCHIVE_SOURCE = re.compile(r"^(https?://[^\s]+|salt://[^\s]+|file:///[^\s]+|/[^\s]+)$")
+_SOURCE_HASH = re.compile(r"^(?:(sha256)=)?([0-9a-fA-F]{64})$|^(sha512)=([0-9a-fA-F]{128})$")
+_BINARY_EXAMPLE = (
+    "{source: https://github.com/element-hq/matrix-authentication-service/releases/download/v1.23.0/"
+    "mas-cli-x86_64-linux.tar.gz, source_hash: sha256=<64 hex>} (the release tarball), or"
+    " {path: /usr/local/bin/mas-cli, share_dir: /usr/local/share/mas-cli} (a MAS installed some other way)"
+)
+
+
+def _validate_binary(data, errors):
+    """``mas:binary``: the MAS release tarball (``source``/``source_hash``) or an installed MAS (``path``/``share_dir``)."""
+    binary = data.get("binary")
+    if isinstance(binary, str):
+        errors.add(("binary",), f"must now be a mapping, not the path {binary!r}: {_BINARY_EXAMPLE}")
+        return
+    if not isinstance(binary, dict):
+        errors.add(("binary",), f"must be a mapping: {_BINARY_EXAMPLE}")
+        return
+    for key in sorted(set(binary) - set(BINARY_KEYS)):
+        errors.add(("binary", key), f"unknown key (known: {', '.join(BINARY_KEYS)})")
+    source, source_hash = binary.get("source"), binary.get("source_hash")
+    if _is_set(source):
+        if not (isinstance(source, str) and _ARCHIVE_SOURCE.match(source)):
+            errors.add(
+                ("binary", "source"),
+                f"must be the URL (https://, salt://, file://) or absolute path of mas-cli-<arch>-linux.tar.gz,"
+                f" not {source!r}",
+            )
+        if not (isinstance(source_hash, str) and _SOURCE_HASH.match(source_hash)):
+            errors.add(
+                ("binary", "source_hash"),
+                "is required with mas:binary:source: sha256=<64 hex digits> (or sha512=<128>) of the tarball",
+            )
+        for key in ("path", "share_dir"):
+            if _is_set(binary.get(key)):
+                errors.add(("binary", key), "must be left empty with mas:binary:source (it is inside the tarball)")
+        return
+    if _is_set(source_hash):
+        errors.add(("binary", "source_hash"), "is only used with mas:binary:source")
+    for key, what in (("path", "mas-cli"), ("share_dir", "MAS's share/ directory (policy.wasm, templates, ...)")):
+        value = binary.get(key)
+        if not _is_set(value):
+            if data.get("runtime") == "binary":
+                errors.add(
+                    ("binary", key),
+                    f"is required with mas:runtime binary unless mas:binary:source is set: {_BINARY_EXAMPLE}",
+                )
+        elif not (isinstance(value, str) and _SAFE_PATH.match(value) and value != "/" and not value.endswith("/")):
+            errors.add(
+                ("binary", key), f"must be the absolute path of {what} (letters, digits, . _ / + @ -), not {value!r}"
+            )
+
+
+def _binary_paths(data, base):
+    """Where mas-cli and its share/ directory are: in the versioned release
+    directory of the tarball (one per ``source_hash``) or where the operator
+    installed them."""
+    binary = data["binary"]
+    if data["runtime"] != "binary":
+        return {"dist_dir": os.path.join(base, "dist"), "release_dir": None, "mas_binary": None, "share_dir": None}
+    if _is_set(binary["source"]):
+        match = _SOURCE_HASH.match(binary["source_hash"])
+        digest = (match.group(2) or match.group(4)).lower()
+        release = os.path.join(base, "dist", f"mas-cli-{digest[:16]}")
+        return {
+            "dist_dir": os.path.join(base, "dist"),
+            "release_dir": release,
+            "mas_binary": os.path.join(release, "mas-cli"),
+            "share_dir": os.path.join(release, "share"),
+        }
+    return {
+        "dist_dir": os.path.join(base, "dist"),
+        "release_dir": None,
+        "mas_binary": os.path.normpath(binary["path"]),
+        "share_dir": os.path.normpath(binary["share_dir"]),
+    }
+
+
 def _abs_path(errors, path, value):
     if not isinstance(value, str) or not os.path.isabs(value) or value == "/" or value.endswith("/"):
         errors.add(path, f"must be an absolute path (no trailing '/'), not {value!r}")
@@ -848,6 +925,8 @@ def _paths(data):
         "synapse_admin_password": os.path.join(state_dir, "synapse-admin.password"),
         "password_fingerprints": os.path.join(state_dir, "passwords.json"),
         "registration_tokens_dir": os.path.join(base, "registration-tokens"),
+        # the binary runtime: mas-cli and its share/ (policy, templates, assets)
+        **_binary_paths(data, base),
     }
 
 
@@ -902,8 +981,39 @@ def _secret_files(data, paths, pepper_source):
     return files
 
 
+def _parse_bind(value):
+    """``(host, port)`` of a ``HOST:PORT`` bind (IPv6 bracketed; host '' = any), or None when malformed."""
+    if not isinstance(value, str):
+        return None
+    host, sep, port = value.rpartition(":")
+    port = _as_port(port) if sep and port.isdigit() else None
+    if port is None:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        return (host, port) if ":" in host and _is_ip(host) else None
+    if host and not (_is_dns_name(host) or (_is_ip(host) and ":" not in host)):
+        return None
+    return host, port
+
+
 def _split_bind(bind):
-    return {"address": bind}
+    """MAS's bind for ``HOST:PORT``: ``address`` is parsed as a literal socket
+    address (an IP, IPv6 in brackets), so a host name becomes ``{host, port}``
+    (MAS resolves it)."""
+    host, port = _parse_bind(bind)
+    if not host:
+        return {"port": port}
+    if _is_ip(host):
+        return {"address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
+    return {"host": host, "port": port}
+
+
+def _assets_resource(paths):
+    """The ``assets`` resource, served from ``share/assets/`` with the binary runtime."""
+    if paths["share_dir"]:
+        return {"name": "assets", "path": os.path.join(paths["share_dir"], "assets") + "/"}
+    return {"name": "assets"}
 
 
 def _mas_config(data, paths, pepper_file):
@@ -917,7 +1027,7 @@ def _mas_config(data, paths, pepper_file):
             {"name": "oauth"},
             {"name": "compat"},
             {"name": "graphql"},
-            {"name": "assets"},
+            _assets_resource(paths),
         ],
         "binds": [_split_bind(data["http"]["web_bind"])],
     }
@@ -988,6 +1098,16 @@ def _mas_config(data, paths, pepper_file):
         "passwords": passwords,
         "email": email,
     }
+    share = paths["share_dir"]
+    if share:
+        # a release build looks for these under ./share/ of its working
+        # directory (crates/config/src/sections/{policy,templates}.rs, dist)
+        config["policy"] = {"wasm_module": os.path.join(share, "policy.wasm")}
+        config["templates"] = {
+            "path": os.path.join(share, "templates") + "/",
+            "assets_manifest": os.path.join(share, "manifest.json"),
+            "translations_path": os.path.join(share, "translations") + "/",
+        }
     if data["account"]:
         config["account"] = dict(data["account"])
     if data["upstream_oauth2_providers"]:
@@ -1211,8 +1331,8 @@ def runtime_problem(mas=None):
         command = mas["service"]["docker"]["command"]
         if not __salt__["cmd.has_exec"](command):
             return DOCKER_MISSING.format(command=command)
-    elif not __salt__["cmd.has_exec"](mas["binary"]):
-        return BINARY_MISSING.format(command=mas["binary"])
+    elif not __salt__["cmd.has_exec"](mas["paths"]["mas_binary"]):
+        return BINARY_MISSING.format(command=mas["paths"]["mas_binary"])
     return ""
 
 

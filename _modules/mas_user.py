@@ -339,7 +339,7 @@ class _AdminApi(_Http):
         if resp.status_code not in expect:
             raise CommandExecutionError(
                 f"MAS admin API {method} {path}: {resp.status_code} {_api_error(resp)}",
-                info={"status": resp.status_code},
+                info={"status": resp.status_code, "errors": _api_error(resp)},
             )
         return _json(resp, f"MAS admin API {method} {path}")
 
@@ -427,7 +427,18 @@ class _Mas:
         return self._view(found["data"], list(self.api.pages("/user-emails", {"filter[user]": found["data"]["id"]})))
 
     def create(self, username, secret, admin, skip_password_check):
-        created = self.api.call("POST", "/users", expect=(201,), json={"username": username})["data"]
+        try:
+            created = self.api.call("POST", "/users", expect=(201,), json={"username": username})["data"]
+        except CommandExecutionError as exc:
+            if (getattr(exc, "info", None) or {}).get("status") != 500:
+                raise
+            # MAS provisions the account on Synapse before it saves the user
+            # (users/add.rs): a 500 is Synapse's refusal, and MAS kept nothing
+            raise CommandExecutionError(
+                f"Synapse refused to provision the account of {username} for MAS, so MAS did not create the user"
+                f" (nothing was created): {exc.info.get('errors') or exc}. Check Synapse's log and its"
+                " matrix_authentication_service settings (endpoint, secret)."
+            ) from exc
         view = self._view(created, [])
         if self.directory is not None:
             self.directory[username] = view

@@ -26,10 +26,11 @@ import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "test"), str(REPO / "scripts")]
+from harness import mas as mas_target  # noqa: E402  pylint: disable=wrong-import-position
 from harness.postgres import PostgresCluster  # noqa: E402  pylint: disable=wrong-import-position
 from harness.util import free_port  # noqa: E402  pylint: disable=wrong-import-position
 from mas_demo import link_formula  # noqa: E402  pylint: disable=wrong-import-position
-from mas_double import MAS_CLI, run_server  # noqa: E402  pylint: disable=wrong-import-position
+from mas_double import run_server  # noqa: E402  pylint: disable=wrong-import-position
 
 TARGET = 3.0
 
@@ -75,7 +76,7 @@ def main(rounds, users):
                 "enabled": True,
                 "server_name": "example.com",
                 "runtime": "binary",
-                "binary": str(MAS_CLI),
+                "binary": mas_target.binary_pillar(tmp),
                 "user": "root",
                 "group": "root",
                 "base_path": str(tmp / "mas"),

@@ -101,7 +101,7 @@ def minimal_pillar(paths):
         "enabled": True,
         "server_name": "example.com",
         "runtime": "binary",
-        "binary": "/usr/local/bin/mas-cli",
+        "binary": {"path": "/usr/local/bin/mas-cli", "share_dir": "/usr/local/share/mas-cli"},
         "base_path": str(paths["base"]),
         "service": {"manage": False, "unit_dir": str(paths["units"])},
         "synapse": {

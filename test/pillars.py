@@ -2,7 +2,7 @@
 
 import copy
 
-from mas_double import MAS_CLI
+from harness import mas as mas_target
 
 PILLAR_SECRETS = {
     "encryption": "0123456789abcdef" * 4,
@@ -28,14 +28,15 @@ def deep_update(base, upd):
 
 
 def wired_pillar(root, pg, dbname, synapse, web, internal):
-    """A pillar deploying MAS (the double, binary runtime) with its DB on the
+    """A pillar deploying MAS (the double, or the real MAS of ``MAS_REAL_CLI``;
+    binary runtime) with its DB on the
     PostgreSQL fixture, wired to the harness Synapse ``synapse`` and served
     through an nginx snippet under ``root``; nothing needs systemd."""
     return {
         "enabled": True,
         "server_name": "example.com",
         "runtime": "binary",
-        "binary": str(MAS_CLI),
+        "binary": mas_target.binary_pillar(root),
         "user": "root",
         "group": "root",
         "base_path": str(root / "mas"),

@@ -58,7 +58,7 @@ class SaltResult:
 class SaltMinion:
     """A masterless minion rooted in ``workdir`` serving the formula at ``repo``."""
 
-    def __init__(self, workdir, repo, extmods=None):
+    def __init__(self, workdir, repo, extmods=None, extra_config=None):
         self.workdir = pathlib.Path(workdir)
         self.confdir = self.workdir / "conf"
         self.pillar_dir = self.workdir / "pillar"
@@ -79,6 +79,7 @@ class SaltMinion:
             "pillar_roots": {"base": [str(self.pillar_dir)]},
             "log_file": str(self.workdir / "minion.log"),
             "state_output_diff": True,
+            **(extra_config or {}),
         }
         (self.confdir / "minion").write_text(yaml.safe_dump(config))
         (self.pillar_dir / "top.sls").write_text(yaml.safe_dump({"base": {"*": ["mas"]}}))

@@ -45,7 +45,7 @@ mas-config-file-file-managed:
         paths: {{ mas.paths | json }}
         runtime: {{ mas.runtime | json }}
         image: {{ mas.image | json }}
-        binary: {{ mas.binary | json }}
+        binary: {{ mas.paths.mas_binary | json }}
         user: {{ mas.user | json }}
         group: {{ mas.group | json }}
         docker: {{ mas.service.docker | json }}

@@ -3,3 +3,4 @@
 
 include:
   - .account
+  - .binary

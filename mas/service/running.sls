@@ -49,6 +49,11 @@ mas-service-running-service-running:
     - watch:
       - file: mas-service-unit-file-managed
       - file: mas-config-file-file-managed
+{%- if mas.paths.release_dir %}
+      # a new release: its directory is new, so the unit and config.yaml
+      # change with it and MAS restarts once, on the new binary
+      - archive: mas-install-binary-archive-extracted
+{%- endif %}
 {%- for secret in mas.secret_files %}
       - mas_secret: {{ ("mas-secrets-file-mas_secret-present-" ~ secret.name) | json }}
 {%- endfor %}

@@ -24,7 +24,7 @@ mas-service-unit-file-managed:
     - context:
         name: {{ mas.service.name | json }}
         runtime: {{ mas.runtime | json }}
-        binary: {{ mas.binary | json }}
+        binary: {{ mas.paths.mas_binary | json }}
         user: {{ mas.user | json }}
         group: {{ mas.group | json }}
         restart: {{ mas.service.restart | json }}

@@ -57,7 +57,8 @@ def test_apply_full_pillar_files_modes_owners_and_idempotence(salt_minion, full_
     web, internal = config["http"]["listeners"]
     assert web["name"] == "web" and web["prefix"] == "/auth" and web["binds"] == [{"address": "[::]:8080"}]
     assert internal["name"] == "internal" and {"name": "health"} in internal["resources"]
-    assert internal["binds"] == [{"address": "localhost:8081"}]
+    # a host name is {host, port}: MAS parses `address` as a literal socket address
+    assert internal["binds"] == [{"host": "localhost", "port": 8081}]
     assert config["matrix"]["homeserver"] == "example.com"
     assert config["matrix"]["secret_file"] == str(base / "config/secrets/homeserver_secret")
     assert config["secrets"] == {
@@ -194,7 +195,8 @@ BAD_PILLARS = [
     ({"secrets": {"encryption": "abc123"}}, "mas:secrets:encryption: must be exactly 64 hexadecimal"),
     ({"secrets": {"homeserver_secret": "short"}}, "mas:secrets:homeserver_secret: must be a string of at least 16"),
     ({"runtime": "podman"}, "mas:runtime: must be one of docker, binary"),
-    ({"runtime": "binary", "binary": "mas-cli"}, "mas:binary: must be the absolute path"),
+    ({"runtime": "binary", "binary": {"path": "mas-cli"}}, "mas:binary:path: must be the absolute path of mas-cli"),
+    ({"binary": "/usr/local/bin/mas-cli"}, "mas:binary: must now be a mapping, not the path '/usr/local/bin/mas-cli'"),
     ({"base_path": "relative/dir"}, "mas:base_path: must be an absolute directory path"),
     ({"user": "Bad User"}, "mas:user: 'Bad User' is not a valid user or group name"),
     ({"email": {"transport": "carrier-pigeon"}}, "mas:email:transport: must be one of blackhole, smtp, sendmail"),
@@ -337,7 +339,12 @@ def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, 
     tool = require_binary("systemd-analyze")
     # docker itself is not installed here: any existing executable stands in
     pillar = deep_update(
-        minimal_pillar, {"runtime": runtime, "binary": "/bin/true", "service": {"docker": {"command": "/bin/true"}}}
+        minimal_pillar,
+        {
+            "runtime": runtime,
+            "binary": {"path": "/bin/true", "share_dir": "/usr/share"},
+            "service": {"docker": {"command": "/bin/true"}},
+        },
     )
     assert salt_minion.apply(pillar).returncode == 0
     unit = paths["units"] / "matrix-authentication-service.service"

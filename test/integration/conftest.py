@@ -2,6 +2,7 @@
 
 import pytest
 
+from harness import mas as mas_target
 from harness.fixtures import *  # noqa: F403  pylint: disable=wildcard-import,unused-wildcard-import
 from harness.util import free_port
 from mas_double import run_server
@@ -15,7 +16,7 @@ def deployment(pg, module_salt_minion, synapse_factory, tmp_path_factory, reques
     root = tmp_path_factory.mktemp("deployment")
     dbname = "mas_" + request.module.__name__.rsplit(".", 1)[-1]
     pg.create_database(dbname)
-    pg.load_mas_schema(dbname)
+    mas_target.migrate(pg, dbname)
     synapse = synapse_factory(database="sqlite")
     pillar = wired_pillar(root, pg, dbname, synapse, free_port(), free_port())
     minion = module_salt_minion

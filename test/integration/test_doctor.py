@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from harness import mas as mas_target
 from harness.util import free_port
 from mas_double import MAS_CLI, run_server
 from pillars import deep_update, wired_pillar
@@ -114,7 +115,7 @@ def dep(pg, module_salt_minion, synapse_factory, nginx_factory, echo_upstream, t
     pillar = deep_update(
         wired_pillar(root, pg, dbname, synapse, free_port(), free_port()),
         {
-            "binary": str(root / "bin" / "mas-cli"),
+            "binary": {"path": str(root / "bin" / "mas-cli"), "share_dir": str(mas_target.share_dir(root))},
             "proxy": {"nginx": {"well_known": True}},
             "doctor": {"proxy_url": proxy.base_url, "wait": 30, "timeout": 10},
         },

@@ -28,6 +28,7 @@ import psycopg
 import pytest
 import yaml
 
+from harness import mas as mas_target
 from harness.postgres import PostgresCluster
 from harness.synapse import SynapseServer
 from mas_double import syn2mas, ulid
@@ -224,7 +225,7 @@ def mas(pg: PostgresCluster, tmp_path: Path) -> Iterator[MasSide]:
     pg.create_role(MAS_ROLE, password="mas-test-password")
     dbname = f"mas_{secrets.token_hex(4)}"
     pg.create_database(dbname, owner=MAS_ROLE)
-    pg.load_mas_schema(dbname, user=MAS_ROLE)
+    mas_target.migrate(pg, dbname, user=MAS_ROLE)
     side = MasSide(pg, dbname, tmp_path / "config.yaml", mas_config(pg, dbname))
     side.write()
     try:
@@ -243,7 +244,9 @@ class Result:
 
 
 def mas_cli_command() -> list[str]:
-    """The double's ``mas-cli``: ``bin/mas-cli`` when present, else ``python -m mas_double.cli``."""
+    """The ``mas-cli`` of the suite (``harness.mas``): the real one, or the double's ``bin/mas-cli``."""
+    if mas_target.real():
+        return [str(mas_target.cli())]
     if os.access(MAS_DOUBLE_CLI, os.X_OK):
         return [str(MAS_DOUBLE_CLI)]
     return [sys.executable, "-m", "mas_double.cli"]
@@ -542,7 +545,7 @@ def test_sqlite_synapse_is_unsupported(world, mas, syn2mas_cli, tmp_path):
     extra = write_yaml(tmp_path / "sqlite.yaml", {"database": {"name": "sqlite3", "args": {"database": "/x.db"}}})
     result = syn2mas_cli(mas.config_path, "check", synapse_configs=[world.hs_yaml, extra])
     assert result.returncode == syn2mas.EXIT_FAILURE
-    assert "Error: Synapse configuration does not use Postgres, cannot migrate." in result.stderr
+    assert "Error: Synapse database configuration is invalid, cannot migrate." in result.stderr
     assert "syn2mas does not support the sqlite3 database driver" in result.stderr
 
 
@@ -719,6 +722,7 @@ def test_migrate_skips_links_of_unknown_providers_when_told_to(world, mas, syn2m
     assert mas.count("upstream_oauth_links") == 1
 
 
+@mas_target.double_only
 def test_interrupted_migration_is_reset_by_the_next_run(world, mas, syn2mas_cli):
     """A run that dies half-way leaves the marker tables; the next run resets and completes."""
     failed = syn2mas_cli(mas.config_path, "migrate", fault=syn2mas.FAULT_MIGRATE_EXIT1)

@@ -52,6 +52,7 @@ def test_salt_star_state_apply_mas(master_and_minion, paths_root):
         "enabled": True,
         "server_name": "example.com",
         "runtime": "binary",
+        "binary": {"path": "/usr/local/bin/mas-cli", "share_dir": "/usr/local/share/mas-cli"},
         "base_path": str(paths_root / "mas"),
         "service": {"manage": False, "unit_dir": str(paths_root / "systemd")},
         "synapse": {

@@ -87,7 +87,7 @@ def render(minion, upstreams, tmp_path_factory):
             "enabled": True,
             "server_name": "example.com",
             "runtime": "binary",
-            "binary": "/usr/local/bin/mas-cli",
+            "binary": {"path": "/usr/local/bin/mas-cli", "share_dir": "/usr/local/share/mas-cli"},
             "base_path": str(base or root / "mas"),
             "service": {"manage": False, "unit_dir": str(root / "units")},
             "synapse": {

@@ -12,8 +12,9 @@ import subprocess
 import pytest
 import requests
 
+from harness import mas as mas_target
 from harness.util import free_port
-from mas_double import MAS_CLI, run_server
+from mas_double import run_server
 from mas_double.runner import cli_env
 from pillars import deep_update, wired_pillar
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def mas_db(pg):
     pg.create_database("mas_smoke")
-    pg.load_mas_schema("mas_smoke")
+    mas_target.migrate(pg, "mas_smoke")
     yield "mas_smoke"
     pg.drop_database("mas_smoke")
 
@@ -44,7 +45,7 @@ def test_full_cast(pg, mas_db, synapse, salt_minion, minimal_pillar, nginx_facto
         {
             "user": "root",
             "group": "root",
-            "binary": str(MAS_CLI),
+            "binary": mas_target.binary_pillar(tmp_path),
             "http": {"web_bind": f"127.0.0.1:{web}", "internal_bind": f"127.0.0.1:{internal}"},
             "database": {"host": "127.0.0.1", "port": pg.port, "name": mas_db, "user": pg.superuser},
             "synapse": {"endpoint": synapse.base_url + "/"},
@@ -102,7 +103,7 @@ def test_register_user_wrapper_end_to_end(pg, salt_minion, synapse_factory, ngin
         through nginx (compat route -> MAS) gives a token that Synapse accepts
         (introspection -> MAS)."""
     pg.create_database("mas_e2e")
-    pg.load_mas_schema("mas_e2e")
+    mas_target.migrate(pg, "mas_e2e")
     synapse = synapse_factory(database="sqlite")
     pillar = wired_pillar(tmp_path, pg, "mas_e2e", synapse, free_port(), free_port())
     res = salt_minion.apply(pillar)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness import mas as mas_target
 from harness.synapse import SYNAPSE_DB_PASSWORD
 from harness.util import free_port
 from mas_double import run_server
@@ -268,6 +269,7 @@ def test_guarded_migration_runs_once(world, deployment):
     assert deployment.count("users") == 3
 
 
+@mas_target.double_only
 def test_interrupted_migration_is_retried_and_rolled_back(world, deployment, monkeypatch):
     world.stopped()
     monkeypatch.setenv("MAS_DOUBLE_FAULT", "migrate-exit1")

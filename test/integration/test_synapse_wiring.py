@@ -145,7 +145,7 @@ def wiring_pillar(root, server, migrating=False, **extra):
         "server_name": "example.com",
         "migration_in_progress": migrating,
         "runtime": "binary",
-        "binary": "/usr/local/bin/mas-cli",
+        "binary": {"path": "/usr/local/bin/mas-cli", "share_dir": "/usr/local/share/mas-cli"},
         "base_path": str(root / "mas"),
         "service": {"manage": False, "unit_dir": str(root / "units")},
         "secrets": {"homeserver_secret": SECRET},

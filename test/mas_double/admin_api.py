@@ -247,7 +247,9 @@ def _create_user(state: ServerState, conn, request: Request) -> Response:
         return _errors(409, "Username is reserved by the homeserver")
     user = db.add_user(conn, username)
     display_name = body.get("displayname") if isinstance(body.get("displayname"), str) else None
-    db.schedule_provision(conn, user, display_name)
+    # provisioned on Synapse before the transaction commits (users/add.rs):
+    # a refusal is a 500 and the user is not saved (the caller rolls back)
+    state.homeserver.provision_user(username, None, display_name, locked=False)
     return _single(_user_resource(user), status=201)
 
 
@@ -409,14 +411,20 @@ def _route(state: ServerState, conn, request: Request, path: str) -> Response:
 
 
 def _authorized(state: ServerState, request: Request) -> Response | None:
+    # admin/call_context.rs: the header (400), then the token (401), then the scope (401)
+    header = request.headers.get("Authorization")
+    if header is None:
+        return _errors(400, "Missing authorization header")
     auth = request.authorization
     if auth is None or auth.type != "bearer" or not auth.token:
-        return _errors(401, "Missing bearer token in Authorization header")
+        return _errors(400, "Invalid authorization header")
     issued = state.tokens.get(auth.token)
     if issued is None:
-        return _errors(401, "Invalid or expired access token")
+        if not auth.token.startswith(("mat_", "mpt_")):
+            return _errors(401, "Invalid type of access token")
+        return _errors(401, "Unknown access token")
     if ADMIN_SCOPE not in issued.scope.split():
-        return _errors(403, "Missing urn:mas:admin scope")
+        return _errors(401, "Missing urn:mas:admin scope")
     return None
 
 
@@ -439,4 +447,4 @@ def handle(state: ServerState, request: Request, path: str) -> Response | None:
     except _BadRequest as exc:
         return _errors(400, str(exc))
     except HomeserverError as exc:
-        return _errors(500, str(exc).splitlines()[0])
+        return _errors(500, *exc.titles)

@@ -19,6 +19,7 @@ stderr; ``Error: <message>`` and exit 1 on failures; argument errors exit 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mas_double import config as config_mod
@@ -27,6 +28,9 @@ from mas_double.config import ConfigError, MasConfig
 from mas_double.homeserver import HomeserverError
 from mas_double.passwords import PasswordError
 from mas_double.tracing import Logger
+
+#: What ``--version`` prints (a release tarball of the double sets it, see mas_double.share).
+VERSION = os.environ.get("MAS_DOUBLE_VERSION") or "1.23.0"
 
 LOG_CONFIG = Logger("mas_cli::commands::config")
 LOG_DATABASE = Logger("mas_cli::commands::database")
@@ -45,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(late, "config_late")
 
     parser = argparse.ArgumentParser(prog="mas-cli", description="MAS test double")
+    parser.add_argument("-V", "--version", action="version", version=f"mas-cli {VERSION}")
     _config_option(parser, "config")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -92,7 +97,9 @@ def parse_syn2mas(args: list[str]) -> argparse.Namespace:
     """
     parser = syn2mas_parser()
     ns = parser.parse_intermixed_args(args)
-    if ns.dry_run and ns.subcommand != "migrate":
+    # clap: --dry-run is an option of the `migrate` subcommand, so only after it
+    subcommand_at = next((i for i, arg in enumerate(args) if arg in ("check", "migrate")), len(args))
+    if "--dry-run" in args[:subcommand_at] or (ns.dry_run and ns.subcommand != "migrate"):
         parser.error("unexpected argument '--dry-run' found")
     return ns
 
@@ -121,7 +128,7 @@ def run_server(config: MasConfig, ns: argparse.Namespace) -> int:
     """``server``: see :func:`mas_double.server.serve`."""
     from mas_double import server  # local import: werkzeug only for the server
 
-    return server.serve(config, no_migrate=ns.no_migrate, no_worker=ns.no_worker)
+    return server.serve(config, no_migrate=ns.no_migrate, no_worker=ns.no_worker, no_sync=ns.no_sync)
 
 
 def run_doctor(config: MasConfig, ns: argparse.Namespace) -> int:
@@ -178,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ns = parser.parse_args(argv)
         if ns.command is None:  # no subcommand: `server`, as upstream
-            ns = argparse.Namespace(config=ns.config, config_late=None, no_migrate=False, no_worker=False)
+            ns = argparse.Namespace(
+                config=ns.config, config_late=None, no_migrate=False, no_worker=False, no_sync=False
+            )
             handler = run_server
         else:
             handler = ns.handler

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,7 @@ def load_config(
     cwd = cwd or Path.cwd()
     paths = config_paths(cli_paths, environ)
     merged: dict = _env_overlay(environ)
+    origins: dict[str, Path] = {}
     for requested in paths:
         path = _locate(requested, cwd)
         if path is None:
@@ -187,7 +189,14 @@ def load_config(
         if not isinstance(data, dict):
             raise ConfigError(f"invalid type: expected a map at the top level of {path} YAML file")
         merged = admerge(merged, data)
-    return MasConfig(merged, paths)
+        for section in data:
+            origins.setdefault(str(section), path)
+    return MasConfig(merged, paths, origins)
+
+
+def os_error(exc: OSError) -> str:
+    """An OS error as Rust's ``std::io::Error`` prints it: ``No such file or directory (os error 2)``."""
+    return f"{exc.strerror} (os error {exc.errno})" if exc.errno else str(exc)
 
 
 def _read_file(path: str, what: str) -> bytes:
@@ -237,9 +246,14 @@ class MasConfig:
     Database access goes through :meth:`connect` (honours ``MAS_DOUBLE_FAULT=refuse``).
     """
 
-    def __init__(self, raw: dict, paths: list[Path]):
+    def __init__(self, raw: dict, paths: list[Path], origins: dict[str, Path] | None = None):
         self.raw = raw
         self.paths = paths
+        self.origins = origins or {}
+
+    def origin(self, section: str) -> Path | None:
+        """The file that first defined top-level ``section`` (None: environment or default)."""
+        return self.origins.get(section)
 
     # ------------------------------------------------------------ sections
 
@@ -539,6 +553,10 @@ def _where(path: list) -> str:
     return ".".join(str(p) for p in path)
 
 
+#: Keys whose schema rule MAS really enforces in code, with its own wording (see runtime_errors).
+_RUNTIME_CHECKED = frozenset({"secrets.encryption"})
+
+
 def schema_errors(raw: dict) -> list[str]:
     """Validate ``raw`` against the upstream ``config.schema.json``.
 
@@ -559,6 +577,8 @@ def schema_errors(raw: dict) -> list[str]:
     messages = []
     for error in sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path]):
         location = _where(list(error.absolute_path))
+        if location in _RUNTIME_CHECKED:
+            continue
         sensitive = any(
             isinstance(part, str) and any(word in part for word in _SENSITIVE_WORDS) for part in error.absolute_path
         )
@@ -573,105 +593,415 @@ def schema_errors(raw: dict) -> list[str]:
     return messages
 
 
-def _check_url(value: Any, key: str) -> str | None:
-    parts = urlsplit(str(value))
-    if not parts.scheme or not parts.netloc:
-        return f'relative URL without a base for key "default.{key}"'
+def printed_path(path: Path, cwd: Path | None = None) -> str:
+    """A config file's path as figment prints it: relative to the working directory when that is shorter."""
+    path = Path(path)
+    cwd = cwd or Path.cwd()
+    try:
+        relative = Path(os.path.relpath(path, cwd))
+    except ValueError:
+        return str(path)
+    return str(relative) if len(relative.parts) < len(path.parts) else str(path)
+
+
+class _Rules:
+    """MAS's ``validate()`` errors, worded like figment: ``<msg> for key "default.<path>" in <file> YAML file``."""
+
+    def __init__(self, config: MasConfig):
+        self.config = config
+
+    def at(self, message: str, *path: Any) -> str:
+        key = ".".join(["default", *(str(p) for p in path)])
+        origin = self.config.origin(str(path[0])) if path else None
+        suffix = f" in {printed_path(origin)} YAML file" if origin is not None else ""
+        return f'{message} for key "{key}"{suffix}'
+
+
+def _set(mapping: dict, key: str) -> bool:
+    return isinstance(mapping, dict) and mapping.get(key) is not None
+
+
+#: lettre's ``Mailbox`` grammar (``addr`` or ``[display-name] <addr>``), see FIDELITY.md.
+_ATOM = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_WORD = rf"(?:{_ATOM}|{_QUOTED})"
+_PHRASE = rf"{_WORD}(?:\s+{_WORD}|\.)*"
+_ADDR = rf"(?:{_ATOM}(?:\.{_ATOM})*|{_QUOTED})@(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)"
+
+
+def mailbox_error(value: Any) -> str | None:
+    """None when ``value`` parses as one lettre ``Mailbox``, else lettre's ``AddressError`` text."""
+    text = str(value).strip()
+    match = re.fullmatch(rf"(?:(?:{_PHRASE})?\s*<\s*(?P<a1>{_ADDR.replace('domain', 'd1')})\s*>|(?P<a2>{_ADDR}))", text)
+    if match is None:
+        return "Missing domain or user" if "@" not in text else "Invalid input"
+    address = match.group("a1") or match.group("a2")
+    local, _, domain = address.rpartition("@")
+    if len(local) > 64:
+        return "Invalid email user"
+    labels = domain.split(".")
+    if len(domain) > 254 or any(not p or len(p) > 63 or not (p[0].isalnum() and p[-1].isalnum()) for p in labels):
+        return "Invalid email domain"
     return None
 
 
+def _telemetry_error(raw: dict) -> str | None:
+    """TE-1: sample rates in [0, 1] (checked before any subcommand, with no key)."""
+    telemetry = raw.get("telemetry") if isinstance(raw.get("telemetry"), dict) else {}
+    checks = (
+        (("sentry", "sample_rate"), "Sentry sample rate must be between 0.0 and 1.0"),
+        (("sentry", "traces_sample_rate"), "Sentry sample rate must be between 0.0 and 1.0"),
+        (("tracing", "sample_rate"), "Tracing sample rate must be between 0.0 and 1.0"),
+    )
+    for (section, key), message in checks:
+        value = (telemetry.get(section) or {}).get(key) if isinstance(telemetry.get(section), dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0.0 <= value <= 1.0:
+            return message
+    return None
+
+
+def telemetry_check(config: MasConfig) -> None:
+    """What every mas-cli command does first (``main.rs``): load the telemetry section."""
+    error = _telemetry_error(config.raw)
+    if error:
+        raise ConfigError(f"Failed to load telemetry config\n\nCaused by:\n    {error}")
+
+
+def _clients(rules: _Rules, raw: dict) -> str | None:
+    for index, client in enumerate(raw.get("clients") or []):
+        if not isinstance(client, dict):
+            continue
+        if _set(client, "client_secret") and _set(client, "client_secret_file"):
+            return rules.at("Cannot specify both `client_secret` and `client_secret_file`", "clients", index)
+        method = client.get("client_auth_method")
+        secret = _set(client, "client_secret") or _set(client, "client_secret_file")
+        jwks, jwks_uri = _set(client, "jwks"), _set(client, "jwks_uri")
+        if method == "private_key_jwt":
+            if not jwks and not jwks_uri:
+                message = "jwks or jwks_uri is required for private_key_jwt"
+                return rules.at(message, "clients", index, "client_auth_method")
+            if jwks and jwks_uri:
+                return rules.at("jwks and jwks_uri are mutually exclusive", "clients", index, "jwks")
+            if secret:
+                message = "client_secret is not allowed with private_key_jwt"
+                return rules.at(message, "clients", index, "client_secret")
+        elif method in ("client_secret_basic", "client_secret_post", "client_secret_jwt"):
+            if not secret:
+                return rules.at(f"client_secret is required for {method}", "clients", index, "client_auth_method")
+            if jwks:
+                return rules.at(f"jwks is not allowed with {method}", "clients", index, "jwks")
+            if jwks_uri:
+                return rules.at(f"jwks_uri is not allowed with {method}", "clients", index, "jwks_uri")
+        elif method == "none":
+            if secret:
+                message = "client_secret is not allowed with none authentication method"
+                return rules.at(message, "clients", index, "client_secret")
+            if jwks:
+                return rules.at("jwks is not allowed with none authentication method", "clients", index)
+            if jwks_uri:
+                return rules.at("jwks_uri is not allowed with none authentication method", "clients", index)
+    return None
+
+
+def _http(rules: _Rules, raw: dict) -> str | None:
+    http = raw.get("http")
+    if not isinstance(http, dict):
+        return None
+    for key in ("public_base", "issuer"):
+        value = http.get(key)
+        if value is not None and not urlsplit(str(value)).scheme:
+            return rules.at(f"relative URL without a base: {json.dumps(str(value))}", "http", key)
+    for index, listener in enumerate(http.get("listeners") or []):
+        if not isinstance(listener, dict):
+            continue
+        for j, bind in enumerate(listener.get("binds") or []):
+            if not isinstance(bind, dict):
+                message = "data did not match any variant of untagged enum BindConfig"
+                return rules.at(message, "http", "listeners", index, "binds", j)
+        if not listener.get("resources"):
+            return rules.at("listener has no resources", "http", "listeners", index)
+        if not listener.get("binds"):
+            return rules.at("listener does not bind to any address", "http", "listeners", index)
+        tls = listener.get("tls")
+        if isinstance(tls, dict):
+            pairs = (
+                ("certificate", "certificate_file", "TLS configuration is missing a certificate", True),
+                ("key", "key_file", "TLS configuration is missing a private key", True),
+                ("password", "password_file", None, False),
+            )
+            for inline, file_key, missing, required in pairs:
+                if _set(tls, inline) and _set(tls, file_key):
+                    message = f"Only one of `{inline}` or `{file_key}` can be set at a time"
+                    return rules.at(message, "http", "listeners", index)
+                if required and not (_set(tls, inline) or _set(tls, file_key)):
+                    return rules.at(missing, "http", "listeners", index)
+    return None
+
+
+def _database(rules: _Rules, raw: dict) -> str | None:
+    db = raw.get("database")
+    if not isinstance(db, dict):
+        return None
+    individual = ("host", "port", "socket", "username", "password", "password_file", "database")
+    if _set(db, "uri") and any(_set(db, key) for key in individual):
+        message = (
+            "uri must not be specified if host, port, socket, username, password, password_file, or database"
+            " are specified"
+        )
+        return rules.at(message, "database")
+    for inline in ("password", "ssl_ca", "ssl_certificate", "ssl_key"):
+        if _set(db, inline) and _set(db, f"{inline}_file"):
+            return rules.at(f"{inline} must not be specified if {inline}_file is specified", "database")
+    has_cert = _set(db, "ssl_certificate") or _set(db, "ssl_certificate_file")
+    has_key = _set(db, "ssl_key") or _set(db, "ssl_key_file")
+    if has_cert != has_key:
+        message = "both a ssl_certificate and a ssl_key must be set at the same time or none of them"
+        return rules.at(message, "database")
+    return None
+
+
+_SMTP_FIELDS = ("from", "reply_to", "transport", "mode", "hostname", "port", "username", "password")
+_SENDMAIL_FIELDS = ("from", "reply_to", "transport", "command")
+
+
+def _one_of(fields: tuple[str, ...]) -> str:
+    return "one of " + ", ".join(f"`{f}`" for f in fields)
+
+
+def _email(rules: _Rules, raw: dict) -> str | None:
+    email = raw.get("email")
+    if not isinstance(email, dict):
+        return None
+    transport = email.get("transport")
+    if transport not in ("smtp", "sendmail"):
+        return None
+    for field in ("from", "reply_to"):
+        error = mailbox_error(email.get(field, '"Authentication Service" <root@localhost>'))
+        if error:
+            return rules.at(error, "email", field)
+    if transport == "smtp":
+        has_password = _set(email, "password") or _set(email, "password_file")
+        if _set(email, "username") and not has_password:
+            return rules.at("missing field `password`", "email", "password")
+        if has_password and not _set(email, "username"):
+            return rules.at("missing field `username`", "email", "username")
+        if _set(email, "password") and _set(email, "password_file"):
+            return rules.at("duplicate field `password_file`", "email", "password")
+        for field in ("mode", "hostname"):
+            if not _set(email, field):
+                return rules.at(f"missing field `{field}`", "email", field)
+        if _set(email, "command"):
+            message = f"unknown field: found `command`, expected `{_one_of(_SMTP_FIELDS)}`"
+            return rules.at(message, "email", "command")
+        return None
+    if not _set(email, "command"):
+        return rules.at("missing field `command`", "email", "command")
+    for field in ("mode", "hostname", "port", "username", "password"):
+        if _set(email, field):
+            message = f"unknown field: found `{field}`, expected `{_one_of(_SENDMAIL_FIELDS)}`"
+            return rules.at(message, "email", field)
+    return None
+
+
+def _passwords(rules: _Rules, raw: dict) -> str | None:
+    passwords = raw.get("passwords")
+    if not isinstance(passwords, dict) or passwords.get("enabled", True) is False:
+        return None
+    schemes = passwords.get("schemes", DEFAULT_SCHEMES)
+    if not schemes:
+        return rules.at("Requires at least one password scheme in the config", "passwords")
+    for scheme in schemes:
+        if _set(scheme, "secret") and _set(scheme, "secret_file"):
+            return rules.at("Cannot specify both `secret` and `secret_file`", "passwords")
+    return None
+
+
+def _secrets(rules: _Rules, raw: dict) -> str | None:
+    secrets_cfg = raw["secrets"]
+    for index, key in enumerate(secrets_cfg.get("keys") or []):
+        if not isinstance(key, dict):
+            continue
+        for inline, file_key, required in (("key", "key_file", True), ("password", "password_file", False)):
+            error = _pair_error(key, inline, file_key, required=required)
+            if error:
+                return rules.at(error, "secrets", "keys", index)
+    error = _pair_error(secrets_cfg, "encryption", "encryption_file", required=True)
+    if error:
+        return rules.at(error, "secrets")
+    if _set(secrets_cfg, "encryption"):
+        text = str(secrets_cfg["encryption"])
+        bad = next((i for i, c in enumerate(text) if c not in "0123456789abcdefABCDEF"), None)
+        if bad is not None:
+            return rules.at(f"Invalid character {text[bad]!r} at position {bad}", "secrets")
+        if len(text) % 2:
+            return rules.at("Odd number of digits", "secrets")
+        if len(text) != 64:
+            return rules.at(f"Can't convert a Byte Vector of length {len(text) // 2} to the output type.", "secrets")
+    return None
+
+
+def _matrix(rules: _Rules, raw: dict) -> str | None:
+    error = _pair_error(raw["matrix"], "secret", "secret_file", required=True)
+    return rules.at(error, "matrix") if error else None
+
+
+_LIMITERS = (
+    ("account_recovery", "per_ip"),
+    ("account_recovery", "per_address"),
+    ("registration", None),
+    ("login", "per_ip"),
+    ("login", "per_account"),
+)
+
+
+def _rate_limiting(rules: _Rules, raw: dict) -> str | None:
+    limits = raw.get("rate_limiting")
+    if not isinstance(limits, dict):
+        return None
+    for container, field in _LIMITERS:
+        limiter = limits.get(container)
+        if field is not None:
+            limiter = limiter.get(field) if isinstance(limiter, dict) else None
+        if not isinstance(limiter, dict) or not isinstance(limiter.get("per_second"), (int, float)):
+            continue
+        rate = float(limiter["per_second"])
+        if rate <= 0 or rate > 1e9:
+            message = "`per_second` must be a number that is more than zero and less than 1_000_000_000 (1e9)"
+            path = ("rate_limiting", container) + ((field,) if field else ())
+            return rules.at(message, *path)
+    return None
+
+
+_SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt")
+_SIGNING_METHODS = ("client_secret_jwt", "private_key_jwt")
+
+
+def _upstream(rules: _Rules, raw: dict) -> str | None:
+    section = raw.get("upstream_oauth2")
+    if not isinstance(section, dict):
+        return None
+    for index, provider in enumerate(section.get("providers") or []):
+        if not isinstance(provider, dict):
+            continue
+        key = ("upstream_oauth2", "providers", index)
+        if _set(provider, "client_secret") and _set(provider, "client_secret_file"):
+            return rules.at("Cannot specify both `client_secret` and `client_secret_file`", *key)
+        if provider.get("discovery_mode", "oidc") != "disabled" and not _set(provider, "issuer"):
+            return rules.at("The `issuer` field is required when discovery is enabled", *key)
+        method = provider.get("token_endpoint_auth_method")
+        secret = _set(provider, "client_secret") or _set(provider, "client_secret_file")
+        if method in ("none", "private_key_jwt", "sign_in_with_apple") and secret:
+            return rules.at("Unexpected field `client_secret` for the selected authentication method", *key)
+        if method in _SECRET_METHODS and not secret:
+            return rules.at("missing field `client_secret`", *key)
+        signing_alg = _set(provider, "token_endpoint_auth_signing_alg")
+        if method not in _SIGNING_METHODS and signing_alg:
+            message = "Unexpected field `token_endpoint_auth_signing_alg` for the selected authentication method"
+            return rules.at(message, *key)
+        if method in _SIGNING_METHODS and not signing_alg:
+            return rules.at("missing field `token_endpoint_auth_signing_alg`", *key)
+        apple = _set(provider, "sign_in_with_apple")
+        if method == "sign_in_with_apple" and not apple:
+            return rules.at("missing field `sign_in_with_apple`", *key)
+        if method != "sign_in_with_apple" and apple:
+            return rules.at("Unexpected field `sign_in_with_apple` for the selected authentication method", *key)
+        imports = provider.get("claims_imports") if isinstance(provider.get("claims_imports"), dict) else {}
+        localpart = imports.get("localpart") if isinstance(imports.get("localpart"), dict) else {}
+        if imports.get("skip_confirmation"):
+            if localpart.get("action", "force") != "require":
+                message = "The field `action` must be `require` when `skip_confirmation` is set to `true`"
+                return rules.at(message, *key, "claims_imports", "localpart")
+            for claim in ("email", "displayname"):
+                claim_cfg = imports.get(claim) if isinstance(imports.get(claim), dict) else {}
+                if claim_cfg.get("action") == "suggest":
+                    message = "The field `action` must not be `suggest` when `skip_confirmation` is set to `true`"
+                    return rules.at(message, *key, "claims_imports", claim)
+        if localpart.get("on_conflict") in ("add", "replace", "set") and localpart.get("action", "force") not in (
+            "force",
+            "require",
+        ):
+            message = (
+                "The field `action` must be either `force` or `require` when `on_conflict` is set to `add`,"
+                " `replace` or `set`"
+            )
+            return rules.at(message, *key, "claims_imports", "localpart")
+    return None
+
+
+def _captcha(rules: _Rules, raw: dict) -> str | None:
+    captcha = raw.get("captcha")
+    if isinstance(captcha, dict) and captcha.get("service") == "recaptcha_v2":
+        for field in ("site_key", "secret_key"):
+            if not _set(captcha, field):
+                return rules.at(f"missing field `{field}`", "captcha", field)
+    return None
+
+
+def _experimental(rules: _Rules, raw: dict) -> str | None:
+    experimental = raw.get("experimental")
+    limit = experimental.get("session_limit") if isinstance(experimental, dict) else None
+    if not isinstance(limit, dict):
+        return None
+    soft, hard = limit.get("soft_limit"), limit.get("hard_limit")
+    if isinstance(soft, int) and isinstance(hard, int):
+        key = ("experimental", "session_limit", "hard_limit")
+        if hard < soft:
+            message = "Session `hard_limit` must be greater than or equal to the user-facing `soft_limit`."
+            return rules.at(message, *key)
+        if limit.get("dangerous_hard_limit_eviction") and hard < 2:
+            message = (
+                "Session `hard_limit` must be at least 2 when automatic `dangerous_hard_limit_eviction` is set."
+                " See configuration docs for more info."
+            )
+            return rules.at(message, *key)
+    return None
+
+
+#: ``RootConfig::validate`` order (crates/config/src/sections/mod.rs); the first error wins.
+_SECTION_RULES = (
+    ("clients", _clients),
+    ("http", _http),
+    ("database", _database),
+    ("email", _email),
+    ("passwords", _passwords),
+    ("secrets", _secrets),
+    ("matrix", _matrix),
+    ("rate_limiting", _rate_limiting),
+    ("upstream_oauth2", _upstream),
+    ("captcha", _captcha),
+    ("experimental", _experimental),
+)
+
+
 def runtime_errors(config: MasConfig, sections: tuple[str, ...] | None = None) -> list[str]:
-    """The checks MAS does after deserialising (not expressible in the schema).
+    """The ``validate()`` checks of MAS's config sections (what the JSON schema cannot say).
 
     Args:
         config: the loaded configuration.
-        sections: restrict to these top-level sections (default: all of them,
-            as ``RootConfig::extract`` does for ``server``, ``doctor`` and ``config check``).
+        sections: restrict to these top-level sections (default: all, in
+            ``RootConfig::validate`` order, as ``config check`` does).
+
+    Only the first error of each section is reported (MAS stops at the first).
     """
-    wanted = set(sections) if sections else None
-
-    def want(name: str) -> bool:
-        return wanted is None or name in wanted
-
     raw = config.raw
     errors: list[str] = []
-    if want("secrets"):
-        if not isinstance(raw.get("secrets"), dict):
-            errors.append("missing field `secrets`")
-        else:
-            secrets_cfg = raw["secrets"]
-            error = _pair_error(secrets_cfg, "encryption", "encryption_file", required=True)
-            if error:
-                errors.append(f'{error} for key "default.secrets"')
-            for index, key in enumerate(secrets_cfg.get("keys") or []):
-                for inline, file_key in (("key", "key_file"), ("password", "password_file")):
-                    error = _pair_error(key, inline, file_key, required=inline == "key")
-                    if error:
-                        errors.append(f'{error} for key "default.secrets.keys.{index}"')
-    if want("matrix"):
-        if not isinstance(raw.get("matrix"), dict):
-            errors.append("missing field `matrix`")
-        else:
-            error = _pair_error(raw["matrix"], "secret", "secret_file", required=True)
-            if error:
-                errors.append(f'{error} for key "default.matrix"')
-            error = _check_url(config.endpoint, "matrix.endpoint")
-            if error:
-                errors.append(error)
-    if want("http") and isinstance(raw.get("http"), dict):
-        for key in ("public_base", "issuer"):
-            if raw["http"].get(key):
-                error = _check_url(raw["http"][key], f"http.{key}")
-                if error:
-                    errors.append(error)
-        for listener in config.listeners:
-            if not listener.get("resources"):
-                errors.append("listener has no resources")
-            if not listener.get("binds"):
-                errors.append("listener does not bind to any address")
-    if want("database"):
-        db = config.database
-        individual = ("host", "port", "socket", "username", "password", "password_file", "database")
-        if db.get("uri") and any(db.get(k) is not None for k in individual):
-            errors.append(
-                '`uri` must not be specified together with the individual connection options for key "default.database"'
-            )
-        error = _pair_error(db, "password", "password_file", required=False)
+    for required in ("secrets", "matrix"):
+        if (sections is None or required in sections) and not isinstance(raw.get(required), dict):
+            errors.append(f"missing field `{required}`")
+    if errors:
+        return errors
+    rules = _Rules(config)
+    for name, rule in _SECTION_RULES:
+        if sections is not None and name not in sections:
+            continue
+        error = rule(rules, raw)
         if error:
-            errors.append(f'{error} for key "default.database"')
-    if want("passwords"):
-        passwords = config.passwords
-        if passwords.get("enabled", True):
-            schemes = passwords.get("schemes")
-            if schemes is not None and not schemes:
-                errors.append('Requires at least one password scheme in the config for key "default.passwords"')
-            versions = [s.get("version") for s in schemes or []]
-            if len(versions) != len(set(versions)):
-                errors.append('Multiple password schemes have the same versions for key "default.passwords"')
-            for scheme in schemes or []:
-                error = _pair_error(scheme, "secret", "secret_file", required=False)
-                if error:
-                    errors.append(f'{error} for key "default.passwords"')
-    if want("email"):
-        email = config.section("email")
-        error = _pair_error(email, "password", "password_file", required=False)
-        if error:
-            errors.append(f'{error} for key "default.email"')
-    if want("clients"):
-        for index, client in enumerate(config.clients):
-            error = _pair_error(client, "client_secret", "client_secret_file", required=False)
-            if error:
-                errors.append(f'{error} for key "default.clients.{index}"')
-    if want("upstream_oauth2"):
-        for index, provider in enumerate(config.upstream_providers):
-            error = _pair_error(provider, "client_secret", "client_secret_file", required=False)
-            if error:
-                errors.append(f'{error} for key "default.upstream_oauth2.providers.{index}"')
+            errors.append(error)
     return errors
 
 
 def check(config: MasConfig, schema: bool = True, sections: tuple[str, ...] | None = None) -> None:
-    """Validate ``config``; raise :class:`ConfigError` with the first problem.
+    """Validate ``config`` like ``config check``; raise :class:`ConfigError` with the first problem.
 
     Args:
         config: the loaded configuration.
@@ -679,6 +1009,7 @@ def check(config: MasConfig, schema: bool = True, sections: tuple[str, ...] | No
             ``server``, ``doctor``).
         sections: restrict the runtime checks to these sections.
     """
+    telemetry_check(config)
     errors = schema_errors(config.raw) if schema else []
     errors += runtime_errors(config, sections)
     if errors:

@@ -73,13 +73,7 @@ def _well_known(config: MasConfig, domain: str, issuer: str) -> str | None:
     """Step 2: the client well-known; returns the discovered ``m.homeserver.base_url``."""
     base = os.environ.get("MAS_DOUBLE_WELL_KNOWN_BASE")
     uri = (base.rstrip("/") if base else f"https://{domain}") + "/.well-known/matrix/client"
-    expected = json.dumps(
-        {
-            "m.homeserver": {"base_url": "..."},
-            "org.matrix.msc2965.authentication": {"issuer": issuer, "account": f"{config.public_base}account/"},
-        },
-        indent=2,
-    )
+    expected = json.dumps({"m.homeserver": {"base_url": "..."}}, indent=2)
     try:
         response = requests.get(uri, timeout=TIMEOUT)
     except requests.RequestException:
@@ -168,16 +162,16 @@ def _mas_api(config: MasConfig, domain: str, issuer: str, secret: str) -> None:
         response = requests.get(url, headers={"Authorization": f"Bearer {secret}"}, timeout=TIMEOUT)
     except requests.RequestException:
         LOG.error(
-            f'❌ Can\'t reach the Synapse admin API at "{url}".\n'
+            f'❌ Can\'t reach the Synapse MAS API at "{url}".\n'
             "Make sure the homeserver is running, and that the MAS config has the correct `matrix.secret`.\n\n"
             f"Error details: {_details(url)}\n"
         )
         return
     if response.status_code == 400:
-        LOG.info(f'✅ The Synapse admin API is reachable with authentication at "{url}".')
+        LOG.info(f'✅ The Synapse MAS API is reachable with authentication at "{url}".')
         return
     LOG.error(
-        f'❌ A Synapse admin API endpoint at "{url}" replied with {_status(response.status_code)}.\n'
+        f'❌ A Synapse MAS API endpoint at "{url}" replied with {_status(response.status_code)}.\n'
         "Make sure the homeserver is running, and that the MAS config has the correct `matrix.secret`.\n"
         "It should match the `secret` set in the Synapse config.\n\n"
         "  matrix_authentication_service:\n    enabled: true\n"

@@ -10,7 +10,9 @@ import os
 import time
 
 #: Fault names understood by the double (``migrate-exit1`` and ``migrate-drop-user`` are handled by syn2mas).
-KNOWN = frozenset({"refuse", "http500", "migrate-exit1", "migrate-drop-user", "slow", "no-personal-sessions"})
+KNOWN = frozenset(
+    {"refuse", "http500", "migrate-exit1", "migrate-drop-user", "slow", "no-personal-sessions", "provision-refused"}
+)
 
 #: Seconds of delay added by the ``slow`` fault (override: ``MAS_DOUBLE_SLOW_SECONDS``).
 DEFAULT_SLOW_SECONDS = 2.0

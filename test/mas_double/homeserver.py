@@ -8,13 +8,37 @@ from __future__ import annotations
 
 import requests
 
+from mas_double import faults
 from mas_double.config import MasConfig
 
 TIMEOUT = 10
 
 
 class HomeserverError(Exception):
-    """The homeserver could not be reached or answered unexpectedly."""
+    """The homeserver could not be reached or answered unexpectedly.
+
+    ``titles`` is the error chain as MAS's admin API lists it (``errors[].title``):
+    the context, then Synapse's ``<errcode>: <error>``, then the HTTP status error.
+    """
+
+    def __init__(self, message: str, titles: list[str] | None = None):
+        super().__init__(message)
+        self.titles = titles or [message.split("\n")[0]]
+
+
+def _synapse_error(response: requests.Response) -> str:
+    """Synapse's error as MAS prints it: ``<errcode>: <error>``, or ``(no specific error)``."""
+    try:
+        body = response.json()
+        return f"{body['errcode']}: {body['error']}"
+    except (ValueError, KeyError, TypeError):
+        return "(no specific error)"
+
+
+def _status_error(response: requests.Response) -> str:
+    """reqwest's ``error_for_status`` text."""
+    kind = "client" if response.status_code < 500 else "server"
+    return f"HTTP status {kind} error ({response.status_code} {response.reason}) for url ({response.url})"
 
 
 class HomeserverConnection:
@@ -42,7 +66,21 @@ class HomeserverConnection:
     def _write(self, path: str, body: dict) -> None:
         if self.read_only:
             return
+        if path == "provision_user" and faults.active("provision-refused"):
+            titles = [
+                "Unexpected HTTP response while provisioning user in Synapse",
+                "M_UNKNOWN: provisioning refused (MAS_DOUBLE_FAULT=provision-refused)",
+                f"HTTP status server error (500 Internal Server Error) for url ({self._url(path)})",
+            ]
+            raise HomeserverError(titles[0], titles)
         response = self._request("POST", path, json=body)
+        if path == "provision_user" and response.status_code >= 400:
+            titles = [
+                "Unexpected HTTP response while provisioning user in Synapse",
+                _synapse_error(response),
+                _status_error(response),
+            ]
+            raise HomeserverError(f"{titles[0]}: HTTP {response.status_code} {response.text.strip()}", titles)
         if response.status_code >= 300:
             raise HomeserverError(
                 f"Failed to call {path} on the homeserver: HTTP {response.status_code} {response.text.strip()}"
@@ -55,18 +93,25 @@ class HomeserverConnection:
             return True
         if response.status_code == 400:
             return False
-        raise HomeserverError(
-            f"Failed to query localpart availability: HTTP {response.status_code} {response.text.strip()}"
-        )
+        titles = [
+            "Failed to query localpart availability from Synapse",
+            _synapse_error(response),
+            _status_error(response),
+        ]
+        raise HomeserverError(f"{titles[0]}: HTTP {response.status_code} {response.text.strip()}", titles)
 
     def provision_user(
-        self, localpart: str, emails: list[str], display_name: str | None = None, locked: bool | None = None
+        self,
+        localpart: str,
+        emails: list[str] | None,
+        display_name: str | None = None,
+        locked: bool | None = None,
     ) -> None:
-        """``POST provision_user``: create or update the Synapse account."""
+        """``POST provision_user``: create or update the Synapse account (``emails`` None: left alone)."""
         body: dict = {"localpart": localpart}
         if emails:
             body["set_emails"] = emails
-        else:
+        elif emails is not None:
             body["unset_emails"] = True
         if display_name is not None:
             body["set_displayname"] = display_name

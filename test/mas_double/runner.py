@@ -11,7 +11,8 @@ Example::
         requests.get(mas.url("health", "/health"))
 
 Both run ``bin/mas-cli`` with ``MAS_DOUBLE_PYTHON`` set to the interpreter
-running the tests, so the double always sees the same packages.
+running the tests, so the double always sees the same packages -- or the real
+``mas-cli`` of ``MAS_REAL_CLI`` (see :mod:`harness.mas`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from harness import mas as mas_target
 from harness.util import LOOPBACK, stop_process, tail, wait_for_http
-from mas_double import MAS_CLI, faults
+from mas_double import faults
 from mas_double.config import load_config
 
 
@@ -51,7 +53,7 @@ def run_cli(
     cwd: str | Path | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``mas-cli [--config P]... <args>`` and capture stdout/stderr as text (never raises on exit codes)."""
-    command = [str(MAS_CLI), *_config_args(config_paths), *args]
+    command = [str(mas_target.cli()), *_config_args(config_paths), *args]
     return subprocess.run(
         command, capture_output=True, text=True, env=cli_env(env), timeout=timeout, cwd=cwd, check=False
     )
@@ -65,8 +67,10 @@ def _bind_url(bind: dict, prefix: str) -> str | None:
     else:
         return None
     host = host.strip("[]")
-    if host in ("", "0.0.0.0", "::", "localhost"):
+    if host in ("", "0.0.0.0", "::"):
         host = LOOPBACK
+    elif ":" in host:
+        host = f"[{host}]"
     return f"http://{host}:{port}{prefix}"
 
 
@@ -141,7 +145,7 @@ def run_server(
     full_env = cli_env(env)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [str(MAS_CLI), *_config_args(paths), "server", *args],
+            [str(mas_target.cli()), *_config_args(paths), "server", *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=full_env,

@@ -23,17 +23,22 @@ job worker unless ``--no-worker``.  ``MAS_DOUBLE_FAULT=refuse`` makes it exit 1
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import os
+import re
 import signal
+import socket
 import threading
+from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
-from mas_double import admin_api, compat, db, faults, oauth
+from mas_double import admin_api, compat, db, faults, oauth, share
 from mas_double import config as config_mod
-from mas_double.config import ConfigError, MasConfig
+from mas_double.config import ConfigError, MasConfig, os_error
 from mas_double.state import ServerState, json_response
 from mas_double.tracing import Logger
 from mas_double.worker import Worker
@@ -131,23 +136,59 @@ class ListenerApp:
         return None
 
 
+def _parse_socket_address(address: str) -> tuple[str, int] | None:
+    """Rust's ``str::parse::<SocketAddr>()``: ``a.b.c.d:port`` or ``[v6]:port``, nothing else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        version = 6
+    else:
+        version = 4
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version != version or (version == 4 and not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", host)):
+        return None
+    return host, int(port)
+
+
 def parse_bind(bind: dict) -> tuple[str, int | None]:
-    """Return ``(host, port)`` for a TCP bind or ``("unix://<path>", None)`` for a socket.
+    """``(host, port)`` of a TCP bind or ``("unix://<path>", None)`` of a socket, as ``mas-cli server`` binds them.
+
+    ``address`` must be a literal socket address (``crates/cli/src/server.rs``:
+    ``address.parse::<SocketAddr>()``); ``host`` is an IP or a name, resolved,
+    the first address wins; no ``host`` tries ``[::]`` then ``0.0.0.0``.
 
     Raises:
-        ConfigError: ``fd`` binds or malformed addresses.
+        ConfigError: with MAS's wording.
     """
     if "socket" in bind:
         return f"unix://{bind['socket']}", None
+    if "port" in bind and isinstance(bind["port"], int):
+        host = bind.get("host")
+        if host is None:
+            return "::" if socket.has_ipv6 else "0.0.0.0", int(bind["port"])
+        try:
+            infos = socket.getaddrinfo(str(host), int(bind["port"]), type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConfigError(
+                f"could not parse listener host\n\nCaused by:\n    failed to lookup address information: {exc.strerror}"
+            ) from exc
+        return str(infos[0][4][0]), int(bind["port"])
     if "address" in bind:
         address = str(bind["address"])
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ConfigError(f"invalid listener address {address!r}")
-        return host.strip("[]") or "0.0.0.0", int(port)
-    if "port" in bind:
-        return str(bind.get("host") or "0.0.0.0"), int(bind["port"])
-    raise ConfigError("the MAS double cannot listen on file descriptors")
+        parsed = _parse_socket_address(address)
+        if parsed is None:
+            raise ConfigError(
+                f"could not parse listener address {address}\n\nCaused by:\n    invalid socket address syntax"
+            )
+        return parsed
+    # an unknown shape deserialises as {fd: 0, kind: tcp} (an untagged enum with defaults)
+    kind = "unix socket" if bind.get("kind") == "unix" else "listener"
+    raise ConfigError(f"no {kind} found on file descriptor")
 
 
 def _bind_listeners(state: ServerState) -> list[BaseWSGIServer]:
@@ -176,21 +217,116 @@ def _bind_listeners(state: ServerState) -> list[BaseWSGIServer]:
     return servers
 
 
-def serve(config: MasConfig, no_migrate: bool = False, no_worker: bool = False) -> int:
-    """Run the server in the foreground until SIGTERM/SIGINT; returns the exit code."""
-    config_mod.check(config)
-    # MAS reads every secret at startup: unreadable files or bad keys stop it here
-    config.encryption_key()
-    config.matrix_secret()
-    config.signing_keys()
+#: The sections ``server`` validates when it loads its config (``AppConfig``):
+#: clients and upstream providers are checked by the config sync, telemetry by every command.
+APP_SECTIONS = (
+    "http",
+    "database",
+    "email",
+    "passwords",
+    "secrets",
+    "matrix",
+    "rate_limiting",
+    "captcha",
+    "experimental",
+)
+
+
+def _share_path(configured: object, default: str) -> str:
+    """A share path as MAS opens it: relative to the working directory unless absolute (dist defaults)."""
+    return str(configured) if configured else default
+
+
+def load_policy(config: MasConfig) -> None:
+    """Step 7: open the OPA policy (``policy.wasm_module``, default ``./share/policy.wasm``)."""
+    path = _share_path(config.section("policy").get("wasm_module"), "./share/policy.wasm")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"failed to open OPA WASM policy file\n\nCaused by:\n    {os_error(exc)}") from exc
+    if not data.startswith(share.WASM_HEADER[:4]):
+        raise ConfigError(
+            "failed to load the policy\n\nCaused by:\n    0: failed to compile WASM module\n"
+            "    1: failed to parse WebAssembly module"
+        )
+
+
+def load_templates(config: MasConfig) -> None:
+    """Step 11: the assets manifest, then the translations, then the templates directory."""
+    templates = config.section("templates")
+    path = _share_path(templates.get("path"), "./share/templates/")
+    manifest = _share_path(templates.get("assets_manifest"), "./share/manifest.json")
+    translations = _share_path(templates.get("translations_path"), "./share/translations/")
+    head = f"Failed to load the templates at {path}\n\nCaused by:\n"
+    try:
+        text = Path(manifest).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{head}    0: failed to read the assets manifest\n    1: {os_error(exc)}") from exc
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{head}    0: invalid assets manifest\n    1: {exc}") from exc
+    try:
+        entries = sorted(Path(translations).iterdir())
+    except OSError as exc:
+        raise ConfigError(
+            f"{head}    0: failed to load the translations\n"
+            f'    1: Failed to load translation directory "{translations}"\n    2: {os_error(exc)}'
+        ) from exc
+    for entry in entries:
+        if not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*", entry.stem) or entry.suffix != ".json":
+            raise ConfigError(f'{head}    0: failed to load the translations\n    1: Invalid locale for file "{entry}"')
+    if not Path(path).is_dir():
+        raise ConfigError(f"{head}    No such file or directory (os error 2)")
+
+
+def load_mailer(config: MasConfig) -> None:
+    """Step 13 (unless ``--no-worker``): every transport's ``from``/``reply_to`` parse as one mailbox."""
+    email = config.section("email")
+    default = '"Authentication Service" <root@localhost>'
+    for field in ("from", "reply_to"):
+        error = config_mod.mailbox_error(email.get(field, default))
+        if error:
+            raise ConfigError(f"invalid email configuration: invalid '{field}' address\n\nCaused by:\n    {error}")
+    if email.get("transport") == "smtp":
+        config.email_password()
+
+
+def load_password_manager(config: MasConfig) -> None:
+    """Step 14: versions must be unique (not checked by ``config check``); scheme secrets are read."""
+    if not config.passwords_enabled:
+        return
+    versions = [scheme.version for scheme in config.password_schemes()]
+    if len(versions) != len(set(versions)):
+        raise ConfigError("Multiple password schemes have the same versions")
+
+
+def serve(config: MasConfig, no_migrate: bool = False, no_worker: bool = False, no_sync: bool = False) -> int:
+    """Run the server in the foreground until SIGTERM/SIGINT; returns the exit code.
+
+    Starts in the order of ``crates/cli/src/commands/server.rs``: config, database,
+    migrations, encryption secret, (config sync: its sections validated), signing
+    keys, policy, templates, homeserver secret, mailer, password manager, listeners.
+    """
+    config_mod.check(config, sections=APP_SECTIONS)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    state = ServerState(config)
     if no_migrate:
         with config.connect(autocommit=True) as conn:
             if not db.schema_present(conn):
                 raise ConfigError("The database has pending migrations. Run `mas-cli database migrate` first.")
     else:
         db.ensure_schema(config)
+    config.encryption_key()
+    if not no_sync:
+        config_mod.check(config, schema=False, sections=("clients", "upstream_oauth2"))
+    config.signing_keys()
+    load_policy(config)
+    load_templates(config)
+    config.matrix_secret()
+    if not no_worker:
+        load_mailer(config)
+    load_password_manager(config)
+    state = ServerState(config)
     servers = _bind_listeners(state)
     worker = None if no_worker else Worker(state)
     stop = threading.Event()

@@ -346,7 +346,7 @@ class SynapseConfig:
                 "Only one of `database` and `dbname` may be specified in the Synapse database configuration, not both."
             )
         if problem:
-            raise Fatal("Synapse configuration does not use Postgres, cannot migrate.", problem)
+            raise Fatal("Synapse database configuration is invalid, cannot migrate.", problem)
         kwargs = {"application_name": "syn2mas-synapse"}
         for key in ("host", "port", "user", "password"):
             if args.get(key) is not None:
@@ -589,6 +589,39 @@ def sync_upstream_providers(conn: psycopg.Connection, config: MasConfig) -> None
                 ),
             )
             conn.execute(statement, values)
+
+
+def sync_static_clients(conn: psycopg.Connection, config: MasConfig) -> None:
+    """Non-pruning ``config sync`` of ``clients`` into ``oauth2_clients`` (``upsert_static``).
+
+    As upstream (``crates/storage-pg/src/oauth2/client.rs``): every grant type
+    allowed, ``is_static``; the double stores no ``encrypted_client_secret``.
+    """
+    with conn.transaction():
+        for client in config.clients:
+            client_id = ulid.to_uuid(str(client["client_id"]))
+            exists = conn.execute("SELECT 1 FROM oauth2_clients WHERE oauth2_client_id = %s", (client_id,)).fetchone()
+            _sync_log.info("Updating client" if exists else "Adding client", **{"client.id": client["client_id"]})
+            jwks = client.get("jwks")
+            conn.execute(
+                "INSERT INTO oauth2_clients (oauth2_client_id, redirect_uris, grant_type_authorization_code,"
+                " grant_type_refresh_token, grant_type_client_credentials, grant_type_device_code,"
+                " token_endpoint_auth_method, jwks, client_name, client_uri, jwks_uri, is_static)"
+                " VALUES (%s, %s, TRUE, TRUE, TRUE, TRUE, %s, %s, %s, %s, %s, TRUE)"
+                " ON CONFLICT (oauth2_client_id) DO UPDATE SET redirect_uris = EXCLUDED.redirect_uris,"
+                " token_endpoint_auth_method = EXCLUDED.token_endpoint_auth_method, jwks = EXCLUDED.jwks,"
+                " client_name = EXCLUDED.client_name, client_uri = EXCLUDED.client_uri,"
+                " jwks_uri = EXCLUDED.jwks_uri, is_static = TRUE",
+                (
+                    client_id,
+                    [str(uri) for uri in client.get("redirect_uris") or []],
+                    str(client.get("client_auth_method")),
+                    Jsonb(jwks) if jwks is not None else None,
+                    client.get("client_name"),
+                    client.get("client_uri"),
+                    client.get("jwks_uri"),
+                ),
+            )
 
 
 def try_advisory_lock(conn: psycopg.Connection) -> bool:
@@ -1113,7 +1146,9 @@ def _run(config: MasConfig, ns: Syn2MasArgs) -> int:
     with connect_synapse(synapse, ns.synapse_database_uri) as syn, config.connect(autocommit=True) as mas:
         ensure_mas_schema(config, mas)
         if ns.subcommand == "migrate":
+            # a real, non-pruning config sync (even with --dry-run): providers and clients
             sync_upstream_providers(mas, config)
+            sync_static_clients(mas, config)
         if not try_advisory_lock(mas):
             _log.error("Failed to acquire syn2mas lock on the database.")
             _log.error("This likely means that another syn2mas instance is already running!")

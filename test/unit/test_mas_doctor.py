@@ -129,7 +129,7 @@ def deployment(tmp_path, pillar, closed_port):
         "enabled": True,
         "server_name": "example.com",
         "runtime": "binary",
-        "binary": str(binary),
+        "binary": {"path": str(binary), "share_dir": str(tmp_path / "share")},
         "base_path": str(base),
         "http": {"web_bind": f"127.0.0.1:{closed_port}", "internal_bind": f"127.0.0.1:{closed_port}"},
         "database": {"password": DB_PASSWORD},

@@ -118,7 +118,13 @@ def test_nginx_upstream_follows_the_web_bind():
 
 
 def test_traefik_dynamic_config():
-    out = mas_proxy.settings(mapdata(runtime="binary", proxy={"type": "traefik", "traefik": {"certresolver": "le"}}))
+    out = mas_proxy.settings(
+        mapdata(
+            runtime="binary",
+            binary={"path": "/usr/local/bin/mas-cli", "share_dir": "/usr/local/share/mas-cli"},
+            proxy={"type": "traefik", "traefik": {"certresolver": "le"}},
+        )
+    )
     (dynamic,) = out["files"]
     assert dynamic["path"] == "/etc/traefik/dynamic/matrix-authentication-service.yml"
     http = dynamic["context"]["config"]["http"]

@@ -208,7 +208,7 @@ def mapdata(world, **overrides):
             "server_name": "example.com",
             "base_path": str(world["base"]),
             "runtime": "binary",
-            "binary": str(world["base"] / "bin" / "mas-cli"),
+            "binary": {"path": str(world["base"] / "bin" / "mas-cli"), "share_dir": "/usr/local/share/mas-cli"},
             "user": "root",
             "group": "root",
             "migration_in_progress": True,
@@ -318,7 +318,10 @@ def test_map_is_computed_from_pillar_like_map_jinja(world, pillar):
         server_name="example.com",
         base_path=str(world["base"]),
         migration_in_progress=True,
-        lookup={"runtime": "binary"},
+        lookup={
+            "runtime": "binary",
+            "binary": {"path": "/usr/local/bin/mas-cli", "share_dir": "/usr/local/share/mas-cli"},
+        },
     )
     computed = syn2mas._mapdata()
     assert computed["paths"]["state_dir"] == str(world["base"] / "formula")

@@ -68,7 +68,7 @@ def test_runtime_problem_is_empty_when_docker_is_there(tmp_path, pillar):
 
 
 def test_runtime_problem_with_the_binary_runtime(pillar, tmp_path):
-    pillar["mas"].update(runtime="binary", binary=str(tmp_path / "mas-cli"))
+    pillar["mas"].update(runtime="binary", binary={"path": str(tmp_path / "mas-cli"), "share_dir": str(tmp_path)})
     assert MODULES["mas"].runtime_problem() == (
         f"mas:runtime is binary but {tmp_path}/mas-cli is missing: install mas-cli there or set mas:binary"
     )
