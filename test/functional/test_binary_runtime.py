@@ -10,12 +10,12 @@ test counts the restarts each apply causes.
 
 import hashlib
 import json
-import os
 import subprocess
 
 import pytest
 import yaml
 
+from harness.util import require_root
 from mas_double import share
 from mas_double.runner import cli_env
 from pillars import deep_update
@@ -26,8 +26,7 @@ FAKES = REPO_ROOT / "test" / "salt_fakes" / "modules"
 
 @pytest.fixture
 def minion(tmp_path, salt_extmods):
-    if os.geteuid() != 0:
-        pytest.skip("applying the formula creates a service account: run the tests as root")
+    require_root()
     state = tmp_path / "services.json"
     config = {
         "module_dirs": [str(FAKES)],

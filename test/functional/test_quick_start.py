@@ -111,14 +111,16 @@ def test_operator_commands_on_the_demo(demo_root):
     assert [s["__id__"] for s in states.values() if s["changes"] or s["result"] is not True] == []
     status = salt_call(root, "mas_syn2mas.status", "--out=json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["local"]["phase"] == "legacy_auth"
+    # the demo's Synapse delegates (its drop-in is written) and no migration was ever needed
+    assert json.loads(status.stdout)["local"]["phase"] == "delegated"
     if os.path.exists(DOCKER):
         return  # the rest is about a host without Docker
-    doctor = salt_call(root, "mas_doctor.run")
+    doctor = salt_call(root, "mas_doctor.run", "--out=json")
     assert doctor.returncode != 0
-    assert (doctor.stdout + doctor.stderr).strip() == f"Error running 'mas_doctor.run': {DOCKER_LINE}"
+    cli_check = next(c for c in json.loads(doctor.stdout)["local"]["checks"] if c["name"] == "mas_cli_doctor")
+    assert f"{cli_check['message']}: {cli_check['fix']}" == DOCKER_LINE
     check = salt_call(root, "mas_syn2mas.check", "--out=json")
-    assert check.returncode != 0 and json.loads(check.stdout)["local"]["errors"] == [DOCKER_LINE]
+    assert check.returncode != 0  # refused: the demo delegates, no migration is needed
     assert DOCKER_LINE in json.loads(status.stdout)["local"]["dry_run_blockers"]
     register = salt_call(root, "mas_user.register", "alice", "admin=True")
     assert register.returncode != 0 and DOCKER_LINE in register.stdout + register.stderr
@@ -206,7 +208,9 @@ def test_every_skip_goes_through_unavailable():
     found = [
         f"{path.relative_to(REPO_ROOT)}:{number}"
         for path in sorted((REPO_ROOT / "test").rglob("*.py"))
-        if path != REPO_ROOT / "test" / "harness" / "util.py" and path != pathlib.Path(__file__)
+        # util.py: unavailable() itself; mas.py: the real-binary mode's deliberate skip of double-only tests
+        if path not in (REPO_ROOT / "test" / "harness" / "util.py", REPO_ROOT / "test" / "harness" / "mas.py")
+        and path != pathlib.Path(__file__)
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if any(text in line for text in bypass)
     ]
