@@ -194,8 +194,8 @@ BAD_PILLARS = [
     ({"secrets": {"homeserver_secret": "short"}}, "mas:secrets:homeserver_secret: must be a string of at least 16"),
     ({"runtime": "podman"}, "mas:runtime: must be one of docker, binary"),
     ({"runtime": "binary", "binary": "mas-cli"}, "mas:binary: must be the absolute path"),
-    ({"base_path": "relative/dir"}, "mas:base_path: must be an absolute directory path"),
-    ({"user": "Bad User"}, "mas:user: 'Bad User' is not a valid user or group name"),
+    ({"base_path": "relative/dir"}, "mas:base_path: must be an absolute, normalised path"),
+    ({"user": "Bad User"}, "mas:user: must be a user or group name"),
     ({"email": {"transport": "carrier-pigeon"}}, "mas:email:transport: must be one of blackhole, smtp, sendmail"),
     (
         {"email": {"transport": "smtp", "hostname": None}},
@@ -238,12 +238,12 @@ BAD_PILLARS = [
     ),
     (
         {"runtime": "docker", "service": {"docker": {"command": "/usr/bin/docker\nExecStartPost=/bin/sh"}}},
-        "mas:service:docker:command: must be the absolute path of docker",
+        "mas:service:docker:command: must be the absolute path of the program",
     ),
-    ({"base_path": "/srv/mas$(id)"}, "mas:base_path: '/srv/mas$(id)' may only hold"),
+    ({"base_path": "/srv/mas$(id)"}, "mas:base_path: must be an absolute, normalised path"),
     ({"service": {"restart": "sometimes"}}, "mas:service:restart: must be one of no, always"),
     ({"synapse": {"dropin_name": "mas.conf"}}, "mas:synapse:dropin_name: must be a file name ending in .yaml"),
-    ({"synapse": {"config_dir": "conf.d"}}, "mas:synapse:config_dir: must be an absolute path"),
+    ({"synapse": {"config_dir": "conf.d"}}, "mas:synapse:config_dir: must be an absolute, normalised path"),
     ({"path_prefix": "/"}, "mas:path_prefix: '/' needs MAS on its own host name"),
     (
         {"proxy": {"nginx": {"mas_upstream": "http://127.0.0.1:8080/auth"}}},
@@ -251,7 +251,7 @@ BAD_PILLARS = [
     ),
     (
         {"proxy": {"type": "traefik", "traefik": {"entrypoint": "web secure"}}},
-        "mas:proxy:traefik:entrypoint: must be a Traefik entrypoint name",
+        "mas:proxy:traefik:entrypoint: must be a Traefik name",
     ),
 ]
 

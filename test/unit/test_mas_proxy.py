@@ -163,6 +163,6 @@ def test_proxy_none_and_clean():
     disabled = mapdata(enabled=False, server_name="")
     clean = mas_proxy.settings(disabled, clean=True)
     assert [(f["name"], f["action"]) for f in clean["files"]] == [("snippet", "empty"), ("public-snippet", "empty")]
-    assert clean["files"][0]["context"]["disabled"] is True
+    assert clean["files"][0]["context"]["disabled"] == "mas:enabled is false"
     traefik = mas_proxy.settings(mapdata(enabled=False, proxy={"type": "traefik"}), clean=True)
     assert [(f["name"], f["action"]) for f in traefik["files"]] == [("config", "absent")]
