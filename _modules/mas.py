@@ -767,6 +767,13 @@ def _validate_config(data, errors):
     clients = config.get("clients")
     if clients is not None and not (isinstance(clients, list) and all(isinstance(c, dict) for c in clients)):
         errors.add(("config", "clients"), "must be a list of MAS clients (mappings)")
+    for section in ("email", "database"):
+        if _is_set(_get(config, section, "password_file")) and _is_set(_get(data, section, "password")):
+            errors.add(
+                (("config", section, "password_file")),
+                f"cannot be set together with mas:{section}:password (which the formula writes to its own"
+                " password_file): set one of them",
+            )
     if _is_set(_get(config, "upstream_oauth2", "providers")) and _is_set(data.get("upstream_oauth2_providers")):
         errors.add(
             ("config", "upstream_oauth2", "providers"),
@@ -782,23 +789,25 @@ def _validate_config(data, errors):
 #: config.yaml keys whose value is a secret, and where the secret belongs instead.
 _INLINE_SECRET_KEYS = ("secret", "client_secret", "password", "encryption", "private_key", "secret_key", "ssl_key")
 _INLINE_SECRET_HOME = {
-    ("matrix", "secret"): "mas:secrets:homeserver_secret (or matrix.secret_file)",
-    ("secrets", "encryption"): "mas:secrets:encryption (or secrets.encryption_file)",
-    ("email", "password"): "mas:email:password",
-    ("database", "password"): "mas:database:password",
-    ("database", "uri"): "mas:database:host, :port, :name, :user and :password",
-    ("database", "ssl_key"): "database.ssl_key_file",
-    ("upstream_oauth2", "providers", "*", "client_secret"): "mas:upstream_oauth2_providers (client_secret there"
-    " is written to a 0600 file), or client_secret_file",
-    ("upstream_oauth2", "providers", "*", "sign_in_with_apple", "private_key"): "sign_in_with_apple.private_key_file",
-    ("passwords", "schemes", "*", "secret"): "mas:synapse:pepper (the bcrypt v1 scheme), or the scheme's secret_file",
-    ("clients", "*", "client_secret"): "the client's client_secret_file",
-    ("secrets", "keys", "*", "key"): "key_file (the formula generates the signing keys in keys_dir)",
-    ("secrets", "keys", "*", "password"): "password_file",
-    ("http", "listeners", "*", "tls", "key"): "tls.key_file",
-    ("http", "listeners", "*", "tls", "password"): "tls.password_file",
-    ("captcha", "secret_key"): "nothing: MAS reads the CAPTCHA secret only inline, which would put it in"
-    " config.yaml; the formula does not support CAPTCHA",
+    ("matrix", "secret"): "use mas:secrets:homeserver_secret (or matrix.secret_file) instead",
+    ("secrets", "encryption"): "use mas:secrets:encryption (or secrets.encryption_file) instead",
+    ("email", "password"): "use mas:email:password instead",
+    ("database", "password"): "use mas:database:password instead",
+    ("database", "uri"): "use mas:database:host, :port, :name, :user and :password instead",
+    ("database", "ssl_key"): "use database.ssl_key_file instead",
+    ("upstream_oauth2", "providers", "*", "client_secret"): "use mas:upstream_oauth2_providers (client_secret"
+    " there is written to a 0600 file) or client_secret_file instead",
+    ("upstream_oauth2", "providers", "*", "sign_in_with_apple", "private_key"): "use"
+    " sign_in_with_apple.private_key_file instead",
+    ("passwords", "schemes", "*", "secret"): "use mas:synapse:pepper (the bcrypt v1 scheme) or the scheme's"
+    " secret_file instead",
+    ("clients", "*", "client_secret"): "use the client's client_secret_file instead",
+    ("secrets", "keys", "*", "key"): "use key_file instead (the formula generates the signing keys in keys_dir)",
+    ("secrets", "keys", "*", "password"): "use password_file instead",
+    ("http", "listeners", "*", "tls", "key"): "use tls.key_file instead",
+    ("http", "listeners", "*", "tls", "password"): "use tls.password_file instead",
+    ("captcha", "secret_key"): "MAS reads the CAPTCHA secret only inline, so the formula cannot keep it out of"
+    " config.yaml: CAPTCHA is not supported",
 }
 
 
@@ -808,7 +817,7 @@ def _inline_secrets(config, prefix):
 
     def home(path):
         generic = tuple("*" if isinstance(p, int) else p for p in path)
-        return _INLINE_SECRET_HOME.get(generic, f"the matching *_file key ({path[-1]}_file)")
+        return _INLINE_SECRET_HOME.get(generic, f"use the matching *_file key ({path[-1]}_file) instead")
 
     def walk(node, path):
         if isinstance(node, dict):
@@ -823,7 +832,7 @@ def _inline_secrets(config, prefix):
                         continue
                     found.append(
                         f"{_key(*prefix, *sub)}: a secret inline would land in config.yaml, state output and"
-                        f" mas.mapdata; use {home(sub)} instead"
+                        f" mas.mapdata; {home(sub)}"
                     )
                 else:
                     walk(value, sub)
@@ -885,9 +894,11 @@ _SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 
 # config.yaml paths the formula fills from its own pillar keys (longest prefix wins)
 _CONFIG_SOURCES = {
-    ("email",): ("email",),
+    **{("email", f): ("email", f) for f in ("transport", "from", "reply_to", "hostname", "port", "mode", "username")},
+    ("email", "command"): ("email", "command"),
+    ("email", "password"): ("email", "password"),
     ("email", "password_file"): ("email", "password"),
-    ("database",): ("database",),
+    **{("database", f): ("database", f) for f in ("host", "port", "ssl_mode", "password")},
     ("database", "username"): ("database", "user"),
     ("database", "database"): ("database", "name"),
     ("database", "password_file"): ("database", "password"),
@@ -1169,7 +1180,7 @@ def _rules_http(http, base, add, key):
             )
     for field in ("public_base", "issuer"):
         value = http.get(field)
-        if value is not None and not _is_url(value):
+        if (value is not None or field == "public_base") and not _is_url(value):
             add((field,), f"must be {KINDS['url']} (MAS panics otherwise), not {value!r}")
     proxies = http.get("trusted_proxies")
     if proxies is not None and not (isinstance(proxies, list) and all(_is_cidr(p) for p in proxies)):
