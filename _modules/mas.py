@@ -962,7 +962,7 @@ def _check_providers(providers, add, key):
         if not (isinstance(pid, str) and _ULID.fullmatch(pid)):
             fail(("id",), f"must be a ULID (26 characters, e.g. 01HFVBY12TMNTYTBV8W921M5FA), not {pid!r}")
         elif pid.upper() in ids:
-            fail(("id",), f"{pid} is used by another provider ({ids[pid.upper()]})")
+            fail(("id",), f"must be unique: {pid} is used by another provider ({ids[pid.upper()]})")
         else:
             ids[pid.upper()] = k("id")
         if not (_is_text(provider.get("client_id")) and provider["client_id"]):
@@ -978,7 +978,7 @@ def _check_providers(providers, add, key):
                     f"must be 'oidc-<idp_id>' (Synapse adds the 'oidc-' prefix) or 'oidc', not {idp!r}",
                 )
             elif idp in idps:
-                fail(("synapse_idp_id",), f"{idp} is already the synapse_idp_id of {idps[idp]}")
+                fail(("synapse_idp_id",), f"must be unique: {idp} is already the synapse_idp_id of {idps[idp]}")
             else:
                 idps[idp] = key(index)
         for field in ("issuer", "authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri"):
@@ -1270,7 +1270,10 @@ def _rules_passwords(passwords, add, key):
         if not (_is_int(version) and 0 <= version < 65536):
             add(("schemes", index, "version"), f"must be an integer from 0 to 65535, not {version!r}")
         elif version in versions:
-            add(("schemes", index, "version"), f"{version} is already the version of {versions[version]}")
+            add(
+                ("schemes", index, "version"),
+                f"must be unique: {version} is already the version of {versions[version]}",
+            )
         else:
             versions[version] = key("schemes", index)
         if scheme.get("algorithm") not in PASSWORD_ALGORITHMS:
@@ -1333,7 +1336,7 @@ def _rules_clients(clients, add, key):
         if not (isinstance(cid, str) and _ULID.fullmatch(cid)):
             add((index, "client_id"), f"must be a ULID (26 characters, e.g. 01HFVBY12TMNTYTBV8W921M5FA), not {cid!r}")
         elif cid.upper() in seen:
-            add((index, "client_id"), f"{cid} is already the client_id of {seen[cid.upper()]}")
+            add((index, "client_id"), f"must be unique: {cid} is already the client_id of {seen[cid.upper()]}")
         else:
             seen[cid.upper()] = key(index)
         method = client.get("client_auth_method")
@@ -1620,9 +1623,13 @@ def _validate_paths(data):
             errors.add(key, f"{path} is the formula's own {own[path]}: choose another path")
         elif any(path.startswith(directory + "/") for directory in forbidden):
             inside = next(d for d in forbidden if path.startswith(d + "/"))
-            errors.add(key, f"{path} lies in {inside} ({forbidden[inside]}), where only MAS or the formula write")
+            errors.add(
+                key,
+                f"{path} lies in {inside} ({forbidden[inside]}), where only MAS or the formula write: choose another"
+                " path",
+            )
         elif path in seen:
-            errors.add(key, f"{path} is also {_key(*seen[path])}: each file needs its own path")
+            errors.add(key, f"{path} is also {_key(*seen[path])}'s file: choose another path")
         seen.setdefault(path, key)
     return errors
 

@@ -310,7 +310,10 @@ def test_synapse_idp_id_is_unique():
         "synapse_idp_id": "oidc-kc",
     }
     text = refusal(upstream_oauth2_providers=[dict(provider, id=ULID), dict(provider, id=ULID2)])
-    assert "mas:upstream_oauth2_providers:1:synapse_idp_id: oidc-kc is already the synapse_idp_id of" in text
+    assert (
+        "mas:upstream_oauth2_providers:1:synapse_idp_id: must be unique: oidc-kc is already the synapse_idp_id of"
+        in text
+    )
 
 
 # --------------------------------------------------------------------------
@@ -514,7 +517,7 @@ RULES = [
                 }
             }
         },
-        "mas:config:passwords:schemes:1:version: 1 is already the version of mas:config:passwords:schemes:0",
+        "mas:config:passwords:schemes:1:version: must be unique: 1 is already the version of mas:config:passwords:schemes:0",
     ),
     ("PW-7", {"config": {"passwords": {"minimum_complexity": 5}}}, "mas:config:passwords:minimum_complexity: must be"),
     (
@@ -708,7 +711,7 @@ RULES = [
     (
         "UP-12b",
         {"upstream_oauth2_providers": [provider(), provider(synapse_idp_id=None)]},
-        "mas:upstream_oauth2_providers:1:id: 01HFVBY12TMNTYTBV8W921M5FA is used by another provider",
+        "mas:upstream_oauth2_providers:1:id: must be unique: 01HFVBY12TMNTYTBV8W921M5FA is used by another provider",
     ),
     (
         "UP-13",
@@ -803,7 +806,7 @@ RULES = [
                 ]
             }
         },
-        "mas:config:clients:1:client_id: 01hfvby12tmntytbv8w921m5fa is already the client_id of",
+        "mas:config:clients:1:client_id: must be unique: 01hfvby12tmntytbv8w921m5fa is already the client_id of",
     ),
     # captcha, rate limiting, experimental, telemetry, policy, branding, account
     ("CA-1", {"config": {"captcha": {"service": "hcaptcha"}}}, "mas:config:captcha:site_key: is required when"),
@@ -883,7 +886,7 @@ def test_pillar_example_style_smtp_and_providers_pass():
         ({"service": {"unit_dir": "/srv/mas/formula"}}, "lies in /srv/mas/formula (state_dir)"),
         (
             {"proxy": {"nginx": {"snippet_path": "/etc/matrix-synapse/conf.d/matrix-authentication-service.yaml"}}},
-            "is also mas:synapse:config_dir",
+            "is also mas:synapse:config_dir's file",
         ),
     ],
 )

@@ -1,0 +1,314 @@
+"""Hostile pillars, applied with the real salt-call (issue 8).
+
+Pillar is often assembled from several hands, so the formula treats every
+value as untrusted data. Each case below is ``pillar.example`` (redirected
+into a fresh root) with one hostile value: injection through each value that
+reaches a file or a command (SLS, unit, wrapper, nginx, Traefik), path
+traversal and foreign files, control characters and trailing newlines,
+coercion, inline secrets. Each is applied with ``state.apply mas`` in a fresh
+root next to a sibling directory holding victim files, and must be refused
+naming the pillar key, with nothing written anywhere: the whole tree (root
+and sibling) is compared before and after. A refusal fails at render, before
+any state runs, so the cases share one synced minion and take about a second
+each.
+"""
+
+import copy
+import hashlib
+import pathlib
+import re
+import stat
+
+import pytest
+import yaml
+
+from mas_demo import overrides as demo_overrides
+from pillars import deep_update
+from saltrun import REPO_ROOT
+
+ULID2 = "01HFVBY12TMNTYTBV8W921M5FB"
+INJECT = "\n\nmas-injected:\n  cmd.run:\n    - name: touch {root}/pwned"
+VICTIMS = {"file": "victim data\n", "mas.service": "[Unit]\nDescription=not the formula's\n", "victim.yaml": "a: 1\n"}
+SECRET = "Hostile-Secret-7"
+
+
+def provider(**fields):
+    example = yaml.safe_load((REPO_ROOT / "pillar.example").read_text())["mas"]["upstream_oauth2_providers"][0]
+    return {**example, **fields}
+
+
+# (case id, pillar overrides ({root} and {victim} are filled in), the pillar key that must be named)
+CASES = [
+    # -- injection through values that reach an SLS
+    (
+        "sls-mas-endpoint",
+        {"synapse": {"mas_endpoint": "http://localhost:8080/auth/" + INJECT}},
+        "mas:synapse:mas_endpoint",
+    ),
+    ("sls-synapse-endpoint", {"synapse": {"endpoint": "http://localhost:8008/" + INJECT}}, "mas:synapse:endpoint"),
+    ("sls-hostname", {"hostname": "matrix.example.com" + INJECT}, "mas:hostname"),
+    ("sls-server-name", {"server_name": "example.com" + INJECT}, "mas:server_name"),
+    ("sls-path-prefix", {"path_prefix": "/auth" + INJECT}, "mas:path_prefix"),
+    ("sls-base-path", {"base_path": "{root}/mas" + INJECT}, "mas:base_path"),
+    (
+        "sls-snippet-path",
+        {"proxy": {"nginx": {"snippet_path": "{root}/mas.conf" + INJECT}}},
+        "mas:proxy:nginx:snippet_path",
+    ),
+    ("sls-username", {"users": [{"username": "bot" + INJECT}]}, "mas:users:0:username"),
+    ("sls-image", {"image": "ghcr.io/element-hq/mas:1" + INJECT}, "mas:image"),
+    ("sls-user", {"user": "mas" + INJECT}, "mas:user"),
+    ("sls-group", {"group": "mas" + INJECT}, "mas:group"),
+    ("sls-synapse-service", {"synapse": {"service": "matrix-synapse" + INJECT}}, "mas:synapse:service"),
+    ("sls-dropin-name", {"synapse": {"dropin_name": "mas.yaml" + INJECT}}, "mas:synapse:dropin_name"),
+    ("sls-synapse-config-dir", {"synapse": {"config_dir": "{root}/conf.d" + INJECT}}, "mas:synapse:config_dir"),
+    ("sls-database-name", {"database": {"name": "mas" + INJECT}}, "mas:database:name"),
+    ("sls-database-user", {"database": {"user": "mas" + INJECT}}, "mas:database:user"),
+    ("sls-unit-dir", {"service": {"unit_dir": "{root}/units" + INJECT}}, "mas:service:unit_dir"),
+    ("sls-tofs-files", {"tofs": {"dirs": {"files": "files" + INJECT}}}, "mas:tofs:dirs:files"),
+    # -- nginx directive injection
+    (
+        "nginx-upstream",
+        {"proxy": {"nginx": {"mas_upstream": "http://127.0.0.1:8080;\n    add_header X-Injected pwned"}}},
+        "mas:proxy:nginx:mas_upstream",
+    ),
+    ("nginx-web-bind", {"http": {"web_bind": "127.0.0.1;\n    include /etc/shadow;\n#:8080"}}, "mas:http:web_bind"),
+    (
+        "nginx-matrix-hostname",
+        {"proxy": {"matrix_hostname": "matrix.example.com\n}\nserver {"}},
+        "mas:proxy:matrix_hostname",
+    ),
+    ("nginx-prefix-semicolon", {"path_prefix": "/auth;return 200"}, "mas:path_prefix"),
+    ("nginx-prefix-variable", {"path_prefix": "/auth$request_uri"}, "mas:path_prefix"),
+    ("nginx-prefix-brace", {"path_prefix": "/auth{"}, "mas:path_prefix"),
+    (
+        "nginx-upstream-path",
+        {"proxy": {"nginx": {"mas_upstream": "http://127.0.0.1:8080/"}}},
+        "mas:proxy:nginx:mas_upstream",
+    ),
+    ("nginx-service", {"proxy": {"nginx": {"service": "nginx; rm -rf /"}}}, "mas:proxy:nginx:service"),
+    # -- Traefik label and rule injection
+    (
+        "traefik-certresolver",
+        {"proxy": {"type": "traefik", "traefik": {"certresolver": "le\ntraefik.http.routers.evil.rule=Host(`x`)"}}},
+        "mas:proxy:traefik:certresolver",
+    ),
+    (
+        "traefik-entrypoint",
+        {"proxy": {"type": "traefik", "traefik": {"entrypoint": "websecure\n  evil: x"}}},
+        "mas:proxy:traefik:entrypoint",
+    ),
+    (
+        "traefik-mas-url",
+        {"proxy": {"type": "traefik", "traefik": {"mas_url": "http://mas:8080/`)"}}},
+        "mas:proxy:traefik:mas_url",
+    ),
+    (
+        "traefik-host-rule",
+        {"proxy": {"type": "traefik"}, "hostname": "matrix.example.com`) || Host(`evil.example"},
+        "mas:hostname",
+    ),
+    ("traefik-router-name", {"proxy": {"type": "traefik"}, "service": {"name": "mas.evil"}}, "mas:service:name"),
+    # -- the unit and the wrappers
+    ("unit-docker-newline", {"service": {"docker": {"command": "/usr/bin/docker\n"}}}, "mas:service:docker:command"),
+    (
+        "unit-docker-execstartpost",
+        {"service": {"docker": {"command": "/usr/bin/docker\nExecStartPost=/bin/touch {root}/pwned"}}},
+        "mas:service:docker:command",
+    ),
+    ("unit-name-option", {"service": {"name": "--volumes"}}, "mas:service:name"),
+    ("unit-name-newline", {"service": {"name": "mas\nExecStartPre=/bin/true"}}, "mas:service:name"),
+    ("unit-network", {"service": {"docker": {"network": "host --privileged"}}}, "mas:service:docker:network"),
+    ("unit-extra-args-newline", {"service": {"docker": {"extra_args": ["--x=1\n"]}}}, "mas:service:docker:extra_args"),
+    (
+        "unit-extra-args-subst",
+        {"service": {"docker": {"extra_args": ["$(touch {root}/pwned)"]}}},
+        "mas:service:docker:extra_args",
+    ),
+    ("unit-binary", {"runtime": "binary", "binary": "/usr/bin/mas-cli\nExecStartPre=/bin/sh"}, "mas:binary"),
+    ("unit-restart", {"service": {"restart": "always\nExecStartPre=/bin/sh"}}, "mas:service:restart"),
+    (
+        "sendmail-command",
+        {"email": {"transport": "sendmail", "command": "/usr/sbin/sendmail -t; touch {root}/pwned"}},
+        "mas:email:command",
+    ),
+    # -- trailing newlines (Python's `$` matches before a final newline)
+    ("newline-path-prefix", {"path_prefix": "/auth\n"}, "mas:path_prefix"),
+    ("newline-base-path", {"base_path": "{root}/mas\n"}, "mas:base_path"),
+    ("newline-service-name", {"service": {"name": "matrix-authentication-service\n"}}, "mas:service:name"),
+    ("newline-username", {"users": [{"username": "bob\n"}]}, "mas:users:0:username"),
+    (
+        "newline-provider-id",
+        {"upstream_oauth2_providers": [provider(id="01HFVBY12TMNTYTBV8W921M5FA\n")]},
+        "mas:upstream_oauth2_providers:0:id",
+    ),
+    ("newline-web-bind", {"http": {"web_bind": "[::]:8080\n"}}, "mas:http:web_bind"),
+    ("newline-image", {"image": "ghcr.io/element-hq/matrix-authentication-service:1.23.0\n"}, "mas:image"),
+    (
+        "newline-synapse-idp-id",
+        {"upstream_oauth2_providers": [provider(synapse_idp_id="oidc-keycloak\n")]},
+        "mas:upstream_oauth2_providers:0:synapse_idp_id",
+    ),
+    ("newline-internal-bind", {"http": {"internal_bind": "localhost:8081\n"}}, "mas:http:internal_bind"),
+    # -- traversal and foreign files
+    ("traversal-base-path", {"base_path": "{root}/x/../../victim/mas"}, "mas:base_path"),
+    ("traversal-secret-path", {"synapse": {"secret_path": "{root}/a/../../victim/file"}}, "mas:synapse:secret_path"),
+    (
+        "traversal-snippet",
+        {"proxy": {"nginx": {"snippet_path": "{root}/etc/../../victim/file"}}},
+        "mas:proxy:nginx:snippet_path",
+    ),
+    ("traversal-unit-dir", {"service": {"unit_dir": "{root}/../victim"}}, "mas:service:unit_dir"),
+    (
+        "traversal-config-files",
+        {"synapse": {"config_files": ["{root}/../victim/victim.yaml"]}},
+        "mas:synapse:config_files",
+    ),
+    ("foreign-secret-path", {"synapse": {"secret_path": "{victim}/file"}}, "mas:synapse:secret_path"),
+    ("foreign-snippet", {"proxy": {"nginx": {"snippet_path": "{victim}/file"}}}, "mas:proxy:nginx:snippet_path"),
+    (
+        "foreign-traefik-config",
+        {"proxy": {"type": "traefik", "traefik": {"config_path": "{victim}/file"}}},
+        "mas:proxy:traefik:config_path",
+    ),
+    ("foreign-unit", {"service": {"unit_dir": "{victim}", "name": "mas"}}, "mas:service:unit_dir"),
+    ("foreign-dropin", {"synapse": {"config_dir": "{victim}", "dropin_name": "victim.yaml"}}, "mas:synapse:config_dir"),
+    (
+        "collision-secret-path",
+        {"synapse": {"secret_path": "{root}/matrix/matrix-authentication-service/config/secrets/encryption"}},
+        "mas:synapse:secret_path",
+    ),
+    (
+        "collision-snippet-in-data",
+        {"proxy": {"nginx": {"snippet_path": "{root}/matrix/matrix-authentication-service/data/mas.conf"}}},
+        "mas:proxy:nginx:snippet_path",
+    ),
+    # -- control characters
+    ("control-server-name", {"server_name": "example.com\x00"}, "mas:server_name"),
+    ("control-email-from", {"email": {"from": "mas@example.com\r\nBcc: victim@example.com"}}, "mas:email:from"),
+    ("control-database-host", {"database": {"host": "local\thost"}}, "mas:database:host"),
+    ("control-trusted-proxy", {"http": {"trusted_proxies": ["127.0.0.1/32\n"]}}, "mas:http:trusted_proxies:0"),
+    (
+        "control-syn2mas-files",
+        {"syn2mas": {"synapse_config_files": ["{root}/hs.yaml\x07"]}},
+        "mas:syn2mas:synapse_config_files",
+    ),
+    ("control-email-username", {"email": {"username": "mas\x1b[31m"}}, "mas:email:username"),
+    # -- coercion and types
+    ("type-port-float", {"database": {"port": 5432.9}}, "mas:database:port"),
+    ("type-port-bool", {"database": {"port": True}}, "mas:database:port"),
+    ("type-email-port", {"email": {"port": "587; rm"}}, "mas:email:port"),
+    ("type-email-password-mapping", {"email": {"password": {"value": SECRET}}}, "mas:email:password"),
+    (
+        "type-client-secret-mapping",
+        {"upstream_oauth2_providers": [provider(client_secret={"value": SECRET})]},
+        "mas:upstream_oauth2_providers:0:client_secret",
+    ),
+    ("type-database-password-list", {"database": {"password": [SECRET]}}, "mas:database:password"),
+    (
+        "type-duplicate-idp-id",
+        {"upstream_oauth2_providers": [provider(), provider(id=ULID2)]},
+        "mas:upstream_oauth2_providers:1:synapse_idp_id",
+    ),
+    ("type-enabled-string", {"enabled": "yes"}, "mas:enabled"),
+    ("type-user-admin-string", {"users": [{"username": "bob", "admin": "true"}]}, "mas:users:0:admin"),
+    ("type-encryption-int", {"secrets": {"encryption": 12345}}, "mas:secrets:encryption"),
+    ("type-pepper-mapping", {"synapse": {"pepper": {"value": SECRET}}}, "mas:synapse:pepper"),
+    # -- secrets inline in mas:config / mas:lookup:config, and what the merged config must keep
+    ("inline-matrix-secret", {"config": {"matrix": {"secret": SECRET}}}, "mas:config:matrix:secret"),
+    ("inline-encryption", {"config": {"secrets": {"encryption": "a" * 64}}}, "mas:config:secrets:encryption"),
+    ("inline-email-password", {"config": {"email": {"password": SECRET}}}, "mas:config:email:password"),
+    (
+        "inline-database-uri",
+        {"config": {"database": {"uri": f"postgresql://mas:{SECRET}@db/mas"}}},
+        "mas:config:database:uri",
+    ),
+    (
+        "inline-client-secret",
+        {
+            "config": {
+                "clients": [{"client_id": ULID2, "client_auth_method": "client_secret_basic", "client_secret": SECRET}]
+            }
+        },
+        "mas:config:clients:0:client_secret",
+    ),
+    (
+        "inline-scheme-secret",
+        {"config": {"passwords": {"schemes": [{"version": 1, "algorithm": "bcrypt", "secret": SECRET}]}}},
+        "mas:config:passwords:schemes:0:secret",
+    ),
+    ("inline-lookup", {"lookup": {"config": {"matrix": {"secret": SECRET}}}}, "mas:lookup:config:matrix:secret"),
+    ("config-no-listener", {"config": {"http": {"listeners": []}}}, "mas:config:http:listeners"),
+    # -- MAS's own runtime rules
+    ("rule-smtp-mode", {"email": {"mode": ""}}, "mas:email:mode"),
+    ("rule-sendmail-command", {"email": {"transport": "sendmail", "command": ""}}, "mas:email:command"),
+    ("rule-issuer", {"upstream_oauth2_providers": [provider(issuer="")]}, "mas:upstream_oauth2_providers:0:issuer"),
+]
+
+
+def fill(node, root, victim):
+    if isinstance(node, dict):
+        return {k: fill(v, root, victim) for k, v in node.items()}
+    if isinstance(node, list):
+        return [fill(v, root, victim) for v in node]
+    if isinstance(node, str):
+        return node.replace("{root}", str(root)).replace("{victim}", str(victim))
+    return node
+
+
+def tree(top):
+    """{relative path: (type, sha256, mode)} of everything under ``top``."""
+    out = {}
+    for path in sorted(pathlib.Path(top).rglob("*")):
+        info = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(info.st_mode) else ""
+        out[str(path.relative_to(top))] = (stat.S_IFMT(info.st_mode), digest, stat.S_IMODE(info.st_mode))
+    return out
+
+
+@pytest.fixture(scope="module")
+def example():
+    return yaml.safe_load((REPO_ROOT / "pillar.example").read_text())["mas"]
+
+
+def case_pillar(example, root, victim, overrides):
+    pillar = deep_update(example, demo_overrides(str(root)))
+    return deep_update(pillar, fill(copy.deepcopy(overrides), root, victim))
+
+
+def test_there_are_at_least_sixty_hostile_pillars():
+    assert len(CASES) >= 60
+    assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
+
+
+def test_the_untouched_example_renders(module_salt_minion, example, tmp_path):
+    """The control: without the hostile value the same pillar is accepted."""
+    module_salt_minion.set_pillar({"mas": case_pillar(example, tmp_path / "root", tmp_path / "victim", {})})
+    show = module_salt_minion.run("state.show_sls", "mas")
+    assert show.returncode == 0, show.output
+    assert "mas-config-file-file-managed" in show.data
+
+
+@pytest.mark.parametrize(("overrides", "key"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_hostile_pillar_is_refused_naming_the_key_and_writes_nothing(
+    module_salt_minion, example, tmp_path, overrides, key
+):
+    root, victim = tmp_path / "root", tmp_path / "victim"
+    victim.mkdir()
+    for name, text in VICTIMS.items():
+        (victim / name).write_text(text)
+    before = tree(tmp_path)
+    module_salt_minion.set_pillar({"mas": case_pillar(example, root, victim, overrides)})
+    res = module_salt_minion.apply()
+    text = "\n".join(res.data) if isinstance(res.data, list) else res.output
+    assert res.returncode != 0, res.output
+    # refused at render: no state ran
+    assert not res.states, sorted(res.states)
+    assert "nothing was changed" in text, text
+    lines = [line for line in text.splitlines() if line.startswith(f"- {key}: ")]
+    assert lines, f"{key} not named in:\n{text}"
+    # what a valid value looks like, or what to do instead
+    assert re.search(r"must|is required|use |e\.g\.|move it away|choose another", lines[0]), lines[0]
+    assert tree(tmp_path) == before
+    assert not root.exists()
+    assert SECRET not in res.output
