@@ -1324,9 +1324,6 @@ def _rules_matrix(matrix, add, key):
     endpoint = matrix.get("endpoint")
     if endpoint is not None and not _is_url(endpoint, slash=True):
         add(("endpoint",), f"must be {KINDS['url']}, a path ending with '/', not {endpoint!r}")
-    homeserver = matrix.get("homeserver")
-    if _is_set(homeserver) and not _is_dns_name(homeserver):
-        add(("homeserver",), f"must be the bare Matrix domain ({KINDS['hostname']}), not {homeserver!r}")
 
 
 def _rules_clients(clients, add, key):

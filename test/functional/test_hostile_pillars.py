@@ -312,3 +312,105 @@ def test_hostile_pillar_is_refused_naming_the_key_and_writes_nothing(
     assert tree(tmp_path) == before
     assert not root.exists()
     assert SECRET not in res.output
+
+
+# --------------------------------------------------------------------------
+# Never overwrite what the formula did not write; leave nothing behind
+# --------------------------------------------------------------------------
+
+PROVIDER_SECRET = "config/secrets/upstream-01HFVBY12TMNTYTBV8W921M5FA.secret"
+
+
+def test_removing_a_provider_removes_its_client_secret_file(salt_minion, full_pillar, paths):
+    assert salt_minion.apply(full_pillar).returncode == 0
+    secret = paths["base"] / PROVIDER_SECRET
+    assert secret.is_file()
+    res = salt_minion.apply(deep_update(full_pillar, {"upstream_oauth2_providers": []}))
+    assert res.returncode == 0, res.output
+    assert not secret.exists()
+    assert "mas-secrets-file-file-absent-upstream-01HFVBY12TMNTYTBV8W921M5FA.secret" in res.changed
+    # the other secrets stay, and nothing is left to do
+    assert (paths["base"] / "config/secrets/encryption").is_file()
+    again = salt_minion.apply(deep_update(full_pillar, {"upstream_oauth2_providers": []}))
+    assert again.returncode == 0 and again.changed == [], again.output
+
+
+def routes(path):
+    return [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_switching_proxy_type_cleans_the_previous_proxy_in_the_same_run(salt_minion, minimal_pillar, paths):
+    assert salt_minion.apply(minimal_pillar).returncode == 0
+    snippet, traefik = paths["nginx"], paths["traefik"]
+    assert any("proxy_pass" in line for line in routes(snippet))
+    to_traefik = deep_update(minimal_pillar, {"proxy": {"type": "traefik"}})
+    # with reloads on, the old proxy is tested and reloaded once its file changed
+    salt_minion.set_pillar({"mas": deep_update(to_traefik, {"proxy": {"reload": True}})})
+    show = salt_minion.run("state.show_sls", "mas")
+    assert show.returncode == 0, show.output
+    reload = show.data["mas-proxy-reload-module-run-reload-leftover-nginx"]["module"]
+    args = {k: v for item in reload if isinstance(item, dict) for k, v in item.items()}
+    assert args["onchanges"] == [{"file": "mas-proxy-file-file-managed-leftover-nginx-snippet"}]
+    assert "mas-proxy-reload-module-run-check-leftover-nginx" in show.data
+
+    res = salt_minion.apply(to_traefik)
+    assert res.returncode == 0, res.output
+    assert traefik.is_file()
+    assert routes(snippet) == []  # emptied, not deleted: an nginx include of a missing file breaks nginx
+    assert "mas:proxy:type is traefik" in snippet.read_text()
+    assert "mas-proxy-file-file-managed-leftover-nginx-snippet" in res.changed
+    again = salt_minion.apply(to_traefik)
+    assert again.returncode == 0 and again.changed == [], again.output
+
+    back = salt_minion.apply(minimal_pillar)
+    assert back.returncode == 0, back.output
+    assert not traefik.exists()
+    assert any("proxy_pass" in line for line in routes(snippet))
+    assert "mas-proxy-file-file-absent-leftover-traefik-config" in back.changed
+
+
+def test_clean_leaves_a_foreign_dropin_and_secret_copy(salt_minion, minimal_pillar, paths, tmp_path):
+    dropin = paths["synapse_dir"] / "matrix-authentication-service.yaml"
+    secret = tmp_path / "elsewhere" / "shared-secret"
+    for path, text in ((dropin, "# Synapse settings of someone else\n"), (secret, "not the formula's\n")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    pillar = deep_update(minimal_pillar, {"enabled": False, "synapse": {"secret_path": str(secret)}})
+    res = salt_minion.apply(pillar)
+    assert res.returncode == 0, res.output
+    assert dropin.read_text() == "# Synapse settings of someone else\n"
+    assert secret.read_text() == "not the formula's\n"
+
+
+def test_secret_files_the_formula_wrote_are_recorded_and_kept_updatable(salt_minion, full_pillar, paths):
+    assert salt_minion.apply(full_pillar).returncode == 0
+    record = paths["base"] / "formula" / "secrets.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    written = set(yaml.safe_load(record.read_text())["files"])
+    assert str(paths["base"] / "synapse" / "homeserver_secret") in written
+    assert str(paths["base"] / "config" / "secrets" / "encryption") in written
+    # a new shared secret reaches Synapse's copy: the copy is the formula's own
+    changed = deep_update(full_pillar, {"secrets": {"homeserver_secret": "Another-Homeserver-Secret-42"}})
+    res = salt_minion.apply(changed)
+    assert res.returncode == 0, res.output
+    assert (paths["base"] / "synapse" / "homeserver_secret").read_text() == "Another-Homeserver-Secret-42"
+
+
+def test_a_deployment_made_before_the_record_applies_unchanged(salt_minion, minimal_pillar, paths):
+    assert salt_minion.apply(minimal_pillar).returncode == 0
+    (paths["base"] / "formula" / "secrets.json").unlink()
+    res = salt_minion.apply(minimal_pillar)
+    assert res.returncode == 0, res.output
+    assert res.changed == []
+
+
+def test_a_foreign_file_found_later_is_refused_before_anything_is_written(salt_minion, minimal_pillar, paths):
+    """A deployment, then someone replaces the nginx snippet: the next run refuses at render."""
+    assert salt_minion.apply(minimal_pillar).returncode == 0
+    paths["nginx"].write_text("server_tokens off;\n")
+    written = (paths["base"], paths["units"], paths["nginx"].parent, paths["synapse_dir"])
+    before = [tree(top) for top in written]
+    res = salt_minion.apply(deep_update(minimal_pillar, {"path_prefix": "/login"}))
+    assert res.returncode != 0
+    assert f"- mas:proxy:nginx:snippet_path: {paths['nginx']} exists without the line" in "\n".join(res.data)
+    assert [tree(top) for top in written] == before
