@@ -276,9 +276,10 @@ def case_pillar(example, root, victim, overrides):
     return deep_update(pillar, fill(copy.deepcopy(overrides), root, victim))
 
 
-def test_there_are_at_least_sixty_hostile_pillars():
+def test_there_are_at_least_sixty_hostile_pillars_and_the_readme_says_how_many():
     assert len(CASES) >= 60
     assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
+    assert f"**{len(CASES)} hostile pillars**" in (REPO_ROOT / "README.md").read_text()
 
 
 def test_the_untouched_example_renders(module_salt_minion, example, tmp_path):
