@@ -1412,11 +1412,15 @@ def _rules_misc(config, add, key):
         for field in ("policy_uri", "tos_uri"):
             if branding.get(field) is not None and not _is_url(branding[field]):
                 add(("branding", field), f"must be {KINDS['url']}, not {branding[field]!r}")
-    account = config.get("account")
-    if isinstance(account, dict):
-        for name, value in account.items():
-            if not isinstance(value, bool):
-                add(("account", name), f"must be true or false, not {value!r}")
+    for name in ("account", "oauth"):
+        section = config.get(name)
+        if isinstance(section, dict):
+            for field, value in section.items():
+                if not isinstance(value, bool):
+                    add((name, field), f"must be true or false, not {value!r}")
+    upstream = config.get("upstream_oauth2")
+    if isinstance(upstream, dict) and not isinstance(upstream.get("providers"), list):
+        add(("upstream_oauth2", "providers"), f"is required when {key('upstream_oauth2')} is set (a list of providers)")
 
 
 def _validate_mas_config(data, base):

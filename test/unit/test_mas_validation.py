@@ -854,6 +854,12 @@ RULES = [
     ("PO-4", {"config": {"policy": {"data": ["x"]}}}, "mas:config:policy:data: must be a mapping"),
     ("BR", {"config": {"branding": {"tos_uri": "tos.html"}}}, "mas:config:branding:tos_uri: must be an http(s) URL"),
     ("AC", {"config": {"account": {"password_change_allowed": "yes"}}}, "mas:config:account:password_change_allowed"),
+    ("OA", {"config": {"oauth": {"device_code_grant_enabled": 1}}}, "mas:config:oauth:device_code_grant_enabled: must"),
+    (
+        "UP-1",
+        {"config": {"upstream_oauth2": {}}},
+        "mas:upstream_oauth2_providers: is required when mas:config:upstream_oauth2 is set",
+    ),
 ]
 
 
