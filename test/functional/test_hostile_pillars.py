@@ -415,3 +415,23 @@ def test_a_foreign_file_found_later_is_refused_before_anything_is_written(salt_m
     assert res.returncode != 0
     assert f"- mas:proxy:nginx:snippet_path: {paths['nginx']} exists without the line" in "\n".join(res.data)
     assert [tree(top) for top in written] == before
+
+
+def test_synapse_config_is_shown_with_its_secrets_masked(salt_minion, minimal_pillar, paths):
+    """`salt-call mas_synapse.config` on the command line never prints Synapse's secrets."""
+    paths["synapse_cfg"].parent.mkdir(parents=True)
+    secrets = {
+        "macaroon_secret_key": "Macaroon-Secret-31",
+        "form_secret": "Form-Secret-32",
+        "registration_shared_secret": "Registration-Secret-33",
+    }
+    paths["synapse_cfg"].write_text(
+        yaml.safe_dump({"server_name": "example.com", "password_config": {"pepper": "Pepper-Secret-34"}, **secrets})
+    )
+    salt_minion.set_pillar({"mas": minimal_pillar})
+    res = salt_minion.run("mas_synapse.config")
+    assert res.returncode == 0, res.output
+    assert res.data["config"]["server_name"] == "example.com"
+    assert res.data["config"]["form_secret"] == "**********"
+    for value in [*secrets.values(), "Pepper-Secret-34"]:
+        assert value not in res.output
