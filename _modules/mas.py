@@ -10,7 +10,13 @@ modules alike), lists the secret files and builds ``config.yaml``
 (``mas_config``). The map holds no secret value: the SLS only learn *that* a
 secret is set and which file holds it. Also here: the MAS runtime the map
 describes (the docker image, :py:func:`image_present`) and whether a file is
-the formula's own (:py:func:`managed_by_formula`).
+the formula's own (:py:func:`managed_by_formula`, :py:func:`foreign_files`).
+
+Pillar is data, never code: every value is checked against the one strict
+grammar of its kind (:py:func:`valid`, ``re.fullmatch``), secrets are never
+taken inline from ``mas:config``, and MAS's own runtime rules (the
+``validate()`` code of its config sections) are checked on the config.yaml
+the formula would write, each refusal naming the pillar key.
 
 :depends: PyYAML
 """
@@ -770,7 +776,7 @@ def _validate_config(data, errors):
     for section in ("email", "database"):
         if _is_set(_get(config, section, "password_file")) and _is_set(_get(data, section, "password")):
             errors.add(
-                (("config", section, "password_file")),
+                ("config", section, "password_file"),
                 f"cannot be set together with mas:{section}:password (which the formula writes to its own"
                 " password_file): set one of them",
             )
