@@ -226,11 +226,11 @@ def _leftovers(proxy, kind, separate_host, current):
     found = []
     for other in ("nginx", "traefik"):
         if other != kind:
-            found += _candidates(proxy, other, f"mas:proxy:type is {kind}")
+            found += _candidates(proxy, other, f"MAS is not routed through {other} (mas:proxy:type is {kind})")
     if kind == "nginx" and not separate_host:
         found += [
             c
-            for c in _candidates(proxy, "nginx", "MAS shares the homeserver's host name")
+            for c in _candidates(proxy, "nginx", "MAS shares the homeserver's host name now")
             if c["name"] == "public-snippet"
         ]
     found = [
@@ -308,7 +308,7 @@ def settings(mas=None, clean=False):
             return out
         # nginx fails on an include of a missing file: existing snippets are
         # emptied (no route left), never deleted.
-        out["files"] = _candidates(proxy, kind, "mas:enabled is false")
+        out["files"] = _candidates(proxy, kind, "MAS is disabled (mas:enabled is false)")
         out["service"] = proxy[kind]["service"]
         out["check"] = ["nginx", "-t"] if kind == "nginx" else None
         return out

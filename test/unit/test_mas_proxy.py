@@ -163,7 +163,7 @@ def test_proxy_none_and_clean():
     disabled = mapdata(enabled=False, server_name="")
     clean = mas_proxy.settings(disabled, clean=True)
     assert [(f["name"], f["action"]) for f in clean["files"]] == [("snippet", "empty"), ("public-snippet", "empty")]
-    assert clean["files"][0]["context"]["disabled"] == "mas:enabled is false"
+    assert clean["files"][0]["context"]["disabled"] == "MAS is disabled (mas:enabled is false)"
     traefik = mas_proxy.settings(mapdata(enabled=False, proxy={"type": "traefik"}), clean=True)
     assert [(f["name"], f["action"]) for f in traefik["files"]] == [("config", "absent")]
 
@@ -184,7 +184,7 @@ def test_leftovers_of_another_proxy_type_are_cleaned(tmp_path):
     assert [(f["id"], f["action"]) for f in out["leftovers"]] == [
         ("mas-proxy-file-file-managed-leftover-nginx-snippet", "empty")
     ]
-    assert out["leftovers"][0]["context"]["disabled"] == "mas:proxy:type is traefik"
+    assert out["leftovers"][0]["context"]["disabled"] == "MAS is not routed through nginx (mas:proxy:type is traefik)"
     assert out["leftover_reloads"] == [
         {
             "kind": "nginx",
