@@ -22,6 +22,7 @@ the formula would write, each refusal naming the pillar key.
 """
 
 import copy
+import datetime
 import hashlib
 import ipaddress
 import json
@@ -134,7 +135,6 @@ _URL = re.compile(
 )
 _BIND = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})")
 _URL_PATH = re.compile(r"/|(?:/[A-Za-z0-9._~-]+)+")
-_LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
 _ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -167,7 +167,6 @@ _MAILBOX = re.compile(
     rf"[ \t]*(?:{_ADDR_SPEC}|(?:(?:{_ATEXT}+|{_QUOTED})(?:[ \t]*(?:[ \t]{_ATEXT}+|{_QUOTED}|\.))*[ \t]*)?"
     rf"<{_ADDR_SPEC.replace('?P<local>', '?P<local2>').replace('?P<domain>', '?P<domain2>')}>)[ \t]*"
 )
-_EMAIL = re.compile(_ADDR_SPEC)
 
 #: What a valid value of each kind looks like (quoted by every refusal).
 KINDS = {
@@ -191,7 +190,6 @@ KINDS = {
     "port": "a port number from 1 to 65535 (an integer, or a string of digits)",
     "mailbox": "one email address, `addr@example.com` or `Name <addr@example.com>` (quote a name holding"
     " , @ : ; ( ) [ ] < >, e.g. '\"Doe, John\" <mas@example.com>')",
-    "email": "an email address (e.g. admin@example.com)",
     "url_path": "'/' or a URL path of letters, digits and . _ ~ - between single '/' (e.g. /auth)",
     "file_name": "a file name of letters, digits and . _ + @ - (no '/')",
 }
@@ -312,7 +310,6 @@ _CHECKS = {
     "name": lambda v: isinstance(v, str) and bool(_NAME.fullmatch(v)),
     "port": lambda v: _as_port(v) is not None,
     "mailbox": lambda v: isinstance(v, str) and bool(_MAILBOX.fullmatch(v)),
-    "email": lambda v: isinstance(v, str) and len(v) <= 254 and bool(_EMAIL.fullmatch(v)),
     "url_path": lambda v: isinstance(v, str) and bool(_URL_PATH.fullmatch(v)),
     "file_name": lambda v: isinstance(v, str) and v not in (".", "..") and bool(_FILE_NAME.fullmatch(v)),
 }
@@ -323,7 +320,7 @@ def valid(kind, value):
     Whether ``value`` is a valid value of ``kind`` for the formula: the one
     strict grammar (``re.fullmatch``) of that kind of value, the same that
     the pillar validation applies. Kinds: hostname, host, url, origin, bind,
-    path, command, unit, service, image, traefik, name, port, mailbox, email,
+    path, command, unit, service, image, traefik, name, port, mailbox,
     url_path, file_name.
 
     kind
@@ -499,16 +496,42 @@ def _validate(data):
     _validate_synapse(data, errors)
     _validate_proxy(data, errors)
     _validate_users(data, errors)
+    _validate_registration_tokens(data, errors)
     _validate_syn2mas(data, errors)
+    _validate_doctor(data, errors)
     _validate_tofs(data, errors)
     _validate_config(data, errors)
     return errors
 
 
+USER_KEYS = (
+    "username",
+    "password",
+    "admin",
+    "emails",
+    "locked",
+    "password_update",
+    "skip_password_check",
+    "absent",
+    "erase",
+    "access_token",
+)
+ACCESS_TOKEN_KEYS = ("path", "owner", "group", "scope", "device_id", "expires_in", "renew_before", "synapse_admin")
+REGISTRATION_TOKEN_KEYS = ("usage_limit", "expires", "revoked")
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def _validate_users(data, errors):
+    """``mas:users`` (and ``mas:synapse:formula_admin``); usernames and emails are
+    judged by ``mas_user`` itself (one rule for the pillar and the CLI)."""
+    admin_user = _get(data, "synapse", "formula_admin")
+    try:
+        __salt__["mas_user.check_username"](admin_user)
+    except SaltInvocationError:
+        errors.add(("synapse", "formula_admin"), f"must be a Matrix localpart (a-z, 0-9, ._=/+-), not {admin_user!r}")
     users = data.get("users")
     if not isinstance(users, list):
-        errors.add(("users",), "must be a list of {username, password, admin, emails}")
+        errors.add(("users",), "must be a list of {username, password, admin, emails, ...}")
         return
     seen = set()
     for index, user in enumerate(users):
@@ -517,20 +540,100 @@ def _validate_users(data, errors):
             errors.add(path, "must be a mapping with at least `username`")
             continue
         name = user.get("username")
-        if not isinstance(name, str) or not _LOCALPART.fullmatch(name):
+        try:
+            if not isinstance(name, str) or __salt__["mas_user.check_username"](name) != name:
+                raise SaltInvocationError(name)
+        except SaltInvocationError:
             errors.add(path + ("username",), f"must be a Matrix localpart (a-z, 0-9, ._=/+-), not {name!r}")
-        elif name in seen:
-            errors.add(path + ("username",), f"{name} is listed twice")
-        seen.add(name)
-        if not isinstance(user.get("admin", False), bool):
-            errors.add(path + ("admin",), f"must be true or false, not {user.get('admin')!r}")
+        else:
+            if name in seen:
+                errors.add(path + ("username",), f"{name} is listed twice")
+            seen.add(name)
+        for key in ("admin", "skip_password_check", "absent", "erase"):
+            if not isinstance(user.get(key, False), bool):
+                errors.add(path + (key,), f"must be true or false, not {user.get(key)!r}")
+        if user.get("locked") is not None and not isinstance(user["locked"], bool):
+            errors.add(path + ("locked",), f"must be true, false or unset, not {user['locked']!r}")
+        if user.get("password_update", "on_create") not in ("on_create", "always"):
+            errors.add(path + ("password_update",), f"must be on_create or always, not {user['password_update']!r}")
         emails = user.get("emails", [])
-        if not isinstance(emails, list) or not all(_CHECKS["email"](e) for e in emails):
-            errors.add(path + ("emails",), f"must be a list of email addresses, each {KINDS['email']}")
+        if not isinstance(emails, list):
+            errors.add(path + ("emails",), "must be a list of email addresses")
+        else:
+            for position, email in enumerate(emails):
+                try:
+                    __salt__["mas_user.check_email"](email)
+                except SaltInvocationError:
+                    errors.add(path + ("emails", position), f"{email!r} is not an email address")
         errors.secret(path + ("password",), user.get("password"))
-        unknown = set(user) - {"username", "password", "admin", "emails"}
+        if user.get("access_token") is not None:
+            _validate_access_token(user["access_token"], path + ("access_token",), errors)
+        unknown = set(user) - set(USER_KEYS)
         if unknown:
-            errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: username, password, admin, emails)")
+            errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(USER_KEYS)})")
+
+
+def _validate_access_token(token, path, errors):
+    if not isinstance(token, dict):
+        errors.add(path, "must be a mapping {path, owner, group, expires_in, ...}")
+        return
+    errors.expect(path + ("path",), token.get("path"), "path", what=f"an absolute file path ({KINDS['path']})")
+    for key in ("owner", "group"):
+        if token.get(key) is not None:
+            errors.expect(path + (key,), token[key], "name")
+    for key, low in (("expires_in", 60), ("renew_before", 0)):
+        value = token.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            errors.add(path + (key,), f"must be a number of seconds >= {low}, not {value!r}")
+    if token.get("scope") is not None and (not isinstance(token["scope"], str) or not token["scope"].split()):
+        errors.add(path + ("scope",), "must be a space-separated list of OAuth2 scopes")
+    device = token.get("device_id")
+    if device is not None and (
+        not isinstance(device, str) or not re.fullmatch(r"[A-Za-z0-9._~!$&'()*+,;=:@/-]{1,255}", device)
+    ):
+        errors.add(path + ("device_id",), f"{device!r} is not a device ID usable in a scope")
+    if not isinstance(token.get("synapse_admin", False), bool):
+        errors.add(path + ("synapse_admin",), f"must be true or false, not {token['synapse_admin']!r}")
+    unknown = set(token) - set(ACCESS_TOKEN_KEYS)
+    if unknown:
+        errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(ACCESS_TOKEN_KEYS)})")
+
+
+def _validate_registration_tokens(data, errors):
+    tokens = data.get("registration_tokens")
+    if not isinstance(tokens, dict):
+        errors.add(("registration_tokens",), "must be a mapping of name -> {usage_limit, expires, revoked}")
+        return
+    for name, token in tokens.items():
+        path = ("registration_tokens", name)
+        if not isinstance(name, str) or not _TOKEN_NAME.fullmatch(name):
+            errors.add(path, "the name must be 1-64 letters, digits, '.', '_' or '-' (it names the token's file)")
+        if token is None:
+            tokens[name] = token = {}
+        if not isinstance(token, dict):
+            errors.add(path, "must be a mapping {usage_limit, expires, revoked}")
+            continue
+        limit = token.get("usage_limit")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**32):
+            errors.add(path + ("usage_limit",), f"must be a number of uses (or unset: unlimited), not {limit!r}")
+        expires = token.get("expires")
+        if isinstance(expires, datetime.datetime):  # YAML reads an unquoted timestamp as a datetime
+            expires = token["expires"] = expires.isoformat()
+        if expires is not None:
+            try:
+                parsed = datetime.datetime.fromisoformat(str(expires).replace("Z", "+00:00"))
+                if parsed.tzinfo is None:
+                    raise ValueError(expires)
+                token["expires"] = parsed.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            except ValueError:
+                errors.add(
+                    path + ("expires",), f"must be an RFC 3339 time with a zone (2030-01-31T00:00:00Z), not {expires!r}"
+                )
+        if not isinstance(token.get("revoked", False), bool):
+            errors.add(path + ("revoked",), f"must be true or false, not {token['revoked']!r}")
+        unknown = set(token) - set(REGISTRATION_TOKEN_KEYS)
+        if unknown:
+            errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(REGISTRATION_TOKEN_KEYS)})")
 
 
 def _validate_syn2mas(data, errors):
@@ -558,6 +661,28 @@ def _validate_syn2mas(data, errors):
         value = syn2mas.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             errors.add(("syn2mas", key), f"must be a positive number of seconds, not {value!r}")
+
+
+def _validate_doctor(data, errors):
+    doctor = data["doctor"]
+    known = ("strict", "after_apply", "wait", "timeout", "proxy_url", "tls_verify")
+    for key in sorted(set(doctor) - set(known)):
+        errors.add(("doctor", key), f"unknown option (known: {', '.join(known)})")
+    if not isinstance(doctor.get("after_apply"), bool):
+        errors.add(("doctor", "after_apply"), f"must be true or false, not {doctor.get('after_apply')!r}")
+    for key in ("wait", "timeout"):
+        value = doctor.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            errors.add(("doctor", key), f"must be a positive number of seconds, not {value!r}")
+    url = doctor.get("proxy_url")
+    if _is_set(url) and not _CHECKS["origin"](url.removesuffix("/") if isinstance(url, str) else url):
+        errors.add(("doctor", "proxy_url"), f"must be {KINDS['origin']}, not {url!r}")
+    verify = doctor.get("tls_verify")
+    if not isinstance(verify, bool) and not _is_path(verify):
+        errors.add(
+            ("doctor", "tls_verify"),
+            f"must be true, false or the path of a CA bundle ({KINDS['path']}), not {verify!r}",
+        )
 
 
 def _validate_tofs(data, errors):
@@ -1518,6 +1643,10 @@ def _paths(data):
         "syn2mas_lock": os.path.join(state_dir, "syn2mas.lock"),
         # which secret files the formula wrote (mas_secret refuses to replace others)
         "secret_record": os.path.join(state_dir, "secrets.json"),
+        # users (mas_user): the formula's Synapse admin account, password fingerprints, registration tokens
+        "synapse_admin_password": os.path.join(state_dir, "synapse-admin.password"),
+        "password_fingerprints": os.path.join(state_dir, "passwords.json"),
+        "registration_tokens_dir": os.path.join(base, "registration-tokens"),
     }
 
 
@@ -1609,7 +1738,11 @@ def _validate_paths(data):
             "database_password",
             "email_password",
             "synapse_pepper",
+            "secret_record",
+            "synapse_admin_password",
+            "password_fingerprints",
         )
+        if name in paths
     }
     # the account writes data/; the others hold only the formula's secrets and records
     forbidden = {paths[name]: name for name in ("data_dir", "secrets_dir", "keys_dir", "state_dir")}
@@ -1624,6 +1757,10 @@ def _validate_paths(data):
         ]
     elif kind == "traefik":
         placed.append((("proxy", "traefik", "config_path"), data["proxy"]["traefik"]["config_path"]))
+    for index, user in enumerate(data.get("users") or []):
+        token = user.get("access_token") if isinstance(user, dict) else None
+        if isinstance(token, dict) and _is_path(token.get("path")):
+            placed.append((("users", index, "access_token", "path"), token["path"]))
     seen = {}
     for key, path in placed:
         if path in own:
@@ -1790,7 +1927,7 @@ def _mas_config(data, paths, pepper_file):
         config["upstream_oauth2"] = {"providers": data["upstream_oauth2_providers"]}
     config = salt.utils.dictupdate.update(config, copy.deepcopy(data["config"]), merge_lists=False)
     # The formula's admin client survives an operator's own `clients` or
-    # `policy.data` in mas:config: mas.register_user and mas.user_present need it.
+    # `policy.data` in mas:config: mas_user.register and the mas_user.present state need it.
     admin_client = {
         "client_id": ADMIN_CLIENT_ID,
         "client_name": "Salt (mas formula)",
@@ -1829,12 +1966,19 @@ def _redact(data):
         syn2mas["synapse_database_uri_set"] = _is_set(syn2mas.pop("synapse_database_uri"))
     users = []
     for index, user in enumerate(data["users"]):
+        token = user.get("access_token")
         users.append(
             {
                 "username": user["username"],
                 "admin": bool(user.get("admin", False)),
                 "emails": list(user.get("emails") or []),
                 "password_pillar_key": _key("users", index, "password") if _is_set(user.get("password")) else None,
+                "locked": user.get("locked"),
+                "password_update": user.get("password_update", "on_create"),
+                "skip_password_check": bool(user.get("skip_password_check", False)),
+                "absent": bool(user.get("absent", False)),
+                "erase": bool(user.get("erase", False)),
+                "access_token": dict(token) if token else None,
             }
         )
     data["users"] = users
@@ -1845,12 +1989,16 @@ def mapdata(defaults=None, refuse_foreign=False):
     The formula's map: ``parameters/defaults.yaml`` < pillar ``mas:lookup`` <
     pillar ``mas``, validated and completed by :py:func:`settings`. This is
     what ``mas/map.jinja`` gives every SLS, and what the execution functions
-    (``mas.register_user``, ``mas.doctor``, ...) work from.
+    (``mas_user.register``, ``mas_doctor.run``, ...) work from.
 
     defaults
         The ``values`` of ``parameters/defaults.yaml``; read from
         ``salt://mas/parameters/defaults.yaml`` when omitted (and then
         computed once per run).
+    refuse_foreign
+        Also refuse, naming the pillar key, a file the formula would write
+        that exists and is not its own (:py:func:`foreign_files`); what
+        ``mas/map.jinja`` asks while the SLS render.
 
     CLI Example:
 
@@ -1864,17 +2012,12 @@ def mapdata(defaults=None, refuse_foreign=False):
     # every SLS of a run asks for the same map: compute it once per pillar
     cache_key = "mas.mapdata:" + hashlib.sha256(json.dumps(pillar, sort_keys=True, default=str).encode()).hexdigest()
     if defaults is None and cache_key in __context__:
-        result = copy.deepcopy(__context__[cache_key])
+        result = json.loads(__context__[cache_key])
         if refuse_foreign:
             _refuse_foreign(result)
         return result
     if defaults is None:
-        text = __salt__["cp.get_file_str"](f"salt://{PILLAR_ROOT}/parameters/defaults.yaml")
-        if not text:
-            raise CommandExecutionError(
-                f"cannot read salt://{PILLAR_ROOT}/parameters/defaults.yaml: is the formula in file_roots?"
-            )
-        defaults = salt.utils.yaml.safe_load(text)["values"]
+        defaults = _defaults()
     pillar = copy.deepcopy(dict(pillar))
     lookup = pillar.pop("lookup", None) or {}
     misplaced = [":".join(path) for path, _ in PILLAR_SECRETS if _get(lookup, *path) is not None]
@@ -1885,8 +2028,9 @@ def mapdata(defaults=None, refuse_foreign=False):
     if problems:
         raise SaltInvocationError(_INVALID + "\n- ".join(problems))
     merged = salt.utils.dictupdate.update(copy.deepcopy(dict(defaults)), copy.deepcopy(dict(lookup)), merge_lists=False)
-    result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False))
-    __context__[cache_key] = copy.deepcopy(result)
+    result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False), defaults)
+    __context__[cache_key] = json.dumps(result, default=str)
+    result = json.loads(__context__[cache_key])
     if refuse_foreign:
         _refuse_foreign(result)
     return result
@@ -1898,29 +2042,45 @@ def _refuse_foreign(mas):
         raise SaltInvocationError(_INVALID + "\n- ".join(problems))
 
 
-def settings(data):
-    """
-    Validate the merged pillar of the formula and return the complete map.
+def _defaults():
+    """The ``values`` of ``parameters/defaults.yaml``, through the file server (once per run)."""
+    if "mas.defaults" not in __context__:
+        text = __salt__["cp.get_file_str"](f"salt://{PILLAR_ROOT}/parameters/defaults.yaml")
+        if not text:
+            raise CommandExecutionError(
+                f"cannot read salt://{PILLAR_ROOT}/parameters/defaults.yaml: is the formula in file_roots?"
+            )
+        __context__["mas.defaults"] = salt.utils.yaml.safe_load(text)["values"]
+    return copy.deepcopy(__context__["mas.defaults"])
 
-    Called by ``mas/map.jinja`` with the merge of ``parameters/defaults.yaml``,
-    ``mas:lookup`` and ``mas``. Raises ``SaltInvocationError`` listing every
-    problem by pillar key, so that a bad pillar fails the render before any
-    state runs. The returned map holds no secret value; it adds ``hostname``,
-    ``public_base``, ``paths``, ``secret_files`` and ``mas_config`` (the
-    content of MAS's ``config.yaml``).
+
+def settings(data, defaults=None):
+    """
+    Validate pillar data of the formula and return the complete map (what
+    :py:func:`mapdata` does with the pillar, for any data: e.g. to check a
+    pillar before it is deployed).
+
+    ``data`` is merged over ``parameters/defaults.yaml``. Raises
+    ``SaltInvocationError`` listing every problem by pillar key. The returned
+    map holds no secret value; it adds ``hostname``, ``public_base``,
+    ``paths``, ``secret_files``, ``api`` and ``mas_config`` (the content of
+    MAS's ``config.yaml``).
 
     data
-        The merged pillar data (a mapping).
+        Pillar data of the formula (the value of the ``mas`` key).
+    defaults
+        The defaults to merge it over (default: ``parameters/defaults.yaml``).
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt-call mas.settings "{'enabled': false, ...}"
+        salt-call mas.settings "{enabled: true, server_name: example.com}"
     """
     if not isinstance(data, dict):
         raise SaltInvocationError("mas: the pillar key 'mas' must be a mapping")
-    data = copy.deepcopy(salt.utils.data.decode(dict(data)))
+    base = copy.deepcopy(defaults) if defaults is not None else _defaults()
+    data = salt.utils.dictupdate.update(base, copy.deepcopy(salt.utils.data.decode(dict(data))), merge_lists=False)
     errors = _validate(data)
     if errors:
         raise SaltInvocationError(_INVALID + "\n- ".join(errors))
@@ -1950,8 +2110,10 @@ def settings(data):
         "client_id": ADMIN_CLIENT_ID,
         "client_secret_file": data["paths"]["admin_client_secret"],
         "token_url": f"{upstream}{'' if prefix == '/' else prefix}/oauth2/token",
+        "introspect_url": f"{upstream}{'' if prefix == '/' else prefix}/oauth2/introspect",
         "admin_url": internal + "/api/admin/v1",
         "health_url": internal + "/health",
+        "web_url": f"{upstream}{'' if prefix == '/' else prefix}/",
     }
     for kind, key in (("nginx", "mas_upstream"), ("traefik", "mas_url")):
         if not _is_set(proxy[kind].get(key)):
@@ -1975,6 +2137,39 @@ def settings(data):
 # Container image (docker runtime)
 # --------------------------------------------------------------------------
 
+#: What every command that needs docker says when it is not there (the docker
+#: branch of ``mas/files/default/mas-cli.sh.jinja`` prints the same line).
+DOCKER_MISSING = "mas:runtime is docker but {command} is missing: install Docker or set mas:runtime: binary"
+BINARY_MISSING = "mas:runtime is binary but {command} is missing: install mas-cli there or set mas:binary"
+
+
+def runtime_problem(mas=None):
+    """
+    Why ``bin/mas-cli`` cannot run on this minion, in one line for the
+    operator, or an empty string when nothing is known to be wrong: with the
+    docker runtime, the docker CLI (``mas:service:docker:command``) missing;
+    with the binary runtime, ``mas-cli`` (``mas:binary``) missing.
+    The formula's functions that run ``mas-cli`` (doctor, syn2mas) or need MAS
+    running (users) check it first, instead of a shell's "exec: not found".
+
+    mas
+        The formula's map (default: :py:func:`mapdata`).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.runtime_problem
+    """
+    mas = mas or mapdata()
+    if mas["runtime"] == "docker":
+        command = mas["service"]["docker"]["command"]
+        if not __salt__["cmd.has_exec"](command):
+            return DOCKER_MISSING.format(command=command)
+    elif not __salt__["cmd.has_exec"](mas["binary"]):
+        return BINARY_MISSING.format(command=mas["binary"])
+    return ""
+
 
 def image_present(image, command="/usr/bin/docker", test=False):
     """
@@ -1994,6 +2189,8 @@ def image_present(image, command="/usr/bin/docker", test=False):
 
         salt-call mas.image_present ghcr.io/element-hq/matrix-authentication-service:1.23.0
     """
+    if not __salt__["cmd.has_exec"](command):
+        raise CommandExecutionError(DOCKER_MISSING.format(command=command))
     inspect = __salt__["cmd.run_all"](
         [command, "image", "inspect", image], python_shell=False, output_loglevel="quiet", ignore_retcode=True
     )
@@ -2016,7 +2213,9 @@ def files_switch(source_files, lookup, tplroot=PILLAR_ROOT):
     each file of ``mas:tofs:source_files:<lookup>`` then of ``source_files``,
     under ``salt://<mas:tofs:path_prefix>/<mas:tofs:dirs:files>/``. The first
     that exists wins, so an operator overrides a template by placing a file
-    in ``mas/files/<state id>/`` or naming another one in pillar.
+    in ``mas/files/<state id>/`` or naming another one in pillar. Masterless,
+    only the first candidate found in ``file_roots`` is returned (all of them
+    when none is there, so that ``file.managed`` names what it looked for).
 
     source_files
         The formula's file names for the state (e.g. ``['config.yaml.jinja']``).
@@ -2040,7 +2239,15 @@ def files_switch(source_files, lookup, tplroot=PILLAR_ROOT):
         if isinstance(value, str) and _TOFS_NAME.fullmatch(value) and value not in dirs:
             dirs.append(value)
     dirs.append("default")
-    return [f"salt://{prefix}/{tofs['dirs']['files']}/{directory}/{name}" for directory in dirs for name in names]
+    candidates = [f"{prefix}/{tofs['dirs']['files']}/{directory}/{name}" for directory in dirs for name in names]
+    if __opts__.get("file_client") == "local":
+        # masterless: keep only the candidates that exist in file_roots, so that file.managed looks up one
+        # source instead of asking the file server for every override that is not there
+        saltenv = __opts__.get("saltenv") or "base"
+        roots = (__opts__.get("file_roots") or {}).get(saltenv, [])
+        found = [path for path in candidates if any(os.path.isfile(os.path.join(root, path)) for root in roots)]
+        candidates = found[:1] or candidates
+    return [f"salt://{path}" for path in candidates]
 
 
 BANNER = "File managed by Salt (mas formula)"

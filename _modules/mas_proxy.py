@@ -348,7 +348,7 @@ def check(argv):
     raise ``CommandExecutionError`` with its output when it fails.
 
     argv
-        The command as a list (``check`` of :py:func:`proxy_settings`).
+        The command as a list (``check`` of :py:func:`settings`).
 
     CLI Example:
 

@@ -75,7 +75,6 @@ EXIT_OK, EXIT_FATAL, EXIT_ERRORS, EXIT_WARNINGS = 0, 1, 10, 11
 #: Options a call may override (the rest come from the map, validated there).
 _BOOL_OPTIONS = ("dry_run", "accept_warnings", "ignore_missing_auth_providers", "stop_services", "start_synapse_after")
 
-MASK = "**********"
 _HEADING = re.compile(r"^=+\s*(Errors|Warnings)\s*=+$")
 _BULLET = "\u2022"
 _SUMMARY_LINES = 40
@@ -373,6 +372,9 @@ def _static_problems(mas, files):
         problems.append("mas:enabled is false: deploy MAS with `state.apply mas` first")
     if not os.access(mas["paths"]["mas_cli"], os.X_OK):
         problems.append(f"{mas['paths']['mas_cli']} is missing: apply `mas` first")
+    runtime = __salt__["mas.runtime_problem"](mas)
+    if runtime:
+        problems.append(runtime)
     for path in files:
         if mas.get("runtime") == "docker" and re.search(r"[\s:,]", path):
             problems.append(

@@ -1,5 +1,5 @@
 """
-State of the ``mas`` formula's doctor: ``mas_doctor.healthy``, a gate that fails when doctor reports an error.
+State of the ``mas`` formula's doctor: ``mas_doctor.healthy``, a gate that waits for MAS and fails when the doctor finds an error.
 
 :depends: the ``mas_doctor`` execution module of this formula
 """
@@ -19,36 +19,48 @@ def _ret(name):
     return {"name": name, "result": True, "comment": "", "changes": {}}
 
 
-def healthy(name, strict=False):
+def healthy(name, strict=False, wait=60, timeout=10):
     """
-    Fail when ``mas-cli doctor`` reports an error (or a warning, with
-    ``strict``): a gate for orchestration after deploying MAS. Changes
-    nothing; under ``test=True`` doctor is not run.
+    Wait until MAS's ``/health`` (and Synapse) answer, with growing pauses, at
+    most ``wait`` seconds; then run the doctor (``mas_doctor.run``) and fail
+    on an error, or on a warning with ``strict``. Warnings alone pass, listed
+    in the comment. Changes nothing; under ``test=True`` nothing is probed.
 
     name
         Any label.
     strict
-        Count warnings as failures too.
+        Count warnings as failures too (``mas:doctor:strict``).
+    wait
+        Seconds to wait for MAS and Synapse to answer (``mas:doctor:wait``),
+        e.g. right after they were (re)started.
+    timeout
+        Seconds each check may take (``mas:doctor:timeout``).
 
     .. code-block:: yaml
 
         mas-doctor-mas_doctor-healthy:
           mas_doctor.healthy:
             - name: MAS and Synapse work together
+            - wait: 60
     """
     ret = _ret(name)
     if __opts__["test"]:
         ret["result"] = None
-        ret["comment"] = "mas-cli doctor would run"
+        ret["comment"] = f"the doctor would wait up to {wait} s for MAS and Synapse, then check the deployment"
         return ret
     try:
-        report = __salt__["mas_doctor.run"](strict=strict)
+        waited = __salt__["mas_doctor.wait"](wait)
+        report = __salt__["mas_doctor.run"](timeout=timeout, strict=strict)
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["result"] = False
-        ret["comment"] = f"mas-cli doctor: {exc}"
+        ret["comment"] = f"doctor: {exc}"
         return ret
-    lines = [f"error: {m}" for m in report["errors"]] + [f"warning: {m}" for m in report["warnings"]]
-    ret["result"] = report["result"]
-    summary = f"{len(report['ok'])} checks passed, {len(report['warnings'])} warnings, {len(report['errors'])} errors"
-    ret["comment"] = "\n".join([f"mas-cli doctor: {summary}"] + lines)
+    if waited["ready"]:
+        head = f"MAS and Synapse answered after {waited['seconds']:.1f} s."
+    else:
+        head = f"Still not answering after {waited['seconds']:.1f} s: {'; '.join(waited['waiting_for'])}."
+    ret["result"] = report["result"] == "ok" or (report["result"] == "warning" and not strict)
+    if report["result"] == "warning":
+        head += " Warnings " + ("fail this state (mas:doctor:strict)." if strict else "do not fail this state.")
+    ret["comment"] = head + "\n" + __salt__["mas_doctor.render"](report)
     return ret

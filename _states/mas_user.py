@@ -1,5 +1,12 @@
 """
-State of the ``mas`` formula's users: ``mas_user.present`` (a MAS user through MAS's admin API, idempotent).
+States of the ``mas`` formula's users, in whichever service is authoritative: ``mas_user.present``, ``mas_user.absent``, ``mas_user.registration_token``, ``mas_user.bot_token`` and ``mas_user.sessions_closed``.
+
+MAS authoritative (``mas:enabled`` and not ``mas:migration_in_progress``):
+MAS's admin API. Otherwise Synapse's shared-secret registration and admin API
+(syn2mas carries the users to MAS later). The comment of every state says
+which service received the change. The states of one run share one session
+per service and read MAS's users and emails once, in pages;
+``mas_user.sessions_closed`` (last in ``mas.users``) ends the sessions.
 
 :depends: the ``mas_user`` execution module of this formula
 """
@@ -7,6 +14,8 @@ State of the ``mas`` formula's users: ``mas_user.present`` (a MAS user through M
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "mas_user"
+
+_WHERE = {"mas": "MAS", "synapse": "Synapse"}
 
 
 def __virtual__():
@@ -19,21 +28,54 @@ def _ret(name):
     return {"name": name, "result": True, "comment": "", "changes": {}}
 
 
-def present(name, admin=False, emails=None, password_pillar_key=None, wait=60):
+def _where(authority):
+    if authority == "mas":
+        return "MAS"
+    return "Synapse (authoritative while MAS is disabled or mas:migration_in_progress; syn2mas carries it to MAS)"
+
+
+def _failed(ret, what, exc):
+    if __opts__["test"] and (getattr(exc, "info", None) or {}).get("unreachable"):
+        # a fresh minion: MAS is not configured or running yet
+        ret["result"] = None
+        ret["comment"] = f"{what} would be handled once the service answers ({exc})"
+        return ret
+    ret["result"] = False
+    ret["comment"] = f"{what}: {exc}"
+    return ret
+
+
+def present(
+    name,
+    admin=False,
+    emails=None,
+    password_pillar_key=None,
+    locked=None,
+    password_update="on_create",  # noqa: S107 (not a password)
+    skip_password_check=False,
+    wait=60,
+):
     """
-    Ensure a MAS user exists with the given admin flag and emails (the
-    playbook's matrix-user-creator, idempotent). The password, read from
-    pillar on the minion, is set when the user is created only. MAS must be
-    running; refused while ``mas:migration_in_progress`` is true.
+    Ensure a user exists, active, with the given admin flag, emails and lock,
+    in the service that is authoritative now (the playbook's
+    matrix-user-creator, idempotent; see ``mas_user.register``). The password
+    is read from pillar on the minion.
 
     name
         The localpart.
     admin
-        ``can_request_admin``.
+        MAS ``can_request_admin`` / Synapse server admin.
     emails
         Email addresses the user must have (others are kept).
     password_pillar_key
-        The pillar key of the initial password (e.g. ``mas:users:0:password``).
+        The pillar key of the password (e.g. ``mas:users:0:password``).
+    locked
+        ``True``/``False``: lock/unlock; unset leaves it alone.
+    password_update
+        ``on_create`` (default) or ``always`` (whenever the pillar's password
+        differs from the one the formula set last).
+    skip_password_check
+        Skip MAS's password complexity check.
     wait
         Seconds to wait for MAS to answer (it may just have been started).
 
@@ -47,28 +89,195 @@ def present(name, admin=False, emails=None, password_pillar_key=None, wait=60):
             - password_pillar_key: mas:users:0:password
     """
     ret = _ret(name)
+    args = {
+        "admin": admin,
+        "emails": emails,
+        "password_pillar_key": password_pillar_key,
+        "locked": locked,
+        "password_update": password_update,
+        "skip_password_check": skip_password_check,
+    }
     try:
-        plan = __salt__["mas_user.plan"](
-            name, admin, emails, password_set=password_pillar_key is not None, wait=0 if __opts__["test"] else wait
-        )
+        plan = __salt__["mas_user.plan"](name, wait=0 if __opts__["test"] else wait, batch=True, **args)
+        where = _where(plan["authority"])
         if not plan["changes"]:
-            ret["comment"] = f"MAS user {name} is already as wanted"
+            ret["comment"] = f"User {name} is already as wanted in {where}"
+            return ret
+        verb = "registered" if "user" in plan["changes"] else "updated"
+        if __opts__["test"]:
+            ret["result"] = None
+            ret["changes"] = plan["changes"]
+            ret["comment"] = f"User {name} would be {verb} in {where}"
+            if plan.get("unverified"):
+                ret["comment"] += " (not verified: the formula's Synapse admin account is created on the first run)"
+            return ret
+        done = __salt__["mas_user.register"](name, batch=True, **args)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _failed(ret, f"User {name}", exc)
+    ret["changes"] = done["changes"]
+    verb = "registered" if done["created"] else "updated" if done["changes"] else "already as wanted"
+    ret["comment"] = f"User {name} {verb} in {_where(done['authority'])}"
+    return ret
+
+
+def absent(name, erase=False):
+    """
+    Ensure a user is deactivated in the authoritative service (no login, its
+    sessions ended). MAS and Synapse keep deactivated users: the name stays
+    taken, and ``mas_user.present`` reactivates it. ``erase``: also erase the
+    user's data on the homeserver.
+
+    .. code-block:: yaml
+
+        mas-users-mas_user-absent-olduser:
+          mas_user.absent:
+            - name: olduser
+    """
+    ret = _ret(name)
+    try:
+        if __opts__["test"]:
+            plan = __salt__["mas_user.plan"](name, batch=True)
+            where = _where(plan["authority"])
+            user = plan["user"]
+            if user is None or user["deactivated"]:
+                state = "does not exist" if user is None else "is already deactivated"
+                ret["comment"] = f"User {name} {state} in {where}"
+                return ret
+            changes = {"deactivated": {"old": False, "new": True}}
+            ret.update(result=None, changes=changes, comment=f"User {name} would be deactivated in {where}")
+            return ret
+        done = __salt__["mas_user.deactivate"](name, erase=erase, missing_ok=True, batch=True)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _failed(ret, f"User {name}", exc)
+    where = _where(done["authority"])
+    ret["changes"] = done["changes"]
+    if not done["exists"]:
+        ret["comment"] = f"User {name} does not exist in {where}"
+    elif not done["changes"]:
+        ret["comment"] = f"User {name} is already deactivated in {where}"
+    else:
+        ret["comment"] = f"User {name} deactivated in {where} (kept there: the name stays taken)"
+    return ret
+
+
+def _mas_only(ret, what):
+    """True when MAS is not authoritative: the state has nothing to do (and says why)."""
+    who = __salt__["mas_user.authority"]()
+    if who["authority"] == "mas":
+        return False
+    ret["comment"] = f"{what}: skipped, MAS is not authoritative ({who['reason']})"
+    return True
+
+
+def registration_token(name, usage_limit=None, expires=None, revoked=False):
+    """
+    Ensure the MAS user registration token ``name`` exists with the given
+    ``usage_limit`` (unset: unlimited), ``expires`` (RFC 3339; unset: never)
+    and ``revoked``. The token's value is generated once into
+    ``<base_path>/registration-tokens/<name>`` (root, 0600) and never shown.
+    Skipped while Synapse is authoritative.
+
+    .. code-block:: yaml
+
+        mas-users-mas_user-registration_token-friends:
+          mas_user.registration_token:
+            - name: friends
+            - usage_limit: 10
+            - expires: 2030-01-31T00:00:00Z
+    """
+    ret = _ret(name)
+    what = f"Registration token {name}"
+    try:
+        if _mas_only(ret, what):
+            return ret
+        args = {"usage_limit": usage_limit, "expires": expires, "revoked": revoked, "batch": True}
+        plan = __salt__["mas_user.registration_token_plan"](name, **args)
+        if not plan["changes"]:
+            ret["comment"] = f"{what} is already as wanted in MAS ({plan['path']})"
+            return ret
+        if __opts__["test"]:
+            ret.update(result=None, changes=plan["changes"], comment=f"{what} would be updated in MAS")
+            return ret
+        done = __salt__["mas_user.registration_token_ensure"](name, **args)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        return _failed(ret, what, exc)
+    ret["changes"] = done["changes"]
+    ret["comment"] = f"{what} updated in MAS; its value is in {done['path']}"
+    return ret
+
+
+def bot_token(
+    name,
+    path,
+    owner=None,
+    group=None,
+    scope=None,
+    device_id=None,
+    expires_in=None,
+    renew_before=86400,
+    synapse_admin=False,
+):
+    """
+    Ensure the bot ``name`` has a valid access token in ``path`` (0600, owned
+    by ``owner``:``group``): a MAS personal session, regenerated when it
+    expires within ``renew_before`` seconds (see ``mas_user.bot_token``).
+    A valid token is kept as it is. Skipped while Synapse is authoritative.
+
+    .. code-block:: yaml
+
+        mas-users-mas_user-bot_token-bot.alerts:
+          mas_user.bot_token:
+            - name: bot.alerts
+            - path: /var/lib/alerts/token
+            - owner: alerts
+            - expires_in: 2592000
+    """
+    ret = _ret(name)
+    what = f"Bot token of {name} ({path})"
+    args = {
+        "owner": owner,
+        "group": group,
+        "scope": scope,
+        "device_id": device_id,
+        "expires_in": expires_in,
+        "renew_before": renew_before,
+        "synapse_admin": synapse_admin,
+        "batch": True,
+    }
+    try:
+        if _mas_only(ret, what):
+            return ret
+        status = __salt__["mas_user.bot_token_status"](name, path, **args)
+        if status["action"] == "none":
+            ret["comment"] = f"{what} is valid"
             return ret
         if __opts__["test"]:
             ret["result"] = None
-            ret["comment"] = f"MAS user {name} would be {'updated' if plan['user'] else 'registered'}"
-            ret["changes"] = plan["changes"]
+            ret["changes"] = {"token": {"old": status["reason"], "new": status["action"]}}
+            ret["comment"] = f"{what} would be renewed in MAS ({status['action']})"
             return ret
-        done = __salt__["mas_user.register"](name, password_pillar_key=password_pillar_key, admin=admin, emails=emails)
+        done = __salt__["mas_user.bot_token"](name, path, **args)
     except (CommandExecutionError, SaltInvocationError) as exc:
-        if __opts__["test"] and (getattr(exc, "info", None) or {}).get("unreachable"):
-            # a fresh minion: MAS is not configured or running yet
-            ret["result"] = None
-            ret["comment"] = f"MAS user {name} would be registered once MAS answers ({exc})"
-            return ret
-        ret["result"] = False
-        ret["comment"] = f"MAS user {name}: {exc}"
-        return ret
-    ret["comment"] = f"MAS user {name} {'registered' if done['created'] else 'updated'}"
+        return _failed(ret, what, exc)
     ret["changes"] = done["changes"]
+    ret["comment"] = f"{what} renewed in MAS"
+    return ret
+
+
+def sessions_closed(name):
+    """
+    End the sessions the user states of this run shared: log the formula's
+    Synapse admin out (its token then no longer exists anywhere) and forget
+    the users read from MAS. Never a change; runs under ``test=True`` too.
+
+    .. code-block:: yaml
+
+        mas-users-mas_user-sessions_closed:
+          mas_user.sessions_closed:
+            - name: mas users
+            - order: last
+    """
+    ret = _ret(name)
+    closed = __salt__["mas_user.close"]()["closed"]
+    ret["comment"] = f"Closed the sessions with {', '.join(_WHERE[c] for c in closed)}" if closed else "No session open"
     return ret

@@ -15,9 +15,27 @@ include:
   - .service
   - .synapse
   - .proxy
-{%- if mas.users %}
+{%- if mas.users or mas.registration_tokens %}
   - .users
+{%- endif %}
+{%- if mas.doctor.after_apply %}
+  - .doctor
 {%- endif %}
 {%- else %}
   - .clean
+{#- Synapse is authoritative: mas:users are registered there #}
+{%- if mas.users %}
+  - .users
+{%- endif %}
+{%- endif %}
+{%- if mas.enabled and mas.doctor.after_apply %}
+
+# mas:doctor:after_apply: the run ends with the doctor, once everything else is in place
+extend:
+  mas-doctor-mas_doctor-healthy:
+    mas_doctor.healthy:
+      - require:
+{%- for sls in ["service", "synapse", "proxy"] + (["users"] if mas.users else []) %}
+        - sls: {{ (tplroot ~ "." ~ sls) | json }}
+{%- endfor %}
 {%- endif %}

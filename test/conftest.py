@@ -1,7 +1,11 @@
 """Shared fixtures of the mas-formula test suite.
 
-- ``upstream_dir``: MAS's published contracts in ``../shared/upstream`` (skips
-  when absent; they are never copied into the project).
+- ``upstream_dir``: MAS's published contracts in ``../shared/upstream`` (or
+  ``$MAS_DOUBLE_UPSTREAM_DIR``); they are never copied into the project. A test
+  that needs them skips when they are absent (fails under ``CI=true``).
+- Every skip goes through ``harness.util.unavailable`` (``CI=true`` turns it
+  into a failure), and the end of a run lists the skipped tests, one line per
+  reason (``pytest_terminal_summary``).
 - ``salt_call``: real ``salt-call --local`` against the formula in this
   checkout, with a temporary minion config and pillar (see ``saltrun.py``).
 - The integration harness fixtures (PostgreSQL, Synapse, nginx, MAS double)
@@ -11,14 +15,12 @@
 
 import json
 import logging
-import os
 
 import pytest
 
+from harness.util import require_root, require_upstream, skip_summary
 from pillars import PILLAR_SECRETS, deep_update
 from saltrun import REPO_ROOT, SaltMinion
-
-UPSTREAM_DIR = REPO_ROOT.parent / "shared" / "upstream"
 
 
 def pytest_unconfigure(config):  # pylint: disable=unused-argument
@@ -26,6 +28,16 @@ def pytest_unconfigure(config):  # pylint: disable=unused-argument
     harmless "Logging error ... I/O operation on closed file" off the end of
     the run (where CI reads pytest's closing line)."""
     logging.raiseExceptions = False
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line per group of tests that did not run, and why (a newcomer sees
+    at a glance what a missing package or ``../shared/upstream`` left out)."""
+    lines = skip_summary(terminalreporter.stats)
+    if lines:
+        terminalreporter.section("not run: missing prerequisites", sep="-")
+        for line in lines:
+            terminalreporter.line(line)
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +49,7 @@ def repo_root():
 @pytest.fixture(scope="session")
 def upstream_dir():
     """MAS's published contracts (config schema, admin API, DB schema)."""
-    if not (UPSTREAM_DIR / "mas" / "config.schema.json").is_file():
-        pytest.skip(f"MAS upstream contracts not found: {UPSTREAM_DIR / 'mas' / 'config.schema.json'}")
-    return UPSTREAM_DIR
+    return require_upstream("mas/config.schema.json").parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -57,22 +67,17 @@ def salt_extmods(tmp_path_factory):
     return minion.extmods.resolve()
 
 
-def _root_only():
-    if os.geteuid() != 0:
-        pytest.skip("applying the formula creates a service account: run the tests as root")
-
-
 @pytest.fixture
 def salt_minion(tmp_path, salt_extmods):
     """A masterless minion for one test: ``salt_minion.apply(pillar)``."""
-    _root_only()
+    require_root()
     return SaltMinion(tmp_path, REPO_ROOT, extmods=salt_extmods)
 
 
 @pytest.fixture(scope="module")
 def module_salt_minion(tmp_path_factory, salt_extmods):
     """A masterless minion shared by the tests of one module."""
-    _root_only()
+    require_root()
     return SaltMinion(tmp_path_factory.mktemp("minion"), REPO_ROOT, extmods=salt_extmods)
 
 

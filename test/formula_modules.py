@@ -4,15 +4,17 @@ Each module is imported once, under its own name, and the tests hand them to
 pytest-salt-factories' ``configure_loader_modules`` through :func:`dunders`:
 every module's ``__salt__`` holds the *real* public functions of the formula's
 other execution modules (as Salt's loader would), plus the stand-ins a test
-gives for the outside world (``cmd.run_all``, ``service.*``, ...). Salt's
-file server is the one stand-in every test gets: ``cp.get_file_str`` reads
-``mas/parameters/defaults.yaml`` from this checkout.
+gives for the outside world (``cmd.run_all``, ``service.*``, ...). Two
+stand-ins every test gets: Salt's file server (``cp.get_file_str`` reads
+``mas/parameters/defaults.yaml`` from this checkout) and ``cmd.has_exec``,
+which says every command exists (the docker CLI of the docker runtime).
 """
 
 import importlib.util
 import inspect
 
 import yaml
+from salt.modules.cmdmod import has_exec
 
 from saltrun import REPO_ROOT
 
@@ -58,7 +60,11 @@ def dunders(pillar, salt=None, states=None, test=False):
     test
         ``__opts__["test"]``.
     """
-    funcs = {"cp.get_file_str": lambda url, **kwargs: DEFAULTS_FILE.read_text()}
+    funcs = {
+        "cp.get_file_str": lambda url, **kwargs: DEFAULTS_FILE.read_text(),
+        # Salt's own: whether a command exists on this machine
+        "cmd.has_exec": has_exec,
+    }
     for name in EXECUTION_MODULES:
         funcs.update(public_functions(name))
     funcs.update(salt or {})

@@ -6,6 +6,8 @@
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 {#- the server container carries Traefik's routers as labels (docker provider) #}
 {%- set labels = salt["mas_proxy.settings"](mas)["labels"] if mas.proxy.type == "traefik" else {} %}
+{#- bin/register-user runs this minion's salt-call (mas_user.register routes by phase) #}
+{%- set salt_wrapper = salt["mas_user.wrapper_settings"]() %}
 
 include:
   - {{ sls_secrets }}
@@ -48,6 +50,8 @@ mas-config-file-file-managed:
         group: {{ mas.group | json }}
         docker: {{ mas.service.docker | json }}
         labels_file: {{ (mas.paths.labels_file if labels else "") | json }}
+        salt_call: {{ salt_wrapper.salt_call | json }}
+        salt_config_dir: {{ salt_wrapper.config_dir | json }}
     - require:
       - sls: {{ sls_secrets }}
 {%- endfor %}

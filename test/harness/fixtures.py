@@ -19,6 +19,8 @@ Session-scoped services, each stopped in its finalizer even when tests fail:
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,14 +50,22 @@ def _stop_all(servers: list, what: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
-    """A PostgreSQL cluster started once per session on a free loopback port."""
-    cluster = PostgresCluster(tmp_path_factory.mktemp("pg"))
+def pg() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster started once per session on a free loopback port.
+
+    Its directory is outside pytest's temporary tree: a pytest session started
+    meanwhile (another checkout, another engineer) resets that tree's mode to
+    0700, which would cut the ``postgres`` user off its own data directory."""
+    basedir = Path(tempfile.mkdtemp(prefix="mas-formula-pg-"))
+    cluster = PostgresCluster(basedir)
     try:
         cluster.start()
         yield cluster
     finally:
-        cluster.stop()
+        try:
+            cluster.stop()
+        finally:
+            shutil.rmtree(basedir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

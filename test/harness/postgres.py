@@ -30,16 +30,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
-import pytest
 from psycopg import sql
 
-from harness.util import LOOPBACK, UPSTREAM_DIR, CommandError, free_port, require_binary, run, unavailable
+from harness.util import LOOPBACK, CommandError, free_port, require_binary, require_upstream, run, unavailable
 
 #: Where Debian installs the server binaries, one directory per major version.
 DEBIAN_BINDIR_GLOB = "/usr/lib/postgresql/*/bin"
-
-#: The MAS schema dump (``pg_dump --schema-only`` after all MAS migrations).
-MAS_SCHEMA_SQL = UPSTREAM_DIR / "mas" / "schema.sql"
 
 #: Settings appended to the cluster configuration: loopback only, and fast
 #: (durability is irrelevant for a cluster that is thrown away).
@@ -322,12 +318,11 @@ class PostgresCluster:
 
         ``user`` (default the superuser) runs the script and so owns the tables;
         pass the database owner to get a schema that role fully owns (``pg_trgm``
-        is a trusted extension, so a database owner may create it).  Skips the
-        test when the upstream file is absent.
+        is a trusted extension, so a database owner may create it).  The dump
+        is upstream's ``mas/schema.sql`` (``pg_dump --schema-only`` after all MAS
+        migrations); skips the test (fails under CI) when it is absent.
         """
-        if not MAS_SCHEMA_SQL.is_file():
-            pytest.skip(f"upstream MAS schema not available: {MAS_SCHEMA_SQL} is missing")
-        self.psql(dbname, MAS_SCHEMA_SQL, user=user)
+        self.psql(dbname, require_upstream("mas/schema.sql"), user=user)
 
     def __repr__(self) -> str:
         return f"PostgresCluster(basedir={str(self.basedir)!r}, port={self.port})"

@@ -15,11 +15,17 @@ from pathlib import Path
 
 import pytest
 
+# MAS's published contracts: ``../shared/upstream``, or ``$MAS_DOUBLE_UPSTREAM_DIR``
+# (the double's own rule, so that pointing it at an empty directory simulates
+# their absence for the harness, the tests and the double alike).
+from mas_double.upstream import upstream_dir
+
 #: Root of the mas-formula repository (``test/harness/util.py`` -> repo).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: Read-only upstream contracts (MAS schema, config schema, admin API spec).
-UPSTREAM_DIR = REPO_ROOT.parent / "shared" / "upstream"
+#: What :func:`unavailable` adds under CI, and what the end-of-run summary
+#: recognises (``test/conftest.py``).
+CI_SUFFIX = "(CI=true: missing prerequisites are errors)"
 
 #: The only address servers started by the harness listen on.
 LOOPBACK = "127.0.0.1"
@@ -41,10 +47,75 @@ def ci_enabled() -> bool:
 
 
 def unavailable(reason: str) -> None:
-    """Skip the current test because something is missing; fail instead under CI."""
+    """Skip the current test because a prerequisite is missing; fail instead under CI.
+
+    Every skip of the suite goes through here, so that ``CI=true`` (where
+    everything is installed and ``../shared/upstream`` is present) turns a
+    missing prerequisite into a failure. ``reason`` is what the end-of-run
+    summary groups the skipped tests by: keep it free of per-test details.
+    """
     if ci_enabled():
-        pytest.fail(f"{reason} (CI=true: missing prerequisites are errors)", pytrace=False)
+        pytest.fail(f"{reason} {CI_SUFFIX}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_upstream(relative: str = "mas/config.schema.json") -> Path:
+    """The path of one upstream contract file, or skip (fail under CI) when it is absent.
+
+    When the whole directory is missing, every test that needs it skips with
+    the same reason (one line in the end-of-run summary).
+    """
+    root = upstream_dir()
+    path = root / relative
+    if path.is_file():
+        return path
+    if not (root / "mas").is_dir():
+        unavailable(f"needs MAS's published contracts, absent here: {root} (never copied into the repository)")
+    unavailable(f"needs MAS's published contract {path}, missing")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _reason(report) -> str:
+    """The reason of a skipped report, or the message of a failure ``unavailable`` raised under CI."""
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (path, lineno, "Skipped: reason")
+        return longrepr[2].removeprefix("Skipped: ")
+    for line in str(getattr(report, "longreprtext", longrepr)).splitlines():
+        if CI_SUFFIX in line:
+            return line.replace(CI_SUFFIX, "").strip().removeprefix("E").strip().removeprefix("Failed:").strip()
+    return ""
+
+
+def skip_summary(stats: dict, modules: int = 4) -> list[str]:
+    """One line per group of tests a missing prerequisite kept from running, and why.
+
+    ``stats`` is the terminal reporter's (``skipped``, ``failed``, ``error``
+    reports). Skips are grouped by reason; under ``CI=true`` the failures that
+    :func:`unavailable` raised are grouped the same way. Each line names the
+    count, the reason and the first ``modules`` test files.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for kind, reports in (("skipped", stats.get("skipped", [])), ("failed (CI=true)", stats.get("failed", []))):
+        for report in reports:
+            reason = _reason(report)
+            if kind == "skipped" or reason:
+                groups.setdefault((kind, reason or "(no reason given)"), []).append(report.nodeid)
+    for report in stats.get("error", []):
+        reason = _reason(report)
+        if reason:
+            groups.setdefault(("failed (CI=true)", reason), []).append(report.nodeid)
+    lines = []
+    for (kind, reason), nodeids in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+        files = list(dict.fromkeys(nodeid.split("::", 1)[0].rsplit("/", 1)[-1] for nodeid in nodeids))
+        where = ", ".join(files[:modules]) + (f" and {len(files) - modules} more files" if len(files) > modules else "")
+        lines.append(f"{len(nodeids)} {kind}: {reason} [{where}]")
+    return lines
+
+
+def require_root(why: str = "applying the formula creates a service account") -> None:
+    """Skip (fail under CI) unless the tests run as root."""
+    if os.geteuid() != 0:
+        unavailable(f"{why}: run the tests as root")
 
 
 def require_binary(name: str, candidates: Iterable[str] = ()) -> str:

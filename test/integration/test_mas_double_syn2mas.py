@@ -32,7 +32,7 @@ from harness.postgres import PostgresCluster
 from harness.synapse import SynapseServer
 from mas_double import syn2mas, ulid
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.double]
 
 SERVER_NAME = "example.com"
 PEPPER = "pepper-of-the-synapse-tests"
@@ -273,7 +273,8 @@ def syn2mas_cli(world: SynapseWorld) -> Callable[..., Result]:
             options += ["--synapse-database-uri", database_uri]
         if ignore_missing:
             options.append("--ignore-missing-auth-providers")
-        env = {key: value for key, value in os.environ.items() if not key.startswith("MAS_")}
+        # no fault from the outside; where the upstream contracts are stays (harness.util.upstream_dir)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAS_") or k == "MAS_DOUBLE_UPSTREAM_DIR"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TEST_DIR), os.environ.get("PYTHONPATH")]))
         if fault:
             env["MAS_DOUBLE_FAULT"] = fault

@@ -3,13 +3,13 @@
 loopback, started by pytest-salt-factories), then the users' function over
 the master: `salt '*' mas.mapdata`."""
 
-import os
 import shutil
 import tempfile
 
 import pytest
 import yaml
 
+from harness.util import require_root
 from mas_demo import link_formula
 
 pytestmark = pytest.mark.integration
@@ -25,8 +25,7 @@ def salt_factories_config():
 
 @pytest.fixture(scope="module")
 def master_and_minion(salt_factories, tmp_path_factory, paths_root):
-    if os.geteuid() != 0:
-        pytest.skip("applying the formula creates a service account: run the tests as root")
+    require_root()
     pillar_dir = tmp_path_factory.mktemp("master-pillar")
     formula = link_formula(tmp_path_factory.mktemp("master-formula"))
     master = salt_factories.salt_master_daemon(

@@ -96,10 +96,11 @@ def test_full_cast(pg, mas_db, synapse, salt_minion, minimal_pillar, nginx_facto
 
 def test_register_user_wrapper_end_to_end(pg, salt_minion, synapse_factory, nginx_factory, tmp_path):
     """The seed's `bin/register-user <user> <password> <0|1>` on a deployment
-    the formula wired: the user lands in MAS's database (admin flag set), the
-    double's worker provisions it in the real Synapse, and a password login
-    through nginx (compat route -> MAS) gives a token that Synapse accepts
-    (introspection -> MAS)."""
+        the formula wired: the user exists in MAS (admin flag set, as the formula's
+    own `mas_user.info` reads it through the admin API), the
+        double's worker provisions it in the real Synapse, and a password login
+        through nginx (compat route -> MAS) gives a token that Synapse accepts
+        (introspection -> MAS)."""
     pg.create_database("mas_e2e")
     pg.load_mas_schema("mas_e2e")
     synapse = synapse_factory(database="sqlite")
@@ -120,7 +121,8 @@ def test_register_user_wrapper_end_to_end(pg, salt_minion, synapse_factory, ngin
                 check=False,
             )
             assert reg.returncode == 0, reg.stderr + mas.log()
-            assert pg.query("mas_e2e", "SELECT can_request_admin FROM users WHERE username = 'alice'") == [(True,)]
+            info = salt_minion.run("mas_user.info", "alice")
+            assert info.returncode == 0 and info.data["admin"] is True, info.output
             again = subprocess.run(
                 [str(base / "bin" / "register-user"), "alice", "Alice-Passw0rd-42", "1"],
                 capture_output=True,

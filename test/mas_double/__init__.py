@@ -9,7 +9,7 @@ with the arguments, outputs (stdout vs stderr) and exit codes of the real
 
 * ``config check``, ``database migrate``, ``server``, ``doctor``,
 * ``manage register-user|add-email|verify-email|set-password|promote-admin|
-  demote-admin|list-admin-users|lock-user|unlock-user``,
+  demote-admin|list-admin-users|lock-user|unlock-user|issue-compatibility-token``,
 * ``syn2mas ... (check | migrate [--dry-run])`` (argument handling here, the
   work in ``mas_double.syn2mas.run(config, ns)``, written separately).
 
@@ -40,6 +40,8 @@ Environment variables:
       (implemented by ``mas_double.syn2mas``);
     * ``slow``: every command and every HTTP response is delayed by
       ``MAS_DOUBLE_SLOW_SECONDS`` (default 2).
+    * ``no-personal-sessions``: the admin API has no ``/personal-sessions``
+      routes (404, as a MAS before personal sessions).
 ``MAS_DOUBLE_PYTHON``
     The Python interpreter ``bin/mas-cli`` runs.
 ``MAS_DOUBLE_UPSTREAM_DIR``

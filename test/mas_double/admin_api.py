@@ -11,13 +11,15 @@ Implemented operations (status codes and JSON:API bodies as in
 ``GET  /users/by-username/{username}``     200 / 404
 ``POST /users/{id}/set-password``          204 / 400 / 403 / 404
 ``POST /users/{id}/set-admin``             200 / 404
-``POST /users/{id}/lock`` / ``unlock``     200 / 404
-``POST /users/{id}/deactivate``            200 / 404 (locks now, the worker deactivates)
-``POST /users/{id}/reactivate``            200 / 404 (queued for the worker)
+``POST /users/{id}/lock`` / ``unlock``     200 / 404 (a provisioning job tells Synapse)
+``POST /users/{id}/deactivate``            200 / 404 (deactivated now, the worker tells Synapse)
+``POST /users/{id}/reactivate``            200 / 404 / 500 (Synapse first, synchronously)
 ``GET  /user-emails``                      list (filters user, email) / 404
 ``POST /user-emails``                      201 / 400 / 404 / 409
 ``GET  /user-emails/{id}``                 200 / 404
 ``DELETE /user-emails/{id}``               204 / 404
+``/user-registration-tokens[...]``         see :mod:`mas_double.tokens`
+``/personal-sessions[...]``                see :mod:`mas_double.tokens`
 =========================================  =====================================
 
 Every call needs ``Authorization: Bearer <token>`` from ``/oauth2/token`` with
@@ -34,7 +36,7 @@ from urllib.parse import unquote
 
 from werkzeug.wrappers import Request, Response
 
-from mas_double import db, ulid, upstream
+from mas_double import db, faults, tokens, ulid, upstream
 from mas_double.homeserver import HomeserverError
 from mas_double.oauth import ADMIN_SCOPE
 from mas_double.passwords import complexity_score
@@ -277,16 +279,19 @@ def _user_action(state: ServerState, conn, request: Request, user_id: uuid.UUID,
         if not isinstance(body, dict) or not isinstance(body.get("admin"), bool):
             raise _BadRequest("Invalid request body")
         user = db.set_can_request_admin(conn, user, body["admin"])
-    elif action == "lock":
-        user = db.lock_user(conn, user)
-    elif action == "unlock":
-        user = db.unlock_user(conn, user)
+    elif action in ("lock", "unlock"):
+        # lock.rs / unlock.rs: a ProvisionUserJob carries the lock flag to Synapse
+        user = db.lock_user(conn, user) if action == "lock" else db.unlock_user(conn, user)
+        db.schedule_provision(conn, user)
     elif action == "deactivate":
+        # deactivate.rs: deactivated_at is set now (the user is not locked), the job does the rest
         skip_erase = bool(body.get("skip_erase")) if isinstance(body, dict) else False
-        user = db.lock_user(conn, user)
+        user = db.mark_deactivated(conn, user)
         db.schedule_job(conn, "deactivate-user", {"user_id": user.ulid, "hs_erase": not skip_erase})
     elif action == "reactivate":
-        db.schedule_job(conn, "reactivate-user", {"user_id": user.ulid})
+        # reactivate.rs: Synapse first, synchronously (a failure is a 500), then the database
+        state.homeserver.reactivate_user(user.username)
+        user = db.mark_reactivated(conn, user)
     else:
         return _errors(404, "Not found")
     return _single(_user_resource(user), self_link)
@@ -386,6 +391,20 @@ def _route(state: ServerState, conn, request: Request, path: str) -> Response:
             return _add_email(state, conn, request)
     elif len(parts) == 2 and parts[0] == "user-emails" and method in ("GET", "DELETE"):
         return _email_by_id(state, conn, request, _path_id(parts[1]))
+    elif parts == ["user-registration-tokens"] and method in ("GET", "POST"):
+        if method == "GET":
+            return tokens.list_tokens(conn, request, _paginate, _filters_base)
+        return tokens.add_token(conn, request)
+    elif parts[:1] == ["user-registration-tokens"] and len(parts) in (2, 3):
+        return tokens.token_by_id(conn, request, _path_id(parts[1]), parts[2] if len(parts) == 3 else None)
+    elif parts[:1] == ["personal-sessions"] and faults.active("no-personal-sessions"):
+        return Response(status=404)  # a MAS before personal sessions: no such route
+    elif parts == ["personal-sessions"] and method in ("GET", "POST"):
+        if method == "GET":
+            return tokens.list_sessions(conn, request, _paginate, _filters_base)
+        return tokens.add_session(state, conn, request)
+    elif parts[:1] == ["personal-sessions"] and len(parts) in (2, 3):
+        return tokens.session_by_id(state, conn, request, _path_id(parts[1]), parts[2] if len(parts) == 3 else None)
     return _errors(404, "Not found")
 
 

@@ -147,12 +147,24 @@ def unlock_user(conn, user: User) -> User:
 
 
 def deactivate_user(conn, user: User) -> User:
-    """Set ``deactivated_at`` (and ``locked_at`` when unset), finish compat sessions."""
+    """MAS's deactivation job: set ``deactivated_at``, finish compat sessions, revoke the personal
+    sessions acting as the user (tasks/src/user.rs; the user is not locked)."""
     stamp = now()
     finish_user_compat_sessions(conn, user.id)
-    return _update_user(
-        conn, user, "deactivated_at = COALESCE(deactivated_at, %s), locked_at = COALESCE(locked_at, %s)", (stamp, stamp)
+    conn.execute(
+        "UPDATE personal_sessions SET revoked_at = %s WHERE actor_user_id = %s AND revoked_at IS NULL", (stamp, user.id)
     )
+    return mark_deactivated(conn, user)
+
+
+def mark_deactivated(conn, user: User) -> User:
+    """Set ``deactivated_at`` only (MAS's ``UserRepository::deactivate``)."""
+    return _update_user(conn, user, "deactivated_at = COALESCE(deactivated_at, %s)", (now(),))
+
+
+def mark_reactivated(conn, user: User) -> User:
+    """Clear ``deactivated_at`` only (MAS's ``UserRepository::reactivate``)."""
+    return _update_user(conn, user, "deactivated_at = NULL")
 
 
 def reactivate_user(conn, user: User) -> User:

@@ -10,7 +10,7 @@ import os
 import time
 
 #: Fault names understood by the double (``migrate-exit1`` is handled by syn2mas).
-KNOWN = frozenset({"refuse", "http500", "migrate-exit1", "slow"})
+KNOWN = frozenset({"refuse", "http500", "migrate-exit1", "slow", "no-personal-sessions"})
 
 #: Seconds of delay added by the ``slow`` fault (override: ``MAS_DOUBLE_SLOW_SECONDS``).
 DEFAULT_SLOW_SECONDS = 2.0

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mas_double import db
+from mas_double import db, ulid
 from mas_double.config import ConfigError, MasConfig
-from mas_double.homeserver import HomeserverConnection
+from mas_double.homeserver import HomeserverConnection, HomeserverError
 from mas_double.passwords import PasswordManager
+from mas_double.state import generate_device_id, generate_token
 from mas_double.tracing import Logger
 
 LOG = Logger("mas_cli::commands::manage")
@@ -76,6 +77,12 @@ def add_parsers(subparsers, parent: argparse.ArgumentParser) -> None:
     p.add_argument("username")
     p.add_argument("--deactivate", action="store_true")
     p.set_defaults(handler=lock_user)
+
+    p = sub.add_parser("issue-compatibility-token", help="Issue a compatibility token", parents=[parent])
+    p.add_argument("username")
+    p.add_argument("device_id", nargs="?")
+    p.add_argument("--yes-i-want-to-grant-synapse-admin-privileges", dest="admin", action="store_true")
+    p.set_defaults(handler=issue_compatibility_token)
 
     p = sub.add_parser("unlock-user", help="Unlock a user", parents=[parent])
     p.add_argument("username")
@@ -267,4 +274,36 @@ def unlock_user(config: MasConfig, ns: argparse.Namespace) -> int:
         else:
             db.unlock_user(conn, user)
         conn.commit()
+    return 0
+
+
+def issue_compatibility_token(config: MasConfig, ns: argparse.Namespace) -> int:
+    """``manage issue-compatibility-token <USERNAME> [DEVICE_ID] [--yes-i-want-to-grant-synapse-admin-privileges]``.
+
+    manage.rs: the device is upserted on the homeserver first (ERROR and exit 1
+    when that fails); the token is logged on stderr (``Compatibility token issued: <mct_...>``).
+    """
+    homeserver = HomeserverConnection(config)
+    with config.connect() as conn:
+        user = _require_user(conn, ns.username)
+        device_id = ns.device_id or generate_device_id()
+        try:
+            homeserver.upsert_device(user.username, device_id)
+        except HomeserverError:
+            LOG.error("Could not create the device on the homeserver, aborting")
+            return 1
+        session_id = db.add_compat_session(conn, user, device_id, bool(ns.admin), None)
+        token = generate_token("mct")
+        token_id = db.add_compat_access_token(conn, session_id, token, None)
+        conn.commit()
+    LOG.info(
+        f"Compatibility token issued: {token}",
+        **{
+            "compat_access_token.id": ulid.from_uuid(token_id),
+            "compat_session.id": ulid.from_uuid(session_id),
+            "compat_session.device": device_id,
+            "user.id": user.ulid,
+            "user.username": user.username,
+        },
+    )
     return 0

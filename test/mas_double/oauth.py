@@ -22,7 +22,7 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
-from mas_double import db, ulid
+from mas_double import db, tokens, ulid
 from mas_double.config import ConfigError
 from mas_double.state import ServerState, json_response
 
@@ -158,6 +158,11 @@ def introspect(state: ServerState, request: Request) -> Response:
                 "iss": state.config.issuer,
             },
         )
+    personal = tokens.introspect(state, presented)
+    if personal is not None:
+        if personal.get("active"):
+            personal["iss"] = state.config.issuer
+        return json_response(200, personal)
     with state.db() as conn:
         compat = db.find_compat_access_token(conn, presented) if presented else None
     if compat is None or compat.session_finished:

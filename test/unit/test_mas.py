@@ -116,9 +116,8 @@ def test_mapdata_merges_lookup_then_pillar_and_redacts_user_passwords(pillar):
     }
     result = mas.mapdata(DEFAULTS)
     assert (result["user"], result["group"]) == ("from-lookup", "from-pillar")
-    assert result["users"] == [
-        {"username": "bot", "admin": True, "emails": [], "password_pillar_key": "mas:users:0:password"}
-    ]
+    assert result["users"][0]["password_pillar_key"] == "mas:users:0:password"
+    assert (result["users"][0]["username"], result["users"][0]["admin"]) == ("bot", True)
     assert "Bot-Secret-1" not in repr(result)
     assert result["api"]["token_url"] == "http://127.0.0.1:8080/auth/oauth2/token"
     assert result["api"]["admin_url"] == "http://localhost:8081/api/admin/v1"
@@ -164,3 +163,47 @@ def test_synapse_keys_are_validated(synapse, key):
 def test_proxy_keys_are_validated(proxy, key):
     with pytest.raises(SaltInvocationError, match=re.escape(key)):
         settings(proxy=proxy)
+
+
+def test_files_switch_lists_overrides_first_then_default(pillar):
+    pillar["mas"] = {"tofs": {"source_files": {"mas-config-file-file-managed": ["site.yaml.jinja"]}}}
+    assert mas.files_switch(["config.yaml.jinja"], "mas-config-file-file-managed") == [
+        "salt://mas/files/mas-config-file-file-managed/site.yaml.jinja",
+        "salt://mas/files/mas-config-file-file-managed/config.yaml.jinja",
+        "salt://mas/files/mas-unit/site.yaml.jinja",
+        "salt://mas/files/mas-unit/config.yaml.jinja",
+        "salt://mas/files/Debian/site.yaml.jinja",
+        "salt://mas/files/Debian/config.yaml.jinja",
+        "salt://mas/files/default/site.yaml.jinja",
+        "salt://mas/files/default/config.yaml.jinja",
+    ]
+
+
+def test_files_switch_masterless_keeps_the_first_file_that_exists(pillar, tmp_path):
+    mas.__opts__.update(file_client="local", file_roots={"base": [str(tmp_path)]})
+    default = tmp_path / "mas" / "files" / "default" / "unit.service.jinja"
+    default.parent.mkdir(parents=True)
+    default.write_text("x")
+    assert mas.files_switch(["unit.service.jinja"], "mas-service-unit-file-managed") == [
+        "salt://mas/files/default/unit.service.jinja"
+    ]
+    override = tmp_path / "mas" / "files" / "Debian" / "unit.service.jinja"
+    override.parent.mkdir(parents=True)
+    override.write_text("y")
+    assert mas.files_switch(["unit.service.jinja"], "mas-service-unit-file-managed") == [
+        "salt://mas/files/Debian/unit.service.jinja"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tofs", "key"),
+    [
+        ({"source_files": {"x": ["../../etc/shadow"]}}, "mas:tofs:source_files:x"),
+        ({"files_switch": ["id/../x"]}, "mas:tofs:files_switch"),
+        ({"path_prefix": "/abs"}, "mas:tofs:path_prefix"),
+        ({"dirs": {"files": "a/b"}}, "mas:tofs:dirs:files"),
+    ],
+)
+def test_tofs_keys_are_validated(tofs, key):
+    with pytest.raises(SaltInvocationError, match=re.escape(key)):
+        settings(tofs=tofs)

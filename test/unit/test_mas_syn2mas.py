@@ -159,6 +159,7 @@ def mapdata(world, **overrides):
             "server_name": "example.com",
             "base_path": str(world["base"]),
             "runtime": "binary",
+            "binary": str(world["base"] / "bin" / "mas-cli"),
             "user": "root",
             "group": "root",
             "migration_in_progress": True,
@@ -483,7 +484,7 @@ def test_dry_run_never_changes_the_phase(world, cli, up):
 
 
 def test_docker_runtime_asks_the_wrapper_to_mount_the_synapse_configs(world, cli, up):
-    syn2mas.check(mapdata(world, runtime="docker"))
+    syn2mas.check(mapdata(world, runtime="docker", service={"docker": {"command": "/bin/true"}}))
     assert cli.kwargs[0]["env"] == {"MAS_CLI_READONLY_MOUNTS": f"{world['hs']}:{world['conf_d'] / 'oidc.yaml'}"}
 
 
@@ -491,7 +492,7 @@ def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up):
     # pillar paths cannot hold a space (mas.settings refuses them): a file of Synapse's config_dir can
     odd = world["conf_d"] / "odd name.yaml"
     odd.write_text("{}\n")
-    result = syn2mas.check(mapdata(world, runtime="docker"))
+    result = syn2mas.check(mapdata(world, runtime="docker", service={"docker": {"command": "/bin/true"}}))
     assert result["result"] is False and "cannot be mounted into the MAS container" in result["errors"][0]
     assert cli.calls == []
 

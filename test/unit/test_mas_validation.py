@@ -97,7 +97,6 @@ GOOD = {
         "J. Doe <j@example.com>",
         '"Doe, John" <j@example.com>',
     ],
-    "email": ["admin@example.com", "a.b+c@example.org"],
     "url_path": ["/", "/auth", "/a/b-c_d.e~f"],
     "file_name": ["matrix-authentication-service.yaml", "mas.conf", "a"],
 }
@@ -142,7 +141,6 @@ BAD = {
     "name": ["Bad User", "root;", "a" * 33, "1x:"],
     "port": [0, 65536, 5432.9, 8080.0, "80a", True, None, "", "-1"],
     "mailbox": ["Doe, John <j@example.com>", "a@[192.0.2.1]", "a@b.com, c@d.com", "nobody", "a@", "<a@b"],
-    "email": ["no-at", "a@b c", "a@-b.example"],
     "url_path": ["auth", "/auth/", "//x", "/a b", "/{*x}", "/$uri"],
     "file_name": ["../x.yaml", ".", "..", "a/b", ".hidden", "a b"],
 }
@@ -225,7 +223,7 @@ KEYED = [
     ({"email": {"from": "a@example.com\nBcc: x@y"}}, "mas:email:from"),
     ({"email": {"transport": "sendmail", "command": "/usr/sbin/sendmail -t"}}, "mas:email:command"),
     ({"users": [{"username": "bob\n"}]}, "mas:users:0:username"),
-    ({"users": [{"username": "bob", "emails": ["bob@example.com\n"]}]}, "mas:users:0:emails"),
+    ({"users": [{"username": "bob", "emails": ["bob@example.com\n"]}]}, "mas:users:0:emails:0"),
     ({"syn2mas": {"synapse_config_files": ["/etc/a/../b.yaml"]}}, "mas:syn2mas:synapse_config_files"),
     ({"syn2mas": {"synapse_database_uri": "postgresql://db/x\n"}}, "mas:syn2mas:synapse_database_uri"),
 ]

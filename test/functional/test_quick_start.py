@@ -1,0 +1,273 @@
+"""README's quick start, as a newcomer runs it: the demo (in its own folder,
+no account created, operator commands through ``scripts/salt-call``,
+``--clean``), ``scripts/test`` (per-checkout pytest temp root) and the end of
+a test run (one line per group of tests that did not run, and why).
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from harness.util import CI_SUFFIX, require_root
+from saltrun import REPO_ROOT
+
+pytest_plugins = ["pytester"]
+
+DEMO = REPO_ROOT / "scripts" / "mas_demo.py"
+SALT_CALL = REPO_ROOT / "scripts" / "salt-call"
+DOCKER = "/usr/bin/docker"
+DOCKER_LINE = f"mas:runtime is docker but {DOCKER} is missing: install Docker or set mas:runtime: binary"
+#: pillar.example's secrets, which are placeholders (the demo's pillar holds no other)
+SECRET_KEYS = (("database", "password"), ("email", "password"))
+
+# ------------------------------------------------------------------ the demo
+
+
+def _account_files():
+    return {name: pathlib.Path(name).read_bytes() for name in ("/etc/passwd", "/etc/group")}
+
+
+def _salt_dirs():
+    return {path: os.path.exists(path) for path in ("/etc/salt", "/var/cache/salt", "/var/log/salt", "/var/run/salt")}
+
+
+def demo(*args, check=True):
+    proc = subprocess.run([sys.executable, str(DEMO), *args], capture_output=True, text=True, check=False)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def salt_call(root, *args):
+    env = dict(os.environ, MAS_DEMO_ROOT=str(root), PYTHONWARNINGS="ignore")
+    return subprocess.run([str(SALT_CALL), *args], capture_output=True, text=True, check=False, env=env)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    """``scripts/demo`` into a fresh folder; nothing outside it may change."""
+    require_root("the demo sets owners and modes")
+    root = tmp_path_factory.mktemp("quick-start") / "demo-root"
+    before = (_account_files(), _salt_dirs())
+    proc = demo(str(root))
+    assert (_account_files(), _salt_dirs()) == before, "the demo changed an account or Salt's system paths"
+    yield root, proc.stdout
+    if root.exists():
+        demo("--clean", str(root))
+
+
+def test_demo_lists_what_it_rendered_and_names_the_existing_account(demo_root):
+    root, out = demo_root
+    assert "Service account: root:root, an existing account (the demo creates none)" in out
+    listed = out.split("Files the mas formula rendered under", 1)[1]
+    for name in (
+        "config/config.yaml",
+        "config/secrets/encryption",
+        "bin/mas-cli",
+        "matrix-authentication-service.yaml",
+    ):
+        assert name in listed
+    assert "homeserver.yaml" not in listed.replace("homeserver.yaml\n", "")  # the stand-in is the demo's, not rendered
+    config = root / "matrix/matrix-authentication-service/config/config.yaml"
+    assert config.stat().st_uid == 0 and (config.stat().st_mode & 0o777) == 0o640
+
+
+def test_demo_keeps_everything_in_its_folder(demo_root):
+    root, _ = demo_root
+    minion = yaml.safe_load((root / "salt" / "minion").read_text())
+    assert minion["root_dir"].startswith(str(root) + "/")
+    pillar = yaml.safe_load((root / "salt" / "pillar" / "mas.sls").read_text())["mas"]
+    paths = [pillar["base_path"], pillar["service"]["unit_dir"], pillar["synapse"]["config_dir"]]
+    paths += pillar["synapse"]["config_files"] + [pillar["proxy"]["nginx"]["snippet_path"]]
+    assert all(path.startswith(str(root) + "/") for path in paths), paths
+    assert (pillar["user"], pillar["group"]) == ("root", "root")
+
+
+def test_demo_pillar_holds_only_the_placeholder_secrets(demo_root):
+    root, _ = demo_root
+    example = yaml.safe_load((REPO_ROOT / "pillar.example").read_text())["mas"]
+    pillar = yaml.safe_load((root / "salt" / "pillar" / "mas.sls").read_text())["mas"]
+    for first, second in SECRET_KEYS:
+        assert pillar[first][second] == example[first][second]
+    assert [p["client_secret"] for p in pillar["upstream_oauth2_providers"]] == [
+        p["client_secret"] for p in example["upstream_oauth2_providers"]
+    ]
+    assert "encryption" not in pillar.get("secrets", {}) and "homeserver_secret" not in pillar.get("secrets", {})
+
+
+def test_operator_commands_on_the_demo(demo_root):
+    """README's operator commands, typed as written after ``scripts/salt-call``."""
+    root, _ = demo_root
+    again = salt_call(root, "state.apply", "mas", "test=True", "--out=json")
+    assert again.returncode == 0, again.stdout + again.stderr
+    states = json.loads(again.stdout)["local"]
+    assert [s["__id__"] for s in states.values() if s["changes"] or s["result"] is not True] == []
+    status = salt_call(root, "mas_syn2mas.status", "--out=json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["local"]["phase"] == "legacy_auth"
+    if os.path.exists(DOCKER):
+        return  # the rest is about a host without Docker
+    doctor = salt_call(root, "mas_doctor.run")
+    assert doctor.returncode != 0
+    assert (doctor.stdout + doctor.stderr).strip() == f"Error running 'mas_doctor.run': {DOCKER_LINE}"
+    check = salt_call(root, "mas_syn2mas.check", "--out=json")
+    assert check.returncode != 0 and json.loads(check.stdout)["local"]["errors"] == [DOCKER_LINE]
+    assert DOCKER_LINE in json.loads(status.stdout)["local"]["dry_run_blockers"]
+    register = salt_call(root, "mas_user.register", "alice", "admin=True")
+    assert register.returncode != 0 and DOCKER_LINE in register.stdout + register.stderr
+    wrapper = subprocess.run(
+        [str(root / "matrix/matrix-authentication-service/bin/mas-cli"), "doctor"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (wrapper.returncode, wrapper.stdout, wrapper.stderr) == (127, "", DOCKER_LINE + "\n")
+
+
+def test_salt_call_without_a_demo_says_to_run_it_first(tmp_path):
+    proc = salt_call(tmp_path / "nowhere", "test.ping")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"scripts/salt-call: no demo in {tmp_path / 'nowhere'}: run scripts/demo first"
+
+
+def test_demo_clean_removes_only_a_demo_folder(demo_root, tmp_path):
+    foreign = tmp_path / "not-a-demo"
+    foreign.mkdir()
+    (foreign / "keep").write_text("x")
+    refused = demo("--clean", str(foreign), check=False)
+    assert refused.returncode == 1 and (foreign / "keep").exists()
+    root, _ = demo_root
+    cleaned = demo("--clean", str(root))
+    assert not root.exists() and f"Removed {root}" in cleaned.stdout
+    assert "Nothing to remove" in demo("--clean", str(root)).stdout
+
+
+# ------------------------------------------------------------- scripts/test
+
+
+def fake_checkout(where):
+    """A checkout holding the real scripts/test, scripts/venv and
+    scripts/prereqs.py, and a .venv whose pytest prints what it was given."""
+    (where / "scripts").mkdir(parents=True)
+    for name in ("test", "venv", "prereqs.py"):
+        shutil.copy2(REPO_ROOT / "scripts" / name, where / "scripts" / name)
+    for name in ("requirements.txt", "requirements.lock"):
+        (where / name).write_text(f"# {name}\n")
+    bin_dir = where / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "pytest").write_text('#!/bin/sh\necho "TEMPROOT=$PYTEST_DEBUG_TEMPROOT ARGS=$*"\n')
+    (bin_dir / "pytest").chmod(0o755)
+    # what scripts/venv compares: sha256 of requirements.txt + requirements.lock
+    digest = hashlib.sha256(b"".join((where / n).read_bytes() for n in ("requirements.txt", "requirements.lock")))
+    (where / ".venv" / ".requirements.sha256").write_text(digest.hexdigest() + "\n")
+    return where
+
+
+def run_scripts_test(checkout, **env):
+    environ = {k: v for k, v in os.environ.items() if k != "PYTEST_DEBUG_TEMPROOT"}
+    proc = subprocess.run(
+        [str(checkout / "scripts" / "test"), "-m", "not integration"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**environ, **env},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_scripts_test_gives_each_checkout_its_own_pytest_temp_root(tmp_path):
+    one, two = fake_checkout(tmp_path / "one"), fake_checkout(tmp_path / "two")
+    first, second = run_scripts_test(one), run_scripts_test(two)
+    assert first.endswith("ARGS=-m not integration")
+    root_one, root_two = first.split()[0].removeprefix("TEMPROOT="), second.split()[0].removeprefix("TEMPROOT=")
+    assert root_one != root_two and os.path.isdir(root_one) and os.path.isdir(root_two)
+    assert run_scripts_test(one) == first, "the same checkout keeps its root"
+    given = tmp_path / "given"
+    assert run_scripts_test(one, PYTEST_DEBUG_TEMPROOT=str(given)).startswith(f"TEMPROOT={given} ")
+    for path in (root_one, root_two):
+        shutil.rmtree(path)
+
+
+# ------------------------------------------------------ the end of a test run
+
+
+def test_every_skip_goes_through_unavailable():
+    """So that CI=true turns every missing prerequisite into a failure."""
+    bypass = ("pytest.skip(", "importorskip(", "mark.skip", "skipif(")
+    found = [
+        f"{path.relative_to(REPO_ROOT)}:{number}"
+        for path in sorted((REPO_ROOT / "test").rglob("*.py"))
+        if path != REPO_ROOT / "test" / "harness" / "util.py" and path != pathlib.Path(__file__)
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(text in line for text in bypass)
+    ]
+    assert found == [], "skip with harness.util.unavailable (or require_*) instead"
+
+
+SKIPPING_TESTS = """
+from harness.util import require_upstream, unavailable
+
+
+def test_needs_a_widget():
+    unavailable("no widget here")
+
+
+def test_needs_a_widget_too():
+    unavailable("no widget here")
+
+
+def test_needs_upstream():
+    require_upstream("mas/config.schema.json")
+
+
+def test_runs():
+    pass
+"""
+
+
+@pytest.fixture
+def suite(pytester, monkeypatch, tmp_path):
+    """A small suite using this repository's conftest hook and harness."""
+    pytester.makeini(
+        f"[pytest]\npythonpath = {REPO_ROOT / 'test'} {REPO_ROOT / 'scripts'}\naddopts = -p no:cacheprovider\n"
+    )
+    pytester.makeconftest(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('mas_conftest', {str(REPO_ROOT / 'test' / 'conftest.py')!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "pytest_terminal_summary = module.pytest_terminal_summary\n"
+    )
+    pytester.makepyfile(test_skipping=SKIPPING_TESTS)
+    monkeypatch.setenv("MAS_DOUBLE_UPSTREAM_DIR", str(tmp_path / "empty"))
+    monkeypatch.delenv("CI", raising=False)
+    return pytester
+
+
+def test_run_ends_with_one_line_per_group_of_skipped_tests(suite, tmp_path):
+    result = suite.runpytest_subprocess()
+    result.assert_outcomes(passed=1, skipped=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*- not run: missing prerequisites -*",
+            "2 skipped: no widget here [[]test_skipping.py[]]",
+            f"1 skipped: needs MAS's published contracts, absent here: {tmp_path / 'empty'} *",
+        ]
+    )
+
+
+def test_under_ci_a_missing_prerequisite_fails(suite, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    result = suite.runpytest_subprocess()
+    result.assert_outcomes(passed=1, failed=3)
+    assert CI_SUFFIX in result.stdout.str()
+    result.stdout.fnmatch_lines(["2 failed (CI=true): no widget here [[]test_skipping.py[]]"])
