@@ -156,15 +156,16 @@ def test_invalid_values_of_each_kind(kind, value):
     assert mas.valid(kind, value) is False
 
 
-@pytest.mark.parametrize("kind", sorted(GOOD))
-@pytest.mark.parametrize("tail", HOSTILE_TAILS, ids=repr)
+# lettre's Mailbox parser takes surrounding whitespace (EM-13): a mailbox may end with a space
+TAILED = [(k, t) for k in sorted(GOOD) for t in HOSTILE_TAILS if not (k == "mailbox" and t == " ")]
+
+
+@pytest.mark.parametrize(("kind", "tail"), TAILED, ids=[f"{k}-{t!r}" for k, t in TAILED])
 def test_every_kind_refuses_a_hostile_tail(kind, tail):
     """A trailing newline passes every regex ending in `$`: not these."""
     good = GOOD[kind][0]
     if isinstance(good, int):
         good = str(good)
-    if kind == "mailbox" and tail == " ":
-        pytest.skip("lettre's Mailbox parser takes surrounding whitespace (EM-13)")
     assert mas.valid(kind, good + tail) is False
 
 
