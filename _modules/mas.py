@@ -10,7 +10,13 @@ modules alike), lists the secret files and builds ``config.yaml``
 (``mas_config``). The map holds no secret value: the SLS only learn *that* a
 secret is set and which file holds it. Also here: the MAS runtime the map
 describes (the docker image, :py:func:`image_present`) and whether a file is
-the formula's own (:py:func:`managed_by_formula`).
+the formula's own (:py:func:`managed_by_formula`, :py:func:`foreign_files`).
+
+Pillar is data, never code: every value is checked against the one strict
+grammar of its kind (:py:func:`valid`, ``re.fullmatch``), secrets are never
+taken inline from ``mas:config``, and MAS's own runtime rules (the
+``validate()`` code of its config sections) are checked on the config.yaml
+the formula would write, each refusal naming the pillar key.
 
 :depends: PyYAML
 """
@@ -24,7 +30,6 @@ import logging
 import os
 import re
 import stat
-import urllib.parse
 
 import salt.utils.data
 import salt.utils.dictupdate
@@ -101,20 +106,92 @@ SIGNING_KEYS = (
 # urn:mas:admin): a fixed id like upstream's 0000000000000000000SYNAPSE; its
 # secret is generated on the minion.
 ADMIN_CLIENT_ID = "00000000000000000SA1TADM1N"
-_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$")
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_INVALID = "Invalid pillar for the mas formula (nothing was changed):\n- "
+SYSTEMD_RESTART = ("no", "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog")
+#: MAS's resources of the listeners the formula renders (its proxy, Synapse
+#: and Salt reach MAS through them): a mas:config override must keep them.
+WEB_RESOURCES = ("discovery", "human", "oauth", "compat", "graphql", "assets")
+
+# --------------------------------------------------------------------------
+# The validator kit: one strict grammar per kind of value
+# --------------------------------------------------------------------------
+# Pillar is data, never code. Every value that reaches a file, a command, a
+# unit, a wrapper, nginx or Traefik is checked against the grammar of its kind
+# with re.fullmatch (``$`` would let a trailing newline through); each kind
+# has one checker, used wherever that kind appears, and one description of
+# what a valid value looks like, which every refusal quotes.
+
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+_IP_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
+# An absolute path: single '/' between names of letters, digits and . _ + @ -
+# (no spaces, quotes, '$', '%', ',' or control characters: paths reach the
+# unit, the sh wrappers and docker --mount=src=...,dst=...).
+_PATH = re.compile(r"(?:/[A-Za-z0-9._+@-]+)+")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+@-]*")
+_URL = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<path>/(?:[A-Za-z0-9._~+=@:,/-]|%[0-9A-Fa-f]{2})*)?"
+)
+_BIND = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>[0-9]{1,5})")
+_URL_PATH = re.compile(r"/|(?:/[A-Za-z0-9._~-]+)+")
+_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_PG_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
 #: A file or directory name of the TOFS lookup (no '/', no leading '.').
 _TOFS_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@-]+$")
-# Values rendered into the bin/ wrappers and the systemd unit: no whitespace,
-# quotes, `$`, `%` or control characters, so nothing can inject a command.
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@-]*$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
-_DOCKER_NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DOCKER_ARG = re.compile(r"^[A-Za-z0-9_./:=@,+-]+$")
-SYSTEMD_RESTART = ("no", "always", "on-success", "on-failure", "on-abnormal", "on-abort", "on-watchdog")
+_UNIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9:_.@-]{0,250}")
+# mas:service:name names the unit, the docker container and the Traefik
+# routers (a '.' would split a Traefik label key, '@' names a provider).
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,62}")
+_TRAEFIK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+# Kept for mas:binary (binary runtime), anchored at the end.
+# docker's reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest]
+_IMAGE_DOMAIN = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*(?::[0-9]+)?"
+_IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PATH}(?:/{_IMAGE_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,})?"
+)
+_DOCKER_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_DOCKER_ARG = re.compile(r"[A-Za-z0-9_./:=@,+-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# An email address as lettre's Mailbox parser takes it (MAS email.from):
+# `addr`, or `[display name] <addr>`; names with , @ : ; ( ) [ ] < > quoted.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\U0010ffff-]"
+_QUOTED = r'"(?:[^"\\\x00-\x1f\x7f]|\\[^\x00-\x1f\x7f])*"'
+_ADDR_SPEC = rf"(?P<local>{_ATEXT}+(?:\.{_ATEXT}+)*|{_QUOTED})@(?P<domain>{_DNS_LABEL}(?:\.{_DNS_LABEL})*)"
+_MAILBOX = re.compile(
+    rf"[ \t]*(?:{_ADDR_SPEC}|(?:(?:{_ATEXT}+|{_QUOTED})(?:[ \t]*(?:[ \t]{_ATEXT}+|{_QUOTED}|\.))*[ \t]*)?"
+    rf"<{_ADDR_SPEC.replace('?P<local>', '?P<local2>').replace('?P<domain>', '?P<domain2>')}>)[ \t]*"
+)
+
+#: What a valid value of each kind looks like (quoted by every refusal).
+KINDS = {
+    "hostname": "a DNS host name (dot-separated labels of letters, digits and '-', e.g. matrix.example.com)",
+    "host": "a DNS host name or an IP address (e.g. smtp.example.com or 192.0.2.10)",
+    "url": "an http(s) URL: scheme, host, optional port and path, nothing else (no spaces, quotes, query or"
+    " control characters; e.g. https://matrix.example.com/)",
+    "origin": "http(s)://HOST[:PORT] without a path (e.g. http://127.0.0.1:8080)",
+    "bind": "HOST:PORT, HOST an IP address or a DNS name and IPv6 in brackets (e.g. [::]:8080, 127.0.0.1:8081,"
+    " localhost:8081)",
+    "path": "an absolute, normalised path: names of letters, digits and . _ + @ - between single '/', no '..',"
+    " spaces, quotes or control characters (e.g. /srv/mas)",
+    "unit": "a systemd unit name (letters, digits and : _ . @ -, not starting with '-'; e.g. matrix-synapse)",
+    "service": "2-63 letters, digits, '_' or '-', starting with a letter or digit (it names the systemd unit, the"
+    " container and the Traefik routers; e.g. matrix-authentication-service)",
+    "image": "a container image reference, [registry/]name[:tag][@sha256:digest] (e.g."
+    " ghcr.io/element-hq/matrix-authentication-service:1.23.0)",
+    "command": "the absolute path of the program (e.g. /usr/bin/docker)",
+    "traefik": "a Traefik name: letters, digits, '_' and '-' (e.g. websecure)",
+    "name": "a user or group name: lower-case letters, digits, '_' and '-', at most 32 (e.g. mas)",
+    "port": "a port number from 1 to 65535 (an integer, or a string of digits)",
+    "mailbox": "one email address, `addr@example.com` or `Name <addr@example.com>` (quote a name holding"
+    " , @ : ; ( ) [ ] < >, e.g. '\"Doe, John\" <mas@example.com>')",
+    "url_path": "'/' or a URL path of letters, digits and . _ ~ - between single '/' (e.g. /auth)",
+    "file_name": "a file name of letters, digits and . _ + @ - (no '/')",
+}
 
 
 def __virtual__():
@@ -138,33 +215,157 @@ def _is_set(value):
     return value not in (None, "", [], {})
 
 
+def _is_text(value):
+    """A string without control characters (newline, tab, NUL, ...)."""
+    return isinstance(value, str) and not _CONTROL.search(value)
+
+
 def _is_dns_name(value):
-    if not isinstance(value, str) or not value or len(value) > 253:
-        return False
-    labels = value.rstrip(".").split(".")
-    return all(_DNS_LABEL.match(label) for label in labels)
+    return isinstance(value, str) and 0 < len(value) <= 253 and bool(_HOSTNAME.fullmatch(value))
 
 
-def _is_url(value, schemes=("http", "https")):
-    if not isinstance(value, str):
+def _is_ip(value, version=None):
+    if not isinstance(value, str) or not _IP_CHARS.fullmatch(value):
         return False
-    parsed = urllib.parse.urlparse(value)
-    return parsed.scheme in schemes and bool(parsed.netloc)
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return version is None or address.version == version
 
 
 def _as_port(value):
+    """The port ``value`` names (an int, or a string of digits), else None; floats are refused."""
     if isinstance(value, bool):
         return None
-    try:
-        port = int(value)
-    except (TypeError, ValueError):
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}", value):
+        value = int(value)
+    if not isinstance(value, int):
         return None
-    return port if 0 < port < 65536 else None
+    return value if 0 < value < 65536 else None
+
+
+def _is_url(value, schemes=("http", "https"), path=True, slash=False):
+    """An absolute URL of ``schemes``: host (DNS name, IPv4 or [IPv6]), optional port, optional path
+    (``path`` false: none at all; ``slash``: a path must end with '/'), no userinfo, query or fragment."""
+    match = _URL.fullmatch(value) if isinstance(value, str) else None
+    if not match or match["scheme"] not in schemes:
+        return False
+    host = match["host"]
+    if host.startswith("["):
+        if not _is_ip(host[1:-1], 6):
+            return False
+    elif not (_is_dns_name(host) or _is_ip(host, 4)):
+        return False
+    if match["port"] is not None and _as_port(match["port"]) is None:
+        return False
+    if match["path"] and (not path or (slash and not match["path"].endswith("/"))):
+        return False
+    return "//" not in (match["path"] or "")
+
+
+def _split_hostport(value):
+    """``(host, port)`` of a bind ``HOST:PORT`` (IPv6 unbracketed), or None."""
+    match = _BIND.fullmatch(value) if isinstance(value, str) else None
+    if not match or _as_port(match["port"]) is None:
+        return None
+    if match["v6"] is not None:
+        return (match["v6"], int(match["port"])) if _is_ip(match["v6"], 6) else None
+    host = match["host"]
+    return (host, int(match["port"])) if _is_ip(host, 4) or _is_dns_name(host) else None
+
+
+def _is_cidr(value):
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9A-Fa-f:.]+(?:/[0-9]{1,3})?", value):
+        return False
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_path(value):
+    return (
+        isinstance(value, str)
+        and len(value) <= 4096
+        and bool(_PATH.fullmatch(value))
+        and not any(part in (".", "..") for part in value.split("/"))
+    )
+
+
+_CHECKS = {
+    "hostname": _is_dns_name,
+    "host": lambda v: _is_dns_name(v) or _is_ip(v),
+    "url": _is_url,
+    "origin": lambda v: _is_url(v, path=False),
+    "bind": lambda v: _split_hostport(v) is not None,
+    "path": _is_path,
+    "command": _is_path,
+    "unit": lambda v: isinstance(v, str) and bool(_UNIT_NAME.fullmatch(v)),
+    "service": lambda v: isinstance(v, str) and bool(_SERVICE_NAME.fullmatch(v)),
+    "image": lambda v: isinstance(v, str) and len(v) <= 255 and bool(_IMAGE.fullmatch(v)),
+    "traefik": lambda v: isinstance(v, str) and bool(_TRAEFIK_NAME.fullmatch(v)),
+    "name": lambda v: isinstance(v, str) and bool(_NAME.fullmatch(v)),
+    "port": lambda v: _as_port(v) is not None,
+    "mailbox": lambda v: isinstance(v, str) and bool(_MAILBOX.fullmatch(v)),
+    "url_path": lambda v: isinstance(v, str) and bool(_URL_PATH.fullmatch(v)),
+    "file_name": lambda v: isinstance(v, str) and v not in (".", "..") and bool(_FILE_NAME.fullmatch(v)),
+}
+
+
+def valid(kind, value):
+    """
+    Whether ``value`` is a valid value of ``kind`` for the formula: the one
+    strict grammar (``re.fullmatch``) of that kind of value, the same that
+    the pillar validation applies. Kinds: hostname, host, url, origin, bind,
+    path, command, unit, service, image, traefik, name, port, mailbox,
+    url_path, file_name.
+
+    kind
+        The kind of value.
+    value
+        The value to check.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.valid bind '[::]:8080'
+    """
+    if kind not in _CHECKS:
+        raise SaltInvocationError(f"mas.valid: unknown kind {kind!r} (known: {', '.join(sorted(_CHECKS))})")
+    return bool(_CHECKS[kind](value))
 
 
 class _Errors(list):
     def add(self, path, message):
         self.append(f"{_key(*path)}: {message}")
+
+    def expect(self, path, value, kind, optional=False, what=None):
+        """Add a refusal unless ``value`` is of ``kind`` (``optional``: an unset value passes)."""
+        if (optional and not _is_set(value)) or _CHECKS[kind](value):
+            return True
+        self.add(path, f"must be {what or KINDS[kind]}, not {value!r}")
+        return False
+
+    def secret(self, path, value, trimmed=False):
+        """A secret from pillar: a string (or an integer), no control characters; never echoed."""
+        if not _is_set(value):
+            return True
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            self.add(
+                path,
+                f"must be a string (or an integer), not a {type(value).__name__}; quote it in YAML if needed",
+            )
+            return False
+        if _CONTROL.search(str(value)):
+            self.add(path, "must not contain control characters (newline, tab, ...)")
+            return False
+        if trimmed and str(value) != str(value).strip():
+            self.add(path, "must not start or end with whitespace (MAS trims the file it reads it from)")
+            return False
+        return True
 
 
 def _validate(data):
@@ -211,52 +412,45 @@ def _validate(data):
                 f"must be the bare Matrix domain (no scheme, no port), not {server_name!r}",
             )
         elif not _is_dns_name(server_name):
-            errors.add(("server_name",), f"{server_name!r} is not a DNS name")
+            errors.add(("server_name",), f"{server_name!r} is not a DNS name: must be {KINDS['hostname']}")
 
     hostname = data.get("hostname")
     if _is_set(hostname) and not _is_dns_name(hostname):
-        errors.add(("hostname",), f"{hostname!r} is not a DNS name (no scheme, port or path)")
+        errors.add(
+            ("hostname",), f"{hostname!r} is not a DNS name (no scheme, port or path): must be {KINDS['hostname']}"
+        )
 
     prefix = data.get("path_prefix")
     if not isinstance(prefix, str) or not prefix.startswith("/"):
         errors.add(("path_prefix",), f"must start with '/', not {prefix!r}")
     elif prefix != "/" and prefix.endswith("/"):
         errors.add(("path_prefix",), f"must not end with '/' (use /auth, not /auth/): {prefix!r}")
-    elif not re.match(r"^/[A-Za-z0-9._~/-]*$", prefix) or "//" in prefix:
-        errors.add(("path_prefix",), f"{prefix!r} is not a plain URL path")
+    elif not _CHECKS["url_path"](prefix):
+        errors.add(("path_prefix",), f"{prefix!r} is not a plain URL path: must be {KINDS['url_path']}")
 
     for path in (("base_path",), ("service", "unit_dir")):
-        value = _get(data, *path)
-        if not isinstance(value, str) or not os.path.isabs(value) or value == "/":
-            errors.add(path, f"must be an absolute directory path, not {value!r}")
-        elif not _SAFE_PATH.match(value):
-            errors.add(path, f"{value!r} may only hold letters, digits and . _ / + @ -")
+        errors.expect(path, _get(data, *path), "path")
     restart = _get(data, "service", "restart")
     if restart not in SYSTEMD_RESTART:
         errors.add(("service", "restart"), f"must be one of {', '.join(SYSTEMD_RESTART)}, not {restart!r}")
     for path in (("user",), ("group",)):
-        value = _get(data, *path)
-        if not isinstance(value, str) or not _NAME.match(value):
-            errors.add(path, f"{value!r} is not a valid user or group name")
-    unit = _get(data, "service", "name")
-    if not isinstance(unit, str) or not _UNIT_NAME.match(unit):
-        errors.add(("service", "name"), f"{unit!r} is not a valid systemd unit name")
+        errors.expect(path, _get(data, *path), "name")
+    errors.expect(("service", "name"), _get(data, "service", "name"), "service")
 
     runtime = data.get("runtime")
     if runtime not in RUNTIMES:
         errors.add(("runtime",), f"must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     elif runtime == "docker":
-        image = data.get("image")
-        if not isinstance(image, str) or not _IMAGE.match(image):
-            errors.add(("image",), f"must be a container image reference, not {image!r}")
-        command = _get(data, "service", "docker", "command")
-        if not isinstance(command, str) or not _SAFE_PATH.match(command):
-            errors.add(("service", "docker", "command"), f"must be the absolute path of docker, not {command!r}")
+        errors.expect(("image",), data.get("image"), "image")
+        errors.expect(("service", "docker", "command"), _get(data, "service", "docker", "command"), "command")
         network = _get(data, "service", "docker", "network")
-        if not isinstance(network, str) or (network and not _DOCKER_NETWORK.match(network)):
-            errors.add(("service", "docker", "network"), f"must be a docker network name, not {network!r}")
+        if not isinstance(network, str) or (network and not _DOCKER_NETWORK.fullmatch(network)):
+            errors.add(
+                ("service", "docker", "network"),
+                f"must be a docker network name (letters, digits and _ . -, e.g. host), not {network!r}",
+            )
         extra = _get(data, "service", "docker", "extra_args")
-        if not isinstance(extra, list) or not all(isinstance(a, str) and _DOCKER_ARG.match(a) for a in extra):
+        if not isinstance(extra, list) or not all(isinstance(a, str) and _DOCKER_ARG.fullmatch(a) for a in extra):
             errors.add(
                 ("service", "docker", "extra_args"),
                 "must be a list of single docker arguments (letters, digits and _ . / : = @ , + -; e.g."
@@ -265,20 +459,14 @@ def _validate(data):
     _validate_binary(data, errors)
 
     for path in (("http", "web_bind"), ("http", "internal_bind")):
-        value = _get(data, *path)
-        if _parse_bind(value) is None:
-            errors.add(
-                path, f"must be HOST:PORT (an IP, IPv6 in brackets, or a host name; e.g. '[::]:8080'), not {value!r}"
-            )
+        errors.expect(path, _get(data, *path), "bind")
     proxies = _get(data, "http", "trusted_proxies")
     if not isinstance(proxies, list):
-        errors.add(("http", "trusted_proxies"), "must be a list of CIDR networks")
+        errors.add(("http", "trusted_proxies"), "must be a list of CIDR networks (e.g. [127.0.0.1/32])")
     else:
         for index, net in enumerate(proxies):
-            try:
-                ipaddress.ip_network(str(net), strict=False)
-            except ValueError:
-                errors.add(("http", "trusted_proxies", index), f"{net!r} is not a CIDR network")
+            if not _is_cidr(net):
+                errors.add(("http", "trusted_proxies", index), f"{net!r} is not a CIDR network (e.g. 10.0.0.0/8)")
 
     _validate_secrets(data, errors)
     _validate_database(data, errors)
@@ -287,14 +475,15 @@ def _validate(data):
     _validate_providers(data, errors)
 
     endpoint = _get(data, "synapse", "endpoint")
-    if not _is_url(endpoint):
-        errors.add(("synapse", "endpoint"), f"must be an http(s) URL, not {endpoint!r}")
-    mas_endpoint = _get(data, "synapse", "mas_endpoint")
-    if _is_set(mas_endpoint) and not _is_url(mas_endpoint):
-        errors.add(("synapse", "mas_endpoint"), f"must be an http(s) URL, not {mas_endpoint!r}")
+    if errors.expect(("synapse", "endpoint"), endpoint, "url") and not _is_url(endpoint, slash=True):
+        errors.add(
+            ("synapse", "endpoint"),
+            f"must end with '/' when it has a path (MAS joins _synapse/mas/... to it), not {endpoint!r}",
+        )
+    errors.expect(("synapse", "mas_endpoint"), _get(data, "synapse", "mas_endpoint"), "url", optional=True)
     files = _get(data, "synapse", "config_files")
-    if not isinstance(files, list) or not all(isinstance(f, str) and os.path.isabs(f) for f in files):
-        errors.add(("synapse", "config_files"), "must be a list of absolute file paths")
+    if not isinstance(files, list) or not all(_is_path(f) for f in files):
+        errors.add(("synapse", "config_files"), f"must be a list of file paths, each {KINDS['path']}")
     if not isinstance(_get(data, "synapse", "extra_config"), dict):
         errors.add(("synapse", "extra_config"), "must be a mapping (Synapse config keys)")
 
@@ -305,8 +494,7 @@ def _validate(data):
     _validate_syn2mas(data, errors)
     _validate_doctor(data, errors)
     _validate_tofs(data, errors)
-    if not isinstance(data.get("config"), dict):
-        errors.add(("config",), "must be a mapping merged into MAS's config.yaml")
+    _validate_config(data, errors)
     return errors
 
 
@@ -371,8 +559,7 @@ def _validate_users(data, errors):
                     __salt__["mas_user.check_email"](email)
                 except SaltInvocationError:
                     errors.add(path + ("emails", position), f"{email!r} is not an email address")
-        if _is_set(user.get("password")) and not isinstance(user["password"], str):
-            errors.add(path + ("password",), "must be a string")
+        errors.secret(path + ("password",), user.get("password"))
         if user.get("access_token") is not None:
             _validate_access_token(user["access_token"], path + ("access_token",), errors)
         unknown = set(user) - set(USER_KEYS)
@@ -384,12 +571,10 @@ def _validate_access_token(token, path, errors):
     if not isinstance(token, dict):
         errors.add(path, "must be a mapping {path, owner, group, expires_in, ...}")
         return
-    file = token.get("path")
-    if not isinstance(file, str) or not os.path.isabs(file) or ".." in file.split("/") or file.endswith("/"):
-        errors.add(path + ("path",), f"must be an absolute file path, not {file!r}")
+    errors.expect(path + ("path",), token.get("path"), "path", what=f"an absolute file path ({KINDS['path']})")
     for key in ("owner", "group"):
-        if token.get(key) is not None and (not isinstance(token[key], str) or not _NAME.match(token[key])):
-            errors.add(path + (key,), f"{token[key]!r} is not a valid user or group name")
+        if token.get(key) is not None:
+            errors.expect(path + (key,), token[key], "name")
     for key, low in (("expires_in", 60), ("renew_before", 0)):
         value = token.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
@@ -466,10 +651,10 @@ def _validate_syn2mas(data, errors):
     for key in sorted(set(syn2mas) - set(known)):
         errors.add(("syn2mas", key), f"unknown option (known: {', '.join(sorted(known))})")
     files = syn2mas.get("synapse_config_files")
-    if not isinstance(files, list) or not all(isinstance(f, str) and os.path.isabs(f) for f in files):
-        errors.add(("syn2mas", "synapse_config_files"), "must be a list of absolute file paths")
+    if not isinstance(files, list) or not all(_is_path(f) for f in files):
+        errors.add(("syn2mas", "synapse_config_files"), f"must be a list of file paths, each {KINDS['path']}")
     uri = syn2mas.get("synapse_database_uri")
-    if _is_set(uri) and not (isinstance(uri, str) and re.match(r"^postgres(ql)?://", uri)):
+    if _is_set(uri) and not (_is_text(uri) and re.match(r"postgres(ql)?://\S+\Z", uri)):
         errors.add(("syn2mas", "synapse_database_uri"), "must be a postgresql:// URI (or empty)")
     for key in ("timeout", "stop_timeout"):
         value = syn2mas.get(key)
@@ -565,13 +750,93 @@ def _validate_doctor(data, errors):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             errors.add(("doctor", key), f"must be a positive number of seconds, not {value!r}")
     url = doctor.get("proxy_url")
-    if _is_set(url):
-        parsed = urllib.parse.urlparse(url) if isinstance(url, str) else None
-        if not parsed or parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
-            errors.add(("doctor", "proxy_url"), f"must be http(s)://HOST[:PORT] (no path), not {url!r}")
+    if _is_set(url) and not _CHECKS["origin"](url.removesuffix("/") if isinstance(url, str) else url):
+        errors.add(("doctor", "proxy_url"), f"must be {KINDS['origin']}, not {url!r}")
     verify = doctor.get("tls_verify")
-    if not isinstance(verify, bool) and not (isinstance(verify, str) and os.path.isabs(verify)):
-        errors.add(("doctor", "tls_verify"), f"must be true, false or the absolute path of a CA bundle, not {verify!r}")
+    if not isinstance(verify, bool) and not _is_path(verify):
+        errors.add(
+            ("doctor", "tls_verify"),
+            f"must be true, false or the path of a CA bundle ({KINDS['path']}), not {verify!r}",
+        )
+
+
+BINARY_KEYS = ("source", "source_hash", "path", "share_dir")
+#: Where Salt's archive.extracted can fetch the release tarball from.
+_ARCHIVE_URL = re.compile(r"(?:https?|salt)://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+")
+_SOURCE_HASH = re.compile(r"(?:(sha256)=)?([0-9a-fA-F]{64})|(sha512)=([0-9a-fA-F]{128})")
+_BINARY_EXAMPLE = (
+    "{source: https://github.com/element-hq/matrix-authentication-service/releases/download/v1.23.0/"
+    "mas-cli-x86_64-linux.tar.gz, source_hash: sha256=<64 hex>} (the release tarball), or"
+    " {path: /usr/local/bin/mas-cli, share_dir: /usr/local/share/mas-cli} (a MAS installed some other way)"
+)
+
+
+def _validate_binary(data, errors):
+    """``mas:binary``: the MAS release tarball (``source``/``source_hash``) or an installed MAS (``path``/``share_dir``)."""
+    binary = data.get("binary")
+    if isinstance(binary, str):
+        errors.add(("binary",), f"must now be a mapping, not the path {binary!r}: {_BINARY_EXAMPLE}")
+        return
+    if not isinstance(binary, dict):
+        errors.add(("binary",), f"must be a mapping: {_BINARY_EXAMPLE}")
+        return
+    for key in sorted(set(binary) - set(BINARY_KEYS)):
+        errors.add(("binary", key), f"unknown key (known: {', '.join(BINARY_KEYS)})")
+    source, source_hash = binary.get("source"), binary.get("source_hash")
+    if _is_set(source):
+        local = source[len("file://") :] if isinstance(source, str) and source.startswith("file:///") else source
+        if not (isinstance(source, str) and (_ARCHIVE_URL.fullmatch(source) or _is_path(local))):
+            errors.add(
+                ("binary", "source"),
+                f"must be the URL (https://, salt://, file://) or absolute path of mas-cli-<arch>-linux.tar.gz,"
+                f" not {source!r}",
+            )
+        if not (isinstance(source_hash, str) and _SOURCE_HASH.fullmatch(source_hash)):
+            errors.add(
+                ("binary", "source_hash"),
+                "is required with mas:binary:source: sha256=<64 hex digits> (or sha512=<128>) of the tarball",
+            )
+        for key in ("path", "share_dir"):
+            if _is_set(binary.get(key)):
+                errors.add(("binary", key), "must be left empty with mas:binary:source (it is inside the tarball)")
+        return
+    if _is_set(source_hash):
+        errors.add(("binary", "source_hash"), "is only used with mas:binary:source")
+    for key in ("path", "share_dir"):
+        value = binary.get(key)
+        if not _is_set(value):
+            if data.get("runtime") == "binary":
+                errors.add(
+                    ("binary", key),
+                    f"is required with mas:runtime binary unless mas:binary:source is set: {_BINARY_EXAMPLE}",
+                )
+        else:
+            errors.expect(("binary", key), value, "path")
+
+
+def _binary_paths(data, base):
+    """Where mas-cli and its share/ directory are: in the versioned release
+    directory of the tarball (one per ``source_hash``) or where the operator
+    installed them."""
+    binary = data["binary"]
+    if data["runtime"] != "binary":
+        return {"dist_dir": os.path.join(base, "dist"), "release_dir": None, "mas_binary": None, "share_dir": None}
+    if _is_set(binary["source"]):
+        match = _SOURCE_HASH.fullmatch(binary["source_hash"])
+        digest = (match.group(2) or match.group(4)).lower()
+        release = os.path.join(base, "dist", f"mas-cli-{digest[:16]}")
+        return {
+            "dist_dir": os.path.join(base, "dist"),
+            "release_dir": release,
+            "mas_binary": os.path.join(release, "mas-cli"),
+            "share_dir": os.path.join(release, "share"),
+        }
+    return {
+        "dist_dir": os.path.join(base, "dist"),
+        "release_dir": None,
+        "mas_binary": os.path.normpath(binary["path"]),
+        "share_dir": os.path.normpath(binary["share_dir"]),
+    }
 
 
 def _validate_tofs(data, errors):
@@ -599,106 +864,19 @@ def _validate_tofs(data, errors):
         errors.add(("tofs", "dirs", "files"), f"must be a directory name (default files), not {files!r}")
 
 
-BINARY_KEYS = ("source", "source_hash", "path", "share_dir")
-#: Where Salt's archive.extracted can fetch the release tarball from.
-_ARCHIVE_SOURCE = re.compile(r"^(https?://[^\s]+|salt://[^\s]+|file:///[^\s]+|/[^\s]+)$")
-_SOURCE_HASH = re.compile(r"^(?:(sha256)=)?([0-9a-fA-F]{64})$|^(sha512)=([0-9a-fA-F]{128})$")
-_BINARY_EXAMPLE = (
-    "{source: https://github.com/element-hq/matrix-authentication-service/releases/download/v1.23.0/"
-    "mas-cli-x86_64-linux.tar.gz, source_hash: sha256=<64 hex>} (the release tarball), or"
-    " {path: /usr/local/bin/mas-cli, share_dir: /usr/local/share/mas-cli} (a MAS installed some other way)"
-)
-
-
-def _validate_binary(data, errors):
-    """``mas:binary``: the MAS release tarball (``source``/``source_hash``) or an installed MAS (``path``/``share_dir``)."""
-    binary = data.get("binary")
-    if isinstance(binary, str):
-        errors.add(("binary",), f"must now be a mapping, not the path {binary!r}: {_BINARY_EXAMPLE}")
-        return
-    if not isinstance(binary, dict):
-        errors.add(("binary",), f"must be a mapping: {_BINARY_EXAMPLE}")
-        return
-    for key in sorted(set(binary) - set(BINARY_KEYS)):
-        errors.add(("binary", key), f"unknown key (known: {', '.join(BINARY_KEYS)})")
-    source, source_hash = binary.get("source"), binary.get("source_hash")
-    if _is_set(source):
-        if not (isinstance(source, str) and _ARCHIVE_SOURCE.match(source)):
-            errors.add(
-                ("binary", "source"),
-                f"must be the URL (https://, salt://, file://) or absolute path of mas-cli-<arch>-linux.tar.gz,"
-                f" not {source!r}",
-            )
-        if not (isinstance(source_hash, str) and _SOURCE_HASH.match(source_hash)):
-            errors.add(
-                ("binary", "source_hash"),
-                "is required with mas:binary:source: sha256=<64 hex digits> (or sha512=<128>) of the tarball",
-            )
-        for key in ("path", "share_dir"):
-            if _is_set(binary.get(key)):
-                errors.add(("binary", key), "must be left empty with mas:binary:source (it is inside the tarball)")
-        return
-    if _is_set(source_hash):
-        errors.add(("binary", "source_hash"), "is only used with mas:binary:source")
-    for key, what in (("path", "mas-cli"), ("share_dir", "MAS's share/ directory (policy.wasm, templates, ...)")):
-        value = binary.get(key)
-        if not _is_set(value):
-            if data.get("runtime") == "binary":
-                errors.add(
-                    ("binary", key),
-                    f"is required with mas:runtime binary unless mas:binary:source is set: {_BINARY_EXAMPLE}",
-                )
-        elif not (isinstance(value, str) and _SAFE_PATH.match(value) and value != "/" and not value.endswith("/")):
-            errors.add(
-                ("binary", key), f"must be the absolute path of {what} (letters, digits, . _ / + @ -), not {value!r}"
-            )
-
-
-def _binary_paths(data, base):
-    """Where mas-cli and its share/ directory are: in the versioned release
-    directory of the tarball (one per ``source_hash``) or where the operator
-    installed them."""
-    binary = data["binary"]
-    if data["runtime"] != "binary":
-        return {"dist_dir": os.path.join(base, "dist"), "release_dir": None, "mas_binary": None, "share_dir": None}
-    if _is_set(binary["source"]):
-        match = _SOURCE_HASH.match(binary["source_hash"])
-        digest = (match.group(2) or match.group(4)).lower()
-        release = os.path.join(base, "dist", f"mas-cli-{digest[:16]}")
-        return {
-            "dist_dir": os.path.join(base, "dist"),
-            "release_dir": release,
-            "mas_binary": os.path.join(release, "mas-cli"),
-            "share_dir": os.path.join(release, "share"),
-        }
-    return {
-        "dist_dir": os.path.join(base, "dist"),
-        "release_dir": None,
-        "mas_binary": os.path.normpath(binary["path"]),
-        "share_dir": os.path.normpath(binary["share_dir"]),
-    }
-
-
-def _abs_path(errors, path, value):
-    if not isinstance(value, str) or not os.path.isabs(value) or value == "/" or value.endswith("/"):
-        errors.add(path, f"must be an absolute path (no trailing '/'), not {value!r}")
-
-
 def _validate_synapse(data, errors):
     syn = data["synapse"]
     name = syn.get("dropin_name")
-    if not isinstance(name, str) or "/" in name or not name.endswith(".yaml") or name.startswith("."):
+    if not (_CHECKS["file_name"](name) and name.endswith(".yaml")):
         errors.add(
-            ("synapse", "dropin_name"), f"must be a file name ending in .yaml (Synapse ignores others), not {name!r}"
+            ("synapse", "dropin_name"),
+            f"must be a file name ending in .yaml (Synapse ignores others), {KINDS['file_name']}, not {name!r}",
         )
-    _abs_path(errors, ("synapse", "config_dir"), syn.get("config_dir"))
-    if _is_set(syn.get("secret_path")):
-        _abs_path(errors, ("synapse", "secret_path"), syn.get("secret_path"))
+    errors.expect(("synapse", "config_dir"), syn.get("config_dir"), "path")
+    errors.expect(("synapse", "secret_path"), syn.get("secret_path"), "path", optional=True)
     for key in ("user", "group"):
-        if not isinstance(syn.get(key), str) or not _NAME.match(syn[key]):
-            errors.add(("synapse", key), f"{syn.get(key)!r} is not a valid user or group name")
-    if not isinstance(syn.get("service"), str) or not _UNIT_NAME.match(syn["service"]):
-        errors.add(("synapse", "service"), f"{syn.get('service')!r} is not a valid systemd unit name")
+        errors.expect(("synapse", key), syn.get(key), "name")
+    errors.expect(("synapse", "service"), syn.get("service"), "unit")
 
 
 def _validate_proxy(data, errors):
@@ -707,11 +885,30 @@ def _validate_proxy(data, errors):
     if kind not in PROXY_TYPES:
         errors.add(("proxy", "type"), f"must be one of {', '.join(PROXY_TYPES)}, not {kind!r}")
         return
-    if kind == "none" or not data["enabled"] or not _is_set(data.get("server_name")):
+    # every value is checked whatever the type: switching types later must
+    # not meet a value that was never validated
+    nginx, traefik = proxy["nginx"], proxy["traefik"]
+    errors.expect(("proxy", "matrix_hostname"), proxy.get("matrix_hostname"), "hostname", optional=True)
+    errors.expect(("proxy", "nginx", "mas_upstream"), nginx.get("mas_upstream"), "origin", optional=True)
+    errors.expect(("proxy", "traefik", "mas_url"), traefik.get("mas_url"), "origin", optional=True)
+    for path in (
+        ("proxy", "nginx", "snippet_path"),
+        ("proxy", "nginx", "public_snippet_path"),
+        ("proxy", "traefik", "config_path"),
+    ):
+        errors.expect(path, _get(data, *path), "path")
+    errors.expect(("proxy", "nginx", "service"), nginx.get("service"), "unit")
+    errors.expect(("proxy", "traefik", "service"), traefik.get("service"), "unit")
+    errors.expect(("proxy", "traefik", "entrypoint"), traefik.get("entrypoint"), "traefik")
+    errors.expect(("proxy", "traefik", "certresolver"), traefik.get("certresolver"), "traefik", optional=True)
+    if kind == "none" or not data["enabled"] or not _is_dns_name(data.get("server_name")):
         return
     matrix_host = proxy.get("matrix_hostname") or f"matrix.{data['server_name']}"
     if not _is_dns_name(matrix_host):
-        errors.add(("proxy", "matrix_hostname"), f"must be the homeserver's public host name, not {matrix_host!r}")
+        errors.add(
+            ("proxy", "matrix_hostname"),
+            f"must be the homeserver's public host name, {KINDS['hostname']}, not {matrix_host!r}",
+        )
     separate_host = (data.get("hostname") or f"matrix.{data['server_name']}") != matrix_host
     if data.get("path_prefix") == "/" and not separate_host:
         errors.add(
@@ -719,30 +916,8 @@ def _validate_proxy(data, errors):
             "'/' needs MAS on its own host name: set mas:hostname (e.g. auth.example.com) to differ from"
             f" the homeserver's host {matrix_host!r} (mas:proxy:matrix_hostname)",
         )
-    if kind == "nginx":
-        nginx = proxy["nginx"]
-        _upstream_url(errors, ("proxy", "nginx", "mas_upstream"), nginx.get("mas_upstream"))
-        _abs_path(errors, ("proxy", "nginx", "snippet_path"), nginx.get("snippet_path"))
-        if separate_host:
-            _abs_path(errors, ("proxy", "nginx", "public_snippet_path"), nginx.get("public_snippet_path"))
-            if nginx.get("public_snippet_path") == nginx.get("snippet_path"):
-                errors.add(("proxy", "nginx", "public_snippet_path"), "must differ from mas:proxy:nginx:snippet_path")
-    else:
-        traefik = proxy["traefik"]
-        _upstream_url(errors, ("proxy", "traefik", "mas_url"), traefik.get("mas_url"))
-        _abs_path(errors, ("proxy", "traefik", "config_path"), traefik.get("config_path"))
-        entrypoint = traefik.get("entrypoint")
-        if not isinstance(entrypoint, str) or not re.match(r"^[A-Za-z0-9_-]+$", entrypoint):
-            errors.add(("proxy", "traefik", "entrypoint"), f"must be a Traefik entrypoint name, not {entrypoint!r}")
-
-
-def _upstream_url(errors, path, value):
-    """An optional ``http(s)://HOST[:PORT]`` (empty: derived from the web bind)."""
-    if not _is_set(value):
-        return
-    parsed = urllib.parse.urlparse(value) if isinstance(value, str) else None
-    if not parsed or parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path not in ("", "/"):
-        errors.add(path, f"must be http(s)://HOST[:PORT] (no path), not {value!r}")
+    if kind == "nginx" and separate_host and nginx.get("public_snippet_path") == nginx.get("snippet_path"):
+        errors.add(("proxy", "nginx", "public_snippet_path"), "must differ from mas:proxy:nginx:snippet_path")
 
 
 def _local_upstream(web_bind):
@@ -758,80 +933,76 @@ def _local_upstream(web_bind):
 
 def _validate_secrets(data, errors):
     encryption = _get(data, "secrets", "encryption")
-    if _is_set(encryption) and not (isinstance(encryption, str) and _HEX64.match(encryption)):
+    if _is_set(encryption) and not (isinstance(encryption, str) and _HEX64.fullmatch(encryption)):
         errors.add(
             ("secrets", "encryption"),
-            "must be exactly 64 hexadecimal characters (generate with `openssl rand -hex 32`),"
+            "must be exactly 64 hexadecimal characters, quoted in YAML (generate with `openssl rand -hex 32`),"
             " or be left out to let the formula generate it",
         )
     hs_secret = _get(data, "secrets", "homeserver_secret")
-    if _is_set(hs_secret) and not (
-        isinstance(hs_secret, str) and len(hs_secret) >= 16 and not re.search(r"\s", hs_secret)
+    if (
+        errors.secret(("secrets", "homeserver_secret"), hs_secret)
+        and _is_set(hs_secret)
+        and (len(str(hs_secret)) < 16 or re.search(r"\s", str(hs_secret)))
     ):
         errors.add(
             ("secrets", "homeserver_secret"),
             "must be a string of at least 16 characters without whitespace,"
             " or be left out to let the formula generate it",
         )
-    pepper = _get(data, "synapse", "pepper")
-    if _is_set(pepper) and not isinstance(pepper, str):
-        errors.add(("synapse", "pepper"), "must be a string (Synapse's password_config.pepper)")
+    errors.secret(("synapse", "pepper"), _get(data, "synapse", "pepper"))
 
 
 def _validate_database(data, errors):
-    db = data.get("database")
-    if not isinstance(db, dict):
-        errors.add(("database",), "must be a mapping")
-        return
+    db = data["database"]
     host = db.get("host")
-    if not isinstance(host, str) or not (_is_dns_name(host) or _is_ip(host) or os.path.isabs(host)):
-        errors.add(("database", "host"), f"must be a host name, IP address or socket directory, not {host!r}")
-    if _as_port(db.get("port")) is None:
-        errors.add(("database", "port"), f"must be a port number (1-65535), not {db.get('port')!r}")
+    if not (_CHECKS["host"](host) or _is_path(host)):
+        errors.add(
+            ("database", "host"),
+            f"must be {KINDS['host']}, or PostgreSQL's socket directory ({KINDS['path']}), not {host!r}",
+        )
+    errors.expect(("database", "port"), db.get("port"), "port")
+    what = "a PostgreSQL identifier (a letter or '_', then letters, digits, '_', '$' or '-'; at most 63)"
     for name in ("name", "user"):
         value = db.get(name)
-        if not isinstance(value, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$", value):
-            errors.add(("database", name), f"{value!r} is not a valid PostgreSQL identifier")
+        if not (isinstance(value, str) and _PG_IDENT.fullmatch(value)):
+            errors.add(("database", name), f"{value!r} is not a valid PostgreSQL identifier: must be {what}")
     if db.get("ssl_mode") not in SSL_MODES:
         errors.add(("database", "ssl_mode"), f"must be one of {', '.join(SSL_MODES)}, not {db.get('ssl_mode')!r}")
-    password = db.get("password")
-    if _is_set(password) and not isinstance(password, str):
-        errors.add(("database", "password"), "must be a string")
-
-
-def _is_ip(value):
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
+    # MAS reads database.password_file trimmed
+    errors.secret(("database", "password"), db.get("password"), trimmed=True)
+    admin = db["admin"]
+    user = admin.get("user")
+    if not (isinstance(user, str) and _PG_IDENT.fullmatch(user)):
+        errors.add(("database", "admin", "user"), f"{user!r} is not a valid PostgreSQL role: must be {what}")
+    host = admin.get("host")
+    if _is_set(host) and not (_CHECKS["host"](host) or _is_path(host)):
+        errors.add(("database", "admin", "host"), f"must be {KINDS['host']} or a socket directory, or '', not {host!r}")
+    errors.expect(("database", "admin", "port"), admin.get("port"), "port", optional=True)
+    errors.expect(("database", "admin", "runas"), admin.get("runas"), "name", optional=True)
 
 
 def _validate_email(data, errors):
-    email = data.get("email")
-    if not isinstance(email, dict):
-        errors.add(("email",), "must be a mapping")
-        return
+    """Types and grammars of mas:email; MAS's rules across keys (smtp needs mode
+    and hostname, sendmail a command, ...) are checked on config.yaml
+    (:py:func:`_rules_email`), where mas:config may add to them."""
+    email = data["email"]
     transport = email.get("transport")
     if transport not in EMAIL_TRANSPORTS:
         errors.add(("email", "transport"), f"must be one of {', '.join(EMAIL_TRANSPORTS)}, not {transport!r}")
         return
     for name in ("from", "reply_to"):
-        if not isinstance(email.get(name), str) or "@" not in email.get(name, ""):
-            errors.add(("email", name), f"must be an email address, not {email.get(name)!r}")
-    if transport == "smtp":
-        if not _is_set(email.get("hostname")):
-            errors.add(("email", "hostname"), "is required when mas:email:transport is smtp")
-        elif not (_is_dns_name(email["hostname"]) or _is_ip(email["hostname"])):
-            errors.add(("email", "hostname"), f"{email['hostname']!r} is not a host name")
-        if _is_set(email.get("port")) and _as_port(email.get("port")) is None:
-            errors.add(("email", "port"), f"must be a port number (1-65535), not {email.get('port')!r}")
-        if _is_set(email.get("mode")) and email.get("mode") not in SMTP_MODES:
-            errors.add(("email", "mode"), f"must be one of {', '.join(SMTP_MODES)}, not {email.get('mode')!r}")
-        if _is_set(email.get("password")) and not _is_set(email.get("username")):
-            errors.add(("email", "username"), "is required when mas:email:password is set")
-    elif transport == "sendmail" and _is_set(email.get("command")) and not os.path.isabs(email["command"]):
-        errors.add(("email", "command"), "must be an absolute path")
+        errors.expect(("email", name), email.get(name), "mailbox")
+    errors.expect(("email", "hostname"), email.get("hostname"), "host", optional=True)
+    errors.expect(("email", "port"), email.get("port"), "port", optional=True)
+    if _is_set(email.get("mode")) and email.get("mode") not in SMTP_MODES:
+        errors.add(("email", "mode"), f"must be one of {', '.join(SMTP_MODES)}, not {email.get('mode')!r}")
+    username = email.get("username")
+    if _is_set(username) and not _is_text(username):
+        errors.add(("email", "username"), f"must be a string without control characters, not {username!r}")
+    errors.expect(("email", "command"), email.get("command"), "command", optional=True)
+    # MAS reads email.password_file trimmed
+    errors.secret(("email", "password"), email.get("password"), trimmed=True)
 
 
 def _validate_account(data, errors):
@@ -851,36 +1022,739 @@ def _validate_providers(data, errors):
     if not isinstance(providers, list):
         errors.add(("upstream_oauth2_providers",), "must be a list of MAS upstream OAuth2 providers")
         return
-    seen = set()
+    _check_providers(
+        providers,
+        lambda sub, message: errors.add(("upstream_oauth2_providers", *sub), message),
+        lambda *sub: _key("upstream_oauth2_providers", *sub),
+    )
     for index, provider in enumerate(providers):
-        path = ("upstream_oauth2_providers", index)
+        if isinstance(provider, dict):
+            # MAS reads client_secret_file trimmed
+            errors.secret(("upstream_oauth2_providers", index, "client_secret"), provider.get("client_secret"), True)
+
+
+def _validate_config(data, errors):
+    """``mas:config``: a mapping, no secret inline, the shapes the formula merges into."""
+    config = data.get("config")
+    if not isinstance(config, dict):
+        errors.add(("config",), "must be a mapping merged into MAS's config.yaml")
+        return
+    errors.extend(_inline_secrets(config, ("config",)))
+    for section in ("http", "database", "secrets", "matrix", "passwords", "email", "account", "upstream_oauth2"):
+        if section in config and not isinstance(config[section], dict):
+            errors.add(("config", section), "must be a mapping (it is merged into the formula's section)")
+    policy = config.get("policy")
+    if policy is not None:
+        if not isinstance(policy, dict) or not isinstance(policy.get("data", {}), dict):
+            errors.add(("config", "policy", "data"), "must be a mapping (MAS merges it into its policy data)")
+        elif not isinstance(policy.get("data", {}).get("admin_clients", []), list):
+            errors.add(("config", "policy", "data", "admin_clients"), "must be a list of client IDs")
+    clients = config.get("clients")
+    if clients is not None and not (isinstance(clients, list) and all(isinstance(c, dict) for c in clients)):
+        errors.add(("config", "clients"), "must be a list of MAS clients (mappings)")
+    for section in ("email", "database"):
+        if _is_set(_get(config, section, "password_file")) and _is_set(_get(data, section, "password")):
+            errors.add(
+                ("config", section, "password_file"),
+                f"cannot be set together with mas:{section}:password (which the formula writes to its own"
+                " password_file): set one of them",
+            )
+    if _is_set(_get(config, "upstream_oauth2", "providers")) and _is_set(data.get("upstream_oauth2_providers")):
+        errors.add(
+            ("config", "upstream_oauth2", "providers"),
+            "would replace mas:upstream_oauth2_providers: list the providers in one of them"
+            " (mas:upstream_oauth2_providers moves client_secret to a file)",
+        )
+
+
+# --------------------------------------------------------------------------
+# Secrets never inline in mas:config / mas:lookup:config
+# --------------------------------------------------------------------------
+
+#: config.yaml keys whose value is a secret, and where the secret belongs instead.
+_INLINE_SECRET_KEYS = ("secret", "client_secret", "password", "encryption", "private_key", "secret_key", "ssl_key")
+_INLINE_SECRET_HOME = {
+    ("matrix", "secret"): "use mas:secrets:homeserver_secret (or matrix.secret_file) instead",
+    ("secrets", "encryption"): "use mas:secrets:encryption (or secrets.encryption_file) instead",
+    ("email", "password"): "use mas:email:password instead",
+    ("database", "password"): "use mas:database:password instead",
+    ("database", "uri"): "use mas:database:host, :port, :name, :user and :password instead",
+    ("database", "ssl_key"): "use database.ssl_key_file instead",
+    ("upstream_oauth2", "providers", "*", "client_secret"): "use mas:upstream_oauth2_providers (client_secret"
+    " there is written to a 0600 file) or client_secret_file instead",
+    ("upstream_oauth2", "providers", "*", "sign_in_with_apple", "private_key"): "use"
+    " sign_in_with_apple.private_key_file instead",
+    ("passwords", "schemes", "*", "secret"): "use mas:synapse:pepper (the bcrypt v1 scheme) or the scheme's"
+    " secret_file instead",
+    ("clients", "*", "client_secret"): "use the client's client_secret_file instead",
+    ("secrets", "keys", "*", "key"): "use key_file instead (the formula generates the signing keys in keys_dir)",
+    ("secrets", "keys", "*", "password"): "use password_file instead",
+    ("http", "listeners", "*", "tls", "key"): "use tls.key_file instead",
+    ("http", "listeners", "*", "tls", "password"): "use tls.password_file instead",
+    ("captcha", "secret_key"): "MAS reads the CAPTCHA secret only inline, so the formula cannot keep it out of"
+    " config.yaml: CAPTCHA is not supported",
+}
+
+
+def _inline_secrets(config, prefix):
+    """Refusals for every secret given inline under ``config`` (``prefix``: its pillar path)."""
+    found = []
+
+    def home(path):
+        generic = tuple("*" if isinstance(p, int) else p for p in path)
+        return _INLINE_SECRET_HOME.get(generic, f"use the matching *_file key ({path[-1]}_file) instead")
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for name, value in node.items():
+                sub = (*path, name)
+                inline = _is_set(value) and not isinstance(value, (dict, list, bool))
+                if inline and (
+                    name in _INLINE_SECRET_KEYS
+                    or tuple("*" if isinstance(p, int) else p for p in sub) in _INLINE_SECRET_HOME
+                ):
+                    if sub == ("database", "uri") and not _uri_has_password(value):
+                        continue
+                    found.append(
+                        f"{_key(*prefix, *sub)}: a secret inline would land in config.yaml, state output and"
+                        f" mas.mapdata; {home(sub)}"
+                    )
+                else:
+                    walk(value, sub)
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, (*path, index))
+
+    walk(config, ())
+    return found
+
+
+def _uri_has_password(uri):
+    text = str(uri)
+    return bool(re.search(r"://[^/@?#]*:[^/@?#]*@", text) or re.search(r"[?&]password=", text))
+
+
+# --------------------------------------------------------------------------
+# MAS's own runtime rules (validate() of crates/config/src/sections/*.rs)
+# --------------------------------------------------------------------------
+# The rules MAS applies when it loads config.yaml, beyond its JSON schema (see
+# the research ledger mas-runtime-rules.md): checked by the formula before
+# anything is written, on the config.yaml it would write, each refusal naming
+# the pillar key the value comes from (mas:config:... for what mas:config
+# brings) and saying what a valid value looks like.
+
+SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt")
+SIGNED_METHODS = ("client_secret_jwt", "private_key_jwt")
+DISCOVERY_MODES = ("oidc", "insecure", "disabled")
+IMPORT_ACTIONS = ("ignore", "suggest", "force", "require")
+CLIENT_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt")
+RESOURCES = (
+    "health",
+    "prometheus",
+    "discovery",
+    "human",
+    "graphql",
+    "oauth",
+    "compat",
+    "assets",
+    "adminapi",
+    "connection-info",
+)
+MATRIX_KINDS = ("synapse", "synapse_modern", "synapse_legacy", "synapse_read_only")
+PASSWORD_ALGORITHMS = ("bcrypt", "argon2id", "pbkdf2")
+CAPTCHA_SERVICES = ("recaptcha_v2", "cloudflare_turnstile", "hcaptcha")
+RATE_LIMITERS = (
+    ("account_recovery", "per_ip"),
+    ("account_recovery", "per_address"),
+    ("registration",),
+    ("login", "per_ip"),
+    ("login", "per_account"),
+    ("email_authentication", "per_ip"),
+    ("email_authentication", "per_address"),
+    ("email_authentication", "emails_per_session"),
+    ("email_authentication", "attempt_per_session"),
+)
+# Scope tokens: single-space separated NQCHARs (oauth2-types scope.rs).
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+
+# config.yaml paths the formula fills from its own pillar keys (longest prefix wins)
+_CONFIG_SOURCES = {
+    **{("email", f): ("email", f) for f in ("transport", "from", "reply_to", "hostname", "port", "mode", "username")},
+    ("email", "command"): ("email", "command"),
+    ("email", "password"): ("email", "password"),
+    ("email", "password_file"): ("email", "password"),
+    **{("database", f): ("database", f) for f in ("host", "port", "ssl_mode", "password")},
+    ("database", "username"): ("database", "user"),
+    ("database", "database"): ("database", "name"),
+    ("database", "password_file"): ("database", "password"),
+    ("matrix", "endpoint"): ("synapse", "endpoint"),
+    ("matrix", "homeserver"): ("server_name",),
+    ("matrix", "secret_file"): ("secrets", "homeserver_secret"),
+    ("secrets", "encryption_file"): ("secrets", "encryption"),
+    ("http", "public_base"): ("hostname",),
+    ("http", "issuer"): ("hostname",),
+    ("http", "trusted_proxies"): ("http", "trusted_proxies"),
+    ("upstream_oauth2", "providers"): ("upstream_oauth2_providers",),
+    ("account",): ("account",),
+}
+
+
+def _config_key(data, cpath):
+    """The pillar key to name for the config.yaml path ``cpath``: ``mas:config:...``
+    when mas:config brings the value (or the list holding it), else the
+    formula's own key for it."""
+    node = data.get("config") or {}
+    for part in cpath:
+        if isinstance(node, list):
+            return _key("config", *cpath)  # lists of mas:config replace the formula's whole list
+        if not isinstance(node, dict) or part not in node:
+            break
+        node = node[part]
+    else:
+        return _key("config", *cpath)
+    for size in range(len(cpath), 0, -1):
+        source = _CONFIG_SOURCES.get(tuple(cpath[:size]))
+        if source is not None:
+            return _key(*source, *cpath[size:])
+    return _key("config", *cpath)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_providers(providers, add, key):
+    """Upstream OAuth2 providers: the formula's grammar (id, synapse_idp_id,
+    URLs) and MAS's runtime rules (upstream_oauth2.rs ``validate``).
+    ``add(subpath, message)`` refuses, ``key(*subpath)`` names a key in a message."""
+    ids, idps = {}, {}
+    for index, provider in enumerate(providers):
         if not isinstance(provider, dict):
-            errors.add(path, "must be a mapping")
+            add((index,), "must be a mapping")
             continue
+
+        def fail(field, message, index=index):
+            add((index, *field), message)
+
+        def k(*field, index=index):
+            return key(index, *field)
+
         pid = provider.get("id")
-        if not isinstance(pid, str) or not _ULID.match(pid):
-            errors.add(path + ("id",), f"must be a ULID (26 characters, e.g. 01HFVBY12TMNTYTBV8W921M5FA), not {pid!r}")
-        elif pid.upper() in seen:
-            errors.add(path + ("id",), f"{pid} is used by another provider")
+        if not (isinstance(pid, str) and _ULID.fullmatch(pid)):
+            fail(("id",), f"must be a ULID (26 characters, e.g. 01HFVBY12TMNTYTBV8W921M5FA), not {pid!r}")
+        elif pid.upper() in ids:
+            fail(("id",), f"must be unique: {pid} is used by another provider ({ids[pid.upper()]})")
         else:
-            seen.add(pid.upper())
-        if not _is_set(provider.get("client_id")):
-            errors.add(path + ("client_id",), "is required")
+            ids[pid.upper()] = k("id")
+        if not (_is_text(provider.get("client_id")) and provider["client_id"]):
+            fail(("client_id",), "is required (a string)")
         method = provider.get("token_endpoint_auth_method")
         if method not in TOKEN_AUTH_METHODS:
-            errors.add(
-                path + ("token_endpoint_auth_method",),
-                f"must be one of {', '.join(TOKEN_AUTH_METHODS)}, not {method!r}",
-            )
-        issuer = provider.get("issuer")
-        if _is_set(issuer) and not _is_url(issuer):
-            errors.add(path + ("issuer",), f"must be an http(s) URL, not {issuer!r}")
+            fail(("token_endpoint_auth_method",), f"must be one of {', '.join(TOKEN_AUTH_METHODS)}, not {method!r}")
         idp = provider.get("synapse_idp_id")
-        if _is_set(idp) and not (isinstance(idp, str) and re.match(r"^oidc(-[A-Za-z0-9._~-]+)?$", idp)):
-            errors.add(
-                path + ("synapse_idp_id",),
-                f"must be 'oidc-<idp_id>' (Synapse adds the 'oidc-' prefix) or 'oidc', not {idp!r}",
+        if _is_set(idp):
+            if not (isinstance(idp, str) and re.fullmatch(r"oidc(-[A-Za-z0-9._~-]+)?", idp)):
+                fail(
+                    ("synapse_idp_id",),
+                    f"must be 'oidc-<idp_id>' (Synapse adds the 'oidc-' prefix) or 'oidc', not {idp!r}",
+                )
+            elif idp in idps:
+                fail(("synapse_idp_id",), f"must be unique: {idp} is already the synapse_idp_id of {idps[idp]}")
+            else:
+                idps[idp] = key(index)
+        for field in ("issuer", "authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri"):
+            if _is_set(provider.get(field)) and not _is_url(provider[field]):
+                fail((field,), f"must be {KINDS['url']}, not {provider[field]!r}")
+        discovery = provider.get("discovery_mode", "oidc")
+        if discovery not in DISCOVERY_MODES:
+            fail(("discovery_mode",), f"must be one of {', '.join(DISCOVERY_MODES)}, not {discovery!r}")
+        elif discovery != "disabled" and not _is_set(provider.get("issuer")):
+            fail(("issuer",), f"is required when {k('discovery_mode')} is {discovery} (the default is oidc)")
+        elif discovery == "disabled":
+            for field in ("authorization_endpoint", "token_endpoint"):
+                if not _is_set(provider.get(field)):
+                    fail((field,), f"is required when {k('discovery_mode')} is disabled (an https:// URL)")
+        has_secret = _is_set(provider.get("client_secret")) or _is_set(provider.get("client_secret_file"))
+        if _is_set(provider.get("client_secret")) and _is_set(provider.get("client_secret_file")):
+            fail(("client_secret_file",), f"cannot be set together with {k('client_secret')}: set one of them")
+        if method in SECRET_METHODS and not has_secret:
+            fail(("client_secret",), f"is required when {k('token_endpoint_auth_method')} is {method} (a string)")
+        elif method in TOKEN_AUTH_METHODS and method not in SECRET_METHODS and has_secret:
+            fail(("client_secret",), f"must not be set when {k('token_endpoint_auth_method')} is {method}: remove it")
+        alg = provider.get("token_endpoint_auth_signing_alg")
+        if method in SIGNED_METHODS and not _is_set(alg):
+            fail(
+                ("token_endpoint_auth_signing_alg",),
+                f"is required when {k('token_endpoint_auth_method')} is {method} (e.g. RS256)",
             )
+        elif method in TOKEN_AUTH_METHODS and method not in SIGNED_METHODS and _is_set(alg):
+            fail(
+                ("token_endpoint_auth_signing_alg",),
+                f"must not be set when {k('token_endpoint_auth_method')} is {method}: remove it",
+            )
+        siwa = provider.get("sign_in_with_apple")
+        if method == "sign_in_with_apple":
+            if not isinstance(siwa, dict):
+                fail(
+                    ("sign_in_with_apple",),
+                    f"is required when {k('token_endpoint_auth_method')} is sign_in_with_apple (team_id, key_id,"
+                    " private_key_file)",
+                )
+            else:
+                for field in ("team_id", "key_id"):
+                    if not (_is_text(siwa.get(field)) and siwa[field]):
+                        fail(("sign_in_with_apple", field), "is required (a string)")
+                if not _is_set(siwa.get("private_key_file")) and not _is_set(siwa.get("private_key")):
+                    fail(("sign_in_with_apple", "private_key_file"), f"is required: {KINDS['path']}")
+                elif _is_set(siwa.get("private_key_file")) and not _is_path(siwa["private_key_file"]):
+                    fail(("sign_in_with_apple", "private_key_file"), f"must be {KINDS['path']}")
+        elif siwa is not None and method in TOKEN_AUTH_METHODS:
+            fail(("sign_in_with_apple",), f"must not be set when {k('token_endpoint_auth_method')} is {method}")
+        scope = provider.get("scope")
+        if scope is not None and not (isinstance(scope, str) and _SCOPE.fullmatch(scope)):
+            fail(("scope",), f"must be scope tokens separated by single spaces (e.g. 'openid email'), not {scope!r}")
+        _check_claims_imports(provider.get("claims_imports"), lambda sub, msg, i=index: add((i, *sub), msg), k)
+
+
+def _check_claims_imports(claims, fail, k):
+    if claims is None:
+        return
+    if not isinstance(claims, dict):
+        fail(("claims_imports",), "must be a mapping")
+        return
+    actions = {}
+    for name in ("subject", "localpart", "displayname", "email", "account_name"):
+        section = claims.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            fail(("claims_imports", name), "must be a mapping")
+            continue
+        action = section.get("action")
+        if action is not None and action not in IMPORT_ACTIONS:
+            fail(("claims_imports", name, "action"), f"must be one of {', '.join(IMPORT_ACTIONS)}, not {action!r}")
+        actions[name] = action
+    localpart = claims.get("localpart") if isinstance(claims.get("localpart"), dict) else {}
+    local_action = localpart.get("action", "ignore")
+    if claims.get("skip_confirmation") is True:
+        if local_action != "require":
+            fail(
+                ("claims_imports", "localpart", "action"),
+                f"must be require when {k('claims_imports', 'skip_confirmation')} is true",
+            )
+        for name in ("email", "displayname"):
+            if actions.get(name) == "suggest":
+                fail(
+                    ("claims_imports", name, "action"),
+                    f"must not be suggest when {k('claims_imports', 'skip_confirmation')} is true"
+                    " (ignore, force or require)",
+                )
+    on_conflict = localpart.get("on_conflict", "fail")
+    if on_conflict in ("add", "replace", "set") and local_action not in ("force", "require"):
+        fail(
+            ("claims_imports", "localpart", "action"),
+            f"must be force or require when {k('claims_imports', 'localpart', 'on_conflict')} is {on_conflict}",
+        )
+
+
+def _bind_problem(bind):
+    """Why a listener bind of config.yaml would not bind (HT-11..14), or None."""
+    if not isinstance(bind, dict):
+        return "must be a mapping: {host, port}, {address}, {socket[, mode]} or {fd[, kind]}"
+    keys = set(bind)
+    if keys <= {"host", "port"} and "port" in keys:
+        host = bind.get("host")
+        if not _is_int(bind["port"]) or _as_port(bind["port"]) is None:
+            return f"port must be an integer from 1 to 65535, not {bind['port']!r}"
+        if host is not None and not (_is_dns_name(host) or _is_ip(host)):
+            return f"host must be an IP address (IPv6 without brackets) or a DNS name, not {host!r}"
+        return None
+    if keys == {"address"}:
+        hostport = _split_hostport(bind["address"])
+        if hostport is None or not _is_ip(hostport[0]):
+            return (
+                "address must be an IP address and port, IPv6 in brackets (e.g. [::]:8080, 127.0.0.1:8081): MAS"
+                f" does not resolve names there (use {{host, port}}), not {bind['address']!r}"
+            )
+        return None
+    if keys <= {"socket", "mode"} and "socket" in keys:
+        if not _is_path(bind["socket"]):
+            return f"socket must be {KINDS['path']}"
+        if "mode" in keys and not (isinstance(bind["mode"], str) and re.fullmatch(r"[0-7]{3,4}", bind["mode"])):
+            return f"mode must be octal digits as a string (e.g. '0660'), not {bind['mode']!r}"
+        return None
+    if keys <= {"fd", "kind"} and "fd" in keys:
+        if not _is_int(bind["fd"]) or bind["fd"] < 0:
+            return f"fd must be a non-negative integer, not {bind['fd']!r}"
+        if bind.get("kind", "tcp") not in ("tcp", "unix"):
+            return f"kind must be tcp or unix, not {bind['kind']!r}"
+        return None
+    return (
+        f"has the keys {', '.join(sorted(map(str, keys)))}: a bind is {{host, port}}, {{address}}, {{socket[, mode]}}"
+        " or {fd[, kind]} (MAS silently turns anything else into file descriptor 0)"
+    )
+
+
+def _rules_http(http, base, add, key):
+    listeners = http.get("listeners")
+    if not isinstance(listeners, list):
+        add(("listeners",), "must be a list of listeners")
+        return
+    base_binds = [b for listener in base["listeners"] for b in listener.get("binds", [])]
+    for index, listener in enumerate(listeners):
+        if not isinstance(listener, dict):
+            add(("listeners", index), "must be a mapping (name, resources, binds)")
+            continue
+        resources = listener.get("resources")
+        if not isinstance(resources, list) or not resources:
+            add(("listeners", index, "resources"), "must not be empty (listener has no resources)")
+        else:
+            for rindex, resource in enumerate(resources):
+                name = resource.get("name") if isinstance(resource, dict) else None
+                if name not in RESOURCES:
+                    add(
+                        ("listeners", index, "resources", rindex),
+                        f"must be a mapping whose name is one of {', '.join(RESOURCES)}, not {resource!r}",
+                    )
+        binds = listener.get("binds")
+        if not isinstance(binds, list) or not binds:
+            add(("listeners", index, "binds"), "must not be empty (listener does not bind to any address)")
+        else:
+            for bindex, bind in enumerate(binds):
+                problem = None if bind in base_binds else _bind_problem(bind)
+                if problem:
+                    add(("listeners", index, "binds", bindex), problem)
+        prefix = listener.get("prefix")
+        if prefix is not None and not (isinstance(prefix, str) and (prefix == "" or _CHECKS["url_path"](prefix))):
+            add(("listeners", index, "prefix"), f"must be {KINDS['url_path']} (MAS panics otherwise), not {prefix!r}")
+        tls = listener.get("tls")
+        if tls is not None:
+            if not isinstance(tls, dict):
+                add(("listeners", index, "tls"), "must be a mapping")
+                continue
+            for a, b, what in (
+                ("certificate", "certificate_file", "a certificate"),
+                ("key", "key_file", "a private key"),
+            ):
+                if _is_set(tls.get(a)) and _is_set(tls.get(b)):
+                    add(("listeners", index, "tls", b), f"only one of {a} or {b} can be set")
+                elif not _is_set(tls.get(a)) and not _is_set(tls.get(b)):
+                    add(("listeners", index, "tls", b), f"is required: TLS needs {what}")
+            if _is_set(tls.get("password")) and _is_set(tls.get("password_file")):
+                add(("listeners", index, "tls", "password_file"), "only one of password or password_file can be set")
+    for base_listener in base["listeners"]:
+        name = base_listener.get("name")
+        found = [entry for entry in listeners if isinstance(entry, dict) and entry.get("name") == name]
+        kept = found and all(
+            r.get("name") in {x.get("name") for x in found[0].get("resources") or [] if isinstance(x, dict)}
+            for r in base_listener["resources"]
+        )
+        kept = kept and all(b in (found[0].get("binds") or []) for b in base_listener["binds"])
+        kept = kept and found[0].get("prefix") == base_listener.get("prefix")
+        if not kept:
+            wanted = ", ".join(r["name"] for r in base_listener["resources"])
+            add(
+                ("listeners",),
+                f"must keep the formula's {name!r} listener (resources {wanted}, its binds and prefix): the"
+                " proxy, Synapse and Salt reach MAS through it; change mas:http:web_bind, mas:http:internal_bind,"
+                " mas:http:adminapi or mas:path_prefix instead",
+            )
+    for field in ("public_base", "issuer"):
+        value = http.get(field)
+        if (value is not None or field == "public_base") and not _is_url(value):
+            add((field,), f"must be {KINDS['url']} (MAS panics otherwise), not {value!r}")
+    proxies = http.get("trusted_proxies")
+    if proxies is not None and not (isinstance(proxies, list) and all(_is_cidr(p) for p in proxies)):
+        add(("trusted_proxies",), "must be a list of CIDR networks (e.g. [127.0.0.1/32])")
+
+
+def _rules_database(db, add, key):
+    if _is_set(db.get("uri")):
+        mixed = [f for f in ("host", "port", "socket", "username", "password_file", "database") if f in db]
+        if mixed:
+            add(
+                ("uri",),
+                "must not be combined with host, port, socket, username, password or database, which the formula"
+                " sets: set mas:database:host, :port, :name, :user and :password instead",
+            )
+    pairs = (("password", "password_file"), ("ssl_ca", "ssl_ca_file"), ("ssl_certificate", "ssl_certificate_file"))
+    for a, b in (*pairs, ("ssl_key", "ssl_key_file")):
+        if _is_set(db.get(a)) and _is_set(db.get(b)):
+            add((b,), f"cannot be set together with {key(a)}")
+    has_cert = _is_set(db.get("ssl_certificate")) or _is_set(db.get("ssl_certificate_file"))
+    has_key = _is_set(db.get("ssl_key")) or _is_set(db.get("ssl_key_file"))
+    if has_cert != has_key:
+        add(
+            ("ssl_key_file",) if has_cert else ("ssl_certificate_file",),
+            "a client certificate and its key must be set together (ssl_certificate_file and ssl_key_file)",
+        )
+    if "ssl_mode" in db and db["ssl_mode"] not in SSL_MODES:
+        add(("ssl_mode",), f"must be one of {', '.join(SSL_MODES)}, not {db['ssl_mode']!r}")
+    if "port" in db and not (_is_int(db["port"]) and _as_port(db["port"])):
+        add(("port",), f"must be {KINDS['port']}, not {db['port']!r}")
+    for field, low in (("max_connections", 1), ("min_connections", 0)):
+        if field in db and not (_is_int(db[field]) and db[field] >= low):
+            add((field,), f"must be an integer of at least {low}, not {db[field]!r}")
+
+
+def _rules_email(email, add, key):
+    transport = email.get("transport")
+    if transport not in EMAIL_TRANSPORTS:
+        add(("transport",), f"must be one of {', '.join(EMAIL_TRANSPORTS)}, not {transport!r}")
+        return
+    for field in ("from", "reply_to"):
+        if field in email and not _CHECKS["mailbox"](email[field]):
+            add((field,), f"must be {KINDS['mailbox']}, not {email[field]!r}")
+    has_password = _is_set(email.get("password")) or _is_set(email.get("password_file"))
+    if transport == "smtp":
+        if not _is_set(email.get("mode")):
+            add(("mode",), f"is required when {key('transport')} is smtp (plain, starttls or tls)")
+        elif email["mode"] not in SMTP_MODES:
+            add(("mode",), f"must be one of {', '.join(SMTP_MODES)}, not {email['mode']!r}")
+        if not _is_set(email.get("hostname")):
+            add(("hostname",), f"is required when {key('transport')} is smtp ({KINDS['host']})")
+        elif not _CHECKS["host"](email["hostname"]):
+            add(("hostname",), f"must be {KINDS['host']}, not {email['hostname']!r}")
+        if "port" in email and not (_is_int(email["port"]) and _as_port(email["port"])):
+            add(("port",), f"must be {KINDS['port']}, not {email['port']!r}")
+        if _is_set(email.get("username")) and not has_password:
+            add(("password",), f"is required when {key('username')} is set (the SMTP password)")
+        if has_password and not _is_set(email.get("username")):
+            add(("username",), f"is required when {key('password_file')} is set (the SMTP user name)")
+        if _is_set(email.get("password")) and _is_set(email.get("password_file")):
+            add(("password_file",), f"cannot be set together with {key('password')}")
+        if _is_set(email.get("command")):
+            add(("command",), f"is only for sendmail: remove it when {key('transport')} is smtp")
+    elif transport == "sendmail":
+        if not _is_set(email.get("command")):
+            add(("command",), f"is required when {key('transport')} is sendmail ({KINDS['command']})")
+        elif not _is_path(email["command"]):
+            add(("command",), f"must be {KINDS['command']}, not {email['command']!r}")
+        for field in ("mode", "hostname", "port", "username", "password"):
+            if _is_set(email.get(field)):
+                add((field,), f"is only for smtp: remove it when {key('transport')} is sendmail")
+
+
+def _rules_passwords(passwords, add, key):
+    if passwords.get("enabled", True) is False:
+        return
+    schemes = passwords.get("schemes")
+    if not isinstance(schemes, list) or not schemes:
+        add(("schemes",), "must hold at least one password scheme while passwords are enabled")
+        return
+    versions = {}
+    for index, scheme in enumerate(schemes):
+        if not isinstance(scheme, dict):
+            add(("schemes", index), "must be a mapping (version, algorithm, ...)")
+            continue
+        version = scheme.get("version")
+        if not (_is_int(version) and 0 <= version < 65536):
+            add(("schemes", index, "version"), f"must be an integer from 0 to 65535, not {version!r}")
+        elif version in versions:
+            add(
+                ("schemes", index, "version"),
+                f"must be unique: {version} is already the version of {versions[version]}",
+            )
+        else:
+            versions[version] = key("schemes", index)
+        if scheme.get("algorithm") not in PASSWORD_ALGORITHMS:
+            add(
+                ("schemes", index, "algorithm"),
+                f"must be one of {', '.join(PASSWORD_ALGORITHMS)}, not {scheme.get('algorithm')!r}",
+            )
+        if _is_set(scheme.get("secret")) and _is_set(scheme.get("secret_file")):
+            add(("schemes", index, "secret_file"), "cannot be set together with secret")
+        cost = scheme.get("cost")
+        if cost is not None and not (_is_int(cost) and 4 <= cost <= 31):
+            add(("schemes", index, "cost"), f"must be an integer from 4 to 31 (bcrypt), not {cost!r}")
+    complexity = passwords.get("minimum_complexity")
+    if complexity is not None and not (_is_int(complexity) and 0 <= complexity <= 4):
+        add(
+            ("minimum_complexity",),
+            f"must be an integer from 0 to 4 (5 and more refuse every password), not {complexity!r}",
+        )
+
+
+def _rules_secrets(secrets, add, key):
+    if _is_set(secrets.get("encryption")) == _is_set(secrets.get("encryption_file")):
+        add(
+            ("encryption_file",), "exactly one of encryption or encryption_file is required (the formula sets the file)"
+        )
+    keys = secrets.get("keys")
+    if keys is not None:
+        if not isinstance(keys, list):
+            add(("keys",), "must be a list of keys")
+            return
+        for index, entry in enumerate(keys):
+            if not isinstance(entry, dict):
+                add(("keys", index), "must be a mapping (key_file, ...)")
+                continue
+            if _is_set(entry.get("key")) == _is_set(entry.get("key_file")):
+                add(("keys", index, "key_file"), "exactly one of key or key_file is required")
+            if _is_set(entry.get("password")) and _is_set(entry.get("password_file")):
+                add(("keys", index, "password_file"), "cannot be set together with password")
+    if "keys_dir" in secrets and not _is_path(secrets["keys_dir"]):
+        add(("keys_dir",), f"must be {KINDS['path']}")
+
+
+def _rules_matrix(matrix, add, key):
+    if _is_set(matrix.get("secret")) == _is_set(matrix.get("secret_file")):
+        add(("secret_file",), "exactly one of secret or secret_file is required (the formula sets the file)")
+    if matrix.get("kind", "synapse") not in MATRIX_KINDS:
+        add(("kind",), f"must be one of {', '.join(MATRIX_KINDS)}, not {matrix.get('kind')!r}")
+    endpoint = matrix.get("endpoint")
+    if endpoint is not None and not _is_url(endpoint, slash=True):
+        add(("endpoint",), f"must be {KINDS['url']}, a path ending with '/', not {endpoint!r}")
+
+
+def _rules_clients(clients, add, key):
+    seen = {}
+    for index, client in enumerate(clients):
+        cid = client.get("client_id")
+        if not (isinstance(cid, str) and _ULID.fullmatch(cid)):
+            add((index, "client_id"), f"must be a ULID (26 characters, e.g. 01HFVBY12TMNTYTBV8W921M5FA), not {cid!r}")
+        elif cid.upper() in seen:
+            add((index, "client_id"), f"must be unique: {cid} is already the client_id of {seen[cid.upper()]}")
+        else:
+            seen[cid.upper()] = key(index)
+        method = client.get("client_auth_method")
+        secret = _is_set(client.get("client_secret")) or _is_set(client.get("client_secret_file"))
+        jwks, jwks_uri = _is_set(client.get("jwks")), _is_set(client.get("jwks_uri"))
+        if method not in CLIENT_AUTH_METHODS:
+            add((index, "client_auth_method"), f"must be one of {', '.join(CLIENT_AUTH_METHODS)}, not {method!r}")
+        elif method == "private_key_jwt":
+            if jwks == jwks_uri:
+                add((index, "jwks_uri"), "exactly one of jwks or jwks_uri is required for private_key_jwt")
+            if secret:
+                add((index, "client_secret_file"), "must not be set with private_key_jwt")
+        elif method in SECRET_METHODS:
+            if not secret:
+                add((index, "client_secret_file"), f"is required for {method}")
+            if jwks or jwks_uri:
+                add((index, "jwks" if jwks else "jwks_uri"), f"must not be set with {method}")
+        elif secret or jwks or jwks_uri:
+            add((index, "client_auth_method"), "none allows no client_secret(_file), jwks or jwks_uri")
+        if _is_set(client.get("client_secret")) and _is_set(client.get("client_secret_file")):
+            add((index, "client_secret_file"), "cannot be set together with client_secret")
+
+
+def _rules_misc(config, add, key):
+    """captcha, rate_limiting, experimental, telemetry, policy, branding, account."""
+    captcha = config.get("captcha")
+    if isinstance(captcha, dict) and _is_set(captcha.get("service")):
+        if captcha["service"] not in CAPTCHA_SERVICES:
+            add(("captcha", "service"), f"must be one of {', '.join(CAPTCHA_SERVICES)}, not {captcha['service']!r}")
+        for field in ("site_key", "secret_key"):
+            if not _is_set(captcha.get(field)):
+                add(("captcha", field), f"is required when {key('captcha', 'service')} is set")
+    limits = config.get("rate_limiting")
+    if isinstance(limits, dict):
+        for path in RATE_LIMITERS:
+            limiter = _get(limits, *path)
+            if limiter is None:
+                continue
+            where = ("rate_limiting", *path)
+            if not isinstance(limiter, dict):
+                add(where, "must be a mapping {burst, per_second}")
+                continue
+            burst, rate = limiter.get("burst"), limiter.get("per_second")
+            if not (_is_int(burst) and burst >= 1):
+                add((*where, "burst"), f"must be an integer of at least 1, not {burst!r}")
+            if not (_is_number(rate) and 0 < rate <= 1e9):
+                add((*where, "per_second"), f"must be a number more than 0 and at most 1000000000, not {rate!r}")
+    experimental = config.get("experimental")
+    if isinstance(experimental, dict):
+        for path, low, high in (
+            (("access_token_ttl",), 60, 86400),
+            (("compat_token_ttl",), 60, 86400),
+            (("inactive_session_expiration", "ttl"), 600, 7776000),
+        ):
+            value = _get(experimental, *path)
+            if value is not None and not (_is_int(value) and low <= value <= high):
+                add(("experimental", *path), f"must be a number of seconds from {low} to {high}, not {value!r}")
+        limit = experimental.get("session_limit")
+        if isinstance(limit, dict):
+            soft, hard = limit.get("soft_limit"), limit.get("hard_limit")
+            if _is_int(soft) and _is_int(hard) and hard < soft:
+                add(("experimental", "session_limit", "hard_limit"), f"must be at least soft_limit ({soft})")
+            if limit.get("dangerous_hard_limit_eviction") is True and _is_int(hard) and hard < 2:
+                add(
+                    ("experimental", "session_limit", "hard_limit"),
+                    "must be at least 2 when dangerous_hard_limit_eviction is true",
+                )
+    telemetry = config.get("telemetry")
+    if isinstance(telemetry, dict):
+        for path in (("sentry", "sample_rate"), ("sentry", "traces_sample_rate"), ("tracing", "sample_rate")):
+            value = _get(telemetry, *path)
+            if value is not None and not (_is_number(value) and 0 <= value <= 1):
+                add(("telemetry", *path), f"must be a number from 0.0 to 1.0, not {value!r}")
+    branding = config.get("branding")
+    if isinstance(branding, dict):
+        for field in ("policy_uri", "tos_uri"):
+            if branding.get(field) is not None and not _is_url(branding[field]):
+                add(("branding", field), f"must be {KINDS['url']}, not {branding[field]!r}")
+    for name in ("account", "oauth"):
+        section = config.get(name)
+        if isinstance(section, dict):
+            for field, value in section.items():
+                if not isinstance(value, bool):
+                    add((name, field), f"must be true or false, not {value!r}")
+    upstream = config.get("upstream_oauth2")
+    if isinstance(upstream, dict) and not isinstance(upstream.get("providers"), list):
+        add(("upstream_oauth2", "providers"), f"is required when {key('upstream_oauth2')} is set (a list of providers)")
+
+
+def _validate_mas_config(data, base):
+    """MAS's runtime rules on the config.yaml the formula would write
+    (``data["mas_config"]``, ``base``: the same without mas:config)."""
+    config = data["mas_config"]
+    errors = []
+
+    def section(name, rules, *extra):
+        value = config.get(name)
+        if not isinstance(value, dict):
+            return
+
+        def key(*sub):
+            return _config_key(data, (name, *sub))
+
+        def add(sub, message):
+            errors.append(f"{key(*sub)}: {message}")
+
+        rules(value, *extra, add, key)
+
+    section("http", _rules_http, base["http"])
+    section("database", _rules_database)
+    section("email", _rules_email)
+    section("passwords", _rules_passwords)
+    section("secrets", _rules_secrets)
+    section("matrix", _rules_matrix)
+    providers = _get(data["config"], "upstream_oauth2", "providers")
+    if isinstance(providers, list):
+        checker = _Errors()
+        _check_providers(
+            providers,
+            lambda sub, message: checker.append(f"{_key('config', 'upstream_oauth2', 'providers', *sub)}: {message}"),
+            lambda *sub: _key("config", "upstream_oauth2", "providers", *sub),
+        )
+        errors.extend(checker)
+    clients = data["config"].get("clients")
+    if isinstance(clients, list):
+        _rules_clients(
+            clients,
+            lambda sub, message: errors.append(f"{_key('config', 'clients', *sub)}: {message}"),
+            lambda *sub: _key("config", "clients", *sub),
+        )
+    _rules_misc(
+        config,
+        lambda sub, message: errors.append(f"{_config_key(data, sub)}: {message}"),
+        lambda *sub: _config_key(data, sub),
+    )
+    return errors
 
 
 # --------------------------------------------------------------------------
@@ -921,6 +1795,8 @@ def _paths(data):
         "state_dir": state_dir,
         "syn2mas_marker": os.path.join(state_dir, "syn2mas.json"),
         "syn2mas_lock": os.path.join(state_dir, "syn2mas.lock"),
+        # which secret files the formula wrote (mas_secret refuses to replace others)
+        "secret_record": os.path.join(state_dir, "secrets.json"),
         # users (mas_user): the formula's Synapse admin account, password fingerprints, registration tokens
         "synapse_admin_password": os.path.join(state_dir, "synapse-admin.password"),
         "password_fingerprints": os.path.join(state_dir, "passwords.json"),
@@ -948,7 +1824,13 @@ def _synapse_pepper(data):
 
 def _secret_files(data, paths, pepper_source):
     """The secret files of the deployment, in the order they are written."""
-    base = {"user": data["user"], "group": data["group"], "mode": "0600", "allow_rotation": False}
+    base = {
+        "user": data["user"],
+        "group": data["group"],
+        "mode": "0600",
+        "allow_rotation": False,
+        "owner": _secret_owner(paths),
+    }
     files = []
 
     def add(name, path, kind, pillar_key=None, **extra):
@@ -981,29 +1863,139 @@ def _secret_files(data, paths, pepper_source):
     return files
 
 
-def _parse_bind(value):
-    """``(host, port)`` of a ``HOST:PORT`` bind (IPv6 bracketed; host '' = any), or None when malformed."""
-    if not isinstance(value, str):
-        return None
-    host, sep, port = value.rpartition(":")
-    port = _as_port(port) if sep and port.isdigit() else None
-    if port is None:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        return (host, port) if ":" in host and _is_ip(host) else None
-    if host and not (_is_dns_name(host) or (_is_ip(host) and ":" not in host)):
-        return None
-    return host, port
+def _secret_owner(paths):
+    """How mas_secret tells the formula's own secret files (``owner`` of mas_secret.status)."""
+    return {"record": paths["secret_record"], "dirs": [paths["secrets_dir"], paths["keys_dir"]]}
+
+
+def _validate_paths(data):
+    """The files pillar places (unit, drop-in, Synapse's secret copy, proxy
+    files) must not be one of the formula's own files or directories, nor lie
+    where MAS or its account write, nor be the same file twice."""
+    paths = data["paths"]
+    errors = _Errors()
+    own = {
+        paths[name]: name
+        for name in (
+            "base",
+            "config_dir",
+            "config_file",
+            "secrets_dir",
+            "keys_dir",
+            "data_dir",
+            "bin_dir",
+            "mas_cli",
+            "register_user",
+            "labels_file",
+            "state_dir",
+            "encryption_secret",
+            "homeserver_secret",
+            "admin_client_secret",
+            "database_password",
+            "email_password",
+            "synapse_pepper",
+            "secret_record",
+            "synapse_admin_password",
+            "password_fingerprints",
+        )
+        if name in paths
+    }
+    # the account writes data/; the others hold only the formula's secrets and records
+    forbidden = {paths[name]: name for name in ("data_dir", "secrets_dir", "keys_dir", "state_dir")}
+    placed = [(("service", "unit_dir"), paths["unit"]), (("synapse", "config_dir"), paths["synapse_dropin"])]
+    if _is_set(data["synapse"]["secret_path"]):
+        placed.append((("synapse", "secret_path"), paths["synapse_secret"]))
+    kind = data["proxy"]["type"]
+    if kind == "nginx":
+        placed += [
+            (("proxy", "nginx", "snippet_path"), data["proxy"]["nginx"]["snippet_path"]),
+            (("proxy", "nginx", "public_snippet_path"), data["proxy"]["nginx"]["public_snippet_path"]),
+        ]
+    elif kind == "traefik":
+        placed.append((("proxy", "traefik", "config_path"), data["proxy"]["traefik"]["config_path"]))
+    for index, user in enumerate(data.get("users") or []):
+        token = user.get("access_token") if isinstance(user, dict) else None
+        if isinstance(token, dict) and _is_path(token.get("path")):
+            placed.append((("users", index, "access_token", "path"), token["path"]))
+    seen = {}
+    for key, path in placed:
+        if path in own:
+            errors.add(key, f"{path} is the formula's own {own[path]}: choose another path")
+        elif any(path.startswith(directory + "/") for directory in forbidden):
+            inside = next(d for d in forbidden if path.startswith(d + "/"))
+            errors.add(
+                key,
+                f"{path} lies in {inside} ({forbidden[inside]}), where only MAS or the formula write: choose another"
+                " path",
+            )
+        elif path in seen:
+            errors.add(key, f"{path} is also {_key(*seen[path])}'s file: choose another path")
+        seen.setdefault(path, key)
+    return errors
+
+
+def foreign_files(mas=None):
+    """
+    The files the formula would write that exist and are not its own, as
+    refusals naming the pillar key that places each (``[]``: none). A template
+    the formula wrote carries its banner (``File managed by Salt (mas
+    formula)``); a secret file is its own when ``mas_secret.foreign`` says so.
+    ``state.apply mas`` calls this while rendering (``mas/map.jinja``), so a
+    refusal comes before anything is written: the formula never overwrites a
+    file it did not write.
+
+    mas
+        The map (default: ``mas.mapdata``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.foreign_files
+    """
+    mas = mas or mapdata()
+    if not mas["enabled"]:
+        return []
+    paths = mas["paths"]
+    problems = []
+
+    def refuse(key, path, why):
+        problems.append(
+            f"{_key(*key)}: {path} {why}; the formula never overwrites a file it did not write: move it away or"
+            " choose another path"
+        )
+
+    templates = [
+        (("base_path",), paths["config_file"]),
+        (("base_path",), paths["mas_cli"]),
+        (("base_path",), paths["register_user"]),
+        (("service", "unit_dir"), paths["unit"]),
+        (("synapse", "config_dir"), paths["synapse_dropin"]),
+    ]
+    proxy = __salt__["mas_proxy.settings"](mas)
+    keys = {"snippet": "snippet_path", "public-snippet": "public_snippet_path", "config": "config_path"}
+    for entry in proxy["files"]:
+        templates.append((("proxy", proxy["type"], keys[entry["name"]]), entry["path"]))
+    if proxy["labels"]:
+        templates.append((("base_path",), paths["labels_file"]))
+    for key, path in templates:
+        if os.path.lexists(path) and not managed_by_formula(path):
+            refuse(key, path, f"exists without the line '{BANNER}'")
+    secrets = [(("base_path",), e["path"], e["kind"], e["pillar_key"], None) for e in mas["secret_files"]]
+    secrets.append((("synapse", "secret_path"), paths["synapse_secret"], "copy", None, paths["homeserver_secret"]))
+    owner = _secret_owner(paths)
+    for key, path, kind, pillar_key, source in secrets:
+        why = __salt__["mas_secret.foreign"](path, kind, pillar_key=pillar_key, source=source, owner=owner)
+        if why:
+            refuse(key, path, why)
+    return problems
 
 
 def _split_bind(bind):
     """MAS's bind for ``HOST:PORT``: ``address`` is parsed as a literal socket
     address (an IP, IPv6 in brackets), so a host name becomes ``{host, port}``
     (MAS resolves it)."""
-    host, port = _parse_bind(bind)
-    if not host:
-        return {"port": port}
+    host, port = _split_hostport(bind)
     if _is_ip(host):
         return {"address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
     return {"host": host, "port": port}
@@ -1171,7 +2163,7 @@ def _redact(data):
     data["users"] = users
 
 
-def mapdata(defaults=None):
+def mapdata(defaults=None, refuse_foreign=False):
     """
     The formula's map: ``parameters/defaults.yaml`` < pillar ``mas:lookup`` <
     pillar ``mas``, validated and completed by :py:func:`settings`. This is
@@ -1182,6 +2174,10 @@ def mapdata(defaults=None):
         The ``values`` of ``parameters/defaults.yaml``; read from
         ``salt://mas/parameters/defaults.yaml`` when omitted (and then
         computed once per run).
+    refuse_foreign
+        Also refuse, naming the pillar key, a file the formula would write
+        that exists and is not its own (:py:func:`foreign_files`); what
+        ``mas/map.jinja`` asks while the SLS render.
 
     CLI Example:
 
@@ -1195,23 +2191,34 @@ def mapdata(defaults=None):
     # every SLS of a run asks for the same map: compute it once per pillar
     cache_key = "mas.mapdata:" + hashlib.sha256(json.dumps(pillar, sort_keys=True, default=str).encode()).hexdigest()
     if defaults is None and cache_key in __context__:
-        # a copy for each caller (the map is plain JSON data: a JSON round trip is the fast deep copy)
-        return json.loads(__context__[cache_key])
+        result = json.loads(__context__[cache_key])
+        if refuse_foreign:
+            _refuse_foreign(result)
+        return result
     if defaults is None:
         defaults = _defaults()
     pillar = copy.deepcopy(dict(pillar))
     lookup = pillar.pop("lookup", None) or {}
     misplaced = [":".join(path) for path, _ in PILLAR_SECRETS if _get(lookup, *path) is not None]
     misplaced += [key for key in ("users", "upstream_oauth2_providers") if key in lookup]
-    if misplaced:
-        raise SaltInvocationError(
-            "Invalid pillar for the mas formula (nothing was changed):\n- "
-            + "\n- ".join(f"mas:lookup:{key}: secrets belong under mas:{key}, not mas:lookup" for key in misplaced)
-        )
+    problems = [f"mas:lookup:{key}: secrets belong under mas:{key}, not mas:lookup" for key in misplaced]
+    if isinstance(lookup.get("config"), dict):
+        problems += _inline_secrets(lookup["config"], ("lookup", "config"))
+    if problems:
+        raise SaltInvocationError(_INVALID + "\n- ".join(problems))
     merged = salt.utils.dictupdate.update(copy.deepcopy(dict(defaults)), copy.deepcopy(dict(lookup)), merge_lists=False)
     result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False), defaults)
     __context__[cache_key] = json.dumps(result, default=str)
-    return json.loads(__context__[cache_key])
+    result = json.loads(__context__[cache_key])
+    if refuse_foreign:
+        _refuse_foreign(result)
+    return result
+
+
+def _refuse_foreign(mas):
+    problems = foreign_files(mas)
+    if problems:
+        raise SaltInvocationError(_INVALID + "\n- ".join(problems))
 
 
 def _defaults():
@@ -1255,13 +2262,16 @@ def settings(data, defaults=None):
     data = salt.utils.dictupdate.update(base, copy.deepcopy(salt.utils.data.decode(dict(data))), merge_lists=False)
     errors = _validate(data)
     if errors:
-        raise SaltInvocationError("Invalid pillar for the mas formula (nothing was changed):\n- " + "\n- ".join(errors))
+        raise SaltInvocationError(_INVALID + "\n- ".join(errors))
     prefix = data["path_prefix"]
     if _is_set(data["server_name"]) and not _is_set(data["hostname"]):
         data["hostname"] = f"matrix.{data['server_name']}"
     host = data["hostname"] or "localhost"
     data["public_base"] = f"https://{host}{'' if prefix == '/' else prefix}/"
     data["paths"] = _paths(data)
+    errors = _validate_paths(data)
+    if errors:
+        raise SaltInvocationError(_INVALID + "\n- ".join(errors))
     data["synapse"]["secret_path"] = data["paths"]["synapse_secret"]
     if not _is_set(data["synapse"]["mas_endpoint"]):
         port = data["http"]["web_bind"].rsplit(":", 1)[-1]
@@ -1291,10 +2301,14 @@ def settings(data, defaults=None):
     if pepper_source is None and _synapse_pepper(data) is not None:
         pepper_source = "synapse"
     data["secret_files"] = _secret_files(data, data["paths"], pepper_source)
+    data["secret_owner"] = _secret_owner(data["paths"])
     _redact(data)
     data["synapse"]["pepper_source"] = pepper_source
     pepper_file = data["paths"]["synapse_pepper"] if pepper_source else None
     data["mas_config"] = _mas_config(data, data["paths"], pepper_file)
+    errors = _validate_mas_config(data, _mas_config(dict(data, config={}), data["paths"], pepper_file))
+    if errors:
+        raise SaltInvocationError(_INVALID + "\n- ".join(errors))
     return data
 
 

@@ -7,7 +7,9 @@ the files ``mas.proxy`` writes (the compatibility routes, MAS's public path,
 optionally the client well-known), :py:func:`traefik_labels` carries the same
 routers as docker labels, and :py:func:`check` runs ``nginx -t`` before a
 reload. While ``mas:migration_in_progress`` is true the compatibility routes
-are left out (logins keep going to Synapse).
+are left out (logins keep going to Synapse). Files of another proxy type that
+the formula wrote earlier (``leftovers``) are cleaned in the same run, so a
+switch from nginx to Traefik leaves no route behind.
 """
 
 import json
@@ -195,13 +197,80 @@ def traefik_labels(config, port):
     return labels
 
 
+def _candidates(proxy, kind, reason):
+    """Every file the proxy type ``kind`` may have written, emptied (nginx:
+    an ``include`` of a missing file breaks nginx) or removed (Traefik)."""
+    if kind == "nginx":
+        keys, action = ("snippet_path", "public_snippet_path"), "empty"
+    else:
+        keys, action = ("config_path",), "absent"
+    return [
+        {
+            "name": key[: -len("_path")].replace("_", "-"),
+            "kind": kind,
+            "path": proxy[kind][key],
+            "action": action,
+            "template": "nginx-snippet.conf.jinja",
+            "server": "",
+            "context": {"upstream": None, "compat": None, "public": None, "well_known": None, "disabled": reason},
+        }
+        for key in keys
+        if proxy[kind].get(key)
+    ]
+
+
+def _leftovers(proxy, kind, separate_host, current):
+    """The files of the other proxy types (and nginx's public snippet once MAS
+    shares the homeserver's host) that the formula wrote and that still route
+    to MAS, with how to reload their proxy."""
+    found = []
+    for other in ("nginx", "traefik"):
+        if other != kind:
+            found += _candidates(proxy, other, f"MAS is not routed through {other} (mas:proxy:type is {kind})")
+    if kind == "nginx" and not separate_host:
+        found += [
+            c
+            for c in _candidates(proxy, "nginx", "MAS shares the homeserver's host name now")
+            if c["name"] == "public-snippet"
+        ]
+    found = [
+        f
+        for f in found
+        if f["path"] not in current and __salt__["mas.managed_by_formula"](f["path"]) and not _is_emptied(f["path"])
+    ]
+    for f in found:
+        verb = "managed" if f["action"] == "empty" else "absent"
+        f["id"] = f"mas-proxy-file-file-{verb}-leftover-{f['kind']}-{f['name']}"
+    reloads = []
+    for other in ("nginx", "traefik"):
+        ids = [f["id"] for f in found if f["kind"] == other]
+        if ids:
+            check = ["nginx", "-t"] if other == "nginx" else None
+            reloads.append({"kind": other, "service": proxy[other]["service"], "check": check, "ids": ids})
+    return found, reloads
+
+
+def _is_emptied(path):
+    """True when an nginx snippet was already emptied by the formula (no route left)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(65536)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return not any(line.strip() and not line.lstrip().startswith("#") for line in text.splitlines())
+
+
 def settings(mas=None, clean=False):
     """
     What ``mas.proxy`` manages, from the formula's map (``mapdata``).
 
     Returns ``{type, files: [{name, path, template, context, server}], check
-    (argv run before a reload, or None), reload, service, labels}``. With type
-    ``none`` there are no files. nginx gets one snippet for the Matrix server
+    (argv run before a reload, or None), reload, service, labels, leftovers,
+    leftover_reloads}``. With type ``none`` there are no files.
+    ``leftovers`` are files of another proxy type the formula wrote that still
+    route to MAS (emptied or removed in the same run), ``leftover_reloads``
+    how to reload their proxy (``{kind, service, check, ids}``: the IDs of
+    the leftover states). nginx gets one snippet for the Matrix server
     block (compatibility routes, MAS's public path when MAS shares the Matrix
     host, the optional well-known document) and, when MAS has its own host
     name, one for MAS's server block. Traefik gets one dynamic-configuration
@@ -224,35 +293,37 @@ def settings(mas=None, clean=False):
     proxy = mas["proxy"]
     kind = proxy["type"]
     matrix_host = proxy.get("matrix_hostname", "")
-    out = {"type": kind, "files": [], "check": None, "reload": bool(proxy["reload"]), "service": None, "labels": {}}
-    if kind == "none":
-        return out
+    out = {
+        "type": kind,
+        "files": [],
+        "check": None,
+        "reload": bool(proxy["reload"]),
+        "service": None,
+        "labels": {},
+        "leftovers": [],
+        "leftover_reloads": [],
+    }
     if clean:
-        if kind == "nginx":
-            # nginx fails on an include of a missing file: existing snippets
-            # are emptied (no route left), never deleted.
-            keys, action = ("snippet_path", "public_snippet_path"), "empty"
-            out.update(check=["nginx", "-t"], service=proxy["nginx"]["service"])
-        else:
-            keys, action = ("config_path",), "absent"
-            out["service"] = proxy["traefik"]["service"]
-        out["files"] = [
-            {
-                "name": key[: -len("_path")].replace("_", "-"),
-                "path": proxy[kind][key],
-                "action": action,
-                "template": "nginx-snippet.conf.jinja",
-                "server": "",
-                "context": {"upstream": None, "compat": None, "public": None, "well_known": None, "disabled": True},
-            }
-            for key in keys
-            if proxy[kind].get(key)
-        ]
+        if kind == "none":
+            return out
+        # nginx fails on an include of a missing file: existing snippets are
+        # emptied (no route left), never deleted.
+        out["files"] = _candidates(proxy, kind, "MAS is disabled (mas:enabled is false)")
+        out["service"] = proxy[kind]["service"]
+        out["check"] = ["nginx", "-t"] if kind == "nginx" else None
         return out
     separate_host = mas["hostname"] != matrix_host
     if kind == "nginx":
         out.update(_nginx(mas, proxy, matrix_host, separate_host))
-        return out
+    elif kind == "traefik":
+        out.update(_traefik(mas, proxy, matrix_host))
+    current = {f["path"] for f in out["files"]}
+    out["leftovers"], out["leftover_reloads"] = _leftovers(proxy, kind, separate_host, current)
+    return out
+
+
+def _traefik(mas, proxy, matrix_host):
+    out = {}
     traefik = proxy["traefik"]
     mas_url = traefik["mas_url"]
     config = traefik_config(mas, matrix_host, mas_url, traefik["entrypoint"], traefik.get("certresolver") or "")

@@ -12,6 +12,11 @@ The secrets of the ``mas`` formula: generated or taken from pillar, written atom
   and mode set before the content, ``fsync``, ``rename``.
 * :py:func:`scrub` removes every secret the minion knows for the deployment
   from a text (``mas-cli`` output may echo them).
+* :py:func:`foreign` tells whether an existing file is the formula's own
+  secret: the formula never replaces a file it did not write. Its record of
+  the secret files it wrote is a root-only JSON file in the map's
+  ``state_dir`` (``paths.secret_record``); :py:func:`leftovers` lists the
+  client-secret files of providers that are gone.
 
 Values are never returned or logged: the functions report what they did.
 
@@ -19,6 +24,7 @@ Values are never returned or logged: the functions report what they did.
 """
 
 import hmac
+import json
 import logging
 import os
 import re
@@ -144,7 +150,106 @@ def _read_regular(path):
         return handle.read()
 
 
-def status(path, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None):
+def _record_files(owner):
+    """The secret files the formula recorded as written (a set of paths)."""
+    try:
+        with salt.utils.files.fopen(owner["record"], "r") as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError) as exc:
+        raise CommandExecutionError(f"cannot read the formula's record {owner['record']}: {exc}") from exc
+    files = record.get("files") if isinstance(record, dict) else None
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
+
+
+def _record(owner, path):
+    """Add ``path`` to the formula's record of secret files it wrote (root only)."""
+    files = _record_files(owner)
+    if path in files:
+        return
+    directory = os.path.dirname(owner["record"])
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    atomic_write(owner["record"], json.dumps({"files": sorted(files | {path})}, indent=1) + "\n", "0600")
+
+
+def foreign(path, kind="token", pillar_key=None, source=None, owner=None):
+    """
+    Why the formula must not replace the existing file ``path`` with a secret,
+    or ``""`` when it may (no file there, or the file is the formula's own).
+
+    A file is the formula's own when its record lists it (every secret file
+    the formula wrote is recorded in ``owner["record"]``), when it lies in one
+    of the formula's own secret directories (``owner["dirs"]``: the record's
+    predecessors, for deployments made before the record), or when it already
+    holds exactly what the formula would write there. Anything else (a file
+    pillar points at by mistake, e.g. ``mas:synapse:secret_path`` naming an
+    unrelated file) is foreign, and ``status``/``write`` refuse it.
+
+    path
+        The secret file.
+    kind, pillar_key, source
+        As for :py:func:`status` (what the formula would write there).
+    owner
+        ``{"record": <file>, "dirs": [<dir>, ...]}`` (the map's
+        ``secret_owner``); without it every file counts as the formula's.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.foreign /matrix/matrix-authentication-service/synapse/homeserver_secret copy source=/matrix/matrix-authentication-service/config/secrets/homeserver_secret owner="$(salt-call --out=json mas.mapdata | jq -c .local.secret_owner)"
+    """
+    if not owner or not os.path.lexists(path):
+        return ""
+    if os.path.dirname(path) in (owner.get("dirs") or []) or path in _record_files(owner):
+        return ""
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode):
+        return "exists and is not a regular file"
+    try:
+        wanted = _wanted(kind, pillar_key, source)
+    except CommandExecutionError:
+        wanted = None
+    if wanted is not None and hmac.compare_digest(_read_regular(path), wanted):
+        return ""
+    return f"exists and is not a secret file the formula wrote (not in its record {owner['record']})"
+
+
+def leftovers(secrets_dir, keep=None):
+    """
+    The client-secret files (``upstream-<id>.secret``) in ``secrets_dir`` that
+    no provider uses any more (a provider removed from pillar, or its
+    ``client_secret``): each belongs to its provider alone, so ``mas.secrets``
+    removes them.
+
+    secrets_dir
+        The deployment's secrets directory (the map's ``paths.secrets_dir``).
+    keep
+        The secret files still in use (the map's ``secret_files`` paths).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.leftovers /matrix/matrix-authentication-service/config/secrets
+    """
+    keep = set(keep or [])
+    try:
+        names = sorted(os.listdir(secrets_dir))
+    except OSError:
+        return []
+    pattern = re.compile(r"upstream-[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}\.secret")
+    return [
+        os.path.join(secrets_dir, name)
+        for name in names
+        if pattern.fullmatch(name) and os.path.join(secrets_dir, name) not in keep
+    ]
+
+
+def status(
+    path, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None, owner=None
+):
     """
     Tell what :py:func:`write` would do with one secret file, without
     revealing or changing anything.
@@ -169,6 +274,10 @@ def status(path, kind, pillar_key=None, user="root", group="root", mode="0600", 
         Allow replacing an existing encryption secret with another pillar value.
     source
         For ``kind: copy``, the file to copy.
+    owner
+        ``{"record", "dirs"}`` (the map's ``secret_owner``): refuse a file that
+        is not the formula's own (see :py:func:`foreign`), and record the
+        files written. Without it nothing is recorded or refused.
 
     CLI Example:
 
@@ -178,6 +287,11 @@ def status(path, kind, pillar_key=None, user="root", group="root", mode="0600", 
     """
     if kind not in KINDS:
         raise SaltInvocationError(f"mas_secret: unknown secret kind {kind!r} (known: {', '.join(KINDS)})")
+    why = foreign(path, kind, pillar_key, source, owner)
+    if why:
+        raise CommandExecutionError(
+            f"{path} {why}: the formula never overwrites a file it did not write; move it away or choose another path"
+        )
     if kind == "copy" and not (source and os.path.isfile(source)):
         # the source is written earlier in the same run (test=True predicts)
         return {
@@ -251,7 +365,9 @@ def atomic_write(path, content, mode="0600", user="root", group="root"):
     return True
 
 
-def write(path, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None):
+def write(
+    path, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None, owner=None
+):
     """
     Create or update one secret file atomically, never world-readable, and
     return what was done (never the value). An existing generated secret is
@@ -263,9 +379,7 @@ def write(path, kind, pillar_key=None, user="root", group="root", mode="0600", a
 
         salt-call mas_secret.write /matrix/matrix-authentication-service/config/keys/rsa.pem rsa user=mas group=mas
     """
-    state = status(path, kind, pillar_key, user, group, mode, allow_rotation, source)
-    if state["action"] == "none":
-        return state
+    state = status(path, kind, pillar_key, user, group, mode, allow_rotation, source, owner)
     if state["action"] == "fix-mode":
         uid, gid = _owner_ids(user, group)
         try:
@@ -277,12 +391,15 @@ def write(path, kind, pillar_key=None, user="root", group="root", mode="0600", a
                 os.close(fd)
         except OSError as exc:
             raise CommandExecutionError(f"cannot fix owner/mode of {path}: {exc.strerror}") from exc
-        return state
-    content = _wanted(kind, pillar_key, source)
-    if content is None:
-        content = _generate(kind)
-    atomic_write(path, content, mode, user, group)
-    log.info("mas_secret: %s secret file %s (%s)", state["action"], path, state["reason"])
+    elif state["action"] != "none":
+        content = _wanted(kind, pillar_key, source)
+        if content is None:
+            content = _generate(kind)
+        atomic_write(path, content, mode, user, group)
+        log.info("mas_secret: %s secret file %s (%s)", state["action"], path, state["reason"])
+    if owner:
+        # written, or found holding what the formula writes: the formula's from now on
+        _record(owner, path)
     return state
 
 

@@ -1593,10 +1593,6 @@ def bot_token(
 # bin/register-user
 # --------------------------------------------------------------------------
 
-#: Paths rendered into bin/register-user (no whitespace, quotes, `$`, `%` or control characters).
-_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+@-]*")
-
-
 def wrapper_settings():
     """
     What ``bin/register-user`` runs: ``{salt_call, config_dir}`` -- this
@@ -1617,6 +1613,6 @@ def wrapper_settings():
     salt_call = sibling if os.access(sibling, os.X_OK) else (shutil.which("salt-call") or "/usr/bin/salt-call")
     config_dir = os.path.dirname(__opts__.get("conf_file") or "/etc/salt/minion")
     for name, value in (("salt-call", salt_call), ("the minion's configuration directory", config_dir)):
-        if not _SAFE_PATH.fullmatch(value):
+        if not __salt__["mas.valid"]("path", value):  # rendered into bin/register-user
             raise CommandExecutionError(f"bin/register-user: {name} {value!r} has characters a wrapper cannot hold")
     return {"salt_call": salt_call, "config_dir": config_dir}

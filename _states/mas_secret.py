@@ -19,7 +19,9 @@ def _ret(name):
     return {"name": name, "result": True, "comment": "", "changes": {}}
 
 
-def present(name, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None):
+def present(
+    name, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None, owner=None
+):
     """
     Ensure a secret file exists, generated once or taken from pillar, owned by
     ``user``:``group`` with ``mode``. The value is never shown: changes say
@@ -37,6 +39,10 @@ def present(name, kind, pillar_key=None, user="root", group="root", mode="0600",
         Allow replacing an existing encryption secret with another pillar value.
     source
         For ``kind: copy``, the file to copy.
+    owner
+        The map's ``secret_owner`` (``{record, dirs}``): an existing file that
+        is not the formula's own is refused, never replaced, and every file
+        written is recorded (see ``mas_secret.foreign``).
 
     .. code-block:: yaml
 
@@ -57,6 +63,7 @@ def present(name, kind, pillar_key=None, user="root", group="root", mode="0600",
         mode=mode,
         allow_rotation=allow_rotation,
         source=source,
+        owner=owner,
     )
     try:
         status = __salt__["mas_secret.status"](name, **args)

@@ -2,7 +2,8 @@
 # vim: ft=sls
 # The proxy files (nginx snippets or a Traefik dynamic configuration). They
 # wait for the Synapse side, so that logins only reach MAS once Synapse
-# delegates to it.
+# delegates to it. Files another proxy type left (a switch from nginx to
+# Traefik, or back) are emptied (nginx) or removed (Traefik) in the same run.
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set sls_synapse = tplroot ~ ".synapse" %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
@@ -36,4 +37,26 @@ mas-proxy-file-test-nop:
     - name: {{ ("mas:proxy:type is none; route the compatibility paths and " ~ mas.path_prefix ~ " to MAS yourself") | json }}
     - require:
       - sls: {{ sls_synapse }}
+{%- endfor %}
+{%- for file in proxy.leftovers %}
+{%- if file.action == "empty" %}
+
+{{ file.id | json }}:
+  file.managed:
+    - name: {{ file.path | json }}
+    - create: false
+    - source:
+{%- for source in salt["mas.files_switch"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, tplroot) %}
+      - {{ source | json }}
+{%- endfor %}
+    - template: jinja
+    - context:
+        server: ''
+        route: {{ file.context | json }}
+{%- else %}
+
+{{ file.id | json }}:
+  file.absent:
+    - name: {{ file.path | json }}
+{%- endif %}
 {%- endfor %}

@@ -36,11 +36,40 @@ mas-proxy-reload-module-run-reload:
     - require:
       - module: mas-proxy-reload-module-run-check
 {%- endif %}
-{%- else %}
+{%- elif not (proxy.leftovers and proxy.reload) %}
 
 mas-proxy-reload-test-nop:
   test.nop:
     - name: No proxy reload (mas:proxy:reload is false or mas:proxy:type is none)
     - require:
       - sls: {{ sls_proxy_file }}
+{%- endif %}
+{%- if proxy.reload %}
+{#- the proxy whose files were left by another type (emptied or removed above) #}
+{%- for group in proxy.leftover_reloads %}
+{%- if group.check %}
+
+{{ ("mas-proxy-reload-module-run-check-leftover-" ~ group.kind) | json }}:
+  module.run:
+    - mas_proxy.check:
+      - argv: {{ group.check | json }}
+    - onchanges:
+{%- for id in group.ids %}
+      - file: {{ id | json }}
+{%- endfor %}
+{%- endif %}
+
+{{ ("mas-proxy-reload-module-run-reload-leftover-" ~ group.kind) | json }}:
+  module.run:
+    - service.reload:
+      - name: {{ group.service | json }}
+    - onchanges:
+{%- for id in group.ids %}
+      - file: {{ id | json }}
+{%- endfor %}
+{%- if group.check %}
+    - require:
+      - module: {{ ("mas-proxy-reload-module-run-check-leftover-" ~ group.kind) | json }}
+{%- endif %}
+{%- endfor %}
 {%- endif %}

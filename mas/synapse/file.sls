@@ -47,6 +47,7 @@ mas-synapse-file-mas_secret-present:
     - user: {{ synapse.secret.user | json }}
     - group: {{ synapse.secret.group | json }}
     - mode: {{ synapse.secret.mode | json }}
+    - owner: {{ mas.secret_owner | json }}
     - require:
       - sls: {{ sls_secrets }}
       - file: mas-synapse-file-file-directory-secret

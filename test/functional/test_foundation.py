@@ -195,10 +195,10 @@ BAD_PILLARS = [
     ({"secrets": {"encryption": "abc123"}}, "mas:secrets:encryption: must be exactly 64 hexadecimal"),
     ({"secrets": {"homeserver_secret": "short"}}, "mas:secrets:homeserver_secret: must be a string of at least 16"),
     ({"runtime": "podman"}, "mas:runtime: must be one of docker, binary"),
-    ({"runtime": "binary", "binary": {"path": "mas-cli"}}, "mas:binary:path: must be the absolute path of mas-cli"),
+    ({"runtime": "binary", "binary": {"path": "mas-cli"}}, "mas:binary:path: must be an absolute, normalised path"),
     ({"binary": "/usr/local/bin/mas-cli"}, "mas:binary: must now be a mapping, not the path '/usr/local/bin/mas-cli'"),
-    ({"base_path": "relative/dir"}, "mas:base_path: must be an absolute directory path"),
-    ({"user": "Bad User"}, "mas:user: 'Bad User' is not a valid user or group name"),
+    ({"base_path": "relative/dir"}, "mas:base_path: must be an absolute, normalised path"),
+    ({"user": "Bad User"}, "mas:user: must be a user or group name"),
     ({"email": {"transport": "carrier-pigeon"}}, "mas:email:transport: must be one of blackhole, smtp, sendmail"),
     (
         {"email": {"transport": "smtp", "hostname": None}},
@@ -241,12 +241,12 @@ BAD_PILLARS = [
     ),
     (
         {"runtime": "docker", "service": {"docker": {"command": "/usr/bin/docker\nExecStartPost=/bin/sh"}}},
-        "mas:service:docker:command: must be the absolute path of docker",
+        "mas:service:docker:command: must be the absolute path of the program",
     ),
-    ({"base_path": "/srv/mas$(id)"}, "mas:base_path: '/srv/mas$(id)' may only hold"),
+    ({"base_path": "/srv/mas$(id)"}, "mas:base_path: must be an absolute, normalised path"),
     ({"service": {"restart": "sometimes"}}, "mas:service:restart: must be one of no, always"),
     ({"synapse": {"dropin_name": "mas.conf"}}, "mas:synapse:dropin_name: must be a file name ending in .yaml"),
-    ({"synapse": {"config_dir": "conf.d"}}, "mas:synapse:config_dir: must be an absolute path"),
+    ({"synapse": {"config_dir": "conf.d"}}, "mas:synapse:config_dir: must be an absolute, normalised path"),
     ({"path_prefix": "/"}, "mas:path_prefix: '/' needs MAS on its own host name"),
     (
         {"proxy": {"nginx": {"mas_upstream": "http://127.0.0.1:8080/auth"}}},
@@ -254,7 +254,7 @@ BAD_PILLARS = [
     ),
     (
         {"proxy": {"type": "traefik", "traefik": {"entrypoint": "web secure"}}},
-        "mas:proxy:traefik:entrypoint: must be a Traefik entrypoint name",
+        "mas:proxy:traefik:entrypoint: must be a Traefik name",
     ),
 ]
 

@@ -37,6 +37,7 @@ def test_settings_derives_public_base_paths_and_redacts_secrets():
         upstream_oauth2_providers=[
             {
                 "id": "01HFVBY12TMNTYTBV8W921M5FA",
+                "issuer": "https://id.example.com/",
                 "client_id": "c",
                 "client_secret": "cs-secret",
                 "token_endpoint_auth_method": "client_secret_basic",

@@ -169,6 +169,41 @@ def test_proxy_none_and_clean():
     disabled = mapdata(enabled=False, server_name="")
     clean = mas_proxy.settings(disabled, clean=True)
     assert [(f["name"], f["action"]) for f in clean["files"]] == [("snippet", "empty"), ("public-snippet", "empty")]
-    assert clean["files"][0]["context"]["disabled"] is True
+    assert clean["files"][0]["context"]["disabled"] == "MAS is disabled (mas:enabled is false)"
     traefik = mas_proxy.settings(mapdata(enabled=False, proxy={"type": "traefik"}), clean=True)
     assert [(f["name"], f["action"]) for f in traefik["files"]] == [("config", "absent")]
+
+
+def test_leftovers_of_another_proxy_type_are_cleaned(tmp_path):
+    """Files the formula wrote for another proxy type (banner, routes left) are
+    emptied (nginx) or removed (Traefik), with their proxy reloaded; files it
+    did not write, or already emptied, are left alone."""
+    snippet, public, dynamic = tmp_path / "mas.conf", tmp_path / "mas-public.conf", tmp_path / "mas.yml"
+    proxy = {
+        "nginx": {"snippet_path": str(snippet), "public_snippet_path": str(public)},
+        "traefik": {"config_path": str(dynamic)},
+    }
+    banner = "# File managed by Salt (mas formula): changes will be overwritten.\n"
+    snippet.write_text(banner + "location ^~ /auth/ {\n    proxy_pass http://127.0.0.1:8080;\n}\n")
+    public.write_text("# someone else's\nlocation / {}\n")
+    out = mas_proxy.settings(mapdata(proxy=dict(proxy, type="traefik")))
+    assert [(f["id"], f["action"]) for f in out["leftovers"]] == [
+        ("mas-proxy-file-file-managed-leftover-nginx-snippet", "empty")
+    ]
+    assert out["leftovers"][0]["context"]["disabled"] == "MAS is not routed through nginx (mas:proxy:type is traefik)"
+    assert out["leftover_reloads"] == [
+        {
+            "kind": "nginx",
+            "service": "nginx",
+            "check": ["nginx", "-t"],
+            "ids": ["mas-proxy-file-file-managed-leftover-nginx-snippet"],
+        }
+    ]
+    snippet.write_text(banner + "# MAS is not routed through this file.\n")
+    assert mas_proxy.settings(mapdata(proxy=dict(proxy, type="traefik")))["leftovers"] == []
+    dynamic.write_text(banner + "http: {}\n")
+    back = mas_proxy.settings(mapdata(proxy=dict(proxy, type="none")))
+    assert [(f["id"], f["action"]) for f in back["leftovers"]] == [
+        ("mas-proxy-file-file-absent-leftover-traefik-config", "absent")
+    ]
+    assert back["leftover_reloads"][0]["check"] is None

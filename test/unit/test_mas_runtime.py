@@ -38,7 +38,6 @@ def binds(result):
         ("[::1]:8081", {"address": "[::1]:8081"}),
         ("0.0.0.0:8080", {"address": "0.0.0.0:8080"}),
         ("[::]:8080", {"address": "[::]:8080"}),
-        (":8080", {"port": 8080}),
     ],
 )
 def test_binds_are_socket_addresses_or_host_and_port(bind, rendered):
@@ -100,8 +99,8 @@ def test_installed_binary_and_docker_paths():
         ("/usr/local/bin/mas-cli", "mas:binary: must now be a mapping"),
         ({"source": "https://example.com/mas.tar.gz", "source_hash": "md5=abc"}, "mas:binary:source_hash: is required"),
         ({"source": "https://example.com/mas.tar.gz", "source_hash": HASH, "share_dir": "/x"}, "mas:binary:share_dir"),
-        ({"path": "/usr/bin/mas-cli", "share_dir": "share"}, "mas:binary:share_dir: must be the absolute path"),
-        ({"path": "/usr/bin/mas cli", "share_dir": "/s"}, "mas:binary:path: must be the absolute path"),
+        ({"path": "/usr/bin/mas-cli", "share_dir": "share"}, "mas:binary:share_dir: must be an absolute, normalised path"),
+        ({"path": "/usr/bin/mas cli", "share_dir": "/s"}, "mas:binary:path: must be an absolute, normalised path"),
         ({"path": "/usr/bin/mas-cli", "share_dir": "/s", "version": "1"}, "mas:binary:version: unknown key"),
         ({"source_hash": HASH, "path": "/p", "share_dir": "/s"}, "mas:binary:source_hash: is only used with"),
     ],

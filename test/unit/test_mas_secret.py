@@ -159,3 +159,72 @@ def test_mask_hides_secret_values_and_keeps_the_rest():
         "recaptcha_private_key": "**********",
     }
     assert conf["form_secret"] == "Form-Secret-0008"
+
+
+# --------------------------------------------------------------------------
+# The formula never replaces a file it did not write (issue 8)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def owner(tmp_path):
+    own = tmp_path / "own-secrets"
+    own.mkdir()
+    return {"record": str(tmp_path / "state" / "secrets.json"), "dirs": [str(own)]}
+
+
+def test_a_foreign_file_is_refused_and_left_as_it_is(tmp_path, owner):
+    src = tmp_path / "src"
+    src.write_text("the-shared-secret")
+    victim = tmp_path / "victim"
+    victim.write_text("someone else's data\n")
+    assert "not a secret file the formula wrote" in mas_secret.foreign(
+        str(victim), "copy", source=str(src), owner=owner
+    )
+    with pytest.raises(CommandExecutionError, match="never overwrites a file it did not write"):
+        mas_secret.write(str(victim), "copy", source=str(src), user=ME, group=MY_GROUP, owner=owner)
+    assert victim.read_text() == "someone else's data\n"
+    # a link where the secret should be is foreign too
+    link = tmp_path / "link"
+    link.symlink_to(src)
+    assert mas_secret.foreign(str(link), "copy", source=str(src), owner=owner) == "exists and is not a regular file"
+
+
+def test_written_files_are_recorded_and_stay_the_formulas(tmp_path, owner):
+    src = tmp_path / "src"
+    src.write_text("first")
+    copy = tmp_path / "copy"
+    assert (
+        mas_secret.write(str(copy), "copy", source=str(src), user=ME, group=MY_GROUP, owner=owner)["action"] == "create"
+    )
+    record = pathlib.Path(owner["record"])
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert str(copy) in record.read_text()
+    src.write_text("second")  # the source changes: the formula's own copy follows
+    assert (
+        mas_secret.write(str(copy), "copy", source=str(src), user=ME, group=MY_GROUP, owner=owner)["action"] == "update"
+    )
+    assert copy.read_text() == "second"
+
+
+def test_own_directories_and_identical_content_count_as_the_formulas(tmp_path, owner):
+    inside = pathlib.Path(owner["dirs"][0]) / "encryption"
+    inside.write_text("a" * 64)
+    assert mas_secret.foreign(str(inside), "hex32", owner=owner) == ""
+    src = tmp_path / "src"
+    src.write_text("same")
+    same = tmp_path / "same"
+    same.write_text("same")
+    assert mas_secret.foreign(str(same), "copy", source=str(src), owner=owner) == ""
+    assert mas_secret.foreign(str(tmp_path / "absent"), "copy", source=str(src), owner=owner) == ""
+    # without an owner nothing is refused (a direct call outside a deployment)
+    assert mas_secret.foreign(str(tmp_path / "src"), "hex32") == ""
+
+
+def test_leftovers_are_the_client_secrets_of_gone_providers(tmp_path):
+    kept = tmp_path / "upstream-01HFVBY12TMNTYTBV8W921M5FA.secret"
+    gone = tmp_path / "upstream-01HFVBY12TMNTYTBV8W921M5FB.secret"
+    for path in (kept, gone, tmp_path / "encryption", tmp_path / "upstream-notaulid.secret"):
+        path.write_text("x")
+    assert mas_secret.leftovers(str(tmp_path), [str(kept)]) == [str(gone)]
+    assert mas_secret.leftovers(str(tmp_path / "missing")) == []
