@@ -146,7 +146,6 @@ _UNIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9:_.@-]{0,250}")
 # routers (a '.' would split a Traefik label key, '@' names a provider).
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{1,62}")
 _TRAEFIK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
-# Kept for mas:binary (binary runtime), anchored at the end.
 # docker's reference grammar (distribution/reference): [domain[:port]/]path[:tag][@digest]
 _IMAGE_DOMAIN = rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*(?::[0-9]+)?"
 _IMAGE_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
