@@ -31,11 +31,15 @@ import os
 import re
 import stat
 
+import jinja2
+import jinja2.sandbox
 import salt.utils.data
 import salt.utils.dictupdate
 import salt.utils.files
+import salt.utils.jinja
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.utils.decorators.jinja import JinjaFilter
 
 log = logging.getLogger(__name__)
 
@@ -2162,6 +2166,19 @@ def _redact(data):
     data["users"] = users
 
 
+def _map():
+    """The map of this run, shared and read-only: for this module's own lookups (no copy)."""
+    key = _cache_key() + ":shared"
+    if key not in __context__:
+        mapdata()
+    return __context__[key]
+
+
+def _cache_key():
+    pillar = salt.utils.data.traverse_dict_and_list(__pillar__, PILLAR_ROOT, {}) or {}
+    return "mas.mapdata:" + hashlib.sha256(json.dumps(pillar, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def mapdata(defaults=None, refuse_foreign=False):
     """
     The formula's map: ``parameters/defaults.yaml`` < pillar ``mas:lookup`` <
@@ -2188,11 +2205,12 @@ def mapdata(defaults=None, refuse_foreign=False):
     if not isinstance(pillar, dict):
         raise SaltInvocationError(f"the pillar key '{PILLAR_ROOT}' must be a mapping")
     # every SLS of a run asks for the same map: compute it once per pillar
-    cache_key = "mas.mapdata:" + hashlib.sha256(json.dumps(pillar, sort_keys=True, default=str).encode()).hexdigest()
+    cache_key = _cache_key()
     if defaults is None and cache_key in __context__:
         result = json.loads(__context__[cache_key])
-        if refuse_foreign:
+        if refuse_foreign and cache_key + ":foreign-checked" not in __context__:
             _refuse_foreign(result)
+            __context__[cache_key + ":foreign-checked"] = True
         return result
     if defaults is None:
         defaults = _defaults()
@@ -2208,9 +2226,12 @@ def mapdata(defaults=None, refuse_foreign=False):
     merged = salt.utils.dictupdate.update(copy.deepcopy(dict(defaults)), copy.deepcopy(dict(lookup)), merge_lists=False)
     result = settings(salt.utils.dictupdate.update(merged, pillar, merge_lists=False), defaults)
     __context__[cache_key] = json.dumps(result, default=str)
+    __context__[cache_key + ":shared"] = json.loads(__context__[cache_key])
     result = json.loads(__context__[cache_key])
     if refuse_foreign:
+        # once per run: the first SLS to render refuses before anything is written
         _refuse_foreign(result)
+        __context__[cache_key + ":foreign-checked"] = True
     return result
 
 
@@ -2408,7 +2429,7 @@ def files_switch(source_files, lookup, tplroot=PILLAR_ROOT):
 
         salt-call mas.files_switch "['config.yaml.jinja']" mas-config-file-file-managed
     """
-    tofs = mapdata()["tofs"]
+    tofs = _map()["tofs"]
     prefix = tofs["path_prefix"] or tplroot
     names = list(tofs["source_files"].get(lookup, [])) + list(source_files)
     dirs = [lookup]
@@ -2426,6 +2447,111 @@ def files_switch(source_files, lookup, tplroot=PILLAR_ROOT):
         found = [path for path in candidates if any(os.path.isfile(os.path.join(root, path)) for root in roots)]
         candidates = found[:1] or candidates
     return [f"salt://{path}" for path in candidates]
+
+
+def account(user=None, group=None):
+    """
+    Whether the service account and its group exist on the minion:
+    ``{"user": bool, "group": bool}`` (``mas.install`` creates what is missing
+    and leaves what exists as it is). Cheap: no group enumeration.
+
+    user, group
+        The names (default: ``mas:user`` and ``mas:group`` from the map).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.account
+    """
+    import grp  # pylint: disable=import-outside-toplevel
+    import pwd  # pylint: disable=import-outside-toplevel
+
+    if user is None or group is None:
+        mas = mapdata()
+        user, group = user or mas["user"], group or mas["group"]
+    found = {}
+    for key, name, lookup in (("user", user, pwd.getpwnam), ("group", group, grp.getgrnam)):
+        try:
+            lookup(name)
+            found[key] = True
+        except KeyError:
+            found[key] = False
+    return found
+
+
+def _template_text(source):
+    """The text of ``salt://`` ``source``: from file_roots masterless, else through the file server."""
+    path = source[len("salt://") :]
+    if __opts__.get("file_client") == "local":
+        for root in (__opts__.get("file_roots") or {}).get(__opts__.get("saltenv") or "base", []):
+            candidate = os.path.join(root, path)
+            if os.path.isfile(candidate):
+                with salt.utils.files.fopen(candidate, "r") as handle:
+                    return handle.read()
+        return None
+    return __salt__["cp.get_file_str"](source) or None
+
+
+def _template_source(source):
+    """Jinja's FunctionLoader: ``(text, None, uptodate)`` of ``source`` (a ``salt://`` URL), None when missing."""
+    text = _template_text(source)
+    return None if text is None else (text, None, lambda: False)
+
+
+def _jinja_env():
+    """One Jinja environment per run, with Salt's template filters (``yaml``, ``json``, ``quote``, ...)."""
+    if "mas.jinja_env" not in __context__:
+        cache_dir = os.path.join(__opts__.get("cachedir") or "/var/cache/salt/minion", "mas-jinja")
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        env = jinja2.sandbox.SandboxedEnvironment(
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            extensions=["jinja2.ext.do", "jinja2.ext.loopcontrols", salt.utils.jinja.SerializerExtension],
+            # compiled templates are kept between runs (keyed on the template's text)
+            bytecode_cache=jinja2.FileSystemBytecodeCache(cache_dir),
+            loader=jinja2.FunctionLoader(_template_source),
+        )
+        env.filters.update(JinjaFilter.salt_jinja_filters)
+        __context__["mas.jinja_env"] = env
+    return __context__["mas.jinja_env"]
+
+
+def render(source_files, lookup, context=None, tplroot=PILLAR_ROOT):
+    """
+    The text of one of the formula's templates, found TOFS-style
+    (:py:func:`files_switch`) and rendered with Jinja and Salt's template
+    filters (``yaml``, ``json``, ``quote``, ...). Used by the SLS files while
+    they render (``file.managed`` gets the text as ``contents``): one Jinja
+    environment for the whole run instead of Salt's template machinery per
+    file, which made a no-change run of ``mas`` much slower. A template sees
+    ``context`` and ``grains`` (and ``salt``); no pillar (the result is part
+    of the rendered SLS).
+
+    source_files
+        The formula's file names for the state (e.g. ``['config.yaml.jinja']``).
+    lookup
+        The state ID.
+    context
+        The template's variables.
+    tplroot
+        The formula's directory (default ``mas``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas.render "['docker.labels.jinja']" mas-config-file-file-managed-labels "{labels: {a: b}}"
+    """
+    sources = files_switch(source_files, lookup, tplroot)
+    env = _jinja_env()
+    for source in sources:
+        try:
+            template = env.get_template(source)
+        except jinja2.TemplateNotFound:
+            continue
+        return template.render(**dict(context or {}, grains=__grains__, salt=__salt__))
+    raise CommandExecutionError(f"none of the templates {', '.join(sources)} exists")
 
 
 BANNER = "File managed by Salt (mas formula)"

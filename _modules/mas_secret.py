@@ -24,6 +24,7 @@ Values are never returned or logged: the functions report what they did.
 """
 
 import hmac
+import importlib.util
 import json
 import logging
 import os
@@ -36,13 +37,8 @@ import salt.utils.data
 import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-try:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-    HAS_CRYPTOGRAPHY = True
-except ImportError:  # pragma: no cover - depends on the minion
-    HAS_CRYPTOGRAPHY = False
+# cryptography is imported where keys are generated (once per deployment), not on every run
+HAS_CRYPTOGRAPHY = importlib.util.find_spec("cryptography") is not None
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +78,9 @@ def _pillar_value(pillar_key):
 def _generate(kind):
     if kind in ("hex32", "token"):
         return secrets.token_hex(32).encode()
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # pylint: disable=import-outside-toplevel
+
     curves = {"ec-p256": ec.SECP256R1, "ec-p384": ec.SECP384R1, "ec-k256": ec.SECP256K1}
     if kind == "rsa":
         key = rsa.generate_private_key(public_exponent=65537, key_size=3072)

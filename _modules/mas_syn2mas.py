@@ -57,6 +57,7 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ import pathlib
 import re
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -73,19 +75,26 @@ import salt.utils.data
 import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-try:
-    import requests
 
-    HAS_REQUESTS = True
-except ImportError:  # pragma: no cover - depends on the minion
-    HAS_REQUESTS = False
+def _lazy(name):
+    """``name`` imported on first use (importlib's LazyLoader): the SLS files call this module on every run, and
+    importing psycopg and requests costs more than the rest of what those calls do."""
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return None
+    if name in sys.modules:
+        return sys.modules[name]
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
-try:
-    import psycopg
 
-    HAS_PSYCOPG = True
-except ImportError:  # pragma: no cover - depends on the minion
-    HAS_PSYCOPG = False
+requests = _lazy("requests")
+psycopg = _lazy("psycopg")
+HAS_REQUESTS = requests is not None
+HAS_PSYCOPG = psycopg is not None
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +498,9 @@ MAS_MIGRATED_TABLES = (
 
 
 #: What a database driver raises.
-_DB_ERRORS = (sqlite3.Error, psycopg.Error) if HAS_PSYCOPG else (sqlite3.Error,)
+def _db_errors():
+    """What a database read may raise (evaluated when an exception is matched: psycopg stays unimported until used)."""
+    return (sqlite3.Error, psycopg.Error) if HAS_PSYCOPG else (sqlite3.Error,)
 
 
 class Unreachable(CommandExecutionError):
@@ -638,7 +649,7 @@ def _login_users(database, secrets):
             return {"with_password": 0, "with_external_id": 0, "total": 0}
         try:
             passwords, external, total = _rows(conn, _LOGIN_USERS_SQL)[0]
-        except _DB_ERRORS as exc:
+        except _db_errors() as exc:
             if _missing_table(exc):
                 return {"with_password": 0, "with_external_id": 0, "total": 0}
             raise Unreachable(f"{database['label']} cannot be queried: {str(exc).strip().splitlines()[0]}") from exc
@@ -663,7 +674,7 @@ def _mas_created_since(database, since, secrets):
         ):
             try:
                 counts[key] = _rows(conn, statement, (since,))[0][0]
-            except _DB_ERRORS as exc:
+            except _db_errors() as exc:
                 if not _missing_table(exc):
                     raise Unreachable(
                         f"{database['label']} cannot be queried: {str(exc).strip().splitlines()[0]}"
@@ -1060,7 +1071,7 @@ def _preflight(mas, opts, marker, files, conf, secrets):
             conn.rollback()
     except Unreachable as exc:
         errors.append(str(exc))
-    except _DB_ERRORS as exc:
+    except _db_errors() as exc:
         errors.append(
             f"Synapse's {synapse_label} cannot be read as a Synapse database: {_scrub(str(exc).strip(), secrets)}"
         )
@@ -1149,7 +1160,7 @@ def _preflight(mas, opts, marker, files, conf, secrets):
                 conn.rollback()
         except Unreachable as exc:
             errors.append(f"{exc}: syn2mas writes there (create it: mas:database:manage, or by hand)")
-        except _DB_ERRORS as exc:
+        except _db_errors() as exc:
             errors.append(f"{mas_database['label']} cannot be read: {_scrub(str(exc).strip(), secrets)}")
         else:
             if contents["partial"]:
@@ -1288,7 +1299,7 @@ def _backup_plan(mas, opts, database, secrets):
                 "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'",
             )[0]
             conn.rollback()
-    except (Unreachable, *_DB_ERRORS) as exc:
+    except (Unreachable, *_db_errors()) as exc:
         return None, [f"the size of Synapse's database cannot be read before its backup: {exc}"]
     stats = os.statvfs(directory)
     free = stats.f_bavail * stats.f_frsize
@@ -1611,7 +1622,7 @@ def verify(mapdata=None, record=False):
     started = time.monotonic()
     try:
         found = _verify(mas, ctx["opts"], ctx["conf"], ctx["files"], ctx["secrets"])
-    except (Unreachable, *_DB_ERRORS) as exc:
+    except (Unreachable, *_db_errors()) as exc:
         return _result(False, phase, "syn2mas verification failed", errors=[_scrub(str(exc), ctx["secrets"])])
     seconds = round(time.monotonic() - started, 3)
     ok = not found["errors"]
@@ -2043,7 +2054,7 @@ def _verification(mas, opts, conf, files, secrets):
     """:py:func:`_verify`, with an unreadable database as an error of the verification."""
     try:
         return _verify(mas, opts, conf, files, secrets)
-    except (Unreachable, *_DB_ERRORS) as exc:
+    except (Unreachable, *_db_errors()) as exc:
         return {"errors": [f"the verification could not run: {_scrub(str(exc), secrets)}"], "counts": {}, "missing": {}}
 
 

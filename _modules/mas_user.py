@@ -34,6 +34,7 @@ import datetime
 import grp
 import hashlib
 import hmac
+import importlib.util
 import json
 import logging
 import os
@@ -48,17 +49,9 @@ import urllib.parse
 import salt.utils.data
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-try:
-    import requests
-
-    HAS_REQUESTS = True
-except ImportError:  # pragma: no cover - depends on the minion
-    HAS_REQUESTS = False
-
-try:
-    from zxcvbn_rs_py import zxcvbn as _zxcvbn
-except ImportError:  # pragma: no cover - depends on the minion
-    _zxcvbn = None
+# requests and zxcvbn are imported where they are used: the SLS files call this module on every run, and
+# importing them costs more than the rest of what those calls do
+HAS_REQUESTS = importlib.util.find_spec("requests") is not None
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +195,10 @@ def _check_strength(mas, secret, skip_password_check):
     if skip_password_check:
         return
     minimum = int(passwords.get("minimum_complexity", 3))
+    try:
+        from zxcvbn_rs_py import zxcvbn as _zxcvbn  # pylint: disable=import-outside-toplevel
+    except ImportError:  # pragma: no cover - depends on the minion
+        _zxcvbn = None
     if _zxcvbn is None:
         raise CommandExecutionError(
             "password: cannot check its strength, the Python package zxcvbn-rs-py is missing on the minion"
@@ -259,11 +256,15 @@ class _Http:
     what = "the service"
 
     def __init__(self, timeout=30):
+        import requests  # pylint: disable=import-outside-toplevel
+
         self.timeout = timeout
         self.session = requests.Session()
         self.session.trust_env = False
 
     def send(self, method, url, **kwargs):
+        import requests  # pylint: disable=import-outside-toplevel
+
         try:
             return self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
@@ -1592,6 +1593,7 @@ def bot_token(
 # --------------------------------------------------------------------------
 # bin/register-user
 # --------------------------------------------------------------------------
+
 
 def wrapper_settings():
     """

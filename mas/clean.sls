@@ -1,3 +1,4 @@
+#!yaml
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 # Meta-state: remove MAS in reverse install order. Secrets, keys and data are

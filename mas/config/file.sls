@@ -15,16 +15,11 @@ include:
 mas-config-file-file-managed:
   file.managed:
     - name: {{ mas.paths.config_file | json }}
-    - source:
-{%- for source in salt["mas.files_switch"](["config.yaml.jinja"], "mas-config-file-file-managed", tplroot) %}
-      - {{ source | json }}
-{%- endfor %}
-    - template: jinja
+    - contents: {{ salt["mas.render"](["config.yaml.jinja"], "mas-config-file-file-managed", {
+          "mas_config": mas.mas_config}, tplroot) | json }}
     - user: root
     - group: {{ mas.group | json }}
     - mode: '0640'
-    - context:
-        mas_config: {{ mas.mas_config | json }}
     - require:
       - sls: {{ sls_secrets }}
 
@@ -33,25 +28,14 @@ mas-config-file-file-managed:
 {{ ("mas-config-file-file-managed-" ~ wrapper) | json }}:
   file.managed:
     - name: {{ mas.paths[wrapper] | json }}
-    - source:
-{%- for source in salt["mas.files_switch"]([template], "mas-config-file-file-managed-" ~ wrapper, tplroot) %}
-      - {{ source | json }}
-{%- endfor %}
-    - template: jinja
+    - contents: {{ salt["mas.render"]([template], "mas-config-file-file-managed-" ~ wrapper, {
+          "paths": mas.paths, "runtime": mas.runtime, "image": mas.image, "binary": mas.paths.mas_binary,
+          "user": mas.user, "group": mas.group, "docker": mas.service.docker,
+          "labels_file": (mas.paths.labels_file if labels else ""), "salt_call": salt_wrapper.salt_call,
+          "salt_config_dir": salt_wrapper.config_dir}, tplroot) | json }}
     - user: root
     - group: root
     - mode: '0755'
-    - context:
-        paths: {{ mas.paths | json }}
-        runtime: {{ mas.runtime | json }}
-        image: {{ mas.image | json }}
-        binary: {{ mas.paths.mas_binary | json }}
-        user: {{ mas.user | json }}
-        group: {{ mas.group | json }}
-        docker: {{ mas.service.docker | json }}
-        labels_file: {{ (mas.paths.labels_file if labels else "") | json }}
-        salt_call: {{ salt_wrapper.salt_call | json }}
-        salt_config_dir: {{ salt_wrapper.config_dir | json }}
     - require:
       - sls: {{ sls_secrets }}
 {%- endfor %}
@@ -60,16 +44,11 @@ mas-config-file-file-managed:
 mas-config-file-file-managed-labels:
   file.managed:
     - name: {{ mas.paths.labels_file | json }}
-    - source:
-{%- for source in salt["mas.files_switch"](["docker.labels.jinja"], "mas-config-file-file-managed-labels", tplroot) %}
-      - {{ source | json }}
-{%- endfor %}
-    - template: jinja
+    - contents: {{ salt["mas.render"](["docker.labels.jinja"], "mas-config-file-file-managed-labels", {
+          "labels": labels}, tplroot) | json }}
     - user: root
     - group: {{ mas.group | json }}
     - mode: '0640'
-    - context:
-        labels: {{ labels | json }}
     - require:
       - sls: {{ sls_secrets }}
 {%- else %}

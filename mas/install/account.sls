@@ -4,27 +4,35 @@
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
+{#- An existing group and account are left exactly as they are (home, shell
+    and groups are the operator's): the states only note it, which also keeps
+    a no-change run cheap; missing ones are created as system accounts. #}
+{%- set account = salt["mas.account"](mas.user, mas.group) %}
 mas-install-account-group-present:
+{%- if account.group %}
+  test.nop:
+    - name: {{ ("group " ~ mas.group ~ " exists; left as it is") | json }}
+{%- else %}
   group.present:
     - name: {{ mas.group | json }}
     - system: true
+{%- endif %}
 
-{#- An existing account is left exactly as it is (its home, shell and groups
-    are the operator's); a missing one is created as a system account. #}
 mas-install-account-user-present:
+{%- if account.user %}
+  test.nop:
+    - name: {{ ("user " ~ mas.user ~ " exists; left as it is") | json }}
+{%- else %}
   user.present:
     - name: {{ mas.user | json }}
-{%- if not salt["user.info"](mas.user) %}
     - gid: {{ mas.group | json }}
     - system: true
     - createhome: false
     - home: {{ mas.paths.data_dir | json }}
     - shell: /usr/sbin/nologin
-{%- else %}
-    - remove_groups: false
 {%- endif %}
     - require:
-      - group: mas-install-account-group-present
+      - mas-install-account-group-present
 
 {#- Only data/ belongs to the service account: the directories holding the
     config, secrets and keys are root's (MAS reads them through its group),
@@ -42,5 +50,5 @@ mas-install-account-user-present:
     - mode: {{ mode | json }}
     - makedirs: true
     - require:
-      - user: mas-install-account-user-present
+      - mas-install-account-user-present
 {%- endfor %}

@@ -14,14 +14,8 @@
   file.managed:
     - name: {{ file.path | json }}
     - create: false
-    - source:
-{%- for source in salt["mas.files_switch"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, tplroot) %}
-      - {{ source | json }}
-{%- endfor %}
-    - template: jinja
-    - context:
-        server: ''
-        route: {{ file.context | json }}
+    - contents: {{ salt["mas.render"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, {
+          "server": "", "route": file.context}, tplroot) | json }}
 {%- else %}
 
 {{ ("mas-proxy-clean-file-absent-" ~ file.name) | json }}:

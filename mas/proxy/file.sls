@@ -16,18 +16,12 @@ include:
 {{ ("mas-proxy-file-file-managed-" ~ file.name) | json }}:
   file.managed:
     - name: {{ file.path | json }}
-    - source:
-{%- for source in salt["mas.files_switch"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, tplroot) %}
-      - {{ source | json }}
-{%- endfor %}
-    - template: jinja
+    - contents: {{ salt["mas.render"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, {
+          "server": file.server, "route": file.context}, tplroot) | json }}
     - makedirs: true
     - user: root
     - group: root
     - mode: '0644'
-    - context:
-        server: {{ file.server | json }}
-        route: {{ file.context | json }}
     - require:
       - sls: {{ sls_synapse }}
 {%- else %}
@@ -45,14 +39,8 @@ mas-proxy-file-test-nop:
   file.managed:
     - name: {{ file.path | json }}
     - create: false
-    - source:
-{%- for source in salt["mas.files_switch"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, tplroot) %}
-      - {{ source | json }}
-{%- endfor %}
-    - template: jinja
-    - context:
-        server: ''
-        route: {{ file.context | json }}
+    - contents: {{ salt["mas.render"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, {
+          "server": "", "route": file.context}, tplroot) | json }}
 {%- else %}
 
 {{ file.id | json }}:

@@ -1,3 +1,4 @@
+#!yaml
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 # The compatibility layer (login/logout/refresh to MAS) and MAS's public route

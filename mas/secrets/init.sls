@@ -1,3 +1,4 @@
+#!yaml
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 

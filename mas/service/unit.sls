@@ -12,23 +12,13 @@ include:
 mas-service-unit-file-managed:
   file.managed:
     - name: {{ mas.paths.unit | json }}
-    - source:
-{%- for source in salt["mas.files_switch"](["unit.service.jinja"], "mas-service-unit-file-managed", tplroot) %}
-      - {{ source | json }}
-{%- endfor %}
-    - template: jinja
+    - contents: {{ salt["mas.render"](["unit.service.jinja"], "mas-service-unit-file-managed", {
+          "name": mas.service.name, "runtime": mas.runtime, "binary": mas.paths.mas_binary, "user": mas.user,
+          "group": mas.group, "restart": mas.service.restart, "paths": mas.paths,
+          "docker": mas.service.docker}, tplroot) | json }}
     - makedirs: true
     - user: root
     - group: root
     - mode: '0644'
-    - context:
-        name: {{ mas.service.name | json }}
-        runtime: {{ mas.runtime | json }}
-        binary: {{ mas.paths.mas_binary | json }}
-        user: {{ mas.user | json }}
-        group: {{ mas.group | json }}
-        restart: {{ mas.service.restart | json }}
-        paths: {{ mas.paths | json }}
-        docker: {{ mas.service.docker | json }}
     - require:
       - sls: {{ sls_config }}

@@ -1,3 +1,4 @@
+#!yaml
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 # syn2mas: migrate Synapse's users into MAS, once (not included by `mas`).

@@ -1,3 +1,4 @@
+#!yaml
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 # Synapse side of the integration: the drop-in delegating authentication to

@@ -84,7 +84,8 @@ def test_mapdata_is_computed_once_per_pillar(pillar):
     first = mas.mapdata()
     first["hostname"] = "changed-by-caller"
     assert mas.mapdata()["hostname"] == "matrix.example.com"
-    assert len([k for k in mas.__context__ if k.startswith("mas.mapdata:")]) == 1
+    # one computed map for this pillar (its text, and the shared copy the module's own lookups read)
+    assert len({k.split(":")[1] for k in mas.__context__ if k.startswith("mas.mapdata:")}) == 1
     pillar["mas"]["server_name"] = "example.org"
     assert mas.mapdata()["hostname"] == "matrix.example.org"
 
@@ -207,3 +208,23 @@ def test_files_switch_masterless_keeps_the_first_file_that_exists(pillar, tmp_pa
 def test_tofs_keys_are_validated(tofs, key):
     with pytest.raises(SaltInvocationError, match=re.escape(key)):
         settings(tofs=tofs)
+
+
+def test_render_finds_the_template_tofs_style_and_has_salts_filters(pillar, tmp_path):
+    mas.__opts__.update(file_client="local", file_roots={"base": [str(tmp_path)]}, cachedir=str(tmp_path / "cache"))
+    default = tmp_path / "mas" / "files" / "default" / "x.conf.jinja"
+    default.parent.mkdir(parents=True)
+    default.write_text("# default\n{{ data | yaml(False) }}\nquoted={{ word | quote }}\n")
+    text = mas.render(["x.conf.jinja"], "mas-x-file-managed", {"data": {"a": [1, 2]}, "word": "it's"})
+    assert text == "# default\na:\n- 1\n- 2\nquoted='it'\"'\"'s'\n"
+    override = tmp_path / "mas" / "files" / "mas-x-file-managed" / "x.conf.jinja"
+    override.parent.mkdir(parents=True)
+    override.write_text("# override for {{ grains['os_family'] }}\n")
+    assert mas.render(["x.conf.jinja"], "mas-x-file-managed", {}) == "# override for Debian\n"
+    with pytest.raises(mas.CommandExecutionError, match="none of the templates"):
+        mas.render(["missing.jinja"], "mas-x-file-managed", {})
+
+
+def test_account_tells_what_exists(pillar):
+    assert mas.account("root", "root") == {"user": True, "group": True}
+    assert mas.account("no-such-user-4711", "no-such-group-4711") == {"user": False, "group": False}
