@@ -15,7 +15,6 @@ import hmac
 import os
 import re
 
-import salt.utils.data
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "mas_db"
@@ -23,13 +22,6 @@ __virtualname__ = "mas_db"
 
 def __virtual__():
     return __virtualname__
-
-
-def _pillar_value(pillar_key):
-    if not pillar_key:
-        return None
-    value = salt.utils.data.traverse_dict_and_list(__pillar__, pillar_key, None, delimiter=":")
-    return value if value not in (None, "", [], {}) else None
 
 
 def _scram_keys(password, salt, iterations):
@@ -106,7 +98,7 @@ def status(name, owner, admin, password_pillar_key=None):
 
         salt-call mas_db.status mas mas "{user: postgres, runas: postgres}"
     """
-    password = _pillar_value(password_pillar_key)
+    password = __salt__["mas_secret.pillar_value"](password_pillar_key)
     rows = _psql(
         admin,
         "postgres",
@@ -163,7 +155,7 @@ def ensure(name, owner, admin, password_pillar_key=None):
         salt-call mas_db.ensure mas mas "{user: postgres, runas: postgres}" mas:database:password
     """
     before = status(name, owner, admin, password_pillar_key)
-    password = _pillar_value(password_pillar_key)
+    password = __salt__["mas_secret.pillar_value"](password_pillar_key)
     script = []
     verifier = f" PASSWORD {_sql_literal(_scram_verifier(str(password)))}" if password is not None else ""
     if before["role"] == "missing":

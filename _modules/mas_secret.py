@@ -68,7 +68,20 @@ def __virtual__():
     return __virtualname__
 
 
-def _pillar_value(pillar_key):
+def pillar_value(pillar_key):
+    """
+    The value of the pillar key ``pillar_key`` (``a:b:c``) as the minion's
+    pillar holds it, unmasked (Salt 3008's ``pillar.get`` answers
+    ``**********`` inside modules), or None when it is unset or empty. The
+    formula's modules read secret pillar values (database and user passwords,
+    the pepper) through it; it prints what it reads.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.pillar_value mas:database:password
+    """
     if not pillar_key:
         return None
     value = salt.utils.data.traverse_dict_and_list(__pillar__, pillar_key, None, delimiter=":")
@@ -101,7 +114,7 @@ def _wanted(kind, pillar_key, source):
         if not source or not os.path.isfile(source):
             raise CommandExecutionError(f"the source secret file {source} does not exist yet")
         return _read_regular(source)
-    value = _pillar_value(pillar_key)
+    value = pillar_value(pillar_key)
     if kind == "pepper":
         if value is None:
             conf = __salt__["mas_synapse.config"](mask=False)["config"]

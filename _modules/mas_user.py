@@ -46,7 +46,6 @@ import string
 import time
 import urllib.parse
 
-import salt.utils.data
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 # requests and zxcvbn are imported where they are used: the SLS files call this module on every run, and
@@ -141,13 +140,6 @@ def _emails(emails):
     return [check_email(e) for e in emails]
 
 
-def _pillar_value(pillar_key):
-    if not pillar_key:
-        return None
-    value = salt.utils.data.traverse_dict_and_list(__pillar__, pillar_key, None, delimiter=":")
-    return value if value not in (None, "", [], {}) else None
-
-
 def _read_private(path):
     """A file's text (``None`` when missing), refusing a symlink or anything but a regular file."""
     try:
@@ -176,7 +168,7 @@ def _password(password, password_file, password_pillar_key):
             raise SaltInvocationError(f"password_file: {password_file} is empty")
         return value
     if password_pillar_key is not None:
-        value = _pillar_value(password_pillar_key)
+        value = __salt__["mas_secret.pillar_value"](password_pillar_key)
         if value is None:
             raise SaltInvocationError(f"password_pillar_key: {password_pillar_key} is not set in pillar")
         return str(value)

@@ -166,8 +166,15 @@ def _predict(ret, status, dry_run):
     return ret
 
 
-def _guard(name, result):
+def _guard(name, check, label, mapdata):
+    """Run the read-only check ``mas_syn2mas.<check>`` and answer with its verdict (False when it cannot run)."""
     ret = _ret(name)
+    try:
+        result = __salt__[f"mas_syn2mas.{check}"](mapdata=mapdata)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["result"] = False
+        ret["comment"] = f"syn2mas {label}: {exc}"
+        return ret
     ret["result"] = result["result"]
     ret["comment"] = result["comment"] + _lines("Errors", result["errors"]) + _lines("Warnings", result["warnings"])
     return ret
@@ -195,13 +202,7 @@ def safe_to_delegate(name, mapdata=None):
             - require_in:
               - mas_synapse: mas-synapse-file-mas_synapse-dropin
     """
-    try:
-        return _guard(name, __salt__["mas_syn2mas.lockout_check"](mapdata=mapdata))
-    except (CommandExecutionError, SaltInvocationError) as exc:
-        ret = _ret(name)
-        ret["result"] = False
-        ret["comment"] = f"syn2mas lock-out guard: {exc}"
-        return ret
+    return _guard(name, "lockout_check", "lock-out guard", mapdata)
 
 
 def safe_to_roll_back(name, mapdata=None):
@@ -226,13 +227,7 @@ def safe_to_roll_back(name, mapdata=None):
             - require_in:
               - mas_synapse: mas-synapse-file-mas_synapse-dropin
     """
-    try:
-        return _guard(name, __salt__["mas_syn2mas.rollback_check"](mapdata=mapdata))
-    except (CommandExecutionError, SaltInvocationError) as exc:
-        ret = _ret(name)
-        ret["result"] = False
-        ret["comment"] = f"syn2mas rollback guard: {exc}"
-        return ret
+    return _guard(name, "rollback_check", "rollback guard", mapdata)
 
 
 def rolled_back(name, mapdata=None):

@@ -10,9 +10,12 @@ stand-ins every test gets: Salt's file server (``cp.get_file_str`` reads
 which says every command exists (the docker CLI of the docker runtime).
 """
 
+import copy
 import importlib.util
 import inspect
 
+import pytest
+import salt.utils.dictupdate
 import yaml
 from salt.modules.cmdmod import has_exec
 
@@ -36,6 +39,16 @@ def load(kind, name, alias=None):
 
 MODULES = {name: load("_modules", name) for name in EXECUTION_MODULES}
 STATES = {name: load("_states", name) for name in STATE_MODULES}
+
+#: The smallest pillar that enables the formula.
+MINIMAL = {"enabled": True, "server_name": "example.com", "base_path": "/srv/mas"}
+
+
+def mapdata(**pillar):
+    """The formula's map for ``pillar``: defaults.yaml, :data:`MINIMAL` and ``pillar`` merged the way
+    Salt merges pillar (``salt.utils.dictupdate.update``), through ``mas.settings``."""
+    merged = salt.utils.dictupdate.update(salt.utils.dictupdate.update(copy.deepcopy(DEFAULTS), MINIMAL), pillar)
+    return MODULES["mas"].settings(merged)
 
 
 def public_functions(name):
@@ -71,21 +84,13 @@ def dunders(pillar, salt=None, states=None, test=False):
     opts = {"test": test}
     context = {}
     grains = {"id": "mas-unit", "os_family": "Debian"}
-    out = {}
-    for module in MODULES.values():
-        out[module] = {
-            "__pillar__": pillar,
-            "__context__": context,
-            "__opts__": opts,
-            "__salt__": funcs,
-            "__grains__": grains,
-        }
-    for module in STATES.values():
-        out[module] = {
-            "__pillar__": pillar,
-            "__context__": context,
-            "__opts__": opts,
-            "__salt__": funcs,
-            "__states__": states or {},
-        }
+    common = {"__pillar__": pillar, "__context__": context, "__opts__": opts, "__salt__": funcs}
+    out = {module: {**common, "__grains__": grains} for module in MODULES.values()}
+    out.update({module: {**common, "__states__": states or {}} for module in STATES.values()})
     return out
+
+
+@pytest.fixture
+def configure_loader_modules(pillar):
+    """pytest-salt-factories' loader fixture: every module of the formula with ``pillar`` (import it into a test module)."""
+    return dunders(pillar)

@@ -9,20 +9,10 @@ import re
 import pytest
 from salt.exceptions import SaltInvocationError
 
-from formula_modules import DEFAULTS, MODULES, dunders
+from formula_modules import DEFAULTS, MODULES, configure_loader_modules  # noqa: F401 (the loader fixture)
 from pillars import deep_update
 
 mas = MODULES["mas"]
-
-
-@pytest.fixture
-def pillar():
-    return {}
-
-
-@pytest.fixture
-def configure_loader_modules(pillar):
-    return dunders(pillar)
 
 
 def settings(**overrides):

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from salt.exceptions import SaltInvocationError
 
-from formula_modules import MODULES, dunders
+from formula_modules import MODULES, configure_loader_modules  # noqa: F401 (the loader fixture)
 from pillars import deep_update
 
 mas_doctor = MODULES["mas_doctor"]
@@ -105,16 +105,6 @@ def closed_port():
     sock.bind(("127.0.0.1", 0))
     yield sock.getsockname()[1]
     sock.close()
-
-
-@pytest.fixture
-def pillar():
-    return {}
-
-
-@pytest.fixture
-def configure_loader_modules(pillar):
-    return dunders(pillar)
 
 
 @pytest.fixture

@@ -1,32 +1,13 @@
 """Unit tests of ``_modules/mas_proxy.py``: the compatibility routes and MAS's public route for nginx and Traefik."""
 
-import copy
 import re
 
 import pytest
-import salt.utils.dictupdate
 
-from formula_modules import DEFAULTS, MODULES, dunders
+from formula_modules import MODULES, configure_loader_modules, mapdata  # noqa: F401 (the loader fixture)
 
 mas_mod = MODULES["mas"]
 mas_proxy = MODULES["mas_proxy"]
-
-
-@pytest.fixture
-def pillar():
-    return {}
-
-
-@pytest.fixture
-def configure_loader_modules(pillar):
-    return dunders(pillar)
-
-
-def mapdata(**pillar):
-    """The formula's map for ``pillar`` (defaults + pillar through mas.settings)."""
-    base = {"enabled": True, "server_name": "example.com", "base_path": "/srv/mas"}
-    merged = salt.utils.dictupdate.update(salt.utils.dictupdate.update(copy.deepcopy(DEFAULTS), base), pillar)
-    return mas_mod.settings(merged)
 
 
 COMPAT = re.compile(mas_proxy.COMPAT_REGEX)

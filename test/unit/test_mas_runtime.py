@@ -99,7 +99,10 @@ def test_installed_binary_and_docker_paths():
         ("/usr/local/bin/mas-cli", "mas:binary: must now be a mapping"),
         ({"source": "https://example.com/mas.tar.gz", "source_hash": "md5=abc"}, "mas:binary:source_hash: is required"),
         ({"source": "https://example.com/mas.tar.gz", "source_hash": HASH, "share_dir": "/x"}, "mas:binary:share_dir"),
-        ({"path": "/usr/bin/mas-cli", "share_dir": "share"}, "mas:binary:share_dir: must be an absolute, normalised path"),
+        (
+            {"path": "/usr/bin/mas-cli", "share_dir": "share"},
+            "mas:binary:share_dir: must be an absolute, normalised path",
+        ),
         ({"path": "/usr/bin/mas cli", "share_dir": "/s"}, "mas:binary:path: must be an absolute, normalised path"),
         ({"path": "/usr/bin/mas-cli", "share_dir": "/s", "version": "1"}, "mas:binary:version: unknown key"),
         ({"source_hash": HASH, "path": "/p", "share_dir": "/s"}, "mas:binary:source_hash: is only used with"),

@@ -11,23 +11,13 @@ import stat
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-from formula_modules import MODULES, STATES, dunders
+from formula_modules import MODULES, STATES, configure_loader_modules  # noqa: F401 (the loader fixture)
 
 mas_secret = MODULES["mas_secret"]
 secret_state = STATES["mas_secret"]
 
 ME = __import__("pwd").getpwuid(os.geteuid()).pw_name
 MY_GROUP = __import__("grp").getgrgid(os.getegid()).gr_name
-
-
-@pytest.fixture
-def pillar():
-    return {}
-
-
-@pytest.fixture
-def configure_loader_modules(pillar):
-    return dunders(pillar)
 
 
 def test_write_secret_generates_once_with_mode_and_owner(tmp_path):

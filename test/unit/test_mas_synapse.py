@@ -4,14 +4,12 @@ The conflict rules run against real Synapse config files under tmp; only
 ``file.managed`` / ``file.absent`` (``__states__``) are stand-ins.
 """
 
-import copy
 from unittest.mock import MagicMock
 
 import pytest
-import salt.utils.dictupdate
 import yaml
 
-from formula_modules import DEFAULTS, MODULES, STATES, dunders
+from formula_modules import MODULES, STATES, dunders, mapdata
 
 mas_mod = MODULES["mas"]
 mas_synapse = MODULES["mas_synapse"]
@@ -19,12 +17,6 @@ mas_synapse_state = STATES["mas_synapse"]
 
 SECRET_PATH = "/srv/mas/synapse/homeserver_secret"
 ENDPOINT = "http://localhost:8080/auth/"
-
-
-@pytest.fixture
-def pillar():
-    """The minion's pillar as the modules see it (``__pillar__``)."""
-    return {}
 
 
 @pytest.fixture
@@ -334,13 +326,6 @@ def test_state_reports_unreadable_config(synapse_dir, file_states):
 
 
 # ----------------------------------------------------------------- settings
-
-
-def mapdata(**pillar):
-    """The formula's map for ``pillar`` (defaults + pillar through mas.settings)."""
-    base = {"enabled": True, "server_name": "example.com", "base_path": "/srv/mas"}
-    merged = salt.utils.dictupdate.update(salt.utils.dictupdate.update(copy.deepcopy(DEFAULTS), base), pillar)
-    return mas_mod.settings(merged)
 
 
 def test_synapse_settings_defaults():

@@ -7,19 +7,9 @@ import json
 import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-from formula_modules import DEFAULTS, MODULES, dunders
+from formula_modules import DEFAULTS, MODULES, configure_loader_modules  # noqa: F401 (the loader fixture)
 
 mas_user = MODULES["mas_user"]
-
-
-@pytest.fixture
-def pillar():
-    return {}
-
-
-@pytest.fixture
-def configure_loader_modules(pillar):
-    return dunders(pillar)
 
 
 def mapdata(tmp_path, **mas):

@@ -19,7 +19,7 @@ import re
 import pytest
 from salt.exceptions import SaltInvocationError
 
-from formula_modules import DEFAULTS, MODULES, dunders
+from formula_modules import DEFAULTS, MODULES, configure_loader_modules  # noqa: F401 (the loader fixture)
 from pillars import deep_update
 
 mas = MODULES["mas"]
@@ -27,16 +27,6 @@ mas = MODULES["mas"]
 ULID = "01HFVBY12TMNTYTBV8W921M5FA"
 ULID2 = "01HFVBY12TMNTYTBV8W921M5FB"
 ULID3 = "01HFVBY12TMNTYTBV8W921M5FC"
-
-
-@pytest.fixture
-def pillar():
-    return {}
-
-
-@pytest.fixture
-def configure_loader_modules(pillar):
-    return dunders(pillar)
 
 
 def base(**overrides):
