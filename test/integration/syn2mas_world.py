@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import yaml
 
 from harness.synapse import SYNAPSE_DB_PASSWORD
@@ -145,6 +146,40 @@ class World:
     tokens: dict
 
 
+def oidc_fragment(path):
+    """Write the pre-MAS Synapse config fragment with its OIDC provider (``keycloak``) to ``path``."""
+    provider = {
+        "idp_id": "keycloak",
+        "idp_name": "Keycloak",
+        "issuer": ISSUER,
+        "client_id": "synapse",
+        "client_secret": OIDC_SECRET,
+        "scopes": ["openid"],
+    }
+    path.write_text(yaml.safe_dump({"oidc_providers": [provider]}))
+    return path
+
+
+def world_secrets(server):
+    """Every secret of the world that must never reach an output: Synapse's, the fragment's, the pillar's."""
+    secrets = [PEPPER, SYNAPSE_DB_PASSWORD, OIDC_SECRET, *PILLAR_SECRETS.values()]
+    return secrets + [
+        server.config[key] for key in ("registration_shared_secret", "macaroon_secret_key", "form_secret")
+    ]
+
+
+def world_fixture(label):
+    """The module-scoped ``world`` fixture of a test file: built once under a directory named ``label``."""
+
+    @pytest.fixture(scope="module")
+    def world(synapse_factory, pg, tmp_path_factory):
+        built = build_world(synapse_factory, pg, tmp_path_factory.mktemp(label))
+        yield built
+        built.service.stop()
+
+    return world
+
+
 def build_world(synapse_factory, pg, root):
     """Create, start and populate the Synapse (see the module docstring)."""
     server = synapse_factory(database=pg, extra_config={"password_config": {"pepper": PEPPER}})
@@ -163,25 +198,8 @@ def build_world(synapse_factory, pg, root):
     )
     assert deactivate.status_code == 200, deactivate.text
     service.settle()
-    fragment = root / "pre-mas-oidc.yaml"
-    fragment.write_text(
-        yaml.safe_dump(
-            {
-                "oidc_providers": [
-                    {
-                        "idp_id": "keycloak",
-                        "idp_name": "Keycloak",
-                        "issuer": ISSUER,
-                        "client_id": "synapse",
-                        "client_secret": OIDC_SECRET,
-                        "scopes": ["openid"],
-                    }
-                ]
-            }
-        )
-    )
-    secrets = [PEPPER, SYNAPSE_DB_PASSWORD, OIDC_SECRET, *PILLAR_SECRETS.values()]
-    secrets += [server.config[key] for key in ("registration_shared_secret", "macaroon_secret_key", "form_secret")]
+    fragment = oidc_fragment(root / "pre-mas-oidc.yaml")
+    secrets = world_secrets(server)
     return World(server, service, fragment, secrets, tokens)
 
 
@@ -243,6 +261,10 @@ class Deployment:
     def count(self, table):
         return self.pg.query(self.dbname, f"SELECT count(*) FROM {table}")[0][0]
 
+    def recreate_database(self):
+        self.pg.drop_database(self.dbname)
+        self.pg.create_database(self.dbname)
+
     def assert_no_secret(self):
         texts = list(self.outputs)
         log = self.root / "minion.log"
@@ -257,29 +279,28 @@ class Deployment:
             assert stat.S_IMODE(self.marker_path.stat().st_mode) == 0o600
 
 
-def deploy(world, pg, extmods, root, dbname, **overrides):
-    """Apply ``mas`` (migration in progress, the double as MAS) into ``root`` with an empty MAS database."""
-    pg.drop_database(dbname)
-    pg.create_database(dbname)  # empty: syn2mas itself creates MAS's schema
+def migration_pillar(root, pg, dbname, world):
+    """The formula's pillar for a migration from the world's Synapse into ``dbname``: migration in
+    progress, the double (or real MAS) as MAS, an OIDC provider mapping Synapse's ``oidc-keycloak``,
+    Synapse stopped through its service for the migration."""
     server = world.server
-    pillar = deep_update(
+    provider = {
+        "id": PROVIDER_ID,
+        "synapse_idp_id": SYNAPSE_IDP_ID,
+        "issuer": ISSUER,
+        "client_id": "mas",
+        "client_secret": PILLAR_SECRETS["client_secret"],
+        "token_endpoint_auth_method": "client_secret_post",
+        "scope": "openid",
+    }
+    return deep_update(
         wired_pillar(root, pg, dbname, server, free_port(), free_port()),
         {
             "migration_in_progress": True,
             "base_path": str(root / "srv"),
             "secrets": {key: PILLAR_SECRETS[key] for key in ("encryption", "homeserver_secret")},
             "synapse": {"mas_endpoint": None, "service": SERVICE},
-            "upstream_oauth2_providers": [
-                {
-                    "id": PROVIDER_ID,
-                    "synapse_idp_id": SYNAPSE_IDP_ID,
-                    "issuer": ISSUER,
-                    "client_id": "mas",
-                    "client_secret": PILLAR_SECRETS["client_secret"],
-                    "token_endpoint_auth_method": "client_secret_post",
-                    "scope": "openid",
-                }
-            ],
+            "upstream_oauth2_providers": [provider],
             "proxy": {"type": "none"},
             "syn2mas": {
                 "stop_services": True,
@@ -289,7 +310,13 @@ def deploy(world, pg, extmods, root, dbname, **overrides):
             },
         },
     )
-    pillar = deep_update(pillar, overrides)
+
+
+def deploy(world, pg, extmods, root, dbname, **overrides):
+    """Apply ``mas`` (migration in progress, the double as MAS) into ``root`` with an empty MAS database."""
+    pg.drop_database(dbname)
+    pg.create_database(dbname)  # empty: syn2mas itself creates MAS's schema
+    pillar = deep_update(migration_pillar(root, pg, dbname, world), overrides)
     minion = service_minion(root, extmods, world.service)
     dep = Deployment(minion, pillar, pg, dbname, root, world)
     res = dep.state("mas")

@@ -15,35 +15,34 @@ Every salt-call output, the minion log and the phase marker are checked for
 secrets (pepper, shared secret, DB passwords, Synapse's own secrets).
 """
 
-import json
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
+from syn2mas_world import (
+    MIGRATED,
+    PASSWORD,
+    PEPPER,
+    SUBJECT,
+    SYNAPSE_IDP_ID,
+    Deployment,
+    migration_pillar,
+    oidc_fragment,
+    world_secrets,
+)
 
 from harness import mas as mas_target
-from harness.synapse import SYNAPSE_DB_PASSWORD
-from harness.util import free_port
 from mas_double import run_server
-from pillars import PILLAR_SECRETS, deep_update, wired_pillar
+from pillars import deep_update
 from saltrun import REPO_ROOT, SaltMinion
 
 pytestmark = pytest.mark.integration
 
-PEPPER = "syn2mas-formula-pepper-4711"
-PASSWORD = "correct horse battery staple"
-PROVIDER_ID = "01J9SYN2MASF0RMV1A000000PR"
-SYNAPSE_IDP_ID = "oidc-keycloak"
-ISSUER = "https://keycloak.invalid/realms/matrix"
-SUBJECT = "kc-subject-bob"
-MIGRATED = ("users", "user_passwords", "user_emails", "upstream_oauth_links", "compat_sessions")
-
 
 @dataclass
 class World:
-    """The populated Synapse and the pre-MAS config fragment with its OIDC provider."""
+    """The populated Synapse (run directly, not as a service) and the pre-MAS config fragment."""
 
     server: object
     fragment: Path
@@ -64,118 +63,25 @@ def world(synapse_factory, pg, tmp_path_factory):
     server.register_user("carol", PASSWORD)
     server.add_threepid(alice["access_token"], bob["user_id"], "email", "bob@example.org")
     server.add_external_id(alice["access_token"], bob["user_id"], SYNAPSE_IDP_ID, SUBJECT)
-    fragment = tmp_path_factory.mktemp("pre-mas") / "oidc.yaml"
-    fragment.write_text(
-        yaml.safe_dump(
-            {
-                "oidc_providers": [
-                    {
-                        "idp_id": "keycloak",
-                        "idp_name": "Keycloak",
-                        "issuer": ISSUER,
-                        "client_id": "synapse",
-                        "client_secret": "Synapse-Oidc-Client-Secret-31",
-                        "scopes": ["openid"],
-                    }
-                ]
-            }
-        )
-    )
-    secrets = [PEPPER, SYNAPSE_DB_PASSWORD, "Synapse-Oidc-Client-Secret-31", *PILLAR_SECRETS.values()]
-    secrets += [server.config[key] for key in ("registration_shared_secret", "macaroon_secret_key", "form_secret")]
-    yield World(server, fragment, secrets)
+    fragment = oidc_fragment(tmp_path_factory.mktemp("pre-mas") / "oidc.yaml")
+    yield World(server, fragment, world_secrets(server))
     server.stop()
-
-
-@dataclass
-class Deployment:
-    """The formula applied into ``root`` with its own MAS database."""
-
-    minion: SaltMinion
-    pillar: dict
-    pg: object
-    dbname: str
-    root: Path
-    secrets: list
-    outputs: list = field(default_factory=list)
-
-    def _record(self, res):
-        self.outputs.append(res.output)
-        return res
-
-    def call(self, *args, **pillar):
-        """``salt-call <args>`` with the deployment's pillar updated by ``pillar``."""
-        self.minion.set_pillar({"mas": deep_update(self.pillar, pillar)})
-        return self._record(self.minion.run(*args))
-
-    def state(self, *extra, **pillar):
-        """``state.apply mas.syn2mas``; returns (salt result, the one state's return)."""
-        res = self.call("state.apply", "mas.syn2mas", "--retcode-passthrough", *extra, **pillar)
-        assert res.data, res.output
-        return res, res.by_id("mas-syn2mas-migrate-mas_syn2mas-migrated")
-
-    @property
-    def marker_path(self):
-        return self.root / "srv" / "formula" / "syn2mas.json"
-
-    def marker(self):
-        return json.loads(self.marker_path.read_text()) if self.marker_path.exists() else None
-
-    def count(self, table):
-        return self.pg.query(self.dbname, f"SELECT count(*) FROM {table}")[0][0]
-
-    def recreate_database(self):
-        self.pg.drop_database(self.dbname)
-        self.pg.create_database(self.dbname)
-
-    def assert_no_secret(self):
-        texts = self.outputs + [
-            (self.root / "minion.log").read_text(errors="replace") if (self.root / "minion.log").exists() else ""
-        ]
-        if self.marker_path.exists():
-            texts.append(self.marker_path.read_text())
-        for secret in self.secrets:
-            for text in texts:
-                assert secret not in text, "a secret leaked into an output"
 
 
 @pytest.fixture
 def deployment(world, pg, salt_extmods, tmp_path, upstream_dir, request):
+    """The formula applied with the migration pillar; Synapse is stopped by the tests, not by the formula."""
     dbname = f"mas_s2m_{request.node.name[5:25].replace('[', '_').replace(']', '')}"
     pg.drop_database(dbname)
     pg.create_database(dbname)  # empty: syn2mas itself creates MAS's schema
-    hs = world.server.config_path
     pillar = deep_update(
-        wired_pillar(tmp_path, pg, dbname, world.server, free_port(), free_port()),
-        {
-            "migration_in_progress": True,
-            "base_path": str(tmp_path / "srv"),
-            "secrets": {key: PILLAR_SECRETS[key] for key in ("encryption", "homeserver_secret")},
-            "synapse": {"mas_endpoint": None},
-            "upstream_oauth2_providers": [
-                {
-                    "id": PROVIDER_ID,
-                    "synapse_idp_id": SYNAPSE_IDP_ID,
-                    "issuer": ISSUER,
-                    "client_id": "mas",
-                    "client_secret": PILLAR_SECRETS["client_secret"],
-                    "token_endpoint_auth_method": "client_secret_post",
-                    "scope": "openid",
-                }
-            ],
-            "proxy": {"type": "none"},
-            "syn2mas": {
-                "stop_services": False,
-                "synapse_config_files": [str(hs), str(world.fragment)],
-                "backup_dir": str(tmp_path / "backups"),
-            },
-        },
+        migration_pillar(tmp_path, pg, dbname, world),
+        {"synapse": {"service": None}, "syn2mas": {"stop_services": False, "stop_timeout": None}},
     )
-    minion = SaltMinion(tmp_path, REPO_ROOT, extmods=salt_extmods)
-    dep = Deployment(minion, pillar, pg, dbname, tmp_path, world.secrets)
-    res = dep.call("state.apply", "mas", "--retcode-passthrough")
+    dep = Deployment(SaltMinion(tmp_path, REPO_ROOT, extmods=salt_extmods), pillar, pg, dbname, tmp_path, world)
+    res = dep.state("mas")
     assert res.returncode == 0, res.output
-    assert not (world.server.conf_d / "matrix-authentication-service.yaml").exists()
+    assert not dep.dropin.exists()
     yield dep
     dep.assert_no_secret()
     pg.drop_database(dbname)
@@ -188,17 +94,17 @@ def test_check_and_dry_run_leave_everything_as_is(world, deployment):
     assert (check.data["result"], check.data["exit_code"], check.data["errors"]) == (True, 0, [])
 
     # the seed's dry run, as documented: a pillar override on the command line
-    res, ret = deployment.state('pillar={"mas": {"syn2mas": {"dry_run": true}}}')
+    res, ret = deployment.migrated('pillar={"mas": {"syn2mas": {"dry_run": true}}}')
     assert res.returncode == 0 and ret["result"] is True, ret["comment"]
     assert ret["changes"] == {} and "phase unchanged" in ret["comment"]
     assert all(deployment.count(table) == 0 for table in MIGRATED)
     assert deployment.marker() is None
 
     # test=True runs nothing: it predicts the refusal (Synapse answers), or the run (the formula would stop it)
-    res, ret = deployment.state("test=True")
+    res, ret = deployment.migrated("test=True")
     assert ret["result"] is False and "syn2mas would be refused" in ret["comment"]
     assert f"Synapse answers at {world.server.base_url}/_matrix/client/versions" in ret["comment"]
-    res, ret = deployment.state("test=True", syn2mas={"stop_services": True})
+    res, ret = deployment.migrated("test=True", syn2mas={"stop_services": True})
     assert ret["result"] is None and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert "syn2mas would migrate" in ret["comment"] and world.server.running
     status = deployment.call("mas_syn2mas.status").data
@@ -220,12 +126,12 @@ def test_warnings_are_refused_unless_accepted(world, deployment, tmp_path):
         "Synapse back online.",
     ]
     world.stopped()
-    res, ret = deployment.state(syn2mas={"synapse_config_files": files})
+    res, ret = deployment.migrated(syn2mas={"synapse_config_files": files})
     assert res.returncode == 2 and ret["result"] is False and ret["changes"] == {}
     assert "accept_warnings" in ret["comment"] and "registration enabled" in ret["comment"]
     assert deployment.marker() is None and deployment.count("users") == 0
 
-    res, ret = deployment.state(syn2mas={"synapse_config_files": files, "dry_run": True, "accept_warnings": True})
+    res, ret = deployment.migrated(syn2mas={"synapse_config_files": files, "dry_run": True, "accept_warnings": True})
     assert ret["result"] is True, ret["comment"]
     assert deployment.marker() is None and deployment.count("users") == 0
 
@@ -246,7 +152,7 @@ def test_guarded_migration_runs_once(world, deployment):
     assert delegated.data["errors"][0].startswith("mas:migration_in_progress is false")
 
     world.stopped()
-    res, ret = deployment.state()
+    res, ret = deployment.migrated()
     assert res.returncode == 0 and ret["result"] is True, ret["comment"]
     assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert "mas:migration_in_progress: false" in ret["comment"]
@@ -259,7 +165,7 @@ def test_guarded_migration_runs_once(world, deployment):
     assert marker["synapse_configs"] == [str(world.server.config_path), str(world.fragment)]
     assert stat.S_IMODE(deployment.marker_path.stat().st_mode) == 0o600
 
-    res, ret = deployment.state()
+    res, ret = deployment.migrated()
     assert res.returncode == 0 and ret["result"] is True and ret["changes"] == {}
     assert "already migrated" in ret["comment"]
     again = deployment.call("mas_syn2mas.migrate")
@@ -273,7 +179,7 @@ def test_guarded_migration_runs_once(world, deployment):
 def test_interrupted_migration_is_retried_and_rolled_back(world, deployment, monkeypatch):
     world.stopped()
     monkeypatch.setenv("MAS_DOUBLE_FAULT", "migrate-exit1")
-    res, ret = deployment.state()
+    res, ret = deployment.migrated()
     assert res.returncode == 2 and ret["result"] is False
     assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrating"}}
     assert "the phase stays migrating" in ret["comment"] and "injected fault" in ret["comment"]
@@ -281,7 +187,7 @@ def test_interrupted_migration_is_retried_and_rolled_back(world, deployment, mon
     assert marker["phase"] == "migrating" and marker["last_run"]["exit_code"] == 1
 
     monkeypatch.delenv("MAS_DOUBLE_FAULT")
-    res, ret = deployment.state()
+    res, ret = deployment.migrated()
     assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrating", "new": "verified"}}
     assert "Partial syn2mas migration has already been done; resetting." in deployment.marker()["last_run"]["summary"]
     assert deployment.count("users") == 3
@@ -290,11 +196,11 @@ def test_interrupted_migration_is_retried_and_rolled_back(world, deployment, mon
     assert deployment.call("mas_syn2mas.reset").data["result"] is False
     reset = deployment.call("mas_syn2mas.reset", "confirm=True")
     assert reset.data["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
-    res, ret = deployment.state()
+    res, ret = deployment.migrated()
     assert ret["result"] is False and "is not empty: rows in users" in ret["comment"]
     assert "drop and recreate it" in ret["comment"] and deployment.marker()["phase"] == "legacy_auth"
     deployment.recreate_database()
-    res, ret = deployment.state()
+    res, ret = deployment.migrated()
     assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert [h["phase"] for h in deployment.marker()["history"]] == [
         "migrating",

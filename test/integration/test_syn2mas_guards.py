@@ -12,7 +12,7 @@ import types
 
 import pytest
 import yaml
-from syn2mas_world import DROPIN, PASSWORD, build_world, deploy, service_minion
+from syn2mas_world import DROPIN, PASSWORD, deploy, service_minion, world_fixture
 
 from harness.util import free_port
 from pillars import deep_update, wired_pillar
@@ -25,11 +25,7 @@ RESTART = "mas-synapse-restart-module-run"
 RESTART_FAILED = "mas-synapse-restart-test-fail_without_changes"
 
 
-@pytest.fixture(scope="module")
-def world(synapse_factory, pg, tmp_path_factory):
-    world = build_world(synapse_factory, pg, tmp_path_factory.mktemp("syn2mas-guards"))
-    yield world
-    world.service.stop()
+world = world_fixture("syn2mas-guards")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ the preflight and the state fail naming it and its user count; with
 
 import pytest
 import yaml
-from syn2mas_world import PROVIDER_ID, SYNAPSE_IDP_ID, build_world, deploy
+from syn2mas_world import PROVIDER_ID, SYNAPSE_IDP_ID, deploy, world_fixture
 
 from harness.util import free_port
 from pillars import PILLAR_SECRETS, deep_update, wired_pillar
@@ -25,11 +25,7 @@ MSISDN_WARNING = (
 UNMAPPED = "Unknown upstream provider oidc-keycloak: 1 Synapse users are linked to it and no MAS provider maps it"
 
 
-@pytest.fixture(scope="module")
-def world(synapse_factory, pg, tmp_path_factory):
-    world = build_world(synapse_factory, pg, tmp_path_factory.mktemp("syn2mas-preflight"))
-    yield world
-    world.service.stop()
+world = world_fixture("syn2mas-preflight")
 
 
 def provider(**extra):

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from syn2mas_world import PASSWORD, SUBJECT, USERS, build_world, deploy, harness_service
+from syn2mas_world import PASSWORD, SUBJECT, USERS, deploy, harness_service, world_fixture
 
 from harness.postgres import PostgresCluster
 from harness.util import unavailable
@@ -28,11 +28,7 @@ from harness.util import unavailable
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def world(synapse_factory, pg, tmp_path_factory):
-    world = build_world(synapse_factory, pg, tmp_path_factory.mktemp("syn2mas-run"))
-    yield world
-    world.service.stop()
+world = world_fixture("syn2mas-run")
 
 
 @pytest.fixture
