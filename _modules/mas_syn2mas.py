@@ -65,7 +65,6 @@ import pathlib
 import re
 import shutil
 import sqlite3
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -75,26 +74,23 @@ import salt.utils.data
 import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+try:
+    import requests
 
-def _lazy(name):
-    """``name`` imported on first use (importlib's LazyLoader): the SLS files call this module on every run, and
-    importing psycopg and requests costs more than the rest of what those calls do."""
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        return None
-    if name in sys.modules:
-        return sys.modules[name]
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    HAS_REQUESTS = True
+except ImportError:  # pragma: no cover - depends on the minion
+    HAS_REQUESTS = False
+HAS_PSYCOPG = importlib.util.find_spec("psycopg") is not None
 
 
-requests = _lazy("requests")
-psycopg = _lazy("psycopg")
-HAS_REQUESTS = requests is not None
-HAS_PSYCOPG = psycopg is not None
+def _pg():
+    """psycopg, imported where a database is read: the SLS files call this module on every run, and importing
+    psycopg costs more than the rest of those calls (a module global would not do: Salt's loader inspects
+    every global of a module it loads)."""
+    import psycopg  # pylint: disable=import-outside-toplevel
+
+    return psycopg
+
 
 log = logging.getLogger(__name__)
 
@@ -500,7 +496,7 @@ MAS_MIGRATED_TABLES = (
 #: What a database driver raises.
 def _db_errors():
     """What a database read may raise (evaluated when an exception is matched: psycopg stays unimported until used)."""
-    return (sqlite3.Error, psycopg.Error) if HAS_PSYCOPG else (sqlite3.Error,)
+    return (sqlite3.Error, _pg().Error) if HAS_PSYCOPG else (sqlite3.Error,)
 
 
 class Unreachable(CommandExecutionError):
@@ -523,7 +519,7 @@ def _synapse_database(conf, opts, files):
     when the configuration does not say. ``label`` names the database without secrets.
     """
     if opts.get("synapse_database_uri"):
-        params = psycopg.conninfo.conninfo_to_dict(opts["synapse_database_uri"]) if HAS_PSYCOPG else {}
+        params = _pg().conninfo.conninfo_to_dict(opts["synapse_database_uri"]) if HAS_PSYCOPG else {}
         label = f"PostgreSQL database {params.get('dbname', '?')} at {params.get('host', 'localhost')}:" + str(
             params.get("port", 5432)
         )
@@ -601,8 +597,8 @@ def _connect(database, secrets=None):
     params = dict(database["connect"])
     conninfo = params.pop("conninfo", "")
     try:
-        conn = psycopg.connect(conninfo, connect_timeout=10, application_name="mas-formula", **params)
-    except psycopg.Error as exc:
+        conn = _pg().connect(conninfo, connect_timeout=10, application_name="mas-formula", **params)
+    except _pg().Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if secrets:
             reason = _scrub(reason, secrets)
@@ -616,7 +612,7 @@ def _connect(database, secrets=None):
 
 def _missing_table(exc):
     """True when ``exc`` says a table does not exist (a database nobody has set up yet)."""
-    if HAS_PSYCOPG and isinstance(exc, psycopg.errors.UndefinedTable):
+    if HAS_PSYCOPG and isinstance(exc, _pg().errors.UndefinedTable):
         return True
     return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
 
@@ -1317,10 +1313,10 @@ def _dump_target(database):
     """``(conninfo without password, password or None, database name)`` for pg_dump."""
     params = dict(database["connect"])
     if "conninfo" in params:
-        params = dict(psycopg.conninfo.conninfo_to_dict(params.pop("conninfo")), **params)
+        params = dict(_pg().conninfo.conninfo_to_dict(params.pop("conninfo")), **params)
     password = params.pop("password", None)
     params = {key: str(value) for key, value in params.items() if value not in (None, "")}
-    return psycopg.conninfo.make_conninfo(**params), password, params.get("dbname", "synapse")
+    return _pg().conninfo.make_conninfo(**params), password, params.get("dbname", "synapse")
 
 
 def _passfile_line(password):
@@ -1551,8 +1547,8 @@ def _verify(mas, opts, conf, files, secrets):
         raise Unreachable(f"Synapse's {database['label']} is not PostgreSQL: syn2mas cannot have migrated it")
     errors, counts, missing = [], {"synapse": {}, "mas": {}}, {}
     with _connect(database, secrets) as (_, syn), _connect(_mas_database(mas), secrets) as (_, mas_conn):
-        syn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        mas_conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        syn.isolation_level = _pg().IsolationLevel.REPEATABLE_READ
+        mas_conn.isolation_level = _pg().IsolationLevel.REPEATABLE_READ
         queries = _verify_queries(_column_list(syn, "users"))
         # each side in its own thread (its own connection): the two databases hash at the same time
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
