@@ -12,6 +12,7 @@ import pytest
 import requests
 from test_users import CmdlineWatch
 
+from harness import mas as mas_target
 from harness.util import free_port
 from mas_double import run_server
 from pillars import PILLAR_SECRETS, deep_update, wired_pillar
@@ -57,6 +58,7 @@ PHASES = {
         "migration_in_progress": True,
         "server_name": "example.com",
         "runtime": "binary",
+        "binary": mas_target.binary_pillar(),
         "service": {"manage": False},
     },
 }
@@ -169,7 +171,11 @@ def test_migrating_then_mas(homeserver, pg, salt_extmods, tmp_path, upstream_dir
             "proxy": {"type": "none"},
             # the first test's formula admin (another base_path) owns the default name on this Synapse
             "synapse": {"formula_admin": "salt-admin"},
-            "syn2mas": {"stop_services": False, "synapse_config_files": [str(homeserver.config_path)]},
+            "syn2mas": {
+                "stop_services": False,
+                "synapse_config_files": [str(homeserver.config_path)],
+                "backup_dir": str(tmp_path / "backups"),
+            },
             "users": [
                 {"username": "carl", "password": CARL_PASSWORD, "admin": True, "emails": ["carl@example.com"]},
                 {"username": "dora", "emails": ["dora@example.com"]},
