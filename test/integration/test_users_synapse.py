@@ -12,6 +12,7 @@ import pytest
 import requests
 from test_users import CmdlineWatch
 
+from harness import mas as mas_target
 from harness.util import free_port
 from mas_double import run_server
 from pillars import PILLAR_SECRETS, deep_update, wired_pillar
@@ -70,6 +71,7 @@ def test_registration_goes_to_synapse(phase, homeserver, salt_minion, tmp_path):
         PHASES[phase],
         {
             "base_path": str(root),
+            **({"binary": mas_target.binary_pillar(tmp_path)} if PHASES[phase]["enabled"] else {}),
             "synapse": {
                 "endpoint": homeserver.base_url + "/",
                 "config_files": [str(homeserver.config_path)],
@@ -169,7 +171,11 @@ def test_migrating_then_mas(homeserver, pg, salt_extmods, tmp_path, upstream_dir
             "proxy": {"type": "none"},
             # the first test's formula admin (another base_path) owns the default name on this Synapse
             "synapse": {"formula_admin": "salt-admin"},
-            "syn2mas": {"stop_services": False, "synapse_config_files": [str(homeserver.config_path)]},
+            "syn2mas": {
+                "stop_services": False,
+                "synapse_config_files": [str(homeserver.config_path)],
+                "backup_dir": str(tmp_path / "backups"),
+            },
             "users": [
                 {"username": "carl", "password": CARL_PASSWORD, "admin": True, "emails": ["carl@example.com"]},
                 {"username": "dora", "emails": ["dora@example.com"]},
@@ -205,7 +211,7 @@ def test_migrating_then_mas(homeserver, pg, salt_extmods, tmp_path, upstream_dir
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert login(homeserver, "erik", "Erik-Wrapper-Passw0rd-84").status_code == 200
 
-    # the migration (the double's syn2mas), then MAS is authoritative
+    # the migration (syn2mas of the MAS under test), then MAS is authoritative
     homeserver.stop()
     minion.set_pillar({"mas": pillar})
     migrated = minion.run("state.apply", "mas.syn2mas", "--retcode-passthrough")
