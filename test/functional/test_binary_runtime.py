@@ -16,6 +16,7 @@ import subprocess
 import pytest
 import yaml
 
+from harness.util import unavailable
 from mas_double import share
 from mas_double.runner import cli_env
 from pillars import deep_update
@@ -27,7 +28,7 @@ FAKES = REPO_ROOT / "test" / "salt_fakes" / "modules"
 @pytest.fixture
 def minion(tmp_path, salt_extmods):
     if os.geteuid() != 0:
-        pytest.skip("applying the formula creates a service account: run the tests as root")
+        unavailable("applying the formula creates a service account: run the tests as root")
     state = tmp_path / "services.json"
     config = {
         "module_dirs": [str(FAKES)],

@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from harness.util import require_upstream
 from mas_double import ulid
 from mas_double.contract import AdminApiContract
 
@@ -19,11 +20,8 @@ CLIENT_ID = "00000000000000000SA1TADM1N"
 
 
 @pytest.fixture(scope="module")
-def contract(upstream_dir):
-    spec = upstream_dir / "mas" / "admin-api-spec.json"
-    if not spec.is_file():
-        pytest.skip(f"upstream admin API spec not available: {spec} is missing")
-    return AdminApiContract(spec)
+def contract():
+    return AdminApiContract(require_upstream("mas/admin-api-spec.json"))
 
 
 def hs_secret(deployment):
