@@ -809,6 +809,28 @@ def _upstream_fix(ctx, step, message):
     return ""
 
 
+def _fallback_login_probe(ctx, steps):
+    """Upstream's step 6 asks the client API that the client well-known of ``server_name`` names; when it
+    found no well-known (step 2 not ok) it asks ``matrix.endpoint`` instead: Synapse's own address, where
+    Synapse serves no login once it delegates to MAS. Its answer there says nothing about the deployment
+    (``compat_login_route`` checks the login route through the proxy): ``skipped`` with that reason."""
+    login, well_known = steps.get("legacy_login"), steps.get("well_known")
+    if ctx.migrating or login is None or login["status"] == OK or well_known is None or well_known["status"] == OK:
+        return  # while migrating, the step is skipped for that reason
+    asked = urllib.parse.urlsplit(login["url"] or "")
+    synapse = urllib.parse.urlsplit(ctx.config["matrix"]["endpoint"])
+    if (asked.scheme, asked.netloc) != (synapse.scheme, synapse.netloc):
+        return
+    first = login["message"].split("\n", 1)[0]
+    steps["legacy_login"] = _check(
+        SKIPPED,
+        "upstream found no client well-known (see mas_cli_doctor.well_known), so it asked Synapse directly, where"
+        f" Synapse serves no login once it delegates to MAS; compat_login_route checks the login route through the"
+        f" proxy instead (upstream: {first})",
+        url=login["url"],
+    )
+
+
 def _upstream_checks(ctx, stderr, retcode):
     """One check per upstream step (and ``mas_cli_doctor`` for the run itself)."""
     steps = {}
@@ -826,6 +848,7 @@ def _upstream_checks(ctx, stderr, retcode):
         steps[step] = _check(
             kind, message, "" if kind == OK else _upstream_fix(ctx, step, message), url and url.group(1)
         )
+    _fallback_login_probe(ctx, steps)
     stopped = retcode != 0
     problems = [message.strip() for kind, message in other if kind == ERROR]
     notes = [message.strip() for kind, message in other if kind == WARNING]

@@ -1350,6 +1350,20 @@ def _bot_device(username, path):
     return "SALT" + hashlib.sha256(f"{username}\0{path}".encode()).hexdigest()[:10].upper()
 
 
+#: MSC2967's unstable scope prefix and the stable one MAS treats as the same (introspection answers both forms).
+_UNSTABLE_CLIENT_SCOPE, _STABLE_CLIENT_SCOPE = "urn:matrix:org.matrix.msc2967.client:", "urn:matrix:client:"
+
+
+def _scope_key(scope):
+    """A scope to compare: tokens sorted and deduplicated, the unstable client scopes in their stable form
+    (MAS's introspection adds the other form of every client API and device scope)."""
+    tokens = {
+        _STABLE_CLIENT_SCOPE + t[len(_UNSTABLE_CLIENT_SCOPE) :] if t.startswith(_UNSTABLE_CLIENT_SCOPE) else t
+        for t in (scope or "").split()
+    }
+    return " ".join(sorted(tokens))
+
+
 def _bot_scope(username, path, scope, device_id, synapse_admin):
     if scope:
         return " ".join(sorted(scope.split()))
@@ -1409,7 +1423,7 @@ def _bot_check(backend, username, path, scope, expires_in, renew_before, owner, 
         raise CommandExecutionError(f"bot token: the MAS user {username} {state} (list it in mas:users first)")
     sessions = _personal_sessions(backend, view, path)
     personal = sessions is not None
-    same_scope = [s for s in sessions or [] if " ".join(sorted(s["attributes"]["scope"].split())) == scope]
+    same_scope = [s for s in sessions or [] if _scope_key(s["attributes"]["scope"]) == _scope_key(scope)]
     session = same_scope[0] if same_scope else None
     found = {"view": view, "session": session, "sessions": sessions or [], "personal": personal}
     renew = "regenerate" if session else "create"
@@ -1419,7 +1433,7 @@ def _bot_check(backend, username, path, scope, expires_in, renew_before, owner, 
     answer = backend.api.introspect(value.strip())
     if not answer.get("active"):
         return dict(found, action=renew, reason="token no longer valid")
-    if answer.get("username") != username or " ".join(sorted((answer.get("scope") or "").split())) != scope:
+    if answer.get("username") != username or _scope_key(answer.get("scope")) != _scope_key(scope):
         return dict(found, action=renew, reason="token of another user or scope")
     expiry = answer.get("exp")
     if personal and (expiry is None) != (expires_in is None):

@@ -27,12 +27,18 @@ def deep_update(base, upd):
     return out
 
 
+#: Every test logs in from 127.0.0.1, which MAS trusts as a proxy, so all logins share one requester: MAS's
+#: default limit (3 password checks per minute per IP, ``rate_limiting.login.per_ip``) would refuse the fourth.
+TEST_RATE_LIMITS = {"rate_limiting": {"login": {"per_ip": {"burst": 1000, "per_second": 100}}}}
+
+
 def wired_pillar(root, pg, dbname, synapse, web, internal):
     """A pillar deploying MAS (the double, or the real MAS of ``MAS_REAL_CLI``;
     binary runtime) with its DB on the
     PostgreSQL fixture, wired to the harness Synapse ``synapse`` and served
     through an nginx snippet under ``root``; nothing needs systemd."""
     return {
+        "config": copy.deepcopy(TEST_RATE_LIMITS),
         "enabled": True,
         "server_name": "example.com",
         "runtime": "binary",

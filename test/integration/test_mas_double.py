@@ -186,6 +186,9 @@ def make_config(
         ],
     }
     config["policy"]["data"] = {"admin_clients": [ADMIN_CLIENT_ID]}
+    # every test logs in from 127.0.0.1: MAS's default (3 password checks per minute per IP) would refuse
+    # the fourth; test_password_login_rate_limited checks the limit itself
+    config["rate_limiting"] = {"login": {"per_ip": {"burst": 1000, "per_second": 100}}}
     return config
 
 
@@ -523,12 +526,18 @@ def test_server_refuses_unreadable_or_bad_keys(tmp_path, mas_config):
     config["secrets"]["keys"] = [{"kid": "gone", "key_file": str(tmp_path / "missing.pem")}]
     server = run_server([write_yaml(tmp_path / "missing.yaml", config)], wait=False, log_path=tmp_path / "missing.log")
     assert server.proc.wait(timeout=30) == 1
-    assert "Error: failed to read a signing key" in server.log()
+    # server.rs wraps the key store's error; the cause is the bare OS error or mas-keystore's LoadError
+    cause = "Error: could not import keys from config\n\nCaused by:\n    {}"
+    assert cause.format("No such file or directory (os error 2)") in server.log()
     (tmp_path / "junk.pem").write_text("not a key\n")
     config["secrets"]["keys"] = [{"kid": "junk", "key_file": str(tmp_path / "junk.pem")}]
     server = run_server([write_yaml(tmp_path / "junk.yaml", config)], wait=False, log_path=tmp_path / "junk.log")
     assert server.proc.wait(timeout=30) == 1
-    assert "Error: failed to load the private key" in server.log()
+    assert cause.format("Unsupported format") in server.log()
+    config["secrets"].update(keys=[], keys_dir=str(tmp_path / "no-such-dir"))
+    server = run_server([write_yaml(tmp_path / "dir.yaml", config)], wait=False, log_path=tmp_path / "dir.log")
+    assert server.proc.wait(timeout=30) == 1
+    assert cause.format("No such file or directory (os error 2)") in server.log()
 
 
 @mas_target.double_only
@@ -631,7 +640,20 @@ def test_register_user_homeserver_unreachable(tmp_path, mas_config):
     config["matrix"]["endpoint"] = f"http://{LOOPBACK}:{free_port()}/"
     result = run_cli(["manage", "register-user", "nohs", "-y"], [write_yaml(tmp_path / "c.yaml", config)])
     assert result.returncode == 1
-    assert "Error: error sending request for url" in result.stderr
+    # modern.rs: the context, then reqwest's chain; logged at ERROR first (#[instrument(err(Debug))])
+    url = f"{config['matrix']['endpoint']}_synapse/mas/is_localpart_available?localpart=nohs"
+    chain = (
+        "Failed to check localpart availability from Synapse\n\nCaused by:\n"
+        f"    0: error sending request for url ({url})\n"
+        "    1: client error (Connect)\n    2: tcp connect error\n    3: Connection refused (os error 111)\n"
+    )
+    assert f"\nError: {chain}" in result.stderr
+    errors = log_lines(result.stderr, "ERROR")
+    assert (
+        errors
+        and " mas_matrix_synapse::modern:" in errors[0]
+        and errors[0].endswith(f"error={chain.split(chr(10))[0]}")
+    )
 
 
 def test_worker_provisions_registered_users(cli, mas, homeserver):
@@ -679,11 +701,20 @@ def test_promote_demote_and_list_admins(cli, pg, mas_db):
     assert flag() is False
     assert cli("manage", "promote-admin", "erin").returncode == 0
     assert flag() is True
-    assert "erin" in cli("manage", "list-admin-users").stdout.split()
+
+    def admins() -> list[str]:
+        # manage.rs: INFO lines on stderr, one per user (`user.id=<ULID> username=<name>`), nothing on stdout
+        listed = cli("manage", "list-admin-users")
+        assert listed.returncode == 0 and listed.stdout == "", listed.stderr
+        info = log_lines(listed.stderr, "INFO")
+        assert "The following users can request admin privileges (" in info[0]
+        return [line.rsplit(" username=", 1)[1] for line in info[1:]]
+
+    assert "erin" in admins()
     assert cli("manage", "promote-admin", "erin").returncode == 0
     assert cli("manage", "demote-admin", "erin").returncode == 0
     assert flag() is False
-    assert "erin" not in cli("manage", "list-admin-users").stdout.split()
+    assert "erin" not in admins()
     assert cli("manage", "promote-admin", "nobody").returncode == 1
 
 
@@ -727,9 +758,15 @@ def test_password_login_and_introspection(cli, mas, pg, mas_db):
     assert active.status_code == 200
     info = active.json()
     assert info["active"] is True
-    assert info["scope"].split() == ["urn:matrix:client:api:*", "urn:matrix:client:device:GRACEDEV"]
-    assert info["username"] == "grace" and info["device_id"] == "GRACEDEV"
-    assert ulid.is_valid(info["sub"])
+    # introspection.rs: the stable and unstable (MSC2967) API scopes, sorted; with X-MAS-Supports-Device-Id
+    # the device is only in device_id, without it also in the scope, in both forms
+    api = ["urn:matrix:client:api:*", "urn:matrix:org.matrix.msc2967.client:api:*"]
+    assert info["scope"].split() == api
+    assert info["username"] == "grace" and info["device_id"] == "GRACEDEV" and info["client_id"] == "legacy"
+    assert ulid.is_valid(info["sub"]) and "iss" not in info and "jti" not in info and "exp" not in info
+    plain = requests.post(introspect_url, data=form, headers={"Authorization": f"Bearer {MATRIX_SECRET}"}, timeout=10)
+    device = ["urn:matrix:client:device:GRACEDEV", "urn:matrix:org.matrix.msc2967.client:device:GRACEDEV"]
+    assert plain.json()["scope"].split() == sorted(api + device)
 
     unknown = requests.post(introspect_url, data={"token": "mct_unknown"}, headers=synapse_auth, timeout=10)
     assert unknown.json() == {"active": False}
@@ -739,7 +776,7 @@ def test_password_login_and_introspection(cli, mas, pg, mas_db):
     # a compat session flagged is_synapse_admin grants the Synapse admin scope
     pg.query(mas_db, "UPDATE compat_sessions SET is_synapse_admin = true WHERE device_id = 'GRACEDEV'")
     admin_info = requests.post(introspect_url, data={"token": token}, headers=synapse_auth, timeout=10).json()
-    assert "urn:synapse:admin:*" in admin_info["scope"].split()
+    assert admin_info["scope"].split() == [*api, "urn:synapse:admin:*"]
 
     logout_url = mas.url("compat", "/_matrix/client/v3/logout")
     logout = requests.post(logout_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
@@ -783,12 +820,47 @@ def test_refresh_token_rotation(cli, mas):
         json={"type": "m.login.password", "user": "ivan", "password": STRONG_PASSWORD, "refresh_token": True},
         timeout=10,
     ).json()
-    assert login["expires_in_ms"] > 0
+    assert login["expires_in_ms"] == 300_000 and "home_server" not in login  # login.rs ResponseBody
     refresh_url = mas.url("compat", "/_matrix/client/v3/refresh")
     refreshed = requests.post(refresh_url, json={"refresh_token": login["refresh_token"]}, timeout=10)
     assert refreshed.status_code == 200 and refreshed.json()["access_token"] != login["access_token"]
+    assert refreshed.json()["expires_in_ms"] == 300_000
     replay = requests.post(refresh_url, json={"refresh_token": login["refresh_token"]}, timeout=10)
-    assert replay.status_code == 401
+    assert (replay.status_code, replay.json()["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    # refresh.rs expires the access token the refresh token came with
+    introspect_url = mas.url("oauth", "/oauth2/introspect")
+    synapse_auth = {"Authorization": f"Bearer {MATRIX_SECRET}"}
+    old = requests.post(introspect_url, data={"token": login["access_token"]}, headers=synapse_auth, timeout=10)
+    assert old.json() == {"active": False}
+    new = requests.post(
+        introspect_url, data={"token": refreshed.json()["access_token"]}, headers=synapse_auth, timeout=10
+    )
+    assert new.json()["active"] is True and new.json()["expires_in"] <= 300
+
+
+def test_password_login_rate_limited(cli, tmp_path, mas_config):
+    """rate_limit.rs: password checks per requester IP (the peer, or the last untrusted X-Forwarded-For),
+    checked after the user is found, before the password; 429 M_LIMIT_EXCEEDED."""
+    assert cli("manage", "register-user", "rita", "-y", "-p", STRONG_PASSWORD).returncode == 0
+    config = yaml.safe_load(with_fresh_ports(mas_config, tmp_path / "c.yaml").read_text())
+    config["rate_limiting"] = {"login": {"per_ip": {"burst": 2, "per_second": 0.001}}}
+    with run_server(
+        [write_yaml(tmp_path / "limited.yaml", config)], args=["--no-worker"], log_path=tmp_path / "log"
+    ) as mas:
+        url = mas.url("compat", "/_matrix/client/v3/login")
+
+        def login(user: str, password: str, forwarded_for: str | None = None) -> tuple[int, str]:
+            headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+            body = {"type": "m.login.password", "user": user, "password": password}
+            answer = requests.post(url, json=body, headers=headers, timeout=10)
+            return answer.status_code, answer.json()["errcode"] if answer.status_code != 200 else ""
+
+        assert login("rita", "wrong") == (403, "M_FORBIDDEN")
+        assert login("nobody", "wrong") == (403, "M_FORBIDDEN")  # an unknown user is not counted
+        assert login("rita", STRONG_PASSWORD) == (200, "")
+        assert login("rita", STRONG_PASSWORD) == (429, "M_LIMIT_EXCEEDED")
+        assert login("rita", STRONG_PASSWORD, forwarded_for="10.1.2.3") == (429, "M_LIMIT_EXCEEDED")  # trusted
+        assert login("rita", STRONG_PASSWORD, forwarded_for="203.0.113.7") == (200, "")  # another client
 
 
 # ----------------------------------------------------------------- oauth2 token
@@ -804,7 +876,24 @@ def test_client_credentials_token(mas):
     bad_secret = requests.post(url, auth=(ADMIN_CLIENT_ID, "wrong"), data=form, timeout=10)
     assert bad_secret.status_code == 401 and bad_secret.json()["error"] == "invalid_client"
     not_admin = requests.post(url, auth=(OTHER_CLIENT_ID, "other-secret"), data=form, timeout=10)
-    assert not_admin.status_code == 400 and not_admin.json()["error"] == "invalid_scope"
+    # token.rs: a policy denial is 403 invalid_scope, the violations as the description
+    assert not_admin.status_code == 403
+    assert not_admin.json() == {"error": "invalid_scope", "error_description": "scope 'urn:mas:admin' not allowed"}
+    api = {"grant_type": "client_credentials", "scope": "urn:mas:admin urn:matrix:client:api:*"}
+    no_user = requests.post(url, auth=(ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET), data=api, timeout=10)
+    assert (
+        no_user.status_code == 403
+        and no_user.json()["error_description"] == "scope 'urn:matrix:client:api:*' not allowed"
+    )
+    introspected = requests.post(
+        mas.url("oauth", "/oauth2/introspect"),
+        data={"token": ok.json()["access_token"]},
+        headers={"Authorization": f"Bearer {MATRIX_SECRET}"},
+        timeout=10,
+    ).json()
+    assert introspected["active"] is True and introspected["scope"] == "urn:mas:admin"
+    assert introspected["client_id"] == ADMIN_CLIENT_ID and ulid.is_valid(introspected["jti"])
+    assert "sub" not in introspected and "iss" not in introspected
     password_grant = {"grant_type": "password"}
     bad_grant = requests.post(url, auth=(ADMIN_CLIENT_ID, ADMIN_CLIENT_SECRET), data=password_grant, timeout=10)
     assert bad_grant.status_code == 400 and bad_grant.json()["error"] == "unsupported_grant_type"
@@ -930,9 +1019,12 @@ def test_admin_api_user_emails(mas, admin_call, pg, mas_db):
 
 
 def test_contract_catches_a_wrong_body(mas, admin, contract):
+    """The OpenAPI check itself (the test's own tool): a body with a wrong type fails it."""
     response = admin.get(mas.url("adminapi", "/api/admin/v1/users/by-username/alice"), timeout=10)
     contract.validate(response)
-    response._content = response.content.replace(b'"admin": true', b'"admin": "yes"')
+    body = response.json()
+    body["data"]["attributes"]["admin"] = "yes"
+    response._content = json.dumps(body).encode()
     with pytest.raises(ContractViolation, match="boolean"):
         contract.validate(response)
 

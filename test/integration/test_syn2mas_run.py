@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from syn2mas_world import PASSWORD, SUBJECT, USERS, deploy, harness_service, world_fixture
 
+from harness import mas as mas_target
 from harness.postgres import PostgresCluster
 from harness.util import unavailable
 
@@ -138,7 +139,7 @@ def run_fault(world, deployment, **pillar):
 
 
 def test_fault_mas_database_not_empty(world, deployment, pg):
-    pg.load_mas_schema(deployment.dbname)
+    mas_target.migrate(pg, deployment.dbname)
     pg.query(
         deployment.dbname,
         "INSERT INTO users (user_id, username, created_at) VALUES (gen_random_uuid(), 'early', now())",
@@ -164,6 +165,7 @@ def test_fault_synapse_database_down(world, deployment, pg):
     assert deployment.marker() is None
 
 
+@mas_target.double_only
 def test_fault_migrate_exits_1_half_way(world, deployment, monkeypatch):
     monkeypatch.setenv("MAS_DOUBLE_FAULT", "migrate-exit1")
     ret = run_fault(world, deployment)
@@ -195,6 +197,7 @@ def test_fault_disk_too_small_for_the_backup(world, deployment, tmp_path):
     assert "needs up to" in ret["comment"] and deployment.marker() is None
 
 
+@mas_target.double_only
 def test_fault_verification_mismatch(world, deployment, monkeypatch):
     monkeypatch.setenv("MAS_DOUBLE_FAULT", "migrate-drop-user")
     ret = run_fault(world, deployment)

@@ -8,12 +8,14 @@ and keeps it while it is valid.
 import pytest
 import requests
 
+from harness import mas as mas_target
 from mas_double import run_server
 from pillars import deep_update
 
 pytestmark = pytest.mark.integration
 
 
+@mas_target.double_only  # a MAS without personal sessions is the double's fault switch
 def test_bot_token_falls_back_to_a_compatibility_token(deployment, tmp_path):
     minion, synapse = deployment["minion"], deployment["synapse"]
     config = deployment["root"] / "mas" / "config" / "config.yaml"

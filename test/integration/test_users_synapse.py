@@ -72,6 +72,7 @@ def test_registration_goes_to_synapse(phase, homeserver, salt_minion, tmp_path):
         PHASES[phase],
         {
             "base_path": str(root),
+            **({"binary": mas_target.binary_pillar(tmp_path)} if PHASES[phase]["enabled"] else {}),
             "synapse": {
                 "endpoint": homeserver.base_url + "/",
                 "config_files": [str(homeserver.config_path)],
@@ -211,7 +212,7 @@ def test_migrating_then_mas(homeserver, pg, salt_extmods, tmp_path, upstream_dir
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert login(homeserver, "erik", "Erik-Wrapper-Passw0rd-84").status_code == 200
 
-    # the migration (the double's syn2mas), then MAS is authoritative
+    # the migration (syn2mas of the MAS under test), then MAS is authoritative
     homeserver.stop()
     minion.set_pillar({"mas": pillar})
     migrated = minion.run("state.apply", "mas.syn2mas", "--retcode-passthrough")

@@ -99,17 +99,22 @@ def _login(state: ServerState, request: Request) -> Response:
     if localpart is None or not isinstance(password, str):
         return forbidden
     with state.db() as conn:
+        # login.rs (user_password_login): a deactivated user is not found, a locked one refused, then the
+        # rate limit (requester, account), then the password
         user = db.find_user_by_username(conn, localpart)
-        stored = db.active_password(conn, user) if user is not None else None
-        if user is None or stored is None:
+        if user is None or user.deactivated_at is not None:
+            return forbidden
+        if user.locked_at is not None:
+            return _matrix_error(401, "M_USER_LOCKED", "User account has been locked")
+        client_ip = state.limiter.client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"))
+        if not state.limiter.check_password(client_ip, user.id):
+            return _matrix_error(429, "M_LIMIT_EXCEEDED", "Too many login attempts")
+        stored = db.active_password(conn, user)
+        if stored is None:
             return forbidden
         password_id, version, hashed = stored
         if not state.passwords.verify(version, hashed, password):
             return forbidden
-        if user.deactivated_at is not None:
-            return _matrix_error(403, "M_USER_DEACTIVATED", "This account has been deactivated")
-        if user.locked_at is not None:
-            return _matrix_error(401, "M_USER_LOCKED", "This account has been locked")
         current_version = state.passwords.schemes[0].version
         if version != current_version:
             new_version, new_hash = state.passwords.hash(password)
@@ -118,19 +123,15 @@ def _login(state: ServerState, request: Request) -> Response:
         display_name = body.get("initial_device_display_name")
         try:
             state.homeserver.upsert_device(user.username, device_id, display_name)
-        except HomeserverError as exc:
-            return _matrix_error(500, "M_UNKNOWN", f"Failed to create the device on the homeserver: {exc}")
+        except HomeserverError:
+            return _matrix_error(500, "M_UNKNOWN", "Internal server error")
         session_id = db.add_compat_session(conn, user, device_id, False, display_name)
         refreshable = body.get("refresh_token") is True
         expires_at = db.now() + REFRESHABLE_TTL if refreshable else None
         access_token = generate_token("mct")
         token_id = db.add_compat_access_token(conn, session_id, access_token, expires_at)
-        response = {
-            "access_token": access_token,
-            "device_id": device_id,
-            "user_id": state.config.mxid(user.username),
-            "home_server": state.config.homeserver,
-        }
+        # ResponseBody (#[skip_serializing_none]): no home_server; the refresh token and expiry when asked
+        response = {"access_token": access_token, "device_id": device_id, "user_id": state.config.mxid(user.username)}
         if refreshable:
             refresh_token = generate_token("mcr")
             db.add_compat_refresh_token(conn, session_id, token_id, refresh_token)
@@ -152,7 +153,8 @@ def _logout(state: ServerState, request: Request, everywhere: bool) -> Response:
         return _matrix_error(401, "M_MISSING_TOKEN", "Missing access token")
     with state.db() as conn:
         compat = db.find_compat_access_token(conn, token)
-        if compat is None or compat.session_finished:
+        expired = compat is not None and compat.expires_at is not None and compat.expires_at <= db.now()
+        if compat is None or compat.session_finished or expired:
             return _matrix_error(401, "M_UNKNOWN_TOKEN", "Invalid access token")
         if everywhere:
             db.finish_user_compat_sessions(conn, compat.user.id)

@@ -206,17 +206,38 @@ def _read_file(path: str, what: str) -> bytes:
         raise ConfigError(f"failed to read {what} from {path}: {exc.strerror}") from exc
 
 
-def _load_private_key(name: str, data: bytes, password: bytes | None):
-    """Parse a PEM or DER private key; raise ConfigError (without the key material) on failure."""
+#: PEM labels mas-keystore loads (``crates/keystore/src/lib.rs``); others are ``Unsupported PEM label``.
+_PEM_LABELS = ("PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY")
+
+
+class KeyImportError(Exception):
+    """A signing key that cannot be imported; the message is mas-keystore's ``LoadError`` or the OS error."""
+
+
+def _load_private_key(data: bytes, password: bytes | None):
+    """Parse a PEM or DER private key like mas-keystore (``PrivateKey::load``/``load_encrypted``).
+
+    Raises:
+        KeyImportError: with mas-keystore's wording (never the key material).
+    """
     from cryptography.hazmat.primitives import serialization  # local import: only the server loads keys
 
-    loaders = (serialization.load_pem_private_key, serialization.load_der_private_key)
-    for loader in loaders:
+    label = re.match(rb"\s*-----BEGIN ([A-Z0-9 ]+)-----", data)
+    if label is not None:
+        name = label.group(1).decode()
+        if name not in _PEM_LABELS:
+            raise KeyImportError(f'Unsupported PEM label "{name}"')
+        encrypted = name == "ENCRYPTED PRIVATE KEY"
+        if encrypted and password is None:
+            raise KeyImportError("Key is encrypted and no password was provided")
+        if not encrypted and password is not None:
+            raise KeyImportError("Key is not encrypted but a password was provided")
+    for loader in (serialization.load_pem_private_key, serialization.load_der_private_key):
         try:
             return loader(data, password=password)
         except (ValueError, TypeError):
             continue
-    raise ConfigError(f"failed to load the private key {name}: not a supported PEM/DER private key")
+    raise KeyImportError("Unsupported format")
 
 
 def _pair_error(section: dict, inline: str, file_key: str, required: bool) -> str | None:
@@ -348,36 +369,42 @@ class MasConfig:
         return key
 
     def signing_keys(self) -> list:
-        """Load the private keys of ``secrets.keys`` and ``secrets.keys_dir`` (as MAS does at startup).
+        """Load the private keys of ``secrets.keys_dir`` and ``secrets.keys`` (as MAS does at startup).
 
         Keys are PEM or DER (PKCS#1, PKCS#8 (possibly encrypted with
         ``password``/``password_file``) or SEC1); returns ``cryptography`` key objects.
 
         Raises:
-            ConfigError: a file is unreadable or a key cannot be parsed.
+            ConfigError: ``could not import keys from config`` caused by the bare OS error of an
+                unreadable file or directory, or mas-keystore's error (``crates/cli/src/commands/server.rs``,
+                ``crates/config/src/sections/secrets.rs``).
         """
+        try:
+            return [_load_private_key(data, password) for data, password in self._key_sources()]
+        except (OSError, KeyImportError) as exc:
+            cause = os_error(exc) if isinstance(exc, OSError) else str(exc)
+            raise ConfigError(f"could not import keys from config\n\nCaused by:\n    {cause}") from exc
+
+    def _key_sources(self) -> list[tuple[bytes, bytes | None]]:
+        """``(key bytes, password)`` of every key: the files of ``keys_dir`` first, then ``keys``."""
         secrets_cfg = self.section("secrets")
-        sources: list[tuple[str, bytes, bytes | None]] = []
-        for index, entry in enumerate(secrets_cfg.get("keys") or []):
+        sources: list[tuple[bytes, bytes | None]] = []
+        keys_dir = secrets_cfg.get("keys_dir")
+        if keys_dir:
+            files = sorted(p for p in Path(keys_dir).iterdir() if p.is_file())
+            sources.extend((p.read_bytes(), None) for p in files)
+        for entry in secrets_cfg.get("keys") or []:
             if entry.get("password") is not None:
                 password: bytes | None = str(entry["password"]).encode()
             elif entry.get("password_file") is not None:
-                password = _read_file(entry["password_file"], "a key password")
+                password = Path(entry["password_file"]).read_bytes()
             else:
                 password = None
             if entry.get("key") is not None:
-                sources.append((f"secrets.keys[{index}]", str(entry["key"]).encode(), password))
+                sources.append((str(entry["key"]).encode(), password))
             elif entry.get("key_file") is not None:
-                sources.append((entry["key_file"], _read_file(entry["key_file"], "a signing key"), password))
-        keys_dir = secrets_cfg.get("keys_dir")
-        if keys_dir:
-            directory = Path(keys_dir)
-            try:
-                files = sorted(p for p in directory.iterdir() if p.is_file())
-            except OSError as exc:
-                raise ConfigError(f"failed to read the keys directory {keys_dir}: {exc.strerror}") from exc
-            sources.extend((str(p), _read_file(str(p), "a signing key"), None) for p in files)
-        return [_load_private_key(name, data, password) for name, data, password in sources]
+                sources.append((Path(entry["key_file"]).read_bytes(), password))
+        return sources
 
     # ------------------------------------------------------------ database
 

@@ -332,9 +332,16 @@ def find_compat_refresh_token(conn, token: str) -> tuple | None:
 
 
 def consume_compat_refresh_token(conn, refresh_id: uuid.UUID) -> None:
-    """Mark a refresh token consumed."""
+    """Mark a refresh token consumed and expire the access token it came with (``compat/refresh.rs``)."""
+    stamp = now()
     conn.execute(
-        "UPDATE compat_refresh_tokens SET consumed_at = %s WHERE compat_refresh_token_id = %s", (now(), refresh_id)
+        "UPDATE compat_refresh_tokens SET consumed_at = %s WHERE compat_refresh_token_id = %s", (stamp, refresh_id)
+    )
+    conn.execute(
+        "UPDATE compat_access_tokens SET expires_at = %s WHERE compat_access_token_id = (SELECT"
+        " compat_access_token_id FROM compat_refresh_tokens WHERE compat_refresh_token_id = %s)"
+        " AND (expires_at IS NULL OR expires_at > %s)",
+        (stamp, refresh_id, stamp),
     )
 
 

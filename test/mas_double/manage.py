@@ -242,12 +242,13 @@ def demote_admin(config: MasConfig, ns: argparse.Namespace) -> int:
 
 
 def list_admin_users(config: MasConfig, ns: argparse.Namespace) -> int:
-    """``manage list-admin-users``: one username per line on stdout."""
+    """``manage list-admin-users``: INFO log lines on stderr (``user.id=<ULID> username=<name>``), nothing on
+    stdout (``crates/cli/src/commands/manage.rs``)."""
     with config.connect() as conn:
         users = db.list_admin_users(conn)
-    LOG.info(f"Found {len(users)} admin user(s)")
+    LOG.info(f"The following users can request admin privileges ({len(users)} total):")
     for user in users:
-        sys.stdout.write(f"{user.username}\n")
+        LOG.info("", **{"user.id": user.ulid, "username": user.username})
     return 0
 
 

@@ -8,10 +8,10 @@
   in ``policy.data.admin_clients``, scope ``urn:mas:admin`` -> bearer token.
 * ``POST /oauth2/introspect``: authenticated with ``Bearer <matrix.secret>``
   (Synapse) or a static client; answers ``{"active": false}`` for unknown or
-  dead tokens.  Compatibility tokens are active with scope
-  ``urn:matrix:client:api:* urn:matrix:client:device:<device>`` (+
-  ``urn:synapse:admin:*`` when the session ``is_synapse_admin``), ``username``,
-  ``sub`` (user ULID) and ``device_id``.
+  dead tokens.  Compatibility tokens are active with the stable and unstable
+  (MSC2967) client API scopes, the device scope in both forms unless the caller
+  sends ``X-MAS-Supports-Device-Id: 1`` (+ ``urn:synapse:admin:*`` when the
+  session ``is_synapse_admin``), ``username``, ``sub`` (user ULID) and ``device_id``.
 * ``POST /oauth2/revoke``: forgets a client-credentials token.
 """
 
@@ -22,14 +22,31 @@ import time
 
 from werkzeug.wrappers import Request, Response
 
-from mas_double import db, tokens, ulid
+from mas_double import db, tokens
 from mas_double.config import ConfigError
 from mas_double.state import ServerState, json_response
 
 ADMIN_SCOPE = "urn:mas:admin"
 MATRIX_API_SCOPE = "urn:matrix:client:api:*"
+UNSTABLE_API_SCOPE = "urn:matrix:org.matrix.msc2967.client:api:*"
 DEVICE_SCOPE_PREFIX = "urn:matrix:client:device:"
+UNSTABLE_DEVICE_SCOPE_PREFIX = "urn:matrix:org.matrix.msc2967.client:device:"
 SYNAPSE_ADMIN_SCOPE = "urn:synapse:admin:*"
+
+
+def normalize_scope(scope: list[str] | set[str]) -> str:
+    """A scope as MAS's introspection answers it (``normalize_scope`` in ``oauth2/introspection.rs``): the
+    stable and unstable (MSC2967) forms of the client API and device scopes both present, the tokens sorted
+    (a ``BTreeSet``), space-separated."""
+    tokens = set(scope)
+    for token in list(tokens):
+        if token in (MATRIX_API_SCOPE, UNSTABLE_API_SCOPE):
+            tokens |= {MATRIX_API_SCOPE, UNSTABLE_API_SCOPE}
+        for prefix in (DEVICE_SCOPE_PREFIX, UNSTABLE_DEVICE_SCOPE_PREFIX):
+            if token.startswith(prefix):
+                device = token[len(prefix) :]
+                tokens |= {DEVICE_SCOPE_PREFIX + device, UNSTABLE_DEVICE_SCOPE_PREFIX + device}
+    return " ".join(sorted(tokens))
 
 
 def discovery_document(state: ServerState) -> dict:
@@ -118,8 +135,10 @@ def token(state: ServerState, request: Request) -> Response:
             return client["client_id"] in state.config.admin_clients
         return token in ("openid", "email", "urn:mas:graphql:*")
 
-    if not all(allowed(token) for token in scope.split()):
-        return _oauth_error(400, "invalid_scope", "The requested scope is not allowed for this client")
+    refused = [token for token in scope.split() if not allowed(token)]
+    if refused:
+        # token.rs: a policy denial is 403 invalid_scope, the violations joined as the description
+        return _oauth_error(403, "invalid_scope", ", ".join(f"scope '{token}' not allowed" for token in refused))
     issued = state.tokens.issue(client["client_id"], scope)
     return json_response(
         200,
@@ -156,20 +175,18 @@ def introspect(state: ServerState, request: Request) -> Response:
             200,
             {
                 "active": True,
-                "scope": issued.scope,
+                "scope": normalize_scope(issued.scope.split()),
                 "client_id": issued.client_id,
                 "token_type": "access_token",
                 "exp": issued.expires_at,
                 "expires_in": max(0, issued.expires_at - int(time.time())),
                 "iat": issued.issued_at,
                 "nbf": issued.issued_at,
-                "iss": state.config.issuer,
+                "jti": issued.jti,
             },
         )
     personal = tokens.introspect(state, presented)
     if personal is not None:
-        if personal.get("active"):
-            personal["iss"] = state.config.issuer
         return json_response(200, personal)
     with state.db() as conn:
         compat = db.find_compat_access_token(conn, presented) if presented else None
@@ -181,28 +198,26 @@ def introspect(state: ServerState, request: Request) -> Response:
     now = time.time()
     if compat.expires_at is not None and compat.expires_at.timestamp() <= now:
         return inactive
-    scopes = [MATRIX_API_SCOPE]
-    if compat.device_id:
-        scopes.append(DEVICE_SCOPE_PREFIX + compat.device_id)
+    # introspection.rs: both API scopes; the device scopes (both forms) unless the caller sends
+    # X-MAS-Supports-Device-Id: 1 (then only device_id says it); no iss, no jti
+    scopes = {MATRIX_API_SCOPE, UNSTABLE_API_SCOPE}
+    if compat.device_id and request.headers.get("X-MAS-Supports-Device-Id") != "1":
+        scopes |= {DEVICE_SCOPE_PREFIX + compat.device_id, UNSTABLE_DEVICE_SCOPE_PREFIX + compat.device_id}
     if compat.is_synapse_admin:
-        scopes.append(SYNAPSE_ADMIN_SCOPE)
+        scopes.add(SYNAPSE_ADMIN_SCOPE)
     body = {
         "active": True,
-        "scope": " ".join(scopes),
+        "scope": " ".join(sorted(scopes)),
         "client_id": "legacy",
         "username": user.username,
         "token_type": "access_token",
-        "iat": int(compat.created_at.timestamp()),
-        "nbf": int(compat.created_at.timestamp()),
-        "sub": user.ulid,
-        "iss": state.config.issuer,
-        "jti": ulid.from_uuid(compat.token_id),
     }
-    if compat.device_id:
-        body["device_id"] = compat.device_id
     if compat.expires_at is not None:
         body["exp"] = int(compat.expires_at.timestamp())
         body["expires_in"] = max(0, int(compat.expires_at.timestamp() - now))
+    body.update(iat=int(compat.created_at.timestamp()), nbf=int(compat.created_at.timestamp()), sub=user.ulid)
+    if compat.device_id:
+        body["device_id"] = compat.device_id
     return json_response(200, body)
 
 

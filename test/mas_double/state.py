@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 from werkzeug.wrappers import Response
 
+from mas_double import ulid
 from mas_double.config import MasConfig
 from mas_double.homeserver import HomeserverConnection
 from mas_double.passwords import PasswordManager
+from mas_double.ratelimit import Limiter
 
 _ALNUM = string.ascii_letters + string.digits
 _BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -63,6 +65,7 @@ class IssuedToken:
     scope: str
     issued_at: int
     expires_at: int
+    jti: str  # the token's ULID (introspection answers it as ``jti``)
 
     @property
     def active(self) -> bool:
@@ -80,7 +83,9 @@ class TokenStore:
     def issue(self, client_id: str, scope: str) -> IssuedToken:
         """Issue a fresh ``mat_`` token for ``client_id`` with ``scope``."""
         now = int(time.time())
-        issued = IssuedToken(generate_token("mat"), client_id, scope, now, now + ACCESS_TOKEN_TTL)
+        issued = IssuedToken(
+            generate_token("mat"), client_id, scope, now, now + ACCESS_TOKEN_TTL, ulid.encode(ulid.new_int())
+        )
         with self._lock:
             self._tokens[issued.token] = issued
         return issued
@@ -105,6 +110,7 @@ class ServerState:
         self.passwords = PasswordManager(config)
         self.homeserver = HomeserverConnection(config)
         self.tokens = TokenStore()
+        self.limiter = Limiter(config.section("rate_limiting"), config.section("http").get("trusted_proxies"))
 
     @contextmanager
     def db(self):

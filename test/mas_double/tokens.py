@@ -424,6 +424,8 @@ def session_by_id(state: ServerState, conn, request: Request, session_id: uuid.U
 
 def introspect(state: ServerState, token: str) -> dict | None:
     """MAS's introspection answer for a personal access token, or None when ``token`` is not one."""
+    from mas_double.oauth import normalize_scope  # local import: oauth imports this module
+
     if not token.startswith("mpt_"):
         return None
     inactive = {"active": False}
@@ -446,15 +448,13 @@ def introspect(state: ServerState, token: str) -> dict | None:
         return inactive
     answer = {
         "active": True,
-        "scope": " ".join(sorted(scopes)),
+        "scope": normalize_scope(scopes),  # introspection.rs: stable and unstable forms, sorted
         "client_id": ulid.from_uuid(owner_client) if owner_client else None,
         "username": user.username,
         "token_type": "access_token",
-        "iat": int(created_at.timestamp()),
-        "nbf": int(created_at.timestamp()),
-        "sub": user.ulid,
     }
     if expires_at is not None:
         answer["exp"] = int(expires_at.timestamp())
         answer["expires_in"] = max(0, int((expires_at - now).total_seconds()))
-    return answer
+    answer.update(iat=int(created_at.timestamp()), nbf=int(created_at.timestamp()), sub=user.ulid)
+    return {key: value for key, value in answer.items() if value is not None}  # #[skip_serializing_none]

@@ -5,7 +5,7 @@ Real ``mas-cli`` logs through ``tracing-subscriber``; without a TTY a line is::
     2025-01-01T12:00:00.123456Z  INFO mas_cli::commands::config:42 Configuration file looks good
 
 that is ``<RFC 3339 UTC timestamp> <LEVEL padded to 5> <target>:<line> <message>``
-followed by ``key=value`` fields.  Multi-line messages keep their newlines.
+followed by ``key=value`` fields (an event without a message shows only its fields).  Multi-line messages keep their newlines.
 The level filter follows ``RUST_LOG`` (``error``, ``warn``, ``info`` (default),
 ``debug``, ``trace``); only a bare level is understood.
 """
@@ -50,8 +50,8 @@ def log(level: str, target: str, message: str, _stacklevel: int = 1, **fields: o
         line = sys._getframe(_stacklevel).f_lineno
     except ValueError:
         line = 0
-    suffix = "".join(f" {key}={value}" for key, value in fields.items())
-    sys.stderr.write(f"{timestamp()} {level:>5} {target}:{line} {message}{suffix}\n")
+    text = " ".join([message] * bool(message) + [f"{key}={value}" for key, value in fields.items()])
+    sys.stderr.write(f"{timestamp()} {level:>5} {target}:{line} {text}\n")
     sys.stderr.flush()
 
 

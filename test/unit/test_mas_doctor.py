@@ -299,6 +299,33 @@ def test_homeserver_unreachable_skips_steps_4_and_5_like_upstream(deployment):
     assert checks["mas_cli_doctor.legacy_login"]["status"] == "warning"
 
 
+def test_login_probe_of_synapse_itself_after_no_well_known_is_skipped(deployment):
+    """Without a client well-known upstream's step 6 asks matrix.endpoint (Synapse's own address), where Synapse
+    serves no login under MAS: that 404 says nothing (compat_login_route checks the route through the proxy)."""
+    synapse = f"http://127.0.0.1:{deployment['port']}"
+    fallback = (
+        f'{T}  WARN {D}:108 ⚠️ Failed to fetch well-known document at "{WK}".\n'
+        f'{T}  INFO {D}:131 ✅ Homeserver is reachable at "{synapse}/_matrix/client/versions"\n'
+        f'{T} ERROR {D}:330 The legacy login API at "{synapse}/_matrix/client/v3/login" replied with 404 Not Found.\n'
+        "This means legacy clients won't be able to login.\n"
+    )
+    doctor_says(fallback)
+    checks = by_name(mas_doctor.run(timeout=2))
+    assert checks["mas_cli_doctor.well_known"]["status"] == "warning"
+    login = checks["mas_cli_doctor.legacy_login"]
+    assert login["status"] == "skipped" and login["url"] == f"{synapse}/_matrix/client/v3/login"
+    assert login["message"].startswith("upstream found no client well-known (see mas_cli_doctor.well_known)")
+    assert "(upstream: The legacy login API at" in login["message"]
+    # with a well-known, the same answer is an error (the base_url it names is the public one)
+    doctor_says(fallback.split("\n", 1)[1])
+    assert by_name(mas_doctor.run(timeout=2))["mas_cli_doctor.legacy_login"]["status"] == "error"
+    # without a well-known, a probe elsewhere than Synapse's own address stays what upstream says
+    doctor_says(
+        fallback.replace(f"{synapse}/_matrix/client/v3/login", "https://matrix.example.com/_matrix/client/v3/login")
+    )
+    assert by_name(mas_doctor.run(timeout=2))["mas_cli_doctor.legacy_login"]["status"] == "error"
+
+
 def test_config_error_exit_1_is_the_run_check(deployment):
     doctor_says(CONFIG_ERROR, retcode=1)
     checks = by_name(mas_doctor.run(timeout=2))

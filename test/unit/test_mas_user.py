@@ -127,6 +127,19 @@ def test_registration_token_changes():
         mas_user._check_token_args(None, "tomorrow")
 
 
+def test_bot_scope_compares_like_mas_introspection():
+    # MAS's introspection answers every client API and device scope in both forms (stable and MSC2967's)
+    asked = mas_user._bot_scope("bot", "/run/bot.token", None, "BOTDEVICE1", True)
+    assert asked == "urn:matrix:client:api:* urn:matrix:client:device:BOTDEVICE1 urn:synapse:admin:*"
+    answered = (
+        "urn:matrix:client:api:* urn:matrix:client:device:BOTDEVICE1 urn:matrix:org.matrix.msc2967.client:api:*"
+        " urn:matrix:org.matrix.msc2967.client:device:BOTDEVICE1 urn:synapse:admin:*"
+    )
+    assert mas_user._scope_key(answered) == mas_user._scope_key(asked)
+    assert mas_user._scope_key(answered.replace("BOTDEVICE1", "OTHER")) != mas_user._scope_key(asked)
+    assert mas_user._scope_key(answered.replace(" urn:synapse:admin:*", "")) != mas_user._scope_key(asked)
+
+
 def test_synapse_shared_secret_comes_from_synapse_config(tmp_path):
     hs = tmp_path / "homeserver.yaml"
     secret_file = tmp_path / "reg.secret"
