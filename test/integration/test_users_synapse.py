@@ -58,7 +58,6 @@ PHASES = {
         "migration_in_progress": True,
         "server_name": "example.com",
         "runtime": "binary",
-        "binary": mas_target.binary_pillar(),
         "service": {"manage": False},
     },
 }
