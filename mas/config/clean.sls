@@ -5,7 +5,7 @@
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
 include:
-  - {{ sls_service_clean }}
+  - {{ sls_service_clean | json }}
 
 {%- for item in ["config_file", "mas_cli", "register_user"] %}
 
@@ -17,5 +17,5 @@ include:
       - fun: mas.managed_by_formula
         path: {{ mas.paths[item] | json }}
     - require:
-      - sls: {{ sls_service_clean }}
+      - sls: {{ sls_service_clean | json }}
 {%- endfor %}

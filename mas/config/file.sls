@@ -10,7 +10,7 @@
 {%- set salt_wrapper = salt["mas_user.wrapper_settings"]() %}
 
 include:
-  - {{ sls_secrets }}
+  - {{ sls_secrets | json }}
 
 mas-config-file-file-managed:
   file.managed:
@@ -21,7 +21,7 @@ mas-config-file-file-managed:
     - group: {{ mas.group | json }}
     - mode: '0640'
     - require:
-      - sls: {{ sls_secrets }}
+      - sls: {{ sls_secrets | json }}
 
 {%- for wrapper, template in [("mas_cli", "mas-cli.sh.jinja"), ("register_user", "register-user.sh.jinja")] %}
 
@@ -37,7 +37,7 @@ mas-config-file-file-managed:
     - group: root
     - mode: '0755'
     - require:
-      - sls: {{ sls_secrets }}
+      - sls: {{ sls_secrets | json }}
 {%- endfor %}
 {%- if labels %}
 
@@ -50,7 +50,7 @@ mas-config-file-file-managed-labels:
     - group: {{ mas.group | json }}
     - mode: '0640'
     - require:
-      - sls: {{ sls_secrets }}
+      - sls: {{ sls_secrets | json }}
 {%- else %}
 
 mas-config-file-file-absent-labels:

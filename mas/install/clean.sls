@@ -7,7 +7,7 @@
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
 include:
-  - {{ sls_secrets_clean }}
+  - {{ sls_secrets_clean | json }}
 
 {%- if mas.clean.purge %}
 
@@ -15,7 +15,7 @@ mas-install-clean-file-absent:
   file.absent:
     - name: {{ mas.paths.base | json }}
     - require:
-      - sls: {{ sls_secrets_clean }}
+      - sls: {{ sls_secrets_clean | json }}
 {%- else %}
 
 mas-install-clean-test-nop:

@@ -10,7 +10,7 @@
 {%- set proxy = salt["mas_proxy.settings"](mas) %}
 
 include:
-  - {{ sls_synapse }}
+  - {{ sls_synapse | json }}
 {%- for file in proxy.files %}
 
 {{ ("mas-proxy-file-file-managed-" ~ file.name) | json }}:
@@ -23,14 +23,14 @@ include:
     - group: root
     - mode: '0644'
     - require:
-      - sls: {{ sls_synapse }}
+      - sls: {{ sls_synapse | json }}
 {%- else %}
 
 mas-proxy-file-test-nop:
   test.nop:
     - name: {{ ("mas:proxy:type is none; route the compatibility paths and " ~ mas.path_prefix ~ " to MAS yourself") | json }}
     - require:
-      - sls: {{ sls_synapse }}
+      - sls: {{ sls_synapse | json }}
 {%- endfor %}
 {%- for file in proxy.leftovers %}
 {%- if file.action == "empty" %}

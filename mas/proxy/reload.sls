@@ -8,7 +8,7 @@
 {%- set proxy = salt["mas_proxy.settings"](mas) %}
 
 include:
-  - {{ sls_proxy_file }}
+  - {{ sls_proxy_file | json }}
 {#- onchanges by state ID: an `sls:` requisite would also match every state
     the included SLS include (Salt 3008), reloading on any MAS change #}
 {%- if proxy.files and proxy.reload %}
@@ -42,7 +42,7 @@ mas-proxy-reload-test-nop:
   test.nop:
     - name: No proxy reload (mas:proxy:reload is false or mas:proxy:type is none)
     - require:
-      - sls: {{ sls_proxy_file }}
+      - sls: {{ sls_proxy_file | json }}
 {%- endif %}
 {%- if proxy.reload %}
 {#- the proxy whose files were left by another type (emptied or removed above) #}

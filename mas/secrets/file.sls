@@ -9,7 +9,7 @@
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
 include:
-  - {{ sls_install }}
+  - {{ sls_install | json }}
 
 {%- for secret in mas.secret_files %}
 
@@ -24,7 +24,7 @@ include:
     - allow_rotation: {{ secret.allow_rotation | json }}
     - owner: {{ secret.owner | json }}
     - require:
-      - sls: {{ sls_install }}
+      - sls: {{ sls_install | json }}
 {%- endfor %}
 {%- for path in salt["mas_secret.leftovers"](mas.paths.secrets_dir, mas.secret_files | map(attribute="path") | list) %}
 
@@ -32,5 +32,5 @@ include:
   file.absent:
     - name: {{ path | json }}
     - require:
-      - sls: {{ sls_install }}
+      - sls: {{ sls_install | json }}
 {%- endfor %}

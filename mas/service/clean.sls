@@ -10,7 +10,7 @@
 {#- MAS stops only once Synapse is authoritative again and the compatibility
     routes are gone. #}
 include:
-  - {{ sls_synapse_clean }}
+  - {{ sls_synapse_clean | json }}
 {%- if mas.service.manage %}
 
 
@@ -20,7 +20,7 @@ mas-service-clean-service-dead:
     - enable: false
     - onlyif: {{ ours | json }}
     - require:
-      - sls: {{ sls_synapse_clean }}
+      - sls: {{ sls_synapse_clean | json }}
 {%- endif %}
 
 mas-service-clean-file-absent:
@@ -28,7 +28,7 @@ mas-service-clean-file-absent:
     - name: {{ unit | json }}
     - onlyif: {{ ours | json }}
     - require:
-      - sls: {{ sls_synapse_clean }}
+      - sls: {{ sls_synapse_clean | json }}
 {%- if mas.service.manage %}
       - service: mas-service-clean-service-dead
 {%- endif %}

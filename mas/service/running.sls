@@ -9,9 +9,9 @@
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
 include:
-  - {{ sls_unit }}
+  - {{ sls_unit | json }}
 {%- if mas.database.manage %}
-  - {{ sls_database }}
+  - {{ sls_database | json }}
 {%- endif %}
 {%- if mas.service.manage and salt["mas_syn2mas.phase"]() == "migrating" %}
 
@@ -19,7 +19,7 @@ mas-service-running-test-nop-syn2mas:
   test.nop:
     - name: "MAS is not started while a syn2mas migration is unfinished (salt-call mas_syn2mas.status)"
     - require:
-      - sls: {{ sls_unit }}
+      - sls: {{ sls_unit | json }}
 {%- elif mas.service.manage %}
 {%- if mas.runtime == "docker" %}
 
@@ -28,7 +28,7 @@ mas-service-running-mas-image_present:
     - name: {{ mas.image | json }}
     - command: {{ mas.service.docker.command | json }}
     - require:
-      - sls: {{ sls_unit }}
+      - sls: {{ sls_unit | json }}
 {%- endif %}
 
 mas-service-running-service-running:
@@ -37,12 +37,12 @@ mas-service-running-service-running:
     - enable: true
     - require:
 {%- if mas.database.manage %}
-      - sls: {{ sls_database }}
+      - sls: {{ sls_database | json }}
 {%- endif %}
 {%- if mas.runtime == "docker" %}
       - mas: mas-service-running-mas-image_present
 {%- else %}
-      - sls: {{ sls_unit }}
+      - sls: {{ sls_unit | json }}
 {%- endif %}
     # by state ID: an `sls:` requisite would also match every state the
     # included SLS include (Salt 3008), e.g. the directories of mas.install
@@ -63,5 +63,5 @@ mas-service-running-test-nop:
   test.nop:
     - name: {{ ("mas:service:manage is false; start " ~ mas.service.name ~ " with your own supervisor") | json }}
     - require:
-      - sls: {{ sls_unit }}
+      - sls: {{ sls_unit | json }}
 {%- endif %}

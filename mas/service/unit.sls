@@ -7,7 +7,7 @@
 {%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
 
 include:
-  - {{ sls_config }}
+  - {{ sls_config | json }}
 
 mas-service-unit-file-managed:
   file.managed:
@@ -21,4 +21,4 @@ mas-service-unit-file-managed:
     - group: root
     - mode: '0644'
     - require:
-      - sls: {{ sls_config }}
+      - sls: {{ sls_config | json }}

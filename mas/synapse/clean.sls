@@ -11,7 +11,7 @@
 {%- set synapse = salt["mas_synapse.settings"](mas) %}
 
 include:
-  - {{ sls_proxy_clean }}
+  - {{ sls_proxy_clean | json }}
 
 {#- the guard goes first: before the compatibility routes, the drop-in and a
     purge of the whole tree (mas.install.clean, outside this chain) #}
@@ -19,8 +19,8 @@ mas-synapse-clean-mas_syn2mas-safe_to_roll_back:
   mas_syn2mas.safe_to_roll_back:
     - name: syn2mas
     - require_in:
-      - sls: {{ sls_proxy_clean }}
-      - sls: {{ tplroot ~ ".install.clean" }}
+      - sls: {{ sls_proxy_clean | json }}
+      - sls: {{ (tplroot ~ ".install.clean") | json }}
       - file: mas-synapse-clean-file-absent-dropin
 
 mas-synapse-clean-file-absent-dropin:
@@ -30,7 +30,7 @@ mas-synapse-clean-file-absent-dropin:
       - fun: mas.managed_by_formula
         path: {{ synapse.dropin | json }}
     - require:
-      - sls: {{ sls_proxy_clean }}
+      - sls: {{ sls_proxy_clean | json }}
 
 mas-synapse-clean-file-absent-secret:
   file.absent:

@@ -13,8 +13,8 @@
 {%- set synapse = salt["mas_synapse.settings"](mas) %}
 
 include:
-  - {{ sls_secrets }}
-  - {{ sls_service }}
+  - {{ sls_secrets | json }}
+  - {{ sls_service | json }}
 
 {%- if synapse.state == "present" %}
 
@@ -49,7 +49,7 @@ mas-synapse-file-mas_secret-present:
     - mode: {{ synapse.secret.mode | json }}
     - owner: {{ mas.secret_owner | json }}
     - require:
-      - sls: {{ sls_secrets }}
+      - sls: {{ sls_secrets | json }}
       - file: mas-synapse-file-file-directory-secret
 
 mas-synapse-file-mas_synapse-dropin:
@@ -62,7 +62,7 @@ mas-synapse-file-mas_synapse-dropin:
     - migrating: {{ (synapse.state == "absent") | json }}
     - require:
       - mas_secret: mas-synapse-file-mas_secret-present
-      - sls: {{ sls_service }}
+      - sls: {{ sls_service | json }}
 {%- if synapse.state == "present" %}
 
 mas-synapse-file-mas_syn2mas-delegated:

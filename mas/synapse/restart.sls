@@ -9,7 +9,7 @@
 {%- set synapse = salt["mas_synapse.settings"](mas) %}
 
 include:
-  - {{ sls_synapse_file }}
+  - {{ sls_synapse_file | json }}
 {%- if synapse.restart %}
 
 mas-synapse-restart-module-run:
@@ -38,5 +38,5 @@ mas-synapse-restart-test-nop:
   test.nop:
     - name: {{ ("mas:synapse:restart is false; restart " ~ synapse.service ~ " yourself after its drop-in changes") | json }}
     - require:
-      - sls: {{ sls_synapse_file }}
+      - sls: {{ sls_synapse_file | json }}
 {%- endif %}

@@ -11,7 +11,7 @@
 {%- if mas.enabled %}
 
 include:
-  - {{ sls_service }}
+  - {{ sls_service | json }}
 {%- endif %}
 {%- for user in mas.users %}
 {%- set function = "absent" if user.absent else "present" %}
@@ -32,7 +32,7 @@ include:
 {%- endif %}
 {%- if mas.enabled %}
     - require:
-      - sls: {{ sls_service }}
+      - sls: {{ sls_service | json }}
 {%- endif %}
 {%- if user.access_token and not user.absent %}
 {%- set token = user.access_token %}
@@ -62,7 +62,7 @@ include:
     - revoked: {{ token.get("revoked", False) | json }}
 {%- if mas.enabled %}
     - require:
-      - sls: {{ sls_service }}
+      - sls: {{ sls_service | json }}
 {%- endif %}
 {%- endfor %}
 
