@@ -2439,13 +2439,10 @@ def files_switch(source_files, lookup, tplroot=PILLAR_ROOT):
             dirs.append(value)
     dirs.append("default")
     candidates = [f"{prefix}/{tofs['dirs']['files']}/{directory}/{name}" for directory in dirs for name in names]
-    if __opts__.get("file_client") == "local":
-        # masterless: keep only the candidates that exist in file_roots, so that file.managed looks up one
-        # source instead of asking the file server for every override that is not there
-        saltenv = __opts__.get("saltenv") or "base"
-        roots = (__opts__.get("file_roots") or {}).get(saltenv, [])
-        found = [path for path in candidates if any(os.path.isfile(os.path.join(root, path)) for root in roots)]
-        candidates = found[:1] or candidates
+    # masterless: keep only the first candidate that exists in file_roots, so that it is looked up once
+    # instead of asking the file server for every override that is not there
+    found = [path for path in candidates if _local_file(path)]
+    candidates = found[:1] or candidates
     return [f"salt://{path}" for path in candidates]
 
 
@@ -2481,16 +2478,24 @@ def account(user=None, group=None):
 
 
 def _template_text(source):
-    """The text of ``salt://`` ``source``: from file_roots masterless, else through the file server."""
-    path = source[len("salt://") :]
-    if __opts__.get("file_client") == "local":
-        for root in (__opts__.get("file_roots") or {}).get(__opts__.get("saltenv") or "base", []):
-            candidate = os.path.join(root, path)
-            if os.path.isfile(candidate):
-                with salt.utils.files.fopen(candidate, "r") as handle:
-                    return handle.read()
-        return None
+    """The text of ``salt://`` ``source``: read from file_roots directly masterless (cheaper), else (a master,
+    or another file server backend such as gitfs) through the file server."""
+    local = _local_file(source[len("salt://") :])
+    if local:
+        with salt.utils.files.fopen(local, "r") as handle:
+            return handle.read()
     return __salt__["cp.get_file_str"](source) or None
+
+
+def _local_file(path):
+    """Masterless: the file ``path`` (relative to a file root) in this saltenv's file_roots, else None."""
+    if __opts__.get("file_client") != "local":
+        return None
+    for root in (__opts__.get("file_roots") or {}).get(__opts__.get("saltenv") or "base", []):
+        candidate = os.path.join(root, path)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 def _template_source(source):

@@ -6,7 +6,7 @@ every module's ``__salt__`` holds the *real* public functions of the formula's
 other execution modules (as Salt's loader would), plus the stand-ins a test
 gives for the outside world (``cmd.run_all``, ``service.*``, ...). Two
 stand-ins every test gets: Salt's file server (``cp.get_file_str`` reads
-``mas/parameters/defaults.yaml`` from this checkout) and ``cmd.has_exec``,
+``mas/parameters/defaults.yaml`` from this checkout and has no other file) and ``cmd.has_exec``,
 which says every command exists (the docker CLI of the docker runtime).
 """
 
@@ -74,7 +74,10 @@ def dunders(pillar, salt=None, states=None, test=False):
         ``__opts__["test"]``.
     """
     funcs = {
-        "cp.get_file_str": lambda url, **kwargs: DEFAULTS_FILE.read_text(),
+        # Salt's answer for a file the file server does not have is False
+        "cp.get_file_str": lambda url, **kwargs: (
+            DEFAULTS_FILE.read_text() if url.endswith("/parameters/defaults.yaml") else False
+        ),
         # Salt's own: whether a command exists on this machine
         "cmd.has_exec": has_exec,
     }

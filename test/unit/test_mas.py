@@ -215,6 +215,15 @@ def test_render_finds_the_template_tofs_style_and_has_salts_filters(pillar, tmp_
         mas.render(["missing.jinja"], "mas-x-file-managed", {})
 
 
+def test_render_reads_a_template_only_the_file_server_has(pillar, tmp_path, monkeypatch):
+    """Masterless with another backend (gitfs): a template outside file_roots comes through cp.get_file_str."""
+    mas.__opts__.update(file_client="local", file_roots={"base": [str(tmp_path)]}, cachedir=str(tmp_path / "cache"))
+    served = {"salt://mas/files/default/y.conf.jinja": "from {{ where }}\n"}
+    file_server = mas.__salt__["cp.get_file_str"]
+    monkeypatch.setitem(mas.__salt__, "cp.get_file_str", lambda url, **kwargs: served.get(url) or file_server(url))
+    assert mas.render(["y.conf.jinja"], "mas-y-file-managed", {"where": "gitfs"}) == "from gitfs\n"
+
+
 def test_account_tells_what_exists(pillar):
     assert mas.account("root", "root") == {"user": True, "group": True}
     assert mas.account("no-such-user-4711", "no-such-group-4711") == {"user": False, "group": False}
