@@ -15,6 +15,7 @@ import subprocess
 import pytest
 import yaml
 
+from harness import mas as mas_target
 from harness.util import require_root
 from mas_double import share
 from mas_double.runner import cli_env
@@ -48,6 +49,7 @@ def restarts(actions):
 
 
 def test_release_tarball_installed_beside_and_restarted_once(minion, minimal_pillar, paths, tmp_path):
+    mas_target.require_double_contracts()  # the unit's ExecStartPre runs config check
     pillar = deep_update(minimal_pillar, {"service": {"manage": True}, "user": "root", "group": "root"})
     pillar["binary"] = tarball(tmp_path, "1.23.0")
     res = minion.apply(pillar)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness import mas as mas_target
 from harness.synapse import SYNAPSE_DB_PASSWORD
 from harness.util import free_port
 from pillars import PILLAR_SECRETS, deep_update, wired_pillar
@@ -173,6 +174,7 @@ def world_fixture(label):
 
     @pytest.fixture(scope="module")
     def world(synapse_factory, pg, tmp_path_factory):
+        mas_target.require_double_contracts("mas/schema.sql", "mas/config.schema.json")
         built = build_world(synapse_factory, pg, tmp_path_factory.mktemp(label))
         yield built
         built.service.stop()

@@ -493,6 +493,7 @@ def _example_pillar() -> dict:
 
 @pytest.mark.parametrize("variant", ["pillar.example", "minimal", "full", "wired"])
 def test_every_rendered_config_passes_config_check(tmp_path, minimal_pillar, full_pillar, pg, variant):
+    mas_target.require_double_contracts()
     share = mas_target.share_dir(tmp_path)
     synapse = SimpleNamespace(
         base_url="http://127.0.0.1:8008", config_path=tmp_path / "homeserver.yaml", conf_d=tmp_path / "conf.d"
