@@ -278,7 +278,7 @@ def settings(mas=None, clean=False):
     runtime.
 
     mas
-        The map from ``mas/map.jinja`` (default: ``mas.mapdata``).
+        The formula's map (default: ``mas.mapdata``).
     clean
         For ``mas.proxy.clean``: every file the type may have written (paths
         only, nothing validated), so that they can be removed.
@@ -366,3 +366,39 @@ def check(argv):
             info={"result": res},
         )
     return output
+
+
+def reload_states(prefix, service, check_argv, file_ids, suffix=""):
+    """
+    For the SLS files (``mas.proxy.reload``, ``mas.proxy.clean``): the states
+    that test the proxy's configuration (when ``check_argv`` is set) and reload
+    it, each on changes of the file states ``file_ids`` only (by state ID: an
+    ``sls:`` requisite would also match every state the included SLS include).
+
+    prefix
+        The state IDs' start: ``<prefix>-check<suffix>``, ``<prefix>-reload<suffix>``.
+    service
+        The proxy's service (``service.reload``).
+    check_argv
+        The configuration test (``check`` of :py:func:`settings`), or empty.
+    file_ids
+        The ``file`` states whose changes reload the proxy.
+    suffix
+        The state IDs' end (the leftovers of another proxy type).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_proxy.reload_states mas-proxy-reload-module-run nginx "['nginx', '-t']" "['mas-proxy-file-file-managed-snippet']"
+    """
+    onchanges = [{"file": state_id} for state_id in file_ids]
+    states = {}
+    reload = [{"service.reload": [{"name": service}]}, {"onchanges": onchanges}]
+    if check_argv:
+        states[f"{prefix}-check{suffix}"] = {
+            "module.run": [{"mas_proxy.check": [{"argv": check_argv}]}, {"onchanges": onchanges}]
+        }
+        reload.append({"require": [{"module": f"{prefix}-check{suffix}"}]})
+    states[f"{prefix}-reload{suffix}"] = {"module.run": reload}
+    return states

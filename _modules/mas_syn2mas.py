@@ -74,12 +74,8 @@ import salt.utils.data
 import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-try:
-    import requests
-
-    HAS_REQUESTS = True
-except ImportError:  # pragma: no cover - depends on the minion
-    HAS_REQUESTS = False
+# requests is imported where it is used (the SLS files call this module on every run)
+HAS_REQUESTS = importlib.util.find_spec("requests") is not None
 HAS_PSYCOPG = importlib.util.find_spec("psycopg") is not None
 
 
@@ -136,11 +132,11 @@ def __virtual__():
 
 def _mapdata(mapdata=None):
     """The formula's map: ``mapdata`` as given (the SLS's), else ``mas.mapdata``
-    (what ``mas/map.jinja`` gives the SLS)."""
+    (what the SLS work from)."""
     if mapdata is None:
         return __salt__["mas.mapdata"]()
     if not isinstance(mapdata, dict) or "paths" not in mapdata:
-        raise SaltInvocationError("mapdata must be the formula's map (mas/map.jinja's mapdata)")
+        raise SaltInvocationError("mapdata must be the formula's map (mas.mapdata)")
     return mapdata
 
 
@@ -453,6 +449,8 @@ def _static_problems(mas, opts, files):
 
 def _answers(url, timeout=3):
     """True when something answers HTTP at ``url`` (any status code)."""
+    import requests  # pylint: disable=import-outside-toplevel
+
     session = requests.Session()
     session.trust_env = False  # never through an http(s)_proxy from the environment: these are local services
     try:

@@ -586,7 +586,7 @@ def settings(mas=None):
     map's ``paths``.
 
     mas
-        The map from ``mas/map.jinja`` (default: ``mas.mapdata``).
+        The formula's map (default: ``mas.mapdata``).
 
     CLI Example:
 

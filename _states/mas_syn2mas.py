@@ -83,7 +83,7 @@ def migrated(
     start_synapse_after
         Start Synapse again after success (still without delegation).
     mapdata
-        The formula's map (``mas/map.jinja``).
+        The formula's map (``mas.mapdata``).
 
     .. code-block:: yaml
 
@@ -192,7 +192,7 @@ def safe_to_delegate(name, mapdata=None):
     name
         Any name.
     mapdata
-        The formula's map (``mas/map.jinja``).
+        The formula's map (``mas.mapdata``).
 
     .. code-block:: yaml
 
@@ -217,7 +217,7 @@ def safe_to_roll_back(name, mapdata=None):
     name
         Any name.
     mapdata
-        The formula's map (``mas/map.jinja``).
+        The formula's map (``mas.mapdata``).
 
     .. code-block:: yaml
 
@@ -238,7 +238,7 @@ def rolled_back(name, mapdata=None):
     name
         Any name.
     mapdata
-        The formula's map (``mas/map.jinja``).
+        The formula's map (``mas.mapdata``).
 
     .. code-block:: yaml
 
@@ -281,7 +281,7 @@ def delegated(name, mapdata=None):
     name
         Any name.
     mapdata
-        The formula's map (``mas/map.jinja``).
+        The formula's map (``mas.mapdata``).
 
     .. code-block:: yaml
 

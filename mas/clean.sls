@@ -4,6 +4,7 @@
 # Meta-state: remove MAS in reverse install order. Secrets, keys and data are
 # kept unless mas:clean:purge is true.
 
+---
 include:
   - .proxy.clean
   - .synapse.clean

@@ -1,15 +1,22 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# `salt-call state.apply mas.doctor`: waits up to mas:doctor:wait seconds for
-# MAS's /health and Synapse, then checks the whole deployment (mas_doctor.run)
-# and fails on an error (mas:doctor:strict: on a warning too). Included last
-# by `mas` when mas:doctor:after_apply is true.
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+#!py
+"""`salt-call state.apply mas.doctor`: the whole deployment checked, failing on an error.
 
-mas-doctor-mas_doctor-healthy:
-  mas_doctor.healthy:
-    - name: {{ ("doctor of " ~ mas.public_base) | json }}
-    - strict: {{ mas.doctor.strict | json }}
-    - wait: {{ mas.doctor.wait | json }}
-    - timeout: {{ mas.doctor.timeout | json }}
+Waits up to mas:doctor:wait seconds for MAS's /health and Synapse, then checks
+the whole deployment (mas_doctor.run) and fails on an error (mas:doctor:strict:
+on a warning too). Included last by `mas` when mas:doctor:after_apply is true.
+"""
+
+
+def run():
+    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    doctor = mas["doctor"]
+    return {
+        "mas-doctor-mas_doctor-healthy": {
+            "mas_doctor.healthy": [
+                {"name": f"doctor of {mas['public_base']}"},
+                {"strict": doctor["strict"]},
+                {"wait": doctor["wait"]},
+                {"timeout": doctor["timeout"]},
+            ]
+        }
+    }

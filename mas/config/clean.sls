@@ -1,21 +1,20 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- set sls_service_clean = tplroot ~ ".service.clean" %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+#!py
+"""Removes config.yaml and the bin/ wrappers, once MAS is stopped.
 
-include:
-  - {{ sls_service_clean | json }}
+Only what this formula wrote (e.g. not the playbook's files at the same paths).
+"""
 
-{%- for item in ["config_file", "mas_cli", "register_user"] %}
 
-{{ ("mas-config-clean-file-absent-" ~ item) | json }}:
-  file.absent:
-    - name: {{ mas.paths[item] | json }}
-    # only what this formula wrote (e.g. not the playbook's files at the same paths)
-    - onlyif:
-      - fun: mas.managed_by_formula
-        path: {{ mas.paths[item] | json }}
-    - require:
-      - sls: {{ sls_service_clean | json }}
-{%- endfor %}
+def run():
+    paths = __salt__["mas.mapdata"](refuse_foreign=True)["paths"]
+    sls_service_clean = __sls__.split(".")[0] + ".service.clean"
+    states = {"include": [sls_service_clean]}
+    for item in ["config_file", "mas_cli", "register_user"]:
+        states[f"mas-config-clean-file-absent-{item}"] = {
+            "file.absent": [
+                {"name": paths[item]},
+                {"onlyif": [{"fun": "mas.managed_by_formula", "path": paths[item]}]},
+                {"require": [{"sls": sls_service_clean}]},
+            ]
+        }
+    return states

@@ -1,59 +1,63 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# MAS's config.yaml (no secret inside) and the bin/ wrappers.
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- set sls_secrets = tplroot ~ ".secrets" %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{#- the server container carries Traefik's routers as labels (docker provider) #}
-{%- set labels = salt["mas_proxy.settings"](mas)["labels"] if mas.proxy.type == "traefik" else {} %}
-{#- bin/register-user runs this minion's salt-call (mas_user.register routes by phase) #}
-{%- set salt_wrapper = salt["mas_user.wrapper_settings"]() %}
+#!py
+"""MAS's config.yaml (no secret inside) and the bin/ wrappers."""
 
-include:
-  - {{ sls_secrets | json }}
 
-mas-config-file-file-managed:
-  file.managed:
-    - name: {{ mas.paths.config_file | json }}
-    - contents: {{ salt["mas.render"](["config.yaml.jinja"], "mas-config-file-file-managed", {
-          "mas_config": mas.mas_config}, tplroot) | json }}
-    - user: root
-    - group: {{ mas.group | json }}
-    - mode: '0640'
-    - require:
-      - sls: {{ sls_secrets | json }}
+def run():
+    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    tplroot = __sls__.split(".")[0]
+    sls_secrets = tplroot + ".secrets"
+    paths = mas["paths"]
+    # the server container carries Traefik's routers as labels (docker provider)
+    labels = __salt__["mas_proxy.settings"](mas)["labels"] if mas["proxy"]["type"] == "traefik" else {}
+    # bin/register-user runs this minion's salt-call (mas_user.register routes by phase)
+    salt_wrapper = __salt__["mas_user.wrapper_settings"]()
 
-{%- for wrapper, template in [("mas_cli", "mas-cli.sh.jinja"), ("register_user", "register-user.sh.jinja")] %}
+    def managed(state_id, name, template, context, group, mode):
+        contents = __salt__["mas.render"]([template], state_id, context, tplroot)
+        return {
+            state_id: {
+                "file.managed": [
+                    {"name": name},
+                    {"contents": contents},
+                    {"user": "root"},
+                    {"group": group},
+                    {"mode": mode},
+                    {"require": [{"sls": sls_secrets}]},
+                ]
+            }
+        }
 
-{{ ("mas-config-file-file-managed-" ~ wrapper) | json }}:
-  file.managed:
-    - name: {{ mas.paths[wrapper] | json }}
-    - contents: {{ salt["mas.render"]([template], "mas-config-file-file-managed-" ~ wrapper, {
-          "paths": mas.paths, "runtime": mas.runtime, "image": mas.image, "binary": mas.paths.mas_binary,
-          "user": mas.user, "group": mas.group, "docker": mas.service.docker,
-          "labels_file": (mas.paths.labels_file if labels else ""), "salt_call": salt_wrapper.salt_call,
-          "salt_config_dir": salt_wrapper.config_dir}, tplroot) | json }}
-    - user: root
-    - group: root
-    - mode: '0755'
-    - require:
-      - sls: {{ sls_secrets | json }}
-{%- endfor %}
-{%- if labels %}
-
-mas-config-file-file-managed-labels:
-  file.managed:
-    - name: {{ mas.paths.labels_file | json }}
-    - contents: {{ salt["mas.render"](["docker.labels.jinja"], "mas-config-file-file-managed-labels", {
-          "labels": labels}, tplroot) | json }}
-    - user: root
-    - group: {{ mas.group | json }}
-    - mode: '0640'
-    - require:
-      - sls: {{ sls_secrets | json }}
-{%- else %}
-
-mas-config-file-file-absent-labels:
-  file.absent:
-    - name: {{ mas.paths.labels_file | json }}
-{%- endif %}
+    states = {"include": [sls_secrets]}
+    states.update(
+        managed(
+            "mas-config-file-file-managed",
+            paths["config_file"],
+            "config.yaml.jinja",
+            {"mas_config": mas["mas_config"]},
+            mas["group"],
+            "0640",
+        )
+    )
+    wrapper_context = {
+        "paths": paths,
+        "runtime": mas["runtime"],
+        "image": mas["image"],
+        "binary": paths["mas_binary"],
+        "user": mas["user"],
+        "group": mas["group"],
+        "docker": mas["service"]["docker"],
+        "labels_file": paths["labels_file"] if labels else "",
+        "salt_call": salt_wrapper["salt_call"],
+        "salt_config_dir": salt_wrapper["config_dir"],
+    }
+    for wrapper, template in [("mas_cli", "mas-cli.sh.jinja"), ("register_user", "register-user.sh.jinja")]:
+        state_id = f"mas-config-file-file-managed-{wrapper}"
+        states.update(managed(state_id, paths[wrapper], template, wrapper_context, "root", "0755"))
+    if labels:
+        state_id = "mas-config-file-file-managed-labels"
+        states.update(
+            managed(state_id, paths["labels_file"], "docker.labels.jinja", {"labels": labels}, mas["group"], "0640")
+        )
+    else:
+        states["mas-config-file-file-absent-labels"] = {"file.absent": [{"name": paths["labels_file"]}]}
+    return states

@@ -1,12 +1,16 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# The MAS role, a UTF8 database and pg_trgm (mas:database:manage: true).
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+#!py
+"""The MAS role, a UTF8 database and pg_trgm (mas:database:manage: true)."""
 
-mas-database-present-mas_db-present:
-  mas_db.present:
-    - name: {{ mas.database.name | json }}
-    - owner: {{ mas.database.user | json }}
-    - admin: {{ mas.database.admin | json }}
-    - password_pillar_key: {{ ("mas:database:password" if mas.database.password_set else none) | json }}
+
+def run():
+    database = __salt__["mas.mapdata"](refuse_foreign=True)["database"]
+    return {
+        "mas-database-present-mas_db-present": {
+            "mas_db.present": [
+                {"name": database["name"]},
+                {"owner": database["user"]},
+                {"admin": database["admin"]},
+                {"password_pillar_key": "mas:database:password" if database["password_set"] else None},
+            ]
+        }
+    }

@@ -1,24 +1,18 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# Removes the directory tree only when mas:clean:purge is true; the service
-# account is kept (files elsewhere may still belong to it).
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- set sls_secrets_clean = tplroot ~ ".secrets.clean" %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+#!py
+"""Removes the directory tree only when mas:clean:purge is true.
 
-include:
-  - {{ sls_secrets_clean | json }}
+The service account is kept (files elsewhere may still belong to it).
+"""
 
-{%- if mas.clean.purge %}
 
-mas-install-clean-file-absent:
-  file.absent:
-    - name: {{ mas.paths.base | json }}
-    - require:
-      - sls: {{ sls_secrets_clean | json }}
-{%- else %}
-
-mas-install-clean-test-nop:
-  test.nop:
-    - name: {{ ("Keeping " ~ mas.paths.base ~ " (secrets, keys, data); set mas:clean:purge to remove it") | json }}
-{%- endif %}
+def run():
+    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    sls_secrets_clean = __sls__.split(".")[0] + ".secrets.clean"
+    base = mas["paths"]["base"]
+    if mas["clean"]["purge"]:
+        state_id = "mas-install-clean-file-absent"
+        state = {"file.absent": [{"name": base}, {"require": [{"sls": sls_secrets_clean}]}]}
+    else:
+        state_id = "mas-install-clean-test-nop"
+        state = {"test.nop": [{"name": f"Keeping {base} (secrets, keys, data); set mas:clean:purge to remove it"}]}
+    return {"include": [sls_secrets_clean], state_id: state}

@@ -2,6 +2,7 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 
+---
 include:
   - .account
   - .binary

@@ -1,56 +1,34 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# Takes the routes to MAS out of the proxy (the compatibility routes first, so
-# logins go back to Synapse) and reloads it when something changed. nginx
-# snippets that exist are emptied, not deleted (an `include` of a missing file
-# breaks nginx); the Traefik file is removed.
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- set proxy = salt["mas_proxy.settings"](mas, clean=True) %}
-{%- for file in proxy.files %}
-{%- if file.action == "empty" %}
+#!py
+"""Takes the routes to MAS out of the proxy, and reloads it when something changed.
 
-{{ ("mas-proxy-clean-file-managed-" ~ file.name) | json }}:
-  file.managed:
-    - name: {{ file.path | json }}
-    - create: false
-    - contents: {{ salt["mas.render"]([file.template], "mas-proxy-file-file-managed-" ~ file.name, {
-          "server": "", "route": file.context}, tplroot) | json }}
-{%- else %}
+The compatibility routes go first, so logins go back to Synapse. nginx
+snippets that exist are emptied, not deleted (an `include` of a missing file
+breaks nginx); the Traefik file is removed.
+"""
 
-{{ ("mas-proxy-clean-file-absent-" ~ file.name) | json }}:
-  file.absent:
-    - name: {{ file.path | json }}
-{%- endif %}
-{%- else %}
 
-mas-proxy-clean-test-nop:
-  test.nop:
-    - name: mas:proxy:type is none; no proxy file to clean
-{%- endfor %}
-{%- if proxy.files and proxy.reload %}
-{%- if proxy.check %}
-
-mas-proxy-clean-module-run-check:
-  module.run:
-    - mas_proxy.check:
-      - argv: {{ proxy.check | json }}
-    - onchanges:
-{%- for file in proxy.files %}
-      - file: {{ ("mas-proxy-clean-file-" ~ ("managed" if file.action == "empty" else "absent") ~ "-" ~ file.name) | json }}
-{%- endfor %}
-{%- endif %}
-
-mas-proxy-clean-module-run-reload:
-  module.run:
-    - service.reload:
-      - name: {{ proxy.service | json }}
-    - onchanges:
-{%- for file in proxy.files %}
-      - file: {{ ("mas-proxy-clean-file-" ~ ("managed" if file.action == "empty" else "absent") ~ "-" ~ file.name) | json }}
-{%- endfor %}
-{%- if proxy.check %}
-    - require:
-      - module: mas-proxy-clean-module-run-check
-{%- endif %}
-{%- endif %}
+def run():
+    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    tplroot = __sls__.split(".")[0]
+    proxy = __salt__["mas_proxy.settings"](mas, clean=True)
+    states = {}
+    ids = []
+    for file in proxy["files"]:
+        if file["action"] == "empty":
+            state_id = f"mas-proxy-clean-file-managed-{file['name']}"
+            context = {"server": "", "route": file["context"]}
+            contents = __salt__["mas.render"](
+                [file["template"]], f"mas-proxy-file-file-managed-{file['name']}", context, tplroot
+            )
+            states[state_id] = {"file.managed": [{"name": file["path"]}, {"create": False}, {"contents": contents}]}
+        else:
+            state_id = f"mas-proxy-clean-file-absent-{file['name']}"
+            states[state_id] = {"file.absent": [{"name": file["path"]}]}
+        ids.append(state_id)
+    if not proxy["files"]:
+        states["mas-proxy-clean-test-nop"] = {"test.nop": [{"name": "mas:proxy:type is none; no proxy file to clean"}]}
+    if proxy["files"] and proxy["reload"]:
+        states.update(
+            __salt__["mas_proxy.reload_states"]("mas-proxy-clean-module-run", proxy["service"], proxy["check"], ids)
+        )
+    return states

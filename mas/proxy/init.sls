@@ -4,6 +4,7 @@
 # The compatibility layer (login/logout/refresh to MAS) and MAS's public route
 # for the reverse proxy in mas:proxy:type (nginx, traefik or none).
 
+---
 include:
   - .file
   - .reload

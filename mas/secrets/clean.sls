@@ -1,11 +1,12 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# Secrets and keys are only removed with mas:clean:purge (by mas.install.clean,
-# which removes the whole base path). Losing the encryption secret or the
-# signing keys by accident must be hard.
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+#!py
+"""Secrets and keys are only removed with mas:clean:purge.
 
-mas-secrets-clean-test-nop:
-  test.nop:
-    - name: {{ ("Secrets under " ~ mas.paths.secrets_dir ~ " and " ~ mas.paths.keys_dir ~ " are kept unless mas:clean:purge is true") | json }}
+mas.install.clean then removes the whole base path. Losing the encryption
+secret or the signing keys by accident must be hard.
+"""
+
+
+def run():
+    paths = __salt__["mas.mapdata"](refuse_foreign=True)["paths"]
+    kept = f"Secrets under {paths['secrets_dir']} and {paths['keys_dir']} are kept unless mas:clean:purge is true"
+    return {"mas-secrets-clean-test-nop": {"test.nop": [{"name": kept}]}}

@@ -1,36 +1,34 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# Secrets and signing keys: taken from pillar (read on the minion by the
-# mas_secret.present state, never passed through this file) or generated once.
-# A file there that is not the formula's own is refused, never replaced; the
-# client-secret files of providers that are gone are removed.
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- set sls_install = tplroot ~ ".install" %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+#!py
+"""Secrets and signing keys: taken from pillar or generated once.
 
-include:
-  - {{ sls_install | json }}
+Pillar secrets are read on the minion by the mas_secret.present state, never
+passed through this file. A file there that is not the formula's own is
+refused, never replaced; the client-secret files of providers that are gone
+are removed.
+"""
 
-{%- for secret in mas.secret_files %}
 
-{{ ("mas-secrets-file-mas_secret-present-" ~ secret.name) | json }}:
-  mas_secret.present:
-    - name: {{ secret.path | json }}
-    - kind: {{ secret.kind | json }}
-    - pillar_key: {{ secret.pillar_key | json }}
-    - user: {{ secret.user | json }}
-    - group: {{ secret.group | json }}
-    - mode: {{ secret.mode | json }}
-    - allow_rotation: {{ secret.allow_rotation | json }}
-    - owner: {{ secret.owner | json }}
-    - require:
-      - sls: {{ sls_install | json }}
-{%- endfor %}
-{%- for path in salt["mas_secret.leftovers"](mas.paths.secrets_dir, mas.secret_files | map(attribute="path") | list) %}
-
-{{ ("mas-secrets-file-file-absent-" ~ path.split("/")[-1]) | json }}:
-  file.absent:
-    - name: {{ path | json }}
-    - require:
-      - sls: {{ sls_install | json }}
-{%- endfor %}
+def run():
+    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    sls_install = __sls__.split(".")[0] + ".install"
+    states = {"include": [sls_install]}
+    for secret in mas["secret_files"]:
+        states[f"mas-secrets-file-mas_secret-present-{secret['name']}"] = {
+            "mas_secret.present": [
+                {"name": secret["path"]},
+                {"kind": secret["kind"]},
+                {"pillar_key": secret["pillar_key"]},
+                {"user": secret["user"]},
+                {"group": secret["group"]},
+                {"mode": secret["mode"]},
+                {"allow_rotation": secret["allow_rotation"]},
+                {"owner": secret["owner"]},
+                {"require": [{"sls": sls_install}]},
+            ]
+        }
+    wanted = [secret["path"] for secret in mas["secret_files"]]
+    for path in __salt__["mas_secret.leftovers"](mas["paths"]["secrets_dir"], wanted):
+        states[f"mas-secrets-file-file-absent-{path.split('/')[-1]}"] = {
+            "file.absent": [{"name": path}, {"require": [{"sls": sls_install}]}]
+        }
+    return states

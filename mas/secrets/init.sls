@@ -2,5 +2,6 @@
 # -*- coding: utf-8 -*-
 # vim: ft=sls
 
+---
 include:
   - .file

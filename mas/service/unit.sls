@@ -1,24 +1,39 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# The systemd unit of MAS (docker or binary runtime); both run
-# `mas-cli config check` before starting the server.
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- set sls_config = tplroot ~ ".config" %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
+#!py
+"""The systemd unit of MAS (docker or binary runtime).
 
-include:
-  - {{ sls_config | json }}
+Both runtimes run `mas-cli config check` before starting the server.
+"""
 
-mas-service-unit-file-managed:
-  file.managed:
-    - name: {{ mas.paths.unit | json }}
-    - contents: {{ salt["mas.render"](["unit.service.jinja"], "mas-service-unit-file-managed", {
-          "name": mas.service.name, "runtime": mas.runtime, "binary": mas.paths.mas_binary, "user": mas.user,
-          "group": mas.group, "restart": mas.service.restart, "paths": mas.paths,
-          "docker": mas.service.docker}, tplroot) | json }}
-    - makedirs: true
-    - user: root
-    - group: root
-    - mode: '0644'
-    - require:
-      - sls: {{ sls_config | json }}
+
+def run():
+    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    tplroot = __sls__.split(".")[0]
+    sls_config = tplroot + ".config"
+    context = {
+        "name": mas["service"]["name"],
+        "runtime": mas["runtime"],
+        "binary": mas["paths"]["mas_binary"],
+        "user": mas["user"],
+        "group": mas["group"],
+        "restart": mas["service"]["restart"],
+        "paths": mas["paths"],
+        "docker": mas["service"]["docker"],
+    }
+    return {
+        "include": [sls_config],
+        "mas-service-unit-file-managed": {
+            "file.managed": [
+                {"name": mas["paths"]["unit"]},
+                {
+                    "contents": __salt__["mas.render"](
+                        ["unit.service.jinja"], "mas-service-unit-file-managed", context, tplroot
+                    )
+                },
+                {"makedirs": True},
+                {"user": "root"},
+                {"group": "root"},
+                {"mode": "0644"},
+                {"require": [{"sls": sls_config}]},
+            ]
+        },
+    }

@@ -7,5 +7,6 @@
 #   salt-call state.apply mas.syn2mas
 # See the README ("Migrating an existing Synapse") and mas_syn2mas.status.
 
+---
 include:
   - .migrate

@@ -5,6 +5,7 @@
 # MAS (removed while mas:migration_in_progress is true) and Synapse's copy of
 # the shared secret; Synapse is restarted when they change.
 
+---
 include:
   - .file
   - .restart

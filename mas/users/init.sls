@@ -1,73 +1,55 @@
-# -*- coding: utf-8 -*-
-# vim: ft=sls
-# Users of mas:users (bots, bridges, admins), registration tokens and bot
-# tokens, in the service that is authoritative now: MAS's admin API once MAS
-# is up, Synapse (shared-secret registration and admin API) while MAS is
-# disabled or mas:migration_in_progress is true -- syn2mas then brings the
-# users over. Registration and bot tokens are MAS's: skipped meanwhile.
-{%- set tplroot = tpldir.split("/")[0] %}
-{%- set sls_service = tplroot ~ ".service" %}
-{%- from tplroot ~ "/map.jinja" import mapdata as mas with context %}
-{%- if mas.enabled %}
+#!py
+"""Users of mas:users (bots, bridges, admins), registration tokens and bot tokens.
 
-include:
-  - {{ sls_service | json }}
-{%- endif %}
-{%- for user in mas.users %}
-{%- set function = "absent" if user.absent else "present" %}
-{%- set state_id = "mas-users-mas_user-" ~ function ~ "-" ~ user.username %}
+They live in the service that is authoritative now: MAS's admin API once MAS is
+up, Synapse (shared-secret registration and admin API) while MAS is disabled
+or mas:migration_in_progress is true -- syn2mas then brings the users over.
+Registration and bot tokens are MAS's: skipped meanwhile.
+"""
 
-{{ state_id | json }}:
-  {{ ("mas_user." ~ function) | json }}:
-    - name: {{ user.username | json }}
-{%- if user.absent %}
-    - erase: {{ user.erase | json }}
-{%- else %}
-    - admin: {{ user.admin | json }}
-    - emails: {{ user.emails | json }}
-    - password_pillar_key: {{ user.password_pillar_key | json }}
-    - locked: {{ user.locked | json }}
-    - password_update: {{ user.password_update | json }}
-    - skip_password_check: {{ user.skip_password_check | json }}
-{%- endif %}
-{%- if mas.enabled %}
-    - require:
-      - sls: {{ sls_service | json }}
-{%- endif %}
-{%- if user.access_token and not user.absent %}
-{%- set token = user.access_token %}
 
-{{ ("mas-users-mas_user-bot_token-" ~ user.username) | json }}:
-  mas_user.bot_token:
-    - name: {{ user.username | json }}
-    - path: {{ token.path | json }}
-    - owner: {{ token.get("owner") | json }}
-    - group: {{ token.get("group") | json }}
-    - scope: {{ token.get("scope") | json }}
-    - device_id: {{ token.get("device_id") | json }}
-    - expires_in: {{ token.get("expires_in") | json }}
-    - renew_before: {{ token.get("renew_before", 86400) | json }}
-    - synapse_admin: {{ token.get("synapse_admin", False) | json }}
-    - require:
-      - mas_user: {{ state_id | json }}
-{%- endif %}
-{%- endfor %}
-{%- for name, token in mas.registration_tokens | dictsort %}
-
-{{ ("mas-users-mas_user-registration_token-" ~ name) | json }}:
-  mas_user.registration_token:
-    - name: {{ name | json }}
-    - usage_limit: {{ token.get("usage_limit") | json }}
-    - expires: {{ token.get("expires") | json }}
-    - revoked: {{ token.get("revoked", False) | json }}
-{%- if mas.enabled %}
-    - require:
-      - sls: {{ sls_service | json }}
-{%- endif %}
-{%- endfor %}
-
-{#- the states above share one session per service; end them (Synapse: log out) #}
-mas-users-mas_user-sessions_closed:
-  mas_user.sessions_closed:
-    - name: mas users
-    - order: last
+def run():
+    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    sls_service = __sls__.split(".")[0] + ".service"
+    require = [{"require": [{"sls": sls_service}]}] if mas["enabled"] else []
+    states = {"include": [sls_service]} if mas["enabled"] else {}
+    for user in mas["users"]:
+        function = "absent" if user["absent"] else "present"
+        state_id = f"mas-users-mas_user-{function}-{user['username']}"
+        if user["absent"]:
+            args = [{"erase": user["erase"]}]
+        else:
+            keys = ["admin", "emails", "password_pillar_key", "locked", "password_update", "skip_password_check"]
+            args = [{key: user[key]} for key in keys]
+        states[state_id] = {f"mas_user.{function}": [{"name": user["username"]}, *args, *require]}
+        token = user["access_token"]
+        if token and not user["absent"]:
+            states[f"mas-users-mas_user-bot_token-{user['username']}"] = {
+                "mas_user.bot_token": [
+                    {"name": user["username"]},
+                    {"path": token["path"]},
+                    {"owner": token.get("owner")},
+                    {"group": token.get("group")},
+                    {"scope": token.get("scope")},
+                    {"device_id": token.get("device_id")},
+                    {"expires_in": token.get("expires_in")},
+                    {"renew_before": token.get("renew_before", 86400)},
+                    {"synapse_admin": token.get("synapse_admin", False)},
+                    {"require": [{"mas_user": state_id}]},
+                ]
+            }
+    for name, token in sorted(mas["registration_tokens"].items()):
+        states[f"mas-users-mas_user-registration_token-{name}"] = {
+            "mas_user.registration_token": [
+                {"name": name},
+                {"usage_limit": token.get("usage_limit")},
+                {"expires": token.get("expires")},
+                {"revoked": token.get("revoked", False)},
+                *require,
+            ]
+        }
+    # the states above share one session per service; end them (Synapse: log out)
+    states["mas-users-mas_user-sessions_closed"] = {
+        "mas_user.sessions_closed": [{"name": "mas users"}, {"order": "last"}]
+    }
+    return states

@@ -3,6 +3,7 @@ validation before writing, no secret leaks (issue: Formula foundation)."""
 
 import grp
 import hashlib
+import json
 import os
 import pathlib
 import pwd
@@ -545,3 +546,12 @@ def test_docker_and_traefik_label_the_server_container(salt_minion, minimal_pill
     # back to nginx: the labels go away
     assert salt_minion.apply(deep_update(minimal_pillar, {"runtime": "docker"})).returncode == 0
     assert not labels_file.exists()
+
+
+def test_map_jinja_gives_an_operators_own_sls_the_map(salt_minion, minimal_pillar, paths):
+    # the formula's SLS are Python and call mas.mapdata; map.jinja stays for Jinja SLS of the operator's own
+    salt_minion.set_pillar({"mas": minimal_pillar})
+    template = '{%- from "mas/map.jinja" import mapdata as mas with context %}{{ mas.paths.config_file | json }}'
+    res = salt_minion.run("slsutil.renderer", f"string={template}", "default_renderer=jinja")
+    assert res.returncode == 0, res.output
+    assert json.loads(res.data) == str(paths["base"] / "config" / "config.yaml")
