@@ -188,3 +188,21 @@ def test_leftovers_of_another_proxy_type_are_cleaned(tmp_path):
         ("mas-proxy-file-file-absent-leftover-traefik-config", "absent")
     ]
     assert back["leftover_reloads"][0]["check"] is None
+
+
+def test_reload_states_check_then_reload_on_the_file_changes_only():
+    ids = ["mas-proxy-file-file-managed-snippet", "mas-proxy-file-file-managed-public"]
+    states = mas_proxy.reload_states("p", "nginx", ["nginx", "-t"], ids, "-x")
+    onchanges = {"onchanges": [{"file": ids[0]}, {"file": ids[1]}]}
+    assert list(states) == ["p-check-x", "p-reload-x"]  # the check first: Salt keeps definition order
+    assert states["p-check-x"] == {"module.run": [{"mas_proxy.check": [{"argv": ["nginx", "-t"]}]}, onchanges]}
+    assert states["p-reload-x"] == {
+        "module.run": [{"service.reload": [{"name": "nginx"}]}, onchanges, {"require": [{"module": "p-check-x"}]}]
+    }
+
+
+def test_reload_states_without_a_check():
+    states = mas_proxy.reload_states("p", "traefik", [], ["f"])
+    assert states == {
+        "p-reload": {"module.run": [{"service.reload": [{"name": "traefik"}]}, {"onchanges": [{"file": "f"}]}]}
+    }
