@@ -6,9 +6,14 @@ the whole deployment (mas_doctor.run) and fails on an error (mas:doctor:strict:
 on a warning too). Included last by `mas` when mas:doctor:after_apply is true.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     doctor = mas["doctor"]
     return {
         "mas-doctor-mas_doctor-healthy": {

@@ -1,9 +1,14 @@
 #!py
 """Meta-state: deploy MAS when mas:enabled is true, remove it (mas.clean) when false."""
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     tplroot = __sls__.split(".")[0]
     users = bool(mas["users"])
     if not mas["enabled"]:

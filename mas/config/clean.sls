@@ -4,9 +4,15 @@
 Only what this formula wrote (e.g. not the playbook's files at the same paths).
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    paths = __salt__["mas.mapdata"](refuse_foreign=True)["paths"]
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
+    paths = mas["paths"]
     sls_service_clean = __sls__.split(".")[0] + ".service.clean"
     states = {"include": [sls_service_clean]}
     for item in ["config_file", "mas_cli", "register_user"]:

@@ -1,9 +1,14 @@
 #!py
 """MAS's config.yaml (no secret inside) and the bin/ wrappers."""
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     tplroot = __sls__.split(".")[0]
     sls_secrets = tplroot + ".secrets"
     paths = mas["paths"]

@@ -10,9 +10,14 @@ secrets and keys are root's (MAS reads them through its group), so the account
 can never plant a link that root would follow.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     account = __salt__["mas.account"](mas["user"], mas["group"])
     states = {}
     if account["group"]:

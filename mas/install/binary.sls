@@ -8,9 +8,14 @@ config.yaml then point at it, and the service restarts once. Without a source,
 MAS is installed some other way (mas:binary:path and mas:binary:share_dir).
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     states = {"include": [".account"]}
     if mas["paths"]["release_dir"]:
         states["mas-install-binary-file-directory"] = {

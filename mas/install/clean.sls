@@ -4,9 +4,14 @@
 The service account is kept (files elsewhere may still belong to it).
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     sls_secrets_clean = __sls__.split(".")[0] + ".secrets.clean"
     base = mas["paths"]["base"]
     if mas["clean"]["purge"]:

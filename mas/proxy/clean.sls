@@ -6,9 +6,14 @@ snippets that exist are emptied, not deleted (an `include` of a missing file
 breaks nginx); the Traefik file is removed.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     tplroot = __sls__.split(".")[0]
     proxy = __salt__["mas_proxy.settings"](mas, clean=True)
     states = {}

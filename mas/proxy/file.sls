@@ -6,9 +6,14 @@ delegates to it. Files another proxy type left (a switch from nginx to
 Traefik, or back) are emptied (nginx) or removed (Traefik) in the same run.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     tplroot = __sls__.split(".")[0]
     sls_synapse = tplroot + ".synapse"
     proxy = __salt__["mas_proxy.settings"](mas)

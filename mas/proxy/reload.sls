@@ -6,9 +6,14 @@ ID: an `sls:` requisite would also match every state the included SLS include
 (Salt 3008), reloading on any MAS change.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     sls_proxy_file = __sls__.split(".")[0] + ".proxy.file"
     proxy = __salt__["mas_proxy.settings"](mas)
     states = {"include": [sls_proxy_file]}

@@ -7,9 +7,14 @@ refused, never replaced; the client-secret files of providers that are gone
 are removed.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     sls_install = __sls__.split(".")[0] + ".install"
     states = {"include": [sls_install]}
     for secret in mas["secret_files"]:

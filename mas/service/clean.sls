@@ -6,9 +6,14 @@ routes are gone. Only a unit this formula wrote (e.g. not the playbook's of
 the same name) is touched.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     sls_synapse_clean = __sls__.split(".")[0] + ".synapse.clean"
     ours = [{"fun": "mas.managed_by_formula", "path": mas["paths"]["unit"]}]
     states = {"include": [sls_synapse_clean]}

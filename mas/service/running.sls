@@ -5,9 +5,14 @@ With mas:service:manage false, starting and stopping is left to the
 operator's own supervisor.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     tplroot = __sls__.split(".")[0]
     sls_unit = tplroot + ".service.unit"
     sls_database = tplroot + ".database"

@@ -5,9 +5,15 @@ Check first, then (a real run) stop Synapse and MAS, migrate, record the phase.
 Already migrated: nothing runs. mas:syn2mas:dry_run: true runs `migrate --dry-run`.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    syn2mas = __salt__["mas.mapdata"](refuse_foreign=True)["syn2mas"]
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
+    syn2mas = mas["syn2mas"]
     options = ["dry_run", "accept_warnings", "ignore_missing_auth_providers", "stop_services", "start_synapse_after"]
     return {
         "mas-syn2mas-migrate-mas_syn2mas-migrated": {

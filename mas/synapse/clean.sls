@@ -7,9 +7,14 @@ file of the same name it did not write stays). The syn2mas rollback guard runs
 before any of it (mas_syn2mas.rollback_check).
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     tplroot = __sls__.split(".")[0]
     sls_proxy_clean = tplroot + ".proxy.clean"
     synapse = __salt__["mas_synapse.settings"](mas)

@@ -8,9 +8,14 @@ lock Synapse's users out (mas_syn2mas.lockout_check), removing the drop-in
 refuses a silent rollback (mas_syn2mas.rollback_check).
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     tplroot = __sls__.split(".")[0]
     sls_secrets = tplroot + ".secrets"
     sls_service = tplroot + ".service"

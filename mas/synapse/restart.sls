@@ -6,9 +6,14 @@ stopped Synapse is not started otherwise. A failed restart fails the run and
 says so.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     sls_synapse_file = __sls__.split(".")[0] + ".synapse.file"
     synapse = __salt__["mas_synapse.settings"](mas)
     service = synapse["service"]

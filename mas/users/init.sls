@@ -7,9 +7,14 @@ or mas:migration_in_progress is true -- syn2mas then brings the users over.
 Registration and bot tokens are MAS's: skipped meanwhile.
 """
 
+from salt.exceptions import SaltInvocationError
+
 
 def run():
-    mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    try:
+        mas = __salt__["mas.mapdata"](refuse_foreign=True)
+    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
+        raise SaltInvocationError(str(exc)) from None
     sls_service = __sls__.split(".")[0] + ".service"
     require = [{"require": [{"sls": sls_service}]}] if mas["enabled"] else []
     states = {"include": [sls_service]} if mas["enabled"] else {}
