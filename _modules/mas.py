@@ -1946,9 +1946,8 @@ def foreign_files(mas=None):
     the formula wrote carries its banner (``File managed by Salt (mas
     formula)``); a secret file is its own when ``mas_secret.foreign`` says so.
     ``state.apply mas`` calls this while rendering (every SLS asks the map with
-    ``refuse_foreign=True``), so a
-    refusal comes before anything is written: the formula never overwrites a
-    file it did not write.
+    ``refuse_foreign=True``), so a refusal comes before anything is written:
+    the formula never overwrites a file it did not write.
 
     mas
         The map (default: ``mas.mapdata``).
@@ -2186,9 +2185,8 @@ def mapdata(defaults=None, refuse_foreign=False):
     """
     The formula's map: ``parameters/defaults.yaml`` < pillar ``mas:lookup`` <
     pillar ``mas``, validated and completed by :py:func:`settings`. This is
-    what every SLS of the formula (and ``mas/map.jinja``) works from, and what
-    the execution functions
-    (``mas_user.register``, ``mas_doctor.run``, ...) work from.
+    what every SLS of the formula (and ``mas/map.jinja``) works from, as do
+    the execution functions (``mas_user.register``, ``mas_doctor.run``, ...).
 
     defaults
         The ``values`` of ``parameters/defaults.yaml``; read from

@@ -2,8 +2,7 @@
 
 Each SLS of the formula is rendered by Salt's own renderers (the one its
 shebang names, ``#!py`` or ``#!yaml``; ``slsutil.renderer`` in one salt
-process) twice: with a valid map, and with
-the same map where every string value carries a hostile tail (newlines,
+process) twice: with a valid map, and with the same map where every string value carries a hostile tail (newlines,
 quotes, ``:``, ``{{``, ``{%``, ``#``, ``;``, an injected ``cmd.run`` state).
 The map is what ``mas.mapdata`` gives the SLS; validation would refuse such
 values, so the test hands the map to the renderer directly, as if a value had
