@@ -18,6 +18,7 @@ import logging
 
 import pytest
 
+from harness import mas as mas_target
 from harness.util import require_root, require_upstream, skip_summary
 from pillars import PILLAR_SECRETS, deep_update
 from saltrun import REPO_ROOT, SaltMinion
@@ -28,6 +29,17 @@ def pytest_unconfigure(config):  # pylint: disable=unused-argument
     harmless "Logging error ... I/O operation on closed file" off the end of
     the run (where CI reads pytest's closing line)."""
     logging.raiseExceptions = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Against the real MAS, leave out the tests of the double's own switches (``double_only``):
+    ``scripts/test`` runs them against the double in its second pass."""
+    if not mas_target.real():
+        return
+    kept = [item for item in items if item.get_closest_marker("double_only") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -12,10 +12,11 @@ import shutil
 import subprocess
 import sys
 
+import mas_release
 import pytest
 import yaml
 
-from harness.util import CI_SUFFIX, require_root
+from harness.util import CI_SUFFIX, require_root, unavailable
 from saltrun import REPO_ROOT
 
 pytest_plugins = ["pytester"]
@@ -160,14 +161,16 @@ def fake_checkout(where):
     """A checkout holding the real scripts/test, scripts/venv and
     scripts/prereqs.py, and a .venv whose pytest prints what it was given."""
     (where / "scripts").mkdir(parents=True)
-    for name in ("test", "venv", "prereqs.py"):
+    for name in ("test", "venv", "prereqs.py", "suite.py", "mas_release.py"):
         shutil.copy2(REPO_ROOT / "scripts" / name, where / "scripts" / name)
     for name in ("requirements.txt", "requirements.lock"):
         (where / name).write_text(f"# {name}\n")
     bin_dir = where / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "python").symlink_to(sys.executable)
-    (bin_dir / "pytest").write_text('#!/bin/sh\necho "TEMPROOT=$PYTEST_DEBUG_TEMPROOT ARGS=$*"\n')
+    (bin_dir / "pytest").write_text(
+        '#!/bin/sh\necho "TEMPROOT=$PYTEST_DEBUG_TEMPROOT REAL=${MAS_REAL_CLI:-} ARGS=$*"\n'
+    )
     (bin_dir / "pytest").chmod(0o755)
     # what scripts/venv compares: sha256 of requirements.txt + requirements.lock
     digest = hashlib.sha256(b"".join((where / n).read_bytes() for n in ("requirements.txt", "requirements.lock")))
@@ -175,15 +178,21 @@ def fake_checkout(where):
     return where
 
 
-def run_scripts_test(checkout, **env):
-    environ = {k: v for k, v in os.environ.items() if k != "PYTEST_DEBUG_TEMPROOT"}
-    proc = subprocess.run(
-        [str(checkout / "scripts" / "test"), "-m", "not integration"],
+def scripts_test(checkout, *args, **env):
+    """Run the fake checkout's ``scripts/test`` (no real MAS beside it, not under CI, unless ``env`` says so)."""
+    drop = ("PYTEST_DEBUG_TEMPROOT", "MAS_REAL_CLI", "MAS_REAL_SHARE", "MAS_RELEASE_DIR", "CI")
+    environ = {k: v for k, v in os.environ.items() if k not in drop}
+    return subprocess.run(
+        [str(checkout / "scripts" / "test"), *args],
         capture_output=True,
         text=True,
         check=False,
         env={**environ, **env},
     )
+
+
+def run_scripts_test(checkout, **env):
+    proc = scripts_test(checkout, "-m", "not integration", **env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.strip().splitlines()[-1]
 
@@ -191,7 +200,7 @@ def run_scripts_test(checkout, **env):
 def test_scripts_test_gives_each_checkout_its_own_pytest_temp_root(tmp_path):
     one, two = fake_checkout(tmp_path / "one"), fake_checkout(tmp_path / "two")
     first, second = run_scripts_test(one), run_scripts_test(two)
-    assert first.endswith("ARGS=-m not integration")
+    assert first.endswith("REAL= ARGS=-m not integration")
     root_one, root_two = first.split()[0].removeprefix("TEMPROOT="), second.split()[0].removeprefix("TEMPROOT=")
     assert root_one != root_two and os.path.isdir(root_one) and os.path.isdir(root_two)
     assert run_scripts_test(one) == first, "the same checkout keeps its root"
@@ -201,12 +210,47 @@ def test_scripts_test_gives_each_checkout_its_own_pytest_temp_root(tmp_path):
         shutil.rmtree(path)
 
 
+def test_scripts_test_runs_the_real_mas_then_the_doubles_own_tests(tmp_path):
+    """With the release beside the project: pass 1 against the real mas-cli (verified, unpacked outside the
+    checkout), pass 2 the double's own tests against the double, a given -m narrowing both."""
+    release = mas_release.release_dir()
+    if not (release / mas_release.TARBALL).is_file():
+        unavailable(f"needs the real MAS release tarball, absent here: {release / mas_release.TARBALL}")
+    checkout = fake_checkout(tmp_path / "checkout")
+    proc = scripts_test(checkout, "-m", "not slow", "test/x", MAS_RELEASE_DIR=str(release))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = [line for line in proc.stdout.splitlines() if line.startswith("TEMPROOT=")]
+    unpacked = mas_release.unpacked(release)
+    assert not unpacked.directory.is_relative_to(REPO_ROOT) and not unpacked.directory.is_relative_to(checkout)
+    assert [run.split(" ", 1)[1] for run in runs] == [
+        f"REAL={unpacked.cli} ARGS=-m not slow test/x",
+        "REAL= ARGS=test/x -m (not slow) and (double or double_only)",
+    ]
+    assert "pass 1 of 2, the suite against the real MAS" in proc.stdout
+    assert subprocess.run([str(unpacked.cli), "--version"], capture_output=True, check=True).stdout.startswith(
+        b"mas-cli "
+    )
+
+
+def test_scripts_test_under_ci_without_the_release_names_the_missing_file(tmp_path):
+    checkout = fake_checkout(tmp_path / "checkout")
+    empty = tmp_path / "no-release"
+    empty.mkdir()
+    proc = scripts_test(checkout, CI="true", MAS_RELEASE_DIR=str(empty))
+    assert proc.returncode == 1 and "TEMPROOT=" not in proc.stdout
+    assert f"CI=true needs the real MAS: {empty / mas_release.TARBALL} is missing" in proc.stderr
+    # the tarball present but not the one SHA256SUMS names: refused too
+    (empty / mas_release.TARBALL).write_bytes(b"not the release")
+    (empty / mas_release.SUMS).write_text(f"{'0' * 64}  {mas_release.TARBALL}\n")
+    proc = scripts_test(checkout, CI="true", MAS_RELEASE_DIR=str(empty))
+    assert proc.returncode == 1 and f"but {empty / mas_release.SUMS} says {'0' * 64}" in proc.stderr
+    # not under CI: the suite runs against the double, saying so
+    proc = scripts_test(checkout, MAS_RELEASE_DIR=str(tmp_path / "elsewhere"))
+    assert proc.returncode == 0 and "run against the MAS double" in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].split(" ", 1)[1] == "REAL= ARGS="
+
+
 # ------------------------------------------------------ the end of a test run
-
-
-#: ``harness.mas.double_only`` skips a test of the double's own switches when the suite runs the real MAS:
-#: a choice of the run (``MAS_REAL_CLI``, never set in CI), not a missing prerequisite.
-DOUBLE_ONLY = REPO_ROOT / "test" / "harness" / "mas.py"
 
 
 def test_every_skip_goes_through_unavailable():
@@ -215,7 +259,7 @@ def test_every_skip_goes_through_unavailable():
     found = [
         f"{path.relative_to(REPO_ROOT)}:{number}"
         for path in sorted((REPO_ROOT / "test").rglob("*.py"))
-        if path not in (REPO_ROOT / "test" / "harness" / "util.py", pathlib.Path(__file__), DOUBLE_ONLY)
+        if path not in (REPO_ROOT / "test" / "harness" / "util.py", pathlib.Path(__file__))
         for number, line in enumerate(path.read_text().splitlines(), 1)
         if any(text in line for text in bypass)
     ]

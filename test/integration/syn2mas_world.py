@@ -19,14 +19,16 @@ import importlib.util
 import json
 import stat
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
+from psycopg import sql
 
 from harness import mas as mas_target
-from harness.synapse import SYNAPSE_DB_PASSWORD
+from harness.synapse import SYNAPSE_DB_PASSWORD, SYNAPSE_DB_ROLE
 from harness.util import free_port
 from pillars import PILLAR_SECRETS, deep_update, wired_pillar
 from saltrun import REPO_ROOT, SaltMinion
@@ -182,24 +184,55 @@ def world_fixture(label):
     return world
 
 
+#: The first world built on a cluster, kept as a template database: later worlds are copies of it
+#: (``CREATE DATABASE ... TEMPLATE``), so only the first waits for Synapse's background updates.
+_TEMPLATES: dict[int, tuple[str, dict]] = {}
+
+
 def build_world(synapse_factory, pg, root):
-    """Create, start and populate the Synapse (see the module docstring)."""
-    server = synapse_factory(database=pg, extra_config={"password_config": {"pepper": PEPPER}})
-    service = SynapseService(server, pg, root)
-    service.start()
-    tokens = {}
-    for name in USERS:
-        tokens[name] = server.register_user(name, PASSWORD, admin=name == "alice")
-    admin = tokens["alice"]["access_token"]
-    server.add_threepid(admin, tokens["alice"]["user_id"], "email", "alice@example.org")
-    server.add_threepid(admin, tokens["bob"]["user_id"], "email", "bob@example.org")
-    server.add_external_id(admin, tokens["bob"]["user_id"], SYNAPSE_IDP_ID, SUBJECT)
-    server.add_threepid(admin, tokens["carol"]["user_id"], "msisdn", "15555550123")
-    deactivate = server.request(
-        "POST", "/_synapse/admin/v1/deactivate/" + tokens["dave"]["user_id"], token=admin, json={"erase": False}
-    )
-    assert deactivate.status_code == 200, deactivate.text
-    service.settle()
+    """Create, start and populate the Synapse (see the module docstring); later calls copy the first."""
+    # no pause between background update batches: a fresh database finishes them in seconds, not a minute
+    extra_config = {
+        "password_config": {"pepper": PEPPER},
+        "background_updates": {"sleep_enabled": False, "background_update_duration_ms": 1000},
+    }
+    if id(pg) in _TEMPLATES:
+        template, tokens = _TEMPLATES[id(pg)]
+        dbname = f"synapse_world_{uuid.uuid4().hex[:8]}"
+        pg.query(
+            "postgres",
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                sql.Identifier(dbname), sql.Identifier(template), sql.Identifier(SYNAPSE_DB_ROLE)
+            ),
+        )
+        server = synapse_factory(database=pg, extra_config=extra_config, dbname=dbname)
+        service = SynapseService(server, pg, root)
+        service.start()
+    else:
+        server = synapse_factory(database=pg, extra_config=extra_config)
+        service = SynapseService(server, pg, root)
+        service.start()
+        tokens = {}
+        for name in USERS:
+            tokens[name] = server.register_user(name, PASSWORD, admin=name == "alice")
+        admin = tokens["alice"]["access_token"]
+        server.add_threepid(admin, tokens["alice"]["user_id"], "email", "alice@example.org")
+        server.add_threepid(admin, tokens["bob"]["user_id"], "email", "bob@example.org")
+        server.add_external_id(admin, tokens["bob"]["user_id"], SYNAPSE_IDP_ID, SUBJECT)
+        server.add_threepid(admin, tokens["carol"]["user_id"], "msisdn", "15555550123")
+        deactivate = server.request(
+            "POST", "/_synapse/admin/v1/deactivate/" + tokens["dave"]["user_id"], token=admin, json={"erase": False}
+        )
+        assert deactivate.status_code == 200, deactivate.text
+        service.settle()
+        service.stop()  # a template database has no session
+        template = f"{server.dbname}_template"
+        pg.query(
+            "postgres",
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(template), sql.Identifier(server.dbname)),
+        )
+        _TEMPLATES[id(pg)] = (template, tokens)
+        service.start()
     fragment = oidc_fragment(root / "pre-mas-oidc.yaml")
     secrets = world_secrets(server)
     return World(server, service, fragment, secrets, tokens)
