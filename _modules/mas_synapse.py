@@ -582,7 +582,8 @@ def settings(mas=None):
 
     Returns ``{dropin, config_dir, config_files, state ("present" while MAS is
     authoritative, "absent" while migrating), endpoint, secret: {path, dir,
-    source, user, group, mode}, restart, service}``. Every path comes from the
+    source, user, group, mode}, restart, service, url (Synapse's client API
+    base, where a restart is checked)}``. Every path comes from the
     map's ``paths``.
 
     mas
@@ -612,4 +613,58 @@ def settings(mas=None):
         },
         "restart": bool(syn["restart"]),
         "service": syn["service"],
+        "url": syn["endpoint"],
     }
+
+
+def restart(service=None, url=None, timeout=60):
+    """
+    Restart Synapse and wait until it answers: ``service.restart`` of
+    ``service``, then ``GET <url>/_matrix/client/versions`` until it answers
+    200 or ``timeout`` seconds have passed. Never raises for a Synapse that
+    stays down: the answer says so.
+
+    Returns ``{"service", "restarted" (service.restart succeeded), "answers",
+    "url", "seconds", "why" (why it does not answer, or "")}``.
+
+    service
+        Synapse's service (default ``mas:synapse:service``).
+    url
+        Synapse's client API base (default ``mas:synapse:endpoint``).
+    timeout
+        Seconds to wait for Synapse to answer after the restart.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_synapse.restart
+    """
+    import time  # pylint: disable=import-outside-toplevel
+
+    import requests  # pylint: disable=import-outside-toplevel
+
+    if service is None or url is None:
+        mas = __salt__["mas.mapdata"]()
+        service = service or mas["synapse"]["service"]
+        url = url or mas["synapse"]["endpoint"]
+    probe = url.rstrip("/") + "/_matrix/client/versions"
+    started = time.monotonic()
+    result = {"service": service, "restarted": False, "answers": False, "url": probe, "seconds": 0.0, "why": ""}
+    result["restarted"] = bool(__salt__["service.restart"](service))
+    if result["restarted"]:
+        deadline = started + max(0.0, float(timeout))
+        with requests.Session() as session:
+            session.trust_env = False
+            while True:
+                try:
+                    status = session.get(probe, timeout=5).status_code
+                    result["answers"] = status == 200
+                    result["why"] = "" if result["answers"] else f"it answers {status}"
+                except requests.RequestException as exc:
+                    result["why"] = type(exc).__name__
+                if result["answers"] or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.5)
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result

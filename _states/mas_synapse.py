@@ -117,3 +117,59 @@ def dropin(
     ret["changes"] = sub["changes"]
     ret["comment"] = f"Synapse drop-in {why}; {checked}. {sub['comment']}"
     return ret
+
+
+def restarted(name, service, url, timeout=60):
+    """
+    Restart Synapse because its drop-in or its copy of the shared secret
+    changed (use it with ``onchanges`` on those states), and wait until it
+    answers again. Under ``test=True`` the restart is predicted (result
+    ``None``, the restart as a change) and nothing is touched. A restart that
+    fails, or a Synapse that does not answer after ``timeout`` seconds, fails
+    the state and says how to recover.
+
+    name
+        Any name (the state's label).
+    service
+        Synapse's service (``mas:synapse:service``).
+    url
+        Synapse's client API base (``mas:synapse:endpoint``).
+    timeout
+        Seconds to wait for Synapse to answer.
+
+    .. code-block:: yaml
+
+        mas-synapse-restart-mas_synapse-restarted:
+          mas_synapse.restarted:
+            - name: synapse
+            - service: matrix-synapse
+            - url: http://localhost:8008/
+            - onchanges:
+              - mas_synapse: mas-synapse-file-mas_synapse-dropin
+    """
+    ret = _ret(name)
+    change = {"restarted": {"old": f"{service} running its previous configuration", "new": f"{service} restarted"}}
+    if __opts__["test"]:
+        ret["result"] = None
+        ret["changes"] = change
+        ret["comment"] = f"Synapse ({service}) would be restarted: its drop-in or its copy of the shared secret changes"
+        return ret
+    done = __salt__["mas_synapse.restart"](service, url, timeout)
+    recover = f"Read its log (journalctl -u {service}), fix it, then start it: salt-call service.start {service}"
+    if not done["restarted"]:
+        ret["result"] = False
+        ret["comment"] = (
+            f"Synapse ({service}) did not restart after its drop-in or secret copy changed: it may be DOWN and "
+            f"users cannot log in. {recover}"
+        )
+        return ret
+    ret["changes"] = change
+    if not done["answers"]:
+        ret["result"] = False
+        ret["comment"] = (
+            f"Synapse ({service}) was restarted but does not answer at {done['url']} after {done['seconds']} s "
+            f"({done['why']}): it may be DOWN and users cannot log in. {recover}"
+        )
+        return ret
+    ret["comment"] = f"Synapse ({service}) restarted and answers at {done['url']} ({done['seconds']} s)"
+    return ret

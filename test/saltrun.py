@@ -58,8 +58,10 @@ class SaltResult:
 class SaltMinion:
     """A masterless minion rooted in ``workdir`` serving the formula at ``repo``."""
 
-    def __init__(self, workdir, repo, extmods=None, extra_config=None):
+    def __init__(self, workdir, repo, extmods=None, extra_config=None, env=None):
         self.workdir = pathlib.Path(workdir)
+        #: environment of every salt-call (e.g. a stand-in ``service`` first on ``PATH``)
+        self.env = dict(env or {})
         self.confdir = self.workdir / "conf"
         self.pillar_dir = self.workdir / "pillar"
         own = self.workdir / "root" / "var" / "cache" / "salt" / "minion" / "extmods"
@@ -92,7 +94,12 @@ class SaltMinion:
     def run(self, *args, log_level="warning", timeout=300, env=None):
         cmd = [SALT_CALL, "-c", str(self.confdir), "--local", "--out=json", "-l", log_level, *args]
         proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ, **(env or {}))
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=dict(os.environ, **self.env, **(env or {})),
         )
         return SaltResult(proc)
 

@@ -67,9 +67,11 @@ def run():
         },
     }
     if synapse["restart"]:
-        states["mas-synapse-clean-module-run"] = {
-            "module.run": [
-                {"service.restart": [{"name": synapse["service"]}]},
+        states["mas-synapse-clean-mas_synapse-restarted"] = {
+            "mas_synapse.restarted": [
+                {"name": "synapse"},
+                {"service": synapse["service"]},
+                {"url": synapse["url"]},
                 {"onchanges": [{"file": "mas-synapse-clean-file-absent-dropin"}]},
             ]
         }

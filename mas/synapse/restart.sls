@@ -2,8 +2,9 @@
 """Restarts Synapse only when its drop-in changed (mas:synapse:restart).
 
 Also when its copy of the shared secret changed while a drop-in is in place; a
-stopped Synapse is not started otherwise. A failed restart fails the run and
-says so.
+stopped Synapse is not started otherwise. It waits until Synapse answers again;
+a failed restart fails the run and says so. Under test=True the restart is
+predicted, not failed.
 """
 
 from salt.exceptions import SaltInvocationError
@@ -23,18 +24,12 @@ def run():
         # included SLS include (Salt 3008), restarting Synapse on any MAS change
         onchanges = [{"mas_secret": "mas-synapse-file-mas_secret-present"}] if synapse["state"] == "present" else []
         onchanges.append({"mas_synapse": "mas-synapse-file-mas_synapse-dropin"})
-        states["mas-synapse-restart-module-run"] = {
-            "module.run": [{"service.restart": [{"name": service}]}, {"onchanges": onchanges}]
-        }
-        states["mas-synapse-restart-test-fail_without_changes"] = {
-            "test.fail_without_changes": [
-                {"name": "synapse-restart-failed"},
-                {
-                    "comment": f"Synapse ({service}) did not restart after its drop-in or secret copy changed: "
-                    f"it may be DOWN and users cannot log in. Read its log (journalctl -u {service}), "
-                    f"fix it, then start it: salt-call service.start {service}"
-                },
-                {"onfail": [{"module": "mas-synapse-restart-module-run"}]},
+        states["mas-synapse-restart-mas_synapse-restarted"] = {
+            "mas_synapse.restarted": [
+                {"name": "synapse"},
+                {"service": service},
+                {"url": synapse["url"]},
+                {"onchanges": onchanges},
             ]
         }
     else:

@@ -430,9 +430,9 @@ def test_restarts_fire_only_on_the_changes_that_need_them(salt_minion, minimal_p
 
     systemd is not PID 1 here: `service.running` answers "Running in OFFLINE
     mode. Nothing to do" unless its `watch` fires (then the restart fails:
-    "Failed to start the service"), and a `module.run` restart that fires
-    fails ("'service.restart': False") instead of "State was not run because
-    none of the onchanges reqs changed"."""
+    "Failed to start the service"), and a restart (Synapse's, the proxy's
+    reload) that fires fails (no such service here) instead of "State was not
+    run because none of the onchanges reqs changed"."""
     pillar = deep_update(
         minimal_pillar,
         {
@@ -446,7 +446,7 @@ def test_restarts_fire_only_on_the_changes_that_need_them(salt_minion, minimal_p
 
     service, synapse, proxy = (
         "mas-service-running-service-running",
-        "mas-synapse-restart-module-run",
+        "mas-synapse-restart-mas_synapse-restarted",
         "mas-proxy-reload-module-run-reload",
     )
     not_run = "State was not run because none of the onchanges reqs changed"

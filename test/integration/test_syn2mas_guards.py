@@ -21,8 +21,7 @@ pytestmark = pytest.mark.integration
 
 GUARD = "mas-synapse-file-mas_syn2mas-safe_to_delegate"
 ROLLBACK_GUARD = "mas-synapse-file-mas_syn2mas-safe_to_roll_back"
-RESTART = "mas-synapse-restart-module-run"
-RESTART_FAILED = "mas-synapse-restart-test-fail_without_changes"
+RESTART = "mas-synapse-restart-mas_synapse-restarted"
 
 
 world = world_fixture("syn2mas-guards")
@@ -118,7 +117,7 @@ def test_delegation_rollback_and_reset(world, deployment, pg):
     res = deployment.state("mas", migration_in_progress=False)
     assert res.returncode != 0 and deployment.dropin.exists()
     assert res.by_id(GUARD)["result"] is True
-    failed = res.by_id(RESTART_FAILED)
+    failed = res.by_id(RESTART)
     assert failed["result"] is False and "did not restart" in failed["comment"] and "DOWN" in failed["comment"]
     assert "salt-call service.start synapse-harness" in failed["comment"]
     assert restarts(world) == [("restart", "synapse-harness", "failed")]

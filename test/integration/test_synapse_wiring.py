@@ -243,13 +243,13 @@ def test_test_mode_predicts_without_writing(minion, synapse_factory, wired, mas_
     res = minion.apply(moved, sls="mas.synapse", test=True)
     state = dropin_state(res)
     assert state["result"] is None and "http://127.0.0.1:9/auth/" in state["changes"]["diff"]
-    assert res.by_id("mas-synapse-restart-module-run")["result"] is None
+    assert res.by_id("mas-synapse-restart-mas_synapse-restarted")["result"] is None
     assert dropin.read_text() == before
 
     same = deep_update(wired["pillar"], {"synapse": {"restart": True}})
     res = minion.apply(same, sls="mas.synapse", test=True)
     assert res.returncode == 0, res.output
-    assert "none of the onchanges reqs changed" in res.by_id("mas-synapse-restart-module-run")["comment"]
+    assert "none of the onchanges reqs changed" in res.by_id("mas-synapse-restart-mas_synapse-restarted")["comment"]
 
 
 def test_synapse_introspects_tokens_at_mas(wired, mas_stand_in):
