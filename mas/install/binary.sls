@@ -1,10 +1,12 @@
 #!py
 """The binary runtime: MAS's release tarball, extracted once per version.
 
-The tarball (mas:binary:source, checked against mas:binary:source_hash) is
-extracted with Salt's archive.extracted into a directory of its own per tarball
-under base_path/dist/, so a new version lands beside the old one; the unit and
-config.yaml then point at it, and the service restarts once. Without a source,
+The tarball (mas:binary:source) is fetched and checked against
+mas:binary:source_hash, then extracted (Salt's archive.extracted) into a
+directory of its own per tarball under base_path/dist/, so a new version lands
+beside the old one; the unit and config.yaml then point at it, and the service
+restarts once. A tarball that does not match its hash fails here, before
+anything that points at the release is replaced. Without a source,
 MAS is installed some other way (mas:binary:path and mas:binary:share_dir).
 """
 
@@ -27,17 +29,11 @@ def run():
                 {"require": [{"file": "mas-install-account-file-directory-base"}]},
             ]
         }
-        states["mas-install-binary-archive-extracted"] = {
-            "archive.extracted": [
+        states["mas-install-binary-mas-release_extracted"] = {
+            "mas.release_extracted": [
                 {"name": mas["paths"]["release_dir"]},
                 {"source": mas["binary"]["source"]},
                 {"source_hash": mas["binary"]["source_hash"]},
-                {"archive_format": "tar"},
-                # upstream's tarball holds ./mas-cli, ./share/ and ./LICENSE at its root
-                {"enforce_toplevel": False},
-                {"user": "root"},
-                {"group": "root"},
-                {"if_missing": mas["paths"]["mas_binary"]},
                 {"require": [{"file": "mas-install-binary-file-directory"}]},
             ]
         }

@@ -45,7 +45,7 @@ def run():
         if mas["paths"]["release_dir"]:
             # a new release: its directory is new, so the unit and config.yaml
             # change with it and MAS restarts once, on the new binary
-            watch.append({"archive": "mas-install-binary-archive-extracted"})
+            watch.append({"mas": "mas-install-binary-mas-release_extracted"})
         for secret in mas["secret_files"]:
             watch.append({"mas_secret": f"mas-secrets-file-mas_secret-present-{secret['name']}"})
         states["mas-service-running-service-running"] = {

@@ -104,7 +104,7 @@ def test_release_tarball_installed_beside_and_restarted_once(minion, minimal_pil
     releases = sorted((base / "dist").iterdir())
     assert len(releases) == 2 and first in releases
     second = next(r for r in releases if r != first)
-    assert "mas-install-binary-archive-extracted" in res.changed
+    assert "mas-install-binary-mas-release_extracted" in res.changed
     assert restarts(minion.actions()[actions:]) == [["restart", "matrix-authentication-service"]]
     unit = (paths["units"] / "matrix-authentication-service.service").read_text()
     assert f"ExecStart={second / 'mas-cli'} -c" in unit
@@ -124,7 +124,7 @@ def test_wrong_source_hash_installs_nothing(minion, minimal_pillar, paths, tmp_p
     pillar = dict(minimal_pillar, binary=binary)
     res = minion.apply(pillar)
     assert res.returncode != 0
-    assert "mas-install-binary-archive-extracted" in res.failed
+    assert "mas-install-binary-mas-release_extracted" in res.failed
     assert not any((paths["base"] / "dist").glob("*/mas-cli"))
 
 
