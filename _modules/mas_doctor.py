@@ -258,7 +258,7 @@ class _Context:
             snippet = self.mas["proxy"]["nginx"]["snippet_path"]
             return (
                 f"include {snippet} in the nginx server block of {self.matrix_host}, above your own regex"
-                " locations (README, worked example), then reload nginx"
+                " locations (docs/proxy.md, worked example), then reload nginx"
             )
         if kind == "traefik":
             return (
@@ -587,7 +587,7 @@ def _check_compat_routes(ctx):
         return _check(
             WARNING,
             f"{', '.join(fine)} reach MAS; " + "; ".join(warnings),
-            "proxy only /_matrix and /_synapse/client to Synapse (README, worked example): MAS calls"
+            "proxy only /_matrix and /_synapse/client to Synapse (docs/proxy.md, worked example): MAS calls"
             " /_synapse/mas on mas:synapse:endpoint directly",
             url,
         )

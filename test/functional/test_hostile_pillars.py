@@ -287,7 +287,7 @@ def case_pillar(example, root, victim, overrides):
 def test_there_are_at_least_sixty_hostile_pillars_and_the_readme_says_how_many():
     assert len(CASES) >= 60
     assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
-    assert f"**{len(CASES)} hostile pillars**" in (REPO_ROOT / "README.md").read_text()
+    assert f"**{len(CASES)} hostile pillars**" in (REPO_ROOT / "docs" / "security.md").read_text()
 
 
 def test_the_untouched_example_renders(minion, example, tmp_path):
