@@ -1835,6 +1835,7 @@ def _secret_files(data, paths, pepper_source):
         "mode": "0600",
         "allow_rotation": False,
         "owner": _secret_owner(paths),
+        "tmp_dir": None,
     }
     files = []
 
@@ -1851,7 +1852,8 @@ def _secret_files(data, paths, pepper_source):
     add("homeserver_secret", paths["homeserver_secret"], "token", _key("secrets", "homeserver_secret"))
     add("admin_client_secret", paths["admin_client_secret"], "token")
     for filename, kind in SIGNING_KEYS:
-        add(f"key-{kind}", os.path.join(paths["keys_dir"], filename), kind)
+        # staged in secrets_dir: MAS loads every file of keys_dir, an interrupted write's too
+        add(f"key-{kind}", os.path.join(paths["keys_dir"], filename), kind, tmp_dir=paths["secrets_dir"])
     for name, path in (("database_password", ("database", "password")), ("email_password", ("email", "password"))):
         if _is_set(_get(data, *path)):
             add(name, paths[name], "pillar", _key(*path))

@@ -151,6 +151,36 @@ def test_generated_secrets_are_kept(salt_minion, minimal_pillar, paths):
     assert snapshot(paths["base"]) == before
 
 
+def test_an_interrupted_writes_temporary_files_are_removed_and_keys_staged_outside_keys_dir(
+    salt_minion, minimal_pillar, paths
+):
+    """Issue 21, 6: MAS loads every file of keys_dir as a key. A `.tmp-` file an interrupted write left
+    there (an older formula staged keys in keys_dir) or in secrets/ is removed (predicted first); an
+    operator's file of another name is left; a key written again is staged in secrets/, not keys/."""
+    assert salt_minion.apply(minimal_pillar).returncode == 0
+    keys, secrets = paths["base"] / "config" / "keys", paths["base"] / "config" / "secrets"
+    stale = {keys / ".tmp-k3ylst_1": b"-----BEGIN PRIVATE KEY-----\nMIIE", secrets / ".tmp-s3cr3t_2": b"0123"}
+    for path, data in stale.items():
+        path.write_bytes(data)
+        path.chmod(0o600)
+    not_ours = secrets / ".tmp-operator-notes"
+    not_ours.write_text("mine")
+    (keys / "ec-k256.pem").unlink()
+    predicted = salt_minion.apply(minimal_pillar, test=True)
+    assert predicted.returncode == 0, predicted.output
+    assert all(path.exists() for path in stale)
+    for path in stale:
+        state = predicted.by_id(f"mas-secrets-file-file-absent-{path.parent.name}_dir-{path.name}")
+        assert state["result"] is None and state["changes"] == {"removed": str(path)}
+    res = salt_minion.apply(minimal_pillar)
+    assert res.returncode == 0, res.output
+    assert not any(path.exists() for path in stale) and not_ours.read_text() == "mine"
+    assert sorted(p.name for p in keys.iterdir()) == ["ec-k256.pem", "ec-p256.pem", "ec-p384.pem", "rsa.pem"]
+    mapdata = salt_minion.run("mas.mapdata")
+    staged = {e["name"]: e["tmp_dir"] for e in mapdata.data["secret_files"]}
+    assert staged["key-rsa"] == staged["key-ec-k256"] == str(secrets) and staged["encryption"] is None
+
+
 def test_test_mode_predicts_and_touches_nothing(salt_minion, full_pillar, paths):
     res = salt_minion.apply(full_pillar, test=True)
     assert res.returncode == 0, res.output
