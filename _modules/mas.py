@@ -466,8 +466,13 @@ def _validate(data):
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         errors.expect(path, _get(data, *path), "bind")
     proxies = _get(data, "http", "trusted_proxies")
-    if not isinstance(proxies, list):
-        errors.add(("http", "trusted_proxies"), "must be a list of CIDR networks (e.g. [127.0.0.1/32])")
+    if proxies is None:
+        pass  # unset: MAS's own default (private and loopback networks)
+    elif not isinstance(proxies, list):
+        errors.add(
+            ("http", "trusted_proxies"),
+            "must be a list of CIDR networks (e.g. [127.0.0.1/32]; [] trusts none), or unset for MAS's default",
+        )
     else:
         for index, net in enumerate(proxies):
             if not _is_cidr(net):
@@ -2047,8 +2052,10 @@ def _mas_config(data, paths, pepper_file):
             },
         ],
     }
-    if data["http"]["trusted_proxies"]:
-        http["trusted_proxies"] = [str(net) for net in data["http"]["trusted_proxies"]]
+    proxies = data["http"].get("trusted_proxies")
+    if proxies is not None:
+        # as written: [] trusts no proxy (left out, MAS would trust its private and loopback defaults)
+        http["trusted_proxies"] = [str(net) for net in proxies]
 
     db = data["database"]
     database = {

@@ -416,6 +416,16 @@ def test_path_prefix_root_and_custom_hostname(salt_minion, minimal_pillar, paths
     assert "prefix" not in config["http"]["listeners"][0]
 
 
+def test_trusted_proxies_empty_list_is_written_unset_is_left_out(salt_minion, minimal_pillar, paths):
+    """Issue 21, 7: `[]` trusts no proxy and reaches config.yaml; unset leaves MAS its defaults."""
+    config_file = paths["base"] / "config" / "config.yaml"
+    assert salt_minion.apply(minimal_pillar).returncode == 0
+    assert "trusted_proxies" not in yaml.safe_load(config_file.read_text())["http"]
+    res = salt_minion.apply(deep_update(minimal_pillar, {"http": {"trusted_proxies": []}}))
+    assert res.returncode == 0, res.output
+    assert yaml.safe_load(config_file.read_text())["http"]["trusted_proxies"] == []
+
+
 def test_pepper_read_from_synapse_config(salt_minion, minimal_pillar, paths):
     paths["synapse_cfg"].parent.mkdir(parents=True)
     paths["synapse_cfg"].write_text(

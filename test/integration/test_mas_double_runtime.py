@@ -510,6 +510,20 @@ def test_every_rendered_config_passes_config_check(tmp_path, minimal_pillar, ful
     assert result.returncode == 0, f"{variant}: {result.stderr}"
 
 
+def test_trusting_no_proxy_is_written_and_passes_config_check(tmp_path, minimal_pillar):
+    """Issue 21, 7: ``mas:http:trusted_proxies: []`` (trust none) lands in config.yaml as ``[]``, which
+    MAS accepts; left out, MAS would trust its private and loopback defaults."""
+    mas_target.require_double_contracts()
+    share = mas_target.share_dir(tmp_path)
+    binary = {"path": str(mas_target.cli()), "share_dir": str(share)}
+    pillar = dict(minimal_pillar, binary=binary, runtime="binary", http={"trusted_proxies": []})
+    config = _rendered(pillar)
+    assert config["http"]["trusted_proxies"] == []
+    assert "trusted_proxies: []" in write(tmp_path, config).read_text()
+    result = check(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+
+
 # ------------------------------------------------------------- the formula side
 
 

@@ -227,3 +227,27 @@ def test_render_reads_a_template_only_the_file_server_has(pillar, tmp_path, monk
 def test_account_tells_what_exists(pillar):
     assert mas.account("root", "root") == {"user": True, "group": True}
     assert mas.account("no-such-user-4711", "no-such-group-4711") == {"user": False, "group": False}
+
+
+@pytest.mark.parametrize(
+    "pillar, expected",
+    [
+        ({}, None),  # unset: MAS's own default (private and loopback networks)
+        ({"http": {"trusted_proxies": []}}, []),  # trust none
+        ({"http": {"trusted_proxies": ["127.0.0.1/32", "::1/128"]}}, ["127.0.0.1/32", "::1/128"]),
+        ({"http": {"trusted_proxies": ["10.0.0.0/8"]}, "config": {"http": {"trusted_proxies": []}}}, []),
+    ],
+)
+def test_trusted_proxies_land_in_config_yaml_as_written(pillar, expected):
+    """Issue 21, 7: an empty list means trust none, so it is written; only an unset value is left out."""
+    http = settings(**pillar)["mas_config"]["http"]
+    assert http.get("trusted_proxies", "left out") == ("left out" if expected is None else expected)
+
+
+def test_trusted_proxies_must_be_a_list_of_networks():
+    for value, key in (
+        ("10.0.0.0/8", "mas:http:trusted_proxies"),
+        (["10.0.0.0/8", "any"], "mas:http:trusted_proxies:1"),
+    ):
+        with pytest.raises(SaltInvocationError, match=f"{key}: "):
+            settings(http={"trusted_proxies": value})
