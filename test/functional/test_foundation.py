@@ -367,6 +367,31 @@ def test_docker_runtime_unit_and_wrapper(salt_minion, minimal_pillar, paths):
     assert subprocess.run(["sh", "-n", str(paths["base"] / "bin" / "mas-cli")], check=False).returncode == 0
 
 
+def test_docker_wrapper_mounts_the_host_files_mas_reads_outside_config(salt_minion, minimal_pillar, paths):
+    """Issue 21, 7: a *_file of mas:config and a socket-directory database host outside
+    <base_path>/config are mounted read-only at the same path (MAS reads them in the container);
+    one it cannot mount is refused naming the key, before anything is written."""
+    pillar = deep_update(
+        minimal_pillar,
+        {
+            "runtime": "docker",
+            "database": {"host": "/var/run/postgresql"},
+            "config": {"database": {"ssl_ca_file": "/etc/ssl/pg-ca.pem"}},
+        },
+    )
+    res = salt_minion.apply(pillar)
+    assert res.returncode == 0, res.output
+    wrapper = (paths["base"] / "bin" / "mas-cli").read_text()
+    for path in (f"{paths['base']}/config", "/etc/ssl/pg-ca.pem", "/var/run/postgresql"):
+        assert f"--mount=type=bind,src={path},dst={path},readonly" in wrapper
+    assert subprocess.run(["sh", "-n", str(paths["base"] / "bin" / "mas-cli")], check=False).returncode == 0
+    shutil.rmtree(paths["base"])
+    refused = salt_minion.apply(deep_update(pillar, {"config": {"database": {"ssl_ca_file": "pg-ca.pem"}}}))
+    assert refused.returncode != 0
+    assert "mas:config:database:ssl_ca_file: with mas:runtime docker MAS reads it in the container" in refused.output
+    assert not paths["base"].exists()
+
+
 @pytest.mark.parametrize("runtime", ["binary", "docker"])
 def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, runtime, tmp_path):
     tool = require_binary("systemd-analyze")
