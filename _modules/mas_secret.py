@@ -15,8 +15,10 @@ The secrets of the ``mas`` formula: generated or taken from pillar, written atom
 * :py:func:`foreign` tells whether an existing file is the formula's own
   secret: the formula never replaces a file it did not write. Its record of
   the secret files it wrote is a root-only JSON file in the map's
-  ``state_dir`` (``paths.secret_record``); :py:func:`leftovers` lists the
-  client-secret files of providers that are gone.
+  ``state_dir`` (``paths.secret_record``; :py:func:`recorded`,
+  :py:func:`record`); :py:func:`leftovers` lists the client-secret files of
+  providers that are gone, :py:func:`temporaries` what an interrupted write
+  left.
 
 Values are never returned or logged: the functions report what they did.
 
@@ -186,6 +188,47 @@ def _record(owner, path):
     directory = os.path.dirname(owner["record"])
     os.makedirs(directory, mode=0o700, exist_ok=True)
     atomic_write(owner["record"], json.dumps({"files": sorted(files | {path})}, indent=1) + "\n", "0600")
+
+
+def recorded(owner):
+    """
+    The files the formula recorded as written (``owner["record"]``, the map's
+    ``secret_owner``): its secret files and registration-token files, a
+    sorted list of paths. ``mas.clean`` with ``mas:clean:purge`` removes
+    these (and no other file it cannot tell as its own).
+
+    owner
+        ``{"record": <file>, ...}`` (the map's ``secret_owner``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.recorded owner="$(salt-call --out=json mas.mapdata | jq -c .local.secret_owner)"
+    """
+    return sorted(_record_files(owner))
+
+
+def record(path, owner):
+    """
+    Record ``path`` as a file the formula wrote (``owner["record"]``, root
+    0600), for a file written with :py:func:`atomic_write` outside
+    :py:func:`write` (``mas_user``'s registration-token files): what
+    :py:func:`recorded` lists. Returns True.
+
+    path
+        The file written.
+    owner
+        ``{"record": <file>, ...}`` (the map's ``secret_owner``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.record /matrix/matrix-authentication-service/registration-tokens/friends owner="$(salt-call --out=json mas.mapdata | jq -c .local.secret_owner)"
+    """
+    _record(owner, path)
+    return True
 
 
 def foreign(path, kind="token", pillar_key=None, source=None, owner=None):

@@ -17,9 +17,13 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness.util import require_binary, unavailable
+from harness.util import free_port, require_binary, unavailable
 from pillars import PILLAR_SECRETS, deep_update
 from saltrun import REPO_ROOT
+
+#: A release tarball of the binary runtime (never fetched: the tests lay out what it extracts to).
+RELEASE_URL = "https://example.com/mas-cli-x86_64-linux.tar.gz"
+RELEASE_HASH = "sha256=" + "0123456789abcdef" * 4
 
 
 def snapshot(root):
@@ -418,18 +422,118 @@ def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, 
 
 
 def test_disabled_runs_clean_and_keeps_secrets_unless_purge(salt_minion, minimal_pillar, paths):
-    assert salt_minion.apply(minimal_pillar).returncode == 0
-    keys = snapshot(paths["base"] / "config" / "keys")
-    res = salt_minion.apply(deep_update(minimal_pillar, {"enabled": False}))
+    """Issue 21, 8: mas:enabled false removes config, wrappers and unit and keeps secrets, keys and
+    data; mas:clean:purge then removes what the formula made (predicted first, touching nothing) and
+    only that: an operator's files in <base_path>/config/, its secrets directory and <base_path>
+    itself stay, named with the reason, and so do the directories holding them."""
+    binary = {"source": RELEASE_URL, "source_hash": RELEASE_HASH, "path": None, "share_dir": None}
+    pillar = deep_update(minimal_pillar, {"binary": binary})
+    base = paths["base"]
+    release = base / "dist" / f"mas-cli-{RELEASE_HASH[7:23]}"
+    release.mkdir(parents=True)  # as mas.install.binary extracted it (no download here)
+    (release / "mas-cli").write_text("#!/bin/sh\n")
+    assert salt_minion.apply(pillar).returncode == 0
+    operator = {
+        base / "config" / "operator.yaml": "# the operator's own\n",
+        base / "config" / "secrets" / "smtp-relay.secret": "operator-secret",
+        base / "notes.txt": "another service's notes\n",
+        base / "other-service" / "state.db": "theirs",
+        base / "data" / "written-by-mas": "MAS's",
+    }
+    for path, text in operator.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    # interrupted writes (a disabled run does not apply mas.secrets, which would remove them)
+    (base / "config" / "keys" / ".tmp-a1b2c3d4").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (base / "formula" / ".tmp-e5f6g7h8").write_text("{}")
+    keys = snapshot(base / "config" / "keys")
+
+    res = salt_minion.apply(deep_update(pillar, {"enabled": False}))
     assert res.returncode == 0, res.output
-    assert not (paths["base"] / "config" / "config.yaml").exists()
-    assert not (paths["base"] / "bin" / "mas-cli").exists()
+    assert not (base / "config" / "config.yaml").exists()
+    assert not (base / "bin" / "mas-cli").exists()
     assert not (paths["units"] / "matrix-authentication-service.service").exists()
-    assert snapshot(paths["base"] / "config" / "keys") == keys
-    assert (paths["base"] / "config" / "secrets" / "encryption").exists()
-    res = salt_minion.apply(deep_update(minimal_pillar, {"enabled": False, "clean": {"purge": True}}))
+    assert snapshot(base / "config" / "keys") == keys
+    assert (base / "config" / "secrets" / "encryption").exists() and release.is_dir()
+
+    purge = deep_update(pillar, {"enabled": False, "clean": {"purge": True}})
+    before = snapshot(base)
+    predicted = salt_minion.apply(purge, test=True)
+    assert predicted.returncode == 0, predicted.output
+    assert snapshot(base) == before
+    state = predicted.by_id("mas-install-clean-mas_clean-purged")
+    assert state["result"] is None
+    kept = state["changes"]["new"]["kept"]
+    assert kept[str(base / "config" / "operator.yaml")].startswith("not written by the formula")
+    assert kept[str(base / "other-service")] == "a directory the formula did not make"
+    assert kept[str(base / "config")] == "not empty: it holds what is kept"
+    old = set(state["changes"]["old"])
+    for path in (
+        base / "config" / "secrets" / "encryption",
+        base / "config" / "keys" / "rsa.pem",
+        base / "config" / "keys",
+        base / "formula" / "secrets.json",
+        base / "formula" / ".tmp-e5f6g7h8",
+        base / "config" / "keys" / ".tmp-a1b2c3d4",
+        release,
+        base / "dist",
+        base / "bin",
+    ):
+        assert str(path) in old
+    assert not any(str(path) in old for path in operator)
+
+    res = salt_minion.apply(purge)
     assert res.returncode == 0, res.output
-    assert not paths["base"].exists()
+    state = res.by_id("mas-install-clean-mas_clean-purged")
+    assert set(state["changes"]["old"]) == old and state["changes"]["new"]["kept"] == kept
+    assert "smtp-relay.secret: not written by the formula" in state["comment"]
+    for path, text in operator.items():
+        assert path.read_text() == text
+    left = sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+    assert left == [
+        "config",
+        "config/operator.yaml",
+        "config/secrets",
+        "config/secrets/smtp-relay.secret",
+        "data",
+        "data/written-by-mas",
+        "notes.txt",
+        "other-service",
+        "other-service/state.db",
+    ]
+    again = salt_minion.apply(purge)
+    assert again.returncode == 0 and again.changed == [], again.output
+    assert "Nothing the formula made is left" in again.by_id("mas-install-clean-mas_clean-purged")["comment"]
+    # with nothing of anyone else's left, the whole tree goes
+    for path in operator:
+        path.unlink()
+    (base / "other-service").rmdir()
+    assert salt_minion.apply(purge).returncode == 0
+    assert not base.exists()
+
+
+def test_disable_or_purge_refused_while_mas_database_unreadable_unless_forced(salt_minion, minimal_pillar, paths):
+    """README, uninstall: while Synapse delegates to MAS, disabling (or purging) is refused when the
+    formula cannot read MAS's database (the rollback guard), and nothing is removed; with
+    mas:syn2mas:force_rollback: true it goes ahead."""
+    pillar = deep_update(minimal_pillar, {"database": {"host": "127.0.0.1", "port": free_port()}})
+    assert salt_minion.apply(pillar).returncode == 0
+    dropin = paths["synapse_dir"] / "matrix-authentication-service.yaml"
+    assert dropin.exists()
+    before = snapshot(paths["base"])
+    refused = salt_minion.apply(
+        deep_update(pillar, {"enabled": False, "clean": {"purge": True}, "syn2mas": {"force_rollback": False}})
+    )
+    assert refused.returncode != 0
+    guard = refused.by_id("mas-synapse-clean-mas_syn2mas-safe_to_roll_back")
+    assert guard["result"] is False and "mas:enabled is false" in guard["comment"]
+    assert "is unreachable" in guard["comment"] and "mas:syn2mas:force_rollback: true" in guard["comment"]
+    assert refused.by_id("mas-install-clean-mas_clean-purged")["result"] is False  # its requisite failed
+    assert dropin.exists() and snapshot(paths["base"]) == before
+    forced = salt_minion.apply(deep_update(pillar, {"enabled": False, "clean": {"purge": True}}))
+    assert forced.returncode == 0, forced.output
+    assert forced.by_id("mas-synapse-clean-mas_syn2mas-safe_to_roll_back")["comment"].startswith("rollback forced")
+    assert not dropin.exists() and not paths["base"].exists()
 
 
 def test_path_prefix_root_and_custom_hostname(salt_minion, minimal_pillar, paths, mas_config_schema):
