@@ -466,8 +466,13 @@ def _validate(data):
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         errors.expect(path, _get(data, *path), "bind")
     proxies = _get(data, "http", "trusted_proxies")
-    if not isinstance(proxies, list):
-        errors.add(("http", "trusted_proxies"), "must be a list of CIDR networks (e.g. [127.0.0.1/32])")
+    if proxies is None:
+        pass  # unset: MAS's own default (private and loopback networks)
+    elif not isinstance(proxies, list):
+        errors.add(
+            ("http", "trusted_proxies"),
+            "must be a list of CIDR networks (e.g. [127.0.0.1/32]; [] trusts none), or unset for MAS's default",
+        )
     else:
         for index, net in enumerate(proxies):
             if not _is_cidr(net):
@@ -1835,6 +1840,7 @@ def _secret_files(data, paths, pepper_source):
         "mode": "0600",
         "allow_rotation": False,
         "owner": _secret_owner(paths),
+        "tmp_dir": None,
     }
     files = []
 
@@ -1851,7 +1857,8 @@ def _secret_files(data, paths, pepper_source):
     add("homeserver_secret", paths["homeserver_secret"], "token", _key("secrets", "homeserver_secret"))
     add("admin_client_secret", paths["admin_client_secret"], "token")
     for filename, kind in SIGNING_KEYS:
-        add(f"key-{kind}", os.path.join(paths["keys_dir"], filename), kind)
+        # staged in secrets_dir: MAS loads every file of keys_dir, an interrupted write's too
+        add(f"key-{kind}", os.path.join(paths["keys_dir"], filename), kind, tmp_dir=paths["secrets_dir"])
     for name, path in (("database_password", ("database", "password")), ("email_password", ("email", "password"))):
         if _is_set(_get(data, *path)):
             add(name, paths[name], "pillar", _key(*path))
@@ -2045,8 +2052,10 @@ def _mas_config(data, paths, pepper_file):
             },
         ],
     }
-    if data["http"]["trusted_proxies"]:
-        http["trusted_proxies"] = [str(net) for net in data["http"]["trusted_proxies"]]
+    proxies = data["http"].get("trusted_proxies")
+    if proxies is not None:
+        # as written: [] trusts no proxy (left out, MAS would trust its private and loopback defaults)
+        http["trusted_proxies"] = [str(net) for net in proxies]
 
     db = data["database"]
     database = {
@@ -2125,6 +2134,46 @@ def _mas_config(data, paths, pepper_file):
     admins = list(policy_data.get("admin_clients") or [])
     policy_data["admin_clients"] = [ADMIN_CLIENT_ID] + [c for c in admins if c != ADMIN_CLIENT_ID]
     return config
+
+
+def _docker_mounts(data):
+    """The host paths MAS reads outside ``<base_path>/config`` (the one directory the docker runtime mounts):
+    ``*_file`` keys of ``mas:config`` and ``mas:upstream_oauth2_providers``, ``secrets.keys_dir``, and
+    ``database.host``/``socket`` naming PostgreSQL's socket directory. ``(mounts, refusals)``: each is
+    mounted read-only at the same path (``bin/mas-cli``), so it must be a path the ``--mount`` argument
+    takes as it is."""
+    found = []
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            for name, value in node.items():
+                if isinstance(name, str) and name.endswith("_file") and value is not None:
+                    found.append((_key(*key, name), value))
+                else:
+                    walk(value, (*key, name))
+        elif isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, (*key, index))
+
+    walk(data["config"], ("config",))
+    walk(data["upstream_oauth2_providers"], ("upstream_oauth2_providers",))
+    config = data["mas_config"]
+    db, keys_dir = config.get("database") or {}, _get(config, "secrets", "keys_dir")
+    if isinstance(db.get("host"), str) and db["host"].startswith("/"):
+        found.append((_config_key(data, ("database", "host")), db["host"]))
+    for cpath, value in ((("database", "socket"), db.get("socket")), (("secrets", "keys_dir"), keys_dir)):
+        if value is not None:
+            found.append((_config_key(data, cpath), value))
+    config_dir, mounts, errors = data["paths"]["config_dir"], [], []
+    for key, path in found:
+        if not _is_path(path):
+            errors.append(
+                f"{key}: with mas:runtime docker MAS reads it in the container, where the formula mounts it"
+                f" read-only at the same path: must be {KINDS['path']}, not {path!r}"
+            )
+        elif path != config_dir and not path.startswith(config_dir + "/") and path not in mounts:
+            mounts.append(path)
+    return sorted(mounts), errors
 
 
 def _redact(data):
@@ -2264,8 +2313,10 @@ def settings(data, defaults=None):
     ``data`` is merged over ``parameters/defaults.yaml``. Raises
     ``SaltInvocationError`` listing every problem by pillar key. The returned
     map holds no secret value; it adds ``hostname``, ``public_base``,
-    ``paths``, ``secret_files``, ``api`` and ``mas_config`` (the content of
-    MAS's ``config.yaml``).
+    ``paths``, ``secret_files``, ``api``, ``mas_config`` (the content of
+    MAS's ``config.yaml``) and ``docker_mounts`` (with the docker runtime,
+    the host paths outside ``<base_path>/config`` that MAS reads, which
+    ``bin/mas-cli`` mounts read-only).
 
     data
         Pillar data of the formula (the value of the ``mas`` key).
@@ -2329,6 +2380,10 @@ def settings(data, defaults=None):
     pepper_file = data["paths"]["synapse_pepper"] if pepper_source else None
     data["mas_config"] = _mas_config(data, data["paths"], pepper_file)
     errors = _validate_mas_config(data, _mas_config(dict(data, config={}), data["paths"], pepper_file))
+    data["docker_mounts"] = []
+    if data["runtime"] == "docker":
+        data["docker_mounts"], refusals = _docker_mounts(data)
+        errors += refusals
     if errors:
         raise SaltInvocationError(_INVALID + "\n- ".join(errors))
     return data

@@ -15,8 +15,10 @@ The secrets of the ``mas`` formula: generated or taken from pillar, written atom
 * :py:func:`foreign` tells whether an existing file is the formula's own
   secret: the formula never replaces a file it did not write. Its record of
   the secret files it wrote is a root-only JSON file in the map's
-  ``state_dir`` (``paths.secret_record``); :py:func:`leftovers` lists the
-  client-secret files of providers that are gone.
+  ``state_dir`` (``paths.secret_record``; :py:func:`recorded`,
+  :py:func:`record`); :py:func:`leftovers` lists the client-secret files of
+  providers that are gone, :py:func:`temporaries` what an interrupted write
+  left.
 
 Values are never returned or logged: the functions report what they did.
 
@@ -52,6 +54,9 @@ GENERATED = ("hex32", "token", "rsa", "ec-p256", "ec-p384", "ec-k256")
 KINDS = GENERATED + ("pillar", "pepper", "copy")
 
 MASK = "**********"
+#: The temporary files of :py:func:`atomic_write`: the prefix, then mkstemp's 8 random characters.
+TMP_PREFIX = ".tmp-"
+_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"[a-z0-9_]{8}")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 #: Config keys whose string values are secrets (Synapse's and the formula's pillar).
 _SECRET_KEY = re.compile(
@@ -183,6 +188,47 @@ def _record(owner, path):
     directory = os.path.dirname(owner["record"])
     os.makedirs(directory, mode=0o700, exist_ok=True)
     atomic_write(owner["record"], json.dumps({"files": sorted(files | {path})}, indent=1) + "\n", "0600")
+
+
+def recorded(owner):
+    """
+    The files the formula recorded as written (``owner["record"]``, the map's
+    ``secret_owner``): its secret files and registration-token files, a
+    sorted list of paths. ``mas.clean`` with ``mas:clean:purge`` removes
+    these (and no other file it cannot tell as its own).
+
+    owner
+        ``{"record": <file>, ...}`` (the map's ``secret_owner``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.recorded owner="$(salt-call --out=json mas.mapdata | jq -c .local.secret_owner)"
+    """
+    return sorted(_record_files(owner))
+
+
+def record(path, owner):
+    """
+    Record ``path`` as a file the formula wrote (``owner["record"]``, root
+    0600), for a file written with :py:func:`atomic_write` outside
+    :py:func:`write` (``mas_user``'s registration-token files): what
+    :py:func:`recorded` lists. Returns True.
+
+    path
+        The file written.
+    owner
+        ``{"record": <file>, ...}`` (the map's ``secret_owner``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.record /matrix/matrix-authentication-service/registration-tokens/friends owner="$(salt-call --out=json mas.mapdata | jq -c .local.secret_owner)"
+    """
+    _record(owner, path)
+    return True
 
 
 def foreign(path, kind="token", pillar_key=None, source=None, owner=None):
@@ -330,13 +376,19 @@ def status(
     return {"action": "none", "reason": "in place"}
 
 
-def atomic_write(path, content, mode="0600", user="root", group="root"):
+def atomic_write(path, content, mode="0600", user="root", group="root", tmp_dir=None):
     """
-    Write ``content`` to ``path`` atomically: a temporary file in the same
-    directory gets the owner and mode first, then the content, ``fsync`` and
+    Write ``content`` to ``path`` atomically: a temporary file (``.tmp-``
+    and 8 random characters) in ``tmp_dir`` (default: the directory of
+    ``path``) gets the owner and mode first, then the content, ``fsync`` and
     ``rename`` over ``path`` (a symlink at ``path`` is replaced, never
     followed). The formula's one writer of secret files and of its own records
     (the syn2mas phase marker). Nothing is logged about the content.
+
+    A write interrupted before the rename leaves its temporary file behind
+    (:py:func:`temporaries` finds it): where a program reads every file of a
+    directory (MAS and ``secrets.keys_dir``), stage the file elsewhere with
+    ``tmp_dir``.
 
     path
         The file to write; its directory must exist.
@@ -344,6 +396,9 @@ def atomic_write(path, content, mode="0600", user="root", group="root"):
         ``bytes`` or ``str`` (UTF-8).
     mode, user, group
         Mode and owner of the file.
+    tmp_dir
+        Where the temporary file is made: an existing directory on the same
+        filesystem as ``path`` (the rename must stay atomic).
 
     CLI Example:
 
@@ -354,9 +409,16 @@ def atomic_write(path, content, mode="0600", user="root", group="root"):
     uid, gid = _owner_ids(user, group)
     data = content.encode() if isinstance(content, str) else bytes(content)
     directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise CommandExecutionError(f"the directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    staging = tmp_dir or directory
+    for folder in dict.fromkeys((directory, staging)):
+        if not os.path.isdir(folder):
+            raise CommandExecutionError(f"the directory {folder} does not exist")
+    if os.stat(staging).st_dev != os.stat(directory).st_dev:
+        raise CommandExecutionError(
+            f"cannot write {path} through {staging}: not on the filesystem of {directory}, so the rename would not"
+            " be atomic"
+        )
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=staging)
     try:
         os.fchmod(fd, int(str(mode), 8))
         os.fchown(fd, uid, gid)
@@ -369,21 +431,64 @@ def atomic_write(path, content, mode="0600", user="root", group="root"):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise CommandExecutionError(f"cannot write {path}: {exc.strerror}") from exc
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    for folder in dict.fromkeys((directory, staging)):
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return True
 
 
+def temporaries(directory):
+    """
+    The temporary files :py:func:`atomic_write` left in ``directory`` when a
+    write was interrupted before its rename (``.tmp-`` and the 8 characters
+    ``tempfile.mkstemp`` picks: regular files only, never a link). MAS loads
+    every regular file of ``secrets.keys_dir`` as a signing key, so one of
+    them there stops it; ``mas.secrets`` removes them from the formula's
+    secret directories and ``mas.clean`` with ``mas:clean:purge`` from every
+    directory of the formula.
+
+    directory
+        The directory to look in.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_secret.temporaries /matrix/matrix-authentication-service/config/keys
+    """
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if _TMP_NAME.fullmatch(name) and stat.S_ISREG(os.lstat(path).st_mode):
+            found.append(path)
+    return found
+
+
 def write(
-    path, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None, owner=None
+    path,
+    kind,
+    pillar_key=None,
+    user="root",
+    group="root",
+    mode="0600",
+    allow_rotation=False,
+    source=None,
+    owner=None,
+    tmp_dir=None,
 ):
     """
     Create or update one secret file atomically, never world-readable, and
     return what was done (never the value). An existing generated secret is
-    never regenerated. See :py:func:`status` for the arguments.
+    never regenerated. See :py:func:`status` for the arguments; ``tmp_dir``
+    is where :py:func:`atomic_write` stages the file (the signing keys are
+    staged in the secrets directory: MAS reads every file of ``keys_dir``).
 
     CLI Example:
 
@@ -407,7 +512,7 @@ def write(
         content = _wanted(kind, pillar_key, source)
         if content is None:
             content = _generate(kind)
-        atomic_write(path, content, mode, user, group)
+        atomic_write(path, content, mode, user, group, tmp_dir=tmp_dir)
         log.info("mas_secret: %s secret file %s (%s)", state["action"], path, state["reason"])
     if owner:
         # written, or found holding what the formula writes: the formula's from now on

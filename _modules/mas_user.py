@@ -1323,6 +1323,7 @@ def registration_token_ensure(name, usage_limit=None, expires=None, revoked=Fals
                 value = "".join(secrets.choice(_ALNUM) for _ in range(24))
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 __salt__["mas_secret.atomic_write"](path, value + "\n")
+                __salt__["mas_secret.record"](path, mas["secret_owner"])  # the formula's (mas:clean:purge)
             body = {"token": value, "usage_limit": usage_limit, "expires_at": _stamp(_when(expires))}
             found = backend.api.call("POST", "/user-registration-tokens", expect=(201,), json=body)["data"]
             tokens[value] = found

@@ -20,7 +20,16 @@ def _ret(name):
 
 
 def present(
-    name, kind, pillar_key=None, user="root", group="root", mode="0600", allow_rotation=False, source=None, owner=None
+    name,
+    kind,
+    pillar_key=None,
+    user="root",
+    group="root",
+    mode="0600",
+    allow_rotation=False,
+    source=None,
+    owner=None,
+    tmp_dir=None,
 ):
     """
     Ensure a secret file exists, generated once or taken from pillar, owned by
@@ -43,6 +52,10 @@ def present(
         The map's ``secret_owner`` (``{record, dirs}``): an existing file that
         is not the formula's own is refused, never replaced, and every file
         written is recorded (see ``mas_secret.foreign``).
+    tmp_dir
+        Where the file is staged before its rename (default: beside it; see
+        ``mas_secret.atomic_write``): the signing keys are staged in the
+        secrets directory, since MAS loads every file of ``keys_dir``.
 
     .. code-block:: yaml
 
@@ -76,7 +89,7 @@ def present(
             ret["comment"] = f"Secret file {name} would be {_verb(status['action'])} ({status['reason']})"
             ret["changes"] = {"secret": change}
             return ret
-        __salt__["mas_secret.write"](name, **args)
+        __salt__["mas_secret.write"](name, tmp_dir=tmp_dir, **args)
     except (CommandExecutionError, SaltInvocationError) as exc:
         ret["result"] = False
         ret["comment"] = f"Secret file {name}: {exc}"

@@ -24,8 +24,18 @@ from saltrun import REPO_ROOT
 DEFAULTS_FILE = REPO_ROOT / "mas" / "parameters" / "defaults.yaml"
 DEFAULTS = yaml.safe_load(DEFAULTS_FILE.read_text())["values"]
 
-EXECUTION_MODULES = ("mas", "mas_secret", "mas_db", "mas_user", "mas_doctor", "mas_proxy", "mas_synapse", "mas_syn2mas")
-STATE_MODULES = ("mas", "mas_secret", "mas_db", "mas_user", "mas_doctor", "mas_synapse", "mas_syn2mas")
+EXECUTION_MODULES = (
+    "mas",
+    "mas_secret",
+    "mas_db",
+    "mas_user",
+    "mas_doctor",
+    "mas_proxy",
+    "mas_synapse",
+    "mas_syn2mas",
+    "mas_clean",
+)
+STATE_MODULES = ("mas", "mas_secret", "mas_db", "mas_user", "mas_doctor", "mas_synapse", "mas_syn2mas", "mas_clean")
 
 
 def load(kind, name, alias=None):

@@ -51,6 +51,8 @@ def run():
         "user": mas["user"],
         "group": mas["group"],
         "docker": mas["service"]["docker"],
+        # the host files MAS reads outside config/ (mas:config *_file, a socket directory): read-only
+        "mounts": mas["docker_mounts"],
         "labels_file": paths["labels_file"] if labels else "",
         "salt_call": salt_wrapper["salt_call"],
         "salt_config_dir": salt_wrapper["config_dir"],

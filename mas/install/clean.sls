@@ -1,7 +1,11 @@
 #!py
-"""Removes the directory tree only when mas:clean:purge is true.
+"""With mas:clean:purge, removes what the formula made under mas:base_path, and only that.
 
-The service account is kept (files elsewhere may still belong to it).
+Its files (a banner, its record, the names it reserves in its own directories),
+the releases it extracted, then its directories once empty; every other file
+stays and the state says which and why (mas_clean.purged). It runs after MAS is
+stopped and its config removed, and after the syn2mas rollback guard. The
+service account is kept (files elsewhere may still belong to it).
 """
 
 from salt.exceptions import SaltInvocationError
@@ -12,12 +16,13 @@ def run():
         mas = __salt__["mas.mapdata"](refuse_foreign=True)
     except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
         raise SaltInvocationError(str(exc)) from None
-    sls_secrets_clean = __sls__.split(".")[0] + ".secrets.clean"
+    tplroot = __sls__.split(".")[0]
+    after = [tplroot + ".config.clean", tplroot + ".secrets.clean"]
     base = mas["paths"]["base"]
     if mas["clean"]["purge"]:
-        state_id = "mas-install-clean-file-absent"
-        state = {"file.absent": [{"name": base}, {"require": [{"sls": sls_secrets_clean}]}]}
+        state_id = "mas-install-clean-mas_clean-purged"
+        state = {"mas_clean.purged": [{"name": base}, {"require": [{"sls": sls} for sls in after]}]}
     else:
         state_id = "mas-install-clean-test-nop"
         state = {"test.nop": [{"name": f"Keeping {base} (secrets, keys, data); set mas:clean:purge to remove it"}]}
-    return {"include": [sls_secrets_clean], state_id: state}
+    return {"include": after, state_id: state}

@@ -1,8 +1,9 @@
 #!py
 """Secrets and keys are only removed with mas:clean:purge.
 
-mas.install.clean then removes the whole base path. Losing the encryption
-secret or the signing keys by accident must be hard.
+mas.install.clean then removes them with the rest of what the formula made
+(mas_clean.purged). Losing the encryption secret or the signing keys by
+accident must be hard.
 """
 
 from salt.exceptions import SaltInvocationError

@@ -4,7 +4,8 @@
 Pillar secrets are read on the minion by the mas_secret.present state, never
 passed through this file. A file there that is not the formula's own is
 refused, never replaced; the client-secret files of providers that are gone
-are removed.
+are removed, and so are the temporary files of an interrupted write (in
+keys_dir MAS would load one as a key and refuse to start).
 """
 
 from salt.exceptions import SaltInvocationError
@@ -28,6 +29,7 @@ def run():
                 {"mode": secret["mode"]},
                 {"allow_rotation": secret["allow_rotation"]},
                 {"owner": secret["owner"]},
+                {"tmp_dir": secret["tmp_dir"]},
                 {"require": [{"sls": sls_install}]},
             ]
         }
@@ -36,4 +38,11 @@ def run():
         states[f"mas-secrets-file-file-absent-{path.split('/')[-1]}"] = {
             "file.absent": [{"name": path}, {"require": [{"sls": sls_install}]}]
         }
+    # an interrupted write's temporary file: in keys_dir (an older formula staged keys there) MAS would
+    # load it as a key and refuse to start
+    for directory in ("keys_dir", "secrets_dir"):
+        for path in __salt__["mas_secret.temporaries"](mas["paths"][directory]):
+            states[f"mas-secrets-file-file-absent-{directory}-{path.split('/')[-1]}"] = {
+                "file.absent": [{"name": path}, {"require": [{"sls": sls_install}]}]
+            }
     return states

@@ -17,9 +17,13 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness.util import require_binary, unavailable
+from harness.util import free_port, require_binary, unavailable
 from pillars import PILLAR_SECRETS, deep_update
 from saltrun import REPO_ROOT
+
+#: A release tarball of the binary runtime (never fetched: the tests lay out what it extracts to).
+RELEASE_URL = "https://example.com/mas-cli-x86_64-linux.tar.gz"
+RELEASE_HASH = "sha256=" + "0123456789abcdef" * 4
 
 
 def snapshot(root):
@@ -149,6 +153,36 @@ def test_generated_secrets_are_kept(salt_minion, minimal_pillar, paths):
     again = salt_minion.apply(minimal_pillar)
     assert again.returncode == 0 and again.changed == [], again.output
     assert snapshot(paths["base"]) == before
+
+
+def test_an_interrupted_writes_temporary_files_are_removed_and_keys_staged_outside_keys_dir(
+    salt_minion, minimal_pillar, paths
+):
+    """Issue 21, 6: MAS loads every file of keys_dir as a key. A `.tmp-` file an interrupted write left
+    there (an older formula staged keys in keys_dir) or in secrets/ is removed (predicted first); an
+    operator's file of another name is left; a key written again is staged in secrets/, not keys/."""
+    assert salt_minion.apply(minimal_pillar).returncode == 0
+    keys, secrets = paths["base"] / "config" / "keys", paths["base"] / "config" / "secrets"
+    stale = {keys / ".tmp-k3ylst_1": b"-----BEGIN PRIVATE KEY-----\nMIIE", secrets / ".tmp-s3cr3t_2": b"0123"}
+    for path, data in stale.items():
+        path.write_bytes(data)
+        path.chmod(0o600)
+    not_ours = secrets / ".tmp-operator-notes"
+    not_ours.write_text("mine")
+    (keys / "ec-k256.pem").unlink()
+    predicted = salt_minion.apply(minimal_pillar, test=True)
+    assert predicted.returncode == 0, predicted.output
+    assert all(path.exists() for path in stale)
+    for path in stale:
+        state = predicted.by_id(f"mas-secrets-file-file-absent-{path.parent.name}_dir-{path.name}")
+        assert state["result"] is None and state["changes"] == {"removed": str(path)}
+    res = salt_minion.apply(minimal_pillar)
+    assert res.returncode == 0, res.output
+    assert not any(path.exists() for path in stale) and not_ours.read_text() == "mine"
+    assert sorted(p.name for p in keys.iterdir()) == ["ec-k256.pem", "ec-p256.pem", "ec-p384.pem", "rsa.pem"]
+    mapdata = salt_minion.run("mas.mapdata")
+    staged = {e["name"]: e["tmp_dir"] for e in mapdata.data["secret_files"]}
+    assert staged["key-rsa"] == staged["key-ec-k256"] == str(secrets) and staged["encryption"] is None
 
 
 def test_test_mode_predicts_and_touches_nothing(salt_minion, full_pillar, paths):
@@ -337,6 +371,31 @@ def test_docker_runtime_unit_and_wrapper(salt_minion, minimal_pillar, paths):
     assert subprocess.run(["sh", "-n", str(paths["base"] / "bin" / "mas-cli")], check=False).returncode == 0
 
 
+def test_docker_wrapper_mounts_the_host_files_mas_reads_outside_config(salt_minion, minimal_pillar, paths):
+    """Issue 21, 7: a *_file of mas:config and a socket-directory database host outside
+    <base_path>/config are mounted read-only at the same path (MAS reads them in the container);
+    one it cannot mount is refused naming the key, before anything is written."""
+    pillar = deep_update(
+        minimal_pillar,
+        {
+            "runtime": "docker",
+            "database": {"host": "/var/run/postgresql"},
+            "config": {"database": {"ssl_ca_file": "/etc/ssl/pg-ca.pem"}},
+        },
+    )
+    res = salt_minion.apply(pillar)
+    assert res.returncode == 0, res.output
+    wrapper = (paths["base"] / "bin" / "mas-cli").read_text()
+    for path in (f"{paths['base']}/config", "/etc/ssl/pg-ca.pem", "/var/run/postgresql"):
+        assert f"--mount=type=bind,src={path},dst={path},readonly" in wrapper
+    assert subprocess.run(["sh", "-n", str(paths["base"] / "bin" / "mas-cli")], check=False).returncode == 0
+    shutil.rmtree(paths["base"])
+    refused = salt_minion.apply(deep_update(pillar, {"config": {"database": {"ssl_ca_file": "pg-ca.pem"}}}))
+    assert refused.returncode != 0
+    assert "mas:config:database:ssl_ca_file: with mas:runtime docker MAS reads it in the container" in refused.output
+    assert not paths["base"].exists()
+
+
 @pytest.mark.parametrize("runtime", ["binary", "docker"])
 def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, runtime, tmp_path):
     tool = require_binary("systemd-analyze")
@@ -363,18 +422,118 @@ def test_unit_passes_systemd_analyze_verify(salt_minion, minimal_pillar, paths, 
 
 
 def test_disabled_runs_clean_and_keeps_secrets_unless_purge(salt_minion, minimal_pillar, paths):
-    assert salt_minion.apply(minimal_pillar).returncode == 0
-    keys = snapshot(paths["base"] / "config" / "keys")
-    res = salt_minion.apply(deep_update(minimal_pillar, {"enabled": False}))
+    """Issue 21, 8: mas:enabled false removes config, wrappers and unit and keeps secrets, keys and
+    data; mas:clean:purge then removes what the formula made (predicted first, touching nothing) and
+    only that: an operator's files in <base_path>/config/, its secrets directory and <base_path>
+    itself stay, named with the reason, and so do the directories holding them."""
+    binary = {"source": RELEASE_URL, "source_hash": RELEASE_HASH, "path": None, "share_dir": None}
+    pillar = deep_update(minimal_pillar, {"binary": binary})
+    base = paths["base"]
+    release = base / "dist" / f"mas-cli-{RELEASE_HASH[7:23]}"
+    release.mkdir(parents=True)  # as mas.install.binary extracted it (no download here)
+    (release / "mas-cli").write_text("#!/bin/sh\n")
+    assert salt_minion.apply(pillar).returncode == 0
+    operator = {
+        base / "config" / "operator.yaml": "# the operator's own\n",
+        base / "config" / "secrets" / "smtp-relay.secret": "operator-secret",
+        base / "notes.txt": "another service's notes\n",
+        base / "other-service" / "state.db": "theirs",
+        base / "data" / "written-by-mas": "MAS's",
+    }
+    for path, text in operator.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    # interrupted writes (a disabled run does not apply mas.secrets, which would remove them)
+    (base / "config" / "keys" / ".tmp-a1b2c3d4").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (base / "formula" / ".tmp-e5f6g7h8").write_text("{}")
+    keys = snapshot(base / "config" / "keys")
+
+    res = salt_minion.apply(deep_update(pillar, {"enabled": False}))
     assert res.returncode == 0, res.output
-    assert not (paths["base"] / "config" / "config.yaml").exists()
-    assert not (paths["base"] / "bin" / "mas-cli").exists()
+    assert not (base / "config" / "config.yaml").exists()
+    assert not (base / "bin" / "mas-cli").exists()
     assert not (paths["units"] / "matrix-authentication-service.service").exists()
-    assert snapshot(paths["base"] / "config" / "keys") == keys
-    assert (paths["base"] / "config" / "secrets" / "encryption").exists()
-    res = salt_minion.apply(deep_update(minimal_pillar, {"enabled": False, "clean": {"purge": True}}))
+    assert snapshot(base / "config" / "keys") == keys
+    assert (base / "config" / "secrets" / "encryption").exists() and release.is_dir()
+
+    purge = deep_update(pillar, {"enabled": False, "clean": {"purge": True}})
+    before = snapshot(base)
+    predicted = salt_minion.apply(purge, test=True)
+    assert predicted.returncode == 0, predicted.output
+    assert snapshot(base) == before
+    state = predicted.by_id("mas-install-clean-mas_clean-purged")
+    assert state["result"] is None
+    kept = state["changes"]["new"]["kept"]
+    assert kept[str(base / "config" / "operator.yaml")].startswith("not written by the formula")
+    assert kept[str(base / "other-service")] == "a directory the formula did not make"
+    assert kept[str(base / "config")] == "not empty: it holds what is kept"
+    old = set(state["changes"]["old"])
+    for path in (
+        base / "config" / "secrets" / "encryption",
+        base / "config" / "keys" / "rsa.pem",
+        base / "config" / "keys",
+        base / "formula" / "secrets.json",
+        base / "formula" / ".tmp-e5f6g7h8",
+        base / "config" / "keys" / ".tmp-a1b2c3d4",
+        release,
+        base / "dist",
+        base / "bin",
+    ):
+        assert str(path) in old
+    assert not any(str(path) in old for path in operator)
+
+    res = salt_minion.apply(purge)
     assert res.returncode == 0, res.output
-    assert not paths["base"].exists()
+    state = res.by_id("mas-install-clean-mas_clean-purged")
+    assert set(state["changes"]["old"]) == old and state["changes"]["new"]["kept"] == kept
+    assert "smtp-relay.secret: not written by the formula" in state["comment"]
+    for path, text in operator.items():
+        assert path.read_text() == text
+    left = sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+    assert left == [
+        "config",
+        "config/operator.yaml",
+        "config/secrets",
+        "config/secrets/smtp-relay.secret",
+        "data",
+        "data/written-by-mas",
+        "notes.txt",
+        "other-service",
+        "other-service/state.db",
+    ]
+    again = salt_minion.apply(purge)
+    assert again.returncode == 0 and again.changed == [], again.output
+    assert "Nothing the formula made is left" in again.by_id("mas-install-clean-mas_clean-purged")["comment"]
+    # with nothing of anyone else's left, the whole tree goes
+    for path in operator:
+        path.unlink()
+    (base / "other-service").rmdir()
+    assert salt_minion.apply(purge).returncode == 0
+    assert not base.exists()
+
+
+def test_disable_or_purge_refused_while_mas_database_unreadable_unless_forced(salt_minion, minimal_pillar, paths):
+    """README, uninstall: while Synapse delegates to MAS, disabling (or purging) is refused when the
+    formula cannot read MAS's database (the rollback guard), and nothing is removed; with
+    mas:syn2mas:force_rollback: true it goes ahead."""
+    pillar = deep_update(minimal_pillar, {"database": {"host": "127.0.0.1", "port": free_port()}})
+    assert salt_minion.apply(pillar).returncode == 0
+    dropin = paths["synapse_dir"] / "matrix-authentication-service.yaml"
+    assert dropin.exists()
+    before = snapshot(paths["base"])
+    refused = salt_minion.apply(
+        deep_update(pillar, {"enabled": False, "clean": {"purge": True}, "syn2mas": {"force_rollback": False}})
+    )
+    assert refused.returncode != 0
+    guard = refused.by_id("mas-synapse-clean-mas_syn2mas-safe_to_roll_back")
+    assert guard["result"] is False and "mas:enabled is false" in guard["comment"]
+    assert "is unreachable" in guard["comment"] and "mas:syn2mas:force_rollback: true" in guard["comment"]
+    assert refused.by_id("mas-install-clean-mas_clean-purged")["result"] is False  # its requisite failed
+    assert dropin.exists() and snapshot(paths["base"]) == before
+    forced = salt_minion.apply(deep_update(pillar, {"enabled": False, "clean": {"purge": True}}))
+    assert forced.returncode == 0, forced.output
+    assert forced.by_id("mas-synapse-clean-mas_syn2mas-safe_to_roll_back")["comment"].startswith("rollback forced")
+    assert not dropin.exists() and not paths["base"].exists()
 
 
 def test_path_prefix_root_and_custom_hostname(salt_minion, minimal_pillar, paths, mas_config_schema):
@@ -384,6 +543,16 @@ def test_path_prefix_root_and_custom_hostname(salt_minion, minimal_pillar, paths
     jsonschema.validate(config, mas_config_schema)
     assert config["http"]["public_base"] == "https://auth.example.com/"
     assert "prefix" not in config["http"]["listeners"][0]
+
+
+def test_trusted_proxies_empty_list_is_written_unset_is_left_out(salt_minion, minimal_pillar, paths):
+    """Issue 21, 7: `[]` trusts no proxy and reaches config.yaml; unset leaves MAS its defaults."""
+    config_file = paths["base"] / "config" / "config.yaml"
+    assert salt_minion.apply(minimal_pillar).returncode == 0
+    assert "trusted_proxies" not in yaml.safe_load(config_file.read_text())["http"]
+    res = salt_minion.apply(deep_update(minimal_pillar, {"http": {"trusted_proxies": []}}))
+    assert res.returncode == 0, res.output
+    assert yaml.safe_load(config_file.read_text())["http"]["trusted_proxies"] == []
 
 
 def test_pepper_read_from_synapse_config(salt_minion, minimal_pillar, paths):

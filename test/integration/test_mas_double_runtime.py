@@ -510,6 +510,20 @@ def test_every_rendered_config_passes_config_check(tmp_path, minimal_pillar, ful
     assert result.returncode == 0, f"{variant}: {result.stderr}"
 
 
+def test_trusting_no_proxy_is_written_and_passes_config_check(tmp_path, minimal_pillar):
+    """Issue 21, 7: ``mas:http:trusted_proxies: []`` (trust none) lands in config.yaml as ``[]``, which
+    MAS accepts; left out, MAS would trust its private and loopback defaults."""
+    mas_target.require_double_contracts()
+    share = mas_target.share_dir(tmp_path)
+    binary = {"path": str(mas_target.cli()), "share_dir": str(share)}
+    pillar = dict(minimal_pillar, binary=binary, runtime="binary", http={"trusted_proxies": []})
+    config = _rendered(pillar)
+    assert config["http"]["trusted_proxies"] == []
+    assert "trusted_proxies: []" in write(tmp_path, config).read_text()
+    result = check(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+
+
 # ------------------------------------------------------------- the formula side
 
 
@@ -540,5 +554,50 @@ def test_register_user_names_synapses_refusal_and_creates_nothing(
             assert "Unexpected HTTP response while provisioning user in Synapse" in refused.output
             info = salt_minion.run("mas_user.info", "bob")
             assert info.returncode == 0 and info.data is None, info.output
+    finally:
+        pg.drop_database(name)
+
+
+def test_mas_starts_after_an_interrupted_key_write(pg, salt_minion, synapse_factory, homeserver, tmp_path):
+    """Issue 21, 6: MAS loads every regular file of ``secrets.keys_dir`` as a signing key, so the
+    ``.tmp-`` file of an interrupted write there stops it ("could not import keys from config"). The
+    formula stages the keys in secrets/ (MAS never lists it: a temporary file left there is harmless)
+    and removes the writer's leftovers from keys/ and secrets/ before MAS starts."""
+    name = "mas_interrupted_write"
+    pg.drop_database(name)
+    pg.create_database(name)
+    mas_target.migrate(pg, name)
+    synapse = synapse_factory(database="sqlite")  # its config files only; MAS talks to the fake
+    pillar = wired_pillar(tmp_path, pg, name, synapse, free_port(), free_port())
+    pillar["synapse"]["endpoint"] = homeserver.url
+    assert salt_minion.apply(pillar).returncode == 0
+    config = tmp_path / "mas" / "config"
+    staged = config / "secrets" / ".tmp-st4g3d_1"  # the formula's writer, interrupted
+    left = config / "keys" / ".tmp-k3ylst_2"  # an older formula's writer, interrupted
+    try:
+        for path in (staged, left):
+            path.write_bytes(b"-----BEGIN PRIVATE KEY-----\nMIIEvgIBADANBgkqhkiG9w0BAQEFAASC\n")
+            path.chmod(0o600)
+        left.rename(tmp_path / "aside")
+        with run_server([config / "config.yaml"], log_path=tmp_path / "mas-staged.log") as mas:
+            assert requests.get(mas.url("health", "/health"), timeout=10).status_code == 200
+        (tmp_path / "aside").rename(left)
+        with pytest.raises(RuntimeError, match="could not import keys from config"):
+            run_server([config / "config.yaml"], log_path=tmp_path / "mas-stray.log").stop()
+
+        res = salt_minion.apply(pillar)
+        assert res.returncode == 0, res.output
+        assert not left.exists() and not staged.exists()
+        check = subprocess.run(
+            [str(tmp_path / "mas" / "bin" / "mas-cli"), "config", "check"],
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=120,
+            check=False,
+        )
+        assert check.returncode == 0, check.stderr
+        with run_server([config / "config.yaml"], log_path=tmp_path / "mas.log") as mas:
+            assert requests.get(mas.url("health", "/health"), timeout=10).status_code == 200
     finally:
         pg.drop_database(name)

@@ -8,6 +8,7 @@ arguments or Salt's output; re-applying changes nothing; every state predicts
 under test=True without touching anything.
 """
 
+import json
 import os
 import subprocess
 import threading
@@ -280,6 +281,9 @@ def test_registration_tokens_from_pillar(deployment, pg):
     )
     assert len(found) == 1 and found[0][0] == 5 and found[0][1].isoformat() == "2031-01-31T00:00:00+00:00"
     unlimited = (tokens_dir / "open").read_text().strip()
+    # the formula's files: recorded, so that mas:clean:purge removes them (and no token file of anyone else's)
+    record = json.loads((deployment["root"] / "mas" / "formula" / "secrets.json").read_text())["files"]
+    assert {str(tokens_dir / "friends"), str(tokens_dir / "open")} <= set(record)
     assert pg.query(
         deployment["db"], "SELECT usage_limit FROM user_registration_tokens WHERE token = %s", (unlimited,)
     ) == [(None,)]

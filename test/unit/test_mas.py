@@ -227,3 +227,86 @@ def test_render_reads_a_template_only_the_file_server_has(pillar, tmp_path, monk
 def test_account_tells_what_exists(pillar):
     assert mas.account("root", "root") == {"user": True, "group": True}
     assert mas.account("no-such-user-4711", "no-such-group-4711") == {"user": False, "group": False}
+
+
+@pytest.mark.parametrize(
+    "pillar, expected",
+    [
+        ({}, None),  # unset: MAS's own default (private and loopback networks)
+        ({"http": {"trusted_proxies": []}}, []),  # trust none
+        ({"http": {"trusted_proxies": ["127.0.0.1/32", "::1/128"]}}, ["127.0.0.1/32", "::1/128"]),
+        ({"http": {"trusted_proxies": ["10.0.0.0/8"]}, "config": {"http": {"trusted_proxies": []}}}, []),
+    ],
+)
+def test_trusted_proxies_land_in_config_yaml_as_written(pillar, expected):
+    """Issue 21, 7: an empty list means trust none, so it is written; only an unset value is left out."""
+    http = settings(**pillar)["mas_config"]["http"]
+    assert http.get("trusted_proxies", "left out") == ("left out" if expected is None else expected)
+
+
+def test_trusted_proxies_must_be_a_list_of_networks():
+    for value, key in (
+        ("10.0.0.0/8", "mas:http:trusted_proxies"),
+        (["10.0.0.0/8", "any"], "mas:http:trusted_proxies:1"),
+    ):
+        with pytest.raises(SaltInvocationError, match=f"{key}: "):
+            settings(http={"trusted_proxies": value})
+
+
+CLIENT = {"client_id": "01HFVBY12TMNTYTBV8W921M5FC", "client_auth_method": "client_secret_basic"}
+
+
+def test_docker_mounts_the_host_files_mas_reads_outside_config_read_only():
+    """Issue 21, 7: the docker runtime mounts <base_path>/config; a *_file of mas:config or of a provider,
+    or PostgreSQL's socket directory, elsewhere is mounted too (read-only, same path); config/ is not
+    mounted twice, and the binary runtime mounts nothing."""
+    pillar = {
+        "runtime": "docker",
+        "database": {"host": "/var/run/postgresql"},
+        "config": {
+            "clients": [{**CLIENT, "client_secret_file": "/etc/mas/client.secret"}],
+            "database": {"ssl_ca_file": "/etc/ssl/pg-ca.pem"},
+            "secrets": {"keys": [{"key_file": "/srv/mas/config/secrets/extra.pem"}]},
+        },
+        "upstream_oauth2_providers": [
+            {
+                "id": "01HFVBY12TMNTYTBV8W921M5FA",
+                "issuer": "https://appleid.apple.com",
+                "client_id": "c",
+                "token_endpoint_auth_method": "sign_in_with_apple",
+                "sign_in_with_apple": {"private_key_file": "/etc/mas/apple.p8", "team_id": "T", "key_id": "K"},
+            }
+        ],
+    }
+    result = settings(**pillar)
+    assert result["docker_mounts"] == [
+        "/etc/mas/apple.p8",
+        "/etc/mas/client.secret",
+        "/etc/ssl/pg-ca.pem",
+        "/var/run/postgresql",
+    ]
+    assert (
+        settings(**dict(pillar, runtime="binary", binary={"path": "/bin/true", "share_dir": "/usr/share"}))[
+            "docker_mounts"
+        ]
+        == []
+    )
+    assert settings(runtime="docker")["docker_mounts"] == []
+
+
+@pytest.mark.parametrize(
+    "config, key, binary_ok",
+    [
+        ({"database": {"ssl_ca_file": "certs/pg-ca.pem"}}, "mas:config:database:ssl_ca_file", True),
+        ({"clients": [{**CLIENT, "client_secret_file": "/etc/mas/a b"}]}, "mas:config:clients:0", True),
+        ({"database": {"socket": "run/postgresql"}}, "mas:config:database:socket", True),
+        ({"database": {"host": "/run/pg,src=/"}}, "mas:config:database:host", True),
+        ({"secrets": {"keys_dir": "/srv/keys,dst=/etc"}}, "mas:config:secrets:keys_dir", False),
+    ],
+)
+def test_docker_refuses_a_host_path_it_cannot_mount_naming_the_key(config, key, binary_ok):
+    with pytest.raises(SaltInvocationError, match=f"{key}[:a-z_]*: with mas:runtime docker") as err:
+        settings(runtime="docker", config=config)
+    assert "mounts it read-only at the same path" in str(err.value)
+    if binary_ok:  # the binary runtime reads the host's files itself
+        settings(runtime="binary", binary={"path": "/bin/true", "share_dir": "/usr/share"}, config=config)

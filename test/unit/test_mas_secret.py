@@ -218,3 +218,71 @@ def test_leftovers_are_the_client_secrets_of_gone_providers(tmp_path):
         path.write_text("x")
     assert mas_secret.leftovers(str(tmp_path), [str(kept)]) == [str(gone)]
     assert mas_secret.leftovers(str(tmp_path / "missing")) == []
+
+
+# --------------------------------------------------------------------------
+# Interrupted writes leave nothing where MAS reads every file (issue 21, 6)
+# --------------------------------------------------------------------------
+
+
+def _interrupt_at_fsync(monkeypatch):
+    """The minion dies after the temporary file got its content, before the rename (as kill -9 would)."""
+
+    def crash(fd):
+        raise KeyboardInterrupt("interrupted")
+
+    monkeypatch.setattr(mas_secret.os, "fsync", crash)
+
+
+def test_an_interrupted_key_write_leaves_nothing_in_keys_dir(tmp_path, monkeypatch):
+    keys, staging = tmp_path / "keys", tmp_path / "secrets"
+    keys.mkdir()
+    staging.mkdir()
+    _interrupt_at_fsync(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        mas_secret.write(str(keys / "rsa.pem"), "ec-p256", user=ME, group=MY_GROUP, tmp_dir=str(staging))
+    assert list(keys.iterdir()) == []
+    left = mas_secret.temporaries(str(staging))
+    assert len(left) == 1 and pathlib.Path(left[0]).name.startswith(".tmp-")
+    assert stat.S_IMODE(os.lstat(left[0]).st_mode) == 0o600
+    monkeypatch.undo()
+    assert mas_secret.write(str(keys / "rsa.pem"), "ec-p256", user=ME, group=MY_GROUP, tmp_dir=str(staging))
+    assert [p.name for p in keys.iterdir()] == ["rsa.pem"]
+    assert b"PRIVATE KEY" in (keys / "rsa.pem").read_bytes()
+
+
+def test_without_tmp_dir_the_temporary_file_is_beside_the_target(tmp_path, monkeypatch):
+    _interrupt_at_fsync(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        mas_secret.atomic_write(str(tmp_path / "marker.json"), "{}", user=ME, group=MY_GROUP)
+    monkeypatch.undo()
+    assert [pathlib.Path(p).parent for p in mas_secret.temporaries(str(tmp_path))] == [tmp_path]
+
+
+def test_tmp_dir_must_exist_and_share_the_filesystem(tmp_path, monkeypatch):
+    with pytest.raises(CommandExecutionError, match="does not exist"):
+        mas_secret.atomic_write(str(tmp_path / "f"), "x", user=ME, group=MY_GROUP, tmp_dir=str(tmp_path / "none"))
+    real_stat = os.stat
+
+    def other_device(path, *args, **kwargs):
+        info = real_stat(path, *args, **kwargs)
+        if str(path) == str(tmp_path / "elsewhere"):
+            return os.stat_result((info.st_mode, info.st_ino, info.st_dev + 1, *info[3:]))
+        return info
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setattr(mas_secret.os, "stat", other_device)
+    with pytest.raises(CommandExecutionError, match="would not be atomic"):
+        mas_secret.atomic_write(str(tmp_path / "f"), "x", user=ME, group=MY_GROUP, tmp_dir=str(tmp_path / "elsewhere"))
+    assert not (tmp_path / "f").exists() and list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_temporaries_are_only_the_writers_files(tmp_path):
+    ours = tmp_path / ".tmp-a1b2c3_d"
+    ours.write_text("-----BEGIN PRIVATE KEY-----\npartial")
+    for name in (".tmp-short", ".tmp-ABCDEFGH", "tmp-abcdefgh", ".tmp-abcdefgh.pem", "rsa.pem"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".tmp-dir12345").mkdir()
+    (tmp_path / ".tmp-link1234").symlink_to(ours)
+    assert mas_secret.temporaries(str(tmp_path)) == [str(ours)]
+    assert mas_secret.temporaries(str(tmp_path / "missing")) == []
