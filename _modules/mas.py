@@ -1864,8 +1864,11 @@ def _check_admin_clients(admins, add):
 
 def _rules_types(config, add, key):
     """experimental (session_limit, inactive_session_expiration), telemetry, database durations."""
-    experimental = config.get("experimental")
-    limit = experimental.get("session_limit") if isinstance(experimental, dict) else None
+    experimental = config.get("experimental") if isinstance(config.get("experimental"), dict) else {}
+    for name, fields in (("session_limit", "soft_limit, hard_limit"), ("inactive_session_expiration", "ttl")):
+        if experimental.get(name) is not None and not isinstance(experimental[name], dict):
+            add(("experimental", name), f"must be a mapping ({fields}, ...), not {experimental[name]!r}")
+    limit = experimental.get("session_limit")
     if isinstance(limit, dict):
         where = ("experimental", "session_limit")
         for field in ("soft_limit", "hard_limit", "max_session_threshold"):
@@ -1878,7 +1881,7 @@ def _rules_types(config, add, key):
                 )
             elif value is not None and not (_is_int(value) and value >= 1):
                 add((*where, field), f"must be a whole number of at least 1 (MAS refuses 0), not {value!r}")
-    expiration = experimental.get("inactive_session_expiration") if isinstance(experimental, dict) else None
+    expiration = experimental.get("inactive_session_expiration")
     if isinstance(expiration, dict) and expiration.get("ttl") is None:
         where = ("experimental", "inactive_session_expiration")
         add((*where, "ttl"), f"is required when {key(*where)} is set (seconds, from 600 to 7776000)")

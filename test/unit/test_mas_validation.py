@@ -877,6 +877,11 @@ RULES = [
         "mas:config:experimental:session_limit:max_session_threshold: must be a whole number of at least 1",
     ),
     (
+        "EX-5d",
+        {"config": {"experimental": {"session_limit": 5}}},
+        "mas:config:experimental:session_limit: must be a mapping (soft_limit, hard_limit, ...), not 5",
+    ),
+    (
         "EX-6",
         {"config": {"experimental": {"inactive_session_expiration": {"expire_compat_sessions": True}}}},
         "mas:config:experimental:inactive_session_expiration:ttl: is required when"
