@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import stat
+import urllib.parse
 
 import jinja2
 import jinja2.sandbox
@@ -1032,8 +1033,13 @@ def _validate_providers(data, errors):
     if not isinstance(providers, list):
         errors.add(("upstream_oauth2_providers",), "must be a list of MAS upstream OAuth2 providers")
         return
+    # mas:upstream_oauth2_providers:*:client_secret goes to a file, '' to none (see _redact)
+    checked = [
+        {k: v for k, v in p.items() if not (k == "client_secret" and v == "")} if isinstance(p, dict) else p
+        for p in providers
+    ]
     _check_providers(
-        providers,
+        checked,
         lambda sub, message: errors.add(("upstream_oauth2_providers", *sub), message),
         lambda *sub: _key("upstream_oauth2_providers", *sub),
     )
@@ -1288,23 +1294,28 @@ def _check_providers(providers, add, key):
             for field in ("authorization_endpoint", "token_endpoint"):
                 if not _is_set(provider.get(field)):
                     fail((field,), f"is required when {k('discovery_mode')} is disabled (an https:// URL)")
-        has_secret = _is_set(provider.get("client_secret")) or _is_set(provider.get("client_secret_file"))
-        if _is_set(provider.get("client_secret")) and _is_set(provider.get("client_secret_file")):
+        secret, secret_file = provider.get("client_secret"), provider.get("client_secret_file")
+        if _given(secret) and _given(secret_file):
             fail(("client_secret_file",), f"cannot be set together with {k('client_secret')}: set one of them")
-        if method in SECRET_METHODS and not has_secret:
+        if method in SECRET_METHODS and not (_is_set(secret) or _is_set(secret_file)):
             fail(("client_secret",), f"is required when {k('token_endpoint_auth_method')} is {method} (a string)")
-        elif method in TOKEN_AUTH_METHODS and method not in SECRET_METHODS and has_secret:
-            fail(("client_secret",), f"must not be set when {k('token_endpoint_auth_method')} is {method}: remove it")
+        elif method in TOKEN_AUTH_METHODS and method not in SECRET_METHODS and (_given(secret) or _given(secret_file)):
+            field = "client_secret" if _given(secret) else "client_secret_file"
+            fail(
+                (field,),
+                f"must not be set when {k('token_endpoint_auth_method')} is {method}: remove it"
+                + _empty(provider[field]),
+            )
         alg = provider.get("token_endpoint_auth_signing_alg")
         if method in SIGNED_METHODS and not _is_set(alg):
             fail(
                 ("token_endpoint_auth_signing_alg",),
                 f"is required when {k('token_endpoint_auth_method')} is {method} (e.g. RS256)",
             )
-        elif method in TOKEN_AUTH_METHODS and method not in SIGNED_METHODS and _is_set(alg):
+        elif method in TOKEN_AUTH_METHODS and method not in SIGNED_METHODS and _given(alg):
             fail(
                 ("token_endpoint_auth_signing_alg",),
-                f"must not be set when {k('token_endpoint_auth_method')} is {method}: remove it",
+                f"must not be set when {k('token_endpoint_auth_method')} is {method}: remove it{_empty(alg)}",
             )
         siwa = provider.get("sign_in_with_apple")
         if method == "sign_in_with_apple":
@@ -1328,6 +1339,7 @@ def _check_providers(providers, add, key):
         if scope is not None and not (isinstance(scope, str) and _SCOPE.fullmatch(scope)):
             fail(("scope",), f"must be scope tokens separated by single spaces (e.g. 'openid email'), not {scope!r}")
         _check_claims_imports(provider.get("claims_imports"), lambda sub, msg, i=index: add((i, *sub), msg), k)
+        _check_provider_types(provider, fail)
 
 
 def _check_claims_imports(claims, fail, k):
@@ -1450,12 +1462,15 @@ def _rules_http(http, base, add, key):
                 ("certificate", "certificate_file", "a certificate"),
                 ("key", "key_file", "a private key"),
             ):
-                if _is_set(tls.get(a)) and _is_set(tls.get(b)):
-                    add(("listeners", index, "tls", b), f"only one of {a} or {b} can be set")
+                if _given(tls.get(a)) and _given(tls.get(b)):
+                    add(("listeners", index, "tls", b), f"only one of {a} or {b} can be set{_empty(tls[a])}")
                 elif not _is_set(tls.get(a)) and not _is_set(tls.get(b)):
                     add(("listeners", index, "tls", b), f"is required: TLS needs {what}")
-            if _is_set(tls.get("password")) and _is_set(tls.get("password_file")):
-                add(("listeners", index, "tls", "password_file"), "only one of password or password_file can be set")
+            if _given(tls.get("password")) and _given(tls.get("password_file")):
+                add(
+                    ("listeners", index, "tls", "password_file"),
+                    f"only one of password or password_file can be set{_empty(tls['password'])}",
+                )
     for base_listener in base["listeners"]:
         name = base_listener.get("name")
         found = [entry for entry in listeners if isinstance(entry, dict) and entry.get("name") == name]
@@ -1483,20 +1498,24 @@ def _rules_http(http, base, add, key):
 
 
 def _rules_database(db, add, key):
-    if _is_set(db.get("uri")):
-        mixed = [f for f in ("host", "port", "socket", "username", "password_file", "database") if f in db]
+    if _given(db.get("uri")):
+        mixed = [
+            f
+            for f in ("host", "port", "socket", "username", "password", "password_file", "database")
+            if _given(db.get(f))
+        ]
         if mixed:
             add(
                 ("uri",),
                 "must not be combined with host, port, socket, username, password or database, which the formula"
-                " sets: set mas:database:host, :port, :name, :user and :password instead",
+                f" sets: set mas:database:host, :port, :name, :user and :password instead{_empty(db['uri'])}",
             )
     pairs = (("password", "password_file"), ("ssl_ca", "ssl_ca_file"), ("ssl_certificate", "ssl_certificate_file"))
     for a, b in (*pairs, ("ssl_key", "ssl_key_file")):
-        if _is_set(db.get(a)) and _is_set(db.get(b)):
-            add((b,), f"cannot be set together with {key(a)}")
-    has_cert = _is_set(db.get("ssl_certificate")) or _is_set(db.get("ssl_certificate_file"))
-    has_key = _is_set(db.get("ssl_key")) or _is_set(db.get("ssl_key_file"))
+        if _given(db.get(a)) and _given(db.get(b)):
+            add((b,), f"cannot be set together with {key(a)}{_empty(db[a])}")
+    has_cert = _given(db.get("ssl_certificate")) or _given(db.get("ssl_certificate_file"))
+    has_key = _given(db.get("ssl_key")) or _given(db.get("ssl_key_file"))
     if has_cert != has_key:
         add(
             ("ssl_key_file",) if has_cert else ("ssl_certificate_file",),
@@ -1519,7 +1538,7 @@ def _rules_email(email, add, key):
     for field in ("from", "reply_to"):
         if field in email and not _CHECKS["mailbox"](email[field]):
             add((field,), f"must be {KINDS['mailbox']}, not {email[field]!r}")
-    has_password = _is_set(email.get("password")) or _is_set(email.get("password_file"))
+    has_password = _given(email.get("password")) or _given(email.get("password_file"))
     if transport == "smtp":
         if not _is_set(email.get("mode")):
             add(("mode",), f"is required when {key('transport')} is smtp (plain, starttls or tls)")
@@ -1531,22 +1550,26 @@ def _rules_email(email, add, key):
             add(("hostname",), f"must be {KINDS['host']}, not {email['hostname']!r}")
         if "port" in email and not (_is_int(email["port"]) and _as_port(email["port"])):
             add(("port",), f"must be {KINDS['port']}, not {email['port']!r}")
-        if _is_set(email.get("username")) and not has_password:
-            add(("password",), f"is required when {key('username')} is set (the SMTP password)")
-        if has_password and not _is_set(email.get("username")):
-            add(("username",), f"is required when {key('password_file')} is set (the SMTP user name)")
-        if _is_set(email.get("password")) and _is_set(email.get("password_file")):
-            add(("password_file",), f"cannot be set together with {key('password')}")
-        if _is_set(email.get("command")):
-            add(("command",), f"is only for sendmail: remove it when {key('transport')} is smtp")
+        username = email.get("username")
+        if _given(username) and not has_password:
+            add(("password",), f"is required when {key('username')} is set (the SMTP password){_empty(username)}")
+        if has_password and not _is_set(username):
+            add(("username",), f"is required when {key('password_file')} is set (the SMTP user name){_empty(username)}")
+        if _given(email.get("password")) and _given(email.get("password_file")):
+            add(("password_file",), f"cannot be set together with {key('password')}{_empty(email['password'])}")
+        if _given(email.get("command")):
+            add(
+                ("command",),
+                f"is only for sendmail: remove it when {key('transport')} is smtp{_empty(email['command'])}",
+            )
     elif transport == "sendmail":
         if not _is_set(email.get("command")):
             add(("command",), f"is required when {key('transport')} is sendmail ({KINDS['command']})")
         elif not _is_path(email["command"]):
             add(("command",), f"must be {KINDS['command']}, not {email['command']!r}")
         for field in ("mode", "hostname", "port", "username", "password"):
-            if _is_set(email.get(field)):
-                add((field,), f"is only for smtp: remove it when {key('transport')} is sendmail")
+            if _given(email.get(field)):
+                add((field,), f"is only for smtp: remove it when {key('transport')} is sendmail{_empty(email[field])}")
 
 
 def _rules_passwords(passwords, add, key):
@@ -1576,8 +1599,8 @@ def _rules_passwords(passwords, add, key):
                 ("schemes", index, "algorithm"),
                 f"must be one of {', '.join(PASSWORD_ALGORITHMS)}, not {scheme.get('algorithm')!r}",
             )
-        if _is_set(scheme.get("secret")) and _is_set(scheme.get("secret_file")):
-            add(("schemes", index, "secret_file"), "cannot be set together with secret")
+        if _given(scheme.get("secret")) and _given(scheme.get("secret_file")):
+            add(("schemes", index, "secret_file"), f"cannot be set together with secret{_empty(scheme['secret'])}")
         cost = scheme.get("cost")
         if cost is not None and not (_is_int(cost) and 4 <= cost <= 31):
             add(("schemes", index, "cost"), f"must be an integer from 4 to 31 (bcrypt), not {cost!r}")
@@ -1590,7 +1613,13 @@ def _rules_passwords(passwords, add, key):
 
 
 def _rules_secrets(secrets, add, key):
-    if _is_set(secrets.get("encryption")) == _is_set(secrets.get("encryption_file")):
+    if secrets.get("encryption") == "":
+        add(
+            ("encryption",),
+            "is an empty string, which MAS decodes as the hex encryption key and refuses: remove the key (the"
+            " formula sets encryption_file)",
+        )
+    elif _given(secrets.get("encryption")) == _given(secrets.get("encryption_file")):
         add(
             ("encryption_file",), "exactly one of encryption or encryption_file is required (the formula sets the file)"
         )
@@ -1603,16 +1632,27 @@ def _rules_secrets(secrets, add, key):
             if not isinstance(entry, dict):
                 add(("keys", index), "must be a mapping (key_file, ...)")
                 continue
-            if _is_set(entry.get("key")) == _is_set(entry.get("key_file")):
-                add(("keys", index, "key_file"), "exactly one of key or key_file is required")
-            if _is_set(entry.get("password")) and _is_set(entry.get("password_file")):
-                add(("keys", index, "password_file"), "cannot be set together with password")
+            if _given(entry.get("key")) == _given(entry.get("key_file")):
+                add(
+                    ("keys", index, "key_file"), f"exactly one of key or key_file is required{_empty(entry.get('key'))}"
+                )
+            if _given(entry.get("password")) and _given(entry.get("password_file")):
+                add(
+                    ("keys", index, "password_file"),
+                    f"cannot be set together with password{_empty(entry['password'])}",
+                )
     if "keys_dir" in secrets and not _is_path(secrets["keys_dir"]):
         add(("keys_dir",), f"must be {KINDS['path']}")
 
 
 def _rules_matrix(matrix, add, key):
-    if _is_set(matrix.get("secret")) == _is_set(matrix.get("secret_file")):
+    if matrix.get("secret") == "":
+        add(
+            ("secret",),
+            "is an empty string, which MAS takes as the shared secret with the homeserver: remove the key (the"
+            " formula sets secret_file from mas:secrets:homeserver_secret)",
+        )
+    elif _given(matrix.get("secret")) == _given(matrix.get("secret_file")):
         add(("secret_file",), "exactly one of secret or secret_file is required (the formula sets the file)")
     if matrix.get("kind", "synapse") not in MATRIX_KINDS:
         add(("kind",), f"must be one of {', '.join(MATRIX_KINDS)}, not {matrix.get('kind')!r}")
@@ -1632,8 +1672,8 @@ def _rules_clients(clients, add, key):
         else:
             seen[cid.upper()] = key(index)
         method = client.get("client_auth_method")
-        secret = _is_set(client.get("client_secret")) or _is_set(client.get("client_secret_file"))
-        jwks, jwks_uri = _is_set(client.get("jwks")), _is_set(client.get("jwks_uri"))
+        secret = _given(client.get("client_secret")) or _given(client.get("client_secret_file"))
+        jwks, jwks_uri = _given(client.get("jwks")), _given(client.get("jwks_uri"))
         if method not in CLIENT_AUTH_METHODS:
             add((index, "client_auth_method"), f"must be one of {', '.join(CLIENT_AUTH_METHODS)}, not {method!r}")
         elif method == "private_key_jwt":
@@ -1642,20 +1682,24 @@ def _rules_clients(clients, add, key):
             if secret:
                 add((index, "client_secret_file"), "must not be set with private_key_jwt")
         elif method in SECRET_METHODS:
-            if not secret:
+            if not (_is_set(client.get("client_secret")) or _is_set(client.get("client_secret_file"))):
                 add((index, "client_secret_file"), f"is required for {method}")
             if jwks or jwks_uri:
                 add((index, "jwks" if jwks else "jwks_uri"), f"must not be set with {method}")
         elif secret or jwks or jwks_uri:
             add((index, "client_auth_method"), "none allows no client_secret(_file), jwks or jwks_uri")
-        if _is_set(client.get("client_secret")) and _is_set(client.get("client_secret_file")):
-            add((index, "client_secret_file"), "cannot be set together with client_secret")
+        if _given(client.get("client_secret")) and _given(client.get("client_secret_file")):
+            add(
+                (index, "client_secret_file"),
+                f"cannot be set together with client_secret{_empty(client['client_secret'])}",
+            )
+        _check_client_types(client, index, add)
 
 
 def _rules_misc(config, add, key):
     """captcha, rate_limiting, experimental, telemetry, policy, branding, account."""
     captcha = config.get("captcha")
-    if isinstance(captcha, dict) and _is_set(captcha.get("service")):
+    if isinstance(captcha, dict) and _given(captcha.get("service")):
         if captcha["service"] not in CAPTCHA_SERVICES:
             add(("captcha", "service"), f"must be one of {', '.join(CAPTCHA_SERVICES)}, not {captcha['service']!r}")
         for field in ("site_key", "secret_key"):
@@ -1718,6 +1762,159 @@ def _rules_misc(config, add, key):
         add(("upstream_oauth2", "providers"), f"is required when {key('upstream_oauth2')} is set (a list of providers)")
 
 
+# --------------------------------------------------------------------------
+# MAS's runtime rules, continued: the types serde reads config.yaml into
+# --------------------------------------------------------------------------
+# What MAS refuses while it deserialises config.yaml, before any validate()
+# (crates/config/src/sections/*.rs): enums by their serde names, NonZeroU64,
+# url::Url, serde_with::DurationSeconds<u64>, the client ULIDs, and the Sentry
+# DSN every mas-cli command parses first (a bad one panics). An Option<String>
+# is set as soon as its key holds anything but null: '' too (_given).
+
+PKCE_METHODS = ("auto", "always", "never")
+RESPONSE_MODES = ("query", "form_post")
+BACKCHANNEL_LOGOUT = ("do_nothing", "logout_browser_only", "logout_all")
+ON_CONFLICT = ("fail", "add", "replace", "set")
+TRACING_EXPORTERS = ("none", "stdout", "otlp")
+METRICS_EXPORTERS = ("none", "stdout", "otlp", "prometheus")
+PROPAGATORS = ("tracecontext", "baggage", "jaeger")
+# url::Url::parse of an absolute URL: a scheme first; http(s) need a host after '//'
+_ABSOLUTE_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<rest>[^\s\x00-\x1f\x7f]+)")
+_HTTP_AUTHORITY = re.compile(r"//(?:[^/?#@]*@)?(?:\[[0-9A-Fa-f:.]+\]|[^/?#@:\[\]]+)(?::[0-9]*)?(?:[/?#].*)?")
+_REDIRECT_URI = "an absolute URL (e.g. https://app.example.com/callback, or a native app's io.example.app:/callback)"
+_EMPTY = " (MAS takes an empty string as a value, not as unset: remove the key)"
+
+
+def _given(value):
+    """Whether MAS sees ``value`` as set (an Option that is Some): anything but null, '' included."""
+    return value is not None
+
+
+def _empty(value):
+    """What to add to a refusal of ``value`` when it is an empty string."""
+    return _EMPTY if value == "" else ""
+
+
+def _is_absolute_url(value, http=False):
+    """An absolute URL as url::Url parses it (a scheme first); ``http``: an http(s) URL with a host."""
+    match = _ABSOLUTE_URL.fullmatch(value) if isinstance(value, str) else None
+    if not match:
+        return False
+    if match["scheme"].lower() in ("http", "https"):
+        return bool(_HTTP_AUTHORITY.fullmatch(match["rest"]))
+    return not http
+
+
+def _is_sentry_dsn(value):
+    """A DSN as sentry-types parses it (``Dsn::from_str``):
+    ``http(s)://<public key>[:<secret key>]@<host>[:<port>]/[<path>/]<project id>``."""
+    if not _is_absolute_url(value, http=True):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        return False
+    return bool(parts.username) and bool(parts.hostname) and bool(parts.path.strip("/"))
+
+
+def _one_of(value, choices, fail, path):
+    """Refuse ``value`` unless it is unset or one of the serde names ``choices``."""
+    if value is not None and value not in choices:
+        fail(path, f"must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _check_provider_types(provider, fail):
+    """A provider's enums (upstream_oauth2.rs ``PkceMethod``, ``ResponseMode``,
+    ``OnBackchannelLogout``, ``OnConflict``)."""
+    _one_of(provider.get("pkce_method"), PKCE_METHODS, fail, ("pkce_method",))
+    _one_of(provider.get("response_mode"), RESPONSE_MODES, fail, ("response_mode",))
+    _one_of(provider.get("on_backchannel_logout"), BACKCHANNEL_LOGOUT, fail, ("on_backchannel_logout",))
+    localpart = _get(provider, "claims_imports", "localpart")
+    if isinstance(localpart, dict):
+        _one_of(localpart.get("on_conflict"), ON_CONFLICT, fail, ("claims_imports", "localpart", "on_conflict"))
+
+
+def _check_client_types(client, index, add):
+    """A client's canonical ULID and its URLs (clients.rs: ``Ulid``, ``Option<Url>``, ``Vec<Url>``)."""
+    cid = client.get("client_id")
+    if isinstance(cid, str) and _ULID.fullmatch(cid) and cid != cid.upper():
+        add(
+            (index, "client_id"),
+            f"must be upper case ({cid.upper()}): MAS reads a lower-case ULID but knows the client by its"
+            " canonical upper-case ID, the only form policy.data.admin_clients matches",
+        )
+    for field in ("client_uri", "jwks_uri"):
+        value = client.get(field)
+        if value is not None and not _is_absolute_url(value, http=True):
+            add((index, field), f"must be an absolute http(s) URL (e.g. https://app.example.com/), not {value!r}")
+    uris = client.get("redirect_uris")
+    if uris is not None and not isinstance(uris, list):
+        add((index, "redirect_uris"), f"must be a list, each {_REDIRECT_URI}")
+    for rindex, uri in enumerate(uris if isinstance(uris, list) else []):
+        if not _is_absolute_url(uri):
+            add((index, "redirect_uris", rindex), f"must be {_REDIRECT_URI}, not {uri!r}")
+
+
+def _check_admin_clients(admins, add):
+    """policy.data.admin_clients: the policy compares each with a client's canonical (upper-case) ID."""
+    for index, cid in enumerate(admins if isinstance(admins, list) else []):
+        if isinstance(cid, str) and _ULID.fullmatch(cid) and cid != cid.upper():
+            add(
+                (index,),
+                f"must be upper case ({cid.upper()}): the policy compares it with the client's canonical"
+                " upper-case ID, so a lower-case one never matches",
+            )
+
+
+def _rules_types(config, add, key):
+    """experimental (session_limit, inactive_session_expiration), telemetry, database durations."""
+    experimental = config.get("experimental") if isinstance(config.get("experimental"), dict) else {}
+    for name, fields in (("session_limit", "soft_limit, hard_limit"), ("inactive_session_expiration", "ttl")):
+        if experimental.get(name) is not None and not isinstance(experimental[name], dict):
+            add(("experimental", name), f"must be a mapping ({fields}, ...), not {experimental[name]!r}")
+    limit = experimental.get("session_limit")
+    if isinstance(limit, dict):
+        where = ("experimental", "session_limit")
+        for field in ("soft_limit", "hard_limit", "max_session_threshold"):
+            value = limit.get(field)
+            if value is None and field != "max_session_threshold":
+                add(
+                    (*where, field),
+                    f"is required when {key(*where)} is set (a whole number of sessions, at least 1;"
+                    " hard_limit at least soft_limit)",
+                )
+            elif value is not None and not (_is_int(value) and value >= 1):
+                add((*where, field), f"must be a whole number of at least 1 (MAS refuses 0), not {value!r}")
+    expiration = experimental.get("inactive_session_expiration")
+    if isinstance(expiration, dict) and expiration.get("ttl") is None:
+        where = ("experimental", "inactive_session_expiration")
+        add((*where, "ttl"), f"is required when {key(*where)} is set (seconds, from 600 to 7776000)")
+    telemetry = config.get("telemetry") if isinstance(config.get("telemetry"), dict) else {}
+    for section, choices in (("tracing", TRACING_EXPORTERS), ("metrics", METRICS_EXPORTERS)):
+        _one_of(_get(telemetry, section, "exporter"), choices, add, ("telemetry", section, "exporter"))
+    propagators = _get(telemetry, "tracing", "propagators")
+    if propagators is not None and not isinstance(propagators, list):
+        add(("telemetry", "tracing", "propagators"), f"must be a list of {', '.join(PROPAGATORS)}")
+    for index, propagator in enumerate(propagators if isinstance(propagators, list) else []):
+        _one_of(propagator, PROPAGATORS, add, ("telemetry", "tracing", "propagators", index))
+    dsn = _get(telemetry, "sentry", "dsn")
+    if dsn not in (None, "") and not _is_sentry_dsn(dsn):
+        add(
+            ("telemetry", "sentry", "dsn"),
+            "must be a Sentry DSN, http(s)://<public key>@<host>/<project id> (e.g."
+            " https://abc123@o1.ingest.sentry.io/42): MAS panics on every mas-cli command otherwise",
+        )
+    database = config.get("database") if isinstance(config.get("database"), dict) else {}
+    for field in ("connect_timeout", "idle_timeout", "max_lifetime"):
+        value = database.get(field)
+        # connect_timeout is no Option: null is refused too
+        if (value is not None or (field == "connect_timeout" and field in database)) and not (
+            _is_int(value) and value >= 0
+        ):
+            add(("database", field), f"must be a whole number of seconds (e.g. 30), not {value!r}")
+
+
 def _validate_mas_config(data, base):
     """MAS's runtime rules on the config.yaml the formula would write
     (``data["mas_config"]``, ``base``: the same without mas:config)."""
@@ -1763,6 +1960,15 @@ def _validate_mas_config(data, base):
         config,
         lambda sub, message: errors.append(f"{_config_key(data, sub)}: {message}"),
         lambda *sub: _config_key(data, sub),
+    )
+    _rules_types(
+        config,
+        lambda sub, message: errors.append(f"{_config_key(data, sub)}: {message}"),
+        lambda *sub: _config_key(data, sub),
+    )
+    _check_admin_clients(
+        _get(data["config"], "policy", "data", "admin_clients"),
+        lambda sub, message: errors.append(f"{_key('config', 'policy', 'data', 'admin_clients', *sub)}: {message}"),
     )
     return errors
 

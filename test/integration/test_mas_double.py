@@ -423,6 +423,295 @@ def test_config_files_are_admerged(tmp_path):
     assert config.raw["email"] == {"from": "f@x"}
 
 
+# ------------------------------------------ what MAS's serde refuses (issue 21.5)
+# MAS deserialises config.yaml into typed structs before any validate() (crates/config/src/sections/*.rs):
+# these pin its exact words (the double's serde layer, mas_double/serde.py) and what it accepts.
+
+PROVIDER = {
+    "id": "01HFVBY12TMNTYTBV8W921M5FA",
+    "client_id": "c",
+    "issuer": "https://id.example.com/",
+    "token_endpoint_auth_method": "none",
+}
+THIRD_CLIENT_ID = "01HFVBY12TMNTYTBV8W921M5FA"
+
+
+def provider(**fields: Any) -> dict:
+    return {"upstream_oauth2": {"providers": [{**PROVIDER, **fields}]}}
+
+
+def client(**fields: Any) -> dict:
+    return {"clients": [{"client_id": THIRD_CLIENT_ID, "client_auth_method": "none", **fields}]}
+
+
+def with_change(config: dict, change: dict) -> dict:
+    """``config`` with ``change`` merged in: mappings merge (a None value deletes), ``clients`` are appended."""
+    out = dict(config)
+    for key, value in change.items():
+        if key == "clients":
+            out[key] = [*config.get("clients", []), *value]
+        elif isinstance(value, dict) and isinstance(config.get(key), dict):
+            merged = {**config[key], **value}
+            out[key] = {k: v for k, v in merged.items() if v is not None}
+        else:
+            out[key] = value
+    return out
+
+
+def check_changed(tmp_path: Path, mas_config: Path, change: dict) -> Any:
+    """``config check`` of the module's config with ``change``, as ``config.yaml`` in ``tmp_path``."""
+    config = with_change(yaml.safe_load(mas_config.read_text()), change)
+    return run_cli(["config", "check"], [write_yaml(tmp_path / "config.yaml", config)], cwd=tmp_path)
+
+
+SL = "experimental.session_limit"
+#: (change to the module's config, the ``Error:`` line of ``config check``: MAS's serde words, keyed by figment)
+SERDE_REFUSALS = [
+    ({"experimental": {"session_limit": {"soft_limit": 5}}}, f'missing field `hard_limit` for key "default.{SL}"'),
+    ({"experimental": {"session_limit": {"hard_limit": 5}}}, f'missing field `soft_limit` for key "default.{SL}"'),
+    (
+        {"experimental": {"session_limit": {"soft_limit": 0, "hard_limit": 5}}},
+        f'invalid value unsigned int `0`, expected a nonzero u64 for key "default.{SL}.soft_limit"',
+    ),
+    (
+        {"experimental": {"session_limit": {"soft_limit": 1, "hard_limit": 0}}},
+        f'invalid value unsigned int `0`, expected a nonzero u64 for key "default.{SL}.hard_limit"',
+    ),
+    (
+        {"experimental": {"inactive_session_expiration": {"expire_compat_sessions": True}}},
+        'missing field `ttl` for key "default.experimental.inactive_session_expiration"',
+    ),
+    (
+        provider(pkce_method="S256"),
+        "unknown variant: found `S256`, expected `one of `auto`, `always`, `never``"
+        ' for key "default.upstream_oauth2.providers.0.pkce_method"',
+    ),
+    (
+        provider(response_mode="fragment"),
+        "unknown variant: found `fragment`, expected ``query` or `form_post``"
+        ' for key "default.upstream_oauth2.providers.0.response_mode"',
+    ),
+    (
+        provider(on_backchannel_logout="logout"),
+        "unknown variant: found `logout`, expected `one of `do_nothing`, `logout_browser_only`, `logout_all``"
+        ' for key "default.upstream_oauth2.providers.0.on_backchannel_logout"',
+    ),
+    (
+        provider(claims_imports={"localpart": {"action": "force", "on_conflict": "merge"}}),
+        "unknown variant: found `merge`, expected `one of `fail`, `add`, `replace`, `set``"
+        ' for key "default.upstream_oauth2.providers.0.claims_imports.localpart.on_conflict"',
+    ),
+    (  # localpart.action defaults to ignore (ImportAction's #[default]), so on_conflict: add needs an action
+        provider(claims_imports={"localpart": {"on_conflict": "add"}}),
+        "The field `action` must be either `force` or `require` when `on_conflict` is set to `add`, `replace` or"
+        ' `set` for key "default.upstream_oauth2.providers.0.claims_imports.localpart"',
+    ),
+    (
+        client(redirect_uris=["/callback"]),
+        'relative URL without a base: "/callback" for key "default.clients.2.redirect_uris.0"',
+    ),
+    (
+        client(client_uri="example.com"),
+        'relative URL without a base: "example.com" for key "default.clients.2.client_uri"',
+    ),
+    (
+        client(client_auth_method="private_key_jwt", jwks_uri="keys.json"),
+        'relative URL without a base: "keys.json" for key "default.clients.2.jwks_uri"',
+    ),
+    (
+        {"clients": [{"client_id": THIRD_CLIENT_ID[:-1], "client_auth_method": "none"}]},
+        'invalid length for key "default.clients.2.client_id"',
+    ),
+    (
+        {"clients": [{"client_id": THIRD_CLIENT_ID[:-1] + "I", "client_auth_method": "none"}]},
+        'invalid character for key "default.clients.2.client_id"',
+    ),
+    (
+        {"database": {"connect_timeout": "30s"}},
+        'invalid type: found string "30s", expected u64 for key "default.database.connect_timeout"',
+    ),
+    (
+        {"database": {"idle_timeout": "5m"}},
+        'invalid type: found string "5m", expected u64 for key "default.database.idle_timeout"',
+    ),
+    (
+        {"database": {"max_lifetime": 1.5}},
+        'invalid type: found float `1.5`, expected u64 for key "default.database.max_lifetime"',
+    ),
+    # an empty string is a value to MAS (Option<String> is Some("")), refused where the key is forbidden
+    (
+        {"matrix": {"secret": "", "secret_file": "/run/mas/secret"}},
+        'Cannot specify both `secret` and `secret_file` for key "default.matrix"',
+    ),
+    (
+        {"database": {"uri": "", "host": "localhost"}},
+        "uri must not be specified if host, port, socket, username, password, password_file, or database are"
+        ' specified for key "default.database"',
+    ),
+    (
+        {"email": {"transport": "sendmail", "command": "/usr/sbin/sendmail", "username": ""}},
+        "unknown field: found `username`, expected `one of `from`, `reply_to`, `transport`, `command``"
+        ' for key "default.email.username"',
+    ),
+    (
+        {"secrets": {"encryption": ""}},
+        'Can\'t convert a Byte Vector of length 0 to the output type. for key "default.secrets"',
+    ),
+    (
+        provider(token_endpoint_auth_signing_alg=""),
+        "Unexpected field `token_endpoint_auth_signing_alg` for the selected authentication method"
+        ' for key "default.upstream_oauth2.providers.0"',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"), SERDE_REFUSALS, ids=[m.split(" for key")[0][:60] for _, m in SERDE_REFUSALS]
+)
+def test_config_check_refuses_what_mas_serde_refuses(tmp_path, mas_config, change, message):
+    result = check_changed(tmp_path, mas_config, change)
+    assert result.returncode == 1, result.stderr
+    error = next((line for line in result.stderr.splitlines() if line.startswith("Error: ")), result.stderr)
+    assert error == f"Error: {message} in config.yaml YAML file"
+
+
+@pytest.mark.parametrize(
+    ("telemetry", "cause"),
+    [
+        (
+            {"tracing": {"exporter": "jaeger"}},
+            "unknown variant: found `jaeger`, expected `one of `none`, `stdout`, `otlp``"
+            ' for key "default.tracing.exporter.telemetry"',
+        ),
+        (
+            {"metrics": {"exporter": "statsd"}},
+            "unknown variant: found `statsd`, expected `one of `none`, `stdout`, `otlp`, `prometheus``"
+            ' for key "default.metrics.exporter.telemetry"',
+        ),
+        (
+            {"tracing": {"propagators": ["tracecontext", "b3"]}},
+            "unknown variant: found `b3`, expected `one of `tracecontext`, `baggage`, `jaeger``"
+            ' for key "default.tracing.propagators.1.telemetry"',
+        ),
+    ],
+    ids=["tracing-exporter", "metrics-exporter", "propagator"],
+)
+def test_telemetry_types_fail_before_any_command(tmp_path, mas_config, telemetry, cause):
+    """main.rs loads the telemetry section first; extract_inner keys its errors `default.<path>.telemetry`."""
+    result = check_changed(tmp_path, mas_config, {"telemetry": telemetry})
+    assert result.returncode == 1, result.stderr
+    expected = f"Error: Failed to load telemetry config\n\nCaused by:\n    {cause} in config.yaml YAML file"
+    assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("dsn", "reason"),
+    [
+        ("not a dsn", "InvalidUrl"),
+        ("https://sentry.example.com/1", "NoUsername"),
+        ("https://key@sentry.example.com/", "NoProjectId"),
+        ("ftp://key@sentry.example.com/1", "InvalidScheme"),
+    ],
+)
+def test_a_sentry_dsn_sentry_cannot_parse_panics_every_command(tmp_path, mas_config, dsn, reason):
+    """main.rs hands telemetry.sentry.dsn to sentry::init, which panics (exit 101) on a DSN it cannot parse."""
+    config = with_change(yaml.safe_load(mas_config.read_text()), {"telemetry": {"sentry": {"dsn": dsn}}})
+    path = write_yaml(tmp_path / "config.yaml", config)
+    for command in (["config", "check"], ["manage", "list-admin-users"]):
+        result = run_cli(command, [path], cwd=tmp_path)
+        assert result.returncode == 101, (command, result.stderr)
+        assert "thread 'main'" in result.stderr and " panicked at " in result.stderr
+        assert f"\ninvalid value for DSN: {reason}\n" in result.stderr
+        assert "Configuration file looks good" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"clients": [{"client_id": THIRD_CLIENT_ID.lower(), "client_auth_method": "none"}]},
+        provider(id=PROVIDER["id"].lower()),
+        client(
+            redirect_uris=["https://app.example.com/cb", "io.element.app:/callback"], client_uri="https://a.example/"
+        ),
+        {"telemetry": {"sentry": {"dsn": ""}}},
+        {"telemetry": {"sentry": {"dsn": "https://key:secret@sentry.example.com:9000/a/b/1"}}},
+        {
+            "experimental": {
+                "session_limit": {"soft_limit": 1, "hard_limit": 1},
+                "inactive_session_expiration": {"ttl": 600},
+            }
+        },
+        {"database": {"connect_timeout": 0, "idle_timeout": 60, "max_lifetime": 3600}},
+        provider(claims_imports={"localpart": {"action": "require", "on_conflict": "set"}}, pkce_method="never"),
+    ],
+    ids=[
+        "lowercase-client",
+        "lowercase-provider",
+        "redirect-uris",
+        "empty-dsn",
+        "dsn",
+        "experimental",
+        "timeouts",
+        "enums",
+    ],
+)
+def test_config_check_accepts_what_mas_reads(tmp_path, mas_config, change):
+    result = check_changed(tmp_path, mas_config, change)
+    assert result.returncode == 0, result.stderr
+    assert "Configuration file looks good" in result.stderr
+
+
+def test_a_lowercase_client_id_is_its_canonical_upper_case_id(tmp_path, mas_config):
+    """MAS parses client IDs as ULIDs: a client written in lower case authenticates as its canonical
+    upper-case ID, and that is the only form policy.data.admin_clients matches (authorization_grant.rego)."""
+    lower, other = "01hfvby12tmntytbv8w921m5fa", "01hfvby12tmntytbv8w921m5fb"
+    config = yaml.safe_load(with_fresh_ports(mas_config, tmp_path / "c.yaml").read_text())
+    config["clients"] += [
+        {"client_id": lower, "client_auth_method": "client_secret_basic", "client_secret": "lower-secret"},
+        {"client_id": other, "client_auth_method": "client_secret_basic", "client_secret": "other-lower-secret"},
+    ]
+    config["policy"]["data"]["admin_clients"] = [ADMIN_CLIENT_ID, lower.upper(), other]
+    form = {"grant_type": "client_credentials", "scope": "urn:mas:admin"}
+    with run_server(
+        [write_yaml(tmp_path / "lower.yaml", config)], args=["--no-worker"], log_path=tmp_path / "log"
+    ) as mas:
+        url = mas.url("oauth", "/oauth2/token")
+        for client_id in (lower, lower.upper()):
+            ok = requests.post(url, auth=(client_id, "lower-secret"), data=form, timeout=10)
+            assert ok.status_code == 200, ok.text
+        introspected = requests.post(
+            mas.url("oauth", "/oauth2/introspect"),
+            data={"token": ok.json()["access_token"]},
+            headers={"Authorization": f"Bearer {MATRIX_SECRET}"},
+            timeout=10,
+        ).json()
+        assert introspected["client_id"] == lower.upper()
+        refused = requests.post(url, auth=(other, "other-lower-secret"), data=form, timeout=10)
+        assert refused.status_code == 403 and refused.json()["error"] == "invalid_scope"
+
+
+def test_server_reads_the_encryption_file_raw(tmp_path, mas_config):
+    """secrets.rs decodes encryption_file's bytes as they are (hex::decode_to_slice): a trailing newline fails."""
+    config = yaml.safe_load(with_fresh_ports(mas_config, tmp_path / "c.yaml").read_text())
+    secret_file = tmp_path / "encryption"
+    secret_file.write_text(config["secrets"].pop("encryption") + "\n")
+    config["secrets"]["encryption_file"] = str(secret_file)
+    path = write_yaml(tmp_path / "raw.yaml", config)
+    assert run_cli(["config", "check"], [path]).returncode == 0  # config check reads no secret file
+    server = run_server([path], args=["--no-worker"], wait=False, log_path=tmp_path / "newline.log")
+    try:
+        assert server.proc.wait(timeout=60) == 1
+    finally:
+        server.stop()
+    assert (
+        "Error: Content of `encryption_file` must contain hex characters encoding exactly 32 bytes\n\n"
+        "Caused by:\n    Odd number of digits"
+    ) in server.log()
+    secret_file.write_text(secret_file.read_text().rstrip("\n"))
+    with run_server([path], args=["--no-worker"], log_path=tmp_path / "exact.log"):
+        pass
+
+
 # -------------------------------------------------------------- database migrate
 
 

@@ -13,7 +13,8 @@ arguments, output streams and exit codes:
   [--ignore-missing-auth-providers] (check | migrate [--dry-run])``
 
 ``-c/--config`` may be given before or after the subcommand.  Logs go to
-stderr; ``Error: <message>`` and exit 1 on failures; argument errors exit 2.
+stderr; ``Error: <message>`` and exit 1 on failures; argument errors exit 2;
+a panic (a Sentry DSN sentry-types cannot parse) exits 101.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 
 from mas_double import config as config_mod
 from mas_double import db, faults, manage
-from mas_double.config import ConfigError, MasConfig
+from mas_double.config import ConfigError, MasConfig, Panic
 from mas_double.homeserver import HomeserverError
 from mas_double.passwords import PasswordError
 from mas_double.tracing import Logger
@@ -195,10 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     faults.maybe_slow()
     try:
         config = config_mod.load_config(paths)
+        config_mod.telemetry_check(config)  # main.rs: before any command
         return handler(config, ns)
     except (ConfigError, HomeserverError, PasswordError) as exc:
         sys.stderr.write(f"Error: {exc}\n")
         return 1
+    except Panic as exc:
+        sys.stderr.write(
+            f"\nthread 'main' panicked at {exc.where}:\n{exc}\n"
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n"
+        )
+        return 101
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ them, so that ``config check`` does not read them (as upstream):
 ``secrets.encryption_file``, ``secrets.keys[].key_file``/``password_file``,
 ``secrets.keys_dir``, ``matrix.secret_file`` (trimmed), ``database.password_file``,
 ``email.password_file``, ``clients[].client_secret_file``,
-``upstream_oauth2.providers[].client_secret_file`` and
-``passwords.schemes[].secret_file`` (read verbatim, *not* trimmed).
+``upstream_oauth2.providers[].client_secret_file``; ``passwords.schemes[].secret_file``
+and ``secrets.encryption_file`` are read verbatim, *not* trimmed.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from mas_double import faults, upstream
+from mas_double import faults, serde, upstream
 
 #: ``http`` defaults of MAS when the section is absent (schema ``default``).
 DEFAULT_HTTP = {
@@ -67,6 +67,14 @@ _NON_CONFIG_ENV = ("MAS_CONFIG", "MAS_DOUBLE_")
 
 class ConfigError(Exception):
     """An invalid or unreadable configuration; ``mas-cli`` prints ``Error: <message>``, exit 1."""
+
+
+class Panic(Exception):
+    """What makes ``mas-cli`` panic (exit 101): ``thread 'main' panicked at <where>:`` then the message."""
+
+    def __init__(self, message: str, where: str):
+        super().__init__(message)
+        self.where = where
 
 
 @dataclass(frozen=True)
@@ -357,16 +365,22 @@ class MasConfig:
         if error:
             raise ConfigError(error)
         if secrets_cfg.get("encryption") is not None:
-            text = str(secrets_cfg["encryption"])
+            return bytes.fromhex(str(secrets_cfg["encryption"]))  # checked by config check (_secrets)
+        # read raw, not trimmed: hex::decode_to_slice (secrets.rs `encryption`)
+        content = _read_file(secrets_cfg["encryption_file"], "the encryption secret")
+        bad = next((i for i, b in enumerate(content) if chr(b) not in "0123456789abcdefABCDEF"), None)
+        if len(content) % 2:
+            cause = "Odd number of digits"
+        elif len(content) != 64:
+            cause = "Invalid string length"
+        elif bad is not None:
+            cause = f"Invalid character {chr(content[bad])!r} at position {bad}"
         else:
-            text = _read_file(secrets_cfg["encryption_file"], "the encryption secret").decode().strip()
-        try:
-            key = bytes.fromhex(text)
-        except ValueError as exc:
-            raise ConfigError("Invalid encryption secret: not hex") from exc
-        if len(key) != 32:
-            raise ConfigError("Invalid encryption secret: expected 32 bytes")
-        return key
+            return bytes.fromhex(content.decode())
+        raise ConfigError(
+            "Content of `encryption_file` must contain hex characters encoding exactly 32 bytes"
+            f"\n\nCaused by:\n    {cause}"
+        )
 
     def signing_keys(self) -> list:
         """Load the private keys of ``secrets.keys_dir`` and ``secrets.keys`` (as MAS does at startup).
@@ -524,8 +538,15 @@ class MasConfig:
         return list(value) if isinstance(value, list) else []
 
     def find_client(self, client_id: str) -> dict | None:
-        """Return the static client with ``client_id`` (or None)."""
-        return next((c for c in self.clients if c.get("client_id") == client_id), None)
+        """Return the static client with ``client_id`` (or None), its ``client_id`` canonical.
+
+        MAS parses both IDs as ULIDs (case-insensitive) and knows the client by the
+        canonical upper-case form: that is what its policy compares with
+        ``policy.data.admin_clients`` and what its tokens name.
+        """
+        wanted = str(client_id).upper()
+        client = next((c for c in self.clients if str(c.get("client_id")).upper() == wanted), None)
+        return None if client is None else {**client, "client_id": wanted}
 
     @staticmethod
     def client_secret(client: dict) -> str | None:
@@ -582,6 +603,13 @@ def _where(path: list) -> str:
 
 #: Keys whose schema rule MAS really enforces in code, with its own wording (see runtime_errors).
 _RUNTIME_CHECKED = frozenset({"secrets.encryption"})
+#: Strings MAS reads more widely than the schema says: ULIDs (the schema's pattern is upper case, the ulid
+#: crate reads either; mas_double.serde words its refusals) and JWS algorithms (mas-iana's enums keep any
+#: other name as ``Unknown``, so config check accepts any string, '' included)
+_STRING_KEYS = re.compile(
+    r"clients\.\d+\.client_id|upstream_oauth2\.providers\.\d+\."
+    r"(?:id|token_endpoint_auth_signing_alg|id_token_signed_response_alg|userinfo_signed_response_alg)"
+)
 
 
 def schema_errors(raw: dict) -> list[str]:
@@ -604,7 +632,7 @@ def schema_errors(raw: dict) -> list[str]:
     messages = []
     for error in sorted(validator.iter_errors(raw), key=lambda e: [str(p) for p in e.absolute_path]):
         location = _where(list(error.absolute_path))
-        if location in _RUNTIME_CHECKED:
+        if location in _RUNTIME_CHECKED or (isinstance(error.instance, str) and _STRING_KEYS.fullmatch(location)):
             continue
         sensitive = any(
             isinstance(part, str) and any(word in part for word in _SENSITIVE_WORDS) for part in error.absolute_path
@@ -672,9 +700,18 @@ def mailbox_error(value: Any) -> str | None:
     return None
 
 
-def _telemetry_error(raw: dict) -> str | None:
-    """TE-1: sample rates in [0, 1] (checked before any subcommand, with no key)."""
+def _telemetry_error(config: MasConfig) -> str | None:
+    """The telemetry section's types (keyed like ``extract_inner`` keys them:
+    ``default.<path>.telemetry``), then TE-1: sample rates in [0, 1] (with no key)."""
+    raw = config.raw
     telemetry = raw.get("telemetry") if isinstance(raw.get("telemetry"), dict) else {}
+    origin = config.origin("telemetry")
+    suffix = f" in {printed_path(origin)} YAML file" if origin is not None else ""
+    types = serde.telemetry_errors(
+        telemetry, lambda message, *path: f'{message} for key "default.{_where([*path, "telemetry"])}"{suffix}'
+    )
+    if types:
+        return types[0]
     checks = (
         (("sentry", "sample_rate"), "Sentry sample rate must be between 0.0 and 1.0"),
         (("sentry", "traces_sample_rate"), "Sentry sample rate must be between 0.0 and 1.0"),
@@ -688,10 +725,15 @@ def _telemetry_error(raw: dict) -> str | None:
 
 
 def telemetry_check(config: MasConfig) -> None:
-    """What every mas-cli command does first (``main.rs``): load the telemetry section."""
-    error = _telemetry_error(config.raw)
+    """What every mas-cli command does first (``main.rs``): load the telemetry section, then
+    ``sentry::init`` with its DSN, which panics on one sentry-types cannot parse."""
+    error = _telemetry_error(config)
     if error:
         raise ConfigError(f"Failed to load telemetry config\n\nCaused by:\n    {error}")
+    sentry = config.section("telemetry").get("sentry")
+    dsn_error = serde.dsn_error(sentry.get("dsn")) if isinstance(sentry, dict) else None
+    if dsn_error:
+        raise Panic(f"invalid value for DSN: {dsn_error}", "sentry-core/src/clientoptions.rs")
 
 
 def _clients(rules: _Rules, raw: dict) -> str | None:
@@ -935,7 +977,7 @@ def _upstream(rules: _Rules, raw: dict) -> str | None:
         imports = provider.get("claims_imports") if isinstance(provider.get("claims_imports"), dict) else {}
         localpart = imports.get("localpart") if isinstance(imports.get("localpart"), dict) else {}
         if imports.get("skip_confirmation"):
-            if localpart.get("action", "force") != "require":
+            if localpart.get("action", "ignore") != "require":
                 message = "The field `action` must be `require` when `skip_confirmation` is set to `true`"
                 return rules.at(message, *key, "claims_imports", "localpart")
             for claim in ("email", "displayname"):
@@ -943,7 +985,7 @@ def _upstream(rules: _Rules, raw: dict) -> str | None:
                 if claim_cfg.get("action") == "suggest":
                     message = "The field `action` must not be `suggest` when `skip_confirmation` is set to `true`"
                     return rules.at(message, *key, "claims_imports", claim)
-        if localpart.get("on_conflict") in ("add", "replace", "set") and localpart.get("action", "force") not in (
+        if localpart.get("on_conflict") in ("add", "replace", "set") and localpart.get("action", "ignore") not in (
             "force",
             "require",
         ):
@@ -1037,7 +1079,11 @@ def check(config: MasConfig, schema: bool = True, sections: tuple[str, ...] | No
         sections: restrict the runtime checks to these sections.
     """
     telemetry_check(config)
-    errors = schema_errors(config.raw) if schema else []
+    rules = _Rules(config)
+    errors = serde.section_errors(
+        config.raw, lambda message, *path: rules.at(message, *path) if sections is None or path[0] in sections else ""
+    )
+    errors += schema_errors(config.raw) if schema else []
     errors += runtime_errors(config, sections)
     if errors:
         raise ConfigError(errors[0])

@@ -849,6 +849,208 @@ RULES = [
         {"config": {"upstream_oauth2": {}}},
         "mas:upstream_oauth2_providers: is required when mas:config:upstream_oauth2 is set",
     ),
+    # what serde refuses while MAS reads config.yaml (issue 21, point 5): each pillar slipped through before
+    (
+        "EX-4",
+        {"config": {"experimental": {"session_limit": {"soft_limit": 5}}}},
+        "mas:config:experimental:session_limit:hard_limit: is required when mas:config:experimental:session_limit"
+        " is set",
+    ),
+    (
+        "EX-4b",
+        {"config": {"experimental": {"session_limit": {"hard_limit": 5}}}},
+        "mas:config:experimental:session_limit:soft_limit: is required when",
+    ),
+    (
+        "EX-5",
+        {"config": {"experimental": {"session_limit": {"soft_limit": 0, "hard_limit": 5}}}},
+        "mas:config:experimental:session_limit:soft_limit: must be a whole number of at least 1 (MAS refuses 0), not 0",
+    ),
+    (
+        "EX-5b",
+        {"config": {"experimental": {"session_limit": {"soft_limit": 0, "hard_limit": 0}}}},
+        "mas:config:experimental:session_limit:hard_limit: must be a whole number of at least 1",
+    ),
+    (
+        "EX-5c",
+        {"config": {"experimental": {"session_limit": {"soft_limit": 1, "hard_limit": 2, "max_session_threshold": 0}}}},
+        "mas:config:experimental:session_limit:max_session_threshold: must be a whole number of at least 1",
+    ),
+    (
+        "EX-5d",
+        {"config": {"experimental": {"session_limit": 5}}},
+        "mas:config:experimental:session_limit: must be a mapping (soft_limit, hard_limit, ...), not 5",
+    ),
+    (
+        "EX-6",
+        {"config": {"experimental": {"inactive_session_expiration": {"expire_compat_sessions": True}}}},
+        "mas:config:experimental:inactive_session_expiration:ttl: is required when"
+        " mas:config:experimental:inactive_session_expiration is set (seconds, from 600 to 7776000)",
+    ),
+    (
+        "UP-15",
+        {"upstream_oauth2_providers": [provider(pkce_method="S256")]},
+        "mas:upstream_oauth2_providers:0:pkce_method: must be one of auto, always, never, not 'S256'",
+    ),
+    (
+        "UP-16",
+        {"upstream_oauth2_providers": [provider(response_mode="fragment")]},
+        "mas:upstream_oauth2_providers:0:response_mode: must be one of query, form_post, not 'fragment'",
+    ),
+    (
+        "UP-17",
+        {"upstream_oauth2_providers": [provider(on_backchannel_logout="logout")]},
+        "mas:upstream_oauth2_providers:0:on_backchannel_logout: must be one of do_nothing, logout_browser_only,"
+        " logout_all, not 'logout'",
+    ),
+    (
+        "UP-18",
+        {
+            "upstream_oauth2_providers": [
+                provider(claims_imports={"localpart": {"action": "force", "on_conflict": "merge"}})
+            ]
+        },
+        "mas:upstream_oauth2_providers:0:claims_imports:localpart:on_conflict: must be one of fail, add, replace,"
+        " set, not 'merge'",
+    ),
+    (
+        "UP-18b",
+        {
+            "config": {
+                "upstream_oauth2": {
+                    "providers": [
+                        {
+                            "id": ULID,
+                            "client_id": "c",
+                            "issuer": "https://id.example.com/",
+                            "token_endpoint_auth_method": "none",
+                            "pkce_method": "Always",
+                        }
+                    ]
+                }
+            }
+        },
+        "mas:config:upstream_oauth2:providers:0:pkce_method: must be one of auto, always, never, not 'Always'",
+    ),
+    (
+        "CL-9",
+        {"config": {"clients": [{"client_id": ULID, "client_auth_method": "none", "redirect_uris": ["/callback"]}]}},
+        "mas:config:clients:0:redirect_uris:0: must be an absolute URL (e.g. https://app.example.com/callback, or a"
+        " native app's io.example.app:/callback), not '/callback'",
+    ),
+    (
+        "CL-10",
+        {"config": {"clients": [{"client_id": ULID, "client_auth_method": "none", "client_uri": "example.com"}]}},
+        "mas:config:clients:0:client_uri: must be an absolute http(s) URL (e.g. https://app.example.com/), not"
+        " 'example.com'",
+    ),
+    (
+        "CL-11",
+        {
+            "config": {
+                "clients": [{"client_id": ULID, "client_auth_method": "private_key_jwt", "jwks_uri": "keys.json"}]
+            }
+        },
+        "mas:config:clients:0:jwks_uri: must be an absolute http(s) URL",
+    ),
+    (
+        "CL-12",
+        {"config": {"clients": [{"client_id": ULID.lower(), "client_auth_method": "none"}]}},
+        f"mas:config:clients:0:client_id: must be upper case ({ULID}): MAS reads a lower-case ULID but knows the"
+        " client by its canonical upper-case ID, the only form policy.data.admin_clients matches",
+    ),
+    (
+        "PO-5",
+        {"config": {"policy": {"data": {"admin_clients": [ULID.lower()]}}}},
+        f"mas:config:policy:data:admin_clients:0: must be upper case ({ULID}): the policy compares it",
+    ),
+    (
+        "TE-2",
+        {"config": {"telemetry": {"tracing": {"exporter": "jaeger"}}}},
+        "mas:config:telemetry:tracing:exporter: must be one of none, stdout, otlp, not 'jaeger'",
+    ),
+    (
+        "TE-3",
+        {"config": {"telemetry": {"metrics": {"exporter": "statsd"}}}},
+        "mas:config:telemetry:metrics:exporter: must be one of none, stdout, otlp, prometheus, not 'statsd'",
+    ),
+    (
+        "TE-4",
+        {"config": {"telemetry": {"tracing": {"propagators": ["tracecontext", "b3"]}}}},
+        "mas:config:telemetry:tracing:propagators:1: must be one of tracecontext, baggage, jaeger, not 'b3'",
+    ),
+    (
+        "TE-5",
+        {"config": {"telemetry": {"sentry": {"dsn": "not a dsn"}}}},
+        "mas:config:telemetry:sentry:dsn: must be a Sentry DSN, http(s)://<public key>@<host>/<project id>",
+    ),
+    (
+        "TE-5b",
+        {"config": {"telemetry": {"sentry": {"dsn": "https://sentry.example.com/1"}}}},
+        "mas:config:telemetry:sentry:dsn: must be a Sentry DSN",
+    ),
+    (
+        "ES-1",
+        {"config": {"matrix": {"secret": ""}}},
+        "mas:config:matrix:secret: is an empty string, which MAS takes as the shared secret with the homeserver",
+    ),
+    (
+        "ES-2",
+        {"config": {"database": {"uri": ""}}},
+        "mas:config:database:uri: must not be combined with host, port, socket, username, password or database,"
+        " which the formula sets: set mas:database:host, :port, :name, :user and :password instead (MAS takes an"
+        " empty string as a value, not as unset: remove the key)",
+    ),
+    (
+        "ES-3",
+        {"email": {"transport": "sendmail", "command": "/usr/sbin/sendmail"}, "config": {"email": {"username": ""}}},
+        "mas:config:email:username: is only for smtp: remove it when mas:email:transport is sendmail (MAS takes an"
+        " empty string as a value",
+    ),
+    (
+        "ES-3b",
+        {"email": SMTP, "config": {"email": {"username": ""}}},
+        "mas:email:password: is required when mas:config:email:username is set (the SMTP password) (MAS takes an"
+        " empty string as a value",
+    ),
+    (
+        "ES-4",
+        {"config": {"secrets": {"encryption": ""}}},
+        "mas:config:secrets:encryption: is an empty string, which MAS decodes as the hex encryption key",
+    ),
+    (
+        "ES-5",
+        {"upstream_oauth2_providers": [provider(token_endpoint_auth_signing_alg="")]},
+        "mas:upstream_oauth2_providers:0:token_endpoint_auth_signing_alg: must not be set when"
+        " mas:upstream_oauth2_providers:0:token_endpoint_auth_method is client_secret_post: remove it (MAS takes an"
+        " empty string as a value",
+    ),
+    (
+        "ES-6",
+        {"database": {"password": "pw-1"}, "config": {"database": {"password": ""}}},
+        "mas:database:password: cannot be set together with mas:config:database:password (MAS takes an empty string",
+    ),
+    ("ES-7", {"config": {"captcha": {"service": ""}}}, "mas:config:captcha:service: must be one of recaptcha_v2"),
+    (
+        "DB-11",
+        {"config": {"database": {"connect_timeout": "30s"}}},
+        "mas:config:database:connect_timeout: must be a whole number of seconds (e.g. 30), not '30s'",
+    ),
+    (
+        "DB-11b",
+        {"config": {"database": {"idle_timeout": "5m"}}},
+        "mas:config:database:idle_timeout: must be a whole number of seconds (e.g. 30), not '5m'",
+    ),
+    (
+        "DB-11c",
+        {"config": {"database": {"max_lifetime": 1.5}}},
+        "mas:config:database:max_lifetime: must be a whole number of seconds (e.g. 30), not 1.5",
+    ),
+    (
+        "DB-11d",
+        {"config": {"database": {"connect_timeout": None}}},
+        "mas:config:database:connect_timeout: must be a whole number of seconds (e.g. 30), not None",
+    ),
 ]
 
 
@@ -856,6 +1058,108 @@ RULES = [
 def test_each_runtime_rule_is_refused_with_its_key(rule, overrides, message):
     text = refusal(**(overrides() if callable(overrides) else overrides))
     assert f"- {message}" in text, text
+
+
+def test_values_mas_reads_pass():
+    """The valid side of the serde rules: enums, absolute URLs (native-app schemes too), DSNs, durations."""
+    result = settings(
+        upstream_oauth2_providers=[
+            provider(
+                pkce_method="always",
+                response_mode="form_post",
+                on_backchannel_logout="logout_all",
+                claims_imports={"localpart": {"action": "require", "on_conflict": "set"}},
+            )
+        ],
+        config={
+            "clients": [
+                {
+                    "client_id": ULID2,
+                    "client_auth_method": "none",
+                    "client_uri": "https://app.example.com/about?x=1",
+                    "redirect_uris": ["https://app.example.com/cb", "io.element.app:/callback", "http://[::1]:8080/"],
+                }
+            ],
+            "policy": {"data": {"admin_clients": [ULID2]}},
+            "experimental": {
+                "session_limit": {"soft_limit": 5, "hard_limit": 10, "max_session_threshold": 100},
+                "inactive_session_expiration": {"ttl": 86400},
+            },
+            "telemetry": {
+                "tracing": {"exporter": "otlp", "propagators": ["tracecontext", "baggage", "jaeger"]},
+                "metrics": {"exporter": "prometheus"},
+                "sentry": {"dsn": "https://abc123@o1.ingest.sentry.io/42"},
+            },
+            "database": {"connect_timeout": 0, "idle_timeout": None, "max_lifetime": 1800},
+        },
+    )
+    assert result["mas_config"]["clients"][1]["client_id"] == ULID2
+    # MAS reads an empty DSN as no Sentry at all
+    assert settings(config={"telemetry": {"sentry": {"dsn": ""}}})["mas_config"]["telemetry"]["sentry"]["dsn"] == ""
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "https://k@sentry.example.com/1",
+        "http://k:s@sentry.example.com:9000/a/b/1",
+        "https://k@sentry.example.com/1/",
+        "https://k@[::1]/abc",
+    ],
+)
+def test_sentry_dsns_mas_parses_pass(dsn):
+    settings(config={"telemetry": {"sentry": {"dsn": dsn}}})
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "not a dsn",
+        "https://sentry.example.com/1",
+        "https://k@sentry.example.com/",
+        "https://k@sentry.example.com//",
+        "ftp://k@sentry.example.com/1",
+        "https://k@/1",
+        " ",
+        "https://k@sentry.example.com:99999/1",
+    ],
+)
+def test_sentry_dsns_mas_panics_on_are_refused_without_echoing_them(dsn):
+    text = refusal(config={"telemetry": {"sentry": {"dsn": dsn}}})
+    assert "- mas:config:telemetry:sentry:dsn: must be a Sentry DSN" in text
+    assert repr(dsn) not in text  # a DSN may carry a secret key: never echoed
+
+
+def test_every_type_refusal_comes_at_once():
+    text = refusal(
+        config={
+            "experimental": {"session_limit": {"soft_limit": 2}},
+            "telemetry": {"metrics": {"exporter": "statsd"}},
+            "clients": [{"client_id": ULID.lower(), "client_auth_method": "none", "redirect_uris": ["cb"]}],
+            "matrix": {"secret": ""},
+            "database": {"connect_timeout": "30s"},
+            "upstream_oauth2": {
+                "providers": [provider(response_mode="fragment", client_secret=None, client_secret_file="/s")]
+            },
+        },
+    )
+    for key in (
+        "mas:config:experimental:session_limit:hard_limit",
+        "mas:config:telemetry:metrics:exporter",
+        "mas:config:clients:0:client_id",
+        "mas:config:clients:0:redirect_uris:0",
+        "mas:config:matrix:secret",
+        "mas:config:database:connect_timeout",
+        "mas:config:upstream_oauth2:providers:0:response_mode",
+    ):
+        assert re.search(rf"^- {key}: ", text, re.M), key
+
+
+def test_an_empty_provider_secret_in_pillar_is_no_secret():
+    """mas:upstream_oauth2_providers:*:client_secret: '' never reaches config.yaml (no file is written for it)."""
+    result = settings(upstream_oauth2_providers=[provider(token_endpoint_auth_method="none", client_secret="")])
+    assert "client_secret" not in result["mas_config"]["upstream_oauth2"]["providers"][0]
+    assert "client_secret_file" not in result["mas_config"]["upstream_oauth2"]["providers"][0]
 
 
 def test_pillar_example_style_smtp_and_providers_pass():
