@@ -37,11 +37,14 @@ import threading
 import time
 import urllib.parse
 
+import mas_formula
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+mas_formula.refresh()
+from mas_formula import http  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 try:
     import requests
-    from requests.adapters import HTTPAdapter
 
     HAS_REQUESTS = True
 except ImportError:  # pragma: no cover - depends on the minion
@@ -92,6 +95,7 @@ _QUOTED_URL = re.compile(r'"(https?://[^"\s]+)"')
 _VERSION = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?")
 #: Separates the texts scrubbed in one call (never part of a message).
 _SEP = "\n\x1e\n"
+AGENT = "mas-formula-doctor"
 
 
 def __virtual__():
@@ -101,83 +105,18 @@ def __virtual__():
 
 
 # --------------------------------------------------------------------------
-# HTTP: one requests session per check, local probes ignore proxy settings
+# Reading answers (the sessions are the formula's one HTTP client, mas_formula.http)
 # --------------------------------------------------------------------------
 
 
-class _HostAdapter(HTTPAdapter):
-    """Send TLS's SNI and check the certificate for ``host`` while connecting
-    to another address (the reverse proxy on loopback)."""
-
-    def __init__(self, host, **kwargs):
-        self.host = host
-        super().__init__(**kwargs)
-
-    def build_connection_pool_key_attributes(self, request, verify, cert=None):
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
-        if host_params["scheme"] == "https":
-            pool_kwargs["server_hostname"] = self.host
-            pool_kwargs["assert_hostname"] = self.host
-        return host_params, pool_kwargs
-
-
-def _session(host=None, verify=True):
-    """A ``requests`` session for local probes (no proxy from the environment);
-    with ``host``, every request carries ``Host: host`` (and its TLS name)."""
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = verify
-    session.headers["User-Agent"] = "mas-formula-doctor"
-    if host:
-        session.headers["Host"] = host
-        session.mount("https://", _HostAdapter(host))
-    return session
-
-
-def _why(exc):
-    """A one-line reason for a failed request."""
-    if isinstance(exc, requests.exceptions.SSLError):
-        reason = re.search(r"certificate verify failed: ([^('\"]+)", str(exc))
-        return f"TLS failed: {reason.group(1).strip() if reason else 'no TLS handshake'}"
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "no connection within the timeout"
-    if isinstance(exc, requests.exceptions.Timeout):
-        return "no answer within the timeout"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        text = str(exc)
-        if "refused" in text:
-            return "connection refused (nothing listens there)"
-        if "Name or service not known" in text or "nodename nor servname" in text:
-            return "the host name does not resolve"
-        return "cannot connect"
-    return type(exc).__name__
-
-
-def _status(response):
-    try:
-        from http import HTTPStatus  # pylint: disable=import-outside-toplevel
-
-        return f"{response.status_code} {HTTPStatus(response.status_code).phrase}"
-    except ValueError:
-        return str(response.status_code)
-
-
-def _json(response):
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body
-
-
 def _errcode(response):
-    body = _json(response)
+    body = http.json_or_none(response)
     return body.get("errcode") if isinstance(body, dict) else None
 
 
 def _mas_flows(response):
     """True when a ``GET /login`` answer carries MAS's SSO flow."""
-    body = _json(response)
+    body = http.json_or_none(response)
     flows = body.get("flows") if isinstance(body, dict) else None
     return any(
         isinstance(flow, dict)
@@ -188,7 +127,7 @@ def _mas_flows(response):
 
 
 def _flow_types(response):
-    body = _json(response)
+    body = http.json_or_none(response)
     flows = body.get("flows") if isinstance(body, dict) else None
     return ", ".join(str(f.get("type")) for f in flows or [] if isinstance(f, dict)) or "no flows"
 
@@ -237,11 +176,11 @@ class _Context:
 
     def get(self, url, method="GET", host=None, **kwargs):
         """``(response, None)`` or ``(None, reason)``."""
-        with _session(host, self.verify if host else True) as session:
+        with http.session(host, self.verify if host else True, agent=AGENT) as session:
             try:
                 return session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs), None
             except requests.RequestException as exc:
-                return None, _why(exc)
+                return None, http.why(exc)
 
     def via_proxy(self, path, method="GET", **kwargs):
         """A request through the reverse proxy, as a client of the Matrix host."""
@@ -303,7 +242,7 @@ def _check_mas_health(ctx):
         return _check(OK, f"MAS answers at {url}", url=url)
     return _check(
         ERROR,
-        f"MAS's /health answered {_status(resp)}: {_short(resp.text)}",
+        f"MAS's /health answered {http.status(resp)}: {_short(resp.text)}",
         "MAS answers but cannot use its database: check mas:database:* and PostgreSQL, and MAS's log",
         url,
     )
@@ -315,9 +254,9 @@ def _discovery(ctx):
     resp, err = ctx.get(url)
     if err:
         return None, url, f"MAS's web listener does not answer at {url}: {err}"
-    doc = _json(resp) if resp.status_code == 200 else None
+    doc = http.json_or_none(resp) if resp.status_code == 200 else None
     if not isinstance(doc, dict):
-        return None, url, f"{url} answered {_status(resp)} without a discovery document"
+        return None, url, f"{url} answered {http.status(resp)} without a discovery document"
     return doc, url, None
 
 
@@ -351,7 +290,7 @@ def _check_compat_login_route(ctx):
     if resp.status_code in (502, 503, 504):
         return _check(
             ERROR,
-            f"GET {path} through the proxy answered {_status(resp)}: the proxy cannot reach MAS",
+            f"GET {path} through the proxy answered {http.status(resp)}: the proxy cannot reach MAS",
             ctx.start_mas_fix()
             + "; check the proxy's upstream for MAS (mas:proxy:nginx:mas_upstream / traefik:mas_url)",
             url,
@@ -365,9 +304,9 @@ def _check_compat_login_route(ctx):
     if resp.status_code == 200:
         detail = f"Synapse's login flows ({_flow_types(resp)}), not MAS's"
     elif _errcode(resp) == "M_UNRECOGNIZED":
-        detail = f"{_status(resp)} with M_UNRECOGNIZED (Synapse's answer for a route it leaves to MAS)"
+        detail = f"{http.status(resp)} with M_UNRECOGNIZED (Synapse's answer for a route it leaves to MAS)"
     else:
-        detail = _status(resp)
+        detail = http.status(resp)
     return _check(
         ERROR, f"GET {path} through the proxy answered {detail}: logins do not reach MAS", ctx.route_fix(), url
     )
@@ -381,7 +320,7 @@ def _check_synapse_reaches_mas(ctx):
     if resp.status_code == 401:
         return _check(OK, "Synapse rejected a made-up access token (401): it can check tokens with MAS", url=url)
     if resp.status_code == 503:
-        said = f"Synapse could not check an access token with MAS ({_status(resp)}: {_short(resp.text, 120)})"
+        said = f"Synapse could not check an access token with MAS ({http.status(resp)}: {_short(resp.text, 120)})"
         # from this host, MAS's endpoint for Synapse tells the two causes apart
         probe, err = ctx.get(ctx.mas_endpoint.rstrip("/") + "/.well-known/openid-configuration")
         if probe is not None and probe.status_code == 200:
@@ -395,20 +334,20 @@ def _check_synapse_reaches_mas(ctx):
         return _check(
             ERROR,
             f"{said}: MAS does not answer at {ctx.mas_endpoint} (mas:synapse:mas_endpoint, the drop-in's endpoint):"
-            f" {err or _status(probe)}",
+            f" {err or http.status(probe)}",
             ctx.start_mas_fix() + "; or correct mas:synapse:mas_endpoint, apply mas and restart Synapse",
             url,
         )
     if resp.status_code < 400:
         return _check(
             ERROR,
-            f"Synapse accepted a made-up access token ({_status(resp)})",
+            f"Synapse accepted a made-up access token ({http.status(resp)})",
             "check the drop-in and Synapse's auth configuration at once: no valid token was sent",
             url,
         )
     return _check(
         WARNING,
-        f"whoami with a made-up token answered {_status(resp)} (expected 401)",
+        f"whoami with a made-up token answered {http.status(resp)} (expected 401)",
         "check Synapse's log",
         url,
     )
@@ -442,7 +381,7 @@ def _check_shared_secret(ctx):
     if resp.status_code == 404:
         return _check(
             ERROR,
-            f"Synapse does not serve its MAS API ({_status(resp)}): it does not delegate to MAS",
+            f"Synapse does not serve its MAS API ({http.status(resp)}): it does not delegate to MAS",
             f"the drop-in {ctx.synapse_settings['dropin']} must be in place (see dropin_present): apply mas, then"
             " restart Synapse",
             url,
@@ -453,7 +392,7 @@ def _check_shared_secret(ctx):
         except OSError as exc:
             return _check(
                 ERROR,
-                f"Synapse refuses the shared secret MAS holds ({_status(resp)}) and its copy {synapse_file} cannot be"
+                f"Synapse refuses the shared secret MAS holds ({http.status(resp)}) and its copy {synapse_file} cannot be"
                 f" read ({exc.strerror})",
                 f"apply mas (state mas.synapse copies {mas_file} to {synapse_file}), then restart Synapse",
                 url,
@@ -461,21 +400,21 @@ def _check_shared_secret(ctx):
         if same:
             return _check(
                 ERROR,
-                f"Synapse refuses the shared secret MAS holds ({_status(resp)}) although {mas_file} and {synapse_file}"
+                f"Synapse refuses the shared secret MAS holds ({http.status(resp)}) although {mas_file} and {synapse_file}"
                 " hold the same value: Synapse still runs with an older copy",
                 "restart Synapse (it reads secret_path once)",
                 url,
             )
         return _check(
             ERROR,
-            f"Synapse refuses the shared secret MAS holds ({_status(resp)}): the two copies differ; compare"
+            f"Synapse refuses the shared secret MAS holds ({http.status(resp)}): the two copies differ; compare"
             f" {mas_file} (MAS, matrix.secret_file) with {synapse_file} (Synapse, secret_path)",
             f"apply mas (state mas.synapse copies {mas_file} to {synapse_file}), then restart Synapse",
             url,
         )
     return _check(
         ERROR,
-        f"Synapse's MAS API answered {_status(resp)} to the shared secret MAS holds (expected 400)",
+        f"Synapse's MAS API answered {http.status(resp)} to the shared secret MAS holds (expected 400)",
         "check Synapse's log",
         url,
     )
@@ -486,11 +425,11 @@ def _issuer_of(ctx, url, key_path, host=None):
     resp, err = ctx.get(url, host=host)
     if err:
         return None, err
-    doc = _json(resp) if resp.status_code == 200 else None
+    doc = http.json_or_none(resp) if resp.status_code == 200 else None
     for key in key_path:
         doc = doc.get(key) if isinstance(doc, dict) else None
     if not isinstance(doc, str):
-        return None, f"answered {_status(resp)} without an issuer"
+        return None, f"answered {http.status(resp)} without an issuer"
     return doc, None
 
 
@@ -567,13 +506,15 @@ def _check_compat_routes(ctx):
         if direct is not None and _signature(through) == _signature(direct):
             fine.append(f"{method} {path}")
         elif synapse is not None and _signature(through) == _signature(synapse):
-            errors.append(f"{method} {path} reaches Synapse ({_status(through)}), not MAS")
+            errors.append(f"{method} {path} reaches Synapse ({http.status(through)}), not MAS")
         elif through.status_code in (502, 503, 504):
-            errors.append(f"{method} {path}: the proxy cannot reach MAS ({_status(through)})")
+            errors.append(f"{method} {path}: the proxy cannot reach MAS ({http.status(through)})")
         elif direct is None:
-            errors.append(f"{method} {path} answered {_status(through)}; MAS itself does not answer ({mas_err})")
+            errors.append(f"{method} {path} answered {http.status(through)}; MAS itself does not answer ({mas_err})")
         else:
-            errors.append(f"{method} {path} answered {_status(through)} through the proxy, MAS {_status(direct)}")
+            errors.append(
+                f"{method} {path} answered {http.status(through)} through the proxy, MAS {http.status(direct)}"
+            )
     path = "/_synapse/mas/is_localpart_available"
     through, err = ctx.via_proxy(path)
     synapse, _ = ctx.get(_join(ctx.synapse, path))
@@ -603,7 +544,7 @@ def _check_synapse_version(ctx):
     url = _join(ctx.synapse, "/_synapse/admin/v1/server_version")
     problems, fixes = [], []
     resp, err = ctx.get(url)
-    body = _json(resp) if resp is not None and resp.status_code == 200 else None
+    body = http.json_or_none(resp) if resp is not None and resp.status_code == 200 else None
     version_text = body.get("server_version") if isinstance(body, dict) else None
     version = _version(version_text)
     for minimum, reason in SYNAPSE_MINIMUM:
@@ -649,9 +590,9 @@ def _check_well_known_client(ctx):
     resp, err = ctx.via_proxy(path)
     if err:
         return _check(ERROR, f"the reverse proxy does not answer at {ctx.proxy_where}: {err}", ctx.route_fix(), url)
-    doc = _json(resp) if resp.status_code == 200 else None
+    doc = http.json_or_none(resp) if resp.status_code == 200 else None
     if not isinstance(doc, dict):
-        return _check(ERROR, f"{path} answered {_status(resp)} without a JSON document", ctx.route_fix(), url)
+        return _check(ERROR, f"{path} answered {http.status(resp)} without a JSON document", ctx.route_fix(), url)
     wanted = ctx.well_known["org.matrix.msc2965.authentication"]
     got = doc.get("org.matrix.msc2965.authentication")
     if got != wanted:
@@ -1137,14 +1078,14 @@ def wait(timeout=60):
     pause = 0.25
     while True:
         missing = []
-        with _session() as session:
+        with http.session(agent=AGENT) as session:
             for label, url in targets:
                 try:
                     status = session.get(url, timeout=min(5.0, max(1.0, deadline - time.monotonic()))).status_code
                     if status != 200:
                         missing.append(f"{label} at {url} answers {status}")
                 except requests.RequestException as exc:
-                    missing.append(f"{label} at {url}: {_why(exc)}")
+                    missing.append(f"{label} at {url}: {http.why(exc)}")
         now = time.monotonic()
         if not missing or now >= deadline:
             return {"ready": not missing, "seconds": round(now - started, 3), "waiting_for": missing}

@@ -27,10 +27,14 @@ import logging
 import os
 import re
 
+import mas_formula
 import salt.utils.data
 import salt.utils.files
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+mas_formula.refresh()
+from mas_formula import http  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 log = logging.getLogger(__name__)
 
@@ -640,31 +644,13 @@ def restart(service=None, url=None, timeout=60):
 
         salt-call mas_synapse.restart
     """
-    import time  # pylint: disable=import-outside-toplevel
-
-    import requests  # pylint: disable=import-outside-toplevel
-
     if service is None or url is None:
         mas = __salt__["mas.mapdata"]()
         service = service or mas["synapse"]["service"]
         url = url or mas["synapse"]["endpoint"]
     probe = url.rstrip("/") + "/_matrix/client/versions"
-    started = time.monotonic()
     result = {"service": service, "restarted": False, "answers": False, "url": probe, "seconds": 0.0, "why": ""}
     result["restarted"] = bool(__salt__["service.restart"](service))
     if result["restarted"]:
-        deadline = started + max(0.0, float(timeout))
-        with requests.Session() as session:
-            session.trust_env = False
-            while True:
-                try:
-                    status = session.get(probe, timeout=5).status_code
-                    result["answers"] = status == 200
-                    result["why"] = "" if result["answers"] else f"it answers {status}"
-                except requests.RequestException as exc:
-                    result["why"] = type(exc).__name__
-                if result["answers"] or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.5)
-    result["seconds"] = round(time.monotonic() - started, 3)
+        result["answers"], result["seconds"], result["why"] = http.wait_until_answers(probe, timeout)
     return result

@@ -18,10 +18,12 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from mas_formula import http
 from salt.exceptions import SaltInvocationError
 
 from formula_modules import MODULES, configure_loader_modules  # noqa: F401 (the loader fixture)
@@ -469,8 +471,9 @@ def _certificate(tmp_path, host):
     return cert_path, key_path
 
 
-def test_proxy_on_loopback_gets_the_public_name_in_sni_host_and_certificate_check(tmp_path):
-    """A TLS proxy reached on 127.0.0.1 is asked for matrix.example.com: SNI, Host and the certificate check."""
+def test_http_session_asks_a_proxy_on_loopback_for_the_public_name(tmp_path):
+    """mas_formula.http.session: a TLS proxy reached on 127.0.0.1 is asked for matrix.example.com (SNI, Host and
+    the certificate check), as the doctor probes it."""
     cert, key = _certificate(tmp_path, "matrix.example.com")
     seen = {}
 
@@ -494,11 +497,11 @@ def test_proxy_on_loopback_gets_the_public_name_in_sni_host_and_certificate_chec
     thread.start()
     url = f"https://127.0.0.1:{server.server_address[1]}/.well-known/matrix/client"
     try:
-        with mas_doctor._session("matrix.example.com", verify=str(cert)) as session:
+        with http.session("matrix.example.com", verify=str(cert)) as session:
             assert session.get(url, timeout=5).status_code == 200
         assert seen == {"host": "matrix.example.com", "sni": "matrix.example.com"}
         # without the public name the certificate does not match 127.0.0.1
-        with mas_doctor._session(verify=str(cert)) as session, pytest.raises(mas_doctor.requests.exceptions.SSLError):
+        with http.session(verify=str(cert)) as session, pytest.raises(requests.exceptions.SSLError):
             session.get(url, timeout=5)
     finally:
         server.shutdown()
