@@ -37,8 +37,9 @@ import threading
 import time
 import urllib.parse
 
-import mas_formula
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import mas_formula
 
 mas_formula.refresh()
 from mas_formula import http  # noqa: E402  (after the refresh: a synced update is imported anew)

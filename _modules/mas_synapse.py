@@ -27,11 +27,12 @@ import logging
 import os
 import re
 
-import mas_formula
 import salt.utils.data
 import salt.utils.files
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import mas_formula
 
 mas_formula.refresh()
 from mas_formula import http  # noqa: E402  (after the refresh: a synced update is imported anew)

@@ -12,10 +12,10 @@ import shutil
 import subprocess
 import sys
 
-import mas_release
 import pytest
 import yaml
 
+import mas_release
 from harness.util import CI_SUFFIX, require_root, unavailable
 from saltrun import REPO_ROOT
 

@@ -10,10 +10,10 @@ nothing; a wrong hash fails before anything is replaced, naming the key.
 
 import subprocess
 
-import mas_release
 import pytest
 import yaml
 
+import mas_release
 from harness.util import free_port, stop_process, unavailable, wait_for_http
 from pillars import PILLAR_SECRETS, deep_update, wired_pillar
 

@@ -23,10 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mas_formula import http
 from salt.exceptions import SaltInvocationError
 
 from formula_modules import MODULES, configure_loader_modules  # noqa: F401 (the loader fixture)
+from mas_formula import http
 from pillars import deep_update
 
 mas_doctor = MODULES["mas_doctor"]
