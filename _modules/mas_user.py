@@ -48,6 +48,11 @@ import urllib.parse
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import mas_formula
+
+mas_formula.refresh()
+from mas_formula import grammar  # noqa: E402  (after the refresh: a synced update is imported anew)
+
 # requests and zxcvbn are imported where they are used: the SLS files call this module on every run, and
 # importing them costs more than the rest of what those calls do
 HAS_REQUESTS = importlib.util.find_spec("requests") is not None
@@ -56,10 +61,6 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "mas_user"
 
-#: MAS's and Synapse's rule for a localpart (MAS: users/add.rs; Synapse refuses a leading '_' too).
-_LOCALPART = re.compile(r"[a-z0-9._=/+-]{1,255}")
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_EMAIL = re.compile(r"[^@\s<>()\[\],;:\"\\]{1,64}@(?:" + _LABEL + r"\.)*" + _LABEL)
 ON_CREATE, ALWAYS = "on_create", "always"
 #: When a password from pillar is set: ``on_create`` or ``always`` (when it changed).
 PASSWORD_UPDATES = (ON_CREATE, ALWAYS)
@@ -98,17 +99,7 @@ def check_username(username):
 
         salt-call mas_user.check_username @alice:example.com
     """
-    if isinstance(username, int) and not isinstance(username, bool):
-        username = str(username)  # salt-call reads `username=123` as a number
-    if not isinstance(username, str) or not username:
-        raise SaltInvocationError("username: a Matrix localpart is required")
-    name = username[1:] if username.startswith("@") else username
-    name = name.split(":", 1)[0]
-    if not _LOCALPART.fullmatch(name) or name.startswith("_"):
-        raise SaltInvocationError(
-            f"username: {username!r} is not a valid Matrix localpart (1-255 of a-z, 0-9, ._=/+-, not starting with _)"
-        )
-    return name
+    return grammar.check_username(username)
 
 
 def check_email(address):
@@ -125,9 +116,7 @@ def check_email(address):
 
         salt-call mas_user.check_email alice@example.com
     """
-    if not isinstance(address, str) or not _EMAIL.fullmatch(address):
-        raise SaltInvocationError(f"email: {address!r} is not an email address (local@domain)")
-    return address
+    return grammar.check_email(address)
 
 
 def _emails(emails):
