@@ -42,7 +42,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 import mas_formula
 
 mas_formula.refresh()
-from mas_formula import http  # noqa: E402  (after the refresh: a synced update is imported anew)
+from mas_formula import http, secretfiles  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 try:
     import requests
@@ -355,10 +355,13 @@ def _check_synapse_reaches_mas(ctx):
 
 
 def _read_secret(path):
-    """The content of a secret file, trimmed as MAS and Synapse read it (never logged)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read().decode("utf-8", "replace").strip()
+    """The content of a secret file, trimmed as MAS and Synapse read it (never logged); ``OSError`` (with the
+    reason as ``strerror``) when it cannot be read or is not a regular file."""
+    try:
+        return secretfiles.read_regular(path).decode("utf-8", "replace").strip()
+    except CommandExecutionError as exc:
+        cause = exc.__cause__
+        raise OSError(getattr(cause, "errno", None), getattr(cause, "strerror", None) or "not a regular file") from exc
 
 
 def _check_shared_secret(ctx):

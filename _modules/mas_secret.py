@@ -27,17 +27,18 @@ Values are never returned or logged: the functions report what they did.
 
 import hmac
 import importlib.util
-import json
 import logging
 import os
-import re
 import secrets
 import stat
-import tempfile
 
 import salt.utils.data
-import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+import mas_formula
+
+mas_formula.refresh()
+from mas_formula import secretfiles  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 # cryptography is imported where keys are generated (once per deployment), not on every run
 HAS_CRYPTOGRAPHY = importlib.util.find_spec("cryptography") is not None
@@ -53,18 +54,7 @@ PILLAR_ROOT = "mas"
 GENERATED = ("hex32", "token", "rsa", "ec-p256", "ec-p384", "ec-k256")
 KINDS = GENERATED + ("pillar", "pepper", "copy")
 
-MASK = "**********"
-#: The temporary files of :py:func:`atomic_write`: the prefix, then mkstemp's 8 random characters.
-TMP_PREFIX = ".tmp-"
-_TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"[a-z0-9_]{8}")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-#: Config keys whose string values are secrets (Synapse's and the formula's pillar).
-_SECRET_KEY = re.compile(
-    r"^(.*_)?(secret|secret_key|private_key|password|passwd|pass|pepper|token|api_key|encryption)$", re.IGNORECASE
-)
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#\s@]*:)(?P<pw>[^@/\s]+)(?P<tail>@)", re.IGNORECASE)
-#: `secret: value` lines (upstream doctor prints a config snippet with matrix.secret)
-_INLINE_SECRET = re.compile(r"(?im)^(\s*(?:secret|client_secret|password)\s*:\s*).+$")
+MASK = secretfiles.MASK
 
 
 def __virtual__():
@@ -118,7 +108,7 @@ def _wanted(kind, pillar_key, source):
     if kind == "copy":
         if not source or not os.path.isfile(source):
             raise CommandExecutionError(f"the source secret file {source} does not exist yet")
-        return _read_regular(source)
+        return secretfiles.read_regular(source)
     value = pillar_value(pillar_key)
     if kind == "pepper":
         if value is None:
@@ -139,57 +129,6 @@ def _wanted(kind, pillar_key, source):
     return None
 
 
-def _owner_ids(user, group):
-    import grp  # pylint: disable=import-outside-toplevel
-    import pwd  # pylint: disable=import-outside-toplevel
-
-    try:
-        uid = pwd.getpwnam(user).pw_uid
-    except KeyError as exc:
-        raise CommandExecutionError(f"the user {user!r} does not exist") from exc
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError as exc:
-        raise CommandExecutionError(f"the group {group!r} does not exist") from exc
-    return uid, gid
-
-
-def _read_regular(path):
-    """Read a secret file, refusing anything but a regular file (a symlink
-    planted there must never make root read or chown another file)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise CommandExecutionError(f"cannot read {path} (a symlink is refused): {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise CommandExecutionError(f"{path} is not a regular file")
-        return handle.read()
-
-
-def _record_files(owner):
-    """The secret files the formula recorded as written (a set of paths)."""
-    try:
-        with salt.utils.files.fopen(owner["record"], "r") as handle:
-            record = json.load(handle)
-    except FileNotFoundError:
-        return set()
-    except (OSError, ValueError) as exc:
-        raise CommandExecutionError(f"cannot read the formula's record {owner['record']}: {exc}") from exc
-    files = record.get("files") if isinstance(record, dict) else None
-    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else set()
-
-
-def _record(owner, path):
-    """Add ``path`` to the formula's record of secret files it wrote (root only)."""
-    files = _record_files(owner)
-    if path in files:
-        return
-    directory = os.path.dirname(owner["record"])
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    atomic_write(owner["record"], json.dumps({"files": sorted(files | {path})}, indent=1) + "\n", "0600")
-
-
 def recorded(owner):
     """
     The files the formula recorded as written (``owner["record"]``, the map's
@@ -206,7 +145,7 @@ def recorded(owner):
 
         salt-call mas_secret.recorded owner="$(salt-call --out=json mas.mapdata | jq -c .local.secret_owner)"
     """
-    return sorted(_record_files(owner))
+    return sorted(secretfiles.record_files(owner))
 
 
 def record(path, owner):
@@ -227,7 +166,7 @@ def record(path, owner):
 
         salt-call mas_secret.record /matrix/matrix-authentication-service/registration-tokens/friends owner="$(salt-call --out=json mas.mapdata | jq -c .local.secret_owner)"
     """
-    _record(owner, path)
+    secretfiles.record(owner, path)
     return True
 
 
@@ -260,18 +199,11 @@ def foreign(path, kind="token", pillar_key=None, source=None, owner=None):
     """
     if not owner or not os.path.lexists(path):
         return ""
-    if os.path.dirname(path) in (owner.get("dirs") or []) or path in _record_files(owner):
-        return ""
-    info = os.lstat(path)
-    if not stat.S_ISREG(info.st_mode):
-        return "exists and is not a regular file"
     try:
         wanted = _wanted(kind, pillar_key, source)
     except CommandExecutionError:
         wanted = None
-    if wanted is not None and hmac.compare_digest(_read_regular(path), wanted):
-        return ""
-    return f"exists and is not a secret file the formula wrote (not in its record {owner['record']})"
+    return secretfiles.foreign(path, owner, wanted)
 
 
 def leftovers(secrets_dir, keep=None):
@@ -292,17 +224,7 @@ def leftovers(secrets_dir, keep=None):
 
         salt-call mas_secret.leftovers /matrix/matrix-authentication-service/config/secrets
     """
-    keep = set(keep or [])
-    try:
-        names = sorted(os.listdir(secrets_dir))
-    except OSError:
-        return []
-    pattern = re.compile(r"upstream-[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}\.secret")
-    return [
-        os.path.join(secrets_dir, name)
-        for name in names
-        if pattern.fullmatch(name) and os.path.join(secrets_dir, name) not in keep
-    ]
+    return secretfiles.provider_leftovers(secrets_dir, keep)
 
 
 def status(
@@ -359,7 +281,7 @@ def status(
     wanted = _wanted(kind, pillar_key, source)
     if not os.path.lexists(path):
         return {"action": "create", "reason": "from pillar" if wanted is not None else "generated"}
-    current = _read_regular(path)
+    current = secretfiles.read_regular(path)
     if wanted is not None and not hmac.compare_digest(current, wanted):
         if kind == "hex32" and not allow_rotation:
             raise CommandExecutionError(
@@ -369,7 +291,7 @@ def status(
                 "file; to rotate on purpose set mas:secrets:allow_encryption_rotation: true."
             )
         return {"action": "update", "reason": "from pillar" if kind != "copy" else f"copied from {source}"}
-    uid, gid = _owner_ids(user, group)
+    uid, gid = secretfiles.owner_ids(user, group)
     info = os.lstat(path)
     if stat.S_IMODE(info.st_mode) != int(str(mode), 8) or (info.st_uid, info.st_gid) != (uid, gid):
         return {"action": "fix-mode", "reason": "owner or mode"}
@@ -406,38 +328,7 @@ def atomic_write(path, content, mode="0600", user="root", group="root", tmp_dir=
 
         salt-call mas_secret.atomic_write /root/example.txt "some text" mode=0600
     """
-    uid, gid = _owner_ids(user, group)
-    data = content.encode() if isinstance(content, str) else bytes(content)
-    directory = os.path.dirname(path)
-    staging = tmp_dir or directory
-    for folder in dict.fromkeys((directory, staging)):
-        if not os.path.isdir(folder):
-            raise CommandExecutionError(f"the directory {folder} does not exist")
-    if os.stat(staging).st_dev != os.stat(directory).st_dev:
-        raise CommandExecutionError(
-            f"cannot write {path} through {staging}: not on the filesystem of {directory}, so the rename would not"
-            " be atomic"
-        )
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=staging)
-    try:
-        os.fchmod(fd, int(str(mode), 8))
-        os.fchown(fd, uid, gid)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise CommandExecutionError(f"cannot write {path}: {exc.strerror}") from exc
-    for folder in dict.fromkeys((directory, staging)):
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return True
+    secretfiles.atomic_write(path, content, mode, user, group, tmp_dir)
 
 
 def temporaries(directory):
@@ -459,16 +350,7 @@ def temporaries(directory):
 
         salt-call mas_secret.temporaries /matrix/matrix-authentication-service/config/keys
     """
-    try:
-        names = sorted(os.listdir(directory))
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        path = os.path.join(directory, name)
-        if _TMP_NAME.fullmatch(name) and stat.S_ISREG(os.lstat(path).st_mode):
-            found.append(path)
-    return found
+    return secretfiles.temporaries(directory)
 
 
 def write(
@@ -498,7 +380,7 @@ def write(
     """
     state = status(path, kind, pillar_key, user, group, mode, allow_rotation, source, owner)
     if state["action"] == "fix-mode":
-        uid, gid = _owner_ids(user, group)
+        uid, gid = secretfiles.owner_ids(user, group)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             try:
@@ -516,28 +398,13 @@ def write(
         log.info("mas_secret: %s secret file %s (%s)", state["action"], path, state["reason"])
     if owner:
         # written, or found holding what the formula writes: the formula's from now on
-        _record(owner, path)
+        secretfiles.record(owner, path)
     return state
 
 
 # --------------------------------------------------------------------------
 # Scrubbing
 # --------------------------------------------------------------------------
-
-
-def _secret_values(node, found):
-    """Collect string values under secret-looking keys (recursively)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, str):
-                if _SECRET_KEY.match(str(key)):
-                    found.add(value)
-            else:
-                _secret_values(value, found)
-    elif isinstance(node, list):
-        for item in node:
-            _secret_values(item, found)
-    return found
 
 
 def mask(data):
@@ -555,37 +422,7 @@ def mask(data):
 
         salt-call mas_secret.mask "{form_secret: abc, port: 5}"
     """
-    if isinstance(data, dict):
-        return {
-            key: MASK
-            if _SECRET_KEY.match(str(key))
-            and isinstance(value, (str, int, float))
-            and not isinstance(value, bool)
-            and value != ""
-            else mask(value)
-            for key, value in data.items()
-        }
-    if isinstance(data, list):
-        return [mask(item) for item in data]
-    return data
-
-
-def _known_secrets(secrets_dir, synapse_conf=None):
-    """Every secret value the minion knows for this deployment (never returned)."""
-    found = _secret_values(synapse_conf or {}, set())
-    _secret_values(salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT], {}) or {}, found)
-    # the whole URI: libpq also takes ?password=... which the URL rule misses
-    uri = salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT, "syn2mas", "synapse_database_uri"], "")
-    if isinstance(uri, str) and uri:
-        found.add(uri)
-    if os.path.isdir(secrets_dir):
-        for entry in os.listdir(secrets_dir):
-            path = os.path.join(secrets_dir, entry)
-            if os.path.isfile(path) and os.path.getsize(path) < 65536:
-                with salt.utils.files.fopen(path, "rb") as handle:
-                    content = handle.read().decode("utf-8", "replace")
-                found.update({content, content.strip()})
-    return sorted((s for s in found if isinstance(s, str) and len(s.strip()) >= 4), key=len, reverse=True)
+    return secretfiles.mask(data)
 
 
 def scrub(text, synapse_conf=None, secrets_dir=None):
@@ -608,9 +445,6 @@ def scrub(text, synapse_conf=None, secrets_dir=None):
 
         salt-call mas_secret.scrub "$(bin/mas-cli doctor 2>&1)"
     """
-    hide = _known_secrets(secrets_dir or __salt__["mas.mapdata"]()["paths"]["secrets_dir"], synapse_conf)
-    text = _ANSI.sub("", text or "")
-    for secret in hide:
-        text = text.replace(secret, MASK)
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("tail"), text)
-    return _INLINE_SECRET.sub(lambda m: m.group(1) + MASK, text)
+    secrets_dir = secrets_dir or __salt__["mas.mapdata"]()["paths"]["secrets_dir"]
+    pillar_mas = salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT], {}) or {}
+    return secretfiles.scrub(text, secretfiles.known_secrets(secrets_dir, pillar_mas, synapse_conf))

@@ -51,7 +51,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 import mas_formula
 
 mas_formula.refresh()
-from mas_formula import grammar  # noqa: E402  (after the refresh: a synced update is imported anew)
+from mas_formula import grammar, secretfiles  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 # requests and zxcvbn are imported where they are used: the SLS files call this module on every run, and
 # importing them costs more than the rest of what those calls do
@@ -127,20 +127,6 @@ def _emails(emails):
     if not isinstance(emails, (list, tuple)):
         raise SaltInvocationError("emails: a list of email addresses is required")
     return [check_email(e) for e in emails]
-
-
-def _read_private(path):
-    """A file's text (``None`` when missing), refusing a symlink or anything but a regular file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise CommandExecutionError(f"cannot read {path} (a symlink is refused): {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise CommandExecutionError(f"{path} is not a regular file")
-        return handle.read().decode("utf-8", "replace")
 
 
 def _password(password, password_file, password_pillar_key):
@@ -281,7 +267,7 @@ class _AdminApi(_Http):
     def __init__(self, api, timeout=30, wait=0):
         super().__init__(timeout)
         self.api = api
-        secret = _read_private(api["client_secret_file"])
+        secret = secretfiles.read_text(api["client_secret_file"])
         if secret is None:
             raise CommandExecutionError(
                 f"cannot read the admin client secret {api['client_secret_file']} (apply the mas state first)",
@@ -523,7 +509,7 @@ class _Synapse(_Http):
             return value
         path = conf["config"].get("registration_shared_secret_path")
         if isinstance(path, str) and path:
-            text = _read_private(path)
+            text = secretfiles.read_text(path)
             if text is None or not text.strip():
                 raise CommandExecutionError(f"Synapse's registration_shared_secret_path {path} is missing or empty")
             return text.strip()
@@ -620,7 +606,7 @@ class _Synapse(_Http):
         Returns False when there is none and ``create`` is false."""
         if self._token:
             return True
-        secret = _read_private(self.password_path)
+        secret = secretfiles.read_text(self.password_path)
         if secret:
             answer = self._login(secret.strip())
         elif not create:
@@ -819,7 +805,7 @@ def _fingerprint_matches(stored, secret):
 
 
 def _fingerprints(mas):
-    text = _read_private(mas["paths"]["password_fingerprints"])
+    text = secretfiles.read_text(mas["paths"]["password_fingerprints"])
     try:
         return json.loads(text) if text else {}
     except ValueError:
@@ -1274,7 +1260,7 @@ def registration_token_plan(name, usage_limit=None, expires=None, revoked=False,
     with _opened(batch) as (mas, backend):
         _require_mas(mas, "registration tokens")
         path = _token_path(mas, name)
-        value = _read_private(path)
+        value = secretfiles.read_text(path)
         found = _registration_tokens(backend).get(value.strip()) if value else None
         changes = _token_changes(found, usage_limit, expires, revoked)
         if found is None:
@@ -1301,7 +1287,7 @@ def registration_token_ensure(name, usage_limit=None, expires=None, revoked=Fals
     with _opened(batch) as (mas, backend):
         _require_mas(mas, "registration tokens")
         path = _token_path(mas, name)
-        value = _read_private(path)
+        value = secretfiles.read_text(path)
         value = value.strip() if value else None
         tokens = _registration_tokens(backend)
         found = tokens.get(value) if value else None
@@ -1417,7 +1403,7 @@ def _bot_check(backend, username, path, scope, expires_in, renew_before, owner, 
     session = same_scope[0] if same_scope else None
     found = {"view": view, "session": session, "sessions": sessions or [], "personal": personal}
     renew = "regenerate" if session else "create"
-    value = _read_private(path)
+    value = secretfiles.read_text(path)
     if not value or not value.strip():
         return dict(found, action=renew, reason="no token file")
     answer = backend.api.introspect(value.strip())
@@ -1581,7 +1567,7 @@ def bot_token(
                     backend.api.call("POST", f"/personal-sessions/{stale['id']}/revoke", expect=(200, 409))
             changes["token"] = {"old": reason, "new": "issued" if action == "create" else "regenerated"}
         elif action == "fix-mode":
-            __salt__["mas_secret.atomic_write"](path, _read_private(path), mode="0600", user=user, group=group)
+            __salt__["mas_secret.atomic_write"](path, secretfiles.read_text(path), mode="0600", user=user, group=group)
             changes["mode"] = {"old": reason, "new": f"0600 {user}:{group}"}
         return {"username": username, "path": path, "changes": changes}
 

@@ -12,6 +12,7 @@ import pytest
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from formula_modules import MODULES, STATES, configure_loader_modules  # noqa: F401 (the loader fixture)
+from mas_formula import secretfiles
 
 mas_secret = MODULES["mas_secret"]
 secret_state = STATES["mas_secret"]
@@ -117,7 +118,7 @@ def test_a_symlink_in_place_of_a_secret_is_refused(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_text() == "not yours"
 
 
-def test_secret_keys_are_matched_precisely():
+def test_secret_values_match_secret_keys_precisely():
     conf = {
         "form_secret": "Form-Secret-0008",
         "password_config": {"pepper": "Pep-0009", "enabled": "true"},
@@ -127,7 +128,7 @@ def test_secret_keys_are_matched_precisely():
         "refresh_token_lifetime": "1000ms",
         "email": {"smtp_pass": "Smtp-0011"},
     }
-    assert mas_secret._secret_values(conf, set()) == {"Form-Secret-0008", "Pep-0009", "As-Token-0010", "Smtp-0011"}
+    assert secretfiles.secret_values(conf, set()) == {"Form-Secret-0008", "Pep-0009", "As-Token-0010", "Smtp-0011"}
 
 
 def test_mask_hides_secret_values_and_keeps_the_rest():
