@@ -26,22 +26,20 @@ import hashlib
 import json
 import logging
 import os
-import stat
 
-import jinja2
-import jinja2.sandbox
 import salt.utils.data
 import salt.utils.dictupdate
 import salt.utils.files
 import salt.utils.jinja
 import salt.utils.yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
-from salt.utils.decorators.jinja import JinjaFilter
 
 import mas_formula
 
 mas_formula.refresh()
-from mas_formula import grammar, layout, rules  # noqa: E402  (after the refresh: a synced update is imported anew)
+from mas_formula import grammar, layout, rules, secretfiles, synapse_config  # noqa: E402
+from mas_formula import proxy as proxy_helper  # noqa: E402
+from mas_formula import render as render_helper  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +118,10 @@ def valid(kind, value):
 
 
 def _synapse_pepper(data):
+    """Synapse's ``password_config.pepper`` from its config files (pillar ``mas:synapse:extra_config`` last), or None."""
     syn = data["synapse"]
     try:
-        conf = __salt__["mas_synapse.config"](syn["config_files"], syn["config_dir"], syn["extra_config"], mask=False)[
-            "config"
-        ]
+        conf = synapse_config.read(syn["config_files"], syn["config_dir"], syn["extra_config"])["config"]
     except CommandExecutionError:
         return None
     pepper = grammar.get(conf, "password_config", "pepper")
@@ -169,7 +166,7 @@ def foreign_files(mas=None):
         (("service", "unit_dir"), paths["unit"]),
         (("synapse", "config_dir"), paths["synapse_dropin"]),
     ]
-    proxy = __salt__["mas_proxy.settings"](mas)
+    proxy = proxy_helper.settings(mas)
     keys = {"snippet": "snippet_path", "public-snippet": "public_snippet_path", "config": "config_path"}
     for entry in proxy["files"]:
         templates.append((("proxy", proxy["type"], keys[entry["name"]]), entry["path"]))
@@ -182,7 +179,16 @@ def foreign_files(mas=None):
     secrets.append((("synapse", "secret_path"), paths["synapse_secret"], "copy", None, paths["homeserver_secret"]))
     owner = layout.secret_owner(paths)
     for key, path, kind, pillar_key, source in secrets:
-        why = __salt__["mas_secret.foreign"](path, kind, pillar_key=pillar_key, source=source, owner=owner)
+        if not os.path.lexists(path):
+            continue
+        value = (
+            salt.utils.data.traverse_dict_and_list(__pillar__, pillar_key, None, delimiter=":") if pillar_key else None
+        )
+        try:
+            wanted = secretfiles.wanted(kind, value if grammar.is_set(value) else None, pillar_key, source)
+        except CommandExecutionError:
+            wanted = None
+        why = secretfiles.foreign(path, owner, wanted)
         if why:
             refuse(key, path, why)
     return problems
@@ -403,21 +409,7 @@ def files_switch(source_files, lookup, tplroot=grammar.PILLAR_ROOT):
 
         salt-call mas.files_switch "['config.yaml.jinja']" mas-config-file-file-managed
     """
-    tofs = _map()["tofs"]
-    prefix = tofs["path_prefix"] or tplroot
-    names = list(tofs["source_files"].get(lookup, [])) + list(source_files)
-    dirs = [lookup]
-    for grain in tofs["files_switch"]:
-        value = __grains__.get(grain)
-        if isinstance(value, str) and grammar.TOFS_NAME.fullmatch(value) and value not in dirs:
-            dirs.append(value)
-    dirs.append("default")
-    candidates = [f"{prefix}/{tofs['dirs']['files']}/{directory}/{name}" for directory in dirs for name in names]
-    # masterless: keep only the first candidate that exists in file_roots, so that it is looked up once
-    # instead of asking the file server for every override that is not there
-    found = [path for path in candidates if _local_file(path)]
-    candidates = found[:1] or candidates
-    return [f"salt://{path}" for path in candidates]
+    return render_helper.candidates(_map()["tofs"], __grains__, __opts__, source_files, lookup, tplroot)
 
 
 def account(user=None, group=None):
@@ -451,51 +443,6 @@ def account(user=None, group=None):
     return found
 
 
-def _template_text(source):
-    """The text of ``salt://`` ``source``: read from file_roots directly masterless (cheaper), else (a master,
-    or another file server backend such as gitfs) through the file server."""
-    local = _local_file(source[len("salt://") :])
-    if local:
-        with salt.utils.files.fopen(local, "r") as handle:
-            return handle.read()
-    return __salt__["cp.get_file_str"](source) or None
-
-
-def _local_file(path):
-    """Masterless: the file ``path`` (relative to a file root) in this saltenv's file_roots, else None."""
-    if __opts__.get("file_client") != "local":
-        return None
-    for root in (__opts__.get("file_roots") or {}).get(__opts__.get("saltenv") or "base", []):
-        candidate = os.path.join(root, path)
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def _template_source(source):
-    """Jinja's FunctionLoader: ``(text, None, uptodate)`` of ``source`` (a ``salt://`` URL), None when missing."""
-    text = _template_text(source)
-    return None if text is None else (text, None, lambda: False)
-
-
-def _jinja_env():
-    """One Jinja environment per run, with Salt's template filters (``yaml``, ``json``, ``quote``, ...)."""
-    if "mas.jinja_env" not in __context__:
-        cache_dir = os.path.join(__opts__.get("cachedir") or "/var/cache/salt/minion", "mas-jinja")
-        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
-        env = jinja2.sandbox.SandboxedEnvironment(
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
-            extensions=["jinja2.ext.do", "jinja2.ext.loopcontrols", salt.utils.jinja.SerializerExtension],
-            # compiled templates are kept between runs (keyed on the template's text)
-            bytecode_cache=jinja2.FileSystemBytecodeCache(cache_dir),
-            loader=jinja2.FunctionLoader(_template_source),
-        )
-        env.filters.update(JinjaFilter.salt_jinja_filters)
-        __context__["mas.jinja_env"] = env
-    return __context__["mas.jinja_env"]
-
-
 def render(source_files, lookup, context=None, tplroot=grammar.PILLAR_ROOT):
     """
     The text of one of the formula's templates, found TOFS-style
@@ -522,18 +469,15 @@ def render(source_files, lookup, context=None, tplroot=grammar.PILLAR_ROOT):
 
         salt-call mas.render "['docker.labels.jinja']" mas-config-file-file-managed-labels "{labels: {a: b}}"
     """
+    if "mas.jinja_env" not in __context__:
+        __context__["mas.jinja_env"] = render_helper.environment(__opts__, __salt__["cp.get_file_str"])
     sources = files_switch(source_files, lookup, tplroot)
-    env = _jinja_env()
-    for source in sources:
-        try:
-            template = env.get_template(source)
-        except jinja2.TemplateNotFound:
-            continue
-        return template.render(**dict(context or {}, grains=__grains__, salt=__salt__))
-    raise CommandExecutionError(f"none of the templates {', '.join(sources)} exists")
+    return render_helper.render(
+        __context__["mas.jinja_env"], sources, dict(context or {}, grains=__grains__, salt=__salt__)
+    )
 
 
-BANNER = "File managed by Salt (mas formula)"
+BANNER = render_helper.BANNER
 
 
 def managed_by_formula(path):
@@ -551,10 +495,4 @@ def managed_by_formula(path):
 
         salt-call mas.managed_by_formula /matrix/matrix-authentication-service/config/config.yaml
     """
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-        with salt.utils.files.fopen(path, "r") as handle:
-            return BANNER in handle.read(4096)
-    except (OSError, UnicodeDecodeError):
-        return False
+    return render_helper.managed_by_formula(path)

@@ -105,28 +105,12 @@ def _generate(kind):
 
 def _wanted(kind, pillar_key, source):
     """The bytes the secret file must hold, or None when it is generated/kept."""
-    if kind == "copy":
-        if not source or not os.path.isfile(source):
-            raise CommandExecutionError(f"the source secret file {source} does not exist yet")
-        return secretfiles.read_regular(source)
-    value = pillar_value(pillar_key)
-    if kind == "pepper":
-        if value is None:
-            conf = __salt__["mas_synapse.config"](mask=False)["config"]
-            value = salt.utils.data.traverse_dict_and_list(conf, ["password_config", "pepper"])
-        if value in (None, ""):
-            raise CommandExecutionError(
-                "no Synapse pepper found: set mas:synapse:pepper or password_config.pepper in Synapse's config"
-            )
-        # syn2mas compares the v1 secret_file untrimmed: no trailing newline.
-        return str(value).encode()
-    if kind == "pillar":
-        if value is None:
-            raise CommandExecutionError(f"the pillar key {pillar_key} is not set")
-        return str(value).encode()
-    if value is not None:
-        return str(value).strip().encode()
-    return None
+
+    def pepper():
+        conf = __salt__["mas_synapse.config"](mask=False)["config"]
+        return salt.utils.data.traverse_dict_and_list(conf, ["password_config", "pepper"])
+
+    return secretfiles.wanted(kind, pillar_value(pillar_key), pillar_key, source, pepper)
 
 
 def recorded(owner):

@@ -30,12 +30,12 @@ import re
 import salt.utils.data
 import salt.utils.files
 import salt.utils.yaml
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import SaltInvocationError
 
 import mas_formula
 
 mas_formula.refresh()
-from mas_formula import http  # noqa: E402  (after the refresh: a synced update is imported anew)
+from mas_formula import http, secretfiles, synapse_config  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 log = logging.getLogger(__name__)
 
@@ -309,16 +309,6 @@ _RULES = (
 )
 
 
-def _config_files(config_files, config_dir, exclude):
-    files = list(config_files or []) or ["/etc/matrix-synapse/homeserver.yaml"]
-    if config_dir and os.path.isdir(config_dir):
-        for entry in sorted(os.listdir(config_dir)):
-            path = os.path.join(config_dir, entry)
-            if entry.endswith(".yaml") and os.path.isfile(path) and path not in files:
-                files.append(path)
-    return [f for f in files if f not in exclude]
-
-
 def config(config_files=None, config_dir=None, extra_config=None, exclude=None, mask=True):
     """
     Read and merge the Synapse configuration files that exist on the minion.
@@ -363,25 +353,10 @@ def config(config_files=None, config_dir=None, extra_config=None, exclude=None, 
         extra_config = salt.utils.data.traverse_dict_and_list(__pillar__, EXTRA_CONFIG_PILLAR, {}, delimiter=":")
     if not isinstance(extra_config, dict):
         raise SaltInvocationError(f"{EXTRA_CONFIG_PILLAR} must be a mapping of Synapse settings")
-    merged, origins, read = {}, {}, []
-    for path in _config_files(config_files, config_dir, set(exclude or [])):
-        if not os.path.isfile(path):
-            continue
-        try:
-            with salt.utils.files.fopen(path, "r") as handle:
-                content = salt.utils.yaml.safe_load(handle) or {}
-        except (OSError, salt.utils.yaml.YAMLError) as exc:
-            raise CommandExecutionError(f"Cannot read the Synapse config file {path}: {exc}") from exc
-        if not isinstance(content, dict):
-            raise CommandExecutionError(f"The Synapse config file {path} is not a YAML mapping")
-        read.append(path)
-        for key in content:
-            origins[key] = path
-        merged.update(content)
-    for key, value in extra_config.items():
-        origins[key] = "pillar mas:synapse:extra_config"
-        merged[key] = value
-    return {"config": __salt__["mas_secret.mask"](merged) if mask else merged, "origins": origins, "files": read}
+    found = synapse_config.read(config_files, config_dir, extra_config, exclude)
+    if mask:
+        found["config"] = secretfiles.mask(found["config"])
+    return found
 
 
 def _merged(config_files, config_dir, dropin, extra_config):

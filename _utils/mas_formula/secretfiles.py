@@ -163,6 +163,32 @@ def provider_leftovers(secrets_dir, keep=()):
     ]
 
 
+def wanted(kind, value, pillar_key=None, source=None, pepper=None):
+    """The bytes a secret file of ``kind`` must hold, or None when it is generated (or kept): ``value`` is the pillar
+    value (``pillar_key`` names it), ``source`` the file a ``copy`` copies, ``pepper()`` reads Synapse's pepper when
+    pillar has none."""
+    if kind == "copy":
+        if not source or not os.path.isfile(source):
+            raise CommandExecutionError(f"the source secret file {source} does not exist yet")
+        return read_regular(source)
+    if kind == "pepper":
+        if value is None and pepper is not None:
+            value = pepper()
+        if value in (None, ""):
+            raise CommandExecutionError(
+                "no Synapse pepper found: set mas:synapse:pepper or password_config.pepper in Synapse's config"
+            )
+        # syn2mas compares the v1 secret_file untrimmed: no trailing newline.
+        return str(value).encode()
+    if kind == "pillar":
+        if value is None:
+            raise CommandExecutionError(f"the pillar key {pillar_key} is not set")
+        return str(value).encode()
+    if value is not None:
+        return str(value).strip().encode()
+    return None
+
+
 def foreign(path, owner, wanted=None):
     """Why the existing file ``path`` is not the formula's own secret file, or ``""`` when it is (or is absent):
     recorded, in one of its own directories (``owner["dirs"]``), or already holding ``wanted`` (bytes)."""
