@@ -81,6 +81,7 @@ BOOL_KEYS = (
     ("synapse", "restart"),
     ("proxy", "reload"),
     ("proxy", "nginx", "well_known"),
+    ("proxy", "traefik", "tls"),
     ("http", "adminapi"),
     ("clean", "purge"),
     ("doctor", "strict"),
@@ -462,6 +463,7 @@ def _validate(data):
                 " --publish=127.0.0.1:8080:8080)",
             )
     _validate_binary(data, errors)
+    _validate_ca_bundle(data, errors)
 
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         errors.expect(path, _get(data, *path), "bind")
@@ -494,6 +496,7 @@ def _validate(data):
 
     _validate_synapse(data, errors)
     _validate_proxy(data, errors)
+    _validate_traefik_tls(data, errors)
     _validate_users(data, errors)
     _validate_registration_tokens(data, errors)
     _validate_syn2mas(data, errors)
@@ -925,6 +928,27 @@ def _validate_proxy(data, errors):
         errors.add(("proxy", "nginx", "public_snippet_path"), "must differ from mas:proxy:nginx:snippet_path")
 
 
+def _validate_traefik_tls(data, errors):
+    """``mas:proxy:traefik:tls``: TLS on the routers (the playbook's way) or not (TLS ended in front of Traefik)."""
+    traefik = data["proxy"]["traefik"]
+    if traefik.get("tls") is False and _is_set(traefik.get("certresolver")):
+        errors.add(
+            ("proxy", "traefik", "certresolver"),
+            "must be empty when mas:proxy:traefik:tls is false (a certificate resolver needs TLS on the routers)",
+        )
+
+
+def _validate_ca_bundle(data, errors):
+    """``mas:ca_bundle``: the CA bundle MAS trusts for its own HTTPS and SMTP connections (``SSL_CERT_FILE``)."""
+    errors.expect(
+        ("ca_bundle",),
+        data.get("ca_bundle"),
+        "path",
+        optional=True,
+        what=f"the path of a PEM CA bundle file ({KINDS['path']})",
+    )
+
+
 def _local_upstream(web_bind):
     """``http://<host>:<port>`` of MAS's web listener, seen from this host."""
     host, _, port = web_bind.rpartition(":")
@@ -1343,6 +1367,8 @@ def _check_claims_imports(claims, fail, k):
         if action is not None and action not in IMPORT_ACTIONS:
             fail(("claims_imports", name, "action"), f"must be one of {', '.join(IMPORT_ACTIONS)}, not {action!r}")
         actions[name] = action
+        if "template" in section:
+            _check_claims_template(section["template"], ("claims_imports", name, "template"), fail)
     localpart = claims.get("localpart") if isinstance(claims.get("localpart"), dict) else {}
     local_action = localpart.get("action", "ignore")
     if claims.get("skip_confirmation") is True:
@@ -1363,6 +1389,27 @@ def _check_claims_imports(claims, fail, k):
         fail(
             ("claims_imports", "localpart", "action"),
             f"must be force or require when {k('claims_imports', 'localpart', 'on_conflict')} is {on_conflict}",
+        )
+
+
+#: A Jinja expression or statement of MAS's own template language.
+_JINJA_MARK = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+_RAW_HINT = (
+    "Salt renders pillar files with Jinja before MAS sees them: write MAS's template as"
+    ' "{% raw %}{{ user.preferred_username }}{% endraw %}" or put the providers in a #!yaml pillar file'
+)
+
+
+def _check_claims_template(template, subpath, fail):
+    """A ``claims_imports`` template must still be MAS's template: a string holding a Jinja
+    expression (an empty or constant one is what Salt's own Jinja pass leaves of it)."""
+    if not isinstance(template, str) or not template.strip():
+        fail(subpath, f"is empty: {_RAW_HINT}")
+    elif not _JINJA_MARK.search(template):
+        fail(
+            subpath,
+            f"is {template!r}, a constant with no {{{{ ... }}}} left in it (every user would get the same value;"
+            f" pre-rendered?): {_RAW_HINT}",
         )
 
 

@@ -102,7 +102,7 @@ def _nginx(mas, proxy, matrix_host, separate_host):
     return {"files": files, "check": ["nginx", "-t"], "service": nginx["service"]}
 
 
-def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
+def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver="", tls=True):
     """
     The Traefik (v3) dynamic configuration for the file provider: a router for
     the compatibility routes on the Matrix host (absent while migrating) with an
@@ -119,6 +119,11 @@ def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
         The Traefik entrypoint (e.g. ``websecure``).
     certresolver
         Optional ACME resolver name for the routers' TLS.
+    tls
+        TLS on the routers (``tls: {}``, or with the ``certresolver``), the
+        playbook's way; ``False`` leaves ``tls`` off the routers, for an
+        entrypoint that speaks plain HTTP (TLS ended in front of Traefik):
+        Traefik never matches a TLS router on such an entrypoint.
 
     CLI Example:
 
@@ -128,13 +133,11 @@ def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
     """
     name = mas["service"]["name"]
     prefix = mas["path_prefix"]
-    tls = {"certResolver": certresolver} if certresolver else {}
+    tls = _router_tls(tls, certresolver)
     public_rule = f"Host(`{mas['hostname']}`)"
     if prefix != "/":
         public_rule += f" && PathPrefix(`{prefix}/`)"
-    routers = {
-        name: {"rule": public_rule, "entryPoints": [entrypoint], "service": name, "tls": dict(tls)},
-    }
+    routers = {name: {"rule": public_rule, "entryPoints": [entrypoint], "service": name}}
     middlewares = {}
     if not mas["migration_in_progress"]:
         compat = {
@@ -142,12 +145,14 @@ def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
             "entryPoints": [entrypoint],
             "service": name,
             "priority": 1000,
-            "tls": dict(tls),
         }
         if prefix != "/":
             middlewares[f"{name}-compat-prefix"] = {"addPrefix": {"prefix": prefix}}
             compat["middlewares"] = [f"{name}-compat-prefix"]
         routers[f"{name}-compat"] = compat
+    if tls is not None:
+        for router in routers.values():
+            router["tls"] = dict(tls)
     http = {
         "routers": routers,
         "services": {name: {"loadBalancer": {"servers": [{"url": mas_url}], "passHostHeader": True}}},
@@ -155,6 +160,13 @@ def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
     if middlewares:
         http["middlewares"] = middlewares
     return {"http": http}
+
+
+def _router_tls(tls, certresolver):
+    """The routers' ``tls`` section: ``None`` (no TLS), ``{}`` or ``{certResolver: ...}``."""
+    if not tls:
+        return None
+    return {"certResolver": certresolver} if certresolver else {}
 
 
 def traefik_labels(config, port):
@@ -326,7 +338,9 @@ def _traefik(mas, proxy, matrix_host):
     out = {}
     traefik = proxy["traefik"]
     mas_url = traefik["mas_url"]
-    config = traefik_config(mas, matrix_host, mas_url, traefik["entrypoint"], traefik.get("certresolver") or "")
+    config = traefik_config(
+        mas, matrix_host, mas_url, traefik["entrypoint"], traefik.get("certresolver") or "", traefik.get("tls", True)
+    )
     out["files"] = [
         {
             "name": "config",
