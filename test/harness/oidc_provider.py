@@ -8,7 +8,7 @@ directory's ``node_modules/`` (ignored by git).
 
 The provider serves discovery at ``<issuer>/.well-known/openid-configuration``,
 its login and consent pages (oidc-provider's development interactions: any
-password is accepted, the login name chooses the account), the token, userinfo
+password is accepted, the login name is the account and its subject), the token, userinfo
 and JWKS endpoints. Its certificate comes from a :class:`harness.testca.TestCA`
 (MAS refuses a self-signed certificate as a server's own), for ``127.0.0.1``.
 """
@@ -52,7 +52,8 @@ class OidcProvider:
         ca: the CA that issues its certificate.
         clients: oidc-provider client metadata (``client_id``, ``client_secret``,
             ``token_endpoint_auth_method``, ``redirect_uris``).
-        accounts: ``{login: {sub, preferred_username, name, email}}``.
+        accounts: ``{login: {preferred_username, name, email}}``; the login name is the
+            account's subject (``sub``), as oidc-provider's development login makes it.
 
     Attributes: ``issuer`` (``https://127.0.0.1:<port>``, no trailing slash, as
     the provider advertises it), ``port``, ``log_path``.

@@ -111,12 +111,10 @@ def unit_environment(unit: Path) -> dict[str, str]:
 
 def start_mas(root: Path, pillar: dict):
     """``mas-cli server`` with the formula's config.yaml and its unit's environment (a running MAS)."""
-    unit = (
-        Path(pillar["service"]["unit_dir"])
-        / f"{pillar.get('service', {}).get('name', 'matrix-authentication-service')}.service"
-    )
-    env = unit_environment(unit)
-    return run_server([root / "mas" / "config" / "config.yaml"], env=env, log_path=root / "mas.log")
+    name = pillar.get("service", {}).get("name", "matrix-authentication-service")
+    env = unit_environment(Path(pillar["service"]["unit_dir"]) / f"{name}.service")
+    config = Path(pillar["base_path"]) / "config" / "config.yaml"
+    return run_server([config], env=env, log_path=root / "mas.log")
 
 
 class Public:

@@ -77,7 +77,7 @@ def provider(ca, tmp_path_factory):
                 "redirect_uris": [callback_url()],
             }
         ],
-        accounts={"pat": {"sub": "idp-subject-of-pat", "preferred_username": "pat", "name": "Pat from the IdP"}},
+        accounts={"pat": {"preferred_username": "pat", "name": "Pat from the IdP"}},
     ).start()
     yield idp
     idp.stop()

@@ -5,12 +5,12 @@
 // Usage: node provider.mjs CONFIG.json
 //   {issuer, host, port, cert, key,
 //    clients: [{client_id, client_secret, token_endpoint_auth_method, redirect_uris}],
-//    accounts: {"<login>": {sub, preferred_username, name, email}}}
+//    accounts: {"<login>": {preferred_username, name, email}}}
 //
 // The login and consent pages are oidc-provider's own development
-// interactions (any password is accepted; the login name chooses the
-// account). An account missing from `accounts` gets sub = preferred_username
-// = the login. Claims of the granted scopes go into the ID token, which is
+// interactions (any password is accepted). The login name is the account's
+// id, which oidc-provider makes the subject (`sub`); an account missing from
+// `accounts` gets preferred_username = the login. Claims of the granted scopes go into the ID token, which is
 // what MAS's claims_imports read.
 import fs from 'node:fs';
 import https from 'node:https';
@@ -23,7 +23,7 @@ const accounts = config.accounts || {};
 function account(login) {
   const known = accounts[login] || {};
   const claims = {
-    sub: known.sub || login,
+    sub: login,
     preferred_username: known.preferred_username || login,
     name: known.name || login,
     email: known.email || `${login}@idp.test`,
