@@ -49,7 +49,7 @@ def well_known_client(homeserver_base_url, public_base, migrating=False):
     return proxy.well_known_client(homeserver_base_url, public_base, migrating)
 
 
-def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
+def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver="", tls=True):
     """
     The Traefik (v3) dynamic configuration for the file provider: a router for
     the compatibility routes on the Matrix host (absent while migrating) with an
@@ -66,6 +66,11 @@ def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
         The Traefik entrypoint (e.g. ``websecure``).
     certresolver
         Optional ACME resolver name for the routers' TLS.
+    tls
+        TLS on the routers (``tls: {}``, or with the ``certresolver``), the
+        playbook's way; ``False`` leaves ``tls`` off the routers, for an
+        entrypoint that speaks plain HTTP (TLS ended in front of Traefik):
+        Traefik never matches a TLS router on such an entrypoint.
 
     CLI Example:
 
@@ -73,7 +78,7 @@ def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
 
         salt-call mas_proxy.traefik_config "$(...mapdata...)" matrix.example.com http://127.0.0.1:8080 websecure
     """
-    return proxy.traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver)
+    return proxy.traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver, tls)
 
 
 def traefik_labels(config, port):

@@ -78,6 +78,30 @@ NEEDS = (
     ),
     Need("xmlsec1", "tests", lambda: bool(_which("xmlsec1")), "Synapse's saml2_config check (test_synapse_wiring.py)"),
     Need(
+        "chromium",
+        "tests",
+        lambda: os.access("/usr/bin/chromium", os.X_OK),
+        "the browser of the login tests (test_logins*.py; Debian's build, never a downloaded one)",
+    ),
+    Need(
+        "chromium-driver",
+        "tests",
+        lambda: os.access("/usr/bin/chromedriver", os.X_OK),
+        "chromedriver, through which Selenium drives chromium (test_logins*.py)",
+    ),
+    Need(
+        "nodejs",
+        "tests",
+        lambda: bool(_which("node")),
+        "Node.js, which runs the OpenID provider of the login tests (oidc-provider from npm; test_logins*.py)",
+    ),
+    Need(
+        "npm",
+        "tests",
+        lambda: bool(_which("npm")),
+        "npm ci of that provider (test/harness/oidc_provider/package-lock.json)",
+    ),
+    Need(
         "systemd",
         "tests",
         lambda: bool(_which("systemd-analyze")),

@@ -51,6 +51,7 @@ BOOL_KEYS = (
     ("synapse", "restart"),
     ("proxy", "reload"),
     ("proxy", "nginx", "well_known"),
+    ("proxy", "traefik", "tls"),
     ("http", "adminapi"),
     ("clean", "purge"),
     ("doctor", "strict"),
@@ -157,6 +158,7 @@ def validate(data):
                 " --publish=127.0.0.1:8080:8080)",
             )
     _validate_binary(data, errors)
+    _validate_ca_bundle(data, errors)
 
     for path in (("http", "web_bind"), ("http", "internal_bind")):
         errors.expect(path, grammar.get(data, *path), "bind")
@@ -194,6 +196,7 @@ def validate(data):
 
     _validate_synapse(data, errors)
     _validate_proxy(data, errors)
+    _validate_traefik_tls(data, errors)
     _validate_users(data, errors)
     _validate_registration_tokens(data, errors)
     _validate_syn2mas(data, errors)
@@ -759,3 +762,24 @@ def _validate_config(data, errors):
             "would replace mas:upstream_oauth2_providers: list the providers in one of them"
             " (mas:upstream_oauth2_providers moves client_secret to a file)",
         )
+
+
+def _validate_traefik_tls(data, errors):
+    """``mas:proxy:traefik:tls``: TLS on the routers (the playbook's way) or not (TLS ended in front of Traefik)."""
+    traefik = data["proxy"]["traefik"]
+    if traefik.get("tls") is False and grammar.is_set(traefik.get("certresolver")):
+        errors.add(
+            ("proxy", "traefik", "certresolver"),
+            "must be empty when mas:proxy:traefik:tls is false (a certificate resolver needs TLS on the routers)",
+        )
+
+
+def _validate_ca_bundle(data, errors):
+    """``mas:ca_bundle``: the CA bundle MAS trusts for its own HTTPS and SMTP connections (``SSL_CERT_FILE``)."""
+    errors.expect(
+        ("ca_bundle",),
+        data.get("ca_bundle"),
+        "path",
+        optional=True,
+        what=f"the path of a PEM CA bundle file ({grammar.KINDS['path']})",
+    )

@@ -80,19 +80,17 @@ def _nginx(mas, proxy, matrix_host, separate_host):
     return {"files": files, "check": ["nginx", "-t"], "service": nginx["service"]}
 
 
-def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
+def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver="", tls=True):
     """The Traefik (v3) dynamic configuration for the file provider: a router for the compatibility routes on the
     Matrix host (absent while migrating, with an ``addPrefix`` middleware when MAS has a path prefix), a router for
     MAS\'s public path on MAS\'s host, and the MAS service."""
     name = mas["service"]["name"]
     prefix = mas["path_prefix"]
-    tls = {"certResolver": certresolver} if certresolver else {}
+    tls = _router_tls(tls, certresolver)
     public_rule = f"Host(`{mas['hostname']}`)"
     if prefix != "/":
         public_rule += f" && PathPrefix(`{prefix}/`)"
-    routers = {
-        name: {"rule": public_rule, "entryPoints": [entrypoint], "service": name, "tls": dict(tls)},
-    }
+    routers = {name: {"rule": public_rule, "entryPoints": [entrypoint], "service": name}}
     middlewares = {}
     if not mas["migration_in_progress"]:
         compat = {
@@ -100,12 +98,14 @@ def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
             "entryPoints": [entrypoint],
             "service": name,
             "priority": 1000,
-            "tls": dict(tls),
         }
         if prefix != "/":
             middlewares[f"{name}-compat-prefix"] = {"addPrefix": {"prefix": prefix}}
             compat["middlewares"] = [f"{name}-compat-prefix"]
         routers[f"{name}-compat"] = compat
+    if tls is not None:
+        for router in routers.values():
+            router["tls"] = dict(tls)
     http = {
         "routers": routers,
         "services": {name: {"loadBalancer": {"servers": [{"url": mas_url}], "passHostHeader": True}}},
@@ -113,6 +113,13 @@ def traefik_config(mas, matrix_host, mas_url, entrypoint, certresolver=""):
     if middlewares:
         http["middlewares"] = middlewares
     return {"http": http}
+
+
+def _router_tls(tls, certresolver):
+    """The routers' ``tls`` section: ``None`` (no TLS), ``{}`` or ``{certResolver: ...}``."""
+    if not tls:
+        return None
+    return {"certResolver": certresolver} if certresolver else {}
 
 
 def traefik_labels(config, port):
@@ -243,7 +250,9 @@ def _traefik(mas, proxy, matrix_host):
     out = {}
     traefik = proxy["traefik"]
     mas_url = traefik["mas_url"]
-    config = traefik_config(mas, matrix_host, mas_url, traefik["entrypoint"], traefik.get("certresolver") or "")
+    config = traefik_config(
+        mas, matrix_host, mas_url, traefik["entrypoint"], traefik.get("certresolver") or "", traefik.get("tls", True)
+    )
     out["files"] = [
         {
             "name": "config",

@@ -317,6 +317,8 @@ def _check_claims_imports(claims, fail, k):
         if action is not None and action not in IMPORT_ACTIONS:
             fail(("claims_imports", name, "action"), f"must be one of {', '.join(IMPORT_ACTIONS)}, not {action!r}")
         actions[name] = action
+        if "template" in section:
+            _check_claims_template(section["template"], ("claims_imports", name, "template"), fail)
     localpart = claims.get("localpart") if isinstance(claims.get("localpart"), dict) else {}
     local_action = localpart.get("action", "ignore")
     if claims.get("skip_confirmation") is True:
@@ -337,6 +339,27 @@ def _check_claims_imports(claims, fail, k):
         fail(
             ("claims_imports", "localpart", "action"),
             f"must be force or require when {k('claims_imports', 'localpart', 'on_conflict')} is {on_conflict}",
+        )
+
+
+#: A Jinja expression or statement of MAS's own template language.
+_JINJA_MARK = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+_RAW_HINT = (
+    "Salt renders pillar files with Jinja before MAS sees them: write MAS's template as"
+    ' "{% raw %}{{ user.preferred_username }}{% endraw %}" or put the providers in a #!yaml pillar file'
+)
+
+
+def _check_claims_template(template, subpath, fail):
+    """A ``claims_imports`` template must still be MAS's template: a string holding a Jinja
+    expression (an empty or constant one is what Salt's own Jinja pass leaves of it)."""
+    if not isinstance(template, str) or not template.strip():
+        fail(subpath, f"is empty: {_RAW_HINT}")
+    elif not _JINJA_MARK.search(template):
+        fail(
+            subpath,
+            f"is {template!r}, a constant with no {{{{ ... }}}} left in it (every user would get the same value;"
+            f" pre-rendered?): {_RAW_HINT}",
         )
 
 

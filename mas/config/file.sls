@@ -56,6 +56,7 @@ def run():
         "labels_file": paths["labels_file"] if labels else "",
         "salt_call": salt_wrapper["salt_call"],
         "salt_config_dir": salt_wrapper["config_dir"],
+        "ca_bundle": mas["ca_bundle"],
     }
     for wrapper, template in [("mas_cli", "mas-cli.sh.jinja"), ("register_user", "register-user.sh.jinja")]:
         state_id = f"mas-config-file-file-managed-{wrapper}"

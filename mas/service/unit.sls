@@ -23,6 +23,7 @@ def run():
         "restart": mas["service"]["restart"],
         "paths": mas["paths"],
         "docker": mas["service"]["docker"],
+        "ca_bundle": mas["ca_bundle"],
     }
     return {
         "include": [sls_config],

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from harness.testca import ServerCert
 from harness.util import LOOPBACK, free_port, require_binary, run, stop_process, tail, wait_for_port
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx",)
@@ -37,6 +38,8 @@ class NginxServer:
             ``location /`` out (e.g. for a snippet that brings its own).
         include_files: snippets included inside the ``server`` block.
         http_include_files: snippets included at ``http`` level.
+        tls: a certificate (:class:`harness.testca.ServerCert`): the server then
+            speaks HTTPS only (``base_url`` is ``https://``).
 
     Attributes:
         config_path, error_log, access_log, base_url, port, binary.
@@ -49,6 +52,7 @@ class NginxServer:
         synapse_upstream: str | None = "http://127.0.0.1:8008",
         include_files: Sequence[Path | str] = (),
         http_include_files: Sequence[Path | str] = (),
+        tls: ServerCert | None = None,
     ):
         self.binary = require_binary("nginx", NGINX_CANDIDATES)
         self.workdir = Path(workdir)
@@ -59,7 +63,8 @@ class NginxServer:
         self.config_path = self.workdir / "nginx.conf"
         self.error_log = self.workdir / "error.log"
         self.access_log = self.workdir / "access.log"
-        self.base_url = f"http://{LOOPBACK}:{self.port}"
+        self.tls = tls
+        self.base_url = f"{'https' if tls else 'http'}://{LOOPBACK}:{self.port}"
         self._proc: subprocess.Popen | None = None
         self.write_config()
 
@@ -72,6 +77,11 @@ class NginxServer:
         # 0700 temp directories; a throw-away test proxy may as well stay root.
         user = "user root;\n" if os.geteuid() == 0 else ""
         http_includes = "".join(f"    include {path};\n" for path in self.http_include_files)
+        tls = (
+            f"        ssl_certificate {self.tls.cert};\n        ssl_certificate_key {self.tls.key};\n"
+            if self.tls
+            else ""
+        )
         server_includes = "".join(f"        include {path};\n" for path in self.include_files)
         default_location = (
             f"        location / {{\n"
@@ -101,7 +111,8 @@ class NginxServer:
             f"    scgi_temp_path {tmp / 'scgi'};\n"
             f"{http_includes}"
             f"    server {{\n"
-            f"        listen {LOOPBACK}:{self.port};\n"
+            f"        listen {LOOPBACK}:{self.port}{' ssl' if self.tls else ''};\n"
+            f"{tls}"
             f"        server_name _;\n"
             f"        client_max_body_size 50M;\n"
             f"{server_includes}"
