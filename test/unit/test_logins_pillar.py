@@ -126,6 +126,7 @@ def _contexts(data):
         "group": data["group"],
         "docker": data["service"]["docker"],
         "ca_bundle": data["ca_bundle"],
+        "mounts": data["docker_mounts"],
     }
     wrapper = dict(common, labels_file="", salt_call="/usr/bin/salt-call", salt_config_dir="/etc/salt")
     unit = dict(common, name=data["service"]["name"], restart=data["service"]["restart"])
