@@ -5,6 +5,7 @@ import re
 import pytest
 
 from formula_modules import MODULES, configure_loader_modules, mapdata  # noqa: F401 (the loader fixture)
+from saltrun import REPO_ROOT
 
 mas_mod = MODULES["mas"]
 mas_proxy = MODULES["mas_proxy"]
@@ -155,8 +156,16 @@ def test_proxy_none_and_clean():
     assert [(f["name"], f["action"]) for f in traefik["files"]] == [("config", "absent")]
 
 
+def written(entry, tmp_path):
+    """The text ``mas.proxy.file`` writes for a file of :py:func:`mas_proxy.settings` (the formula's template,
+    rendered by ``mas.render`` from this checkout, as the SLS does)."""
+    mas_mod.__opts__.update(file_client="local", file_roots={"base": [str(REPO_ROOT)]}, cachedir=str(tmp_path))
+    server = entry.get("server", "")
+    return mas_mod.render([entry["template"]], "mas-proxy-file-test", {"server": server, "route": entry["context"]})
+
+
 def test_leftovers_of_another_proxy_type_are_cleaned(tmp_path):
-    """Files the formula wrote for another proxy type (banner, routes left) are
+    """Files the formula wrote for another proxy type (the formula's own text, routes left) are
     emptied (nginx) or removed (Traefik), with their proxy reloaded; files it
     did not write, or already emptied, are left alone."""
     snippet, public, dynamic = tmp_path / "mas.conf", tmp_path / "mas-public.conf", tmp_path / "mas.yml"
@@ -164,8 +173,8 @@ def test_leftovers_of_another_proxy_type_are_cleaned(tmp_path):
         "nginx": {"snippet_path": str(snippet), "public_snippet_path": str(public)},
         "traefik": {"config_path": str(dynamic)},
     }
-    banner = "# File managed by Salt (mas formula): changes will be overwritten.\n"
-    snippet.write_text(banner + "location ^~ /auth/ {\n    proxy_pass http://127.0.0.1:8080;\n}\n")
+    (routes,) = mas_proxy.settings(mapdata(proxy=dict(proxy, type="nginx")))["files"]
+    snippet.write_text(written(routes, tmp_path))
     public.write_text("# someone else's\nlocation / {}\n")
     out = mas_proxy.settings(mapdata(proxy=dict(proxy, type="traefik")))
     assert [(f["id"], f["action"]) for f in out["leftovers"]] == [
@@ -180,9 +189,12 @@ def test_leftovers_of_another_proxy_type_are_cleaned(tmp_path):
             "ids": ["mas-proxy-file-file-managed-leftover-nginx-snippet"],
         }
     ]
-    snippet.write_text(banner + "# MAS is not routed through this file.\n")
+    # what mas.proxy.file writes over the leftover: the emptied snippet, no route left
+    snippet.write_text(written(out["leftovers"][0], tmp_path))
+    assert "location" not in snippet.read_text() and mas_mod.managed_by_formula(str(snippet))
     assert mas_proxy.settings(mapdata(proxy=dict(proxy, type="traefik")))["leftovers"] == []
-    dynamic.write_text(banner + "http: {}\n")
+    (config,) = out["files"]
+    dynamic.write_text(written(config, tmp_path))
     back = mas_proxy.settings(mapdata(proxy=dict(proxy, type="none")))
     assert [(f["id"], f["action"]) for f in back["leftovers"]] == [
         ("mas-proxy-file-file-absent-leftover-traefik-config", "absent")

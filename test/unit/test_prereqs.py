@@ -30,6 +30,18 @@ def test_every_probe_agrees_with_dpkg():
             assert need.present(), f"{need.package} is installed but its probe does not find it"
 
 
+def test_every_probe_finds_nothing_where_nothing_is(monkeypatch, tmp_path):
+    """The other direction: on a machine without any of the packages, every probe says so (a probe that always
+    answers yes would make scripts/test skip an install it needs)."""
+    monkeypatch.setattr(prereqs.shutil, "which", lambda *args, **kwargs: None)
+    monkeypatch.setattr(prereqs.glob, "glob", lambda *args, **kwargs: [])
+    monkeypatch.setattr(prereqs.os.path, "isfile", lambda path: False)
+    monkeypatch.setattr(prereqs.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(prereqs, "find_spec", lambda name: None)
+    present = [need.package for need in prereqs.NEEDS if need.present()]
+    assert present == []
+
+
 def test_every_need_says_what_is_lost_without_it():
     assert {need.group for need in prereqs.NEEDS} == {"venv", "tests"}
     for need in prereqs.NEEDS:
