@@ -1,5 +1,5 @@
 """
-The map of the ``mas`` formula: pillar validation, the derived values and paths, and MAS's ``config.yaml``.
+The map of the ``mas`` formula, the ground floor every other module of the formula stands on: the pillar validated and completed, templates, and whose a file is.
 
 Everything the formula decides is made in Python, and the SLS files only fill
 values in: :py:func:`mapdata` merges ``parameters/defaults.yaml``, pillar
@@ -9,14 +9,15 @@ and every path the formula writes (``paths``: one source for SLS files and
 modules alike), lists the secret files and builds ``config.yaml``
 (``mas_config``). The map holds no secret value: the SLS only learn *that* a
 secret is set and which file holds it. Also here: the MAS runtime the map
-describes (the docker image, :py:func:`image_present`) and whether a file is
+describes (:py:func:`runtime_problem`, :py:func:`image_present`), the
+templates (:py:func:`files_switch`, :py:func:`render`) and whether a file is
 the formula's own (:py:func:`managed_by_formula`, :py:func:`foreign_files`).
 
-Pillar is data, never code: every value is checked against the one strict
-grammar of its kind (:py:func:`valid`, ``re.fullmatch``), secrets are never
-taken inline from ``mas:config``, and MAS's own runtime rules (the
-``validate()`` code of its config sections) are checked on the config.yaml
-the formula would write, each refusal naming the pillar key.
+This module calls no other module of the formula: the machinery is in the
+helpers it imports (``_utils/mas_formula``: ``grammar`` and ``pillar`` for
+the pillar, ``rules`` for MAS's own rules on config.yaml, ``layout`` for the
+map, ``render``, ``proxy``, ``secretfiles``, ``synapse_config``), which the
+other modules use too.
 
 :depends: PyYAML
 """
@@ -46,16 +47,6 @@ log = logging.getLogger(__name__)
 __virtualname__ = "mas"
 
 
-# --------------------------------------------------------------------------
-# The validator kit: one strict grammar per kind of value
-# --------------------------------------------------------------------------
-# Pillar is data, never code. Every value that reaches a file, a command, a
-# unit, a wrapper, nginx or Traefik is checked against the grammar of its kind
-# with re.fullmatch (``$`` would let a trailing newline through); each kind
-# has one checker, used wherever that kind appears, and one description of
-# what a valid value looks like, which every refusal quotes.
-
-
 def __virtual__():
     return __virtualname__
 
@@ -83,37 +74,7 @@ def valid(kind, value):
 
 
 # --------------------------------------------------------------------------
-# Validation helpers
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# Secrets never inline in mas:config / mas:lookup:config
-# --------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------
-# MAS's own runtime rules (validate() of crates/config/src/sections/*.rs)
-# --------------------------------------------------------------------------
-# The rules MAS applies when it loads config.yaml, beyond its JSON schema (see
-# the research ledger mas-runtime-rules.md): checked by the formula before
-# anything is written, on the config.yaml it would write, each refusal naming
-# the pillar key the value comes from (mas:config:... for what mas:config
-# brings) and saying what a valid value looks like.
-
-
-# --------------------------------------------------------------------------
-# MAS's runtime rules, continued: the types serde reads config.yaml into
-# --------------------------------------------------------------------------
-# What MAS refuses while it deserialises config.yaml, before any validate()
-# (crates/config/src/sections/*.rs): enums by their serde names, NonZeroU64,
-# url::Url, serde_with::DurationSeconds<u64>, the client ULIDs, and the Sentry
-# DSN every mas-cli command parses first (a bad one panics). An Option<String>
-# is set as soon as its key holds anything but null: '' too (_given).
-
-
-# --------------------------------------------------------------------------
-# settings: validation + derived values + the MAS config
+# The map: pillar merged, validated and completed (mas_formula.layout), cached per run
 # --------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ to provider ``oidc-keycloak`` (``bob``; Synapse's admin API writes the
 (``carol``, medium ``msisdn``), a deactivated user (``dave``) and a plain user
 (``erin``), each with a device and an access token. ``password_config.pepper``
 is set. The OIDC provider itself lives in a separate pre-MAS config fragment
-handed to syn2mas with ``mas:syn2mas:synapse_config_files`` (FACTS §4.2).
+handed to syn2mas with ``mas:syn2mas:synapse_config_files`` (the pre-MAS Synapse configuration).
 
 systemd is not PID 1 here, so the formula's ``service.stop``/``start``/
 ``restart`` of ``mas:synapse:service`` reach this Synapse through the test

@@ -5,7 +5,7 @@ admin, a normal user with an email, a phone number, an OIDC link and a
 refreshable login, a deactivated user, a guest and an application-service user;
 then it is stopped (a real ``migrate`` needs Synapse down).  The OIDC provider
 lives in a separate "pre-MAS" Synapse config fragment passed with a second
-``--synapse-config``, as an operator does after enabling MAS (FACTS §4.2).
+``--synapse-config``, as an operator does after enabling MAS (upstream's ``docs/reference/cli/syn2mas.md``).
 
 Each test gets a fresh MAS database with the upstream schema and a MAS
 ``config.yaml`` (bcrypt v1 with the pepper, argon2id v2, a provider mapped with
@@ -187,7 +187,7 @@ class MasSide:
 
 
 def mas_config(pg: PostgresCluster, dbname: str) -> dict:
-    """A valid MAS config for a Synapse-migrated deployment (FACTS §2.5, §2.6)."""
+    """A valid MAS config for a Synapse-migrated deployment (passwords, providers)."""
     return {
         "database": {"uri": pg.dsn(dbname, user=MAS_ROLE)},
         "secrets": {"encryption": secrets.token_hex(32)},
@@ -318,7 +318,7 @@ def test_check_succeeds_on_a_clean_setup(world, mas, syn2mas_cli):
 
 
 def test_options_may_precede_the_subcommand(world, mas, syn2mas_cli):
-    """The documented order ``syn2mas --synapse-config F ... check`` works too (FACTS §3.5)."""
+    """The documented order ``syn2mas --synapse-config F ... check`` works too (upstream's ``docs/reference/cli/syn2mas.md``)."""
     clean = world.clone("DELETE FROM user_threepids WHERE medium <> 'email'", "DELETE FROM users WHERE is_guest <> 0")
     result = syn2mas_cli(mas.config_path, "check", database_uri=clean, options_first=True)
     assert result.returncode == syn2mas.EXIT_SUCCESS, result.stderr
@@ -460,7 +460,7 @@ ERROR_CASES: dict[str, tuple[dict, dict, str]] = {
 
 @pytest.mark.parametrize("case", sorted(ERROR_CASES))
 def test_check_errors(case, world, mas, syn2mas_cli, tmp_path):
-    """Each blocking condition of FACTS §4.1 is an error: exit 10, listed under the Errors heading."""
+    """Each blocking condition of upstream's ``synapse_reader/checks.rs`` is an error: exit 10, listed under the Errors heading."""
     overrides, overlay, text = ERROR_CASES[case]
     config = mas.write(**overrides)
     configs = [world.hs_yaml, world.oidc_fragment]
@@ -616,7 +616,7 @@ def _synapse_users(world: SynapseWorld) -> dict[str, tuple]:
 
 
 def assert_fully_migrated(world: SynapseWorld, mas: MasSide) -> None:
-    """Compare the MAS rows with the Synapse snapshot (FACTS §4)."""
+    """Compare the MAS rows with the Synapse snapshot (upstream's ``crates/syn2mas``)."""
     assert_not_in_progress(mas)
     users = {
         row[0]: row[1:]

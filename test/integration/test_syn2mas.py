@@ -5,7 +5,7 @@ One Synapse per module (``password_config.pepper`` set) holds an admin
 (``alice``), a user with an email and an OIDC link (``bob``, provider
 ``oidc-keycloak``) and a plain user (``carol``). The OIDC provider lives in a
 separate pre-MAS config fragment handed to syn2mas through
-``mas:syn2mas:synapse_config_files`` (FACTS §4.2); MAS maps it with
+``mas:syn2mas:synapse_config_files`` (the pre-MAS Synapse configuration); MAS maps it with
 ``synapse_idp_id``. Each test deploys the formula (``state.apply mas`` with
 ``mas:migration_in_progress: true``, binary runtime = the double) into its own
 directory with its own, empty MAS database. ``mas:syn2mas:stop_services`` is

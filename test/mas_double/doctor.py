@@ -1,4 +1,4 @@
-"""``mas-cli doctor`` of the double: the probes of MAS >= 1.21 (FACTS §3.4).
+"""``mas-cli doctor`` of the double: the probes of MAS >= 1.21 (``crates/cli/src/commands/doctor.rs`` upstream).
 
 Output: tracing lines on stderr (target ``mas_cli::commands::doctor``), parsed
 by their markers: ✅ (INFO), ⚠️ (WARN), ❌ (ERROR), including upstream's quirks

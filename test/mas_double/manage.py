@@ -1,4 +1,4 @@
-"""``mas-cli manage ...`` subcommands of the double (MAS 1.23 behaviour, see FACTS §3.1-3.2).
+"""``mas-cli manage ...`` subcommands of the double (MAS 1.23 behaviour: ``crates/cli/src/commands/manage.rs`` upstream).
 
 Each handler takes the loaded :class:`~mas_double.config.MasConfig` and the
 parsed arguments and returns the exit code.  Fatal errors are raised as

@@ -1,7 +1,7 @@
 """``mas-cli syn2mas`` of the MAS test double: check and migrate a Synapse database into MAS.
 
 This reimplements, for tests, the observable behaviour of MAS 1.23's ``syn2mas``
-(``docs/reference/cli/syn2mas.md`` upstream; FACTS.md §3.5, §4): the same
+(``docs/reference/cli/syn2mas.md`` and ``crates/syn2mas`` upstream): the same
 messages, streams and exit codes, and rows that satisfy the real MAS schema
 (they are inserted into it).
 
@@ -13,7 +13,7 @@ Flow of :func:`run` (both subcommands unless noted):
 2. Connect to the MAS database and make sure the MAS schema exists.
 3. ``migrate`` only: a non-pruning "config sync" of ``upstream_oauth2.providers``.
 4. Take the session advisory lock ``syn2mas-maswriter`` (one instance at a time).
-5. Run the checks (FACTS §4.1), check that the MAS database is empty (unless a
+5. Run the checks (upstream's ``crates/syn2mas/src/synapse_reader/checks.rs``), check that the MAS database is empty (unless a
    partial migration is being resumed), print the errors and warnings on stderr.
    Errors: exit 10.  ``check``: warnings exit 11, else print the success line.
 6. ``migrate``: read Synapse in one ``SERIALIZABLE READ ONLY DEFERRABLE``
@@ -890,7 +890,7 @@ def extract_localpart(user_id: str, server_name: str) -> str:
 
 
 class Planner:
-    """Turns a :class:`SynapseData` snapshot into a :class:`MigrationPlan` (upstream's mapping, FACTS §4)."""
+    """Turns a :class:`SynapseData` snapshot into a :class:`MigrationPlan` (upstream's mapping, ``crates/syn2mas``)."""
 
     def __init__(self, server_name: str, provider_ids: Mapping[str, uuid.UUID], ignore_missing_auth_providers: bool):
         self.server_name = server_name

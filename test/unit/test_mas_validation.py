@@ -5,7 +5,7 @@
 - Types: secrets, ports, unique ids.
 - Secrets never inline under ``mas:config`` / ``mas:lookup:config``.
 - MAS's own runtime rules (the ``validate()`` code of
-  ``crates/config/src/sections/*.rs``, ledger ``mas-runtime-rules.md`` §2/§4),
+  ``crates/config/src/sections/*.rs``),
   each refused with the pillar key it comes from, for the keys the formula
   models and for what ``mas:config`` brings.
 - Paths the formula writes: no collisions, not where MAS or its account write.
