@@ -1759,12 +1759,7 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
     dry_run_blockers = list(common)
     if phase in DONE_PHASES:
         dry_run_blockers.insert(0, _already(mas, marker))
-    blockers = dry_run_blockers + real
-    if not opts["stop_services"]:
-        if synapse_up:
-            blockers.append(f"Synapse answers at {_synapse_url(mas)}: stop it (mas:syn2mas:stop_services is false)")
-        if mas_up:
-            blockers.append(f"MAS answers at {_mas_url(mas)}: stop it (mas:syn2mas:stop_services is false)")
+    blockers = dry_run_blockers + real + _unstoppable(mas, opts, synapse_up, mas_up)
     last = (marker or {}).get("last_run") or {}
     next_step = _next_step(mas, marker, phase)
     return _result(
@@ -1879,9 +1874,11 @@ def migrate(
     its duration and listed in ``steps``): **stop** Synapse
     (``mas:synapse:service``) and a managed MAS (``mas:service:name``) with
     ``service.stop`` (``stop_services``; without it they must already be
-    down; neither may answer over HTTP), **backup** (``pg_dump -Fc``, its
-    sha256 and size recorded in the marker; a failed backup starts Synapse
-    again and changes nothing), **migrate** (the phase is ``migrating`` while
+    down, and so must a MAS the formula does not manage,
+    ``mas:service:manage: false``: refused before anything runs while it
+    answers; neither may answer over HTTP after the stop), **backup**
+    (``pg_dump -Fc``, its sha256 and size recorded in the marker; a failed
+    backup starts Synapse again and changes nothing), **migrate** (the phase is ``migrating`` while
     it runs), **verify** (:py:func:`verify`: the phase becomes ``verified``,
     or ``migrated_unverified`` with the differences), **start**. After a
     verified migration Synapse stays stopped unless ``start_synapse_after``:
@@ -1931,8 +1928,13 @@ def migrate(
         return _dry_run(ctx)
     if phase in DONE_PHASES:
         return _result(False, phase, "syn2mas migration refused: already migrated", errors=[_already(mas, marker)])
-    if ctx["common"] or ctx["real"]:
-        return _result(False, phase, "syn2mas migration refused", errors=ctx["common"] + ctx["real"])
+    opts = ctx["opts"]
+    refusals = ctx["common"] + ctx["real"]
+    refusals += _unstoppable(
+        mas, opts, not opts["stop_services"] and _answers(_synapse_url(mas)), _answers(_mas_url(mas))
+    )
+    if refusals:
+        return _result(False, phase, "syn2mas migration refused (nothing was run or stopped)", errors=refusals)
     with _exclusive(mas):
         return _migrate(ctx)
 
@@ -2006,6 +2008,24 @@ def _stop(mas, opts):
     return stopped, problems
 
 
+def _unstoppable(mas, opts, synapse_up, mas_up):
+    """Synapse or MAS answering that a real run would not stop: refused before anything runs or stops."""
+    problems = []
+    if synapse_up and not opts["stop_services"]:
+        problems.append(
+            f"Synapse answers at {_synapse_url(mas)}: stop it yourself first (mas:syn2mas:stop_services is false)"
+        )
+    if mas_up and not opts["stop_services"]:
+        problems.append(f"MAS answers at {_mas_url(mas)}: stop it yourself first (mas:syn2mas:stop_services is false)")
+    elif mas_up and not mas["service"]["manage"]:
+        problems.append(
+            f"MAS answers at {_mas_url(mas)} and the formula does not manage its service (mas:service:manage is "
+            "false), so it will not stop it: stop MAS yourself, then migrate (syn2mas needs MAS stopped: it renames "
+            "and fills MAS's tables)"
+        )
+    return problems
+
+
 def _still_answering(mas, opts, stopped):
     """Problems: Synapse or MAS still answering (after waiting for a stop)."""
     deadline = time.monotonic() + (opts["stop_timeout"] if stopped else 0)
@@ -2014,12 +2034,22 @@ def _still_answering(mas, opts, stopped):
         if not up or time.monotonic() >= deadline:
             break
         time.sleep(1)
-    how = "after service.stop" if opts["stop_services"] else "(mas:syn2mas:stop_services is false: stop it yourself)"
-    return [
-        f"{what} still answers at {url} {how}; a real migration needs it stopped (Synapse: a consistent copy; "
-        "MAS: an untouched database)"
-        for what, url in up
-    ]
+    ours = {kind for kind, _ in stopped}
+    problems = []
+    for what, url in up:
+        if what.lower() in ours:
+            how = "after service.stop"
+        elif not opts["stop_services"]:
+            how = "(mas:syn2mas:stop_services is false: stop it yourself)"
+        elif what == "MAS" and not mas["service"]["manage"]:
+            how = "(mas:service:manage is false: stop it yourself)"
+        else:
+            how = "(it started while this run stopped the services: stop it)"
+        problems.append(
+            f"{what} still answers at {url} {how}; a real migration needs it stopped (Synapse: a consistent copy; "
+            "MAS: an untouched database)"
+        )
+    return problems
 
 
 def _start(stopped, kind):

@@ -143,8 +143,8 @@ def test_guarded_migration_runs_once(world, deployment):
         refused = deployment.call("mas_syn2mas.migrate")
     assert refused.returncode == 1 and refused.data["result"] is False, refused.output
     errors = "\n".join(refused.data["errors"])
-    assert f"Synapse still answers at {world.server.base_url}/_matrix/client/versions" in errors
-    assert "MAS still answers at" in errors and "stop it yourself" in errors
+    assert f"Synapse answers at {world.server.base_url}/_matrix/client/versions: stop it yourself first" in errors
+    assert "MAS answers at" in errors and refused.data["comment"].endswith("(nothing was run or stopped)")
     assert deployment.marker() is None and deployment.count("users") == 0
 
     delegated = deployment.call("mas_syn2mas.migrate", migration_in_progress=False)

@@ -25,6 +25,7 @@ from syn2mas_world import PASSWORD, SUBJECT, USERS, deploy, harness_service, wor
 from harness import mas as mas_target
 from harness.postgres import PostgresCluster
 from harness.util import unavailable
+from mas_double import run_server
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +210,27 @@ def test_fault_verification_mismatch(world, deployment, monkeypatch):
     res = deployment.state("mas", migration_in_progress=False)
     assert res.returncode != 0 and not deployment.dropin.exists()
     assert "verification found" in res.by_id("mas-synapse-file-mas_syn2mas-safe_to_delegate")["comment"]
+
+
+def test_a_running_mas_the_formula_does_not_manage_refuses_before_anything_stops(world, deployment):
+    """Issue 21.4: with mas:service:manage: false a running MAS cannot be stopped by the run: status names it,
+    test=True predicts the refusal, and the run refuses before any service call (Synapse is never stopped)."""
+    config = deployment.root / "srv" / "config" / "config.yaml"
+    with run_server([config], log_path=deployment.root / "mas.log") as server:
+        health = server.url("health", "/health")
+        status = deployment.call("mas_syn2mas.status").data
+        assert status["mas_answers"] is True and status["synapse_answers"] is True
+        blocker = (
+            f"MAS answers at {health} and the formula does not manage its service (mas:service:manage is false), "
+            "so it will not stop it: stop MAS yourself, then migrate"
+        )
+        assert [b for b in status["blockers"] if b.startswith(blocker)], status["blockers"]
+        res, ret = deployment.migrated("test=True")
+        assert ret["result"] is False and blocker in ret["comment"]
+        world.service.mark()
+        res, ret = deployment.migrated()
+    assert res.returncode != 0 and ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].startswith("syn2mas migration refused (nothing was run or stopped)")
+    assert blocker in ret["comment"] and "still answers" not in ret["comment"]
+    assert world.service.events() == [] and world.service.running  # no service.stop, no service.start
+    assert deployment.marker() is None and world.server.login("alice", PASSWORD)

@@ -455,12 +455,39 @@ def test_migrate_guards_before_anything_runs(world, cli, up, services, case):
 
 
 @pytest.mark.parametrize("running", ["synapse", "mas"])
-def test_migrate_refused_while_a_service_answers(world, cli, up, running):
+def test_migrate_refused_while_a_service_answers(world, cli, up, services, running):
     up[running] = True
     result = syn2mas.migrate(mapdata=mapdata(world), stop_services=False)
-    assert result["result"] is False and cli.actions == ["check"]
-    assert "still answers at" in result["errors"][0] and "stop it yourself" in result["errors"][0]
+    assert result["result"] is False and cli.actions == [] and len(result["errors"]) == 1
+    assert "answers at" in result["errors"][0] and "stop it yourself first" in result["errors"][0]
+    assert result["comment"] == "syn2mas migration refused (nothing was run or stopped)"
     assert marker(world) is None
+    services["service.stop"].assert_not_called()
+
+
+def test_a_running_mas_the_formula_does_not_manage_refuses_before_anything_stops(world, cli, up, services):
+    """Issue 21.4: stop_services cannot stop an unmanaged MAS: refused at once, named by status and test=True."""
+    up["mas"] = True
+    data = mapdata(world, synapse={"service": "synapse-unit"})  # service.manage: false
+    blocker = (
+        "MAS answers at http://127.0.0.1:8081/health and the formula does not manage its service "
+        "(mas:service:manage is false), so it will not stop it: stop MAS yourself, then migrate"
+    )
+    status = syn2mas.status(data)
+    assert status["mas_answers"] is True and any(b.startswith(blocker) for b in status["blockers"])
+    assert not any("MAS" in b for b in status["dry_run_blockers"])  # a dry run is still allowed
+    result = syn2mas.migrate(mapdata=data)
+    assert result["result"] is False and result["errors"][0].startswith(blocker)
+    assert cli.calls == [] and marker(world) is None
+    for call in ("service.status", "service.stop", "service.start"):
+        services[call].assert_not_called()
+    syn2mas_state.__opts__["test"] = True
+    predicted = syn2mas_state.migrated("syn2mas", mapdata=data)
+    assert predicted["result"] is False and blocker in predicted["comment"]
+    syn2mas_state.__opts__["test"] = False
+    # a managed MAS is the formula's to stop
+    managed = mapdata(world, service={"manage": True, "name": "mas-unit"}, synapse={"service": "synapse-unit"})
+    assert not any("MAS answers" in b for b in syn2mas.status(managed)["blockers"])
 
 
 def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up, services):
