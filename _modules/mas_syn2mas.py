@@ -58,12 +58,14 @@ import datetime
 import fcntl
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
 import pathlib
 import re
 import shutil
+import signal
 import sqlite3
 import tempfile
 import time
@@ -292,7 +294,8 @@ def _parse(stdout, stderr):
     ``errors``/``warnings`` are the ``• `` bullets under the ``===== Errors
     =====`` / ``===== Warnings =====`` headings (a bullet may span lines up to
     a blank line); ``fatal`` is the ``Error: ...`` report of an unhandled
-    error with its ``Caused by:`` lines, or None.
+    error with its ``Caused by:`` lines (without the ``Stack backtrace:`` that
+    ``RUST_BACKTRACE`` adds), or None.
     """
     sections = {"Errors": [], "Warnings": []}
     current, bullet, fatal = None, None, None
@@ -304,7 +307,8 @@ def _parse(stdout, stderr):
             current, bullet = heading.group(1), None
             continue
         if line.startswith("Error: ") and fatal is None:
-            fatal = "\n".join(rest.rstrip() for rest in lines[index:] if rest.strip()).strip()
+            report = itertools.takewhile(lambda rest: rest.strip() != "Stack backtrace:", lines[index:])
+            fatal = "\n".join(rest.rstrip() for rest in report if rest.strip()).strip()
             current = bullet = None
             continue
         if current is None or fatal is not None:
@@ -326,6 +330,34 @@ def _summary(text):
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     summary = "\n".join(lines[-_SUMMARY_LINES:])
     return summary[-_SUMMARY_CHARS:]
+
+
+#: A line mas-cli reports an error on: a log line at ERROR level, or an ``Error:`` report.
+_ERROR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\dT\S+\s+ERROR\s|Error:|error:)")
+
+
+def _last_error_line(text):
+    """The last line of ``text`` at ERROR level (never an INFO/WARN line), or None."""
+    return next((line.strip() for line in reversed(text.splitlines()) if _ERROR_LINE.match(line.strip())), None)
+
+
+def _signal(code):
+    """The signal that killed mas-cli (a negative exit code; 128 + N from a shell or a container runtime), or None."""
+    if isinstance(code, int) and code < 0:
+        return -code
+    return code - 128 if isinstance(code, int) and 128 < code < 160 else None
+
+
+def _ended(code):
+    """How mas-cli ended: ``mas-cli exited with 1``, ``mas-cli was killed by signal 9 (SIGKILL)``."""
+    number = _signal(code)
+    if number is None:
+        return f"mas-cli exited with {code}"
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = "unknown signal"
+    return f"mas-cli was killed by signal {number} ({name}{'' if code < 0 else f'; exit code {code}'})"
 
 
 # --------------------------------------------------------------------------
@@ -703,7 +735,14 @@ def _run(mas, argv, opts, files, secrets):
     if fatal:
         errors.append(fatal)
     elif res["retcode"] not in (EXIT_OK, EXIT_ERRORS, EXIT_WARNINGS) and not errors:
-        errors.append(f"mas-cli syn2mas exited with {res['retcode']}: {_summary(stderr or stdout)[-500:]}")
+        last = _last_error_line(stderr + "\n" + stdout)
+        said = f"its last error line: {last[-500:]}" if last else "it logged no error"
+        if _signal(res["retcode"]) == signal.SIGKILL:
+            said += (
+                ". SIGKILL comes from outside mas-cli (`kill -9`, a supervisor, the kernel's out-of-memory killer: "
+                "see `journalctl -k`)"
+            )
+        errors.append(f"{_ended(res['retcode'])}: {said}")
     return {
         "exit_code": res["retcode"],
         "errors": errors,
@@ -819,7 +858,7 @@ def _merge_check(pre, run, accept_warnings, phase):
         EXIT_WARNINGS: "syn2mas check passed with warnings",
         EXIT_ERRORS: "syn2mas check found blocking errors",
         None: "syn2mas preflight found blocking errors",
-    }.get(code, f"syn2mas check failed (exit {code})")
+    }.get(code, f"syn2mas check failed ({_ended(code)})")
     if pre["errors"] and code in (EXIT_OK, EXIT_WARNINGS):
         comment = "syn2mas check passed upstream but the preflight found blocking errors"
     return ok, errors, warnings, comment
@@ -1972,7 +2011,7 @@ def _dry_run(ctx):
         errors.append(hint)
     comment = "syn2mas dry run completed (phase unchanged)"
     if not ok:
-        comment = f"syn2mas dry run failed (exit {run['exit_code']})"
+        comment = f"syn2mas dry run failed ({_ended(run['exit_code'])})"
     return _result(
         ok and not errors,
         phase,
@@ -2195,7 +2234,7 @@ def _migrate(ctx):
     }
     if run["exit_code"] != EXIT_OK:
         marker = _set_phase(mas, marker, "migrating", last_run=last)
-        errors = list(run["errors"]) or [f"mas-cli syn2mas migrate exited with {run['exit_code']}"]
+        errors = list(run["errors"]) or [_ended(run["exit_code"])]
         hint = _hint(errors, "migrating")
         if hint:
             errors.append(hint)
@@ -2204,7 +2243,7 @@ def _migrate(ctx):
         return _result(
             False,
             "migrating",
-            f"syn2mas migration failed (exit {run['exit_code']}); the phase stays migrating and the next run "
+            f"syn2mas migration failed: {_ended(run['exit_code'])}; the phase stays migrating and the next run "
             f"retries (syn2mas resets the partial migration).{started} MAS stays stopped. {steps.text()}",
             errors=errors + _synapse_down(services["down"]),
             warnings=run["warnings"],

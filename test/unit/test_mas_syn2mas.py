@@ -263,6 +263,9 @@ def test_parse_fatal_report_with_causes():
     errors, warnings, fatal = syn2mas._parse("", stderr)
     assert (errors, warnings) == ([], [])
     assert fatal == "Error: could not connect to Synapse Postgres database\nCaused by:\n    connection refused"
+    # with RUST_BACKTRACE set, anyhow adds the stack: not for the operator's comment (the summary keeps it)
+    backtrace = stderr + "\nStack backtrace:\n   0: <unknown>\n  12: __libc_start_call_main\n"
+    assert syn2mas._parse("", backtrace)[2] == fatal
 
 
 def test_scrub_removes_known_secrets_urls_and_colours(world):
@@ -538,6 +541,47 @@ def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, u
     retried = syn2mas.migrate(mapdata=data)
     assert retried["result"] is True and retried["phase"] == "verified" and retried["phase_before"] == "migrating"
     assert cli.actions == ["check", "migrate", "check", "migrate"]
+
+
+KILLED_LOG = (
+    "2026-01-01T00:00:00.000000Z  INFO mas_cli::commands::syn2mas: Starting new syn2mas migration\n"
+    "2026-01-01T00:00:01.000000Z ERROR syn2mas::mas_writer: error in writer: database error whilst writing users\n"
+    "2026-01-01T00:00:02.000000Z  WARN syn2mas::migration: 1 device skipped\n"
+    "2026-01-01T00:00:03.000000Z  INFO progress: migrating users: 4096 (0 skipped) /~9000 (~45.5%)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "how"),
+    [
+        (-9, "was killed by signal 9 (SIGKILL)"),
+        (137, "was killed by signal 9 (SIGKILL; exit code 137)"),
+        (-15, "was killed by signal 15 (SIGTERM)"),
+        (101, "exited with 101"),
+    ],
+)
+def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(world, cli, up, services, code, how):
+    """Issue 21.9: not "exited with -9" followed by INFO lines."""
+    cli.answers["migrate"] = {"retcode": code, "stdout": "", "stderr": KILLED_LOG}
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["result"] is False and result["phase"] == "migrating" and result["exit_code"] == code
+    assert result["comment"].startswith(f"syn2mas migration failed: mas-cli {how}; the phase stays migrating")
+    error = result["errors"][0]
+    assert error.startswith(
+        f"mas-cli {how}: its last error line: 2026-01-01T00:00:01.000000Z ERROR syn2mas::mas_writer: error in writer"
+    )
+    assert "INFO" not in error and "WARN" not in error and "exited with -" not in result["comment"]
+    assert ("SIGKILL comes from outside mas-cli" in error) is how.startswith("was killed by signal 9 ")
+    assert result["summary"].endswith("(~45.5%)")  # the whole output stays in the summary
+
+
+def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services):
+    cli.answers["migrate"] = {"retcode": -9, "stdout": "", "stderr": KILLED_LOG.splitlines()[0] + "\n"}
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["errors"][0].startswith("mas-cli was killed by signal 9 (SIGKILL): it logged no error. SIGKILL")
+    cli.answers["check"] = {"retcode": -9, "stdout": "", "stderr": ""}
+    refused = syn2mas.check(mapdata(world))
+    assert refused["comment"] == "syn2mas check failed (mas-cli was killed by signal 9 (SIGKILL))"
 
 
 def test_warnings_refuse_a_real_migration_unless_accepted(world, cli, up):
