@@ -1830,6 +1830,76 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
     )
 
 
+def ensure_synapse(start_synapse_after=None, test=False, mapdata=None):
+    """
+    Whether Synapse answers (``mas:synapse:endpoint``), and start it
+    (``service.start`` of ``mas:synapse:service``) when it does not while it is
+    still authoritative after a migration (phase ``migrated``, ``verified`` or
+    ``migrated_unverified``, no drop-in) and ``start_synapse_after`` asks for
+    it. ``state.apply mas.syn2mas`` calls it on every run that does not
+    migrate, so that a Synapse left down is never passed over in silence.
+
+    Returns ``{"result", "phase", "answers", "comment", "errors", "changes",
+    ...}``; ``result`` is False when the start failed (``errors`` say how to
+    start Synapse).
+
+    start_synapse_after
+        Start a Synapse that does not answer (default
+        ``mas:syn2mas:start_synapse_after``).
+    test
+        Only say what would be done.
+    mapdata
+        The formula's map (default: computed from pillar).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.ensure_synapse
+        salt-call mas_syn2mas.ensure_synapse start_synapse_after=True
+    """
+    mas = _mapdata(mapdata)
+    opts = options(mas, start_synapse_after=start_synapse_after)
+    phase = _effective_phase(mas, _read_marker(mas))
+    url, name = _synapse_url(mas), mas["synapse"]["service"]
+    if _answers(url):
+        return _result(True, phase, f"Synapse answers at {url}", answers=True, changes={})
+    down = f"Synapse does not answer at {url}"
+    if phase not in ("migrated", "verified", "migrated_unverified") or os.path.exists(_dropin(mas)):
+        return _result(
+            True, phase, f"{down}: start it with `salt-call service.start {name}`", answers=False, changes={}
+        )
+    if not opts["start_synapse_after"]:
+        why = f"it is still authoritative; start it with `salt-call service.start {name}`"
+        if phase in MIGRATED_PHASES:
+            why = (
+                "it stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after is false; "
+                f"`salt-call service.start {name}` starts it meanwhile, without delegation)"
+            )
+        return _result(True, phase, f"{down}: {why}", answers=False, changes={})
+    changes = {"synapse": {"old": "not answering", "new": f"started ({name})"}}
+    if test:
+        return _result(
+            True,
+            phase,
+            f"{down}: it would be started (mas:syn2mas:start_synapse_after)",
+            answers=False,
+            changes=changes,
+        )
+    if not _start([("synapse", name)], "synapse")[0]:
+        return _result(
+            False, phase, f"{down} and could not be started", errors=_synapse_down([name]), answers=False, changes={}
+        )
+    return _result(
+        True,
+        phase,
+        f"Synapse did not answer at {url}: it was started again (service.start {name}, as "
+        "mas:syn2mas:start_synapse_after asks; still without delegation)",
+        answers=True,
+        changes=changes,
+    )
+
+
 def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None):
     """
     :py:func:`preflight` first, then ``mas-cli syn2mas check`` (safe while
@@ -1924,7 +1994,9 @@ def migrate(
     the next step is ``mas:migration_in_progress: false`` and ``state.apply
     mas``. Whenever the run fails after the stop, Synapse (still
     authoritative) is started again, or ``errors`` say that it is down and
-    how to start it; MAS stays stopped. A failed migrate keeps the phase
+    how to start it; MAS stays stopped. A Synapse this run did not stop and
+    that does not answer is named in the comment (and started after a
+    verified migration with ``start_synapse_after``). A failed migrate keeps the phase
     ``migrating``; the next run retries (syn2mas resets the partial
     migration).
 
@@ -2092,7 +2164,7 @@ def _still_answering(mas, opts, stopped):
 
 
 def _start(stopped, kind):
-    """Start the services of ``kind`` this run stopped: ``(started, still_down)``."""
+    """Start the services of ``kind`` in ``stopped``: ``(started, still_down)``."""
     started, down = [], []
     for what, name in stopped:
         if what == kind:
@@ -2107,10 +2179,19 @@ def _start(stopped, kind):
 def _synapse_down(names):
     """The error saying Synapse stayed down, and how to start it."""
     return [
-        f"Synapse is DOWN: service.start {name} failed after the formula stopped it. It is still authoritative "
-        f"(no drop-in): start it with `salt-call service.start {name}` (systemctl start {name}) and read its log"
+        f"Synapse is DOWN: service.start {name} failed. It is still authoritative (no drop-in): start it with "
+        f"`salt-call service.start {name}` (systemctl start {name}) and read its log"
         for name in names
     ]
+
+
+def _synapse_not_running(mas):
+    """The sentence saying that Synapse does not answer though this run did not stop it."""
+    name = mas["synapse"]["service"]
+    return (
+        f" Synapse does not answer at {_synapse_url(mas)} (this run did not stop it): it is still authoritative; "
+        f"start it with `salt-call service.start {name}`."
+    )
 
 
 def _verification(mas, opts, conf, files, secrets):
@@ -2132,16 +2213,36 @@ def _migrate(ctx):
     )
     phase_before = _phase(marker)
     steps = _Steps()
+    services = {"stopped": [], "started": [], "down": []}
+    stopped = []
+
+    def synapse_after(asked=False):
+        """Start the Synapse this run stopped (``asked``: also one found down, for start_synapse_after) and say
+        where Synapse stands: a sentence for the comment ("" when it answers and nothing happened to it)."""
+        targets = [entry for entry in stopped if entry[0] == "synapse"]
+        if not targets and asked and not _answers(_synapse_url(mas)):
+            targets = [("synapse", mas["synapse"]["service"])]
+        if targets:
+            services["started"], services["down"] = steps.run(
+                "start", _start, targets, "synapse", ok=lambda started: not started[1]
+            )
+        if services["down"]:
+            return f" Synapse is DOWN: service.start {services['down'][0]} failed."
+        if services["started"]:
+            return " Synapse (still authoritative) was started again."
+        return "" if _answers(_synapse_url(mas)) else _synapse_not_running(mas)
 
     def refused(comment, errors, warnings=(), **extra):
+        after = synapse_after()
         return _result(
             False,
             phase_before,
-            f"syn2mas migration refused: {comment}. {steps.text()}",
-            errors=errors,
+            f"syn2mas migration refused: {comment}.{after} {steps.text()}",
+            errors=list(errors) + _synapse_down(services["down"]),
             warnings=warnings,
             steps=steps,
             phase_before=phase_before,
+            services=services,
             **extra,
         )
 
@@ -2171,37 +2272,19 @@ def _migrate(ctx):
         )
         if problems:
             return refused("no room for the backup (nothing was stopped)", problems, warnings)
-    services = {"stopped": [], "started": [], "down": []}
-
-    def start_synapse_again():
-        services["started"], services["down"] = steps.run(
-            "start", _start, stopped, "synapse", ok=lambda started: not started[1]
-        )
-        if services["down"]:
-            return f" Synapse is DOWN: service.start {services['down'][0]} failed."
-        return " Synapse (still authoritative) was started again." if services["started"] else ""
-
     stopped, running = steps.run("stop", _stop, mas, opts, ok=lambda done: not done[1])
     services["stopped"] = [name for _, name in stopped]
     running += _still_answering(mas, opts, stopped)
     if running:
-        started = start_synapse_again()
+        refusal = refused("services still running", running, warnings)
         services["started"] += _start(stopped, "mas")[0]
-        return refused(
-            "services still running" + started, running + _synapse_down(services["down"]), warnings, services=services
-        )
+        return refusal
     taken = None
     if plan is not None:
         try:
             taken = steps.run("backup", _backup, mas, opts, database, plan, secrets)
         except CommandExecutionError as exc:
-            started = start_synapse_again()
-            return refused(
-                f"the backup failed, nothing was migrated.{started}",
-                [str(exc)] + _synapse_down(services["down"]),
-                warnings,
-                services=services,
-            )
+            return refused("the backup failed, nothing was migrated", [str(exc)], warnings)
     else:
         steps.skip("backup", "mas:syn2mas:backup is false")
     argv = _argv(mas, opts, files, "migrate")
@@ -2238,13 +2321,13 @@ def _migrate(ctx):
         hint = _hint(errors, "migrating")
         if hint:
             errors.append(hint)
-        started = start_synapse_again()
+        after = synapse_after()
         _set_phase(mas, marker, "migrating", steps=list(steps))
         return _result(
             False,
             "migrating",
             f"syn2mas migration failed: {_ended(run['exit_code'])}; the phase stays migrating and the next run "
-            f"retries (syn2mas resets the partial migration).{started} MAS stays stopped. {steps.text()}",
+            f"retries (syn2mas resets the partial migration).{after} MAS stays stopped. {steps.text()}",
             errors=errors + _synapse_down(services["down"]),
             warnings=run["warnings"],
             **common,
@@ -2258,33 +2341,33 @@ def _migrate(ctx):
         mas, marker, phase, finished_at=last["at"], last_run=last, verification=dict(verification, at=_now())
     )
     if not verified:
-        started = start_synapse_again()
+        after = synapse_after()
         _set_phase(mas, marker, phase, steps=list(steps))
         return _result(
             False,
             phase,
             "syn2mas migration completed but its verification FAILED: MAS lacks what Synapse has (phase "
-            f"migrated_unverified; Synapse must not delegate yet).{started} MAS stays stopped. Next: "
+            f"migrated_unverified; Synapse must not delegate yet).{after} MAS stays stopped. Next: "
             f"{_next_step(mas, marker, phase)}. {steps.text()}",
             errors=verification["errors"] + _synapse_down(services["down"]),
             warnings=run["warnings"],
             verification=verification,
             **common,
         )
+    next_step = "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)"
+    after = ""
     if opts["start_synapse_after"]:
-        start_synapse_again()
+        after = synapse_after(asked=True)
     else:
         steps.skip("start", "Synapse stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after)")
+        if not _answers(_synapse_url(mas)):
+            next_step += "; Synapse stays stopped until then"
     _set_phase(mas, marker, phase, steps=list(steps))
-    next_step = "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)"
-    if stopped and not services["started"]:
-        next_step += "; Synapse stays stopped until then"
-    down = ". Synapse did not start again: it is DOWN" if services["down"] else ""
     where = f" Backup: {taken['path']} ({_human(taken['size'])})." if taken else " No backup (mas:syn2mas:backup)."
     return _result(
         not services["down"],
         phase,
-        f"syn2mas migration completed and verified.{where} Next: {next_step}{down}. {steps.text()}",
+        f"syn2mas migration completed and verified.{where} Next: {next_step}.{after} {steps.text()}",
         errors=_synapse_down(services["down"]),
         warnings=run["warnings"],
         verification=verification,

@@ -360,3 +360,76 @@ def test_fault_syn2mas_killed_half_way_then_resumed(world, faulty, pg):
     assert ret["changes"] == {"phase": {"old": "migrating", "new": "verified"}}
     assert faulty.count("users") == len(USERS)
     assert faulty.pg.query(faulty.dbname, "SELECT to_regclass('syn2mas_restore_indices') IS NULL") == [(True,)]
+
+
+def test_fault_synapse_does_not_start_again_and_later_runs_say_so(world, deployment):
+    """Issue 21.9: Synapse failing to start after a verified migration is DOWN (not "stays stopped"), and
+    every later run checks that Synapse answers: it says so, and starts it when start_synapse_after asks."""
+    world.service.write(fail=["start"])
+    res, ret = deployment.migrated(syn2mas={"start_synapse_after": True})
+    assert res.returncode != 0 and ret["result"] is False
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
+    comment = ret["comment"]
+    assert comment.startswith("syn2mas migration completed and verified. Backup: ")
+    assert "(Synapse delegates to MAS, MAS starts). Synapse is DOWN: service.start synapse-harness failed. Steps:" in (
+        comment
+    )
+    assert "stays stopped" not in comment and ".." not in comment and "start failed" in comment
+    assert "start it with `salt-call service.start synapse-harness`" in comment
+    assert not world.service.running and ("start", "synapse-harness", "failed") in world.service.events()
+    after_stop = sorted(world.service.snapshots.glob("*-after-stop.json"))[-1]
+    assert world.service.checksum() == json.loads(after_stop.read_text())  # Synapse's data untouched
+
+    # a rerun without start_synapse_after: nothing to migrate, Synapse down by design until it delegates: said
+    world.service.mark()
+    res, ret = deployment.migrated()
+    assert res.returncode == 0 and ret["result"] is True and ret["changes"] == {}
+    assert "already migrated to MAS (phase verified); syn2mas was not run" in ret["comment"]
+    assert (
+        f"Synapse does not answer at {world.server.base_url}/_matrix/client/versions: it stays stopped"
+        in (ret["comment"])
+    )
+    assert world.service.events() == []
+
+    # with start_synapse_after, the fault still there: the run fails and says how to start Synapse
+    res, ret = deployment.migrated(syn2mas={"start_synapse_after": True})
+    assert res.returncode != 0 and ret["result"] is False and "could not be started" in ret["comment"]
+    assert "Synapse is DOWN: service.start synapse-harness failed" in ret["comment"]
+
+    # the fault gone: the rerun starts Synapse, still authoritative (password login), and says so
+    world.service.write(fail=[])
+    res, ret = deployment.migrated(syn2mas={"start_synapse_after": True})
+    assert res.returncode == 0 and ret["result"] is True, ret["comment"]
+    assert ret["changes"] == {"synapse": {"old": "not answering", "new": "started (synapse-harness)"}}
+    assert "it was started again (service.start synapse-harness" in ret["comment"]
+    assert world.service.running and world.server.login("alice", PASSWORD)
+    res, ret = deployment.migrated(syn2mas={"start_synapse_after": True})
+    assert ret["result"] is True and ret["changes"] == {} and "answer" not in ret["comment"]
+
+
+def test_fault_synapse_database_refuses_the_login(world, faulty, pg):
+    """Synapse's database refusing syn2mas's login: before the run (the preflight cannot log in: nothing is
+    stopped), and only while ``syn2mas migrate`` runs (after the backup: the phase stays migrating, Synapse
+    runs again, its data untouched)."""
+    pg.query("postgres", f'ALTER ROLE "{SYNAPSE_DB_ROLE}" NOLOGIN')
+    try:
+        ret = run_fault(world, faulty)
+    finally:
+        pg.query("postgres", f'ALTER ROLE "{SYNAPSE_DB_ROLE}" LOGIN')
+    assert ret["comment"].startswith("syn2mas migration refused: the preflight found blocking errors.")
+    assert f'role "{SYNAPSE_DB_ROLE}" is not permitted to log in' in ret["comment"]
+    assert "Steps: preflight failed" in ret["comment"] and "stop" not in ret["comment"].split("Steps:")[1]
+    assert faulty.marker() is None
+
+    faulty.fault.arm("nologin")
+    ret = run_fault(world, faulty)
+    comment = ret["comment"]
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrating"}}
+    assert comment.startswith(
+        "syn2mas migration failed: mas-cli exited with 1; the phase stays migrating and the next run retries"
+    ), comment
+    assert "Synapse (still authoritative) was started again. MAS stays stopped." in comment
+    assert "- Error: could not connect to Synapse Postgres database" in comment
+    assert f'role "{SYNAPSE_DB_ROLE}" is not permitted to log in' in comment
+    assert "Stack backtrace" not in comment and ".." not in comment
+    assert faulty.marker()["phase"] == "migrating" and faulty.count("users") == 0

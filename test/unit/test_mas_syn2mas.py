@@ -1094,6 +1094,118 @@ def test_synapse_left_down_is_reported(world, cli, up, services, native):
     assert "Synapse is DOWN" in ret["comment"] and ret["result"] is False
 
 
+def told_straight(comment):
+    """A comment an operator reads at a bad moment: no doubled punctuation, no sentence run into the next."""
+    assert ".." not in comment and " ." not in comment and ". ." not in comment, comment
+    assert "stays stopped" not in comment or "DOWN" not in comment, comment
+    return comment
+
+
+def test_comments_have_their_separators(world, cli, up, services, native):
+    """Issue 21.4: "services still running Synapse (still authoritative) was started again.." is gone."""
+    up["synapse"] = True  # keeps answering after service.stop
+    data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"stop_timeout": 1})
+    comment = told_straight(syn2mas.migrate(mapdata=data)["comment"])
+    assert comment.startswith(
+        "syn2mas migration refused: services still running. Synapse (still authoritative) was started again. Steps:"
+    )
+    up["synapse"] = False
+    native.backup_error = "pg_dump of Synapse's database failed (exit 1): disk full"
+    comment = told_straight(syn2mas.migrate(mapdata=data)["comment"])
+    assert comment.startswith(
+        "syn2mas migration refused: the backup failed, nothing was migrated. Synapse (still authoritative) was "
+        "started again. Steps:"
+    )
+
+
+def test_synapse_that_does_not_start_after_a_verified_migration_is_down_not_stopped(world, cli, up, services):
+    """Issue 21.9: not "Synapse stays stopped until then" and "it is DOWN" in one comment."""
+    services["service.start"].return_value = False
+    data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"start_synapse_after": True})
+    result = syn2mas.migrate(mapdata=data)
+    assert (
+        result["result"] is False and result["phase"] == "verified" and result["services"]["down"] == ["synapse-unit"]
+    )
+    comment = told_straight(result["comment"])
+    assert "Next: set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts). " in (
+        comment
+    )
+    assert "Synapse is DOWN: service.start synapse-unit failed. Steps:" in comment
+    assert result["errors"] == [
+        "Synapse is DOWN: service.start synapse-unit failed. It is still authoritative (no drop-in): start it with "
+        "`salt-call service.start synapse-unit` (systemctl start synapse-unit) and read its log"
+    ]
+
+
+def test_a_synapse_this_run_did_not_stop_is_named_when_it_does_not_answer(world, cli, up, services):
+    """A Synapse found down (left DOWN by an earlier run) is neither stopped nor passed over in silence."""
+    services["service.status"].return_value = False
+    cli.answers["migrate"] = [{"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}, MIGRATE_OK, MIGRATE_OK]
+    data = mapdata(world, synapse={"service": "synapse-unit"})
+    failed = syn2mas.migrate(mapdata=data)
+    assert failed["services"] == {"stopped": [], "started": [], "down": []}
+    assert (
+        "MAS stays stopped" in told_straight(failed["comment"])
+        and " Synapse does not answer at http://127.0.0.1:8008/_matrix/client/versions (this run did not stop it): "
+        "it is still authoritative; start it with `salt-call service.start synapse-unit`."
+        in failed["comment"]
+    )
+    done = syn2mas.migrate(mapdata=data)  # it stays down after a verified migration: said so
+    assert "; Synapse stays stopped until then. Steps:" in told_straight(done["comment"])
+    services["service.start"].assert_not_called()
+    (world["base"] / "formula" / "syn2mas.json").unlink()
+    asked = syn2mas.migrate(mapdata=data, start_synapse_after=True)  # start_synapse_after starts it
+    assert asked["services"]["started"] == ["synapse-unit"] and "was started again" in told_straight(asked["comment"])
+
+
+def test_every_later_run_checks_that_synapse_answers(world, cli, up, services):
+    """Issue 21.9: after "Synapse is DOWN", a rerun with the fault gone does not report success in silence."""
+    data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"start_synapse_after": True})
+    services["service.start"].return_value = False
+    first = syn2mas_state.migrated("syn2mas", mapdata=data)
+    assert first["result"] is False and "Synapse is DOWN" in first["comment"]
+    services["service.start"].reset_mock()
+
+    syn2mas_state.__opts__["test"] = True
+    predicted = syn2mas_state.migrated("syn2mas", mapdata=data)
+    syn2mas_state.__opts__["test"] = False
+    assert predicted["result"] is None and predicted["changes"] == {
+        "synapse": {"old": "not answering", "new": "started (synapse-unit)"}
+    }
+    assert (
+        "Synapse does not answer at http://127.0.0.1:8008/_matrix/client/versions: it would be started"
+        in (predicted["comment"])
+    )
+    services["service.start"].assert_not_called()
+
+    again = syn2mas_state.migrated("syn2mas", mapdata=data)  # the start still fails: said, and the state fails
+    assert again["result"] is False and again["changes"] == {}
+    assert "syn2mas was not run. Next: " in again["comment"]
+    assert "Synapse does not answer at http://127.0.0.1:8008/_matrix/client/versions and could not be started." in (
+        told_straight(again["comment"])
+    )
+    assert "salt-call service.start synapse-unit" in again["comment"]
+
+    services["service.start"].return_value = True  # the fault gone
+    fixed = syn2mas_state.migrated("syn2mas", mapdata=data)
+    assert fixed["result"] is True and fixed["changes"] == {
+        "synapse": {"old": "not answering", "new": "started (synapse-unit)"}
+    }
+    assert "it was started again (service.start synapse-unit, as mas:syn2mas:start_synapse_after asks" in (
+        told_straight(fixed["comment"])
+    )
+    services["service.start"].assert_called_with("synapse-unit")
+
+    # without start_synapse_after, a stopped Synapse after a verified migration is by design: said, left alone
+    services["service.start"].reset_mock()
+    quiet = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert quiet["result"] is True and quiet["changes"] == {}
+    assert "it stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after is false" in quiet["comment"]
+    services["service.start"].assert_not_called()
+    up["synapse"] = True  # answering: nothing more to say
+    assert "answer" not in syn2mas_state.migrated("syn2mas", mapdata=data)["comment"]
+
+
 def test_a_real_run_needs_a_backup_directory_or_backup_false(world, cli, up, native):
     result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"backup_dir": "", "stop_services": False}))
     assert result["result"] is False and "mas:syn2mas:backup_dir is not set" in result["errors"][0]
