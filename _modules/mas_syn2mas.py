@@ -2613,13 +2613,45 @@ def mark_rolled_back(mapdata=None):
     )
 
 
+def _mas_leftovers(mas):
+    """Why MAS's database cannot take another migration (the earlier one is still there), or None."""
+    database = _mas_database(mas)
+    db = mas["database"]
+    recreate = (
+        f'Drop and recreate that database first (as PostgreSQL\'s superuser: `DROP DATABASE "{db["name"]}";` then '
+        f'`CREATE DATABASE "{db["name"]}" OWNER "{db["user"]}";`, or apply `mas` with mas:database:manage: '
+        "true after the DROP), then run the reset again"
+    )
+    secrets = _known_secrets(mas, None)
+    try:
+        with _connect(database, secrets) as (_, conn):
+            contents = _mas_contents(conn)
+            conn.rollback()
+    except (Unreachable, *_db_errors()) as exc:
+        reason = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, secrets)
+        return (
+            f"{reason}: the reset must see MAS's database empty first. Make it reachable (recreated, empty, if it "
+            "was dropped), then run the reset again"
+        )
+    if not contents["filled"] and not contents["partial"]:
+        return None
+    held = f"rows in {', '.join(contents['filled'])} ({contents['users']} users)" if contents["filled"] else ""
+    if contents["partial"]:
+        held += ("; " if held else "") + "a partial syn2mas migration (its syn2mas_restore_* and syn2mas__* tables)"
+    return (
+        f"{database['label']} still holds the earlier migration: {held}. syn2mas refuses to migrate into it. {recreate}"
+    )
+
+
 def reset(confirm=False, mapdata=None):
     """
     Set the phase back to ``legacy_auth`` so that syn2mas can run again (the
     history is kept). Only for a rollback: first make Synapse authoritative
     again (``mas:migration_in_progress: true``, apply ``mas``), then drop and
-    recreate MAS's database. Refused without ``confirm=True`` and while
-    ``mas:migration_in_progress`` is false.
+    recreate MAS's database. Refused without ``confirm=True``, while
+    ``mas:migration_in_progress`` is false, and while MAS's database still
+    holds the earlier migration (or cannot be read): the refusal names the
+    database to drop.
 
     confirm
         Must be True.
@@ -2659,6 +2691,9 @@ def reset(confirm=False, mapdata=None):
         )
     if marker is None or phase == "legacy_auth":
         return _result(True, "legacy_auth", "syn2mas phase is already legacy_auth", changes={})
+    leftover = _mas_leftovers(mas)
+    if leftover:
+        return _result(False, phase, "syn2mas reset refused (the phase is unchanged)", errors=[leftover])
     with _exclusive(mas):
         _set_phase(mas, marker, "legacy_auth", reset_at=_now(), reset_from=phase)
     return _result(

@@ -353,6 +353,12 @@ def test_fault_syn2mas_killed_half_way_then_resumed(world, faulty, pg):
         assert faulty.pg.query(faulty.dbname, partial) == [(True, True)]
         notes = faulty.call("mas_syn2mas.preflight").data["notes"]
         assert "a partial syn2mas migration is in MAS's database: the next run resets it first" in notes
+        reset = faulty.call("mas_syn2mas.reset", "confirm=True").data  # the partial migration is named too
+        assert reset["result"] is False and faulty.marker()["phase"] == "migrating"
+        assert (
+            "still holds the earlier migration: a partial syn2mas migration (its syn2mas_restore_*"
+            in (reset["errors"][0])
+        )
 
     # the fault gone, the next run resumes (syn2mas resets the partial migration) and verifies
     res, ret = faulty.migrated()

@@ -127,6 +127,7 @@ class Native:
     def __init__(self):
         self.preflight_errors, self.preflight_warnings, self.verify_errors = [], [], []
         self.plan_problems, self.backup_error, self.calls = [], None, []
+        self.mas_leftover = None
 
     def preflight(self, mas, opts, marker, files, conf, secrets):
         self.calls.append("preflight")
@@ -154,6 +155,10 @@ class Native:
         self.calls.append("verify")
         return {"errors": list(self.verify_errors), "counts": {}, "missing": {}}
 
+    def leftovers(self, mas):
+        self.calls.append("leftovers")
+        return self.mas_leftover
+
 
 @pytest.fixture(autouse=True)
 def native(monkeypatch):
@@ -162,6 +167,7 @@ def native(monkeypatch):
     monkeypatch.setattr(syn2mas, "_backup_plan", fake.plan)
     monkeypatch.setattr(syn2mas, "_backup", fake.backup)
     monkeypatch.setattr(syn2mas, "_verification", fake.verification)
+    monkeypatch.setattr(syn2mas, "_mas_leftovers", fake.leftovers)
     return fake
 
 
@@ -702,6 +708,20 @@ def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up):
     assert saved["phase"] == "legacy_auth" and saved["reset_from"] == "verified"
     assert [h["phase"] for h in saved["history"]] == ["migrating", "verified", "legacy_auth"]
     assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {}
+
+
+def test_reset_refuses_while_mas_still_holds_the_migration(world, cli, up, native):
+    """Issue 21.9: the reset checks MAS's database (``_mas_leftovers``: integration-tested) and names what to drop."""
+    data = mapdata(world, syn2mas={"stop_services": False})
+    syn2mas.migrate(mapdata=data)
+    native.mas_leftover = "MAS's database mas at localhost:5432 (mas:database) still holds the earlier migration"
+    refused = syn2mas.reset(confirm=True, mapdata=data)
+    assert refused["result"] is False and refused["errors"] == [native.mas_leftover]
+    assert (
+        refused["comment"] == "syn2mas reset refused (the phase is unchanged)" and marker(world)["phase"] == "verified"
+    )
+    native.mas_leftover = None
+    assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
 
 
 def test_mark_delegated_after_a_migration(world, cli, up):
