@@ -731,6 +731,17 @@ def _run(mas, argv, opts, files, secrets):
         env=env,
     )
     stdout, stderr = _scrub(res.get("stdout", ""), secrets), _scrub(res.get("stderr", ""), secrets)
+    if res["retcode"] == 1 and not stderr and re.search(r" : Timed out after \d+ seconds$", stdout):
+        # Salt killed it (SIGKILL) after mas:syn2mas:timeout and says "exit 1" with the command as its output
+        return {
+            "exit_code": -signal.SIGKILL,
+            "errors": [
+                f"mas-cli did not finish within {opts['timeout']} s (mas:syn2mas:timeout), so Salt killed it: "
+                "raise mas:syn2mas:timeout for a homeserver this big, then run again"
+            ],
+            "warnings": [],
+            "summary": "",
+        }
     errors, warnings, fatal = _parse(stdout, stderr)
     if fatal:
         errors.append(fatal)

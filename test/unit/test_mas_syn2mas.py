@@ -581,6 +581,18 @@ def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(world
     assert result["summary"].endswith("(~45.5%)")  # the whole output stays in the summary
 
 
+def test_a_migrate_killed_by_salts_timeout_says_so(world, cli, up, services):
+    argv = f"{world['base']}/bin/mas-cli syn2mas --synapse-config {world['hs']} migrate"
+    cli.answers["migrate"] = {"retcode": 1, "stdout": f"{argv} : Timed out after 3600 seconds", "stderr": ""}
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["phase"] == "migrating" and result["exit_code"] == -9
+    assert result["comment"].startswith("syn2mas migration failed: mas-cli was killed by signal 9 (SIGKILL); the")
+    assert result["errors"][0] == (
+        "mas-cli did not finish within 3600 s (mas:syn2mas:timeout), so Salt killed it: raise mas:syn2mas:timeout "
+        "for a homeserver this big, then run again"
+    )
+
+
 def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services):
     cli.answers["migrate"] = {"retcode": -9, "stdout": "", "stderr": KILLED_LOG.splitlines()[0] + "\n"}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
