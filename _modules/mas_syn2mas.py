@@ -1984,31 +1984,31 @@ def migrate(
     warnings (if any) are accepted.
 
     **Real migration**, refused (``result: False``, nothing touched) unless:
-    the phase is ``legacy_auth`` or ``migrating`` (a finished migration is never
-    run again: see the rollback in ``errors``), ``mas:migration_in_progress`` is
-    true and Synapse's drop-in is absent, a backup directory is set
-    (``mas:syn2mas:backup_dir``, or ``mas:syn2mas:backup: false``), and the
-    preflight and ``syn2mas check`` pass (run first, while Synapse still
-    serves; warnings need ``accept_warnings``) and the backup directory is
-    writable with room for the backup. Then, step by step (each logged with
-    its duration and listed in ``steps``): **stop** Synapse
-    (``mas:synapse:service``) and a managed MAS (``mas:service:name``) with
-    ``service.stop`` (``stop_services``; without it they must already be
-    down, and so must a MAS the formula does not manage,
+    the phase is ``legacy_auth`` or ``migrating`` (a finished migration is
+    never run again: see the rollback in ``errors``),
+    ``mas:migration_in_progress`` is true and Synapse's drop-in is absent, a
+    backup directory is set (``mas:syn2mas:backup_dir``, or
+    ``mas:syn2mas:backup: false``), and the preflight and ``syn2mas check``
+    pass (run first, while Synapse still serves; warnings need
+    ``accept_warnings``) and the backup directory is writable with room for the
+    backup. Then, step by step (each logged with its duration and listed in
+    ``steps``): **stop** Synapse (``mas:synapse:service``) and a managed MAS
+    (``mas:service:name``) with ``service.stop`` (``stop_services``; without it
+    they must already be down, and so must a MAS the formula does not manage,
     ``mas:service:manage: false``: refused before anything runs while it
     answers; neither may answer over HTTP after the stop), **backup**
     (``pg_dump -Fc``, its sha256 and size recorded in the marker; a failed
-    backup starts Synapse again and changes nothing), **migrate** (the phase is ``migrating`` while
-    it runs), **verify** (:py:func:`verify`: the phase becomes ``verified``,
-    or ``migrated_unverified`` with the differences), **start**. After a
-    verified migration Synapse stays stopped unless ``start_synapse_after``:
-    the next step is ``mas:migration_in_progress: false`` and ``state.apply
-    mas``. Whenever the run fails after the stop, Synapse (still
-    authoritative) is started again, or ``errors`` say that it is down and
-    how to start it; MAS stays stopped. A Synapse this run did not stop and
-    that does not answer is named in the comment (and started after a
-    verified migration with ``start_synapse_after``). A failed migrate keeps the phase
-    ``migrating``; the next run retries (syn2mas resets the partial
+    backup starts Synapse again and changes nothing), **migrate** (the phase is
+    ``migrating`` while it runs), **verify** (:py:func:`verify`: the phase
+    becomes ``verified``, or ``migrated_unverified`` with the differences),
+    **start**. After a verified migration Synapse stays stopped unless
+    ``start_synapse_after``: the next step is ``mas:migration_in_progress:
+    false`` and ``state.apply mas``. Whenever the run fails after the stop,
+    Synapse (still authoritative) is started again, or ``errors`` say that it
+    is down and how to start it; MAS stays stopped. A Synapse this run did not
+    stop and that does not answer is named in the comment (and started after a
+    verified migration with ``start_synapse_after``). A failed migrate keeps
+    the phase ``migrating``; the next run retries (syn2mas resets the partial
     migration).
 
     Every argument defaults to pillar ``mas:syn2mas:<name>``.

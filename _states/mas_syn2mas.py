@@ -63,10 +63,11 @@ def migrated(
     way to migrate again. Each of these runs also says when Synapse does not
     answer, and starts it while it is still authoritative when
     ``start_synapse_after`` asks for it (``mas_syn2mas.ensure_synapse``: the
-    change is ``synapse``; a failed start makes the state fail). Otherwise ``mas_syn2mas.migrate`` runs with the
-    guards described there (preflight and check first, a backup, refused while
-    Synapse or MAS answer or while delegation is on; the phase goes
-    ``legacy_auth`` -> ``migrating`` -> ``verified``); the change is the
+    change is ``synapse``; a failed start makes the state fail). Otherwise
+    ``mas_syn2mas.migrate`` runs with the guards described there (preflight
+    and check first, a backup, refused while Synapse or MAS answer or while
+    delegation is on; the phase goes ``legacy_auth`` -> ``migrating`` ->
+    ``verified``); the change is the
     phase, and the comment lists the steps with their durations. With
     ``dry_run`` only the preflight and ``migrate --dry-run`` run and the phase
     never changes (no changes are reported).
