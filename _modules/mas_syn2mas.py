@@ -58,12 +58,14 @@ import datetime
 import fcntl
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
 import pathlib
 import re
 import shutil
+import signal
 import sqlite3
 import tempfile
 import time
@@ -292,7 +294,8 @@ def _parse(stdout, stderr):
     ``errors``/``warnings`` are the ``• `` bullets under the ``===== Errors
     =====`` / ``===== Warnings =====`` headings (a bullet may span lines up to
     a blank line); ``fatal`` is the ``Error: ...`` report of an unhandled
-    error with its ``Caused by:`` lines, or None.
+    error with its ``Caused by:`` lines (without the ``Stack backtrace:`` that
+    ``RUST_BACKTRACE`` adds), or None.
     """
     sections = {"Errors": [], "Warnings": []}
     current, bullet, fatal = None, None, None
@@ -304,7 +307,8 @@ def _parse(stdout, stderr):
             current, bullet = heading.group(1), None
             continue
         if line.startswith("Error: ") and fatal is None:
-            fatal = "\n".join(rest.rstrip() for rest in lines[index:] if rest.strip()).strip()
+            report = itertools.takewhile(lambda rest: rest.strip() != "Stack backtrace:", lines[index:])
+            fatal = "\n".join(rest.rstrip() for rest in report if rest.strip()).strip()
             current = bullet = None
             continue
         if current is None or fatal is not None:
@@ -326,6 +330,34 @@ def _summary(text):
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     summary = "\n".join(lines[-_SUMMARY_LINES:])
     return summary[-_SUMMARY_CHARS:]
+
+
+#: A line mas-cli reports an error on: a log line at ERROR level, or an ``Error:`` report.
+_ERROR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\dT\S+\s+ERROR\s|Error:|error:)")
+
+
+def _last_error_line(text):
+    """The last line of ``text`` at ERROR level (never an INFO/WARN line), or None."""
+    return next((line.strip() for line in reversed(text.splitlines()) if _ERROR_LINE.match(line.strip())), None)
+
+
+def _signal(code):
+    """The signal that killed mas-cli (a negative exit code; 128 + N from a shell or a container runtime), or None."""
+    if isinstance(code, int) and code < 0:
+        return -code
+    return code - 128 if isinstance(code, int) and 128 < code < 160 else None
+
+
+def _ended(code):
+    """How mas-cli ended: ``mas-cli exited with 1``, ``mas-cli was killed by signal 9 (SIGKILL)``."""
+    number = _signal(code)
+    if number is None:
+        return f"mas-cli exited with {code}"
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = "unknown signal"
+    return f"mas-cli was killed by signal {number} ({name}{'' if code < 0 else f'; exit code {code}'})"
 
 
 # --------------------------------------------------------------------------
@@ -699,11 +731,29 @@ def _run(mas, argv, opts, files, secrets):
         env=env,
     )
     stdout, stderr = _scrub(res.get("stdout", ""), secrets), _scrub(res.get("stderr", ""), secrets)
+    if res["retcode"] == 1 and not stderr and re.search(r" : Timed out after \d+ seconds$", stdout):
+        # Salt killed it (SIGKILL) after mas:syn2mas:timeout and says "exit 1" with the command as its output
+        return {
+            "exit_code": -signal.SIGKILL,
+            "errors": [
+                f"mas-cli did not finish within {opts['timeout']} s (mas:syn2mas:timeout), so Salt killed it: "
+                "raise mas:syn2mas:timeout for a homeserver this big, then run again"
+            ],
+            "warnings": [],
+            "summary": "",
+        }
     errors, warnings, fatal = _parse(stdout, stderr)
     if fatal:
         errors.append(fatal)
     elif res["retcode"] not in (EXIT_OK, EXIT_ERRORS, EXIT_WARNINGS) and not errors:
-        errors.append(f"mas-cli syn2mas exited with {res['retcode']}: {_summary(stderr or stdout)[-500:]}")
+        last = _last_error_line(stderr + "\n" + stdout)
+        said = f"its last error line: {last[-500:]}" if last else "it logged no error"
+        if _signal(res["retcode"]) == signal.SIGKILL:
+            said += (
+                ". SIGKILL comes from outside mas-cli (`kill -9`, a supervisor, the kernel's out-of-memory killer: "
+                "see `journalctl -k`)"
+            )
+        errors.append(f"{_ended(res['retcode'])}: {said}")
     return {
         "exit_code": res["retcode"],
         "errors": errors,
@@ -819,7 +869,7 @@ def _merge_check(pre, run, accept_warnings, phase):
         EXIT_WARNINGS: "syn2mas check passed with warnings",
         EXIT_ERRORS: "syn2mas check found blocking errors",
         None: "syn2mas preflight found blocking errors",
-    }.get(code, f"syn2mas check failed (exit {code})")
+    }.get(code, f"syn2mas check failed ({_ended(code)})")
     if pre["errors"] and code in (EXIT_OK, EXIT_WARNINGS):
         comment = "syn2mas check passed upstream but the preflight found blocking errors"
     return ok, errors, warnings, comment
@@ -1759,12 +1809,7 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
     dry_run_blockers = list(common)
     if phase in DONE_PHASES:
         dry_run_blockers.insert(0, _already(mas, marker))
-    blockers = dry_run_blockers + real
-    if not opts["stop_services"]:
-        if synapse_up:
-            blockers.append(f"Synapse answers at {_synapse_url(mas)}: stop it (mas:syn2mas:stop_services is false)")
-        if mas_up:
-            blockers.append(f"MAS answers at {_mas_url(mas)}: stop it (mas:syn2mas:stop_services is false)")
+    blockers = dry_run_blockers + real + _unstoppable(mas, opts, synapse_up, mas_up)
     last = (marker or {}).get("last_run") or {}
     next_step = _next_step(mas, marker, phase)
     return _result(
@@ -1793,6 +1838,76 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
             "dry_run": _display(_argv(mas, opts, files, "migrate", dry_run=True), secrets),
             "migrate": _display(_argv(mas, opts, files, "migrate"), secrets),
         },
+    )
+
+
+def ensure_synapse(start_synapse_after=None, test=False, mapdata=None):
+    """
+    Whether Synapse answers (``mas:synapse:endpoint``), and start it
+    (``service.start`` of ``mas:synapse:service``) when it does not while it is
+    still authoritative after a migration (phase ``migrated``, ``verified`` or
+    ``migrated_unverified``, no drop-in) and ``start_synapse_after`` asks for
+    it. ``state.apply mas.syn2mas`` calls it on every run that does not
+    migrate, so that a Synapse left down is never passed over in silence.
+
+    Returns ``{"result", "phase", "answers", "comment", "errors", "changes",
+    ...}``; ``result`` is False when the start failed (``errors`` say how to
+    start Synapse).
+
+    start_synapse_after
+        Start a Synapse that does not answer (default
+        ``mas:syn2mas:start_synapse_after``).
+    test
+        Only say what would be done.
+    mapdata
+        The formula's map (default: computed from pillar).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.ensure_synapse
+        salt-call mas_syn2mas.ensure_synapse start_synapse_after=True
+    """
+    mas = _mapdata(mapdata)
+    opts = options(mas, start_synapse_after=start_synapse_after)
+    phase = _effective_phase(mas, _read_marker(mas))
+    url, name = _synapse_url(mas), mas["synapse"]["service"]
+    if _answers(url):
+        return _result(True, phase, f"Synapse answers at {url}", answers=True, changes={})
+    down = f"Synapse does not answer at {url}"
+    if phase not in ("migrated", "verified", "migrated_unverified") or os.path.exists(_dropin(mas)):
+        return _result(
+            True, phase, f"{down}: start it with `salt-call service.start {name}`", answers=False, changes={}
+        )
+    if not opts["start_synapse_after"]:
+        why = f"it is still authoritative; start it with `salt-call service.start {name}`"
+        if phase in MIGRATED_PHASES:
+            why = (
+                "it stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after is false; "
+                f"`salt-call service.start {name}` starts it meanwhile, without delegation)"
+            )
+        return _result(True, phase, f"{down}: {why}", answers=False, changes={})
+    changes = {"synapse": {"old": "not answering", "new": f"started ({name})"}}
+    if test:
+        return _result(
+            True,
+            phase,
+            f"{down}: it would be started (mas:syn2mas:start_synapse_after)",
+            answers=False,
+            changes=changes,
+        )
+    if not _start([("synapse", name)], "synapse")[0]:
+        return _result(
+            False, phase, f"{down} and could not be started", errors=_synapse_down([name]), answers=False, changes={}
+        )
+    return _result(
+        True,
+        phase,
+        f"Synapse did not answer at {url}: it was started again (service.start {name}, as "
+        "mas:syn2mas:start_synapse_after asks; still without delegation)",
+        answers=True,
+        changes=changes,
     )
 
 
@@ -1869,27 +1984,31 @@ def migrate(
     warnings (if any) are accepted.
 
     **Real migration**, refused (``result: False``, nothing touched) unless:
-    the phase is ``legacy_auth`` or ``migrating`` (a finished migration is never
-    run again: see the rollback in ``errors``), ``mas:migration_in_progress`` is
-    true and Synapse's drop-in is absent, a backup directory is set
-    (``mas:syn2mas:backup_dir``, or ``mas:syn2mas:backup: false``), and the
-    preflight and ``syn2mas check`` pass (run first, while Synapse still
-    serves; warnings need ``accept_warnings``) and the backup directory is
-    writable with room for the backup. Then, step by step (each logged with
-    its duration and listed in ``steps``): **stop** Synapse
-    (``mas:synapse:service``) and a managed MAS (``mas:service:name``) with
-    ``service.stop`` (``stop_services``; without it they must already be
-    down; neither may answer over HTTP), **backup** (``pg_dump -Fc``, its
-    sha256 and size recorded in the marker; a failed backup starts Synapse
-    again and changes nothing), **migrate** (the phase is ``migrating`` while
-    it runs), **verify** (:py:func:`verify`: the phase becomes ``verified``,
-    or ``migrated_unverified`` with the differences), **start**. After a
-    verified migration Synapse stays stopped unless ``start_synapse_after``:
-    the next step is ``mas:migration_in_progress: false`` and ``state.apply
-    mas``. Whenever the run fails after the stop, Synapse (still
-    authoritative) is started again, or ``errors`` say that it is down and
-    how to start it; MAS stays stopped. A failed migrate keeps the phase
-    ``migrating``; the next run retries (syn2mas resets the partial
+    the phase is ``legacy_auth`` or ``migrating`` (a finished migration is
+    never run again: see the rollback in ``errors``),
+    ``mas:migration_in_progress`` is true and Synapse's drop-in is absent, a
+    backup directory is set (``mas:syn2mas:backup_dir``, or
+    ``mas:syn2mas:backup: false``), and the preflight and ``syn2mas check``
+    pass (run first, while Synapse still serves; warnings need
+    ``accept_warnings``) and the backup directory is writable with room for the
+    backup. Then, step by step (each logged with its duration and listed in
+    ``steps``): **stop** Synapse (``mas:synapse:service``) and a managed MAS
+    (``mas:service:name``) with ``service.stop`` (``stop_services``; without it
+    they must already be down, and so must a MAS the formula does not manage,
+    ``mas:service:manage: false``: refused before anything runs while it
+    answers; neither may answer over HTTP after the stop), **backup**
+    (``pg_dump -Fc``, its sha256 and size recorded in the marker; a failed
+    backup starts Synapse again and changes nothing), **migrate** (the phase is
+    ``migrating`` while it runs), **verify** (:py:func:`verify`: the phase
+    becomes ``verified``, or ``migrated_unverified`` with the differences),
+    **start**. After a verified migration Synapse stays stopped unless
+    ``start_synapse_after``: the next step is ``mas:migration_in_progress:
+    false`` and ``state.apply mas``. Whenever the run fails after the stop,
+    Synapse (still authoritative) is started again, or ``errors`` say that it
+    is down and how to start it; MAS stays stopped. A Synapse this run did not
+    stop and that does not answer is named in the comment (and started after a
+    verified migration with ``start_synapse_after``). A failed migrate keeps
+    the phase ``migrating``; the next run retries (syn2mas resets the partial
     migration).
 
     Every argument defaults to pillar ``mas:syn2mas:<name>``.
@@ -1931,8 +2050,13 @@ def migrate(
         return _dry_run(ctx)
     if phase in DONE_PHASES:
         return _result(False, phase, "syn2mas migration refused: already migrated", errors=[_already(mas, marker)])
-    if ctx["common"] or ctx["real"]:
-        return _result(False, phase, "syn2mas migration refused", errors=ctx["common"] + ctx["real"])
+    opts = ctx["opts"]
+    refusals = ctx["common"] + ctx["real"]
+    refusals += _unstoppable(
+        mas, opts, not opts["stop_services"] and _answers(_synapse_url(mas)), _answers(_mas_url(mas))
+    )
+    if refusals:
+        return _result(False, phase, "syn2mas migration refused (nothing was run or stopped)", errors=refusals)
     with _exclusive(mas):
         return _migrate(ctx)
 
@@ -1970,7 +2094,7 @@ def _dry_run(ctx):
         errors.append(hint)
     comment = "syn2mas dry run completed (phase unchanged)"
     if not ok:
-        comment = f"syn2mas dry run failed (exit {run['exit_code']})"
+        comment = f"syn2mas dry run failed ({_ended(run['exit_code'])})"
     return _result(
         ok and not errors,
         phase,
@@ -2006,6 +2130,24 @@ def _stop(mas, opts):
     return stopped, problems
 
 
+def _unstoppable(mas, opts, synapse_up, mas_up):
+    """Synapse or MAS answering that a real run would not stop: refused before anything runs or stops."""
+    problems = []
+    if synapse_up and not opts["stop_services"]:
+        problems.append(
+            f"Synapse answers at {_synapse_url(mas)}: stop it yourself first (mas:syn2mas:stop_services is false)"
+        )
+    if mas_up and not opts["stop_services"]:
+        problems.append(f"MAS answers at {_mas_url(mas)}: stop it yourself first (mas:syn2mas:stop_services is false)")
+    elif mas_up and not mas["service"]["manage"]:
+        problems.append(
+            f"MAS answers at {_mas_url(mas)} and the formula does not manage its service (mas:service:manage is "
+            "false), so it will not stop it: stop MAS yourself, then migrate (syn2mas needs MAS stopped: it renames "
+            "and fills MAS's tables)"
+        )
+    return problems
+
+
 def _still_answering(mas, opts, stopped):
     """Problems: Synapse or MAS still answering (after waiting for a stop)."""
     deadline = time.monotonic() + (opts["stop_timeout"] if stopped else 0)
@@ -2014,16 +2156,26 @@ def _still_answering(mas, opts, stopped):
         if not up or time.monotonic() >= deadline:
             break
         time.sleep(1)
-    how = "after service.stop" if opts["stop_services"] else "(mas:syn2mas:stop_services is false: stop it yourself)"
-    return [
-        f"{what} still answers at {url} {how}; a real migration needs it stopped (Synapse: a consistent copy; "
-        "MAS: an untouched database)"
-        for what, url in up
-    ]
+    ours = {kind for kind, _ in stopped}
+    problems = []
+    for what, url in up:
+        if what.lower() in ours:
+            how = "after service.stop"
+        elif not opts["stop_services"]:
+            how = "(mas:syn2mas:stop_services is false: stop it yourself)"
+        elif what == "MAS" and not mas["service"]["manage"]:
+            how = "(mas:service:manage is false: stop it yourself)"
+        else:
+            how = "(it started while this run stopped the services: stop it)"
+        problems.append(
+            f"{what} still answers at {url} {how}; a real migration needs it stopped (Synapse: a consistent copy; "
+            "MAS: an untouched database)"
+        )
+    return problems
 
 
 def _start(stopped, kind):
-    """Start the services of ``kind`` this run stopped: ``(started, still_down)``."""
+    """Start the services of ``kind`` in ``stopped``: ``(started, still_down)``."""
     started, down = [], []
     for what, name in stopped:
         if what == kind:
@@ -2038,10 +2190,19 @@ def _start(stopped, kind):
 def _synapse_down(names):
     """The error saying Synapse stayed down, and how to start it."""
     return [
-        f"Synapse is DOWN: service.start {name} failed after the formula stopped it. It is still authoritative "
-        f"(no drop-in): start it with `salt-call service.start {name}` (systemctl start {name}) and read its log"
+        f"Synapse is DOWN: service.start {name} failed. It is still authoritative (no drop-in): start it with "
+        f"`salt-call service.start {name}` (systemctl start {name}) and read its log"
         for name in names
     ]
+
+
+def _synapse_not_running(mas):
+    """The sentence saying that Synapse does not answer though this run did not stop it."""
+    name = mas["synapse"]["service"]
+    return (
+        f" Synapse does not answer at {_synapse_url(mas)} (this run did not stop it): it is still authoritative; "
+        f"start it with `salt-call service.start {name}`."
+    )
 
 
 def _verification(mas, opts, conf, files, secrets):
@@ -2063,16 +2224,36 @@ def _migrate(ctx):
     )
     phase_before = _phase(marker)
     steps = _Steps()
+    services = {"stopped": [], "started": [], "down": []}
+    stopped = []
+
+    def synapse_after(asked=False):
+        """Start the Synapse this run stopped (``asked``: also one found down, for start_synapse_after) and say
+        where Synapse stands: a sentence for the comment ("" when it answers and nothing happened to it)."""
+        targets = [entry for entry in stopped if entry[0] == "synapse"]
+        if not targets and asked and not _answers(_synapse_url(mas)):
+            targets = [("synapse", mas["synapse"]["service"])]
+        if targets:
+            services["started"], services["down"] = steps.run(
+                "start", _start, targets, "synapse", ok=lambda started: not started[1]
+            )
+        if services["down"]:
+            return f" Synapse is DOWN: service.start {services['down'][0]} failed."
+        if services["started"]:
+            return " Synapse (still authoritative) was started again."
+        return "" if _answers(_synapse_url(mas)) else _synapse_not_running(mas)
 
     def refused(comment, errors, warnings=(), **extra):
+        after = synapse_after()
         return _result(
             False,
             phase_before,
-            f"syn2mas migration refused: {comment}. {steps.text()}",
-            errors=errors,
+            f"syn2mas migration refused: {comment}.{after} {steps.text()}",
+            errors=list(errors) + _synapse_down(services["down"]),
             warnings=warnings,
             steps=steps,
             phase_before=phase_before,
+            services=services,
             **extra,
         )
 
@@ -2102,37 +2283,19 @@ def _migrate(ctx):
         )
         if problems:
             return refused("no room for the backup (nothing was stopped)", problems, warnings)
-    services = {"stopped": [], "started": [], "down": []}
-
-    def start_synapse_again():
-        services["started"], services["down"] = steps.run(
-            "start", _start, stopped, "synapse", ok=lambda started: not started[1]
-        )
-        if services["down"]:
-            return f" Synapse is DOWN: service.start {services['down'][0]} failed."
-        return " Synapse (still authoritative) was started again." if services["started"] else ""
-
     stopped, running = steps.run("stop", _stop, mas, opts, ok=lambda done: not done[1])
     services["stopped"] = [name for _, name in stopped]
     running += _still_answering(mas, opts, stopped)
     if running:
-        started = start_synapse_again()
+        refusal = refused("services still running", running, warnings)
         services["started"] += _start(stopped, "mas")[0]
-        return refused(
-            "services still running" + started, running + _synapse_down(services["down"]), warnings, services=services
-        )
+        return refusal
     taken = None
     if plan is not None:
         try:
             taken = steps.run("backup", _backup, mas, opts, database, plan, secrets)
         except CommandExecutionError as exc:
-            started = start_synapse_again()
-            return refused(
-                f"the backup failed, nothing was migrated.{started}",
-                [str(exc)] + _synapse_down(services["down"]),
-                warnings,
-                services=services,
-            )
+            return refused("the backup failed, nothing was migrated", [str(exc)], warnings)
     else:
         steps.skip("backup", "mas:syn2mas:backup is false")
     argv = _argv(mas, opts, files, "migrate")
@@ -2165,17 +2328,17 @@ def _migrate(ctx):
     }
     if run["exit_code"] != EXIT_OK:
         marker = _set_phase(mas, marker, "migrating", last_run=last)
-        errors = list(run["errors"]) or [f"mas-cli syn2mas migrate exited with {run['exit_code']}"]
+        errors = list(run["errors"]) or [_ended(run["exit_code"])]
         hint = _hint(errors, "migrating")
         if hint:
             errors.append(hint)
-        started = start_synapse_again()
+        after = synapse_after()
         _set_phase(mas, marker, "migrating", steps=list(steps))
         return _result(
             False,
             "migrating",
-            f"syn2mas migration failed (exit {run['exit_code']}); the phase stays migrating and the next run "
-            f"retries (syn2mas resets the partial migration).{started} MAS stays stopped. {steps.text()}",
+            f"syn2mas migration failed: {_ended(run['exit_code'])}; the phase stays migrating and the next run "
+            f"retries (syn2mas resets the partial migration).{after} MAS stays stopped. {steps.text()}",
             errors=errors + _synapse_down(services["down"]),
             warnings=run["warnings"],
             **common,
@@ -2189,33 +2352,33 @@ def _migrate(ctx):
         mas, marker, phase, finished_at=last["at"], last_run=last, verification=dict(verification, at=_now())
     )
     if not verified:
-        started = start_synapse_again()
+        after = synapse_after()
         _set_phase(mas, marker, phase, steps=list(steps))
         return _result(
             False,
             phase,
             "syn2mas migration completed but its verification FAILED: MAS lacks what Synapse has (phase "
-            f"migrated_unverified; Synapse must not delegate yet).{started} MAS stays stopped. Next: "
+            f"migrated_unverified; Synapse must not delegate yet).{after} MAS stays stopped. Next: "
             f"{_next_step(mas, marker, phase)}. {steps.text()}",
             errors=verification["errors"] + _synapse_down(services["down"]),
             warnings=run["warnings"],
             verification=verification,
             **common,
         )
+    next_step = "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)"
+    after = ""
     if opts["start_synapse_after"]:
-        start_synapse_again()
+        after = synapse_after(asked=True)
     else:
         steps.skip("start", "Synapse stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after)")
+        if not _answers(_synapse_url(mas)):
+            next_step += "; Synapse stays stopped until then"
     _set_phase(mas, marker, phase, steps=list(steps))
-    next_step = "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)"
-    if stopped and not services["started"]:
-        next_step += "; Synapse stays stopped until then"
-    down = ". Synapse did not start again: it is DOWN" if services["down"] else ""
     where = f" Backup: {taken['path']} ({_human(taken['size'])})." if taken else " No backup (mas:syn2mas:backup)."
     return _result(
         not services["down"],
         phase,
-        f"syn2mas migration completed and verified.{where} Next: {next_step}{down}. {steps.text()}",
+        f"syn2mas migration completed and verified.{where} Next: {next_step}.{after} {steps.text()}",
         errors=_synapse_down(services["down"]),
         warnings=run["warnings"],
         verification=verification,
@@ -2461,13 +2624,45 @@ def mark_rolled_back(mapdata=None):
     )
 
 
+def _mas_leftovers(mas):
+    """Why MAS's database cannot take another migration (the earlier one is still there), or None."""
+    database = _mas_database(mas)
+    db = mas["database"]
+    recreate = (
+        f'Drop and recreate that database first (as PostgreSQL\'s superuser: `DROP DATABASE "{db["name"]}";` then '
+        f'`CREATE DATABASE "{db["name"]}" OWNER "{db["user"]}";`, or apply `mas` with mas:database:manage: '
+        "true after the DROP), then run the reset again"
+    )
+    secrets = _known_secrets(mas, None)
+    try:
+        with _connect(database, secrets) as (_, conn):
+            contents = _mas_contents(conn)
+            conn.rollback()
+    except (Unreachable, *_db_errors()) as exc:
+        reason = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, secrets)
+        return (
+            f"{reason}: the reset must see MAS's database empty first. Make it reachable (recreated, empty, if it "
+            "was dropped), then run the reset again"
+        )
+    if not contents["filled"] and not contents["partial"]:
+        return None
+    held = f"rows in {', '.join(contents['filled'])} ({contents['users']} users)" if contents["filled"] else ""
+    if contents["partial"]:
+        held += ("; " if held else "") + "a partial syn2mas migration (its syn2mas_restore_* and syn2mas__* tables)"
+    return (
+        f"{database['label']} still holds the earlier migration: {held}. syn2mas refuses to migrate into it. {recreate}"
+    )
+
+
 def reset(confirm=False, mapdata=None):
     """
     Set the phase back to ``legacy_auth`` so that syn2mas can run again (the
     history is kept). Only for a rollback: first make Synapse authoritative
     again (``mas:migration_in_progress: true``, apply ``mas``), then drop and
-    recreate MAS's database. Refused without ``confirm=True`` and while
-    ``mas:migration_in_progress`` is false.
+    recreate MAS's database. Refused without ``confirm=True``, while
+    ``mas:migration_in_progress`` is false, and while MAS's database still
+    holds the earlier migration (or cannot be read): the refusal names the
+    database to drop.
 
     confirm
         Must be True.
@@ -2507,6 +2702,9 @@ def reset(confirm=False, mapdata=None):
         )
     if marker is None or phase == "legacy_auth":
         return _result(True, "legacy_auth", "syn2mas phase is already legacy_auth", changes={})
+    leftover = _mas_leftovers(mas)
+    if leftover:
+        return _result(False, phase, "syn2mas reset refused (the phase is unchanged)", errors=[leftover])
     with _exclusive(mas):
         _set_phase(mas, marker, "legacy_auth", reset_at=_now(), reset_from=phase)
     return _result(

@@ -60,10 +60,14 @@ def migrated(
     True, no changes, nothing run (the desired state holds). ``migrated_unverified``:
     the verification runs again (``mas_syn2mas.verify record=True``) and the
     phase becomes ``verified`` when it passes. ``rolled_back``: False, with the
-    way to migrate again. Otherwise ``mas_syn2mas.migrate`` runs with the
-    guards described there (preflight and check first, a backup, refused while
-    Synapse or MAS answer or while delegation is on; the phase goes
-    ``legacy_auth`` -> ``migrating`` -> ``verified``); the change is the
+    way to migrate again. Each of these runs also says when Synapse does not
+    answer, and starts it while it is still authoritative when
+    ``start_synapse_after`` asks for it (``mas_syn2mas.ensure_synapse``: the
+    change is ``synapse``; a failed start makes the state fail). Otherwise
+    ``mas_syn2mas.migrate`` runs with the guards described there (preflight
+    and check first, a backup, refused while Synapse or MAS answer or while
+    delegation is on; the phase goes ``legacy_auth`` -> ``migrating`` ->
+    ``verified``); the change is the
     phase, and the comment lists the steps with their durations. With
     ``dry_run`` only the preflight and ``migrate --dry-run`` run and the phase
     never changes (no changes are reported).
@@ -108,24 +112,24 @@ def migrated(
         )
         phase = status["phase"]
         notices = status.get("deprecations") or []
-        if phase in ("migrated", "verified", "delegated"):
-            ret["comment"] = (
-                f"Synapse's users are already migrated to MAS (phase {phase}); syn2mas was not run. Next: "
-                f"{status['next_step']}" + _lines("Warnings", notices)
-            )
-            if phase == "delegated" and "no migration" in status["next_step"]:
+        if phase in ("migrated", "verified", "delegated", "rolled_back"):
+            if phase == "rolled_back":
+                ret["result"] = False
+                ret["comment"] = f"syn2mas phase rolled_back: {status['next_step']}"
+            elif phase == "delegated" and "no migration" in status["next_step"]:
                 ret["comment"] = f"no syn2mas migration needed: {status['next_step']}"
-            return ret
-        if phase == "rolled_back":
-            ret["result"] = False
-            ret["comment"] = f"syn2mas phase rolled_back: {status['next_step']}"
-            return ret
+            else:
+                ret["comment"] = (
+                    f"Synapse's users are already migrated to MAS (phase {phase}); syn2mas was not run. Next: "
+                    f"{status['next_step']}" + _lines("Warnings", notices)
+                )
+            return _synapse(ret, status, start_synapse_after, mapdata)
         if phase == "migrated_unverified":
             if __opts__["test"]:
                 ret["result"] = None
                 ret["comment"] = "the migration's verification would run again (mas_syn2mas.verify record=True)"
                 ret["changes"] = {"phase": {"old": phase, "new": "verified"}}
-                return ret
+                return _synapse(ret, status, start_synapse_after, mapdata)
             result = __salt__["mas_syn2mas.verify"](mapdata=mapdata, record=True)
         elif __opts__["test"]:
             return _predict(ret, status, opts["dry_run"])
@@ -142,6 +146,31 @@ def migrated(
     if result["phase"] != phase:
         ret["changes"] = {"phase": {"old": phase, "new": result["phase"]}}
     ret["comment"] = result["comment"] + _lines("Errors", result["errors"]) + _lines("Warnings", result["warnings"])
+    if phase == "migrated_unverified":
+        return _synapse(ret, status, start_synapse_after, mapdata)
+    return ret
+
+
+def _synapse(ret, status, start_synapse_after, mapdata):
+    """A run that did not migrate says whether Synapse answers, and starts it when
+    ``start_synapse_after`` asks for it (``mas_syn2mas.ensure_synapse``)."""
+    if status["synapse_answers"]:
+        return ret
+    try:
+        found = __salt__["mas_syn2mas.ensure_synapse"](
+            start_synapse_after=start_synapse_after, test=__opts__["test"], mapdata=mapdata
+        )
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        found = {"result": False, "comment": f"whether Synapse answers is unknown: {exc}", "errors": [], "changes": {}}
+    head, newline, rest = ret["comment"].partition("\n")
+    head = head if head.endswith(".") else f"{head}."
+    ret["comment"] = f"{head} {found['comment']}.{newline}{rest}" + _lines("Errors", found["errors"])
+    if found["changes"]:
+        ret["changes"].update(found["changes"])
+        if __opts__["test"] and ret["result"] is True:
+            ret["result"] = None
+    if not found["result"]:
+        ret["result"] = False
     return ret
 
 

@@ -143,8 +143,8 @@ def test_guarded_migration_runs_once(world, deployment):
         refused = deployment.call("mas_syn2mas.migrate")
     assert refused.returncode == 1 and refused.data["result"] is False, refused.output
     errors = "\n".join(refused.data["errors"])
-    assert f"Synapse still answers at {world.server.base_url}/_matrix/client/versions" in errors
-    assert "MAS still answers at" in errors and "stop it yourself" in errors
+    assert f"Synapse answers at {world.server.base_url}/_matrix/client/versions: stop it yourself first" in errors
+    assert "MAS answers at" in errors and refused.data["comment"].endswith("(nothing was run or stopped)")
     assert deployment.marker() is None and deployment.count("users") == 0
 
     delegated = deployment.call("mas_syn2mas.migrate", migration_in_progress=False)
@@ -192,14 +192,19 @@ def test_interrupted_migration_is_retried_and_rolled_back(world, deployment, mon
     assert "Partial syn2mas migration has already been done; resetting." in deployment.marker()["last_run"]["summary"]
     assert deployment.count("users") == 3
 
-    # rollback: reset the marker; MAS refuses its non-empty database until it is recreated
+    # rollback: the reset is refused while MAS's database still holds the migration, naming what to drop
     assert deployment.call("mas_syn2mas.reset").data["result"] is False
+    refused = deployment.call("mas_syn2mas.reset", "confirm=True")
+    assert refused.returncode == 1 and refused.data["result"] is False, refused.output
+    assert refused.data["errors"][0].startswith(
+        f"MAS's database {deployment.dbname} at 127.0.0.1:{deployment.pg.port} (mas:database) still holds the "
+        "earlier migration: rows in users"
+    )
+    assert f'`DROP DATABASE "{deployment.dbname}";`' in refused.data["errors"][0]
+    assert deployment.marker()["phase"] == "verified"
+    deployment.recreate_database()
     reset = deployment.call("mas_syn2mas.reset", "confirm=True")
     assert reset.data["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
-    res, ret = deployment.migrated()
-    assert ret["result"] is False and "is not empty: rows in users" in ret["comment"]
-    assert "drop and recreate it" in ret["comment"] and deployment.marker()["phase"] == "legacy_auth"
-    deployment.recreate_database()
     res, ret = deployment.migrated()
     assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
     assert [h["phase"] for h in deployment.marker()["history"]] == [

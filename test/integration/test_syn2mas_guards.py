@@ -165,7 +165,21 @@ def test_delegation_rollback_and_reset(world, deployment, pg):
     assert res.returncode != 0 and "made authoritative again" in res.by_id(GUARD)["comment"]
     assert not deployment.dropin.exists() and restarts(world) == []
 
-    # reset, then delegate: refused before the drop-in (the reset marks a migration to redo)
+    # reset: refused while MAS's database still holds the migration (and the newcomer), naming what to drop
+    refused = deployment.call("mas_syn2mas.reset", "confirm=True")
+    assert refused.returncode == 1 and refused.data["result"] is False, refused.output
+    assert (
+        f"MAS's database {deployment.dbname} at 127.0.0.1:{pg.port} (mas:database) still holds the earlier "
+        in (refused.data["errors"][0])
+    )
+    assert (
+        "(6 users)" in refused.data["errors"][0]
+        and f'`DROP DATABASE "{deployment.dbname}";`' in (refused.data["errors"][0])
+    )
+    assert deployment.marker()["phase"] == "rolled_back"
+
+    # recreated, reset, then delegate: refused before the drop-in (the reset marks a migration to redo)
+    deployment.recreate_database()
     reset = deployment.call("mas_syn2mas.reset", "confirm=True")
     assert reset.data["changes"] == {"phase": {"old": "rolled_back", "new": "legacy_auth"}}
     res = deployment.state("mas", migration_in_progress=False)

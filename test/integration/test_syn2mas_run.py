@@ -17,6 +17,7 @@ again otherwise (Synapse itself writes bookkeeping rows when it starts, e.g.
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,9 @@ from syn2mas_world import PASSWORD, SUBJECT, USERS, deploy, harness_service, wor
 
 from harness import mas as mas_target
 from harness.postgres import PostgresCluster
+from harness.synapse import SYNAPSE_DB_ROLE
 from harness.util import unavailable
+from mas_double import run_server
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +35,109 @@ pytestmark = pytest.mark.integration
 world = world_fixture("syn2mas-run")
 
 
-@pytest.fixture
-def deployment(world, pg, salt_extmods, tmp_path, request):
+def _deployment(world, pg, salt_extmods, tmp_path, request, **overrides):
     world.service.write(fail=[])
     world.service.start()
     dbname = f"mas_run_{request.node.name[5:30]}".replace("[", "_").replace("]", "").replace("-", "_")
     # carol's phone number is a warning (MAS cannot use it): read, and accepted here
-    dep = deploy(world, pg, salt_extmods, tmp_path, dbname, syn2mas={"accept_warnings": True})
+    dep = deploy(world, pg, salt_extmods, tmp_path, dbname, syn2mas={"accept_warnings": True}, **overrides)
     world.service.mark()
     yield dep
     dep.assert_no_secret()
     pg.drop_database(dbname)
+
+
+@pytest.fixture
+def deployment(world, pg, salt_extmods, tmp_path, request):
+    yield from _deployment(world, pg, salt_extmods, tmp_path, request)
+
+
+#: Test scaffolding, never shipped: ``mas:binary:path`` of the ``faulty`` deployment. It execs the real
+#: mas-cli (or the double); armed (a file naming the fault), it injects that fault into the next real
+#: ``syn2mas migrate`` only, then disarms itself.
+FAULT_WRAPPER = """#!/bin/sh
+armed={dir}/armed
+case " $* " in *" syn2mas "*" migrate "*)
+  case " $* " in *" --dry-run "*) ;; *)
+    if [ -f "$armed" ]; then
+      fault=$(cat "$armed")
+      rm -f "$armed"
+      case "$fault" in
+        kill)
+          # killed by SIGKILL once it waits for Synapse's snapshot (real MAS: after its first commit)
+          {python} {dir}/fault.py kill $$ >>{dir}/fault.log 2>&1 &
+          n=0
+          while [ ! -f {dir}/ready ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n + 1)); done
+          ;;
+        nologin)
+          # Synapse's database refuses syn2mas's login (role NOLOGIN) while mas-cli runs
+          {python} {dir}/fault.py nologin >>{dir}/fault.log 2>&1
+          {cli} "$@"
+          rc=$?
+          {python} {dir}/fault.py login >>{dir}/fault.log 2>&1
+          exit $rc
+          ;;
+      esac
+    fi ;;
+  esac ;;
+esac
+exec {cli} "$@"
+"""
+
+#: The wrapper's helper: ``kill <pid>`` holds a SERIALIZABLE transaction open on Synapse's database, so that
+#: syn2mas's ``SERIALIZABLE READ ONLY DEFERRABLE`` read waits for a safe snapshot, and SIGKILLs mas-cli once
+#: it waits; ``nologin``/``login`` flip Synapse's role.
+FAULT_HELPER = """import os, signal, sys, time
+import psycopg
+
+SYNAPSE, ROLE, READY = {synapse!r}, {role!r}, {ready!r}
+if sys.argv[1] == "kill":
+    pid = int(sys.argv[2])
+    with psycopg.connect(SYNAPSE) as held, psycopg.connect(SYNAPSE, autocommit=True) as watch:
+        held.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        held.execute("SELECT 1")
+        open(READY, "w").close()
+        deadline = time.monotonic() + 120
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SafeSnapshot'"
+        while not watch.execute(query).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        held.rollback()
+else:
+    with psycopg.connect(SYNAPSE, dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'ALTER ROLE "{{ROLE}}" {{"LOGIN" if sys.argv[1] == "login" else "NOLOGIN"}}')
+"""
+
+
+class Faulty:
+    """The fault wrapper's switch."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def arm(self, fault):
+        (self.directory / "ready").unlink(missing_ok=True)
+        (self.directory / "armed").write_text(fault)
+
+    @property
+    def armed(self):
+        return (self.directory / "armed").exists()
+
+
+@pytest.fixture
+def faulty(world, pg, salt_extmods, tmp_path, request):
+    """A deployment whose mas-cli is the fault wrapper around the real mas-cli (or the double)."""
+    directory = tmp_path / "fault"
+    directory.mkdir()
+    values = {"dir": directory, "python": sys.executable, "cli": mas_target.cli()}
+    wrapper = directory / "mas-cli"
+    wrapper.write_text(FAULT_WRAPPER.format(**values))
+    wrapper.chmod(0o755)
+    helper = {"synapse": world.service.conninfo, "role": SYNAPSE_DB_ROLE, "ready": str(directory / "ready")}
+    (directory / "fault.py").write_text(FAULT_HELPER.format(**helper))
+    for dep in _deployment(world, pg, salt_extmods, tmp_path, request, binary={"path": str(wrapper)}):
+        dep.fault = Faulty(directory)
+        yield dep
 
 
 def table_counts(pg, dbname):
@@ -209,3 +304,138 @@ def test_fault_verification_mismatch(world, deployment, monkeypatch):
     res = deployment.state("mas", migration_in_progress=False)
     assert res.returncode != 0 and not deployment.dropin.exists()
     assert "verification found" in res.by_id("mas-synapse-file-mas_syn2mas-safe_to_delegate")["comment"]
+
+
+def test_a_running_mas_the_formula_does_not_manage_refuses_before_anything_stops(world, deployment):
+    """Issue 21.4: with mas:service:manage: false a running MAS cannot be stopped by the run: status names it,
+    test=True predicts the refusal, and the run refuses before any service call (Synapse is never stopped)."""
+    config = deployment.root / "srv" / "config" / "config.yaml"
+    with run_server([config], log_path=deployment.root / "mas.log") as server:
+        health = server.url("health", "/health")
+        status = deployment.call("mas_syn2mas.status").data
+        assert status["mas_answers"] is True and status["synapse_answers"] is True
+        blocker = (
+            f"MAS answers at {health} and the formula does not manage its service (mas:service:manage is false), "
+            "so it will not stop it: stop MAS yourself, then migrate"
+        )
+        assert [b for b in status["blockers"] if b.startswith(blocker)], status["blockers"]
+        res, ret = deployment.migrated("test=True")
+        assert ret["result"] is False and blocker in ret["comment"]
+        world.service.mark()
+        res, ret = deployment.migrated()
+    assert res.returncode != 0 and ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].startswith("syn2mas migration refused (nothing was run or stopped)")
+    assert blocker in ret["comment"] and "still answers" not in ret["comment"]
+    assert world.service.events() == [] and world.service.running  # no service.stop, no service.start
+    assert deployment.marker() is None and world.server.login("alice", PASSWORD)
+
+
+def test_fault_syn2mas_killed_half_way_then_resumed(world, faulty, pg):
+    """Issue 21.9: a mas-cli killed by SIGKILL during ``syn2mas migrate`` is told as such (not "exited with -9",
+    no INFO lines); the phase stays migrating, Synapse runs again untouched, and the next run resumes."""
+    faulty.fault.arm("kill")
+    ret = run_fault(world, faulty)
+    assert not faulty.fault.armed
+    comment = ret["comment"]
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrating"}}
+    assert comment.startswith(
+        "syn2mas migration failed: mas-cli was killed by signal 9 (SIGKILL); the phase stays migrating and the "
+        "next run retries (syn2mas resets the partial migration). Synapse (still authoritative) was started again. "
+        "MAS stays stopped."
+    ), comment
+    assert "- mas-cli was killed by signal 9 (SIGKILL): it logged no error. SIGKILL comes from outside" in comment
+    assert "exited with -9" not in comment and " INFO " not in comment
+    assert "migrate failed" in comment and "start ok" in comment
+    marker = faulty.marker()
+    assert marker["phase"] == "migrating" and marker["last_run"]["exit_code"] == -9 and marker["backup"]["sha256"]
+    if mas_target.real():  # upstream commits its renamed tables before it reads Synapse (the double reads first)
+        partial = "SELECT to_regclass('syn2mas_restore_indices') IS NOT NULL, to_regclass('users') IS NULL"
+        assert faulty.pg.query(faulty.dbname, partial) == [(True, True)]
+        notes = faulty.call("mas_syn2mas.preflight").data["notes"]
+        assert "a partial syn2mas migration is in MAS's database: the next run resets it first" in notes
+        reset = faulty.call("mas_syn2mas.reset", "confirm=True").data  # the partial migration is named too
+        assert reset["result"] is False and faulty.marker()["phase"] == "migrating"
+        assert (
+            "still holds the earlier migration: a partial syn2mas migration (its syn2mas_restore_*"
+            in (reset["errors"][0])
+        )
+
+    # the fault gone, the next run resumes (syn2mas resets the partial migration) and verifies
+    res, ret = faulty.migrated()
+    assert res.returncode == 0 and ret["result"] is True, ret["comment"]
+    assert ret["changes"] == {"phase": {"old": "migrating", "new": "verified"}}
+    assert faulty.count("users") == len(USERS)
+    assert faulty.pg.query(faulty.dbname, "SELECT to_regclass('syn2mas_restore_indices') IS NULL") == [(True,)]
+
+
+def test_fault_synapse_does_not_start_again_and_later_runs_say_so(world, deployment):
+    """Issue 21.9: Synapse failing to start after a verified migration is DOWN (not "stays stopped"), and
+    every later run checks that Synapse answers: it says so, and starts it when start_synapse_after asks."""
+    world.service.write(fail=["start"])
+    res, ret = deployment.migrated(syn2mas={"start_synapse_after": True})
+    assert res.returncode != 0 and ret["result"] is False
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
+    comment = ret["comment"]
+    assert comment.startswith("syn2mas migration completed and verified. Backup: ")
+    assert "(Synapse delegates to MAS, MAS starts). Synapse is DOWN: service.start synapse-harness failed. Steps:" in (
+        comment
+    )
+    assert "stays stopped" not in comment and ".." not in comment and "start failed" in comment
+    assert "start it with `salt-call service.start synapse-harness`" in comment
+    assert not world.service.running and ("start", "synapse-harness", "failed") in world.service.events()
+    after_stop = sorted(world.service.snapshots.glob("*-after-stop.json"))[-1]
+    assert world.service.checksum() == json.loads(after_stop.read_text())  # Synapse's data untouched
+
+    # a rerun without start_synapse_after: nothing to migrate, Synapse down by design until it delegates: said
+    world.service.mark()
+    res, ret = deployment.migrated()
+    assert res.returncode == 0 and ret["result"] is True and ret["changes"] == {}
+    assert "already migrated to MAS (phase verified); syn2mas was not run" in ret["comment"]
+    assert (
+        f"Synapse does not answer at {world.server.base_url}/_matrix/client/versions: it stays stopped"
+        in (ret["comment"])
+    )
+    assert world.service.events() == []
+
+    # with start_synapse_after, the fault still there: the run fails and says how to start Synapse
+    res, ret = deployment.migrated(syn2mas={"start_synapse_after": True})
+    assert res.returncode != 0 and ret["result"] is False and "could not be started" in ret["comment"]
+    assert "Synapse is DOWN: service.start synapse-harness failed" in ret["comment"]
+
+    # the fault gone: the rerun starts Synapse, still authoritative (password login), and says so
+    world.service.write(fail=[])
+    res, ret = deployment.migrated(syn2mas={"start_synapse_after": True})
+    assert res.returncode == 0 and ret["result"] is True, ret["comment"]
+    assert ret["changes"] == {"synapse": {"old": "not answering", "new": "started (synapse-harness)"}}
+    assert "it was started again (service.start synapse-harness" in ret["comment"]
+    assert world.service.running and world.server.login("alice", PASSWORD)
+    res, ret = deployment.migrated(syn2mas={"start_synapse_after": True})
+    assert ret["result"] is True and ret["changes"] == {} and "answer" not in ret["comment"]
+
+
+def test_fault_synapse_database_refuses_the_login(world, faulty, pg):
+    """Synapse's database refusing syn2mas's login: before the run (the preflight cannot log in: nothing is
+    stopped), and only while ``syn2mas migrate`` runs (after the backup: the phase stays migrating, Synapse
+    runs again, its data untouched)."""
+    pg.query("postgres", f'ALTER ROLE "{SYNAPSE_DB_ROLE}" NOLOGIN')
+    try:
+        ret = run_fault(world, faulty)
+    finally:
+        pg.query("postgres", f'ALTER ROLE "{SYNAPSE_DB_ROLE}" LOGIN')
+    assert ret["comment"].startswith("syn2mas migration refused: the preflight found blocking errors.")
+    assert f'role "{SYNAPSE_DB_ROLE}" is not permitted to log in' in ret["comment"]
+    assert "Steps: preflight failed" in ret["comment"] and "stop" not in ret["comment"].split("Steps:")[1]
+    assert faulty.marker() is None
+
+    faulty.fault.arm("nologin")
+    ret = run_fault(world, faulty)
+    comment = ret["comment"]
+    assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrating"}}
+    assert comment.startswith(
+        "syn2mas migration failed: mas-cli exited with 1; the phase stays migrating and the next run retries"
+    ), comment
+    assert "Synapse (still authoritative) was started again. MAS stays stopped." in comment
+    assert "- Error: could not connect to Synapse Postgres database" in comment
+    assert f'role "{SYNAPSE_DB_ROLE}" is not permitted to log in' in comment
+    assert "Stack backtrace" not in comment and ".." not in comment
+    assert faulty.marker()["phase"] == "migrating" and faulty.count("users") == 0

@@ -127,6 +127,7 @@ class Native:
     def __init__(self):
         self.preflight_errors, self.preflight_warnings, self.verify_errors = [], [], []
         self.plan_problems, self.backup_error, self.calls = [], None, []
+        self.mas_leftover = None
 
     def preflight(self, mas, opts, marker, files, conf, secrets):
         self.calls.append("preflight")
@@ -154,6 +155,10 @@ class Native:
         self.calls.append("verify")
         return {"errors": list(self.verify_errors), "counts": {}, "missing": {}}
 
+    def leftovers(self, mas):
+        self.calls.append("leftovers")
+        return self.mas_leftover
+
 
 @pytest.fixture(autouse=True)
 def native(monkeypatch):
@@ -162,6 +167,7 @@ def native(monkeypatch):
     monkeypatch.setattr(syn2mas, "_backup_plan", fake.plan)
     monkeypatch.setattr(syn2mas, "_backup", fake.backup)
     monkeypatch.setattr(syn2mas, "_verification", fake.verification)
+    monkeypatch.setattr(syn2mas, "_mas_leftovers", fake.leftovers)
     return fake
 
 
@@ -263,6 +269,9 @@ def test_parse_fatal_report_with_causes():
     errors, warnings, fatal = syn2mas._parse("", stderr)
     assert (errors, warnings) == ([], [])
     assert fatal == "Error: could not connect to Synapse Postgres database\nCaused by:\n    connection refused"
+    # with RUST_BACKTRACE set, anyhow adds the stack: not for the operator's comment (the summary keeps it)
+    backtrace = stderr + "\nStack backtrace:\n   0: <unknown>\n  12: __libc_start_call_main\n"
+    assert syn2mas._parse("", backtrace)[2] == fatal
 
 
 def test_scrub_removes_known_secrets_urls_and_colours(world):
@@ -455,12 +464,39 @@ def test_migrate_guards_before_anything_runs(world, cli, up, services, case):
 
 
 @pytest.mark.parametrize("running", ["synapse", "mas"])
-def test_migrate_refused_while_a_service_answers(world, cli, up, running):
+def test_migrate_refused_while_a_service_answers(world, cli, up, services, running):
     up[running] = True
     result = syn2mas.migrate(mapdata=mapdata(world), stop_services=False)
-    assert result["result"] is False and cli.actions == ["check"]
-    assert "still answers at" in result["errors"][0] and "stop it yourself" in result["errors"][0]
+    assert result["result"] is False and cli.actions == [] and len(result["errors"]) == 1
+    assert "answers at" in result["errors"][0] and "stop it yourself first" in result["errors"][0]
+    assert result["comment"] == "syn2mas migration refused (nothing was run or stopped)"
     assert marker(world) is None
+    services["service.stop"].assert_not_called()
+
+
+def test_a_running_mas_the_formula_does_not_manage_refuses_before_anything_stops(world, cli, up, services):
+    """Issue 21.4: stop_services cannot stop an unmanaged MAS: refused at once, named by status and test=True."""
+    up["mas"] = True
+    data = mapdata(world, synapse={"service": "synapse-unit"})  # service.manage: false
+    blocker = (
+        "MAS answers at http://127.0.0.1:8081/health and the formula does not manage its service "
+        "(mas:service:manage is false), so it will not stop it: stop MAS yourself, then migrate"
+    )
+    status = syn2mas.status(data)
+    assert status["mas_answers"] is True and any(b.startswith(blocker) for b in status["blockers"])
+    assert not any("MAS" in b for b in status["dry_run_blockers"])  # a dry run is still allowed
+    result = syn2mas.migrate(mapdata=data)
+    assert result["result"] is False and result["errors"][0].startswith(blocker)
+    assert cli.calls == [] and marker(world) is None
+    for call in ("service.status", "service.stop", "service.start"):
+        services[call].assert_not_called()
+    syn2mas_state.__opts__["test"] = True
+    predicted = syn2mas_state.migrated("syn2mas", mapdata=data)
+    assert predicted["result"] is False and blocker in predicted["comment"]
+    syn2mas_state.__opts__["test"] = False
+    # a managed MAS is the formula's to stop
+    managed = mapdata(world, service={"manage": True, "name": "mas-unit"}, synapse={"service": "synapse-unit"})
+    assert not any("MAS answers" in b for b in syn2mas.status(managed)["blockers"])
 
 
 def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up, services):
@@ -511,6 +547,59 @@ def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, u
     retried = syn2mas.migrate(mapdata=data)
     assert retried["result"] is True and retried["phase"] == "verified" and retried["phase_before"] == "migrating"
     assert cli.actions == ["check", "migrate", "check", "migrate"]
+
+
+KILLED_LOG = (
+    "2026-01-01T00:00:00.000000Z  INFO mas_cli::commands::syn2mas: Starting new syn2mas migration\n"
+    "2026-01-01T00:00:01.000000Z ERROR syn2mas::mas_writer: error in writer: database error whilst writing users\n"
+    "2026-01-01T00:00:02.000000Z  WARN syn2mas::migration: 1 device skipped\n"
+    "2026-01-01T00:00:03.000000Z  INFO progress: migrating users: 4096 (0 skipped) /~9000 (~45.5%)\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "how"),
+    [
+        (-9, "was killed by signal 9 (SIGKILL)"),
+        (137, "was killed by signal 9 (SIGKILL; exit code 137)"),
+        (-15, "was killed by signal 15 (SIGTERM)"),
+        (101, "exited with 101"),
+    ],
+)
+def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(world, cli, up, services, code, how):
+    """Issue 21.9: not "exited with -9" followed by INFO lines."""
+    cli.answers["migrate"] = {"retcode": code, "stdout": "", "stderr": KILLED_LOG}
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["result"] is False and result["phase"] == "migrating" and result["exit_code"] == code
+    assert result["comment"].startswith(f"syn2mas migration failed: mas-cli {how}; the phase stays migrating")
+    error = result["errors"][0]
+    assert error.startswith(
+        f"mas-cli {how}: its last error line: 2026-01-01T00:00:01.000000Z ERROR syn2mas::mas_writer: error in writer"
+    )
+    assert "INFO" not in error and "WARN" not in error and "exited with -" not in result["comment"]
+    assert ("SIGKILL comes from outside mas-cli" in error) is how.startswith("was killed by signal 9 ")
+    assert result["summary"].endswith("(~45.5%)")  # the whole output stays in the summary
+
+
+def test_a_migrate_killed_by_salts_timeout_says_so(world, cli, up, services):
+    argv = f"{world['base']}/bin/mas-cli syn2mas --synapse-config {world['hs']} migrate"
+    cli.answers["migrate"] = {"retcode": 1, "stdout": f"{argv} : Timed out after 3600 seconds", "stderr": ""}
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["phase"] == "migrating" and result["exit_code"] == -9
+    assert result["comment"].startswith("syn2mas migration failed: mas-cli was killed by signal 9 (SIGKILL); the")
+    assert result["errors"][0] == (
+        "mas-cli did not finish within 3600 s (mas:syn2mas:timeout), so Salt killed it: raise mas:syn2mas:timeout "
+        "for a homeserver this big, then run again"
+    )
+
+
+def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services):
+    cli.answers["migrate"] = {"retcode": -9, "stdout": "", "stderr": KILLED_LOG.splitlines()[0] + "\n"}
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["errors"][0].startswith("mas-cli was killed by signal 9 (SIGKILL): it logged no error. SIGKILL")
+    cli.answers["check"] = {"retcode": -9, "stdout": "", "stderr": ""}
+    refused = syn2mas.check(mapdata(world))
+    assert refused["comment"] == "syn2mas check failed (mas-cli was killed by signal 9 (SIGKILL))"
 
 
 def test_warnings_refuse_a_real_migration_unless_accepted(world, cli, up):
@@ -631,6 +720,20 @@ def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up):
     assert saved["phase"] == "legacy_auth" and saved["reset_from"] == "verified"
     assert [h["phase"] for h in saved["history"]] == ["migrating", "verified", "legacy_auth"]
     assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {}
+
+
+def test_reset_refuses_while_mas_still_holds_the_migration(world, cli, up, native):
+    """Issue 21.9: the reset checks MAS's database (``_mas_leftovers``: integration-tested) and names what to drop."""
+    data = mapdata(world, syn2mas={"stop_services": False})
+    syn2mas.migrate(mapdata=data)
+    native.mas_leftover = "MAS's database mas at localhost:5432 (mas:database) still holds the earlier migration"
+    refused = syn2mas.reset(confirm=True, mapdata=data)
+    assert refused["result"] is False and refused["errors"] == [native.mas_leftover]
+    assert (
+        refused["comment"] == "syn2mas reset refused (the phase is unchanged)" and marker(world)["phase"] == "verified"
+    )
+    native.mas_leftover = None
+    assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
 
 
 def test_mark_delegated_after_a_migration(world, cli, up):
@@ -1021,6 +1124,118 @@ def test_synapse_left_down_is_reported(world, cli, up, services, native):
     assert any("salt-call service.start synapse-unit" in e for e in result["errors"])
     ret = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
     assert "Synapse is DOWN" in ret["comment"] and ret["result"] is False
+
+
+def told_straight(comment):
+    """A comment an operator reads at a bad moment: no doubled punctuation, no sentence run into the next."""
+    assert ".." not in comment and " ." not in comment and ". ." not in comment, comment
+    assert "stays stopped" not in comment or "DOWN" not in comment, comment
+    return comment
+
+
+def test_comments_have_their_separators(world, cli, up, services, native):
+    """Issue 21.4: "services still running Synapse (still authoritative) was started again.." is gone."""
+    up["synapse"] = True  # keeps answering after service.stop
+    data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"stop_timeout": 1})
+    comment = told_straight(syn2mas.migrate(mapdata=data)["comment"])
+    assert comment.startswith(
+        "syn2mas migration refused: services still running. Synapse (still authoritative) was started again. Steps:"
+    )
+    up["synapse"] = False
+    native.backup_error = "pg_dump of Synapse's database failed (exit 1): disk full"
+    comment = told_straight(syn2mas.migrate(mapdata=data)["comment"])
+    assert comment.startswith(
+        "syn2mas migration refused: the backup failed, nothing was migrated. Synapse (still authoritative) was "
+        "started again. Steps:"
+    )
+
+
+def test_synapse_that_does_not_start_after_a_verified_migration_is_down_not_stopped(world, cli, up, services):
+    """Issue 21.9: not "Synapse stays stopped until then" and "it is DOWN" in one comment."""
+    services["service.start"].return_value = False
+    data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"start_synapse_after": True})
+    result = syn2mas.migrate(mapdata=data)
+    assert (
+        result["result"] is False and result["phase"] == "verified" and result["services"]["down"] == ["synapse-unit"]
+    )
+    comment = told_straight(result["comment"])
+    assert "Next: set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts). " in (
+        comment
+    )
+    assert "Synapse is DOWN: service.start synapse-unit failed. Steps:" in comment
+    assert result["errors"] == [
+        "Synapse is DOWN: service.start synapse-unit failed. It is still authoritative (no drop-in): start it with "
+        "`salt-call service.start synapse-unit` (systemctl start synapse-unit) and read its log"
+    ]
+
+
+def test_a_synapse_this_run_did_not_stop_is_named_when_it_does_not_answer(world, cli, up, services):
+    """A Synapse found down (left DOWN by an earlier run) is neither stopped nor passed over in silence."""
+    services["service.status"].return_value = False
+    cli.answers["migrate"] = [{"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}, MIGRATE_OK, MIGRATE_OK]
+    data = mapdata(world, synapse={"service": "synapse-unit"})
+    failed = syn2mas.migrate(mapdata=data)
+    assert failed["services"] == {"stopped": [], "started": [], "down": []}
+    assert (
+        "MAS stays stopped" in told_straight(failed["comment"])
+        and " Synapse does not answer at http://127.0.0.1:8008/_matrix/client/versions (this run did not stop it): "
+        "it is still authoritative; start it with `salt-call service.start synapse-unit`."
+        in failed["comment"]
+    )
+    done = syn2mas.migrate(mapdata=data)  # it stays down after a verified migration: said so
+    assert "; Synapse stays stopped until then. Steps:" in told_straight(done["comment"])
+    services["service.start"].assert_not_called()
+    (world["base"] / "formula" / "syn2mas.json").unlink()
+    asked = syn2mas.migrate(mapdata=data, start_synapse_after=True)  # start_synapse_after starts it
+    assert asked["services"]["started"] == ["synapse-unit"] and "was started again" in told_straight(asked["comment"])
+
+
+def test_every_later_run_checks_that_synapse_answers(world, cli, up, services):
+    """Issue 21.9: after "Synapse is DOWN", a rerun with the fault gone does not report success in silence."""
+    data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"start_synapse_after": True})
+    services["service.start"].return_value = False
+    first = syn2mas_state.migrated("syn2mas", mapdata=data)
+    assert first["result"] is False and "Synapse is DOWN" in first["comment"]
+    services["service.start"].reset_mock()
+
+    syn2mas_state.__opts__["test"] = True
+    predicted = syn2mas_state.migrated("syn2mas", mapdata=data)
+    syn2mas_state.__opts__["test"] = False
+    assert predicted["result"] is None and predicted["changes"] == {
+        "synapse": {"old": "not answering", "new": "started (synapse-unit)"}
+    }
+    assert (
+        "Synapse does not answer at http://127.0.0.1:8008/_matrix/client/versions: it would be started"
+        in (predicted["comment"])
+    )
+    services["service.start"].assert_not_called()
+
+    again = syn2mas_state.migrated("syn2mas", mapdata=data)  # the start still fails: said, and the state fails
+    assert again["result"] is False and again["changes"] == {}
+    assert "syn2mas was not run. Next: " in again["comment"]
+    assert "Synapse does not answer at http://127.0.0.1:8008/_matrix/client/versions and could not be started." in (
+        told_straight(again["comment"])
+    )
+    assert "salt-call service.start synapse-unit" in again["comment"]
+
+    services["service.start"].return_value = True  # the fault gone
+    fixed = syn2mas_state.migrated("syn2mas", mapdata=data)
+    assert fixed["result"] is True and fixed["changes"] == {
+        "synapse": {"old": "not answering", "new": "started (synapse-unit)"}
+    }
+    assert "it was started again (service.start synapse-unit, as mas:syn2mas:start_synapse_after asks" in (
+        told_straight(fixed["comment"])
+    )
+    services["service.start"].assert_called_with("synapse-unit")
+
+    # without start_synapse_after, a stopped Synapse after a verified migration is by design: said, left alone
+    services["service.start"].reset_mock()
+    quiet = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert quiet["result"] is True and quiet["changes"] == {}
+    assert "it stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after is false" in quiet["comment"]
+    services["service.start"].assert_not_called()
+    up["synapse"] = True  # answering: nothing more to say
+    assert "answer" not in syn2mas_state.migrated("syn2mas", mapdata=data)["comment"]
 
 
 def test_a_real_run_needs_a_backup_directory_or_backup_false(world, cli, up, native):
