@@ -52,42 +52,34 @@ private 0600 PGPASSFILE.
     execution modules of this formula
 """
 
-import concurrent.futures
-import contextlib
 import datetime
-import fcntl
-import hashlib
 import importlib.util
-import itertools
-import json
 import logging
 import os
-import pathlib
 import re
-import shutil
 import signal
-import sqlite3
-import tempfile
 import time
 import urllib.parse
-import uuid
 
 import salt.utils.data
 import salt.utils.files
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import mas_formula
+
+mas_formula.refresh()
+from mas_formula import (  # noqa: E402  (after the refresh: a synced update is imported anew)
+    secretfiles,
+    syn2mas_backup,
+    syn2mas_db,
+    syn2mas_marker,
+    syn2mas_output,
+    syn2mas_preflight,
+    syn2mas_verify,
+)
+
 # requests is imported where it is used (the SLS files call this module on every run)
 HAS_REQUESTS = importlib.util.find_spec("requests") is not None
-HAS_PSYCOPG = importlib.util.find_spec("psycopg") is not None
-
-
-def _pg():
-    """psycopg, imported where a database is read: the SLS files call this module on every run, and importing
-    psycopg costs more than the rest of those calls (a module global would not do: Salt's loader inspects
-    every global of a module it loads)."""
-    import psycopg  # pylint: disable=import-outside-toplevel
-
-    return psycopg
 
 
 log = logging.getLogger(__name__)
@@ -95,30 +87,18 @@ log = logging.getLogger(__name__)
 __virtualname__ = "mas_syn2mas"
 
 PILLAR_ROOT = "mas"
-MARKER_VERSION = 1
 
-PHASES = ("legacy_auth", "migrating", "migrated_unverified", "migrated", "verified", "delegated", "rolled_back")
-#: Phases after which Synapse may delegate to MAS (``migrated``: a run recorded before verification existed).
-MIGRATED_PHASES = ("migrated", "verified")
-#: Phases in which a (second) migration is refused by the formula.
-DONE_PHASES = ("migrated_unverified", "migrated", "verified", "delegated", "rolled_back")
 
 #: Exit codes of ``mas-cli syn2mas``.
-EXIT_OK, EXIT_FATAL, EXIT_ERRORS, EXIT_WARNINGS = 0, 1, 10, 11
+EXIT_OK, EXIT_FATAL, EXIT_ERRORS, EXIT_WARNINGS = (
+    syn2mas_output.EXIT_OK,
+    syn2mas_output.EXIT_FATAL,
+    syn2mas_output.EXIT_ERRORS,
+    syn2mas_output.EXIT_WARNINGS,
+)
 
 #: Options a call may override (the rest come from the map, validated there).
 _BOOL_OPTIONS = ("dry_run", "accept_warnings", "ignore_missing_auth_providers", "stop_services", "start_synapse_after")
-
-_HEADING = re.compile(r"^=+\s*(Errors|Warnings)\s*=+$")
-_BULLET = "\u2022"
-_SUMMARY_LINES = 40
-_SUMMARY_CHARS = 6000
-
-_ROLLBACK = (
-    "To migrate again: set mas:migration_in_progress: true and apply `mas` (Synapse becomes authoritative again), "
-    "drop and recreate MAS's database, run `salt-call mas_syn2mas.reset confirm=True`, then migrate. Sessions "
-    "created in MAS since the migration are lost."
-)
 
 
 def __virtual__():
@@ -199,174 +179,21 @@ def options(mapdata=None, **overrides):
 # --------------------------------------------------------------------------
 
 
-def _now():
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def _marker_path(mas):
-    return mas["paths"]["syn2mas_marker"]
-
-
-def _read_marker(mas):
-    """The marker's content, or None when there is none (phase legacy_auth)."""
-    path = _marker_path(mas)
-    if not os.path.exists(path):
-        return None
-    try:
-        with salt.utils.files.fopen(path, "r") as handle:
-            marker = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise CommandExecutionError(
-            f"the syn2mas phase marker {path} cannot be read ({exc}); repair it or run "
-            "`salt-call mas_syn2mas.reset confirm=True` after checking MAS's database"
-        ) from exc
-    if not isinstance(marker, dict) or marker.get("phase") not in PHASES:
-        raise CommandExecutionError(
-            f"the syn2mas phase marker {path} holds no known phase ({', '.join(PHASES)}); repair it or run "
-            "`salt-call mas_syn2mas.reset confirm=True` after checking MAS's database"
-        )
-    return marker
-
-
-def _phase(marker):
-    return marker["phase"] if marker else "legacy_auth"
-
-
-def _write_marker(mas, marker):
-    """Write the marker atomically (``mas_secret.atomic_write``), owned by root (the minion), mode 0600."""
-    directory = mas["paths"]["state_dir"]
-    if not os.path.isdir(directory):
-        raise CommandExecutionError(f"the formula's state directory {directory} does not exist: apply `mas` first")
-    __salt__["mas_secret.atomic_write"](_marker_path(mas), json.dumps(marker, indent=2, sort_keys=True) + "\n")
-
-
-def _set_phase(mas, marker, phase, **fields):
-    """Record ``phase`` (and ``fields``) in a copy of ``marker``; return it.
-    ``history`` lists the phase transitions (the first write is one too)."""
-    previous = _phase(marker)
-    now = _now()
-    history = list((marker or {}).get("history", []))
-    if marker is None or phase != previous:
-        history.append({"phase": phase, "at": now, "from": previous})
-    marker = dict(marker or {})
-    marker.update(fields, phase=phase, updated_at=now, version=MARKER_VERSION, history=history)
-    _write_marker(mas, marker)
-    log.info("mas_syn2mas: phase %s recorded in %s", phase, _marker_path(mas))
-    return marker
-
-
-@contextlib.contextmanager
-def _exclusive(mas):
-    """One formula-driven syn2mas run (or reset) at a time on this minion."""
-    directory = mas["paths"]["state_dir"]
-    if not os.path.isdir(directory):
-        raise CommandExecutionError(f"the formula's state directory {directory} does not exist: apply `mas` first")
-    fd = os.open(mas["paths"]["syn2mas_lock"], os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise CommandExecutionError("another syn2mas run of the formula is in progress on this minion") from exc
-        yield
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------
 # Secrets and output
 # --------------------------------------------------------------------------
 
 
 def _known_secrets(mas, synapse_conf):
-    """What ``mas_secret.scrub`` needs to hide this run's secrets: the deployment's
-    secrets directory and the Synapse config read (its secret-looking values)."""
-    return {"secrets_dir": mas["paths"]["secrets_dir"], "synapse_conf": synapse_conf or {}}
-
-
-def _scrub(text, secrets):
-    """``text`` without ANSI colours, secrets or passwords in URLs (``mas_secret.scrub``)."""
-    return __salt__["mas_secret.scrub"](text, **secrets)
-
-
-def _parse(stdout, stderr):
-    """Split syn2mas output into ``(errors, warnings, fatal)``.
-
-    ``errors``/``warnings`` are the ``• `` bullets under the ``===== Errors
-    =====`` / ``===== Warnings =====`` headings (a bullet may span lines up to
-    a blank line); ``fatal`` is the ``Error: ...`` report of an unhandled
-    error with its ``Caused by:`` lines (without the ``Stack backtrace:`` that
-    ``RUST_BACKTRACE`` adds), or None.
-    """
-    sections = {"Errors": [], "Warnings": []}
-    current, bullet, fatal = None, None, None
-    lines = (stderr or "").splitlines() + (stdout or "").splitlines()
-    for index, raw in enumerate(lines):
-        line = raw.strip()
-        heading = _HEADING.match(line)
-        if heading:
-            current, bullet = heading.group(1), None
-            continue
-        if line.startswith("Error: ") and fatal is None:
-            report = itertools.takewhile(lambda rest: rest.strip() != "Stack backtrace:", lines[index:])
-            fatal = "\n".join(rest.rstrip() for rest in report if rest.strip()).strip()
-            current = bullet = None
-            continue
-        if current is None or fatal is not None:
-            continue
-        if line.startswith(_BULLET):
-            bullet = line[len(_BULLET) :].strip()
-            sections[current].append(bullet)
-        elif not line or re.match(r"^\d{4}-\d\d-\d\dT", line):
-            bullet = None
-            if line:
-                current = None  # a log line ends the section
-        elif bullet is not None:
-            bullet = f"{bullet} {line}"
-            sections[current][-1] = bullet
-    return sections["Errors"], sections["Warnings"], fatal
-
-
-def _summary(text):
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
-    summary = "\n".join(lines[-_SUMMARY_LINES:])
-    return summary[-_SUMMARY_CHARS:]
-
-
-#: A line mas-cli reports an error on: a log line at ERROR level, or an ``Error:`` report.
-_ERROR_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\dT\S+\s+ERROR\s|Error:|error:)")
-
-
-def _last_error_line(text):
-    """The last line of ``text`` at ERROR level (never an INFO/WARN line), or None."""
-    return next((line.strip() for line in reversed(text.splitlines()) if _ERROR_LINE.match(line.strip())), None)
-
-
-def _signal(code):
-    """The signal that killed mas-cli (a negative exit code; 128 + N from a shell or a container runtime), or None."""
-    if isinstance(code, int) and code < 0:
-        return -code
-    return code - 128 if isinstance(code, int) and 128 < code < 160 else None
-
-
-def _ended(code):
-    """How mas-cli ended: ``mas-cli exited with 1``, ``mas-cli was killed by signal 9 (SIGKILL)``."""
-    number = _signal(code)
-    if number is None:
-        return f"mas-cli exited with {code}"
-    try:
-        name = signal.Signals(number).name
-    except ValueError:
-        name = "unknown signal"
-    return f"mas-cli was killed by signal {number} ({name}{'' if code < 0 else f'; exit code {code}'})"
+    """Every secret this run must hide (never returned): the deployment's secret files, pillar ``mas``'s secret
+    values and those of the Synapse config read; what ``syn2mas_output.scrub`` takes."""
+    pillar_mas = salt.utils.data.traverse_dict_and_list(__pillar__, [PILLAR_ROOT], {}) or {}
+    return secretfiles.known_secrets(mas["paths"]["secrets_dir"], pillar_mas, synapse_conf or {})
 
 
 # --------------------------------------------------------------------------
 # Plan: files, command, probes
 # --------------------------------------------------------------------------
-
-
-def _dropin(mas):
-    return mas["paths"]["synapse_dropin"]
 
 
 def _synapse_files(mas, opts):
@@ -384,7 +211,7 @@ def _synapse_files(mas, opts):
         conf = __salt__["mas_synapse.config"](present, None, {}, mask=False)["config"] if present else {}
     else:
         read = __salt__["mas_synapse.config"](
-            syn.get("config_files"), syn["config_dir"], {}, exclude=[_dropin(mas)], mask=False
+            syn.get("config_files"), syn["config_dir"], {}, exclude=[syn2mas_marker.dropin(mas)], mask=False
         )
         files, conf = read["files"], read["config"]
         if not files:
@@ -409,30 +236,6 @@ def _argv(mas, opts, files, action, dry_run=False):
     return argv
 
 
-def _readable_by(path, user):
-    """None when ``user`` can read ``path``, else why not."""
-    import grp  # pylint: disable=import-outside-toplevel
-    import pwd  # pylint: disable=import-outside-toplevel
-
-    try:
-        account = pwd.getpwnam(user)
-    except KeyError:
-        return f"the user {user!r} does not exist"
-    if account.pw_uid == 0:
-        return None
-    info = os.stat(path)
-    groups = {account.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
-    if info.st_uid == account.pw_uid:
-        allowed = info.st_mode & 0o400
-    elif info.st_gid in groups:
-        allowed = info.st_mode & 0o040
-    else:
-        allowed = info.st_mode & 0o004
-    if allowed:
-        return None
-    return f"mode {oct(info.st_mode & 0o777)[2:]}, owner {info.st_uid}:{info.st_gid}"
-
-
 def _static_problems(mas, opts, files):
     """What stops syn2mas before it runs: ``(any run, a real migration only)``."""
     problems = []
@@ -449,7 +252,7 @@ def _static_problems(mas, opts, files):
                 f"the Synapse config file {path} cannot be mounted into the MAS container (its path has "
                 "a space, ':' or ','): copy it elsewhere and list it in mas:syn2mas:synapse_config_files"
             )
-        why = _readable_by(path, mas["user"]) if os.path.exists(path) else None
+        why = syn2mas_preflight.readable_by(path, mas["user"]) if os.path.exists(path) else None
         if why:
             problems.append(
                 f"the Synapse config file {path} is not readable by the MAS user {mas['user']!r} ({why}), which "
@@ -461,9 +264,9 @@ def _static_problems(mas, opts, files):
             "mas:migration_in_progress is false: syn2mas must run while Synapse is still authoritative. Set "
             "mas:migration_in_progress: true and apply `mas` (this removes Synapse's drop-in), then migrate"
         )
-    if os.path.exists(_dropin(mas)):
+    if os.path.exists(syn2mas_marker.dropin(mas)):
         real.append(
-            f"Synapse's drop-in {_dropin(mas)} is present (Synapse delegates to MAS): apply `mas` with "
+            f"Synapse's drop-in {syn2mas_marker.dropin(mas)} is present (Synapse delegates to MAS): apply `mas` with "
             "mas:migration_in_progress: true first"
         )
     if opts["backup"] and not opts.get("backup_dir"):
@@ -473,7 +276,7 @@ def _static_problems(mas, opts, files):
         )
     elif opts["backup"]:
         try:
-            _pg_dump()
+            syn2mas_backup.pg_dump()
         except CommandExecutionError as exc:
             real.append(str(exc))
     return problems, real
@@ -507,80 +310,6 @@ def _mas_url(mas):
 # The databases: Synapse's (read only) and MAS's
 # --------------------------------------------------------------------------
 
-#: Crockford's base32 alphabet of ULIDs (MAS provider ids).
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-#: The MAS tables syn2mas fills; it needs them empty (FACTS §3.5).
-MAS_MIGRATED_TABLES = (
-    "users",
-    "user_passwords",
-    "user_emails",
-    "user_unsupported_third_party_ids",
-    "upstream_oauth_links",
-    "compat_sessions",
-    "compat_access_tokens",
-    "compat_refresh_tokens",
-)
-
-
-#: What a database driver raises.
-def _db_errors():
-    """What a database read may raise (evaluated when an exception is matched: psycopg stays unimported until used)."""
-    return (sqlite3.Error, _pg().Error) if HAS_PSYCOPG else (sqlite3.Error,)
-
-
-class Unreachable(CommandExecutionError):
-    """A database the formula must read cannot be reached (the reason says why, without secrets)."""
-
-
-def _ulid_uuid(ulid):
-    """The UUID MAS stores for a ULID (``01HFVBY12TMNTYTBV8W921M5FA`` -> ``uuid.UUID``)."""
-    value = 0
-    for char in str(ulid).upper():
-        value = value * 32 + _CROCKFORD.index(char)
-    return uuid.UUID(int=value)
-
-
-def _synapse_database(conf, opts, files):
-    """Where Synapse's database is, from its config (or ``mas:syn2mas:synapse_database_uri``).
-
-    Returns ``{"engine": "postgres", "connect": {...}, "label": ...}`` or
-    ``{"engine": "sqlite", "path": ..., "label": ...}``; raises :class:`Unreachable`
-    when the configuration does not say. ``label`` names the database without secrets.
-    """
-    if opts.get("synapse_database_uri"):
-        params = _pg().conninfo.conninfo_to_dict(opts["synapse_database_uri"]) if HAS_PSYCOPG else {}
-        label = f"PostgreSQL database {params.get('dbname', '?')} at {params.get('host', 'localhost')}:" + str(
-            params.get("port", 5432)
-        )
-        return {"engine": "postgres", "connect": {"conninfo": opts["synapse_database_uri"]}, "label": label}
-    if not files:
-        raise Unreachable(
-            "no Synapse config file found (mas:synapse:config_files, mas:synapse:config_dir, "
-            "mas:syn2mas:synapse_config_files), so the formula cannot tell which database Synapse uses"
-        )
-    database = conf.get("database") if isinstance(conf.get("database"), dict) else {}
-    name = database.get("name", "sqlite3")
-    args = database.get("args") if isinstance(database.get("args"), dict) else {}
-    if name == "sqlite3":
-        path = args.get("database")
-        if not path or path == ":memory:" or not os.path.isabs(str(path)):
-            raise Unreachable(
-                f"Synapse's SQLite database path {path!r} (database.args.database in {', '.join(files)}) is not "
-                "an absolute file path the formula can open"
-            )
-        return {"engine": "sqlite", "path": str(path), "label": f"SQLite database {path}"}
-    if name not in ("psycopg2", "psycopg"):
-        raise Unreachable(f"Synapse's database engine {name!r} (database.name in {', '.join(files)}) is unknown")
-    connect = {"dbname": args.get("dbname", args.get("database"))}
-    for key in ("host", "port", "user", "password", "sslmode"):
-        if args.get(key) not in (None, ""):
-            connect[key] = str(args[key])
-    label = f"PostgreSQL database {connect.get('dbname')} at {connect.get('host', 'localhost')}:" + str(
-        connect.get("port", 5432)
-    )
-    return {"engine": "postgres", "connect": connect, "label": label}
-
 
 def _mas_database(mas):
     """MAS's database connection (from the map; the password from pillar or its secret file)."""
@@ -600,119 +329,26 @@ def _mas_database(mas):
     return {"engine": "postgres", "connect": connect, "label": label}
 
 
-@contextlib.contextmanager
-def _connect(database, secrets=None):
-    """A read-only connection to ``database`` (from :func:`_synapse_database` / :func:`_mas_database`).
-
-    Yields ``(engine, connection)``. A connection failure raises
-    :class:`Unreachable` naming the database (the driver's message scrubbed).
-    """
-    if database["engine"] == "sqlite":
-        path = database["path"]
-        if not os.path.exists(path):
-            yield "sqlite", None  # Synapse never started: no database yet
-            return
-        try:
-            conn = sqlite3.connect(pathlib.Path(path).as_uri() + "?mode=ro", uri=True, timeout=10)
-            conn.execute("SELECT 1").fetchone()
-        except sqlite3.Error as exc:
-            raise Unreachable(f"{database['label']} cannot be read: {exc}") from exc
-        try:
-            yield "sqlite", conn
-        finally:
-            conn.close()
-        return
-    if not HAS_PSYCOPG:
-        raise Unreachable(f"{database['label']} cannot be read: the Python package psycopg (3) is not installed")
-    params = dict(database["connect"])
-    conninfo = params.pop("conninfo", "")
-    try:
-        conn = _pg().connect(conninfo, connect_timeout=10, application_name="mas-formula", **params)
-    except _pg().Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if secrets:
-            reason = _scrub(reason, secrets)
-        raise Unreachable(f"{database['label']} is unreachable: {reason}") from exc
-    try:
-        conn.read_only = True
-        yield "postgres", conn
-    finally:
-        conn.close()
+def _pillar_value(key):
+    """The value of pillar ``mas:<key>`` (unmasked), or None."""
+    return salt.utils.data.traverse_dict_and_list(__pillar__, f"{PILLAR_ROOT}:{key}", None)
 
 
-def _missing_table(exc):
-    """True when ``exc`` says a table does not exist (a database nobody has set up yet)."""
-    if HAS_PSYCOPG and isinstance(exc, _pg().errors.UndefinedTable):
-        return True
-    return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
+def _preflight(mas, opts, marker, files, conf, secrets):
+    """The native checks (mas_formula.syn2mas_preflight), with MAS's database and the pepper from pillar."""
+    return syn2mas_preflight.preflight(
+        mas, opts, marker, files, conf, secrets, _mas_database(mas), _pillar_value("synapse:pepper")
+    )
 
 
-def _rows(conn, statement, params=None):
-    """All rows of ``statement`` (``%s`` placeholders; ``?`` for SQLite)."""
-    if isinstance(conn, sqlite3.Connection):
-        return conn.execute(statement.replace("%s", "?"), params or ()).fetchall()
-    with conn.cursor() as cur:
-        cur.execute(statement, params)
-        return cur.fetchall() if cur.description else []
+def _verify(mas, opts, conf, files, secrets):
+    """The set-wise comparison of MAS with Synapse (mas_formula.syn2mas_verify)."""
+    return syn2mas_verify.verify(mas, opts, conf, files, secrets, _mas_database(mas))
 
 
-# Local users who log in with a password or through an upstream provider:
-# the users a drop-in without a migration locks out. Application-service,
-# guest and deactivated users log in neither way.
-_LOGIN_USERS_SQL = (
-    "SELECT count(*) FILTER (WHERE u.password_hash IS NOT NULL AND u.password_hash <> ''), "
-    "count(*) FILTER (WHERE EXISTS (SELECT 1 FROM user_external_ids e WHERE e.user_id = u.name)), "
-    "count(*) FILTER (WHERE (u.password_hash IS NOT NULL AND u.password_hash <> '') "
-    "OR EXISTS (SELECT 1 FROM user_external_ids e WHERE e.user_id = u.name)) "
-    "FROM users u WHERE u.appservice_id IS NULL AND u.deactivated = 0 AND u.is_guest = 0"
-)
-
-
-def _login_users(database, secrets):
-    """``{"with_password", "with_external_id", "total"}`` of Synapse's users who can log in."""
-    with _connect(database, secrets) as (_, conn):
-        if conn is None:
-            return {"with_password": 0, "with_external_id": 0, "total": 0}
-        try:
-            passwords, external, total = _rows(conn, _LOGIN_USERS_SQL)[0]
-        except _db_errors() as exc:
-            if _missing_table(exc):
-                return {"with_password": 0, "with_external_id": 0, "total": 0}
-            raise Unreachable(f"{database['label']} cannot be queried: {str(exc).strip().splitlines()[0]}") from exc
-    return {"with_password": passwords, "with_external_id": external, "total": total}
-
-
-def _mas_created_since(database, since, secrets):
-    """Users and active sessions MAS holds that were created after ``since`` (None: ever)."""
-    since = since or "-infinity"
-    counts = {}
-    with _connect(database, secrets) as (_, conn):
-        for key, statement in (
-            ("users", "SELECT count(*) FROM users WHERE created_at > %s::timestamptz"),
-            (
-                "compat_sessions",
-                "SELECT count(*) FROM compat_sessions WHERE created_at > %s::timestamptz AND finished_at IS NULL",
-            ),
-            (
-                "oauth2_sessions",
-                "SELECT count(*) FROM oauth2_sessions WHERE created_at > %s::timestamptz AND finished_at IS NULL",
-            ),
-        ):
-            try:
-                counts[key] = _rows(conn, statement, (since,))[0][0]
-            except _db_errors() as exc:
-                if not _missing_table(exc):
-                    raise Unreachable(
-                        f"{database['label']} cannot be queried: {str(exc).strip().splitlines()[0]}"
-                    ) from exc
-                conn.rollback()
-                counts[key] = 0
-    return {
-        "users": counts["users"],
-        "sessions": counts["compat_sessions"] + counts["oauth2_sessions"],
-        "compat_sessions": counts["compat_sessions"],
-        "oauth2_sessions": counts["oauth2_sessions"],
-    }
+def _backup(mas, opts, database, plan, secrets):
+    """``pg_dump`` of Synapse's database (mas_formula.syn2mas_backup), run through Salt's ``cmd.run_all``."""
+    return syn2mas_backup.backup(mas, opts, database, plan, secrets, __salt__["cmd.run_all"])
 
 
 def _run(mas, argv, opts, files, secrets):
@@ -730,7 +366,10 @@ def _run(mas, argv, opts, files, secrets):
         timeout=opts["timeout"],
         env=env,
     )
-    stdout, stderr = _scrub(res.get("stdout", ""), secrets), _scrub(res.get("stderr", ""), secrets)
+    stdout, stderr = (
+        syn2mas_output.scrub(res.get("stdout", ""), secrets),
+        syn2mas_output.scrub(res.get("stderr", ""), secrets),
+    )
     if res["retcode"] == 1 and not stderr and re.search(r" : Timed out after \d+ seconds$", stdout):
         # Salt killed it (SIGKILL) after mas:syn2mas:timeout and says "exit 1" with the command as its output
         return {
@@ -742,41 +381,24 @@ def _run(mas, argv, opts, files, secrets):
             "warnings": [],
             "summary": "",
         }
-    errors, warnings, fatal = _parse(stdout, stderr)
+    errors, warnings, fatal = syn2mas_output.parse_output(stdout, stderr)
     if fatal:
         errors.append(fatal)
     elif res["retcode"] not in (EXIT_OK, EXIT_ERRORS, EXIT_WARNINGS) and not errors:
-        last = _last_error_line(stderr + "\n" + stdout)
+        last = syn2mas_output.last_error_line(stderr + "\n" + stdout)
         said = f"its last error line: {last[-500:]}" if last else "it logged no error"
-        if _signal(res["retcode"]) == signal.SIGKILL:
+        if syn2mas_output.signal_name(res["retcode"]) == signal.SIGKILL:
             said += (
                 ". SIGKILL comes from outside mas-cli (`kill -9`, a supervisor, the kernel's out-of-memory killer: "
                 "see `journalctl -k`)"
             )
-        errors.append(f"{_ended(res['retcode'])}: {said}")
+        errors.append(f"{syn2mas_output.ended_as(res['retcode'])}: {said}")
     return {
         "exit_code": res["retcode"],
         "errors": errors,
         "warnings": warnings,
-        "summary": _summary(stderr + "\n" + stdout),
+        "summary": syn2mas_output.summary_of(stderr + "\n" + stdout),
     }
-
-
-def _display(argv, secrets):
-    return _scrub(" ".join(argv), secrets)
-
-
-def _hint(errors, phase):
-    """An operator hint for well-known failures."""
-    text = "\n".join(errors)
-    if "MAS database is not empty" in text and phase not in DONE_PHASES:
-        return (
-            "MAS's database already holds users (created in MAS, or syn2mas ran outside the formula). syn2mas "
-            "needs an empty MAS database: drop and recreate it (mas:database), then run again."
-        )
-    if "another syn2mas instance is already running" in text:
-        return "Another syn2mas holds MAS's database lock: wait for it to finish."
-    return None
 
 
 def _result(result, phase, comment, exit_code=None, errors=None, warnings=None, **extra):
@@ -803,7 +425,7 @@ def _prepare(mapdata, overrides):
     """
     mas = _mapdata(mapdata)
     opts = options(mas, **overrides)
-    marker = _read_marker(mas)
+    marker = syn2mas_marker.read_marker(mas)
     files, conf, file_problems = _synapse_files(mas, opts)
     common, real = _static_problems(mas, opts, files)
     return {
@@ -819,411 +441,9 @@ def _prepare(mapdata, overrides):
     }
 
 
-class _Steps(list):
-    """The steps of a real run with their durations: logged at info level, listed in the comment and marker."""
-
-    def run(self, name, func, *args, ok=None, **kwargs):
-        """Run ``func`` as step ``name``; ``ok(value)`` tells whether it succeeded (default: no exception)."""
-        started = time.monotonic()
-        try:
-            value = func(*args, **kwargs)
-        except Exception:
-            self._done(name, started, "failed")
-            raise
-        self._done(name, started, "ok" if ok is None or ok(value) else "failed")
-        return value
-
-    def skip(self, name, why):
-        self.append({"step": name, "result": "skipped", "seconds": 0.0, "why": why})
-        log.info("mas_syn2mas: step %s skipped: %s", name, why)
-
-    def _done(self, name, started, result):
-        seconds = round(time.monotonic() - started, 3)
-        self.append({"step": name, "result": result, "seconds": seconds})
-        log.info("mas_syn2mas: step %s %s in %.3f s", name, result, seconds)
-
-    def text(self):
-        return "Steps: " + "; ".join(
-            f"{s['step']} {s['result']}" + (f" ({s['seconds']:.1f} s)" if s["result"] != "skipped" else "")
-            for s in self
-        )
-
-
-def _merge_check(pre, run, accept_warnings, phase):
-    """Preflight and upstream's ``check`` in one shape: ``(result, errors, warnings, comment)``."""
-    errors = list(pre["errors"]) + [e for e in run["errors"] if e not in pre["errors"]] if run else list(pre["errors"])
-    warnings = list(pre["warnings"]) + [w for w in (run or {}).get("warnings", []) if w not in pre["warnings"]]
-    code = (run or {}).get("exit_code")
-    ok = not errors and code in (EXIT_OK, EXIT_WARNINGS, None)
-    if ok and warnings and not accept_warnings:
-        ok = False
-        errors.append(
-            f"{len(warnings)} warning(s): read them, then accept them with accept_warnings=True "
-            "(pillar mas:syn2mas:accept_warnings: true)"
-        )
-    hint = _hint(errors, phase)
-    if hint:
-        errors.append(hint)
-    comment = {
-        EXIT_OK: "syn2mas check passed",
-        EXIT_WARNINGS: "syn2mas check passed with warnings",
-        EXIT_ERRORS: "syn2mas check found blocking errors",
-        None: "syn2mas preflight found blocking errors",
-    }.get(code, f"syn2mas check failed ({_ended(code)})")
-    if pre["errors"] and code in (EXIT_OK, EXIT_WARNINGS):
-        comment = "syn2mas check passed upstream but the preflight found blocking errors"
-    return ok, errors, warnings, comment
-
-
 # --------------------------------------------------------------------------
 # Preflight: what will fail, and how big the job is (no MAS binary needed)
 # --------------------------------------------------------------------------
-
-#: ``user_external_ids.auth_provider`` rows a previously configured MAS left behind.
-_OAUTH_DELEGATED = "oauth-delegated"
-
-#: Synapse's auth systems MAS cannot take over by itself: (config key, name).
-_EXTERNAL_AUTH = (("cas_config", "CAS"), ("saml2_config", "SAML2"), ("jwt_config", "JWT"))
-
-
-def _enabled(section):
-    return isinstance(section, dict) and bool(section.get("enabled", False))
-
-
-def _synapse_oidc_providers(conf):
-    """The ``auth_provider`` ids Synapse stores for its OIDC providers (upstream's rules)."""
-    ids = set()
-    legacy = conf.get("oidc_config") if isinstance(conf.get("oidc_config"), dict) else {}
-    if legacy.get("issuer") is not None and legacy.get("client_id") is not None:
-        ids.add(str(legacy.get("idp_id") or "oidc"))
-    for provider in conf.get("oidc_providers") or []:
-        if isinstance(provider, dict):
-            idp_id = provider.get("idp_id")
-            ids.add("oidc" if idp_id in (None, "oidc") else f"oidc-{idp_id}")
-    return ids
-
-
-def _mas_providers(mas):
-    """``{synapse_idp_id: MAS provider id}`` of the providers in MAS's config."""
-    providers = ((mas.get("mas_config") or {}).get("upstream_oauth2") or {}).get("providers") or []
-    return {str(p["synapse_idp_id"]): str(p.get("id")) for p in providers if p.get("synapse_idp_id")}
-
-
-def _mas_bcrypt_secret(mas):
-    """``(scheme, secret bytes or None, where)`` of MAS's password scheme version 1 (``scheme`` None: none).
-
-    A ``secret_file`` is read raw (MAS compares it untrimmed); the formula's own
-    pepper file not written yet counts as the value the formula will write.
-    """
-    passwords = (mas.get("mas_config") or {}).get("passwords") or {}
-    if passwords.get("enabled", True) is False:
-        return None, None, "passwords.enabled is false in MAS's config"
-    scheme = next((s for s in passwords.get("schemes") or [] if isinstance(s, dict) and s.get("version") == 1), None)
-    if scheme is None:
-        return None, None, "MAS's config has no password scheme version 1"
-    if scheme.get("secret") is not None:
-        return scheme, str(scheme["secret"]).encode(), "passwords.schemes[version 1].secret (mas:config)"
-    path = scheme.get("secret_file")
-    if not path:
-        return scheme, None, "passwords.schemes[version 1] has no secret"
-    if os.path.isfile(path):
-        with salt.utils.files.fopen(path, "rb") as handle:
-            return scheme, handle.read(), f"{path} (MAS's bcrypt secret_file)"
-    if path == mas["paths"]["synapse_pepper"]:
-        if mas["synapse"].get("pepper_source") == "pillar":
-            value = salt.utils.data.traverse_dict_and_list(__pillar__, f"{PILLAR_ROOT}:synapse:pepper", None)
-            return scheme, str(value).encode(), "mas:synapse:pepper (written to the pepper file by `mas`)"
-        syn = mas["synapse"]
-        conf = __salt__["mas_synapse.config"](
-            syn.get("config_files"), syn["config_dir"], {}, exclude=[_dropin(mas)], mask=False
-        )["config"]
-        pepper = (conf.get("password_config") or {}).get("pepper")
-        where = "Synapse's pepper from mas:synapse:config_files (written to the pepper file by `mas`)"
-        return scheme, None if pepper in (None, "") else str(pepper).encode(), where
-    return scheme, None, f"{path} (MAS's bcrypt secret_file) does not exist"
-
-
-def _column_list(conn, table):
-    return {
-        row[0]
-        for row in _rows(conn, "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,))
-    }
-
-
-def _synapse_counts(conn, server_name):
-    """Synapse's numbers, set-based (one aggregate query per table)."""
-    columns = _column_list(conn, "users")
-    optional = {
-        name: (f"count(*) FILTER (WHERE {name})" if name in columns else "0")
-        for name in ("locked", "shadow_banned", "suspended")
-    }
-    suffix = f":{server_name}"
-    (
-        total,
-        admins,
-        guests,
-        deactivated,
-        appservice,
-        with_password,
-        bcrypt,
-        foreign,
-        locked,
-        shadow_banned,
-        suspended,
-    ) = _rows(
-        conn,
-        "SELECT count(*), count(*) FILTER (WHERE admin <> 0), count(*) FILTER (WHERE is_guest <> 0), "  # noqa: S608
-        "count(*) FILTER (WHERE deactivated <> 0), count(*) FILTER (WHERE appservice_id IS NOT NULL), "
-        "count(*) FILTER (WHERE password_hash IS NOT NULL AND password_hash <> ''), "
-        "count(*) FILTER (WHERE password_hash LIKE '$2%%'), "
-        "count(*) FILTER (WHERE appservice_id IS NULL AND right(name, %s) <> %s), "
-        f"{optional['locked']}, {optional['shadow_banned']}, {optional['suspended']} FROM users",
-        (len(suffix), suffix),
-    )[0]
-    threepids = dict(_rows(conn, "SELECT medium, count(*) FROM user_threepids GROUP BY medium ORDER BY medium"))
-    external = dict(
-        _rows(conn, "SELECT auth_provider, count(*) FROM user_external_ids GROUP BY auth_provider ORDER BY 1")
-    )
-    devices, visible = _rows(
-        conn,
-        "SELECT count(*), count(*) FILTER (WHERE NOT coalesce(hidden, false) AND device_id <> 'guest_device') "
-        "FROM devices",
-    )[0]
-    (access,) = _rows(conn, "SELECT count(*) FROM access_tokens")[0]
-    (refresh,) = _rows(conn, "SELECT count(*) FROM refresh_tokens")[0]
-    return {
-        "users": {
-            "total": total,
-            "local": total - appservice,
-            "admins": admins,
-            "guests": guests,
-            "deactivated": deactivated,
-            "locked": locked,
-            "shadow_banned": shadow_banned,
-            "suspended": suspended,
-            "appservice": appservice,
-            "with_password": with_password,
-            "bcrypt_hashes": bcrypt,
-            "foreign_ids": foreign,
-        },
-        "threepids": {
-            "email": threepids.get("email", 0),
-            "non_email": sum(n for medium, n in threepids.items() if medium != "email"),
-            "by_medium": threepids,
-        },
-        "external_ids": external,
-        "devices": devices,
-        "devices_migrated": visible,
-        "access_tokens": access,
-        "refresh_tokens": refresh,
-    }
-
-
-def _mas_contents(conn):
-    """Which of syn2mas's tables hold rows in MAS's database, and whether a partial migration is there."""
-    present = {
-        table
-        for table, exists in _rows(
-            conn,
-            "SELECT t, to_regclass('public.' || t) IS NOT NULL FROM unnest(%s::text[]) AS t",
-            (list(MAS_MIGRATED_TABLES) + ["syn2mas_restore_indices", "syn2mas__users"],),
-        )
-        if exists
-    }
-    filled = [
-        table
-        for table in MAS_MIGRATED_TABLES
-        if table in present and _rows(conn, f"SELECT EXISTS (SELECT 1 FROM {table})")[0][0]  # noqa: S608
-    ]
-    users = _rows(conn, "SELECT count(*) FROM users")[0][0] if "users" in filled else 0
-    return {
-        "schema": "users" in present,
-        "filled": filled,
-        "users": users,
-        "partial": "syn2mas_restore_indices" in present,
-    }
-
-
-def _preflight(mas, opts, marker, files, conf, secrets):
-    """The native checks (see :py:func:`preflight`): ``{errors, warnings, notes, counts, ...}``."""
-    errors, warnings, notes = [], [], list(mas["syn2mas"].get("deprecations") or [])
-    origin = __salt__["mas_synapse.config"](files, None, {}, mask=True)["origins"] if files else {}
-
-    def where(key):
-        return f"{key} in {origin.get(key, 'the Synapse config')}"
-
-    phase = _phase(marker)
-    if phase in DONE_PHASES:
-        errors.append(_already(mas, marker))
-    if not files:
-        errors.append(
-            "no Synapse config file found (mas:synapse:config_files, mas:synapse:config_dir): list the pre-MAS "
-            "Synapse config in mas:syn2mas:synapse_config_files"
-        )
-    server_name = conf.get("server_name")
-    if files and server_name != mas.get("server_name"):
-        errors.append(
-            f"Synapse's server_name is {server_name!r} ({where('server_name')}) but mas:server_name is "
-            f"{mas.get('server_name')!r}: MAS's matrix.homeserver must equal it; set mas:server_name: {server_name}"
-        )
-    if conf.get("allow_guest_access"):
-        errors.append(
-            f"guest access is on ({where('allow_guest_access')}): MAS has no guests (MAS#1445); set "
-            "allow_guest_access: false in Synapse's config"
-        )
-    if conf.get("enable_3pid_changes") is True:
-        errors.append(f"{where('enable_3pid_changes')} is true: remove it or set it to false (MAS manages emails)")
-    if _enabled(conf.get("login_via_existing_session")):
-        errors.append(
-            f"login_via_existing_session.enabled is true ({where('login_via_existing_session')}): set it to false"
-        )
-    if conf.get("enable_registration"):
-        warnings.append(
-            f"Synapse has registration enabled ({where('enable_registration')}): turn it off before Synapse comes "
-            "back (the formula refuses it once Synapse delegates; users then register in MAS)"
-        )
-    for key, name in _EXTERNAL_AUTH:
-        if _enabled(conf.get(key)):
-            warnings.append(
-                f"Synapse signs users in with {name} ({where(key)}): MAS cannot take {name} over; its users need "
-                "an upstream OAuth 2.0 provider mapped by hand (mas:upstream_oauth2_providers)"
-            )
-    password_config = conf.get("password_config") if isinstance(conf.get("password_config"), dict) else {}
-    if password_config.get("localdb_enabled") is False or conf.get("password_providers"):
-        warnings.append(
-            "Synapse checks passwords with a password provider (password_config.localdb_enabled: false or "
-            "password_providers): those users have no password MAS can check; give them an upstream provider"
-        )
-    if conf.get("user_consent") is not None:
-        warnings.append(
-            f"Synapse has user_consent ({where('user_consent')}): disable it after the migration; MAS links terms "
-            "of service with mas:config:branding:tos_uri"
-        )
-
-    counts, synapse_label = {}, None
-    try:
-        database = _synapse_database(conf, opts, files)
-        synapse_label = database["label"]
-        if database["engine"] == "sqlite":
-            raise Unreachable(
-                "Synapse database configuration is invalid, cannot migrate: syn2mas does not support the sqlite3 "
-                f"database driver ({database['label']}). Port Synapse to PostgreSQL first (synapse_port_db), "
-                "then migrate"
-            )
-        with _connect(database, secrets) as (_, conn):
-            counts = _synapse_counts(conn, server_name or mas.get("server_name"))
-            conn.rollback()
-    except Unreachable as exc:
-        errors.append(str(exc))
-    except _db_errors() as exc:
-        errors.append(
-            f"Synapse's {synapse_label} cannot be read as a Synapse database: {_scrub(str(exc).strip(), secrets)}"
-        )
-
-    scheme, secret, source = _mas_bcrypt_secret(mas)
-    pepper = password_config.get("pepper")
-    bcrypt_users = (counts.get("users") or {}).get("bcrypt_hashes", 0)
-    if scheme is None or scheme.get("algorithm") != "bcrypt":
-        if bcrypt_users:
-            errors.append(
-                f"{bcrypt_users} Synapse users have bcrypt password hashes but MAS has no bcrypt password scheme "
-                f"version 1 ({source}): keep the formula's passwords.schemes (do not override them in mas:config)"
-            )
-    elif files and secret != (None if pepper in (None, "") else str(pepper).encode()):
-        pepper_where = f"password_config.pepper in {origin.get('password_config', '?')}" if pepper else "none set"
-        errors.append(
-            f"Synapse's pepper ({pepper_where}) "
-            f"differs from the secret of MAS's bcrypt scheme ({source}): migrated passwords would not work. Set "
-            "mas:synapse:pepper to Synapse's pepper, or leave it unset to let the formula read it from Synapse's config"
-        )
-
-    if counts:
-        users = counts["users"]
-        if users["foreign_ids"]:
-            errors.append(
-                f"{users['foreign_ids']} Synapse users have an ID not ending in :{server_name}: syn2mas stops on "
-                "them (check server_name)"
-            )
-        if users["guests"]:
-            warnings.append(
-                f"{users['guests']} guest users will be migrated, but MAS does not support guests (MAS#1445)"
-            )
-        if counts["threepids"]["non_email"]:
-            media = ", ".join(
-                f"{medium}: {n}" for medium, n in counts["threepids"]["by_medium"].items() if medium != "email"
-            )
-            warnings.append(
-                f"{counts['threepids']['non_email']} non-email 3PIDs ({media}) are copied to MAS's "
-                "user_unsupported_third_party_ids: MAS cannot use them to sign in or to reset a password"
-            )
-        known = _synapse_oidc_providers(conf)
-        mapped = _mas_providers(mas)
-        for provider, n in sorted(counts["external_ids"].items()):
-            if provider == _OAUTH_DELEGATED:
-                errors.append(
-                    f"Synapse's database has {n} user_external_ids rows of provider {_OAUTH_DELEGATED} left by a "  # noqa: S608
-                    "previously configured MAS: if they are from an earlier migration attempt, run `DELETE FROM "
-                    f"user_external_ids WHERE auth_provider = '{_OAUTH_DELEGATED}';` on Synapse's database"
-                )
-                continue
-            if provider in mapped and provider in known:
-                continue
-            if provider in mapped or provider not in known:
-                text = (
-                    f"{n} Synapse users are linked to provider {provider}, which the Synapse config syn2mas reads "
-                    f"does not define ({', '.join(files) or 'no file'})"
-                )
-                if opts["ignore_missing_auth_providers"]:
-                    warnings.append(f"{text}: their links are dropped (mas:syn2mas:ignore_missing_auth_providers)")
-                    continue
-                if provider in mapped:
-                    errors.append(
-                        f"{text}: syn2mas refuses that. List the pre-MAS config file that defines it in "
-                        "mas:syn2mas:synapse_config_files, or set mas:syn2mas:ignore_missing_auth_providers: true "
-                        "to drop these links"
-                    )
-                    continue
-            if not provider.startswith("oidc"):
-                errors.append(
-                    f"Unknown upstream provider {provider}: {n} Synapse users signed in with it, and it is no "
-                    "OpenID Connect provider MAS can map (CAS/SAML?): give those users another way in, or set "
-                    "mas:syn2mas:ignore_missing_auth_providers: true to drop their links"
-                )
-                continue
-            errors.append(
-                f"Unknown upstream provider {provider}: {n} Synapse users are linked to it and no MAS provider maps "
-                f"it. Add `synapse_idp_id: {provider}` to its entry in mas:upstream_oauth2_providers (or the seed's "
-                f"`--upstreamProviderMapping {provider}:<MAS provider id>` in mas:syn2mas:extra_arguments)"
-            )
-
-    mas_database = _mas_database(mas)
-    if phase not in DONE_PHASES:
-        try:
-            with _connect(mas_database, secrets) as (_, conn):
-                contents = _mas_contents(conn)
-                conn.rollback()
-        except Unreachable as exc:
-            errors.append(f"{exc}: syn2mas writes there (create it: mas:database:manage, or by hand)")
-        except _db_errors() as exc:
-            errors.append(f"{mas_database['label']} cannot be read: {_scrub(str(exc).strip(), secrets)}")
-        else:
-            if contents["partial"]:
-                notes.append("a partial syn2mas migration is in MAS's database: the next run resets it first")
-            elif contents["filled"]:
-                errors.append(
-                    f"{mas_database['label']} is not empty: rows in {', '.join(contents['filled'])} "
-                    f"({contents['users']} users). syn2mas needs it empty: drop and recreate it (mas:database), "
-                    "then run again"
-                )
-    return {
-        "errors": errors,
-        "warnings": warnings,
-        "notes": notes,
-        "counts": counts,
-        "synapse_database": synapse_label,
-        "mas_database": mas_database["label"],
-        "synapse_configs": files,
-    }
 
 
 def preflight(mapdata=None, ignore_missing_auth_providers=None):
@@ -1275,7 +495,7 @@ def preflight(mapdata=None, ignore_missing_auth_providers=None):
         comment += f" ({users} local users)"
     return _result(
         not errors,
-        _phase(ctx["marker"]),
+        syn2mas_marker.phase_of(ctx["marker"]),
         comment,
         errors=errors,
         warnings=found.pop("warnings"),
@@ -1287,155 +507,6 @@ def preflight(mapdata=None, ignore_missing_auth_providers=None):
 # --------------------------------------------------------------------------
 # Backup: pg_dump -Fc of Synapse's database before the point of no return
 # --------------------------------------------------------------------------
-
-#: Kept free on top of the estimated size of a backup.
-_BACKUP_MARGIN = 16 * 1024 * 1024
-
-
-def _human(size):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"  # pragma: no cover
-
-
-def _pg_dump():
-    """The ``pg_dump`` binary (PATH, else the newest of Debian's versioned ones)."""
-    found = shutil.which("pg_dump")
-    if found:
-        return found
-    for candidate in sorted(pathlib.Path("/usr/lib/postgresql").glob("*/bin/pg_dump"), reverse=True):
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    raise CommandExecutionError(
-        "pg_dump is not installed: install PostgreSQL's client tools (postgresql-client), or set "
-        "mas:syn2mas:backup: false and take the backup yourself"
-    )
-
-
-def _backup_plan(mas, opts, database, secrets):
-    """Check the backup directory and its free space before anything stops: ``(plan, problems)``."""
-    directory = opts.get("backup_dir")
-    if not directory:
-        return None, [
-            "mas:syn2mas:backup_dir is not set: a real migration first takes a pg_dump of Synapse's database. Set "
-            "it (e.g. /var/backups/matrix-synapse), or say mas:syn2mas:backup: false to migrate without one"
-        ]
-    if database["engine"] != "postgres":
-        return None, [f"Synapse's {database['label']} is not PostgreSQL: nothing pg_dump can back up"]
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".mas-formula-probe-", dir=directory)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        return None, [
-            f"the backup directory {directory} (mas:syn2mas:backup_dir) is not writable: {exc.strerror}. Choose "
-            "another one, or say mas:syn2mas:backup: false"
-        ]
-    try:
-        with _connect(database, secrets) as (_, conn):
-            (estimate,) = _rows(
-                conn,
-                "SELECT coalesce(sum(pg_table_size(c.oid)), 0)::bigint FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'm') "
-                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'",
-            )[0]
-            conn.rollback()
-    except (Unreachable, *_db_errors()) as exc:
-        return None, [f"the size of Synapse's database cannot be read before its backup: {exc}"]
-    stats = os.statvfs(directory)
-    free = stats.f_bavail * stats.f_frsize
-    need = int(estimate) + _BACKUP_MARGIN
-    if free < need:
-        return None, [
-            f"the backup directory {directory} (mas:syn2mas:backup_dir) has {_human(free)} free; the backup of "
-            f"Synapse's {database['label']} needs up to {_human(need)} (its tables, uncompressed). Free space or "
-            "choose another directory"
-        ]
-    return {"dir": directory, "estimate": int(estimate), "free": free}, []
-
-
-def _dump_target(database):
-    """``(conninfo without password, password or None, database name)`` for pg_dump."""
-    params = dict(database["connect"])
-    if "conninfo" in params:
-        params = dict(_pg().conninfo.conninfo_to_dict(params.pop("conninfo")), **params)
-    password = params.pop("password", None)
-    params = {key: str(value) for key, value in params.items() if value not in (None, "")}
-    return _pg().conninfo.make_conninfo(**params), password, params.get("dbname", "synapse")
-
-
-def _passfile_line(password):
-    escaped = str(password).replace("\\", "\\\\").replace(":", "\\:")
-    return f"*:*:*:*:{escaped}\n"
-
-
-def _backup(mas, opts, database, plan, secrets):
-    """Write ``pg_dump -Fc`` of Synapse's database into the backup directory (0600, root), atomically.
-
-    The password reaches pg_dump through a 0600 PGPASSFILE, never argv or the
-    environment. Returns ``{path, sha256, size, database, at, seconds}``.
-    """
-    conninfo, password, dbname = _dump_target(database)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", dbname)
-    path = os.path.join(plan["dir"], f"synapse-{name}-{stamp}.dump")
-    partial = path + ".partial"
-    started = time.monotonic()
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    os.close(fd)
-    private = tempfile.mkdtemp(prefix="mas-formula-pgpass-")
-    try:
-        env = {"PGAPPNAME": "mas-formula-backup"}
-        if password is not None:
-            passfile = os.path.join(private, "pgpass")
-            descriptor = os.open(passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(_passfile_line(password))
-            env["PGPASSFILE"] = passfile
-        argv = [_pg_dump(), "--format=custom", "--no-password", "--file", partial, "--dbname", conninfo]
-        res = __salt__["cmd.run_all"](
-            argv,
-            python_shell=False,
-            output_loglevel="quiet",
-            ignore_retcode=True,
-            timeout=opts["timeout"],
-            env=env,
-        )
-        if res["retcode"] != 0:
-            reason = _summary(_scrub(res.get("stderr") or res.get("stdout") or "", secrets))[-800:]
-            raise CommandExecutionError(
-                f"pg_dump of Synapse's {database['label']} failed (exit {res['retcode']}): {reason}"
-            )
-        digest = hashlib.sha256()
-        with salt.utils.files.fopen(partial, "rb") as handle:
-            for block in iter(lambda: handle.read(1024 * 1024), b""):
-                digest.update(block)
-            os.fsync(handle.fileno())
-        os.chmod(partial, 0o600)
-        os.rename(partial, path)
-        dir_fd = os.open(plan["dir"], os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-    size = os.path.getsize(path)
-    return {
-        "path": path,
-        "sha256": digest.hexdigest(),
-        "size": size,
-        "database": database["label"],
-        "at": _now(),
-        "seconds": round(time.monotonic() - started, 3),
-    }
 
 
 def backup(mapdata=None):
@@ -1462,10 +533,10 @@ def backup(mapdata=None):
     """
     ctx = _prepare(mapdata, {})
     mas, opts = ctx["mas"], dict(ctx["opts"])
-    phase = _phase(ctx["marker"])
+    phase = syn2mas_marker.phase_of(ctx["marker"])
     try:
-        database = _synapse_database(ctx["conf"], opts, ctx["files"])
-        plan, problems = _backup_plan(mas, opts, database, ctx["secrets"])
+        database = syn2mas_db.synapse_database(ctx["conf"], opts, ctx["files"])
+        plan, problems = syn2mas_backup.backup_plan(mas, opts, database, ctx["secrets"])
         if problems:
             return _result(False, phase, "backup refused", errors=problems)
         taken = _backup(mas, opts, database, plan, ctx["secrets"])
@@ -1474,7 +545,7 @@ def backup(mapdata=None):
     return _result(
         True,
         phase,
-        f"backup of Synapse's {taken['database']} written to {taken['path']} ({_human(taken['size'])}, "
+        f"backup of Synapse's {taken['database']} written to {taken['path']} ({syn2mas_backup.human_size(taken['size'])}, "
         f"sha256 {taken['sha256']})",
         backup=taken,
     )
@@ -1483,148 +554,6 @@ def backup(mapdata=None):
 # --------------------------------------------------------------------------
 # Verification: what was in Synapse is in MAS (set-wise)
 # --------------------------------------------------------------------------
-
-#: Shown per kind of difference before "... and N more".
-_SHOWN = 20
-
-#: Each set is split into 1024 buckets by a 64-bit hash of its text keys; a bucket is (count, sum of another
-#: 64-bit hash), computed in each database. Equal buckets are equal sets (up to a 64-bit collision); only the
-#: differing ones are fetched and compared key by key, so a hash that differed between two servers would only cost
-#: time, never hide a difference.
-_BUCKETS = (
-    "SELECT (hashtextextended(k, 1) & 1023)::int, count(*), sum(hashtextextended(k, 0)) "
-    "FROM ({query}) AS s(k) GROUP BY 1"
-)
-_BUCKET_KEYS = "SELECT k FROM ({query}) AS s(k) WHERE (hashtextextended(k, 1) & 1023)::int = ANY(%(buckets)s)"
-
-
-def _verify_queries(synapse_columns):
-    """The sets compared: ``{kind: (synapse query, mas query)}``, one text key per row."""
-    localpart = "substr(u.name, 2, length(u.name) - 1 - %(slen)s)"
-    eligible = "u.appservice_id IS NULL AND right(u.name, %(slen)s) = %(suffix)s"
-    locked = "u.locked::int" if "locked" in synapse_columns else "0"
-    return {
-        "users": (
-            f"SELECT {localpart} || '|' || (u.admin <> 0)::int || (u.deactivated <> 0)::int || {locked} "  # noqa: S608
-            f"|| (u.is_guest <> 0)::int FROM users u WHERE {eligible}",
-            "SELECT username || '|' || can_request_admin::int || (deactivated_at IS NOT NULL)::int "
-            "|| (locked_at IS NOT NULL)::int || is_guest::int FROM users",
-        ),
-        "emails": (
-            f"SELECT {localpart} || '|' || t.address FROM user_threepids t JOIN users u ON u.name = t.user_id "  # noqa: S608
-            f"WHERE t.medium = 'email' AND {eligible}",
-            "SELECT u.username || '|' || e.email FROM user_emails e JOIN users u USING (user_id)",
-        ),
-        "external_ids": (
-            f"SELECT {localpart} || '|' || x.auth_provider || '|' || x.external_id FROM user_external_ids x "  # noqa: S608
-            f"JOIN users u ON u.name = x.user_id WHERE {eligible} AND x.auth_provider = ANY(%(mapped)s)",
-            "SELECT u.username || '|' || m.idp || '|' || l.subject FROM upstream_oauth_links l "
-            "JOIN users u USING (user_id) "
-            "JOIN unnest(%(pids)s::uuid[], %(idps)s::text[]) AS m(pid, idp) ON m.pid = l.upstream_oauth_provider_id",
-        ),
-        "devices": (
-            f"SELECT {localpart} || '|' || d.device_id FROM devices d JOIN users u ON u.name = d.user_id "  # noqa: S608
-            f"WHERE {eligible} AND u.deactivated = 0 AND u.is_guest = 0 AND NOT coalesce(d.hidden, false) "
-            "AND d.device_id <> 'guest_device'",
-            "SELECT u.username || '|' || cs.device_id FROM compat_sessions cs JOIN users u USING (user_id) "
-            "WHERE cs.device_id IS NOT NULL",
-        ),
-    }
-
-
-def _buckets(conn, query, params):
-    return {bucket: (n, total) for bucket, n, total in _rows(conn, _BUCKETS.format(query=query), params)}
-
-
-def _keys(conn, query, params, buckets):
-    return {row[0] for row in _rows(conn, _BUCKET_KEYS.format(query=query), dict(params, buckets=buckets))}
-
-
-def _missing(kind, keys, mas_keys):
-    """Errors naming what Synapse has and MAS lacks (first ``_SHOWN`` and a count)."""
-
-    def shown(items):
-        items = sorted(items)
-        more = f" ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-        return ", ".join(items[:_SHOWN]) + more
-
-    if not keys:
-        return []
-    if kind == "users":
-        present = {key.split("|", 1)[0] for key in mas_keys}
-        absent = sorted(key.split("|", 1)[0] for key in keys if key.split("|", 1)[0] not in present)
-        differ = sorted(key.split("|", 1)[0] for key in keys if key.split("|", 1)[0] in present)
-        errors = []
-        if absent:
-            errors.append(f"{len(absent)} Synapse users are missing in MAS: {shown(absent)}")
-        if differ:
-            errors.append(
-                f"{len(differ)} users have another admin/deactivated/locked/guest state in MAS than in Synapse: "
-                f"{shown(differ)}"
-            )
-        return errors
-    labels = {
-        "emails": ("email addresses of Synapse are missing in MAS", lambda k: ": ".join(k.split("|", 1))),
-        "external_ids": (
-            "upstream links of Synapse are missing in MAS",
-            lambda k: "{} ({})".format(*k.split("|", 2)[:2]),
-        ),
-        "devices": (
-            "Synapse devices have no compatibility session in MAS",
-            lambda k: ": ".join(k.split("|", 1)),
-        ),
-    }
-    text, render = labels[kind]
-    return [f"{len(keys)} {text}: {shown(render(k) for k in keys)}"]
-
-
-def _verify(mas, opts, conf, files, secrets):
-    """Compare Synapse with MAS set-wise: ``{errors, counts, missing}`` (raises :class:`Unreachable`)."""
-    server_name = conf.get("server_name") or mas.get("server_name")
-    suffix = f":{server_name}"
-    mapped = _mas_providers(mas)
-    params = {
-        "slen": len(suffix),
-        "suffix": suffix,
-        "mapped": sorted(mapped),
-        "pids": [_ulid_uuid(pid) for pid in mapped.values()],
-        "idps": list(mapped),
-    }
-    database = _synapse_database(conf, opts, files)
-    if database["engine"] != "postgres":
-        raise Unreachable(f"Synapse's {database['label']} is not PostgreSQL: syn2mas cannot have migrated it")
-    errors, counts, missing = [], {"synapse": {}, "mas": {}}, {}
-    with _connect(database, secrets) as (_, syn), _connect(_mas_database(mas), secrets) as (_, mas_conn):
-        syn.isolation_level = _pg().IsolationLevel.REPEATABLE_READ
-        mas_conn.isolation_level = _pg().IsolationLevel.REPEATABLE_READ
-        queries = _verify_queries(_column_list(syn, "users"))
-        # each side in its own thread (its own connection): the two databases hash at the same time
-        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            sides = (
-                pool.submit(lambda: {kind: _buckets(syn, q[0], params) for kind, q in queries.items()}),
-                pool.submit(lambda: {kind: _buckets(mas_conn, q[1], params) for kind, q in queries.items()}),
-            )
-            lefts, rights = sides[0].result(), sides[1].result()
-        for kind, (syn_query, mas_query) in queries.items():
-            left, right = lefts[kind], rights[kind]
-            counts["synapse"][kind] = sum(n for n, _ in left.values())
-            counts["mas"][kind] = sum(n for n, _ in right.values())
-            differing = sorted(bucket for bucket in left if left[bucket] != right.get(bucket))
-            if not differing:
-                continue
-            keys = _keys(syn, syn_query, params, differing)
-            mas_keys = _keys(mas_conn, mas_query, params, differing)
-            lacking = keys - mas_keys
-            if lacking:
-                missing[kind] = len(lacking)
-                errors += _missing(kind, lacking, mas_keys)
-        for table in ("access_tokens", "refresh_tokens"):
-            counts["synapse"][table] = _rows(syn, f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608
-        for table in ("compat_sessions", "compat_access_tokens", "compat_refresh_tokens"):
-            counts["mas"][table] = _rows(mas_conn, f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608
-        syn.rollback()
-        mas_conn.rollback()
-    return {"errors": errors, "counts": counts, "missing": missing}
 
 
 def verify(mapdata=None, record=False):
@@ -1662,12 +591,14 @@ def verify(mapdata=None, record=False):
     """
     ctx = _prepare(mapdata, {})
     mas, marker = ctx["mas"], ctx["marker"]
-    phase = _phase(marker)
+    phase = syn2mas_marker.phase_of(marker)
     started = time.monotonic()
     try:
         found = _verify(mas, ctx["opts"], ctx["conf"], ctx["files"], ctx["secrets"])
-    except (Unreachable, *_db_errors()) as exc:
-        return _result(False, phase, "syn2mas verification failed", errors=[_scrub(str(exc), ctx["secrets"])])
+    except (syn2mas_db.Unreachable, *syn2mas_db.db_errors()) as exc:
+        return _result(
+            False, phase, "syn2mas verification failed", errors=[syn2mas_output.scrub(str(exc), ctx["secrets"])]
+        )
     seconds = round(time.monotonic() - started, 3)
     ok = not found["errors"]
     changes = {}
@@ -1678,8 +609,10 @@ def verify(mapdata=None, record=False):
         elif not ok and phase == "migrated":
             new = "migrated_unverified"
         if new:
-            with _exclusive(mas):
-                _set_phase(mas, marker, new, verification=dict(found, at=_now(), result=ok))
+            with syn2mas_marker.exclusive(mas):
+                syn2mas_marker.set_phase(
+                    mas, marker, new, verification=dict(found, at=syn2mas_marker.utc_now(), result=ok)
+                )
             changes = {"phase": {"old": phase if marker else None, "new": new}}
             phase = new
     counts = found["counts"]
@@ -1704,58 +637,6 @@ def verify(mapdata=None, record=False):
 # --------------------------------------------------------------------------
 
 
-def _effective_phase(mas, marker):
-    """The recorded phase; without a marker ``delegated`` when Synapse's drop-in is on disk, else ``legacy_auth``."""
-    if marker is not None:
-        return marker["phase"]
-    return "delegated" if os.path.exists(_dropin(mas)) else "legacy_auth"
-
-
-def _already(mas, marker):
-    """Why a (second) migration is refused in a done phase, with the way back."""
-    phase = _effective_phase(mas, marker)
-    if phase == "delegated" and (marker is None or marker.get("migration") == "none"):
-        return (
-            "no migration is needed: Synapse already delegates to MAS "
-            f"({'no syn2mas migration was ever recorded' if marker is None else 'none was needed'})"
-        )
-    if phase == "rolled_back":
-        return f"rolled back after a migration (phase rolled_back). {_ROLLBACK}"
-    done = (marker or {}).get("finished_at") or (marker or {}).get("updated_at")
-    return f"already migrated (phase {phase} since {done}). {_ROLLBACK}"
-
-
-def _next_step(mas, marker, phase):
-    """What the operator does next in ``phase`` (status and the state comments)."""
-    if phase == "delegated" and marker is None:
-        return (
-            f"nothing: Synapse already delegates to MAS (its drop-in {_dropin(mas)} is in place) and no "
-            "syn2mas migration was ever recorded on this minion"
-        )
-    if phase == "delegated" and marker.get("migration") == "none":
-        return "nothing: Synapse delegates to MAS; no migration was needed (Synapse had no user to migrate)"
-    if phase == "rolled_back" and (marker or {}).get("migration") == "none":
-        return "nothing to migrate: Synapse authenticates again (MAS was authoritative without a migration)"
-    return {
-        "legacy_auth": "check (mas_syn2mas.check), dry run, then migrate (state.apply mas.syn2mas)",
-        "migrating": "the last migration did not finish: fix the errors and migrate again (it resumes safely)",
-        "migrated_unverified": (
-            "the verification found differences (`salt-call mas_syn2mas.verify`): fix MAS, then "
-            "`salt-call mas_syn2mas.verify record=True`; or roll back"
-        ),
-        "migrated": (
-            "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts); "
-            "`salt-call mas_syn2mas.verify` first compares MAS with Synapse"
-        ),
-        "verified": "set mas:migration_in_progress: false and apply `mas` (Synapse delegates to MAS, MAS starts)",
-        "delegated": "nothing: Synapse delegates to MAS",
-        "rolled_back": (
-            "Synapse authenticates again. To migrate again: drop and recreate MAS's database, "
-            "`salt-call mas_syn2mas.reset confirm=True`, then `salt-call state.apply mas.syn2mas`"
-        ),
-    }[phase]
-
-
 def phase(mapdata=None):
     """
     The syn2mas phase recorded on the minion: ``legacy_auth`` (also when no
@@ -1772,7 +653,7 @@ def phase(mapdata=None):
 
         salt-call mas_syn2mas.phase
     """
-    return _phase(_read_marker(_mapdata(mapdata)))
+    return syn2mas_marker.phase_of(syn2mas_marker.read_marker(_mapdata(mapdata)))
 
 
 def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None):
@@ -1804,14 +685,14 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
     )
     mas, opts, marker, files, secrets = ctx["mas"], ctx["opts"], ctx["marker"], ctx["files"], ctx["secrets"]
     common, real = ctx["common"], ctx["real"]
-    phase = _effective_phase(mas, marker)
+    phase = syn2mas_marker.effective_phase(mas, marker)
     synapse_up, mas_up = _answers(_synapse_url(mas)), _answers(_mas_url(mas))
     dry_run_blockers = list(common)
-    if phase in DONE_PHASES:
-        dry_run_blockers.insert(0, _already(mas, marker))
+    if phase in syn2mas_marker.DONE_PHASES:
+        dry_run_blockers.insert(0, syn2mas_marker.already(mas, marker))
     blockers = dry_run_blockers + real + _unstoppable(mas, opts, synapse_up, mas_up)
     last = (marker or {}).get("last_run") or {}
-    next_step = _next_step(mas, marker, phase)
+    next_step = syn2mas_marker.next_step(mas, marker, phase)
     return _result(
         True,
         phase,
@@ -1824,7 +705,7 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
         errors=last.get("errors"),
         warnings=last.get("warnings"),
         recorded=marker is not None,
-        marker=_marker_path(mas),
+        marker=syn2mas_marker.marker_path(mas),
         last_run=last or None,
         history=(marker or {}).get("history", []),
         migration_in_progress=bool(mas.get("migration_in_progress")),
@@ -1834,9 +715,9 @@ def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None)
         dry_run_blockers=dry_run_blockers,
         next_step=next_step,
         commands={
-            "check": _display(_argv(mas, opts, files, "check"), secrets),
-            "dry_run": _display(_argv(mas, opts, files, "migrate", dry_run=True), secrets),
-            "migrate": _display(_argv(mas, opts, files, "migrate"), secrets),
+            "check": syn2mas_output.displayed(_argv(mas, opts, files, "check"), secrets),
+            "dry_run": syn2mas_output.displayed(_argv(mas, opts, files, "migrate", dry_run=True), secrets),
+            "migrate": syn2mas_output.displayed(_argv(mas, opts, files, "migrate"), secrets),
         },
     )
 
@@ -1871,18 +752,18 @@ def ensure_synapse(start_synapse_after=None, test=False, mapdata=None):
     """
     mas = _mapdata(mapdata)
     opts = options(mas, start_synapse_after=start_synapse_after)
-    phase = _effective_phase(mas, _read_marker(mas))
+    phase = syn2mas_marker.effective_phase(mas, syn2mas_marker.read_marker(mas))
     url, name = _synapse_url(mas), mas["synapse"]["service"]
     if _answers(url):
         return _result(True, phase, f"Synapse answers at {url}", answers=True, changes={})
     down = f"Synapse does not answer at {url}"
-    if phase not in ("migrated", "verified", "migrated_unverified") or os.path.exists(_dropin(mas)):
+    if phase not in ("migrated", "verified", "migrated_unverified") or os.path.exists(syn2mas_marker.dropin(mas)):
         return _result(
             True, phase, f"{down}: start it with `salt-call service.start {name}`", answers=False, changes={}
         )
     if not opts["start_synapse_after"]:
         why = f"it is still authoritative; start it with `salt-call service.start {name}`"
-        if phase in MIGRATED_PHASES:
+        if phase in syn2mas_marker.MIGRATED_PHASES:
             why = (
                 "it stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after is false; "
                 f"`salt-call service.start {name}` starts it meanwhile, without delegation)"
@@ -1941,9 +822,9 @@ def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None
         mapdata, {"accept_warnings": accept_warnings, "ignore_missing_auth_providers": ignore_missing_auth_providers}
     )
     mas, opts, marker = ctx["mas"], ctx["opts"], ctx["marker"]
-    phase = _phase(marker)
-    if phase in DONE_PHASES:
-        return _result(False, phase, "syn2mas check refused", errors=[_already(mas, marker)])
+    phase = syn2mas_marker.phase_of(marker)
+    if phase in syn2mas_marker.DONE_PHASES:
+        return _result(False, phase, "syn2mas check refused", errors=[syn2mas_marker.already(mas, marker)])
     pre = _preflight(mas, opts, marker, ctx["files"], ctx["conf"], ctx["secrets"])
     pre["errors"] = ctx["file_problems"] + pre["errors"]
     extra = {"counts": pre["counts"], "notes": pre["notes"]}
@@ -1952,7 +833,7 @@ def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None
         return _result(False, phase, "syn2mas check refused", errors=errors, warnings=pre["warnings"], **extra)
     argv = _argv(mas, opts, ctx["files"], "check")
     run = _run(mas, argv, opts, ctx["files"], ctx["secrets"])
-    ok, errors, warnings, comment = _merge_check(pre, run, opts["accept_warnings"], phase)
+    ok, errors, warnings, comment = syn2mas_output.merge_check(pre, run, opts["accept_warnings"], phase)
     return _result(
         ok,
         phase,
@@ -1961,7 +842,7 @@ def check(mapdata=None, accept_warnings=None, ignore_missing_auth_providers=None
         errors=errors,
         warnings=warnings,
         summary=run["summary"],
-        command=_display(argv, ctx["secrets"]),
+        command=syn2mas_output.displayed(argv, ctx["secrets"]),
         **extra,
     )
 
@@ -2045,11 +926,13 @@ def migrate(
     }
     ctx = _prepare(mapdata, overrides)
     mas, marker = ctx["mas"], ctx["marker"]
-    phase = _phase(marker)
+    phase = syn2mas_marker.phase_of(marker)
     if ctx["opts"]["dry_run"]:
         return _dry_run(ctx)
-    if phase in DONE_PHASES:
-        return _result(False, phase, "syn2mas migration refused: already migrated", errors=[_already(mas, marker)])
+    if phase in syn2mas_marker.DONE_PHASES:
+        return _result(
+            False, phase, "syn2mas migration refused: already migrated", errors=[syn2mas_marker.already(mas, marker)]
+        )
     opts = ctx["opts"]
     refusals = ctx["common"] + ctx["real"]
     refusals += _unstoppable(
@@ -2057,15 +940,17 @@ def migrate(
     )
     if refusals:
         return _result(False, phase, "syn2mas migration refused (nothing was run or stopped)", errors=refusals)
-    with _exclusive(mas):
+    with syn2mas_marker.exclusive(mas):
         return _migrate(ctx)
 
 
 def _dry_run(ctx):
     mas, opts, marker, files, secrets = ctx["mas"], ctx["opts"], ctx["marker"], ctx["files"], ctx["secrets"]
-    phase = _phase(marker)
-    if phase in DONE_PHASES:
-        return _result(False, phase, "syn2mas dry run refused", errors=[_already(mas, marker)], dry_run=True)
+    phase = syn2mas_marker.phase_of(marker)
+    if phase in syn2mas_marker.DONE_PHASES:
+        return _result(
+            False, phase, "syn2mas dry run refused", errors=[syn2mas_marker.already(mas, marker)], dry_run=True
+        )
     if ctx["common"]:
         return _result(False, phase, "syn2mas dry run refused", errors=ctx["common"], dry_run=True)
     pre = _preflight(mas, opts, marker, files, ctx["conf"], secrets)
@@ -2089,12 +974,12 @@ def _dry_run(ctx):
             f"the dry run completed with {len(warnings)} warning(s): a real migration is refused until "
             "they are accepted (accept_warnings=True, pillar mas:syn2mas:accept_warnings: true)"
         )
-    hint = _hint(errors, phase)
+    hint = syn2mas_output.hint_for(errors, phase)
     if hint:
         errors.append(hint)
     comment = "syn2mas dry run completed (phase unchanged)"
     if not ok:
-        comment = f"syn2mas dry run failed ({_ended(run['exit_code'])})"
+        comment = f"syn2mas dry run failed ({syn2mas_output.ended_as(run['exit_code'])})"
     return _result(
         ok and not errors,
         phase,
@@ -2105,7 +990,7 @@ def _dry_run(ctx):
         summary=run["summary"],
         counts=pre["counts"],
         dry_run=True,
-        command=_display(argv, secrets),
+        command=syn2mas_output.displayed(argv, secrets),
     )
 
 
@@ -2206,11 +1091,15 @@ def _synapse_not_running(mas):
 
 
 def _verification(mas, opts, conf, files, secrets):
-    """:py:func:`_verify`, with an unreadable database as an error of the verification."""
+    """:py:func:`syn2mas_verify.verify`, with an unreadable database as an error of the verification."""
     try:
         return _verify(mas, opts, conf, files, secrets)
-    except (Unreachable, *_db_errors()) as exc:
-        return {"errors": [f"the verification could not run: {_scrub(str(exc), secrets)}"], "counts": {}, "missing": {}}
+    except (syn2mas_db.Unreachable, *syn2mas_db.db_errors()) as exc:
+        return {
+            "errors": [f"the verification could not run: {syn2mas_output.scrub(str(exc), secrets)}"],
+            "counts": {},
+            "missing": {},
+        }
 
 
 def _migrate(ctx):
@@ -2222,8 +1111,8 @@ def _migrate(ctx):
         ctx["conf"],
         ctx["secrets"],
     )
-    phase_before = _phase(marker)
-    steps = _Steps()
+    phase_before = syn2mas_marker.phase_of(marker)
+    steps = syn2mas_output.Steps()
     services = {"stopped": [], "started": [], "down": []}
     stopped = []
 
@@ -2272,14 +1161,14 @@ def _migrate(ctx):
         secrets,
         ok=lambda run: run["exit_code"] in (EXIT_OK, EXIT_WARNINGS),
     )
-    ok, errors, warnings, comment = _merge_check(pre, check_run, opts["accept_warnings"], phase_before)
+    ok, errors, warnings, comment = syn2mas_output.merge_check(pre, check_run, opts["accept_warnings"], phase_before)
     if not ok:
         return refused(comment, errors, warnings, exit_code=check_run["exit_code"], summary=check_run["summary"])
-    database = _synapse_database(conf, opts, files)
+    database = syn2mas_db.synapse_database(conf, opts, files)
     plan = None
     if opts["backup"]:
         plan, problems = steps.run(
-            "backup check", _backup_plan, mas, opts, database, secrets, ok=lambda planned: not planned[1]
+            "backup check", syn2mas_backup.backup_plan, mas, opts, database, secrets, ok=lambda planned: not planned[1]
         )
         if problems:
             return refused("no room for the backup (nothing was stopped)", problems, warnings)
@@ -2302,15 +1191,17 @@ def _migrate(ctx):
     record = {
         "mas_config": mas["paths"]["config_file"],
         "synapse_configs": files,
-        "command": _display(argv, secrets),
+        "command": syn2mas_output.displayed(argv, secrets),
         "accepted_warnings": warnings,
         "backup": taken,
         "preflight_counts": pre["counts"],
     }
-    marker = _set_phase(mas, marker, "migrating", started_at=_now(), finished_at=None, **record)
+    marker = syn2mas_marker.set_phase(
+        mas, marker, "migrating", started_at=syn2mas_marker.utc_now(), finished_at=None, **record
+    )
     run = steps.run("migrate", _run, mas, argv, opts, files, secrets, ok=lambda done: done["exit_code"] == EXIT_OK)
     last = {
-        "at": _now(),
+        "at": syn2mas_marker.utc_now(),
         "exit_code": run["exit_code"],
         "result": run["exit_code"] == EXIT_OK,
         "errors": run["errors"],
@@ -2327,17 +1218,17 @@ def _migrate(ctx):
         "backup": taken,
     }
     if run["exit_code"] != EXIT_OK:
-        marker = _set_phase(mas, marker, "migrating", last_run=last)
-        errors = list(run["errors"]) or [_ended(run["exit_code"])]
-        hint = _hint(errors, "migrating")
+        marker = syn2mas_marker.set_phase(mas, marker, "migrating", last_run=last)
+        errors = list(run["errors"]) or [syn2mas_output.ended_as(run["exit_code"])]
+        hint = syn2mas_output.hint_for(errors, "migrating")
         if hint:
             errors.append(hint)
         after = synapse_after()
-        _set_phase(mas, marker, "migrating", steps=list(steps))
+        syn2mas_marker.set_phase(mas, marker, "migrating", steps=list(steps))
         return _result(
             False,
             "migrating",
-            f"syn2mas migration failed: {_ended(run['exit_code'])}; the phase stays migrating and the next run "
+            f"syn2mas migration failed: {syn2mas_output.ended_as(run['exit_code'])}; the phase stays migrating and the next run "
             f"retries (syn2mas resets the partial migration).{after} MAS stays stopped. {steps.text()}",
             errors=errors + _synapse_down(services["down"]),
             warnings=run["warnings"],
@@ -2348,18 +1239,23 @@ def _migrate(ctx):
     )
     verified = not verification["errors"]
     phase = "verified" if verified else "migrated_unverified"
-    marker = _set_phase(
-        mas, marker, phase, finished_at=last["at"], last_run=last, verification=dict(verification, at=_now())
+    marker = syn2mas_marker.set_phase(
+        mas,
+        marker,
+        phase,
+        finished_at=last["at"],
+        last_run=last,
+        verification=dict(verification, at=syn2mas_marker.utc_now()),
     )
     if not verified:
         after = synapse_after()
-        _set_phase(mas, marker, phase, steps=list(steps))
+        syn2mas_marker.set_phase(mas, marker, phase, steps=list(steps))
         return _result(
             False,
             phase,
             "syn2mas migration completed but its verification FAILED: MAS lacks what Synapse has (phase "
             f"migrated_unverified; Synapse must not delegate yet).{after} MAS stays stopped. Next: "
-            f"{_next_step(mas, marker, phase)}. {steps.text()}",
+            f"{syn2mas_marker.next_step(mas, marker, phase)}. {steps.text()}",
             errors=verification["errors"] + _synapse_down(services["down"]),
             warnings=run["warnings"],
             verification=verification,
@@ -2373,8 +1269,12 @@ def _migrate(ctx):
         steps.skip("start", "Synapse stays stopped until it delegates to MAS (mas:syn2mas:start_synapse_after)")
         if not _answers(_synapse_url(mas)):
             next_step += "; Synapse stays stopped until then"
-    _set_phase(mas, marker, phase, steps=list(steps))
-    where = f" Backup: {taken['path']} ({_human(taken['size'])})." if taken else " No backup (mas:syn2mas:backup)."
+    syn2mas_marker.set_phase(mas, marker, phase, steps=list(steps))
+    where = (
+        f" Backup: {taken['path']} ({syn2mas_backup.human_size(taken['size'])})."
+        if taken
+        else " No backup (mas:syn2mas:backup)."
+    )
     return _result(
         not services["down"],
         phase,
@@ -2419,24 +1319,24 @@ _NOT_DELEGABLE = {
 
 
 def _probe_login_users(mas, opts):
-    """Synapse's users who can log in (``_login_users``) and the database label; raises :class:`Unreachable`."""
+    """Synapse's users who can log in (``syn2mas_db.login_users``) and the database label; raises :class:`syn2mas_db.Unreachable`."""
     files, conf, _ = _synapse_files(mas, opts)
     secrets = _known_secrets(mas, conf)
-    database = _synapse_database(conf, opts, files)
-    return _login_users(database, secrets), database["label"]
+    database = syn2mas_db.synapse_database(conf, opts, files)
+    return syn2mas_db.login_users(database, secrets), database["label"]
 
 
 def _lockout(mas, opts, marker):
     """The lock-out guard's verdict: ``(ok, message, probe)``; ``probe`` is what was found in Synapse."""
-    phase = _phase(marker)
+    phase = syn2mas_marker.phase_of(marker)
     fresh_again = phase == "rolled_back" and (marker or {}).get("migration") == "none"
     if marker is not None and not fresh_again:
-        if phase in MIGRATED_PHASES + ("delegated",):
+        if phase in syn2mas_marker.MIGRATED_PHASES + ("delegated",):
             return True, f"Synapse's users are in MAS (syn2mas phase {phase})", None
         return False, _NOT_DELEGABLE[phase], None
     try:
         users, label = _probe_login_users(mas, opts)
-    except Unreachable as exc:
+    except syn2mas_db.Unreachable as exc:
         if opts["assume_fresh"]:
             return (
                 True,
@@ -2495,12 +1395,12 @@ def lockout_check(mapdata=None):
     """
     mas = _mapdata(mapdata)
     opts = options(mas)
-    marker = _read_marker(mas)
+    marker = syn2mas_marker.read_marker(mas)
     ok, message, probe = _lockout(mas, opts, marker)
     warnings = [message] if ok and (probe or {}).get("assumed_fresh") else []
     return _result(
         ok,
-        _phase(marker),
+        syn2mas_marker.phase_of(marker),
         message if ok else "delegating to MAS refused: it would lock Synapse's users out",
         errors=[] if ok else [message],
         warnings=warnings,
@@ -2510,15 +1410,15 @@ def lockout_check(mapdata=None):
 
 def _rollback_target(mas, marker):
     """``(delegated, since)``: whether Synapse delegates (recorded or on disk) and since when MAS is authoritative."""
-    dropin = os.path.exists(_dropin(mas))
-    phase = _phase(marker)
+    dropin = os.path.exists(syn2mas_marker.dropin(mas))
+    phase = syn2mas_marker.phase_of(marker)
     if marker is not None and phase == "delegated":
         since = None if marker.get("migration") == "none" else marker.get("finished_at")
         return dropin, since
-    if marker is not None and phase in MIGRATED_PHASES and dropin:  # delegating, the record missed
+    if marker is not None and phase in syn2mas_marker.MIGRATED_PHASES and dropin:  # delegating, the record missed
         return True, marker.get("finished_at")
     if marker is None and dropin:  # delegated before the formula kept a marker: since the drop-in was written
-        written = datetime.datetime.fromtimestamp(os.path.getmtime(_dropin(mas)), datetime.UTC)
+        written = datetime.datetime.fromtimestamp(os.path.getmtime(syn2mas_marker.dropin(mas)), datetime.UTC)
         return True, written.isoformat(timespec="seconds")
     return False, None
 
@@ -2550,8 +1450,8 @@ def rollback_check(mapdata=None):
     """
     mas = _mapdata(mapdata)
     opts = options(mas)
-    marker = _read_marker(mas)
-    phase = _phase(marker)
+    marker = syn2mas_marker.read_marker(mas)
+    phase = syn2mas_marker.phase_of(marker)
     delegating, since = _rollback_target(mas, marker)
     if not delegating:
         return _result(True, phase, f"Synapse does not delegate to MAS (syn2mas phase {phase}): nothing to roll back")
@@ -2563,8 +1463,8 @@ def rollback_check(mapdata=None):
         when = f"since the migration ({since})"
     force = "set mas:syn2mas:force_rollback: true to roll back anyway"
     try:
-        counts = _mas_created_since(_mas_database(mas), since, _known_secrets(mas, {}))
-    except Unreachable as exc:
+        counts = syn2mas_db.mas_created_since(_mas_database(mas), since, _known_secrets(mas, {}))
+    except syn2mas_db.Unreachable as exc:
         message = (
             f"{why}, so Synapse would become authoritative again, but {exc}: the formula cannot count the users "
             f"and sessions that exist only in MAS. Fix that and apply again, or {force}"
@@ -2608,14 +1508,21 @@ def mark_rolled_back(mapdata=None):
         salt-call mas_syn2mas.mark_rolled_back
     """
     mas = _mapdata(mapdata)
-    marker = _read_marker(mas)
-    phase = _phase(marker)
-    if phase != "delegated" or os.path.exists(_dropin(mas)):
+    marker = syn2mas_marker.read_marker(mas)
+    phase = syn2mas_marker.phase_of(marker)
+    if phase != "delegated" or os.path.exists(syn2mas_marker.dropin(mas)):
         return _result(True, phase, f"nothing to record (syn2mas phase {phase})", changes={})
     opts = options(mas)
     why = "mas:enabled: false" if not mas.get("enabled") else "mas:migration_in_progress: true"
-    with _exclusive(mas):
-        _set_phase(mas, marker, "rolled_back", rolled_back_at=_now(), rolled_back_by=why, forced=opts["force_rollback"])
+    with syn2mas_marker.exclusive(mas):
+        syn2mas_marker.set_phase(
+            mas,
+            marker,
+            "rolled_back",
+            rolled_back_at=syn2mas_marker.utc_now(),
+            rolled_back_by=why,
+            forced=opts["force_rollback"],
+        )
     return _result(
         True,
         "rolled_back",
@@ -2635,11 +1542,13 @@ def _mas_leftovers(mas):
     )
     secrets = _known_secrets(mas, None)
     try:
-        with _connect(database, secrets) as (_, conn):
-            contents = _mas_contents(conn)
+        with syn2mas_db.connected(database, secrets) as (_, conn):
+            contents = syn2mas_preflight.mas_contents(conn)
             conn.rollback()
-    except (Unreachable, *_db_errors()) as exc:
-        reason = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, secrets)
+    except (syn2mas_db.Unreachable, *syn2mas_db.db_errors()) as exc:
+        reason = syn2mas_output.scrub(
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, secrets
+        )
         return (
             f"{reason}: the reset must see MAS's database empty first. Make it reachable (recreated, empty, if it "
             "was dropped), then run the reset again"
@@ -2677,10 +1586,10 @@ def reset(confirm=False, mapdata=None):
     """
     mas = _mapdata(mapdata)
     try:
-        marker = _read_marker(mas)
-        phase = _phase(marker)
+        marker = syn2mas_marker.read_marker(mas)
+        phase = syn2mas_marker.phase_of(marker)
     except CommandExecutionError:
-        marker, phase = {"version": MARKER_VERSION, "history": [], "phase": "legacy_auth"}, "unreadable"
+        marker, phase = {"version": syn2mas_marker.MARKER_VERSION, "history": [], "phase": "legacy_auth"}, "unreadable"
     if confirm is not True:
         return _result(
             False,
@@ -2705,8 +1614,8 @@ def reset(confirm=False, mapdata=None):
     leftover = _mas_leftovers(mas)
     if leftover:
         return _result(False, phase, "syn2mas reset refused (the phase is unchanged)", errors=[leftover])
-    with _exclusive(mas):
-        _set_phase(mas, marker, "legacy_auth", reset_at=_now(), reset_from=phase)
+    with syn2mas_marker.exclusive(mas):
+        syn2mas_marker.set_phase(mas, marker, "legacy_auth", reset_at=syn2mas_marker.utc_now(), reset_from=phase)
     return _result(
         True,
         "legacy_auth",
@@ -2738,28 +1647,28 @@ def mark_delegated(mapdata=None):
         salt-call mas_syn2mas.mark_delegated
     """
     mas = _mapdata(mapdata)
-    marker = _read_marker(mas)
-    phase = _phase(marker)
+    marker = syn2mas_marker.read_marker(mas)
+    phase = syn2mas_marker.phase_of(marker)
     if phase == "delegated":
         return _result(True, phase, "syn2mas phase is already delegated", changes={})
     if mas.get("migration_in_progress"):
         return _result(False, phase, "delegated refused", errors=["mas:migration_in_progress is still true"])
-    if not os.path.exists(_dropin(mas)):
+    if not os.path.exists(syn2mas_marker.dropin(mas)):
         return _result(
             False,
             phase,
             "delegated refused",
-            errors=[f"Synapse's drop-in {_dropin(mas)} is not there yet: apply `mas`"],
+            errors=[f"Synapse's drop-in {syn2mas_marker.dropin(mas)} is not there yet: apply `mas`"],
         )
     ok, message, probe = _lockout(mas, options(mas), marker)
     if not ok:
         return _result(False, phase, "delegated refused", errors=[message])
-    fields = {"delegated_at": _now()}
+    fields = {"delegated_at": syn2mas_marker.utc_now()}
     if probe is not None:  # no migration was needed (a new homeserver)
         fields.update(migration="none", finished_at=None, fresh_check=probe)
     old = phase if marker is not None else None
-    with _exclusive(mas):
-        _set_phase(mas, marker, "delegated", **fields)
+    with syn2mas_marker.exclusive(mas):
+        syn2mas_marker.set_phase(mas, marker, "delegated", **fields)
     comment = "syn2mas phase delegated recorded"
     if probe is not None:
         comment += f" (no migration needed: {message})"

@@ -164,7 +164,7 @@ class Native:
 def native(monkeypatch):
     fake = Native()
     monkeypatch.setattr(syn2mas, "_preflight", fake.preflight)
-    monkeypatch.setattr(syn2mas, "_backup_plan", fake.plan)
+    monkeypatch.setattr(syn2mas.syn2mas_backup, "backup_plan", fake.plan)
     monkeypatch.setattr(syn2mas, "_backup", fake.backup)
     monkeypatch.setattr(syn2mas, "_verification", fake.verification)
     monkeypatch.setattr(syn2mas, "_mas_leftovers", fake.leftovers)
@@ -248,7 +248,7 @@ def assert_no_secret(value):
 
 
 def test_parse_splits_errors_warnings_and_multiline_bullets():
-    errors, warnings, fatal = syn2mas._parse("", ERRORS_AND_WARNINGS)
+    errors, warnings, fatal = syn2mas.syn2mas_output.parse_output("", ERRORS_AND_WARNINGS)
     assert errors == [
         "Guest support is enabled in the Synapse configuration.",
         "Password scheme version '1' in the MAS config must have the same secret as the `pepper` value from "
@@ -266,12 +266,12 @@ def test_parse_fatal_report_with_causes():
         "2026-01-01T00:00:00Z ERROR mas_cli::commands::syn2mas:9 Failed to acquire syn2mas lock on the database.\n"
         "Error: could not connect to Synapse Postgres database\n\nCaused by:\n    connection refused\n"
     )
-    errors, warnings, fatal = syn2mas._parse("", stderr)
+    errors, warnings, fatal = syn2mas.syn2mas_output.parse_output("", stderr)
     assert (errors, warnings) == ([], [])
     assert fatal == "Error: could not connect to Synapse Postgres database\nCaused by:\n    connection refused"
     # with RUST_BACKTRACE set, anyhow adds the stack: not for the operator's comment (the summary keeps it)
     backtrace = stderr + "\nStack backtrace:\n   0: <unknown>\n  12: __libc_start_call_main\n"
-    assert syn2mas._parse("", backtrace)[2] == fatal
+    assert syn2mas.syn2mas_output.parse_output("", backtrace)[2] == fatal
 
 
 def test_scrub_removes_known_secrets_urls_and_colours(world):
@@ -281,7 +281,7 @@ def test_scrub_removes_known_secrets_urls_and_colours(world):
         f"\x1b[31mERROR\x1b[0m pepper={PEPPER} db={DB_PASSWORD} mac={MACAROON} shared={SHARED} smtp={PILLAR_SMTP} "
         "uri=postgresql://synapse:Uri-Pass-0006@db/synapse"
     )
-    scrubbed = syn2mas._scrub(text, secrets)
+    scrubbed = syn2mas.syn2mas_output.scrub(text, secrets)
     assert_no_secret(scrubbed)
     assert "Uri-Pass-0006" not in scrubbed and "postgresql://synapse:**********@db/synapse" in scrubbed
     assert scrubbed.startswith("ERROR pepper=**********")
@@ -701,7 +701,7 @@ def test_reset_repairs_an_unreadable_marker(world):
 
 def test_one_run_at_a_time(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
-    with syn2mas._exclusive(data), pytest.raises(CommandExecutionError, match="another syn2mas run"):
+    with syn2mas.syn2mas_marker.exclusive(data), pytest.raises(CommandExecutionError, match="another syn2mas run"):
         syn2mas.migrate(mapdata=data)
 
 
@@ -868,17 +868,17 @@ def test_lockout_guard_refuses_what_it_cannot_read_unless_assume_fresh(world, ca
 )
 def test_lockout_guard_follows_the_recorded_phase_without_asking_synapse(world, monkeypatch, phase, ok, text):
     data = mapdata(world, migration_in_progress=False)
-    syn2mas._set_phase(data, None, phase)
-    monkeypatch.setattr(syn2mas, "_connect", None)  # no database may be asked
+    syn2mas.syn2mas_marker.set_phase(data, None, phase)
+    monkeypatch.setattr(syn2mas.syn2mas_db, "connected", None)  # no database may be asked
     result = syn2mas.lockout_check(data)
     assert result["result"] is ok and text in (result["comment"] + " ".join(result["errors"]))
 
 
 def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
-    monkeypatch.setattr(syn2mas, "_connect", None)
+    monkeypatch.setattr(syn2mas.syn2mas_db, "connected", None)
     data = mapdata(world)
     assert "nothing to roll back" in syn2mas.rollback_check(data)["comment"]
-    syn2mas._set_phase(data, None, "verified")
+    syn2mas.syn2mas_marker.set_phase(data, None, "verified")
     assert syn2mas.rollback_check(data)["result"] is True
     dropin(world)  # Synapse delegates although `delegated` was not recorded: asked (and MAS cannot be read here)
     with pytest.raises(TypeError):
@@ -887,7 +887,7 @@ def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
 
 def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
     data = mapdata(world, database={"host": "127.0.0.1", "port": free_port()})
-    syn2mas._set_phase(data, None, "delegated", finished_at="2026-01-01T00:00:00+00:00")
+    syn2mas.syn2mas_marker.set_phase(data, None, "delegated", finished_at="2026-01-01T00:00:00+00:00")
     dropin(world)
     refused = syn2mas.rollback_check(data)
     assert refused["result"] is False and "mas:migration_in_progress is true" in refused["errors"][0]
@@ -902,7 +902,7 @@ def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
 
 def test_mark_rolled_back_once_the_dropin_is_gone(world):
     data = mapdata(world, syn2mas={"force_rollback": True})
-    syn2mas._set_phase(data, None, "delegated")
+    syn2mas.syn2mas_marker.set_phase(data, None, "delegated")
     dropin(world)
     assert syn2mas.mark_rolled_back(data)["changes"] == {}
     (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
