@@ -1,15 +1,8 @@
-#!py
+#!mas_py
 """Meta-state: deploy MAS when mas:enabled is true, remove it (mas.clean) when false."""
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     users = bool(mas["users"])
     if not mas["enabled"]:
         # Synapse is authoritative: mas:users are registered there

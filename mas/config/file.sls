@@ -1,15 +1,8 @@
-#!py
+#!mas_py
 """MAS's config.yaml (no secret inside) and the bin/ wrappers."""
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_secrets = tplroot + ".secrets"
     paths = mas["paths"]
     # the server container carries Traefik's routers as labels (docker provider)

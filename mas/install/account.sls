@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """The service account and the directory tree under mas:base_path.
 
 An existing group and account are left exactly as they are (home, shell and
@@ -10,14 +10,8 @@ secrets and keys are root's (MAS reads them through its group), so the account
 can never plant a link that root would follow.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
+def run(mas, tplroot):
     account = __salt__["mas.account"](mas["user"], mas["group"])
     states = {}
     if account["group"]:

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """The binary runtime: MAS's release tarball, extracted once per version.
 
 The tarball (mas:binary:source) is fetched and checked against
@@ -10,14 +10,8 @@ anything that points at the release is replaced. Without a source,
 MAS is installed some other way (mas:binary:path and mas:binary:share_dir).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
+def run(mas, tplroot):
     states = {"include": [".account"]}
     if mas["paths"]["release_dir"]:
         states["mas-install-binary-file-directory"] = {

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """With mas:clean:purge, removes what the formula made under mas:base_path, and only that.
 
 Its files (a banner, its record, the names it reserves in its own directories),
@@ -8,15 +8,8 @@ stopped and its config removed, and after the syn2mas rollback guard. The
 service account is kept (files elsewhere may still belong to it).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     after = [tplroot + ".config.clean", tplroot + ".secrets.clean"]
     base = mas["paths"]["base"]
     if mas["clean"]["purge"]:

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Takes the routes to MAS out of the proxy, and reloads it when something changed.
 
 The compatibility routes go first, so logins go back to Synapse. nginx
@@ -6,15 +6,8 @@ snippets that exist are emptied, not deleted (an `include` of a missing file
 breaks nginx); the Traefik file is removed.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     proxy = __salt__["mas_proxy.settings"](mas, clean=True)
     states = {}
     ids = []

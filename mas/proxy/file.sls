@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """The proxy files (nginx snippets or a Traefik dynamic configuration).
 
 They wait for the Synapse side, so that logins only reach MAS once Synapse
@@ -6,15 +6,8 @@ delegates to it. Files another proxy type left (a switch from nginx to
 Traefik, or back) are emptied (nginx) or removed (Traefik) in the same run.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_synapse = tplroot + ".synapse"
     proxy = __salt__["mas_proxy.settings"](mas)
     states = {"include": [sls_synapse]}

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Secrets and signing keys: taken from pillar or generated once.
 
 Pillar secrets are read on the minion by the mas_secret.present state, never
@@ -8,15 +8,9 @@ are removed, and so are the temporary files of an interrupted write (in
 keys_dir MAS would load one as a key and refuse to start).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    sls_install = __sls__.split(".")[0] + ".install"
+def run(mas, tplroot):
+    sls_install = tplroot + ".install"
     states = {"include": [sls_install]}
     for secret in mas["secret_files"]:
         states[f"mas-secrets-file-mas_secret-present-{secret['name']}"] = {

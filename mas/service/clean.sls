@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Stops MAS and removes its unit.
 
 MAS stops only once Synapse is authoritative again and the compatibility
@@ -6,15 +6,9 @@ routes are gone. Only a unit this formula wrote (e.g. not the playbook's of
 the same name) is touched.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    sls_synapse_clean = __sls__.split(".")[0] + ".synapse.clean"
+def run(mas, tplroot):
+    sls_synapse_clean = tplroot + ".synapse.clean"
     ours = [{"fun": "mas.managed_by_formula", "path": mas["paths"]["unit"]}]
     states = {"include": [sls_synapse_clean]}
     require = [{"sls": sls_synapse_clean}]

@@ -1,19 +1,12 @@
-#!py
+#!mas_py
 """Starts MAS, and restarts it only when its config, secrets, keys or unit changed.
 
 With mas:service:manage false, starting and stopping is left to the
 operator's own supervisor.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_unit = tplroot + ".service.unit"
     sls_database = tplroot + ".database"
     states = {"include": [sls_unit] + ([sls_database] if mas["database"]["manage"] else [])}

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Removes the drop-in (Synapse becomes authoritative again) and Synapse's copy of the shared secret.
 
 They go after the compatibility routes, and Synapse restarts when something
@@ -7,15 +7,8 @@ file of the same name it did not write stays). The syn2mas rollback guard runs
 before any of it (mas_syn2mas.rollback_check).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_proxy_clean = tplroot + ".proxy.clean"
     synapse = __salt__["mas_synapse.settings"](mas)
     secret = synapse["secret"]

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Synapse's readable copy of the shared secret and the drop-in.
 
 The drop-in state reads Synapse's config first and refuses, changing nothing,
@@ -8,15 +8,8 @@ lock Synapse's users out (mas_syn2mas.lockout_check), removing the drop-in
 refuses a silent rollback (mas_syn2mas.rollback_check).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_secrets = tplroot + ".secrets"
     sls_service = tplroot + ".service"
     synapse = __salt__["mas_synapse.settings"](mas)

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Restarts Synapse only when its drop-in changed (mas:synapse:restart).
 
 Also when its copy of the shared secret changed while a drop-in is in place; a
@@ -7,15 +7,9 @@ a failed restart fails the run and says so. Under test=True the restart is
 predicted, not failed.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    sls_synapse_file = __sls__.split(".")[0] + ".synapse.file"
+def run(mas, tplroot):
+    sls_synapse_file = tplroot + ".synapse.file"
     synapse = __salt__["mas_synapse.settings"](mas)
     service = synapse["service"]
     states = {"include": [sls_synapse_file]}

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Users of mas:users (bots, bridges, admins), registration tokens and bot tokens.
 
 They live in the service that is authoritative now: MAS's admin API once MAS is
@@ -7,15 +7,9 @@ or mas:migration_in_progress is true -- syn2mas then brings the users over.
 Registration and bot tokens are MAS's: skipped meanwhile.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    sls_service = __sls__.split(".")[0] + ".service"
+def run(mas, tplroot):
+    sls_service = tplroot + ".service"
     require = [{"require": [{"sls": sls_service}]}] if mas["enabled"] else []
     states = {"include": [sls_service]} if mas["enabled"] else {}
     for user in mas["users"]:
