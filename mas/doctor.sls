@@ -10,12 +10,11 @@ on a warning too). Included last by `mas` when mas:doctor:after_apply is true.
 def run(mas, tplroot):
     doctor = mas["doctor"]
     return {
-        "mas-doctor-mas_doctor-healthy": {
-            "mas_doctor.healthy": [
-                {"name": f"doctor of {mas['public_base']}"},
-                {"strict": doctor["strict"]},
-                {"wait": doctor["wait"]},
-                {"timeout": doctor["timeout"]},
-            ]
-        }
+        "mas-doctor-mas_doctor-healthy": state(
+            "mas_doctor.healthy",
+            name=f"doctor of {mas['public_base']}",
+            strict=doctor["strict"],
+            wait=doctor["wait"],
+            timeout=doctor["timeout"],
+        )
     }

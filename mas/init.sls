@@ -17,8 +17,8 @@ def run(mas, tplroot):
         # mas:doctor:after_apply: the run ends with the doctor, once everything else is in place
         after = ["service", "synapse", "proxy"] + (["users"] if users else [])
         states["extend"] = {
-            "mas-doctor-mas_doctor-healthy": {
-                "mas_doctor.healthy": [{"require": [{"sls": f"{tplroot}.{sls}"} for sls in after]}]
-            }
+            "mas-doctor-mas_doctor-healthy": state(
+                "mas_doctor.healthy", require=[{"sls": f"{tplroot}.{sls}"} for sls in after]
+            )
         }
     return states

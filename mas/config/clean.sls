@@ -10,11 +10,10 @@ def run(mas, tplroot):
     sls_service_clean = tplroot + ".service.clean"
     states = {"include": [sls_service_clean]}
     for item in ["config_file", "mas_cli", "register_user"]:
-        states[f"mas-config-clean-file-absent-{item}"] = {
-            "file.absent": [
-                {"name": paths[item]},
-                {"onlyif": [{"fun": "mas.managed_by_formula", "path": paths[item]}]},
-                {"require": [{"sls": sls_service_clean}]},
-            ]
-        }
+        states[f"mas-config-clean-file-absent-{item}"] = state(
+            "file.absent",
+            name=paths[item],
+            onlyif=[{"fun": "mas.managed_by_formula", "path": paths[item]}],
+            require=[{"sls": sls_service_clean}],
+        )
     return states

@@ -13,16 +13,15 @@ def run(mas, tplroot):
     def managed(state_id, name, template, context, group, mode):
         contents = __salt__["mas.render"]([template], state_id, context, tplroot)
         return {
-            state_id: {
-                "file.managed": [
-                    {"name": name},
-                    {"contents": contents},
-                    {"user": "root"},
-                    {"group": group},
-                    {"mode": mode},
-                    {"require": [{"sls": sls_secrets}]},
-                ]
-            }
+            state_id: state(
+                "file.managed",
+                name=name,
+                contents=contents,
+                user="root",
+                group=group,
+                mode=mode,
+                require=[{"sls": sls_secrets}],
+            )
         }
 
     states = {"include": [sls_secrets]}
@@ -59,5 +58,5 @@ def run(mas, tplroot):
             managed(state_id, paths["labels_file"], "docker.labels.jinja", {"labels": labels}, mas["group"], "0640")
         )
     else:
-        states["mas-config-file-file-absent-labels"] = {"file.absent": [{"name": paths["labels_file"]}]}
+        states["mas-config-file-file-absent-labels"] = state("file.absent", name=paths["labels_file"])
     return states

@@ -5,12 +5,11 @@
 def run(mas, tplroot):
     database = mas["database"]
     return {
-        "mas-database-present-mas_db-present": {
-            "mas_db.present": [
-                {"name": database["name"]},
-                {"owner": database["user"]},
-                {"admin": database["admin"]},
-                {"password_pillar_key": "mas:database:password" if database["password_set"] else None},
-            ]
-        }
+        "mas-database-present-mas_db-present": state(
+            "mas_db.present",
+            name=database["name"],
+            owner=database["user"],
+            admin=database["admin"],
+            password_pillar_key="mas:database:password" if database["password_set"] else None,
+        )
     }

@@ -14,21 +14,19 @@ MAS is installed some other way (mas:binary:path and mas:binary:share_dir).
 def run(mas, tplroot):
     states = {"include": [".account"]}
     if mas["paths"]["release_dir"]:
-        states["mas-install-binary-file-directory"] = {
-            "file.directory": [
-                {"name": mas["paths"]["dist_dir"]},
-                {"user": "root"},
-                {"group": "root"},
-                {"mode": "0755"},
-                {"require": [{"file": "mas-install-account-file-directory-base"}]},
-            ]
-        }
-        states["mas-install-binary-mas-release_extracted"] = {
-            "mas.release_extracted": [
-                {"name": mas["paths"]["release_dir"]},
-                {"source": mas["binary"]["source"]},
-                {"source_hash": mas["binary"]["source_hash"]},
-                {"require": [{"file": "mas-install-binary-file-directory"}]},
-            ]
-        }
+        states["mas-install-binary-file-directory"] = state(
+            "file.directory",
+            name=mas["paths"]["dist_dir"],
+            user="root",
+            group="root",
+            mode="0755",
+            require=[{"file": "mas-install-account-file-directory-base"}],
+        )
+        states["mas-install-binary-mas-release_extracted"] = state(
+            "mas.release_extracted",
+            name=mas["paths"]["release_dir"],
+            source=mas["binary"]["source"],
+            source_hash=mas["binary"]["source_hash"],
+            require=[{"file": "mas-install-binary-file-directory"}],
+        )
     return states

@@ -13,9 +13,15 @@ def run(mas, tplroot):
     after = [tplroot + ".config.clean", tplroot + ".secrets.clean"]
     base = mas["paths"]["base"]
     if mas["clean"]["purge"]:
-        state_id = "mas-install-clean-mas_clean-purged"
-        state = {"mas_clean.purged": [{"name": base}, {"require": [{"sls": sls} for sls in after]}]}
-    else:
-        state_id = "mas-install-clean-test-nop"
-        state = {"test.nop": [{"name": f"Keeping {base} (secrets, keys, data); set mas:clean:purge to remove it"}]}
-    return {"include": after, state_id: state}
+        return {
+            "include": after,
+            "mas-install-clean-mas_clean-purged": state(
+                "mas_clean.purged", name=base, require=[{"sls": sls} for sls in after]
+            ),
+        }
+    return {
+        "include": after,
+        "mas-install-clean-test-nop": state(
+            "test.nop", name=f"Keeping {base} (secrets, keys, data); set mas:clean:purge to remove it"
+        ),
+    }

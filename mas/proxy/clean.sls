@@ -18,13 +18,13 @@ def run(mas, tplroot):
             contents = __salt__["mas.render"](
                 [file["template"]], f"mas-proxy-file-file-managed-{file['name']}", context, tplroot
             )
-            states[state_id] = {"file.managed": [{"name": file["path"]}, {"create": False}, {"contents": contents}]}
+            states[state_id] = state("file.managed", name=file["path"], create=False, contents=contents)
         else:
             state_id = f"mas-proxy-clean-file-absent-{file['name']}"
-            states[state_id] = {"file.absent": [{"name": file["path"]}]}
+            states[state_id] = state("file.absent", name=file["path"])
         ids.append(state_id)
     if not proxy["files"]:
-        states["mas-proxy-clean-test-nop"] = {"test.nop": [{"name": "mas:proxy:type is none; no proxy file to clean"}]}
+        states["mas-proxy-clean-test-nop"] = state("test.nop", name="mas:proxy:type is none; no proxy file to clean")
     if proxy["files"] and proxy["reload"]:
         states.update(
             __salt__["mas_proxy.reload_states"]("mas-proxy-clean-module-run", proxy["service"], proxy["check"], ids)

@@ -17,12 +17,11 @@ def run(mas, tplroot):
             __salt__["mas_proxy.reload_states"]("mas-proxy-reload-module-run", proxy["service"], proxy["check"], ids)
         )
     elif not (proxy["leftovers"] and proxy["reload"]):
-        states["mas-proxy-reload-test-nop"] = {
-            "test.nop": [
-                {"name": "No proxy reload (mas:proxy:reload is false or mas:proxy:type is none)"},
-                {"require": [{"sls": sls_proxy_file}]},
-            ]
-        }
+        states["mas-proxy-reload-test-nop"] = state(
+            "test.nop",
+            name="No proxy reload (mas:proxy:reload is false or mas:proxy:type is none)",
+            require=[{"sls": sls_proxy_file}],
+        )
     if proxy["reload"]:
         # the proxy whose files were left by another type (emptied or removed by mas.proxy.file)
         for group in proxy["leftover_reloads"]:

@@ -10,4 +10,4 @@ accident must be hard.
 def run(mas, tplroot):
     paths = mas["paths"]
     kept = f"Secrets under {paths['secrets_dir']} and {paths['keys_dir']} are kept unless mas:clean:purge is true"
-    return {"mas-secrets-clean-test-nop": {"test.nop": [{"name": kept}]}}
+    return {"mas-secrets-clean-test-nop": state("test.nop", name=kept)}

@@ -13,16 +13,15 @@ def run(mas, tplroot):
     states = {"include": [sls_synapse_clean]}
     require = [{"sls": sls_synapse_clean}]
     if mas["service"]["manage"]:
-        states["mas-service-clean-service-dead"] = {
-            "service.dead": [
-                {"name": mas["service"]["name"]},
-                {"enable": False},
-                {"onlyif": ours},
-                {"require": [{"sls": sls_synapse_clean}]},
-            ]
-        }
+        states["mas-service-clean-service-dead"] = state(
+            "service.dead",
+            name=mas["service"]["name"],
+            enable=False,
+            onlyif=ours,
+            require=[{"sls": sls_synapse_clean}],
+        )
         require.append({"service": "mas-service-clean-service-dead"})
-    states["mas-service-clean-file-absent"] = {
-        "file.absent": [{"name": mas["paths"]["unit"]}, {"onlyif": ours}, {"require": require}]
-    }
+    states["mas-service-clean-file-absent"] = state(
+        "file.absent", name=mas["paths"]["unit"], onlyif=ours, require=require
+    )
     return states

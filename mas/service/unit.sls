@@ -19,19 +19,14 @@ def run(mas, tplroot):
     }
     return {
         "include": [sls_config],
-        "mas-service-unit-file-managed": {
-            "file.managed": [
-                {"name": mas["paths"]["unit"]},
-                {
-                    "contents": __salt__["mas.render"](
-                        ["unit.service.jinja"], "mas-service-unit-file-managed", context, tplroot
-                    )
-                },
-                {"makedirs": True},
-                {"user": "root"},
-                {"group": "root"},
-                {"mode": "0644"},
-                {"require": [{"sls": sls_config}]},
-            ]
-        },
+        "mas-service-unit-file-managed": state(
+            "file.managed",
+            name=mas["paths"]["unit"],
+            contents=__salt__["mas.render"](["unit.service.jinja"], "mas-service-unit-file-managed", context, tplroot),
+            makedirs=True,
+            user="root",
+            group="root",
+            mode="0644",
+            require=[{"sls": sls_config}],
+        ),
     }

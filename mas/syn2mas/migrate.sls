@@ -10,7 +10,7 @@ def run(mas, tplroot):
     syn2mas = mas["syn2mas"]
     options = ["dry_run", "accept_warnings", "ignore_missing_auth_providers", "stop_services", "start_synapse_after"]
     return {
-        "mas-syn2mas-migrate-mas_syn2mas-migrated": {
-            "mas_syn2mas.migrated": [{"name": "syn2mas"}] + [{option: syn2mas[option]} for option in options]
-        }
+        "mas-syn2mas-migrate-mas_syn2mas-migrated": state(
+            "mas_syn2mas.migrated", name="syn2mas", **{option: syn2mas[option] for option in options}
+        )
     }

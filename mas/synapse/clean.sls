@@ -16,56 +16,45 @@ def run(mas, tplroot):
         "include": [sls_proxy_clean],
         # the guard goes first: before the compatibility routes, the drop-in and a
         # purge of the whole tree (mas.install.clean, outside this chain)
-        "mas-synapse-clean-mas_syn2mas-safe_to_roll_back": {
-            "mas_syn2mas.safe_to_roll_back": [
-                {"name": "syn2mas"},
+        "mas-synapse-clean-mas_syn2mas-safe_to_roll_back": state(
+            "mas_syn2mas.safe_to_roll_back",
+            name="syn2mas",
+            require_in=[
+                {"sls": sls_proxy_clean},
+                {"sls": tplroot + ".install.clean"},
+                {"file": "mas-synapse-clean-file-absent-dropin"},
+            ],
+        ),
+        "mas-synapse-clean-file-absent-dropin": state(
+            "file.absent",
+            name=synapse["dropin"],
+            onlyif=[{"fun": "mas.managed_by_formula", "path": synapse["dropin"]}],
+            require=[{"sls": sls_proxy_clean}],
+        ),
+        "mas-synapse-clean-file-absent-secret": state(
+            "file.absent",
+            name=secret["path"],
+            unless=[
                 {
-                    "require_in": [
-                        {"sls": sls_proxy_clean},
-                        {"sls": tplroot + ".install.clean"},
-                        {"file": "mas-synapse-clean-file-absent-dropin"},
-                    ]
-                },
-            ]
-        },
-        "mas-synapse-clean-file-absent-dropin": {
-            "file.absent": [
-                {"name": synapse["dropin"]},
-                {"onlyif": [{"fun": "mas.managed_by_formula", "path": synapse["dropin"]}]},
-                {"require": [{"sls": sls_proxy_clean}]},
-            ]
-        },
-        "mas-synapse-clean-file-absent-secret": {
-            "file.absent": [
-                {"name": secret["path"]},
-                {
-                    "unless": [
-                        {
-                            "fun": "mas_secret.foreign",
-                            "path": secret["path"],
-                            "kind": "copy",
-                            "source": secret["source"],
-                            "owner": mas["secret_owner"],
-                        }
-                    ]
-                },
-                {"require": [{"file": "mas-synapse-clean-file-absent-dropin"}]},
-            ]
-        },
-        "mas-synapse-clean-mas_syn2mas-rolled_back": {
-            "mas_syn2mas.rolled_back": [
-                {"name": "syn2mas"},
-                {"require": [{"file": "mas-synapse-clean-file-absent-dropin"}]},
-            ]
-        },
+                    "fun": "mas_secret.foreign",
+                    "path": secret["path"],
+                    "kind": "copy",
+                    "source": secret["source"],
+                    "owner": mas["secret_owner"],
+                }
+            ],
+            require=[{"file": "mas-synapse-clean-file-absent-dropin"}],
+        ),
+        "mas-synapse-clean-mas_syn2mas-rolled_back": state(
+            "mas_syn2mas.rolled_back", name="syn2mas", require=[{"file": "mas-synapse-clean-file-absent-dropin"}]
+        ),
     }
     if synapse["restart"]:
-        states["mas-synapse-clean-mas_synapse-restarted"] = {
-            "mas_synapse.restarted": [
-                {"name": "synapse"},
-                {"service": synapse["service"]},
-                {"url": synapse["url"]},
-                {"onchanges": [{"file": "mas-synapse-clean-file-absent-dropin"}]},
-            ]
-        }
+        states["mas-synapse-clean-mas_synapse-restarted"] = state(
+            "mas_synapse.restarted",
+            name="synapse",
+            service=synapse["service"],
+            url=synapse["url"],
+            onchanges=[{"file": "mas-synapse-clean-file-absent-dropin"}],
+        )
     return states

@@ -18,19 +18,13 @@ def run(mas, tplroot):
         # included SLS include (Salt 3008), restarting Synapse on any MAS change
         onchanges = [{"mas_secret": "mas-synapse-file-mas_secret-present"}] if synapse["state"] == "present" else []
         onchanges.append({"mas_synapse": "mas-synapse-file-mas_synapse-dropin"})
-        states["mas-synapse-restart-mas_synapse-restarted"] = {
-            "mas_synapse.restarted": [
-                {"name": "synapse"},
-                {"service": service},
-                {"url": synapse["url"]},
-                {"onchanges": onchanges},
-            ]
-        }
+        states["mas-synapse-restart-mas_synapse-restarted"] = state(
+            "mas_synapse.restarted", name="synapse", service=service, url=synapse["url"], onchanges=onchanges
+        )
     else:
-        states["mas-synapse-restart-test-nop"] = {
-            "test.nop": [
-                {"name": f"mas:synapse:restart is false; restart {service} yourself after its drop-in changes"},
-                {"require": [{"sls": sls_synapse_file}]},
-            ]
-        }
+        states["mas-synapse-restart-test-nop"] = state(
+            "test.nop",
+            name=f"mas:synapse:restart is false; restart {service} yourself after its drop-in changes",
+            require=[{"sls": sls_synapse_file}],
+        )
     return states
