@@ -54,7 +54,8 @@ def render(template, saltenv="base", sls="", tmplpath=None, **kws):  # pylint: d
         raise SaltRenderError(f"Template {tmplpath} is not a file!")
     if "mas.mapdata" not in __salt__:
         raise SaltRenderError(
-            f"{__salt__.missing_fun_string('mas.mapdata')}: sync the formula's modules first (saltutil.sync_all)"
+            f"{__salt__.missing_fun_string('mas.mapdata').rstrip('.')}: sync the formula's modules first "
+            "(saltutil.sync_all)"
         )
     try:
         mas = __salt__["mas.mapdata"](refuse_foreign=True)
