@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """`salt-call state.apply mas.doctor`: the whole deployment checked, failing on an error.
 
 Waits up to mas:doctor:wait seconds for MAS's /health and Synapse, then checks
@@ -6,22 +6,15 @@ the whole deployment (mas_doctor.run) and fails on an error (mas:doctor:strict:
 on a warning too). Included last by `mas` when mas:doctor:after_apply is true.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
+def run(mas, tplroot):
     doctor = mas["doctor"]
     return {
-        "mas-doctor-mas_doctor-healthy": {
-            "mas_doctor.healthy": [
-                {"name": f"doctor of {mas['public_base']}"},
-                {"strict": doctor["strict"]},
-                {"wait": doctor["wait"]},
-                {"timeout": doctor["timeout"]},
-            ]
-        }
+        "mas-doctor-mas_doctor-healthy": state(
+            "mas_doctor.healthy",
+            name=f"doctor of {mas['public_base']}",
+            strict=doctor["strict"],
+            wait=doctor["wait"],
+            timeout=doctor["timeout"],
+        )
     }

@@ -1,15 +1,8 @@
-#!py
+#!mas_py
 """Meta-state: deploy MAS when mas:enabled is true, remove it (mas.clean) when false."""
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     users = bool(mas["users"])
     if not mas["enabled"]:
         # Synapse is authoritative: mas:users are registered there
@@ -24,8 +17,8 @@ def run():
         # mas:doctor:after_apply: the run ends with the doctor, once everything else is in place
         after = ["service", "synapse", "proxy"] + (["users"] if users else [])
         states["extend"] = {
-            "mas-doctor-mas_doctor-healthy": {
-                "mas_doctor.healthy": [{"require": [{"sls": f"{tplroot}.{sls}"} for sls in after]}]
-            }
+            "mas-doctor-mas_doctor-healthy": state(
+                "mas_doctor.healthy", require=[{"sls": f"{tplroot}.{sls}"} for sls in after]
+            )
         }
     return states

@@ -1,15 +1,8 @@
-#!py
+#!mas_py
 """MAS's config.yaml (no secret inside) and the bin/ wrappers."""
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_secrets = tplroot + ".secrets"
     paths = mas["paths"]
     # the server container carries Traefik's routers as labels (docker provider)
@@ -20,16 +13,15 @@ def run():
     def managed(state_id, name, template, context, group, mode):
         contents = __salt__["mas.render"]([template], state_id, context, tplroot)
         return {
-            state_id: {
-                "file.managed": [
-                    {"name": name},
-                    {"contents": contents},
-                    {"user": "root"},
-                    {"group": group},
-                    {"mode": mode},
-                    {"require": [{"sls": sls_secrets}]},
-                ]
-            }
+            state_id: state(
+                "file.managed",
+                name=name,
+                contents=contents,
+                user="root",
+                group=group,
+                mode=mode,
+                require=[{"sls": sls_secrets}],
+            )
         }
 
     states = {"include": [sls_secrets]}
@@ -67,5 +59,5 @@ def run():
             managed(state_id, paths["labels_file"], "docker.labels.jinja", {"labels": labels}, mas["group"], "0640")
         )
     else:
-        states["mas-config-file-file-absent-labels"] = {"file.absent": [{"name": paths["labels_file"]}]}
+        states["mas-config-file-file-absent-labels"] = state("file.absent", name=paths["labels_file"])
     return states

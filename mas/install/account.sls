@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """The service account and the directory tree under mas:base_path.
 
 An existing group and account are left exactly as they are (home, shell and
@@ -10,35 +10,29 @@ secrets and keys are root's (MAS reads them through its group), so the account
 can never plant a link that root would follow.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
+def run(mas, tplroot):
     account = __salt__["mas.account"](mas["user"], mas["group"])
     states = {}
     if account["group"]:
-        group = {"test.nop": [{"name": f"group {mas['group']} exists; left as it is"}]}
+        group = state("test.nop", name=f"group {mas['group']} exists; left as it is")
     else:
-        group = {"group.present": [{"name": mas["group"]}, {"system": True}]}
+        group = state("group.present", name=mas["group"], system=True)
     states["mas-install-account-group-present"] = group
+    require = ["mas-install-account-group-present"]
     if account["user"]:
-        user = {"test.nop": [{"name": f"user {mas['user']} exists; left as it is"}]}
+        user = state("test.nop", name=f"user {mas['user']} exists; left as it is", require=require)
     else:
-        user = {
-            "user.present": [
-                {"name": mas["user"]},
-                {"gid": mas["group"]},
-                {"system": True},
-                {"createhome": False},
-                {"home": mas["paths"]["data_dir"]},
-                {"shell": "/usr/sbin/nologin"},
-            ]
-        }
-    next(iter(user.values())).append({"require": ["mas-install-account-group-present"]})
+        user = state(  # noqa: S604 -- shell= is the login shell of user.present, not a command shell
+            "user.present",
+            name=mas["user"],
+            gid=mas["group"],
+            system=True,
+            createhome=False,
+            home=mas["paths"]["data_dir"],
+            shell="/usr/sbin/nologin",
+            require=require,
+        )
     states["mas-install-account-user-present"] = user
     for directory, group, mode in [
         ("base", "root", "0755"),
@@ -49,14 +43,13 @@ def run():
         ("data_dir", mas["group"], "0750"),
         ("state_dir", "root", "0700"),
     ]:
-        states[f"mas-install-account-file-directory-{directory}"] = {
-            "file.directory": [
-                {"name": mas["paths"][directory]},
-                {"user": mas["user"] if directory == "data_dir" else "root"},
-                {"group": group},
-                {"mode": mode},
-                {"makedirs": True},
-                {"require": ["mas-install-account-user-present"]},
-            ]
-        }
+        states[f"mas-install-account-file-directory-{directory}"] = state(
+            "file.directory",
+            name=mas["paths"][directory],
+            user=mas["user"] if directory == "data_dir" else "root",
+            group=group,
+            mode=mode,
+            makedirs=True,
+            require=["mas-install-account-user-present"],
+        )
     return states

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """The binary runtime: MAS's release tarball, extracted once per version.
 
 The tarball (mas:binary:source) is fetched and checked against
@@ -10,31 +10,23 @@ anything that points at the release is replaced. Without a source,
 MAS is installed some other way (mas:binary:path and mas:binary:share_dir).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
+def run(mas, tplroot):
     states = {"include": [".account"]}
     if mas["paths"]["release_dir"]:
-        states["mas-install-binary-file-directory"] = {
-            "file.directory": [
-                {"name": mas["paths"]["dist_dir"]},
-                {"user": "root"},
-                {"group": "root"},
-                {"mode": "0755"},
-                {"require": [{"file": "mas-install-account-file-directory-base"}]},
-            ]
-        }
-        states["mas-install-binary-mas-release_extracted"] = {
-            "mas.release_extracted": [
-                {"name": mas["paths"]["release_dir"]},
-                {"source": mas["binary"]["source"]},
-                {"source_hash": mas["binary"]["source_hash"]},
-                {"require": [{"file": "mas-install-binary-file-directory"}]},
-            ]
-        }
+        states["mas-install-binary-file-directory"] = state(
+            "file.directory",
+            name=mas["paths"]["dist_dir"],
+            user="root",
+            group="root",
+            mode="0755",
+            require=[{"file": "mas-install-account-file-directory-base"}],
+        )
+        states["mas-install-binary-mas-release_extracted"] = state(
+            "mas.release_extracted",
+            name=mas["paths"]["release_dir"],
+            source=mas["binary"]["source"],
+            source_hash=mas["binary"]["source_hash"],
+            require=[{"file": "mas-install-binary-file-directory"}],
+        )
     return states

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """With mas:clean:purge, removes what the formula made under mas:base_path, and only that.
 
 Its files (a banner, its record, the names it reserves in its own directories),
@@ -8,21 +8,20 @@ stopped and its config removed, and after the syn2mas rollback guard. The
 service account is kept (files elsewhere may still belong to it).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     after = [tplroot + ".config.clean", tplroot + ".secrets.clean"]
     base = mas["paths"]["base"]
     if mas["clean"]["purge"]:
-        state_id = "mas-install-clean-mas_clean-purged"
-        state = {"mas_clean.purged": [{"name": base}, {"require": [{"sls": sls} for sls in after]}]}
-    else:
-        state_id = "mas-install-clean-test-nop"
-        state = {"test.nop": [{"name": f"Keeping {base} (secrets, keys, data); set mas:clean:purge to remove it"}]}
-    return {"include": after, state_id: state}
+        return {
+            "include": after,
+            "mas-install-clean-mas_clean-purged": state(
+                "mas_clean.purged", name=base, require=[{"sls": sls} for sls in after]
+            ),
+        }
+    return {
+        "include": after,
+        "mas-install-clean-test-nop": state(
+            "test.nop", name=f"Keeping {base} (secrets, keys, data); set mas:clean:purge to remove it"
+        ),
+    }

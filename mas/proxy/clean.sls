@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Takes the routes to MAS out of the proxy, and reloads it when something changed.
 
 The compatibility routes go first, so logins go back to Synapse. nginx
@@ -6,15 +6,8 @@ snippets that exist are emptied, not deleted (an `include` of a missing file
 breaks nginx); the Traefik file is removed.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     proxy = __salt__["mas_proxy.settings"](mas, clean=True)
     states = {}
     ids = []
@@ -25,13 +18,13 @@ def run():
             contents = __salt__["mas.render"](
                 [file["template"]], f"mas-proxy-file-file-managed-{file['name']}", context, tplroot
             )
-            states[state_id] = {"file.managed": [{"name": file["path"]}, {"create": False}, {"contents": contents}]}
+            states[state_id] = state("file.managed", name=file["path"], create=False, contents=contents)
         else:
             state_id = f"mas-proxy-clean-file-absent-{file['name']}"
-            states[state_id] = {"file.absent": [{"name": file["path"]}]}
+            states[state_id] = state("file.absent", name=file["path"])
         ids.append(state_id)
     if not proxy["files"]:
-        states["mas-proxy-clean-test-nop"] = {"test.nop": [{"name": "mas:proxy:type is none; no proxy file to clean"}]}
+        states["mas-proxy-clean-test-nop"] = state("test.nop", name="mas:proxy:type is none; no proxy file to clean")
     if proxy["files"] and proxy["reload"]:
         states.update(
             __salt__["mas_proxy.reload_states"]("mas-proxy-clean-module-run", proxy["service"], proxy["check"], ids)

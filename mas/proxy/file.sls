@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """The proxy files (nginx snippets or a Traefik dynamic configuration).
 
 They wait for the Synapse side, so that logins only reach MAS once Synapse
@@ -6,15 +6,8 @@ delegates to it. Files another proxy type left (a switch from nginx to
 Traefik, or back) are emptied (nginx) or removed (Traefik) in the same run.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_synapse = tplroot + ".synapse"
     proxy = __salt__["mas_proxy.settings"](mas)
     states = {"include": [sls_synapse]}
@@ -24,32 +17,25 @@ def run():
         return __salt__["mas.render"]([file["template"]], lookup, {"server": server, "route": file["context"]}, tplroot)
 
     for file in proxy["files"]:
-        states[f"mas-proxy-file-file-managed-{file['name']}"] = {
-            "file.managed": [
-                {"name": file["path"]},
-                {"contents": contents(file, file["server"])},
-                {"makedirs": True},
-                {"user": "root"},
-                {"group": "root"},
-                {"mode": "0644"},
-                {"require": [{"sls": sls_synapse}]},
-            ]
-        }
+        states[f"mas-proxy-file-file-managed-{file['name']}"] = state(
+            "file.managed",
+            name=file["path"],
+            contents=contents(file, file["server"]),
+            makedirs=True,
+            user="root",
+            group="root",
+            mode="0644",
+            require=[{"sls": sls_synapse}],
+        )
     if not proxy["files"]:
-        states["mas-proxy-file-test-nop"] = {
-            "test.nop": [
-                {
-                    "name": "mas:proxy:type is none; route the compatibility paths and "
-                    f"{mas['path_prefix']} to MAS yourself"
-                },
-                {"require": [{"sls": sls_synapse}]},
-            ]
-        }
+        states["mas-proxy-file-test-nop"] = state(
+            "test.nop",
+            name=f"mas:proxy:type is none; route the compatibility paths and {mas['path_prefix']} to MAS yourself",
+            require=[{"sls": sls_synapse}],
+        )
     for file in proxy["leftovers"]:
         if file["action"] == "empty":
-            states[file["id"]] = {
-                "file.managed": [{"name": file["path"]}, {"create": False}, {"contents": contents(file, "")}]
-            }
+            states[file["id"]] = state("file.managed", name=file["path"], create=False, contents=contents(file, ""))
         else:
-            states[file["id"]] = {"file.absent": [{"name": file["path"]}]}
+            states[file["id"]] = state("file.absent", name=file["path"])
     return states

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Reloads the proxy only when one of its files changed (mas:proxy:reload).
 
 nginx's whole configuration is tested first. The changes are watched by state
@@ -6,15 +6,9 @@ ID: an `sls:` requisite would also match every state the included SLS include
 (Salt 3008), reloading on any MAS change.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    sls_proxy_file = __sls__.split(".")[0] + ".proxy.file"
+def run(mas, tplroot):
+    sls_proxy_file = tplroot + ".proxy.file"
     proxy = __salt__["mas_proxy.settings"](mas)
     states = {"include": [sls_proxy_file]}
     if proxy["files"] and proxy["reload"]:
@@ -23,12 +17,11 @@ def run():
             __salt__["mas_proxy.reload_states"]("mas-proxy-reload-module-run", proxy["service"], proxy["check"], ids)
         )
     elif not (proxy["leftovers"] and proxy["reload"]):
-        states["mas-proxy-reload-test-nop"] = {
-            "test.nop": [
-                {"name": "No proxy reload (mas:proxy:reload is false or mas:proxy:type is none)"},
-                {"require": [{"sls": sls_proxy_file}]},
-            ]
-        }
+        states["mas-proxy-reload-test-nop"] = state(
+            "test.nop",
+            name="No proxy reload (mas:proxy:reload is false or mas:proxy:type is none)",
+            require=[{"sls": sls_proxy_file}],
+        )
     if proxy["reload"]:
         # the proxy whose files were left by another type (emptied or removed by mas.proxy.file)
         for group in proxy["leftover_reloads"]:

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Secrets and keys are only removed with mas:clean:purge.
 
 mas.install.clean then removes them with the rest of what the formula made
@@ -6,14 +6,8 @@ mas.install.clean then removes them with the rest of what the formula made
 accident must be hard.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
+def run(mas, tplroot):
     paths = mas["paths"]
     kept = f"Secrets under {paths['secrets_dir']} and {paths['keys_dir']} are kept unless mas:clean:purge is true"
-    return {"mas-secrets-clean-test-nop": {"test.nop": [{"name": kept}]}}
+    return {"mas-secrets-clean-test-nop": state("test.nop", name=kept)}

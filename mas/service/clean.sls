@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Stops MAS and removes its unit.
 
 MAS stops only once Synapse is authoritative again and the compatibility
@@ -6,29 +6,22 @@ routes are gone. Only a unit this formula wrote (e.g. not the playbook's of
 the same name) is touched.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    sls_synapse_clean = __sls__.split(".")[0] + ".synapse.clean"
+def run(mas, tplroot):
+    sls_synapse_clean = tplroot + ".synapse.clean"
     ours = [{"fun": "mas.managed_by_formula", "path": mas["paths"]["unit"]}]
     states = {"include": [sls_synapse_clean]}
     require = [{"sls": sls_synapse_clean}]
     if mas["service"]["manage"]:
-        states["mas-service-clean-service-dead"] = {
-            "service.dead": [
-                {"name": mas["service"]["name"]},
-                {"enable": False},
-                {"onlyif": ours},
-                {"require": [{"sls": sls_synapse_clean}]},
-            ]
-        }
+        states["mas-service-clean-service-dead"] = state(
+            "service.dead",
+            name=mas["service"]["name"],
+            enable=False,
+            onlyif=ours,
+            require=[{"sls": sls_synapse_clean}],
+        )
         require.append({"service": "mas-service-clean-service-dead"})
-    states["mas-service-clean-file-absent"] = {
-        "file.absent": [{"name": mas["paths"]["unit"]}, {"onlyif": ours}, {"require": require}]
-    }
+    states["mas-service-clean-file-absent"] = state(
+        "file.absent", name=mas["paths"]["unit"], onlyif=ours, require=require
+    )
     return states

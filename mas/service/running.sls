@@ -1,39 +1,30 @@
-#!py
+#!mas_py
 """Starts MAS, and restarts it only when its config, secrets, keys or unit changed.
 
 With mas:service:manage false, starting and stopping is left to the
 operator's own supervisor.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_unit = tplroot + ".service.unit"
     sls_database = tplroot + ".database"
     states = {"include": [sls_unit] + ([sls_database] if mas["database"]["manage"] else [])}
     service = mas["service"]
     if service["manage"] and __salt__["mas_syn2mas.phase"]() == "migrating":
-        states["mas-service-running-test-nop-syn2mas"] = {
-            "test.nop": [
-                {"name": "MAS is not started while a syn2mas migration is unfinished (salt-call mas_syn2mas.status)"},
-                {"require": [{"sls": sls_unit}]},
-            ]
-        }
+        states["mas-service-running-test-nop-syn2mas"] = state(
+            "test.nop",
+            name="MAS is not started while a syn2mas migration is unfinished (salt-call mas_syn2mas.status)",
+            require=[{"sls": sls_unit}],
+        )
     elif service["manage"]:
         if mas["runtime"] == "docker":
-            states["mas-service-running-mas-image_present"] = {
-                "mas.image_present": [
-                    {"name": mas["image"]},
-                    {"command": service["docker"]["command"]},
-                    {"require": [{"sls": sls_unit}]},
-                ]
-            }
+            states["mas-service-running-mas-image_present"] = state(
+                "mas.image_present",
+                name=mas["image"],
+                command=service["docker"]["command"],
+                require=[{"sls": sls_unit}],
+            )
         require = [{"sls": sls_database}] if mas["database"]["manage"] else []
         if mas["runtime"] == "docker":
             require.append({"mas": "mas-service-running-mas-image_present"})
@@ -48,14 +39,13 @@ def run():
             watch.append({"mas": "mas-install-binary-mas-release_extracted"})
         for secret in mas["secret_files"]:
             watch.append({"mas_secret": f"mas-secrets-file-mas_secret-present-{secret['name']}"})
-        states["mas-service-running-service-running"] = {
-            "service.running": [{"name": service["name"]}, {"enable": True}, {"require": require}, {"watch": watch}]
-        }
+        states["mas-service-running-service-running"] = state(
+            "service.running", name=service["name"], enable=True, require=require, watch=watch
+        )
     else:
-        states["mas-service-running-test-nop"] = {
-            "test.nop": [
-                {"name": f"mas:service:manage is false; start {service['name']} with your own supervisor"},
-                {"require": [{"sls": sls_unit}]},
-            ]
-        }
+        states["mas-service-running-test-nop"] = state(
+            "test.nop",
+            name=f"mas:service:manage is false; start {service['name']} with your own supervisor",
+            require=[{"sls": sls_unit}],
+        )
     return states

@@ -1,18 +1,11 @@
-#!py
+#!mas_py
 """The systemd unit of MAS (docker or binary runtime).
 
 Both runtimes run `mas-cli config check` before starting the server.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_config = tplroot + ".config"
     context = {
         "name": mas["service"]["name"],
@@ -27,19 +20,14 @@ def run():
     }
     return {
         "include": [sls_config],
-        "mas-service-unit-file-managed": {
-            "file.managed": [
-                {"name": mas["paths"]["unit"]},
-                {
-                    "contents": __salt__["mas.render"](
-                        ["unit.service.jinja"], "mas-service-unit-file-managed", context, tplroot
-                    )
-                },
-                {"makedirs": True},
-                {"user": "root"},
-                {"group": "root"},
-                {"mode": "0644"},
-                {"require": [{"sls": sls_config}]},
-            ]
-        },
+        "mas-service-unit-file-managed": state(
+            "file.managed",
+            name=mas["paths"]["unit"],
+            contents=__salt__["mas.render"](["unit.service.jinja"], "mas-service-unit-file-managed", context, tplroot),
+            makedirs=True,
+            user="root",
+            group="root",
+            mode="0644",
+            require=[{"sls": sls_config}],
+        ),
     }

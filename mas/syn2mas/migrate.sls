@@ -1,22 +1,16 @@
-#!py
+#!mas_py
 """Runs syn2mas through the guarded mas_syn2mas.migrated state.
 
 Check first, then (a real run) stop Synapse and MAS, migrate, record the phase.
 Already migrated: nothing runs. mas:syn2mas:dry_run: true runs `migrate --dry-run`.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
+def run(mas, tplroot):
     syn2mas = mas["syn2mas"]
     options = ["dry_run", "accept_warnings", "ignore_missing_auth_providers", "stop_services", "start_synapse_after"]
     return {
-        "mas-syn2mas-migrate-mas_syn2mas-migrated": {
-            "mas_syn2mas.migrated": [{"name": "syn2mas"}] + [{option: syn2mas[option]} for option in options]
-        }
+        "mas-syn2mas-migrate-mas_syn2mas-migrated": state(
+            "mas_syn2mas.migrated", name="syn2mas", **{option: syn2mas[option] for option in options}
+        )
     }

@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Removes the drop-in (Synapse becomes authoritative again) and Synapse's copy of the shared secret.
 
 They go after the compatibility routes, and Synapse restarts when something
@@ -7,15 +7,8 @@ file of the same name it did not write stays). The syn2mas rollback guard runs
 before any of it (mas_syn2mas.rollback_check).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_proxy_clean = tplroot + ".proxy.clean"
     synapse = __salt__["mas_synapse.settings"](mas)
     secret = synapse["secret"]
@@ -23,56 +16,45 @@ def run():
         "include": [sls_proxy_clean],
         # the guard goes first: before the compatibility routes, the drop-in and a
         # purge of the whole tree (mas.install.clean, outside this chain)
-        "mas-synapse-clean-mas_syn2mas-safe_to_roll_back": {
-            "mas_syn2mas.safe_to_roll_back": [
-                {"name": "syn2mas"},
+        "mas-synapse-clean-mas_syn2mas-safe_to_roll_back": state(
+            "mas_syn2mas.safe_to_roll_back",
+            name="syn2mas",
+            require_in=[
+                {"sls": sls_proxy_clean},
+                {"sls": tplroot + ".install.clean"},
+                {"file": "mas-synapse-clean-file-absent-dropin"},
+            ],
+        ),
+        "mas-synapse-clean-file-absent-dropin": state(
+            "file.absent",
+            name=synapse["dropin"],
+            onlyif=[{"fun": "mas.managed_by_formula", "path": synapse["dropin"]}],
+            require=[{"sls": sls_proxy_clean}],
+        ),
+        "mas-synapse-clean-file-absent-secret": state(
+            "file.absent",
+            name=secret["path"],
+            unless=[
                 {
-                    "require_in": [
-                        {"sls": sls_proxy_clean},
-                        {"sls": tplroot + ".install.clean"},
-                        {"file": "mas-synapse-clean-file-absent-dropin"},
-                    ]
-                },
-            ]
-        },
-        "mas-synapse-clean-file-absent-dropin": {
-            "file.absent": [
-                {"name": synapse["dropin"]},
-                {"onlyif": [{"fun": "mas.managed_by_formula", "path": synapse["dropin"]}]},
-                {"require": [{"sls": sls_proxy_clean}]},
-            ]
-        },
-        "mas-synapse-clean-file-absent-secret": {
-            "file.absent": [
-                {"name": secret["path"]},
-                {
-                    "unless": [
-                        {
-                            "fun": "mas_secret.foreign",
-                            "path": secret["path"],
-                            "kind": "copy",
-                            "source": secret["source"],
-                            "owner": mas["secret_owner"],
-                        }
-                    ]
-                },
-                {"require": [{"file": "mas-synapse-clean-file-absent-dropin"}]},
-            ]
-        },
-        "mas-synapse-clean-mas_syn2mas-rolled_back": {
-            "mas_syn2mas.rolled_back": [
-                {"name": "syn2mas"},
-                {"require": [{"file": "mas-synapse-clean-file-absent-dropin"}]},
-            ]
-        },
+                    "fun": "mas_secret.foreign",
+                    "path": secret["path"],
+                    "kind": "copy",
+                    "source": secret["source"],
+                    "owner": mas["secret_owner"],
+                }
+            ],
+            require=[{"file": "mas-synapse-clean-file-absent-dropin"}],
+        ),
+        "mas-synapse-clean-mas_syn2mas-rolled_back": state(
+            "mas_syn2mas.rolled_back", name="syn2mas", require=[{"file": "mas-synapse-clean-file-absent-dropin"}]
+        ),
     }
     if synapse["restart"]:
-        states["mas-synapse-clean-mas_synapse-restarted"] = {
-            "mas_synapse.restarted": [
-                {"name": "synapse"},
-                {"service": synapse["service"]},
-                {"url": synapse["url"]},
-                {"onchanges": [{"file": "mas-synapse-clean-file-absent-dropin"}]},
-            ]
-        }
+        states["mas-synapse-clean-mas_synapse-restarted"] = state(
+            "mas_synapse.restarted",
+            name="synapse",
+            service=synapse["service"],
+            url=synapse["url"],
+            onchanges=[{"file": "mas-synapse-clean-file-absent-dropin"}],
+        )
     return states

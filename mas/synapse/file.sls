@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Synapse's readable copy of the shared secret and the drop-in.
 
 The drop-in state reads Synapse's config first and refuses, changing nothing,
@@ -8,15 +8,8 @@ lock Synapse's users out (mas_syn2mas.lockout_check), removing the drop-in
 refuses a silent rollback (mas_syn2mas.rollback_check).
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    tplroot = __sls__.split(".")[0]
+def run(mas, tplroot):
     sls_secrets = tplroot + ".secrets"
     sls_service = tplroot + ".service"
     synapse = __salt__["mas_synapse.settings"](mas)
@@ -26,47 +19,37 @@ def run():
     outcome = "delegated" if present else "rolled_back"
     return {
         "include": [sls_secrets, sls_service],
-        f"mas-synapse-file-mas_syn2mas-{guard}": {
-            f"mas_syn2mas.{guard}": [
-                {"name": "syn2mas"},
-                {
-                    "require_in": [
-                        {"mas_secret": "mas-synapse-file-mas_secret-present"},
-                        {"mas_synapse": "mas-synapse-file-mas_synapse-dropin"},
-                    ]
-                },
-            ]
-        },
-        "mas-synapse-file-file-directory-secret": {
-            "file.directory": [{"name": secret["dir"]}, {"makedirs": True}],
-        },
-        "mas-synapse-file-mas_secret-present": {
-            "mas_secret.present": [
-                {"name": secret["path"]},
-                {"kind": "copy"},
-                {"source": secret["source"]},
-                {"user": secret["user"]},
-                {"group": secret["group"]},
-                {"mode": secret["mode"]},
-                {"owner": mas["secret_owner"]},
-                {"require": [{"sls": sls_secrets}, {"file": "mas-synapse-file-file-directory-secret"}]},
-            ]
-        },
-        "mas-synapse-file-mas_synapse-dropin": {
-            "mas_synapse.dropin": [
-                {"name": synapse["dropin"]},
-                {"endpoint": synapse["endpoint"]},
-                {"secret_path": secret["path"]},
-                {"config_files": synapse["config_files"]},
-                {"config_dir": synapse["config_dir"]},
-                {"migrating": not present},
-                {"require": [{"mas_secret": "mas-synapse-file-mas_secret-present"}, {"sls": sls_service}]},
-            ]
-        },
-        f"mas-synapse-file-mas_syn2mas-{outcome}": {
-            f"mas_syn2mas.{outcome}": [
-                {"name": "syn2mas"},
-                {"require": [{"mas_synapse": "mas-synapse-file-mas_synapse-dropin"}]},
-            ]
-        },
+        f"mas-synapse-file-mas_syn2mas-{guard}": state(
+            f"mas_syn2mas.{guard}",
+            name="syn2mas",
+            require_in=[
+                {"mas_secret": "mas-synapse-file-mas_secret-present"},
+                {"mas_synapse": "mas-synapse-file-mas_synapse-dropin"},
+            ],
+        ),
+        "mas-synapse-file-file-directory-secret": state("file.directory", name=secret["dir"], makedirs=True),
+        "mas-synapse-file-mas_secret-present": state(
+            "mas_secret.present",
+            name=secret["path"],
+            kind="copy",
+            source=secret["source"],
+            user=secret["user"],
+            group=secret["group"],
+            mode=secret["mode"],
+            owner=mas["secret_owner"],
+            require=[{"sls": sls_secrets}, {"file": "mas-synapse-file-file-directory-secret"}],
+        ),
+        "mas-synapse-file-mas_synapse-dropin": state(
+            "mas_synapse.dropin",
+            name=synapse["dropin"],
+            endpoint=synapse["endpoint"],
+            secret_path=secret["path"],
+            config_files=synapse["config_files"],
+            config_dir=synapse["config_dir"],
+            migrating=not present,
+            require=[{"mas_secret": "mas-synapse-file-mas_secret-present"}, {"sls": sls_service}],
+        ),
+        f"mas-synapse-file-mas_syn2mas-{outcome}": state(
+            f"mas_syn2mas.{outcome}", name="syn2mas", require=[{"mas_synapse": "mas-synapse-file-mas_synapse-dropin"}]
+        ),
     }

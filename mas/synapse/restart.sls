@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Restarts Synapse only when its drop-in changed (mas:synapse:restart).
 
 Also when its copy of the shared secret changed while a drop-in is in place; a
@@ -7,15 +7,9 @@ a failed restart fails the run and says so. Under test=True the restart is
 predicted, not failed.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    sls_synapse_file = __sls__.split(".")[0] + ".synapse.file"
+def run(mas, tplroot):
+    sls_synapse_file = tplroot + ".synapse.file"
     synapse = __salt__["mas_synapse.settings"](mas)
     service = synapse["service"]
     states = {"include": [sls_synapse_file]}
@@ -24,19 +18,13 @@ def run():
         # included SLS include (Salt 3008), restarting Synapse on any MAS change
         onchanges = [{"mas_secret": "mas-synapse-file-mas_secret-present"}] if synapse["state"] == "present" else []
         onchanges.append({"mas_synapse": "mas-synapse-file-mas_synapse-dropin"})
-        states["mas-synapse-restart-mas_synapse-restarted"] = {
-            "mas_synapse.restarted": [
-                {"name": "synapse"},
-                {"service": service},
-                {"url": synapse["url"]},
-                {"onchanges": onchanges},
-            ]
-        }
+        states["mas-synapse-restart-mas_synapse-restarted"] = state(
+            "mas_synapse.restarted", name="synapse", service=service, url=synapse["url"], onchanges=onchanges
+        )
     else:
-        states["mas-synapse-restart-test-nop"] = {
-            "test.nop": [
-                {"name": f"mas:synapse:restart is false; restart {service} yourself after its drop-in changes"},
-                {"require": [{"sls": sls_synapse_file}]},
-            ]
-        }
+        states["mas-synapse-restart-test-nop"] = state(
+            "test.nop",
+            name=f"mas:synapse:restart is false; restart {service} yourself after its drop-in changes",
+            require=[{"sls": sls_synapse_file}],
+        )
     return states

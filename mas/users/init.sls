@@ -1,4 +1,4 @@
-#!py
+#!mas_py
 """Users of mas:users (bots, bridges, admins), registration tokens and bot tokens.
 
 They live in the service that is authoritative now: MAS's admin API once MAS is
@@ -7,54 +7,44 @@ or mas:migration_in_progress is true -- syn2mas then brings the users over.
 Registration and bot tokens are MAS's: skipped meanwhile.
 """
 
-from salt.exceptions import SaltInvocationError
 
-
-def run():
-    try:
-        mas = __salt__["mas.mapdata"](refuse_foreign=True)
-    except SaltInvocationError as exc:  # the pillar's error, without the loader's frames around it
-        raise SaltInvocationError(str(exc)) from None
-    sls_service = __sls__.split(".")[0] + ".service"
-    require = [{"require": [{"sls": sls_service}]}] if mas["enabled"] else []
+def run(mas, tplroot):
+    sls_service = tplroot + ".service"
+    require = {"require": [{"sls": sls_service}]} if mas["enabled"] else {}
     states = {"include": [sls_service]} if mas["enabled"] else {}
     for user in mas["users"]:
         function = "absent" if user["absent"] else "present"
         state_id = f"mas-users-mas_user-{function}-{user['username']}"
         if user["absent"]:
-            args = [{"erase": user["erase"]}]
+            args = {"erase": user["erase"]}
         else:
             keys = ["admin", "emails", "password_pillar_key", "locked", "password_update", "skip_password_check"]
-            args = [{key: user[key]} for key in keys]
-        states[state_id] = {f"mas_user.{function}": [{"name": user["username"]}, *args, *require]}
+            args = {key: user[key] for key in keys}
+        states[state_id] = state(f"mas_user.{function}", name=user["username"], **args, **require)
         token = user["access_token"]
         if token and not user["absent"]:
-            states[f"mas-users-mas_user-bot_token-{user['username']}"] = {
-                "mas_user.bot_token": [
-                    {"name": user["username"]},
-                    {"path": token["path"]},
-                    {"owner": token.get("owner")},
-                    {"group": token.get("group")},
-                    {"scope": token.get("scope")},
-                    {"device_id": token.get("device_id")},
-                    {"expires_in": token.get("expires_in")},
-                    {"renew_before": token.get("renew_before", 86400)},
-                    {"synapse_admin": token.get("synapse_admin", False)},
-                    {"require": [{"mas_user": state_id}]},
-                ]
-            }
+            states[f"mas-users-mas_user-bot_token-{user['username']}"] = state(
+                "mas_user.bot_token",
+                name=user["username"],
+                path=token["path"],
+                owner=token.get("owner"),
+                group=token.get("group"),
+                scope=token.get("scope"),
+                device_id=token.get("device_id"),
+                expires_in=token.get("expires_in"),
+                renew_before=token.get("renew_before", 86400),
+                synapse_admin=token.get("synapse_admin", False),
+                require=[{"mas_user": state_id}],
+            )
     for name, token in sorted(mas["registration_tokens"].items()):
-        states[f"mas-users-mas_user-registration_token-{name}"] = {
-            "mas_user.registration_token": [
-                {"name": name},
-                {"usage_limit": token.get("usage_limit")},
-                {"expires": token.get("expires")},
-                {"revoked": token.get("revoked", False)},
-                *require,
-            ]
-        }
+        states[f"mas-users-mas_user-registration_token-{name}"] = state(
+            "mas_user.registration_token",
+            name=name,
+            usage_limit=token.get("usage_limit"),
+            expires=token.get("expires"),
+            revoked=token.get("revoked", False),
+            **require,
+        )
     # the states above share one session per service; end them (Synapse: log out)
-    states["mas-users-mas_user-sessions_closed"] = {
-        "mas_user.sessions_closed": [{"name": "mas users"}, {"order": "last"}]
-    }
+    states["mas-users-mas_user-sessions_closed"] = state("mas_user.sessions_closed", name="mas users", order="last")
     return states

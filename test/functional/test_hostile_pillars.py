@@ -312,6 +312,7 @@ def test_hostile_pillar_is_refused_naming_the_key_and_writes_nothing(minion, exa
     # refused at render: no state ran
     assert not res.states, sorted(res.states)
     assert "nothing was changed" in text, text
+    assert "Traceback" not in text, text
     lines = [line for line in text.splitlines() if line.startswith(f"- {key}: ")]
     assert lines, f"{key} not named in:\n{text}"
     # what a valid value looks like, or what to do instead

@@ -1,7 +1,7 @@
 """Every SLS renders pillar values as data (issue 8, "Render values as data").
 
 Each SLS of the formula is rendered by Salt's own renderers (the one its
-shebang names, ``#!py`` or ``#!yaml``; ``slsutil.renderer`` in one salt
+shebang names, the formula's ``#!mas_py`` or ``#!yaml``; ``slsutil.renderer`` in one salt
 process) twice: with a valid map, and with the same map where every string value carries a hostile tail (newlines,
 quotes, ``:``, ``{{``, ``{%``, ``#``, ``;``, an injected ``cmd.run`` state).
 The map is what ``mas.mapdata`` gives the SLS; validation would refuse such

@@ -1,5 +1,5 @@
 """The linters, as pre-commit runs them: ruff (lint and format) on the code and
-the ``#!py`` SLS files, salt-lint and yamllint on the YAML SLS files (includes
+the ``#!mas_py`` SLS files (knowing what the formula's renderer gives them), salt-lint and yamllint on the YAML SLS files (includes
 only), yamllint on pillar.example and the parameters, and the check that every
 public function has a CLI example. Every SLS renders to state data with a
 pillar that enables every branch (in one salt process).
@@ -54,6 +54,30 @@ def test_sls_lint_finds_what_is_wrong(tmp_path):
     assert "F401" in proc.stdout  # the unused import
     assert "F821" in proc.stdout  # the undefined name
     assert "key-duplicates" in proc.stdout  # yamllint on the YAML SLS
+
+
+def test_sls_lint_knows_the_formula_renderer(tmp_path):
+    """``#!mas_py``: ruff knows ``state`` (the renderer gives it) and still finds an undefined name; ``run`` must take
+    ``(mas, tplroot)``, what the renderer calls it with."""
+    good = tmp_path / "good.sls"
+    good.write_text(
+        '#!mas_py\n"""Owns one state."""\n\n\ndef run(mas, tplroot):\n'
+        '    return {"x": state("test.nop", name=mas["user"] + tplroot + __sls__)}\n'
+    )
+    undefined = tmp_path / "undefined.sls"
+    undefined.write_text('#!mas_py\n"""Owns nothing."""\n\n\ndef run(mas, tplroot):\n    return {"x": stat(mas)}\n')
+    old = tmp_path / "old.sls"
+    old.write_text('#!mas_py\n"""Owns nothing."""\n\n\ndef run():\n    return {}\n')
+    missing = tmp_path / "missing.sls"
+    missing.write_text('#!mas_py\n"""Owns nothing."""\n\n\ndef build(mas, tplroot):\n    return {}\n')
+    lint = [sys.executable, str(REPO_ROOT / "scripts" / "lint_sls.py")]
+    proc = subprocess.run([*lint, str(good)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([*lint, str(undefined), str(old), str(missing)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert "F821 Undefined name `stat`" in proc.stdout, proc.stdout
+    assert "old.sls:5: #!mas_py: run must take (mas, tplroot), not ()" in proc.stdout, proc.stdout
+    assert "missing.sls: #!mas_py: no run(mas, tplroot)" in proc.stdout, proc.stdout
 
 
 def test_ruff_lint_and_format():

@@ -78,6 +78,8 @@ def test_salt_star_state_apply_mas(master_and_minion, paths_root):
     sync = salt.run("saltutil.sync_all", minion_tgt=minion.id)
     assert sync.returncode == 0, sync
     assert "modules.mas" in sync.data["modules"]
+    # the formula's renderer (#!mas_py), without which the SLS files would render to nothing
+    assert "renderers.mas_py" in sync.data["renderers"]
 
     first = salt.run("state.apply", "mas", minion_tgt=minion.id)
     assert first.returncode == 0, first
