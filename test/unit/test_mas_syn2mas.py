@@ -117,7 +117,7 @@ def up(monkeypatch):
     def answers(url, timeout=3):
         return state["synapse"] if "/_matrix/" in url else state["mas"]
 
-    monkeypatch.setattr(syn2mas, "_answers", answers)
+    monkeypatch.setattr(syn2mas.http, "answers", answers)
     return state
 
 
@@ -129,7 +129,8 @@ class Native:
         self.plan_problems, self.backup_error, self.calls = [], None, []
         self.mas_leftover = None
 
-    def preflight(self, mas, opts, marker, files, conf, secrets):
+    def preflight(self, ctx):
+        files = ctx["files"]
         self.calls.append("preflight")
         return {
             "errors": list(self.preflight_errors),
@@ -145,17 +146,17 @@ class Native:
         self.calls.append("backup check")
         return (None if self.plan_problems else {"dir": opts["backup_dir"]}), list(self.plan_problems)
 
-    def backup(self, mas, opts, database, plan, secrets):
+    def backup(self, mas, opts, database, plan, secrets, run_all):
         self.calls.append("backup")
         if self.backup_error:
             raise CommandExecutionError(self.backup_error)
         return {"path": f"{plan['dir']}/synapse.dump", "sha256": "0" * 64, "size": 1024, "seconds": 0.1}
 
-    def verification(self, mas, opts, conf, files, secrets):
+    def verification(self, ctx):
         self.calls.append("verify")
         return {"errors": list(self.verify_errors), "counts": {}, "missing": {}}
 
-    def leftovers(self, mas):
+    def leftovers(self, mas, database, secrets):
         self.calls.append("leftovers")
         return self.mas_leftover
 
@@ -163,11 +164,11 @@ class Native:
 @pytest.fixture(autouse=True)
 def native(monkeypatch):
     fake = Native()
-    monkeypatch.setattr(syn2mas, "_preflight", fake.preflight)
+    monkeypatch.setattr(syn2mas.syn2mas_run, "preflight", fake.preflight)
     monkeypatch.setattr(syn2mas.syn2mas_backup, "backup_plan", fake.plan)
-    monkeypatch.setattr(syn2mas, "_backup", fake.backup)
-    monkeypatch.setattr(syn2mas, "_verification", fake.verification)
-    monkeypatch.setattr(syn2mas, "_mas_leftovers", fake.leftovers)
+    monkeypatch.setattr(syn2mas.syn2mas_backup, "backup", fake.backup)
+    monkeypatch.setattr(syn2mas.syn2mas_run, "verification", fake.verification)
+    monkeypatch.setattr(syn2mas.syn2mas_guards, "mas_leftovers", fake.leftovers)
     return fake
 
 
@@ -426,7 +427,7 @@ def test_phase_reads_the_marker_only(world, cli, up, monkeypatch):
     assert syn2mas.phase(data) == "legacy_auth"
     syn2mas.migrate(mapdata=data)
     calls = len(cli.calls)
-    monkeypatch.setattr(syn2mas, "_answers", None)  # no probe allowed
+    monkeypatch.setattr(syn2mas.http, "answers", None)  # no probe allowed
     assert syn2mas.phase(data) == "verified" and len(cli.calls) == calls
 
 
