@@ -1,21 +1,33 @@
-"""Unit tests of the syn2mas phase guard (``_modules/mas_syn2mas.py``,
-``_states/mas_syn2mas.py``) with the Salt loader.
+"""Unit tests of syn2mas (``_modules/mas_syn2mas.py``, ``_states/mas_syn2mas.py`` and their helpers
+``mas_formula.syn2mas_*``) with the Salt loader.
 
-The formula's other modules (the map, ``mas_synapse.config``,
-``mas_secret.scrub`` and its atomic writer) are the real ones; only the outside world is faked: ``cmd.run_all`` answers
-like ``mas-cli syn2mas`` (canned upstream-shaped output and exit codes), the
-``service.*`` functions are mocks and the HTTP probes of Synapse and MAS are
-replaced by a switch. Files (marker, Synapse config, secrets) are real, under
-tmp. The parts that read PostgreSQL (preflight, backup, verification) are
-stand-ins here (the ``native`` fixture): the integration tests run them
-against a real Synapse database (``test/integration/test_syn2mas_*.py``);
-the lock-out guard runs for real on a SQLite Synapse database.
+The formula's other modules (the map, ``mas_synapse.config``, the scrubber and
+the atomic writer) are the real ones; only the outside world is faked:
+``cmd.run_all`` answers like ``mas-cli syn2mas`` and ``pg_dump`` (canned
+upstream-shaped output and exit codes; pg_dump writes its file), the
+``service.*`` functions are mocks and the formula's HTTP probe
+(``mas_formula.http.answers``) is a switch. Files (marker, Synapse config,
+secrets, backups) are real, under tmp.
+
+This tier has no PostgreSQL. The tests of a run's orchestration (the order of
+its steps, what it stops, starts, records and says) opt into
+``orchestration_stubs``, which stand in for the three PostgreSQL readers only:
+the preflight's checks, the backup's size estimate and the verification's
+comparison; the backup itself runs (pg_dump answered by ``cmd.run_all``). The
+tests of the reset's bookkeeping opt into ``mas_database_empty``. Everything
+else runs for real: the guards on a SQLite Synapse, the preflight and the
+reset's look into MAS's database against a PostgreSQL port nothing listens on.
+The preflight, the verification and the reset against real databases are
+integration tests (``test/integration/test_syn2mas*.py``).
 """
 
+import contextlib
+import hashlib
 import json
 import os
 import sqlite3
 import stat
+from pathlib import Path
 from unittest.mock import MagicMock
 
 import pytest
@@ -24,6 +36,16 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from formula_modules import DEFAULTS, MODULES, STATES, dunders
 from harness.util import free_port
+from mas_formula import (
+    http,
+    syn2mas_backup,
+    syn2mas_db,
+    syn2mas_guards,
+    syn2mas_marker,
+    syn2mas_output,
+    syn2mas_preflight,
+    syn2mas_verify,
+)
 from pillars import deep_update
 
 mas = MODULES["mas"]
@@ -65,29 +87,62 @@ NOT_EMPTY = {
 }
 
 
+#: What the fake pg_dump writes.
+DUMP = b"PGDMP fake custom-format dump of Synapse's database\n"
+
+
 class FakeCli:
-    """``cmd.run_all`` answering like ``mas-cli syn2mas``: ``answers[action]``
-    (``check``, ``migrate``, ``dry-run``) is a dict or a list used in turn."""
+    """``cmd.run_all`` answering like ``mas-cli syn2mas`` and ``pg_dump``: ``answers[action]`` (``check``,
+    ``migrate``, ``dry-run``, ``pg_dump``) is a dict or a list used in turn. A pg_dump that succeeds writes
+    :data:`DUMP` into its ``--file``; what its PGPASSFILE was while it ran is kept in ``passfiles``."""
 
     def __init__(self):
         self.calls = []
         self.kwargs = []
-        self.answers = {"check": CHECK_OK, "migrate": MIGRATE_OK, "dry-run": MIGRATE_OK}
+        self.passfiles = []
+        self.answers = {
+            "check": CHECK_OK,
+            "migrate": MIGRATE_OK,
+            "dry-run": MIGRATE_OK,
+            "pg_dump": {"retcode": 0, "stdout": "", "stderr": ""},
+        }
 
     def __call__(self, argv, **kwargs):
         assert isinstance(argv, list) and kwargs["python_shell"] is False
         assert kwargs["output_loglevel"] == "quiet"
         self.calls.append(argv)
         self.kwargs.append(kwargs)
-        action = "dry-run" if "--dry-run" in argv else argv[-1]
+        action = self.action(argv)
         answer = self.answers[action]
         if isinstance(answer, list):
             answer = answer.pop(0)
+        if action == "pg_dump":
+            passfile = (kwargs.get("env") or {}).get("PGPASSFILE")
+            if passfile:
+                self.passfiles.append((passfile, stat.S_IMODE(os.stat(passfile).st_mode), Path(passfile).read_text()))
+            if answer["retcode"] == 0:
+                Path(argv[argv.index("--file") + 1]).write_bytes(DUMP)
         return dict(answer, pid=1)
+
+    @staticmethod
+    def action(argv):
+        if os.path.basename(argv[0]) == "pg_dump":
+            return "pg_dump"
+        return "dry-run" if "--dry-run" in argv else argv[-1]
 
     @property
     def actions(self):
-        return ["dry-run" if "--dry-run" in argv else argv[-1] for argv in self.calls]
+        """The mas-cli runs, in order (``check``, ``migrate``, ``dry-run``)."""
+        return [self.action(argv) for argv in self.calls if self.action(argv) != "pg_dump"]
+
+    @property
+    def dumps(self):
+        """``(argv, kwargs)`` of each pg_dump run."""
+        return [
+            (argv, kwargs)
+            for argv, kwargs in zip(self.calls, self.kwargs, strict=True)
+            if self.action(argv) == "pg_dump"
+        ]
 
 
 @pytest.fixture
@@ -111,26 +166,25 @@ def services():
 
 @pytest.fixture
 def up(monkeypatch):
-    """Which of Synapse/MAS answer over HTTP (the probe is replaced)."""
+    """Which of Synapse/MAS answer over HTTP (the formula's probe, ``mas_formula.http.answers``, is replaced)."""
     state = {"synapse": False, "mas": False}
 
     def answers(url, timeout=3):
         return state["synapse"] if "/_matrix/" in url else state["mas"]
 
-    monkeypatch.setattr(syn2mas.http, "answers", answers)
+    monkeypatch.setattr(http, "answers", answers)
     return state
 
 
-class Native:
-    """Stand-ins for the PostgreSQL-reading steps of a real run: what they return, what they were asked."""
+class OrchestrationStubs:
+    """For the tests of a run's orchestration: stand-ins for its three PostgreSQL readers (the preflight's
+    checks, the backup's size estimate, the verification's comparison); ``calls`` lists what was asked."""
 
     def __init__(self):
         self.preflight_errors, self.preflight_warnings, self.verify_errors = [], [], []
-        self.plan_problems, self.backup_error, self.calls = [], None, []
-        self.mas_leftover = None
+        self.plan_problems, self.calls = [], []
 
-    def preflight(self, ctx):
-        files = ctx["files"]
+    def preflight(self, mas, opts, marker, files, conf, secrets, mas_database, pillar_pepper=None):
         self.calls.append("preflight")
         return {
             "errors": list(self.preflight_errors),
@@ -138,38 +192,62 @@ class Native:
             "notes": [],
             "counts": {"users": {"local": 3}},
             "synapse_database": "PostgreSQL database synapse",
-            "mas_database": "MAS's database",
+            "mas_database": mas_database["label"],
             "synapse_configs": files,
         }
 
-    def plan(self, mas, opts, database, secrets):
+    def backup_plan(self, mas, opts, database, secrets):
         self.calls.append("backup check")
-        return (None if self.plan_problems else {"dir": opts["backup_dir"]}), list(self.plan_problems)
+        if self.plan_problems:
+            return None, list(self.plan_problems)
+        os.makedirs(opts["backup_dir"], mode=0o700, exist_ok=True)
+        return {"dir": opts["backup_dir"], "estimate": len(DUMP), "free": 1 << 30}, []
 
-    def backup(self, mas, opts, database, plan, secrets, run_all):
-        self.calls.append("backup")
-        if self.backup_error:
-            raise CommandExecutionError(self.backup_error)
-        return {"path": f"{plan['dir']}/synapse.dump", "sha256": "0" * 64, "size": 1024, "seconds": 0.1}
-
-    def verification(self, ctx):
+    def verify(self, mas, opts, conf, files, secrets, mas_database):
         self.calls.append("verify")
-        return {"errors": list(self.verify_errors), "counts": {}, "missing": {}}
-
-    def leftovers(self, mas, database, secrets):
-        self.calls.append("leftovers")
-        return self.mas_leftover
+        users = {"synapse": {"users": 3}, "mas": {"users": 3 - len(self.verify_errors)}}
+        return {"errors": list(self.verify_errors), "counts": users, "missing": {}}
 
 
-@pytest.fixture(autouse=True)
-def native(monkeypatch):
-    fake = Native()
-    monkeypatch.setattr(syn2mas.syn2mas_run, "preflight", fake.preflight)
-    monkeypatch.setattr(syn2mas.syn2mas_backup, "backup_plan", fake.plan)
-    monkeypatch.setattr(syn2mas.syn2mas_backup, "backup", fake.backup)
-    monkeypatch.setattr(syn2mas.syn2mas_run, "verification", fake.verification)
-    monkeypatch.setattr(syn2mas.syn2mas_guards, "mas_leftovers", fake.leftovers)
-    return fake
+@pytest.fixture
+def orchestration_stubs(monkeypatch):
+    """Opt-in: the PostgreSQL readers of a run replaced (:class:`OrchestrationStubs`), the rest of it real."""
+    stubs = OrchestrationStubs()
+    monkeypatch.setattr(syn2mas_preflight, "preflight", stubs.preflight)
+    monkeypatch.setattr(syn2mas_backup, "backup_plan", stubs.backup_plan)
+    monkeypatch.setattr(syn2mas_verify, "verify", stubs.verify)
+    return stubs
+
+
+@pytest.fixture
+def mas_database_empty(monkeypatch):
+    """Opt-in, for the tests of the reset's bookkeeping: MAS's database is found empty (the look into a real one,
+    ``syn2mas_guards.mas_leftovers``, is integration-tested); lists the databases asked."""
+    asked = []
+
+    def leftovers(mas, database, secrets):
+        asked.append(database["label"])
+
+    monkeypatch.setattr(syn2mas_guards, "mas_leftovers", leftovers)
+    return asked
+
+
+@pytest.fixture
+def meanwhile(monkeypatch):
+    """Another run that records a phase after this call looked at the marker and before it holds the lock:
+    ``meanwhile(phase, **fields)`` arms it for the next ``syn2mas_marker.exclusive``."""
+    real, armed = syn2mas_marker.exclusive, []
+
+    @contextlib.contextmanager
+    def exclusive(mas):
+        if armed:
+            phase, fields = armed.pop()
+            syn2mas_marker.set_phase(mas, syn2mas_marker.read_marker(mas), phase, **fields)
+        with real(mas):
+            yield
+
+    monkeypatch.setattr(syn2mas_marker, "exclusive", exclusive)
+    return lambda phase, **fields: armed.append((phase, fields))
 
 
 @pytest.fixture
@@ -249,7 +327,7 @@ def assert_no_secret(value):
 
 
 def test_parse_splits_errors_warnings_and_multiline_bullets():
-    errors, warnings, fatal = syn2mas.syn2mas_output.parse_output("", ERRORS_AND_WARNINGS)
+    errors, warnings, fatal = syn2mas_output.parse_output("", ERRORS_AND_WARNINGS)
     assert errors == [
         "Guest support is enabled in the Synapse configuration.",
         "Password scheme version '1' in the MAS config must have the same secret as the `pepper` value from "
@@ -267,12 +345,12 @@ def test_parse_fatal_report_with_causes():
         "2026-01-01T00:00:00Z ERROR mas_cli::commands::syn2mas:9 Failed to acquire syn2mas lock on the database.\n"
         "Error: could not connect to Synapse Postgres database\n\nCaused by:\n    connection refused\n"
     )
-    errors, warnings, fatal = syn2mas.syn2mas_output.parse_output("", stderr)
+    errors, warnings, fatal = syn2mas_output.parse_output("", stderr)
     assert (errors, warnings) == ([], [])
     assert fatal == "Error: could not connect to Synapse Postgres database\nCaused by:\n    connection refused"
     # with RUST_BACKTRACE set, anyhow adds the stack: not for the operator's comment (the summary keeps it)
     backtrace = stderr + "\nStack backtrace:\n   0: <unknown>\n  12: __libc_start_call_main\n"
-    assert syn2mas.syn2mas_output.parse_output("", backtrace)[2] == fatal
+    assert syn2mas_output.parse_output("", backtrace)[2] == fatal
 
 
 def test_scrub_removes_known_secrets_urls_and_colours(world):
@@ -282,7 +360,7 @@ def test_scrub_removes_known_secrets_urls_and_colours(world):
         f"\x1b[31mERROR\x1b[0m pepper={PEPPER} db={DB_PASSWORD} mac={MACAROON} shared={SHARED} smtp={PILLAR_SMTP} "
         "uri=postgresql://synapse:Uri-Pass-0006@db/synapse"
     )
-    scrubbed = syn2mas.syn2mas_output.scrub(text, secrets)
+    scrubbed = syn2mas_output.scrub(text, secrets)
     assert_no_secret(scrubbed)
     assert "Uri-Pass-0006" not in scrubbed and "postgresql://synapse:**********@db/synapse" in scrubbed
     assert scrubbed.startswith("ERROR pepper=**********")
@@ -368,14 +446,14 @@ def test_status_leaves_out_the_formulas_dropin_and_reports_blockers(world, up):
     assert "already delegates to MAS" in result["next_step"] and "check, dry run" not in result["comment"]
 
 
-def test_check_passes_on_exit_0(world, cli):
+def test_check_passes_on_exit_0(world, cli, orchestration_stubs):
     result = syn2mas.check(mapdata(world))
     assert (result["result"], result["exit_code"], result["errors"]) == (True, 0, [])
     assert cli.actions == ["check"]
 
 
 @pytest.mark.parametrize("accept", [False, True])
-def test_check_warnings_need_accepting(world, cli, accept):
+def test_check_warnings_need_accepting(world, cli, orchestration_stubs, accept):
     cli.answers["check"] = {"retcode": 11, "stdout": "", "stderr": WARNINGS_ONLY}
     result = syn2mas.check(mapdata(world), accept_warnings=accept)
     assert result["result"] is accept and result["exit_code"] == 11
@@ -383,7 +461,7 @@ def test_check_warnings_need_accepting(world, cli, accept):
     assert any("accept_warnings=True" in e for e in result["errors"]) is not accept
 
 
-def test_check_errors_and_the_not_empty_hint(world, cli):
+def test_check_errors_and_the_not_empty_hint(world, cli, orchestration_stubs):
     cli.answers["check"] = {"retcode": 10, "stdout": "", "stderr": ERRORS_AND_WARNINGS}
     result = syn2mas.check(mapdata(world))
     assert result["result"] is False and len(result["errors"]) == 2 and len(result["warnings"]) == 1
@@ -393,7 +471,7 @@ def test_check_errors_and_the_not_empty_hint(world, cli):
     assert "drop and recreate it" in result["errors"][1]
 
 
-def test_check_refuses_a_config_the_mas_user_cannot_read(world, cli):
+def test_check_refuses_a_config_the_mas_user_cannot_read(world, cli, orchestration_stubs):
     world["hs"].chmod(0o600)
     result = syn2mas.check(mapdata(world, user="nobody", group="nogroup"))
     assert result["result"] is False and cli.calls == []
@@ -403,7 +481,7 @@ def test_check_refuses_a_config_the_mas_user_cannot_read(world, cli):
 # ------------------------------------------------------------------ migrate
 
 
-def test_migrate_success_records_the_phase(world, cli, up, services):
+def test_migrate_success_records_the_phase(world, cli, up, services, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is True and result["phase"] == "verified" and result["phase_before"] == "legacy_auth"
@@ -422,7 +500,7 @@ def test_migrate_success_records_the_phase(world, cli, up, services):
     services["service.stop"].assert_not_called()
 
 
-def test_phase_reads_the_marker_only(world, cli, up, monkeypatch):
+def test_phase_reads_the_marker_only(world, cli, up, orchestration_stubs, monkeypatch):
     data = mapdata(world, syn2mas={"stop_services": False})
     assert syn2mas.phase(data) == "legacy_auth"
     syn2mas.migrate(mapdata=data)
@@ -431,7 +509,7 @@ def test_phase_reads_the_marker_only(world, cli, up, monkeypatch):
     assert syn2mas.phase(data) == "verified" and len(cli.calls) == calls
 
 
-def test_a_second_migration_is_refused_by_the_guard(world, cli, up):
+def test_a_second_migration_is_refused_by_the_guard(world, cli, up, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     assert syn2mas.migrate(mapdata=data)["result"] is True
     cli.calls.clear()
@@ -500,7 +578,7 @@ def test_a_running_mas_the_formula_does_not_manage_refuses_before_anything_stops
     assert not any("MAS answers" in b for b in syn2mas.status(managed)["blockers"])
 
 
-def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up, services):
+def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up, services, orchestration_stubs):
     data = mapdata(world, service={"manage": True, "name": "mas-unit"}, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is True
@@ -514,7 +592,7 @@ def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up
     assert result["services"]["started"] == ["synapse-unit"]
 
 
-def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up, services):
+def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up, services, orchestration_stubs):
     up["synapse"] = True
     data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"stop_timeout": 1})
     result = syn2mas.migrate(mapdata=data)
@@ -524,7 +602,7 @@ def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up,
     assert marker(world) is None and cli.actions == ["check"]
 
 
-def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, up, services):
+def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, up, services, orchestration_stubs):
     data = mapdata(world, synapse={"service": "synapse-unit"})
     cli.answers["migrate"] = [
         {
@@ -567,7 +645,9 @@ KILLED_LOG = (
         (101, "exited with 101"),
     ],
 )
-def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(world, cli, up, services, code, how):
+def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(
+    world, cli, up, services, orchestration_stubs, code, how
+):
     """Issue 21.9: not "exited with -9" followed by INFO lines."""
     cli.answers["migrate"] = {"retcode": code, "stdout": "", "stderr": KILLED_LOG}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
@@ -582,7 +662,7 @@ def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(world
     assert result["summary"].endswith("(~45.5%)")  # the whole output stays in the summary
 
 
-def test_a_migrate_killed_by_salts_timeout_says_so(world, cli, up, services):
+def test_a_migrate_killed_by_salts_timeout_says_so(world, cli, up, services, orchestration_stubs):
     argv = f"{world['base']}/bin/mas-cli syn2mas --synapse-config {world['hs']} migrate"
     cli.answers["migrate"] = {"retcode": 1, "stdout": f"{argv} : Timed out after 3600 seconds", "stderr": ""}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
@@ -594,7 +674,7 @@ def test_a_migrate_killed_by_salts_timeout_says_so(world, cli, up, services):
     )
 
 
-def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services):
+def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services, orchestration_stubs):
     cli.answers["migrate"] = {"retcode": -9, "stdout": "", "stderr": KILLED_LOG.splitlines()[0] + "\n"}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
     assert result["errors"][0].startswith("mas-cli was killed by signal 9 (SIGKILL): it logged no error. SIGKILL")
@@ -603,7 +683,7 @@ def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services
     assert refused["comment"] == "syn2mas check failed (mas-cli was killed by signal 9 (SIGKILL))"
 
 
-def test_warnings_refuse_a_real_migration_unless_accepted(world, cli, up):
+def test_warnings_refuse_a_real_migration_unless_accepted(world, cli, up, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     cli.answers["check"] = {"retcode": 11, "stdout": "", "stderr": WARNINGS_ONLY}
     refused = syn2mas.migrate(mapdata=data)
@@ -613,13 +693,13 @@ def test_warnings_refuse_a_real_migration_unless_accepted(world, cli, up):
     assert accepted["result"] is True and marker(world)["accepted_warnings"] == refused["warnings"]
 
 
-def test_check_errors_refuse_a_real_migration(world, cli, up):
+def test_check_errors_refuse_a_real_migration(world, cli, up, orchestration_stubs):
     cli.answers["check"] = {"retcode": 10, "stdout": "", "stderr": ERRORS_AND_WARNINGS}
     result = syn2mas.migrate(mapdata=mapdata(world), stop_services=False)
     assert result["result"] is False and len(result["errors"]) == 2 and cli.actions == ["check"]
 
 
-def test_dry_run_never_changes_the_phase(world, cli, up):
+def test_dry_run_never_changes_the_phase(world, cli, up, orchestration_stubs):
     up["synapse"] = True  # safe while Synapse runs
     data = mapdata(world)
     result = syn2mas.migrate(dry_run=True, mapdata=data)
@@ -631,12 +711,12 @@ def test_dry_run_never_changes_the_phase(world, cli, up):
     assert syn2mas.migrate(dry_run=True, accept_warnings=True, mapdata=data)["result"] is True
 
 
-def test_docker_runtime_asks_the_wrapper_to_mount_the_synapse_configs(world, cli, up):
+def test_docker_runtime_asks_the_wrapper_to_mount_the_synapse_configs(world, cli, up, orchestration_stubs):
     syn2mas.check(mapdata(world, runtime="docker", service={"docker": {"command": "/bin/true"}}))
     assert cli.kwargs[0]["env"] == {"MAS_CLI_READONLY_MOUNTS": f"{world['hs']}:{world['conf_d'] / 'oidc.yaml'}"}
 
 
-def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up):
+def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up, orchestration_stubs):
     # pillar paths cannot hold a space (mas.settings refuses them): a file of Synapse's config_dir can
     odd = world["conf_d"] / "odd name.yaml"
     odd.write_text("{}\n")
@@ -645,7 +725,7 @@ def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up):
     assert cli.calls == []
 
 
-def test_explicit_synapse_config_files_and_database_uri(world, cli, up, pillar):
+def test_explicit_synapse_config_files_and_database_uri(world, cli, up, orchestration_stubs, pillar):
     # the URI may hold a password: the map only says it is set, the value comes from pillar
     pillar["mas"]["syn2mas"] = {"synapse_database_uri": "postgresql://synapse:Uri-Pass-0006@db/synapse"}
     fragment = world["tmp"] / "pre-mas-oidc.yaml"
@@ -682,7 +762,7 @@ def test_unreadable_marker_is_an_error_with_the_way_out(world, up):
     assert "mas_syn2mas.reset confirm=True" in str(err.value)
 
 
-def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
+def test_a_failed_stop_starts_synapse_again(world, cli, up, services, orchestration_stubs):
     services["service.stop"].side_effect = [True, False]
     data = mapdata(world, service={"manage": True, "name": "mas-unit"}, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
@@ -693,7 +773,7 @@ def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
     assert marker(world) is None and cli.actions == ["check"]
 
 
-def test_reset_repairs_an_unreadable_marker(world):
+def test_reset_repairs_an_unreadable_marker(world, mas_database_empty):
     (world["base"] / "formula" / "syn2mas.json").write_text("{not json")
     done = syn2mas.reset(confirm=True, mapdata=mapdata(world))
     assert done["result"] is True and done["changes"] == {"phase": {"old": "unreadable", "new": "legacy_auth"}}
@@ -702,14 +782,14 @@ def test_reset_repairs_an_unreadable_marker(world):
 
 def test_one_run_at_a_time(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
-    with syn2mas.syn2mas_marker.exclusive(data), pytest.raises(CommandExecutionError, match="another syn2mas run"):
+    with syn2mas_marker.exclusive(data), pytest.raises(CommandExecutionError, match="another syn2mas run"):
         syn2mas.migrate(mapdata=data)
 
 
 # ------------------------------------------------------------------ reset / delegated
 
 
-def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up):
+def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up, orchestration_stubs, mas_database_empty):
     data = mapdata(world, syn2mas={"stop_services": False})
     syn2mas.migrate(mapdata=data)
     assert syn2mas.reset(mapdata=data)["result"] is False
@@ -723,21 +803,42 @@ def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up):
     assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {}
 
 
-def test_reset_refuses_while_mas_still_holds_the_migration(world, cli, up, native):
-    """Issue 21.9: the reset checks MAS's database (``_mas_leftovers``: integration-tested) and names what to drop."""
-    data = mapdata(world, syn2mas={"stop_services": False})
-    syn2mas.migrate(mapdata=data)
-    native.mas_leftover = "MAS's database mas at localhost:5432 (mas:database) still holds the earlier migration"
+def test_reset_refuses_while_mas_database_cannot_be_read(world, pillar):
+    """Issue 21.9: the reset looks into MAS's database for real (``syn2mas_guards.mas_leftovers``); here nothing
+    listens there, so it cannot see the database empty: refused, naming it, the phase unchanged. (A database that
+    still holds the migration is refused against real PostgreSQL: test_syn2mas_guards, test_syn2mas.)"""
+    pillar["mas"]["database"] = {"password": DB_PASSWORD}
+    port = free_port()
+    data = mapdata(world, database={"host": "127.0.0.1", "port": port, "password": DB_PASSWORD})
+    syn2mas_marker.set_phase(data, None, "rolled_back")
     refused = syn2mas.reset(confirm=True, mapdata=data)
-    assert refused["result"] is False and refused["errors"] == [native.mas_leftover]
-    assert (
-        refused["comment"] == "syn2mas reset refused (the phase is unchanged)" and marker(world)["phase"] == "verified"
+    assert refused["result"] is False and refused["comment"] == "syn2mas reset refused (the phase is unchanged)"
+    (error,) = refused["errors"]
+    assert error.startswith(f"MAS's database {data['database']['name']} at 127.0.0.1:{port} (mas:database) is ")
+    assert "unreachable" in error and error.endswith(
+        ": the reset must see MAS's database empty first. Make it reachable (recreated, empty, if it was dropped), "
+        "then run the reset again"
     )
-    native.mas_leftover = None
-    assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
+    assert marker(world)["phase"] == "rolled_back"
+    assert_no_secret(refused)
 
 
-def test_mark_delegated_after_a_migration(world, cli, up):
+def test_reset_records_from_the_marker_read_under_its_lock(world, mas_database_empty, meanwhile):
+    """Issue #17.6: another reset finished between this one's start and its lock: nothing is recorded twice."""
+    data = mapdata(world)
+    syn2mas_marker.set_phase(data, None, "rolled_back")
+    meanwhile("legacy_auth", reset_from="rolled_back", reset_at="by the other reset")
+    done = syn2mas.reset(confirm=True, mapdata=data)
+    assert done["result"] is True and done["changes"] == {} and done["phase"] == "legacy_auth"
+    saved = marker(world)
+    assert saved["reset_at"] == "by the other reset" and [h["phase"] for h in saved["history"]] == [
+        "rolled_back",
+        "legacy_auth",
+    ]
+    assert mas_database_empty == []  # nothing left to reset: MAS's database is not asked
+
+
+def test_mark_delegated_after_a_migration(world, cli, up, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     delegating = mapdata(world, migration_in_progress=False)
     cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: boom\n"}
@@ -869,17 +970,17 @@ def test_lockout_guard_refuses_what_it_cannot_read_unless_assume_fresh(world, ca
 )
 def test_lockout_guard_follows_the_recorded_phase_without_asking_synapse(world, monkeypatch, phase, ok, text):
     data = mapdata(world, migration_in_progress=False)
-    syn2mas.syn2mas_marker.set_phase(data, None, phase)
-    monkeypatch.setattr(syn2mas.syn2mas_db, "connected", None)  # no database may be asked
+    syn2mas_marker.set_phase(data, None, phase)
+    monkeypatch.setattr(syn2mas_db, "connected", None)  # no database may be asked
     result = syn2mas.lockout_check(data)
     assert result["result"] is ok and text in (result["comment"] + " ".join(result["errors"]))
 
 
 def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
-    monkeypatch.setattr(syn2mas.syn2mas_db, "connected", None)
+    monkeypatch.setattr(syn2mas_db, "connected", None)
     data = mapdata(world)
     assert "nothing to roll back" in syn2mas.rollback_check(data)["comment"]
-    syn2mas.syn2mas_marker.set_phase(data, None, "verified")
+    syn2mas_marker.set_phase(data, None, "verified")
     assert syn2mas.rollback_check(data)["result"] is True
     dropin(world)  # Synapse delegates although `delegated` was not recorded: asked (and MAS cannot be read here)
     with pytest.raises(TypeError):
@@ -888,7 +989,7 @@ def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
 
 def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
     data = mapdata(world, database={"host": "127.0.0.1", "port": free_port()})
-    syn2mas.syn2mas_marker.set_phase(data, None, "delegated", finished_at="2026-01-01T00:00:00+00:00")
+    syn2mas_marker.set_phase(data, None, "delegated", finished_at="2026-01-01T00:00:00+00:00")
     dropin(world)
     refused = syn2mas.rollback_check(data)
     assert refused["result"] is False and "mas:migration_in_progress is true" in refused["errors"][0]
@@ -903,7 +1004,7 @@ def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
 
 def test_mark_rolled_back_once_the_dropin_is_gone(world):
     data = mapdata(world, syn2mas={"force_rollback": True})
-    syn2mas.syn2mas_marker.set_phase(data, None, "delegated")
+    syn2mas_marker.set_phase(data, None, "delegated")
     dropin(world)
     assert syn2mas.mark_rolled_back(data)["changes"] == {}
     (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
@@ -913,6 +1014,34 @@ def test_mark_rolled_back_once_the_dropin_is_gone(world):
     assert saved["rolled_back_by"] == "mas:migration_in_progress: true" and saved["forced"] is True
     status = syn2mas.status(data)
     assert status["phase"] == "rolled_back" and "drop and recreate MAS's database" in status["next_step"]
+
+
+def test_mark_rolled_back_records_from_the_marker_read_under_its_lock(world, meanwhile):
+    """Issue #17.6: another run recorded the rollback after this one looked at the marker: nothing is recorded
+    twice, what the other wrote stays."""
+    data = mapdata(world)
+    syn2mas_marker.set_phase(data, None, "delegated")  # the drop-in is gone: Synapse authenticates again
+    meanwhile("rolled_back", rolled_back_by="the other run", forced=False)
+    result = syn2mas.mark_rolled_back(data)
+    assert result["result"] is True and result["changes"] == {} and result["phase"] == "rolled_back"
+    saved = marker(world)
+    assert saved["rolled_back_by"] == "the other run" and [h["phase"] for h in saved["history"]] == [
+        "delegated",
+        "rolled_back",
+    ]
+
+
+def test_mark_delegated_records_from_the_marker_read_under_its_lock(world, meanwhile):
+    """Issue #17.6: another run recorded the delegation after this one started: nothing is recorded twice."""
+    delegating = mapdata(world, migration_in_progress=False)
+    syn2mas_marker.set_phase(delegating, None, "verified", finished_at="2026-01-01T00:00:00+00:00")
+    dropin(world)
+    meanwhile("delegated", delegated_at="by the other run")
+    result = syn2mas.mark_delegated(delegating)
+    assert result["result"] is True and result["changes"] == {} and result["phase"] == "delegated"
+    saved = marker(world)
+    assert saved["delegated_at"] == "by the other run"
+    assert [h["phase"] for h in saved["history"]] == ["verified", "delegated"]
 
 
 def test_guard_states_report_and_refuse(world):
@@ -982,7 +1111,7 @@ def test_seed_extra_arguments_refused(world, arguments, text):
 # ------------------------------------------------------------------ states
 
 
-def test_state_migrated_runs_once(world, cli, up):
+def test_state_migrated_runs_once(world, cli, up, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     ret = syn2mas_state.migrated("syn2mas", mapdata=data)
     assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
@@ -991,7 +1120,7 @@ def test_state_migrated_runs_once(world, cli, up):
     assert cli.actions == ["check", "migrate"]
 
 
-def test_state_failure_reports_the_phase_change_and_errors(world, cli, up):
+def test_state_failure_reports_the_phase_change_and_errors(world, cli, up, orchestration_stubs):
     cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}
     ret = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world), stop_services=False)
     assert ret["result"] is False and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrating"}}
@@ -1012,12 +1141,12 @@ def test_state_test_mode_touches_nothing(world, cli, up, services):
     services["service.stop"].assert_not_called()
 
 
-def test_state_dry_run_reports_no_change(world, cli, up):
+def test_state_dry_run_reports_no_change(world, cli, up, orchestration_stubs):
     ret = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world, syn2mas={"dry_run": True}))
     assert ret["result"] is True and ret["changes"] == {} and "phase unchanged" in ret["comment"]
 
 
-def test_state_delegated(world, cli, up):
+def test_state_delegated(world, cli, up, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     syn2mas.migrate(mapdata=data)
     (world["conf_d"] / "matrix-authentication-service.yaml").write_text("{}\n")
@@ -1033,7 +1162,7 @@ def test_state_delegated(world, cli, up):
 # ------------------------------------------------------------------ the steps of a real run
 
 
-def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, cli, up, services, native):
+def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, cli, up, services, orchestration_stubs):
     data = mapdata(world, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is True and result["phase"] == "verified"
@@ -1048,75 +1177,152 @@ def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, c
         "start",
     ]
     assert [s["result"] for s in result["steps"]][-1] == "skipped"
-    assert native.calls == ["preflight", "backup check", "backup", "verify"]
+    assert orchestration_stubs.calls == ["preflight", "backup check", "verify"] and len(cli.dumps) == 1
     assert "Steps: preflight ok" in result["comment"] and "backup ok" in result["comment"]
+    # the backup pg_dump wrote: 0600, named in the comment, its checksum and size recorded
     saved = marker(world)
-    assert saved["backup"]["sha256"] == "0" * 64 and saved["verification"]["errors"] == []
-    assert [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
+    backup = Path(saved["backup"]["path"])
+    assert backup.parent == world["tmp"] / "backups" and backup.read_bytes() == DUMP
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600 and not list(backup.parent.glob("*.partial"))
+    assert saved["backup"]["sha256"] == hashlib.sha256(DUMP).hexdigest() and saved["backup"]["size"] == len(DUMP)
+    assert f"Backup: {backup} ({len(DUMP)} B)." in result["comment"]
+    assert saved["verification"]["errors"] == [] and [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
 
 
-def test_preflight_errors_refuse_before_anything_stops(world, cli, up, services, native):
-    native.preflight_errors = ["Unknown upstream provider oidc-keycloak: 1 Synapse users are linked to it"]
-    result = syn2mas.migrate(mapdata=mapdata(world))
-    assert result["result"] is False and result["errors"] == native.preflight_errors
+def test_the_backup_gives_pg_dump_the_password_in_a_private_passfile_only(world, cli, up, orchestration_stubs):
+    """``syn2mas_backup.backup`` for real (pg_dump is the outside world): Synapse's database password reaches pg_dump
+    in a 0600 PGPASSFILE that is gone afterwards, never in its argument list or environment."""
+    result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"stop_services": False}))
+    assert result["result"] is True
+    ((argv, kwargs),) = cli.dumps
+    assert argv[1:4] == ["--format=custom", "--no-password", "--file"] and argv[4].endswith(".dump.partial")
+    conninfo = argv[argv.index("--dbname") + 1]
+    assert "dbname=synapse" in conninfo and "user=synapse" in conninfo and "password" not in conninfo
+    assert DB_PASSWORD not in json.dumps(argv) and DB_PASSWORD not in json.dumps(kwargs["env"])
+    ((passfile, mode, content),) = cli.passfiles
+    assert kwargs["env"]["PGPASSFILE"] == passfile and mode == 0o600 and content == f"*:*:*:*:{DB_PASSWORD}\n"
+    assert not os.path.exists(passfile) and not os.path.exists(os.path.dirname(passfile))
+    assert_no_secret(result)
+
+
+def synapse_unreachable(world):
+    """Point Synapse's config at PostgreSQL on a port nothing listens on."""
+    conf = yaml.safe_load(world["hs"].read_text())
+    conf["database"]["args"].update(host="127.0.0.1", port=free_port())
+    world["hs"].write_text(yaml.safe_dump(conf))
+
+
+def test_preflight_errors_refuse_before_anything_stops(world, cli, up, services):
+    """The real preflight: guest access (which MAS cannot take) and databases it cannot read refuse the run before
+    anything stops or runs, each error saying what to change."""
+    synapse_unreachable(world)
+    guests = world["conf_d"] / "guests.yaml"
+    guests.write_text("allow_guest_access: true\n")
+    data = mapdata(world, synapse={"service": "synapse-unit"}, database={"host": "127.0.0.1", "port": free_port()})
+    result = syn2mas.migrate(mapdata=data)
+    assert result["result"] is False and [s["step"] for s in result["steps"]] == ["preflight"]
+    assert result["comment"].startswith("syn2mas migration refused: the preflight found blocking errors.")
+    errors = "\n".join(result["errors"])
+    assert f"guest access is on (allow_guest_access in {guests}): MAS has no guests" in errors
+    assert "PostgreSQL database synapse at 127.0.0.1:" in errors and "is unreachable" in errors
+    assert "syn2mas writes there (create it: mas:database:manage, or by hand)" in errors  # MAS's database
     assert cli.calls == [] and marker(world) is None
     services["service.stop"].assert_not_called()
+    assert_no_secret(result)
+    alone = syn2mas.preflight(data)  # the same checks on their own
+    assert alone["result"] is False and alone["errors"] == result["errors"] and alone["counts"] == {}
 
 
-def test_preflight_warnings_need_accepting_too(world, cli, up, native):
-    native.preflight_warnings = ["1 non-email 3PIDs (msisdn: 1) are copied to MAS's user_unsupported_third_party_ids"]
+def test_check_needs_the_preflights_warnings_accepted(world, cli, up, orchestration_stubs):
+    """Orchestration: check merges the preflight's warnings with upstream's and refuses them unless accepted."""
+    orchestration_stubs.preflight_warnings = ["1 non-email 3PIDs (msisdn: 1) are copied to MAS's tables"]
     data = mapdata(world, syn2mas={"stop_services": False})
     refused = syn2mas.check(data)
-    assert refused["result"] is False and refused["warnings"] == native.preflight_warnings
-    assert "accept_warnings=True" in refused["errors"][-1]
+    assert refused["result"] is False and refused["warnings"] == orchestration_stubs.preflight_warnings
+    assert refused["errors"] == [
+        "1 warning(s): read them, then accept them with accept_warnings=True (pillar mas:syn2mas:accept_warnings: true)"
+    ]
     assert syn2mas.check(data, accept_warnings=True)["result"] is True
+    assert cli.actions == ["check", "check"]
 
 
 @pytest.mark.parametrize("where", ["plan", "backup"])
-def test_a_backup_that_fails_changes_nothing_and_starts_synapse_again(world, cli, up, services, native, where):
+def test_a_backup_that_fails_changes_nothing_and_starts_synapse_again(
+    world, cli, up, services, orchestration_stubs, where
+):
     if where == "plan":
-        native.plan_problems = ["the backup directory /x (mas:syn2mas:backup_dir) has 1.0 MiB free"]
-    else:
-        native.backup_error = "pg_dump of Synapse's database failed (exit 1): disk full"
+        orchestration_stubs.plan_problems = ["the backup directory /x (mas:syn2mas:backup_dir) has 1.0 MiB free"]
+    else:  # pg_dump fails: the real backup says so, scrubbed, and leaves no partial file
+        cli.answers["pg_dump"] = {"retcode": 1, "stdout": "", "stderr": f"pg_dump: error: disk full {DB_PASSWORD}\n"}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
     assert result["result"] is False and marker(world) is None and cli.actions == ["check"]
+    assert_no_secret(result)
     if where == "plan":  # refused before anything stops
         services["service.stop"].assert_not_called()
+        assert result["errors"] == orchestration_stubs.plan_problems and cli.dumps == []
     else:
         assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
         assert (
             "the backup failed, nothing was migrated. Synapse (still authoritative) was started again"
             in (result["comment"])
         )
+        assert result["errors"][0].startswith(
+            "pg_dump of Synapse's PostgreSQL database synapse at localhost:5432 failed (exit 1): pg_dump: error: "
+            "disk full **********"
+        )
+        assert list((world["tmp"] / "backups").iterdir()) == []
 
 
-def test_a_verification_mismatch_records_migrated_unverified_and_starts_synapse(world, cli, up, services, native):
-    native.verify_errors = ["1 Synapse users are missing in MAS: carol"]
+def test_a_verification_mismatch_records_migrated_unverified_and_starts_synapse(
+    world, cli, up, services, orchestration_stubs
+):
+    orchestration_stubs.verify_errors = ["1 Synapse users are missing in MAS: carol"]
     data = mapdata(world, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is False and result["phase"] == "migrated_unverified"
-    assert result["errors"] == native.verify_errors and "verification FAILED" in result["comment"]
-    assert result["services"]["started"] == ["synapse-unit"]
+    assert "1 Synapse users are missing in MAS: carol" in result["errors"]
+    assert "verification FAILED" in result["comment"] and result["services"]["started"] == ["synapse-unit"]
     assert marker(world)["phase"] == "migrated_unverified"
     refused = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
     assert refused["result"] is False and "verification found" in refused["errors"][0]
-    # the state verifies again; once MAS holds everything the phase becomes verified
-    native.verify_errors = []
-    monkey = syn2mas_state.__salt__["mas_syn2mas.verify"]
-    syn2mas_state.__salt__["mas_syn2mas.verify"] = lambda mapdata=None, record=False: syn2mas._result(
-        True,
-        "verified",
-        "syn2mas verification passed",
-        changes={"phase": {"old": "migrated_unverified", "new": "verified"}},
-    )
-    try:
-        ret = syn2mas_state.migrated("syn2mas", mapdata=data)
-    finally:
-        syn2mas_state.__salt__["mas_syn2mas.verify"] = monkey
+    # the state verifies again (mas_syn2mas.verify record=True), never migrates again: still failing, nothing
+    # changes; once MAS holds everything, the phase becomes verified
+    again = syn2mas_state.migrated("syn2mas", mapdata=data)
+    assert again["result"] is False and again["changes"] == {} and "verification FAILED" in again["comment"]
+    assert marker(world)["phase"] == "migrated_unverified"
+    orchestration_stubs.verify_errors = []
+    ret = syn2mas_state.migrated("syn2mas", mapdata=data)
     assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrated_unverified", "new": "verified"}}
+    assert ret["comment"].startswith("syn2mas verification passed in ")
+    saved = marker(world)
+    assert saved["phase"] == "verified" and saved["verification"]["result"] is True
+    assert [h["phase"] for h in saved["history"]] == ["migrating", "migrated_unverified", "verified"]
+    assert cli.actions == ["check", "migrate"] and orchestration_stubs.calls.count("verify") == 3
 
 
-def test_synapse_left_down_is_reported(world, cli, up, services, native):
+def test_verify_records_from_the_marker_read_under_its_lock(world, orchestration_stubs, meanwhile):
+    """Issue #17.6: Synapse was recorded delegating after this verification started: a failing verification does
+    not write migrated_unverified over it."""
+    data = mapdata(world)
+    syn2mas_marker.set_phase(data, None, "migrated")
+    orchestration_stubs.verify_errors = ["1 Synapse users are missing in MAS: carol"]
+    meanwhile("delegated", delegated_at="by the other run")
+    result = syn2mas.verify(mapdata=data, record=True)
+    assert result["result"] is False and result["changes"] == {} and result["phase"] == "delegated"
+    assert marker(world)["phase"] == "delegated" and marker(world)["delegated_at"] == "by the other run"
+
+
+def test_migrate_decides_on_the_marker_read_under_its_lock(world, cli, up, services, orchestration_stubs, meanwhile):
+    """Another run finished the migration after this one read the marker: refused once it holds the lock."""
+    meanwhile("verified", finished_at="by the other run")
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["result"] is False and result["phase"] == "verified"
+    assert result["errors"][0].startswith("already migrated (phase verified since by the other run)")
+    assert cli.calls == [] and orchestration_stubs.calls == [] and marker(world)["finished_at"] == "by the other run"
+    services["service.stop"].assert_not_called()
+
+
+def test_synapse_left_down_is_reported(world, cli, up, services, orchestration_stubs):
     services["service.start"].return_value = False
     cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
@@ -1134,7 +1340,7 @@ def told_straight(comment):
     return comment
 
 
-def test_comments_have_their_separators(world, cli, up, services, native):
+def test_comments_have_their_separators(world, cli, up, services, orchestration_stubs):
     """Issue 21.4: "services still running Synapse (still authoritative) was started again.." is gone."""
     up["synapse"] = True  # keeps answering after service.stop
     data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"stop_timeout": 1})
@@ -1143,7 +1349,7 @@ def test_comments_have_their_separators(world, cli, up, services, native):
         "syn2mas migration refused: services still running. Synapse (still authoritative) was started again. Steps:"
     )
     up["synapse"] = False
-    native.backup_error = "pg_dump of Synapse's database failed (exit 1): disk full"
+    cli.answers["pg_dump"] = {"retcode": 1, "stdout": "", "stderr": "pg_dump: error: disk full\n"}
     comment = told_straight(syn2mas.migrate(mapdata=data)["comment"])
     assert comment.startswith(
         "syn2mas migration refused: the backup failed, nothing was migrated. Synapse (still authoritative) was "
@@ -1151,7 +1357,9 @@ def test_comments_have_their_separators(world, cli, up, services, native):
     )
 
 
-def test_synapse_that_does_not_start_after_a_verified_migration_is_down_not_stopped(world, cli, up, services):
+def test_synapse_that_does_not_start_after_a_verified_migration_is_down_not_stopped(
+    world, cli, up, services, orchestration_stubs
+):
     """Issue 21.9: not "Synapse stays stopped until then" and "it is DOWN" in one comment."""
     services["service.start"].return_value = False
     data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"start_synapse_after": True})
@@ -1170,7 +1378,9 @@ def test_synapse_that_does_not_start_after_a_verified_migration_is_down_not_stop
     ]
 
 
-def test_a_synapse_this_run_did_not_stop_is_named_when_it_does_not_answer(world, cli, up, services):
+def test_a_synapse_this_run_did_not_stop_is_named_when_it_does_not_answer(
+    world, cli, up, services, orchestration_stubs
+):
     """A Synapse found down (left DOWN by an earlier run) is neither stopped nor passed over in silence."""
     services["service.status"].return_value = False
     cli.answers["migrate"] = [{"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}, MIGRATE_OK, MIGRATE_OK]
@@ -1191,7 +1401,7 @@ def test_a_synapse_this_run_did_not_stop_is_named_when_it_does_not_answer(world,
     assert asked["services"]["started"] == ["synapse-unit"] and "was started again" in told_straight(asked["comment"])
 
 
-def test_every_later_run_checks_that_synapse_answers(world, cli, up, services):
+def test_every_later_run_checks_that_synapse_answers(world, cli, up, services, orchestration_stubs):
     """Issue 21.9: after "Synapse is DOWN", a rerun with the fault gone does not report success in silence."""
     data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"start_synapse_after": True})
     services["service.start"].return_value = False
@@ -1239,14 +1449,14 @@ def test_every_later_run_checks_that_synapse_answers(world, cli, up, services):
     assert "answer" not in syn2mas_state.migrated("syn2mas", mapdata=data)["comment"]
 
 
-def test_a_real_run_needs_a_backup_directory_or_backup_false(world, cli, up, native):
+def test_a_real_run_needs_a_backup_directory_or_backup_false(world, cli, up, orchestration_stubs):
     result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"backup_dir": "", "stop_services": False}))
     assert result["result"] is False and "mas:syn2mas:backup_dir is not set" in result["errors"][0]
     assert cli.calls == []
     without = syn2mas.migrate(
         mapdata=mapdata(world, syn2mas={"backup_dir": "", "backup": False, "stop_services": False})
     )
-    assert without["result"] is True and "backup" not in native.calls
+    assert without["result"] is True and "backup check" not in orchestration_stubs.calls and cli.dumps == []
     assert {"step": "backup", "result": "skipped", "seconds": 0.0, "why": "mas:syn2mas:backup is false"} in (
         without["steps"]
     )
