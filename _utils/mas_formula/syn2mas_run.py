@@ -11,14 +11,12 @@ comes in the run's context, a dict the module prepares: ``mas`` (the map),
 password) and ``pepper`` (``mas:synapse:pepper``).
 """
 
-import dataclasses
 import logging
 import os
 import re
 import signal
 import time
 import urllib.parse
-from collections.abc import Callable
 
 from salt.exceptions import CommandExecutionError
 
@@ -39,21 +37,26 @@ result = syn2mas_output.result
 EXIT_DONE = (syn2mas_output.EXIT_OK, syn2mas_output.EXIT_ERRORS, syn2mas_output.EXIT_WARNINGS)
 
 
-@dataclasses.dataclass(frozen=True)
 class Host:
     """What a run asks of the minion, as callables (the module's are Salt's functions and the formula's HTTP
-    client; the unit tests give stand-ins for the outside world)."""
+    client; the unit tests give stand-ins for the outside world).
 
-    #: ``service.status(name)``: whether the service runs
-    service_status: Callable[[str], bool]
-    #: ``service.stop(name)``: True when stopped
-    service_stop: Callable[[str], bool]
-    #: ``service.start(name)``: True when started
-    service_start: Callable[[str], bool]
-    #: ``cmd.run_all(argv, **kwargs)``: ``{"retcode", "stdout", "stderr"}``
-    run_all: Callable[..., dict]
-    #: ``answers(url)``: True when something answers HTTP at ``url``
-    answers: Callable[[str], bool]
+    ``service_status(name)``, ``service_stop(name)``, ``service_start(name)``
+        Salt's ``service.*``: whether the service runs, True when it stopped or started.
+    ``run_all(argv, **kwargs)``
+        Salt's ``cmd.run_all``: ``{"retcode", "stdout", "stderr"}``.
+    ``answers(url)``
+        True when something answers HTTP at ``url``.
+    """
+
+    __slots__ = ("answers", "run_all", "service_start", "service_status", "service_stop")
+
+    def __init__(self, service_status, service_stop, service_start, run_all, answers):
+        self.service_status = service_status
+        self.service_stop = service_stop
+        self.service_start = service_start
+        self.run_all = run_all
+        self.answers = answers
 
 
 def synapse_url(mas):
