@@ -21,306 +21,44 @@ The preflight, the verification and the reset against real databases are
 integration tests (``test/integration/test_syn2mas*.py``).
 """
 
-import contextlib
 import hashlib
 import json
 import os
-import sqlite3
 import stat
 from pathlib import Path
-from unittest.mock import MagicMock
 
 import pytest
 import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+from syn2mas_unit import (
+    DB_PASSWORD,
+    DUMP,
+    ERRORS_AND_WARNINGS,
+    MACAROON,
+    MIGRATE_OK,
+    NOT_EMPTY,
+    PEPPER,
+    PILLAR_SMTP,
+    SHARED,
+    WARNINGS_ONLY,
+    assert_no_secret,
+    mapdata,
+    marker,
+    syn2mas,
+    syn2mas_state,
+    synapse_unreachable,
+    told_straight,
+)
 
-from formula_modules import DEFAULTS, MODULES, STATES, dunders
+from formula_modules import dunders
 from harness.util import free_port
-from mas_formula import (
-    http,
-    syn2mas_backup,
-    syn2mas_db,
-    syn2mas_guards,
-    syn2mas_marker,
-    syn2mas_output,
-    syn2mas_preflight,
-    syn2mas_verify,
-)
-from pillars import deep_update
-
-mas = MODULES["mas"]
-syn2mas = MODULES["mas_syn2mas"]
-syn2mas_state = STATES["mas_syn2mas"]
-
-PEPPER = "Pepper-Of-Synapse-0001"
-DB_PASSWORD = "Synapse-Db-Password-0002"
-MACAROON = "Macaroon-Secret-Key-0003"
-SHARED = "Shared-Secret-In-File-0004"
-PILLAR_SMTP = "Smtp-Pillar-Password-0005"
-SECRETS = (PEPPER, DB_PASSWORD, MACAROON, SHARED, PILLAR_SMTP)
-
-ERRORS_AND_WARNINGS = (
-    "2026-01-01T00:00:00.000000Z  INFO mas_cli::commands::syn2mas:1 Running checks\n"
-    "\n\n===== Errors =====\n"
-    "These issues prevent migrating from Synapse to MAS right now:\n\n"
-    "• Guest support is enabled in the Synapse configuration.\n\n"
-    "• Password scheme version '1' in the MAS config must have the same secret as the `pepper` value\n"
-    "  from Synapse, so that Synapse passwords can be imported.\n\n"
-    "\n\n===== Warnings =====\n"
-    "These potential issues should be considered before migrating from Synapse to MAS right now:\n\n"
-    "• Synapse config has registration enabled. This must be disabled after migration before bringing "
-    "Synapse back online.\n\n"
-)
-WARNINGS_ONLY = (
-    "\n\n===== Warnings =====\n"
-    "These potential issues should be considered before migrating from Synapse to MAS right now:\n\n"
-    "• Synapse database contains 1 non-email 3PIDs (probably phone numbers), which will be migrated but are not "
-    "supported by MAS.\n\n"
-)
-CHECK_OK = {"retcode": 0, "stdout": "Check completed successfully with no errors or warnings.\n", "stderr": ""}
-MIGRATE_OK = {"retcode": 0, "stdout": "", "stderr": "2026-01-01T00:00:00Z  INFO syn2mas: migration complete\n"}
-NOT_EMPTY = {
-    "retcode": 1,
-    "stdout": "",
-    "stderr": "Error: The MAS database is not empty: rows found in at least `users`. Please drop and recreate the "
-    "database, then try again.\n",
-}
-
-
-#: What the fake pg_dump writes.
-DUMP = b"PGDMP fake custom-format dump of Synapse's database\n"
-
-
-class FakeCli:
-    """``cmd.run_all`` answering like ``mas-cli syn2mas`` and ``pg_dump``: ``answers[action]`` (``check``,
-    ``migrate``, ``dry-run``, ``pg_dump``) is a dict or a list used in turn. A pg_dump that succeeds writes
-    :data:`DUMP` into its ``--file``; what its PGPASSFILE was while it ran is kept in ``passfiles``."""
-
-    def __init__(self):
-        self.calls = []
-        self.kwargs = []
-        self.passfiles = []
-        self.answers = {
-            "check": CHECK_OK,
-            "migrate": MIGRATE_OK,
-            "dry-run": MIGRATE_OK,
-            "pg_dump": {"retcode": 0, "stdout": "", "stderr": ""},
-        }
-
-    def __call__(self, argv, **kwargs):
-        assert isinstance(argv, list) and kwargs["python_shell"] is False
-        assert kwargs["output_loglevel"] == "quiet"
-        self.calls.append(argv)
-        self.kwargs.append(kwargs)
-        action = self.action(argv)
-        answer = self.answers[action]
-        if isinstance(answer, list):
-            answer = answer.pop(0)
-        if action == "pg_dump":
-            passfile = (kwargs.get("env") or {}).get("PGPASSFILE")
-            if passfile:
-                self.passfiles.append((passfile, stat.S_IMODE(os.stat(passfile).st_mode), Path(passfile).read_text()))
-            if answer["retcode"] == 0:
-                Path(argv[argv.index("--file") + 1]).write_bytes(DUMP)
-        return dict(answer, pid=1)
-
-    @staticmethod
-    def action(argv):
-        if os.path.basename(argv[0]) == "pg_dump":
-            return "pg_dump"
-        return "dry-run" if "--dry-run" in argv else argv[-1]
-
-    @property
-    def actions(self):
-        """The mas-cli runs, in order (``check``, ``migrate``, ``dry-run``)."""
-        return [self.action(argv) for argv in self.calls if self.action(argv) != "pg_dump"]
-
-    @property
-    def dumps(self):
-        """``(argv, kwargs)`` of each pg_dump run."""
-        return [
-            (argv, kwargs)
-            for argv, kwargs in zip(self.calls, self.kwargs, strict=True)
-            if self.action(argv) == "pg_dump"
-        ]
-
-
-@pytest.fixture
-def pillar():
-    return {"mas": {"email": {"password": PILLAR_SMTP}}}
-
-
-@pytest.fixture
-def cli():
-    return FakeCli()
-
-
-@pytest.fixture
-def services():
-    return {
-        "service.status": MagicMock(return_value=True),
-        "service.stop": MagicMock(return_value=True),
-        "service.start": MagicMock(return_value=True),
-    }
-
-
-@pytest.fixture
-def up(monkeypatch):
-    """Which of Synapse/MAS answer over HTTP (the formula's probe, ``mas_formula.http.answers``, is replaced)."""
-    state = {"synapse": False, "mas": False}
-
-    def answers(url, timeout=3):
-        return state["synapse"] if "/_matrix/" in url else state["mas"]
-
-    monkeypatch.setattr(http, "answers", answers)
-    return state
-
-
-class OrchestrationStubs:
-    """For the tests of a run's orchestration: stand-ins for its three PostgreSQL readers (the preflight's
-    checks, the backup's size estimate, the verification's comparison); ``calls`` lists what was asked."""
-
-    def __init__(self):
-        self.preflight_errors, self.preflight_warnings, self.verify_errors = [], [], []
-        self.plan_problems, self.calls = [], []
-
-    def preflight(self, mas, opts, marker, files, conf, secrets, mas_database, pillar_pepper=None):
-        self.calls.append("preflight")
-        return {
-            "errors": list(self.preflight_errors),
-            "warnings": list(self.preflight_warnings),
-            "notes": [],
-            "counts": {"users": {"local": 3}},
-            "synapse_database": "PostgreSQL database synapse",
-            "mas_database": mas_database["label"],
-            "synapse_configs": files,
-        }
-
-    def backup_plan(self, mas, opts, database, secrets):
-        self.calls.append("backup check")
-        if self.plan_problems:
-            return None, list(self.plan_problems)
-        os.makedirs(opts["backup_dir"], mode=0o700, exist_ok=True)
-        return {"dir": opts["backup_dir"], "estimate": len(DUMP), "free": 1 << 30}, []
-
-    def verify(self, mas, opts, conf, files, secrets, mas_database):
-        self.calls.append("verify")
-        users = {"synapse": {"users": 3}, "mas": {"users": 3 - len(self.verify_errors)}}
-        return {"errors": list(self.verify_errors), "counts": users, "missing": {}}
-
-
-@pytest.fixture
-def orchestration_stubs(monkeypatch):
-    """Opt-in: the PostgreSQL readers of a run replaced (:class:`OrchestrationStubs`), the rest of it real."""
-    stubs = OrchestrationStubs()
-    monkeypatch.setattr(syn2mas_preflight, "preflight", stubs.preflight)
-    monkeypatch.setattr(syn2mas_backup, "backup_plan", stubs.backup_plan)
-    monkeypatch.setattr(syn2mas_verify, "verify", stubs.verify)
-    return stubs
-
-
-@pytest.fixture
-def mas_database_empty(monkeypatch):
-    """Opt-in, for the tests of the reset's bookkeeping: MAS's database is found empty (the look into a real one,
-    ``syn2mas_guards.mas_leftovers``, is integration-tested); lists the databases asked."""
-    asked = []
-
-    def leftovers(mas, database, secrets):
-        asked.append(database["label"])
-
-    monkeypatch.setattr(syn2mas_guards, "mas_leftovers", leftovers)
-    return asked
-
-
-@pytest.fixture
-def meanwhile(monkeypatch):
-    """Another run that records a phase after this call looked at the marker and before it holds the lock:
-    ``meanwhile(phase, **fields)`` arms it for the next ``syn2mas_marker.exclusive``."""
-    real, armed = syn2mas_marker.exclusive, []
-
-    @contextlib.contextmanager
-    def exclusive(mas):
-        if armed:
-            phase, fields = armed.pop()
-            syn2mas_marker.set_phase(mas, syn2mas_marker.read_marker(mas), phase, **fields)
-        with real(mas):
-            yield
-
-    monkeypatch.setattr(syn2mas_marker, "exclusive", exclusive)
-    return lambda phase, **fields: armed.append((phase, fields))
+from mas_formula import syn2mas_marker, syn2mas_output
 
 
 @pytest.fixture
 def configure_loader_modules(pillar, cli, services):
+    """The formula's modules, with this tier's stand-ins for the outside world (``cmd.run_all``, ``service.*``)."""
     return dunders(pillar, salt={"cmd.run_all": cli, **services})
-
-
-@pytest.fixture
-def world(tmp_path):
-    """A deployed MAS (wrapper, state dir, a secret file) and a Synapse config under tmp."""
-    base = tmp_path / "srv"
-    for sub in ("bin", "formula", "config/secrets"):
-        (base / sub).mkdir(parents=True)
-    wrapper = base / "bin" / "mas-cli"
-    wrapper.write_text("#!/bin/sh\nexit 99\n")
-    wrapper.chmod(0o755)
-    (base / "config" / "secrets" / "homeserver_secret").write_text(SHARED)
-    synapse = tmp_path / "synapse"
-    (synapse / "conf.d").mkdir(parents=True)
-    hs = synapse / "homeserver.yaml"
-    hs.write_text(
-        yaml.safe_dump(
-            {
-                "server_name": "example.com",
-                "macaroon_secret_key": MACAROON,
-                "password_config": {"pepper": PEPPER},
-                "database": {
-                    "name": "psycopg2",
-                    "args": {"user": "synapse", "password": DB_PASSWORD, "dbname": "synapse"},
-                },
-            }
-        )
-    )
-    (synapse / "conf.d" / "oidc.yaml").write_text("oidc_providers: []\n")
-    return {"base": base, "hs": hs, "conf_d": synapse / "conf.d", "tmp": tmp_path}
-
-
-def mapdata(world, **overrides):
-    data = deep_update(
-        DEFAULTS,
-        {
-            "enabled": True,
-            "server_name": "example.com",
-            "base_path": str(world["base"]),
-            "runtime": "binary",
-            "binary": {"path": str(world["base"] / "bin" / "mas-cli"), "share_dir": "/usr/local/share/mas-cli"},
-            "user": "root",
-            "group": "root",
-            "migration_in_progress": True,
-            "service": {"manage": False},
-            "synapse": {
-                "config_files": [str(world["hs"])],
-                "config_dir": str(world["conf_d"]),
-                "user": "root",
-                "group": "root",
-                "endpoint": "http://127.0.0.1:8008/",
-            },
-            "http": {"internal_bind": "127.0.0.1:8081"},
-            "syn2mas": {"backup_dir": str(world["tmp"] / "backups")},
-        },
-    )
-    return mas.settings(deep_update(data, overrides))
-
-
-def marker(world):
-    path = world["base"] / "formula" / "syn2mas.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def assert_no_secret(value):
-    text = json.dumps(value) if not isinstance(value, str) else value
-    for secret in SECRETS:
-        assert secret not in text
 
 
 # ------------------------------------------------------------------ parsing
@@ -773,286 +511,10 @@ def test_a_failed_stop_starts_synapse_again(world, cli, up, services, orchestrat
     assert marker(world) is None and cli.actions == ["check"]
 
 
-def test_reset_repairs_an_unreadable_marker(world, mas_database_empty):
-    (world["base"] / "formula" / "syn2mas.json").write_text("{not json")
-    done = syn2mas.reset(confirm=True, mapdata=mapdata(world))
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "unreadable", "new": "legacy_auth"}}
-    assert marker(world)["phase"] == "legacy_auth"
-
-
 def test_one_run_at_a_time(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
     with syn2mas_marker.exclusive(data), pytest.raises(CommandExecutionError, match="another syn2mas run"):
         syn2mas.migrate(mapdata=data)
-
-
-# ------------------------------------------------------------------ reset / delegated
-
-
-def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up, orchestration_stubs, mas_database_empty):
-    data = mapdata(world, syn2mas={"stop_services": False})
-    syn2mas.migrate(mapdata=data)
-    assert syn2mas.reset(mapdata=data)["result"] is False
-    delegating = mapdata(world, migration_in_progress=False)
-    assert "set it to true" in syn2mas.reset(confirm=True, mapdata=delegating)["errors"][0]
-    done = syn2mas.reset(confirm=True, mapdata=data)
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
-    saved = marker(world)
-    assert saved["phase"] == "legacy_auth" and saved["reset_from"] == "verified"
-    assert [h["phase"] for h in saved["history"]] == ["migrating", "verified", "legacy_auth"]
-    assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {}
-
-
-def test_reset_refuses_while_mas_database_cannot_be_read(world, pillar):
-    """Issue 21.9: the reset looks into MAS's database for real (``syn2mas_guards.mas_leftovers``); here nothing
-    listens there, so it cannot see the database empty: refused, naming it, the phase unchanged. (A database that
-    still holds the migration is refused against real PostgreSQL: test_syn2mas_guards, test_syn2mas.)"""
-    pillar["mas"]["database"] = {"password": DB_PASSWORD}
-    port = free_port()
-    data = mapdata(world, database={"host": "127.0.0.1", "port": port, "password": DB_PASSWORD})
-    syn2mas_marker.set_phase(data, None, "rolled_back")
-    refused = syn2mas.reset(confirm=True, mapdata=data)
-    assert refused["result"] is False and refused["comment"] == "syn2mas reset refused (the phase is unchanged)"
-    (error,) = refused["errors"]
-    assert error.startswith(f"MAS's database {data['database']['name']} at 127.0.0.1:{port} (mas:database) is ")
-    assert "unreachable" in error and error.endswith(
-        ": the reset must see MAS's database empty first. Make it reachable (recreated, empty, if it was dropped), "
-        "then run the reset again"
-    )
-    assert marker(world)["phase"] == "rolled_back"
-    assert_no_secret(refused)
-
-
-def test_reset_records_from_the_marker_read_under_its_lock(world, mas_database_empty, meanwhile):
-    """Issue #17.6: another reset finished between this one's start and its lock: nothing is recorded twice."""
-    data = mapdata(world)
-    syn2mas_marker.set_phase(data, None, "rolled_back")
-    meanwhile("legacy_auth", reset_from="rolled_back", reset_at="by the other reset")
-    done = syn2mas.reset(confirm=True, mapdata=data)
-    assert done["result"] is True and done["changes"] == {} and done["phase"] == "legacy_auth"
-    saved = marker(world)
-    assert saved["reset_at"] == "by the other reset" and [h["phase"] for h in saved["history"]] == [
-        "rolled_back",
-        "legacy_auth",
-    ]
-    assert mas_database_empty == []  # nothing left to reset: MAS's database is not asked
-
-
-def test_mark_delegated_after_a_migration(world, cli, up, orchestration_stubs):
-    data = mapdata(world, syn2mas={"stop_services": False})
-    delegating = mapdata(world, migration_in_progress=False)
-    cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: boom\n"}
-    syn2mas.migrate(mapdata=data)
-    dropin(world)
-    half = syn2mas.mark_delegated(delegating)
-    assert half["result"] is False and "did not finish (phase migrating" in half["errors"][0]
-
-    cli.answers["migrate"] = MIGRATE_OK
-    (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
-    syn2mas.migrate(mapdata=data)
-    assert "not there yet" in syn2mas.mark_delegated(delegating)["errors"][0]
-    dropin(world)
-    done = syn2mas.mark_delegated(delegating)
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "verified", "new": "delegated"}}
-    assert marker(world)["phase"] == "delegated" and "migration" not in marker(world)
-    assert syn2mas.mark_delegated(delegating)["changes"] == {}
-
-
-def test_mark_delegated_records_a_homeserver_that_needed_no_migration(world):
-    synapse_sqlite(world)  # Synapse has no user yet
-    delegating = mapdata(world, migration_in_progress=False)
-    dropin(world)
-    fresh = syn2mas.mark_delegated(delegating)
-    assert fresh["result"] is True and fresh["changes"] == {"phase": {"old": None, "new": "delegated"}}
-    saved = marker(world)
-    assert saved["phase"] == "delegated" and saved["migration"] == "none"
-    assert saved["fresh_check"]["login_users"]["total"] == 0
-    status = syn2mas.status(delegating)
-    assert status["phase"] == "delegated" and "no migration was needed" in status["next_step"]
-    assert syn2mas.migrate(mapdata=mapdata(world))["errors"][0].startswith("no migration is needed")
-
-
-# ------------------------------------------------------------------ guards of `state.apply mas`
-
-
-def synapse_sqlite(world, users=(), external_ids=()):
-    """Point Synapse's config at a SQLite database holding ``users`` (Synapse's columns the guard reads).
-
-    ``users``: ``(name, password_hash, admin, deactivated, is_guest, appservice_id)``.
-    """
-    path = world["tmp"] / "homeserver.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        "CREATE TABLE users (name TEXT, password_hash TEXT, creation_ts BIGINT, admin SMALLINT DEFAULT 0 NOT NULL, "
-        "upgrade_ts BIGINT, is_guest SMALLINT DEFAULT 0 NOT NULL, appservice_id TEXT, consent_version TEXT, "
-        "consent_server_notice_sent TEXT, user_type TEXT, deactivated SMALLINT DEFAULT 0 NOT NULL, "
-        "shadow_banned BOOLEAN, consent_ts BIGINT, approved BOOLEAN, locked BOOLEAN DEFAULT FALSE NOT NULL, "
-        "suspended BOOLEAN DEFAULT FALSE NOT NULL, UNIQUE(name));"
-        "CREATE TABLE user_external_ids (auth_provider TEXT NOT NULL, external_id TEXT NOT NULL, "
-        "user_id TEXT NOT NULL, UNIQUE (auth_provider, external_id));"
-    )
-    conn.executemany(
-        "INSERT INTO users (name, password_hash, creation_ts, admin, deactivated, is_guest, appservice_id) "
-        "VALUES (?, ?, 1700000000, ?, ?, ?, ?)",
-        list(users),
-    )
-    conn.executemany("INSERT INTO user_external_ids VALUES (?, ?, ?)", list(external_ids))
-    conn.commit()
-    conn.close()
-    conf = yaml.safe_load(world["hs"].read_text())
-    conf["database"] = {"name": "sqlite3", "args": {"database": str(path)}}
-    world["hs"].write_text(yaml.safe_dump(conf))
-    return path
-
-
-def dropin(world):
-    (world["conf_d"] / "matrix-authentication-service.yaml").write_text("matrix_authentication_service: {}\n")
-
-
-LOGIN_USERS = [
-    ("@alice:example.com", "$2b$12$hash", 1, 0, 0, None),  # password
-    ("@bob:example.com", None, 0, 0, 0, None),  # OIDC only
-    ("@bridge:example.com", None, 0, 0, 0, "bridge"),  # application service: does not log in
-    ("@gone:example.com", "$2b$12$hash", 0, 1, 0, None),  # deactivated
-    ("@guest:example.com", None, 0, 0, 1, None),  # guest
-]
-
-
-def test_lockout_guard_refuses_synapse_users_without_a_migration(world):
-    synapse_sqlite(world, LOGIN_USERS, [("oidc-keycloak", "kc-bob", "@bob:example.com")])
-    result = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
-    assert result["result"] is False and result["phase"] == "legacy_auth"
-    error = result["errors"][0]
-    assert "holds 2 users who log in with a password (1) or through an upstream provider (1)" in error
-    assert "lock every one of them out" in error and "mas:migration_in_progress: true" in error
-    assert "mas_syn2mas.verify record=True" in error
-    assert result["probe"]["login_users"] == {"with_password": 1, "with_external_id": 1, "total": 2}
-
-
-def test_lockout_guard_passes_a_synapse_without_users(world):
-    synapse_sqlite(world, LOGIN_USERS[2:])  # only users who cannot log in
-    result = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
-    assert result["result"] is True and result["errors"] == [] and "no Synapse user to lock out" in result["comment"]
-    (world["tmp"] / "homeserver.db").unlink()  # Synapse never started: no database yet
-    assert syn2mas.lockout_check(mapdata(world, migration_in_progress=False))["result"] is True
-
-
-@pytest.mark.parametrize("case", ["unreachable", "no_config"])
-def test_lockout_guard_refuses_what_it_cannot_read_unless_assume_fresh(world, case):
-    if case == "no_config":
-        world["hs"].unlink()
-        (world["conf_d"] / "oidc.yaml").unlink()
-        text = "no Synapse config file found"
-    else:  # the world's Synapse config: PostgreSQL on a port nothing listens on
-        conf = yaml.safe_load(world["hs"].read_text())
-        conf["database"]["args"].update(host="127.0.0.1", port=free_port())
-        world["hs"].write_text(yaml.safe_dump(conf))
-        text = "is unreachable"
-    refused = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
-    assert refused["result"] is False and text in refused["errors"][0]
-    assert "mas:syn2mas:assume_fresh: true" in refused["errors"][0]
-    assert_no_secret(refused)
-    allowed = syn2mas.lockout_check(mapdata(world, migration_in_progress=False, syn2mas={"assume_fresh": True}))
-    assert allowed["result"] is True and "assume_fresh is true" in allowed["warnings"][0]
-
-
-@pytest.mark.parametrize(
-    "phase, ok, text",
-    [
-        ("migrating", False, "did not finish"),
-        ("legacy_auth", False, "was reset to legacy_auth"),
-        ("migrated_unverified", False, "verification found"),
-        ("rolled_back", False, "made authoritative again"),
-        ("migrated", True, "phase migrated"),
-        ("verified", True, "phase verified"),
-        ("delegated", True, "phase delegated"),
-    ],
-)
-def test_lockout_guard_follows_the_recorded_phase_without_asking_synapse(world, monkeypatch, phase, ok, text):
-    data = mapdata(world, migration_in_progress=False)
-    syn2mas_marker.set_phase(data, None, phase)
-    monkeypatch.setattr(syn2mas_db, "connected", None)  # no database may be asked
-    result = syn2mas.lockout_check(data)
-    assert result["result"] is ok and text in (result["comment"] + " ".join(result["errors"]))
-
-
-def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
-    monkeypatch.setattr(syn2mas_db, "connected", None)
-    data = mapdata(world)
-    assert "nothing to roll back" in syn2mas.rollback_check(data)["comment"]
-    syn2mas_marker.set_phase(data, None, "verified")
-    assert syn2mas.rollback_check(data)["result"] is True
-    dropin(world)  # Synapse delegates although `delegated` was not recorded: asked (and MAS cannot be read here)
-    with pytest.raises(TypeError):
-        syn2mas.rollback_check(mapdata(world))
-
-
-def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
-    data = mapdata(world, database={"host": "127.0.0.1", "port": free_port()})
-    syn2mas_marker.set_phase(data, None, "delegated", finished_at="2026-01-01T00:00:00+00:00")
-    dropin(world)
-    refused = syn2mas.rollback_check(data)
-    assert refused["result"] is False and "mas:migration_in_progress is true" in refused["errors"][0]
-    assert "is unreachable" in refused["errors"][0] and "mas:syn2mas:force_rollback: true" in refused["errors"][0]
-    disabled = syn2mas.rollback_check(mapdata(world, enabled=False, database={"port": free_port()}))
-    assert disabled["result"] is False and disabled["errors"][0].startswith("mas:enabled is false")
-    forced = syn2mas.rollback_check(
-        mapdata(world, database={"host": "127.0.0.1", "port": free_port()}, syn2mas={"force_rollback": True})
-    )
-    assert forced["result"] is True and forced["comment"].startswith("rollback forced")
-
-
-def test_mark_rolled_back_once_the_dropin_is_gone(world):
-    data = mapdata(world, syn2mas={"force_rollback": True})
-    syn2mas_marker.set_phase(data, None, "delegated")
-    dropin(world)
-    assert syn2mas.mark_rolled_back(data)["changes"] == {}
-    (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
-    done = syn2mas.mark_rolled_back(data)
-    assert done["changes"] == {"phase": {"old": "delegated", "new": "rolled_back"}}
-    saved = marker(world)
-    assert saved["rolled_back_by"] == "mas:migration_in_progress: true" and saved["forced"] is True
-    status = syn2mas.status(data)
-    assert status["phase"] == "rolled_back" and "drop and recreate MAS's database" in status["next_step"]
-
-
-def test_mark_rolled_back_records_from_the_marker_read_under_its_lock(world, meanwhile):
-    """Issue #17.6: another run recorded the rollback after this one looked at the marker: nothing is recorded
-    twice, what the other wrote stays."""
-    data = mapdata(world)
-    syn2mas_marker.set_phase(data, None, "delegated")  # the drop-in is gone: Synapse authenticates again
-    meanwhile("rolled_back", rolled_back_by="the other run", forced=False)
-    result = syn2mas.mark_rolled_back(data)
-    assert result["result"] is True and result["changes"] == {} and result["phase"] == "rolled_back"
-    saved = marker(world)
-    assert saved["rolled_back_by"] == "the other run" and [h["phase"] for h in saved["history"]] == [
-        "delegated",
-        "rolled_back",
-    ]
-
-
-def test_mark_delegated_records_from_the_marker_read_under_its_lock(world, meanwhile):
-    """Issue #17.6: another run recorded the delegation after this one started: nothing is recorded twice."""
-    delegating = mapdata(world, migration_in_progress=False)
-    syn2mas_marker.set_phase(delegating, None, "verified", finished_at="2026-01-01T00:00:00+00:00")
-    dropin(world)
-    meanwhile("delegated", delegated_at="by the other run")
-    result = syn2mas.mark_delegated(delegating)
-    assert result["result"] is True and result["changes"] == {} and result["phase"] == "delegated"
-    saved = marker(world)
-    assert saved["delegated_at"] == "by the other run"
-    assert [h["phase"] for h in saved["history"]] == ["verified", "delegated"]
-
-
-def test_guard_states_report_and_refuse(world):
-    synapse_sqlite(world, LOGIN_USERS)
-    ret = syn2mas_state.safe_to_delegate("syn2mas", mapdata=mapdata(world, migration_in_progress=False))
-    assert ret["result"] is False and ret["changes"] == {}
-    assert ret["comment"].startswith("delegating to MAS refused") and "\nErrors:\n- Synapse's SQLite" in ret["comment"]
-    ok = syn2mas_state.safe_to_roll_back("syn2mas", mapdata=mapdata(world))
-    assert ok["result"] is True and ok["changes"] == {}
-    rolled = syn2mas_state.rolled_back("syn2mas", mapdata=mapdata(world))
-    assert rolled["result"] is True and rolled["changes"] == {}
 
 
 # ------------------------------------------------------------------ the seed's extra arguments
@@ -1146,19 +608,6 @@ def test_state_dry_run_reports_no_change(world, cli, up, orchestration_stubs):
     assert ret["result"] is True and ret["changes"] == {} and "phase unchanged" in ret["comment"]
 
 
-def test_state_delegated(world, cli, up, orchestration_stubs):
-    data = mapdata(world, syn2mas={"stop_services": False})
-    syn2mas.migrate(mapdata=data)
-    (world["conf_d"] / "matrix-authentication-service.yaml").write_text("{}\n")
-    delegating = mapdata(world, migration_in_progress=False)
-    syn2mas_state.__opts__["test"] = True
-    predicted = syn2mas_state.delegated("syn2mas", mapdata=delegating)
-    assert predicted["result"] is None and marker(world)["phase"] == "verified"
-    syn2mas_state.__opts__["test"] = False
-    ret = syn2mas_state.delegated("syn2mas", mapdata=delegating)
-    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "verified", "new": "delegated"}}
-
-
 # ------------------------------------------------------------------ the steps of a real run
 
 
@@ -1203,13 +652,6 @@ def test_the_backup_gives_pg_dump_the_password_in_a_private_passfile_only(world,
     assert kwargs["env"]["PGPASSFILE"] == passfile and mode == 0o600 and content == f"*:*:*:*:{DB_PASSWORD}\n"
     assert not os.path.exists(passfile) and not os.path.exists(os.path.dirname(passfile))
     assert_no_secret(result)
-
-
-def synapse_unreachable(world):
-    """Point Synapse's config at PostgreSQL on a port nothing listens on."""
-    conf = yaml.safe_load(world["hs"].read_text())
-    conf["database"]["args"].update(host="127.0.0.1", port=free_port())
-    world["hs"].write_text(yaml.safe_dump(conf))
 
 
 def test_preflight_errors_refuse_before_anything_stops(world, cli, up, services):
@@ -1331,13 +773,6 @@ def test_synapse_left_down_is_reported(world, cli, up, services, orchestration_s
     assert any("salt-call service.start synapse-unit" in e for e in result["errors"])
     ret = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
     assert "Synapse is DOWN" in ret["comment"] and ret["result"] is False
-
-
-def told_straight(comment):
-    """A comment an operator reads at a bad moment: no doubled punctuation, no sentence run into the next."""
-    assert ".." not in comment and " ." not in comment and ". ." not in comment, comment
-    assert "stays stopped" not in comment or "DOWN" not in comment, comment
-    return comment
 
 
 def test_comments_have_their_separators(world, cli, up, services, orchestration_stubs):
