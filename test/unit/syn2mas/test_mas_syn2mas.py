@@ -1,24 +1,23 @@
-"""Unit tests of syn2mas (``_modules/mas_syn2mas.py``, ``_states/mas_syn2mas.py`` and their helpers
-``mas_formula.syn2mas_*``) with the Salt loader.
+"""Unit tests of syn2mas's run, check and states (``_modules/mas_syn2mas.py``, ``_states/mas_syn2mas.py`` and
+their helpers ``mas_formula.syn2mas_*``) with the Salt loader; its guards are in ``test_mas_syn2mas_guards.py``.
 
 The formula's other modules (the map, ``mas_synapse.config``, the scrubber and
-the atomic writer) are the real ones; only the outside world is faked:
-``cmd.run_all`` answers like ``mas-cli syn2mas`` and ``pg_dump`` (canned
-upstream-shaped output and exit codes; pg_dump writes its file), the
-``service.*`` functions are mocks and the formula's HTTP probe
-(``mas_formula.http.answers``) is a switch. Files (marker, Synapse config,
-secrets, backups) are real, under tmp.
+the atomic writer) are the real ones; only the outside world is faked
+(``conftest.py``, ``syn2mas_unit.py``): ``cmd.run_all`` answers like
+``mas-cli syn2mas`` and ``pg_dump`` (canned upstream-shaped output and exit
+codes; pg_dump writes its file), the ``service.*`` functions are mocks and
+the formula's HTTP probe (``mas_formula.http.answers``) is a switch. Files
+(marker, Synapse config, secrets, backups) are real, under tmp.
 
 This tier has no PostgreSQL. The tests of a run's orchestration (the order of
 its steps, what it stops, starts, records and says) opt into
 ``orchestration_stubs``, which stand in for the three PostgreSQL readers only:
 the preflight's checks, the backup's size estimate and the verification's
-comparison; the backup itself runs (pg_dump answered by ``cmd.run_all``). The
-tests of the reset's bookkeeping opt into ``mas_database_empty``. Everything
-else runs for real: the guards on a SQLite Synapse, the preflight and the
-reset's look into MAS's database against a PostgreSQL port nothing listens on.
-The preflight, the verification and the reset against real databases are
-integration tests (``test/integration/test_syn2mas*.py``).
+comparison; the backup itself runs (pg_dump answered by ``cmd.run_all``).
+Everything else runs for real: the refusals before a run, the preflight
+against a PostgreSQL port nothing listens on. The preflight and the
+verification against real databases are integration tests
+(``test/integration/test_syn2mas*.py``).
 """
 
 import hashlib
