@@ -89,9 +89,12 @@ def migrated(
     mapdata
         The formula's map (``mas.mapdata``).
 
+    As ``mas.syn2mas`` declares it (``mas/syn2mas/migrate.sls``; the options
+    come from pillar ``mas:syn2mas``):
+
     .. code-block:: yaml
 
-        mas-syn2mas-migrate-mas-syn2mas-migrated:
+        mas-syn2mas-migrate-mas_syn2mas-migrated:
           mas_syn2mas.migrated:
             - name: syn2mas
             - dry_run: false
@@ -223,12 +226,15 @@ def safe_to_delegate(name, mapdata=None):
     mapdata
         The formula's map (``mas.mapdata``).
 
+    As ``mas.synapse.file`` declares it (``mas/synapse/file.sls``):
+
     .. code-block:: yaml
 
         mas-synapse-file-mas_syn2mas-safe_to_delegate:
           mas_syn2mas.safe_to_delegate:
             - name: syn2mas
             - require_in:
+              - mas_secret: mas-synapse-file-mas_secret-present
               - mas_synapse: mas-synapse-file-mas_synapse-dropin
     """
     return _guard(name, "lockout_check", "lock-out guard", mapdata)
@@ -248,12 +254,17 @@ def safe_to_roll_back(name, mapdata=None):
     mapdata
         The formula's map (``mas.mapdata``).
 
+    As ``mas.synapse.file`` declares it (``mas/synapse/file.sls``; ``mas.clean``
+    has ``mas-synapse-clean-mas_syn2mas-safe_to_roll_back`` before the
+    compatibility routes' removal and the purge):
+
     .. code-block:: yaml
 
         mas-synapse-file-mas_syn2mas-safe_to_roll_back:
           mas_syn2mas.safe_to_roll_back:
             - name: syn2mas
             - require_in:
+              - mas_secret: mas-synapse-file-mas_secret-present
               - mas_synapse: mas-synapse-file-mas_synapse-dropin
     """
     return _guard(name, "rollback_check", "rollback guard", mapdata)
@@ -268,6 +279,10 @@ def rolled_back(name, mapdata=None):
         Any name.
     mapdata
         The formula's map (``mas.mapdata``).
+
+    As ``mas.synapse.file`` declares it (``mas/synapse/file.sls``; in
+    ``mas.clean`` it is ``mas-synapse-clean-mas_syn2mas-rolled_back``, after
+    ``file: mas-synapse-clean-file-absent-dropin``):
 
     .. code-block:: yaml
 
@@ -312,13 +327,15 @@ def delegated(name, mapdata=None):
     mapdata
         The formula's map (``mas.mapdata``).
 
+    As ``mas.synapse.file`` declares it (``mas/synapse/file.sls``):
+
     .. code-block:: yaml
 
-        mas-synapse-file-mas-syn2mas-delegated:
+        mas-synapse-file-mas_syn2mas-delegated:
           mas_syn2mas.delegated:
             - name: syn2mas
             - require:
-              - mas_synapse: mas-synapse-file-mas-synapse-dropin
+              - mas_synapse: mas-synapse-file-mas_synapse-dropin
     """
     ret = _ret(name)
     try:

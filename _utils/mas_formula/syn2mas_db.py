@@ -37,7 +37,8 @@ def pg():
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
-#: The MAS tables syn2mas fills; it needs them empty (FACTS §3.5).
+#: The MAS tables syn2mas fills; it needs them empty (upstream's MAS_TABLES_AFFECTED_BY_MIGRATION in
+#: ``crates/syn2mas/src/mas_writer/mod.rs``, checked empty by ``mas_writer/checks.rs``).
 MAS_MIGRATED_TABLES = (
     "users",
     "user_passwords",

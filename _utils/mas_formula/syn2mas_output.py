@@ -1,4 +1,4 @@
-"""What ``mas-cli syn2mas`` said and how the formula tells it: output parsed into errors and warnings, exit codes and signals in words, the run's steps, and secrets scrubbed.
+"""What ``mas-cli syn2mas`` said and how the formula tells it: output parsed into errors and warnings, exit codes and signals in words, the run's steps, secrets scrubbed, and the result every syn2mas function returns.
 
 ``mas-cli`` logs to stderr; its errors and warnings come under ``===== Errors
 =====`` / ``===== Warnings =====`` headings (check) or as ``Error:`` lines
@@ -111,6 +111,21 @@ def ended_as(code):
 
 def displayed(argv, secrets):
     return scrub(" ".join(argv), secrets)
+
+
+def result(ok, phase, comment, exit_code=None, errors=None, warnings=None, **extra):
+    """What every ``mas_syn2mas`` function returns: ``{"result", "phase", "exit_code", "errors", "warnings",
+    "comment", ...}`` (the module makes ``salt-call`` exit 1 when ``result`` is False)."""
+    ret = {
+        "result": ok,
+        "phase": phase,
+        "exit_code": exit_code,
+        "errors": list(errors or []),
+        "warnings": list(warnings or []),
+        "comment": comment,
+    }
+    ret.update(extra)
+    return ret
 
 
 def hint_for(errors, phase):

@@ -5,12 +5,16 @@ public function has a CLI example. Every SLS renders to state data with a
 pillar that enables every branch (in one salt process).
 """
 
+import ast
 import json
 import pathlib
+import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
+import yaml
 
 from pillars import deep_update
 from saltrun import REPO_ROOT
@@ -130,8 +134,8 @@ def test_yamllint_strict_on_pillar_example_and_parameters():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("variant", ["enabled", "migrating", "disabled"])
-def test_every_state_renders_to_state_data(salt_minion, full_pillar, variant):
+def variant_pillar(full_pillar, variant):
+    """A pillar that enables every branch of one variant: ``enabled``, ``migrating`` or ``disabled``."""
     pillar = deep_update(
         full_pillar,
         {
@@ -144,6 +148,11 @@ def test_every_state_renders_to_state_data(salt_minion, full_pillar, variant):
         pillar = deep_update(pillar, {"migration_in_progress": True, "runtime": "docker", "proxy": {"type": "traefik"}})
     elif variant == "disabled":
         pillar = deep_update(pillar, {"enabled": False, "clean": {"purge": True}})
+    return pillar
+
+
+def render_every_sls(salt_minion, pillar):
+    """``{sls: state data}`` of every SLS file under mas/ with ``pillar`` (one salt process)."""
     salt_minion.set_pillar({"mas": pillar})
     names = [".".join(p.relative_to(REPO_ROOT).with_suffix("").parts) for p in SLS_FILES]
     proc = subprocess.run(
@@ -154,7 +163,13 @@ def test_every_state_renders_to_state_data(salt_minion, full_pillar, variant):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    rendered = json.loads(proc.stdout.splitlines()[-1])
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("variant", ["enabled", "migrating", "disabled"])
+def test_every_state_renders_to_state_data(salt_minion, full_pillar, variant):
+    pillar = variant_pillar(full_pillar, variant)
+    rendered = render_every_sls(salt_minion, pillar)
     for name, data in rendered.items():
         assert isinstance(data, dict), f"{name} did not render: {data}"
         for state_id, body in data.items():
@@ -165,3 +180,45 @@ def test_every_state_renders_to_state_data(salt_minion, full_pillar, variant):
             ((function, args),) = body.items()
             assert "." in function and isinstance(args, list), f"{name}: {state_id}: {body}"
             assert all(isinstance(arg, dict) and len(arg) == 1 for arg in args), f"{name}: {state_id}: {args}"
+
+
+#: State modules whose docstring examples are checked against the SLS files (an ``extend`` is copied from them).
+EXAMPLED_STATES = ("mas_syn2mas",)
+
+
+def docstring_examples(module):
+    """``{function: [yaml example, ...]}`` of the ``.. code-block:: yaml`` blocks of ``_states/<module>.py``."""
+    tree = ast.parse((REPO_ROOT / "_states" / f"{module}.py").read_text())
+    found = {}
+    for node in tree.body:
+        text = ast.get_docstring(node) if isinstance(node, ast.FunctionDef) else None
+        for block in re.findall(r"\.\. code-block:: yaml\n\n((?: +\S.*\n?|\n)+)", text or ""):
+            found.setdefault(node.name, []).append(yaml.safe_load(textwrap.dedent(block)))
+    return found
+
+
+def test_state_examples_name_the_states_the_sls_declare(salt_minion, full_pillar):
+    """Issue #17.6: each example's state ID, function and requisites are those the SLS files under mas/ declare
+    (in one of the variants), so that an ``extend`` copied from a docstring extends a real state."""
+    declared = {}
+    for variant in ("enabled", "migrating", "disabled"):
+        for data in render_every_sls(salt_minion, variant_pillar(full_pillar, variant)).values():
+            for state_id, body in data.items():
+                if state_id not in ("include", "extend"):
+                    declared[state_id] = next(iter(body))
+    for module in EXAMPLED_STATES:
+        examples = docstring_examples(module)
+        assert examples, f"_states/{module}.py has no example"
+        for function, blocks in examples.items():
+            for block in blocks:
+                ((state_id, body),) = block.items()
+                ((called, args),) = body.items()
+                assert state_id in declared, f"{module}.{function}: no SLS declares {state_id}"
+                assert called == declared[state_id] == f"{module}.{function}", f"{state_id}: {called}"
+                for arg in args:
+                    ((key, value),) = arg.items()
+                    if key in ("require", "require_in", "watch", "watch_in", "onchanges", "onchanges_in"):
+                        for requisite in value:
+                            ((kind, target),) = requisite.items()
+                            assert target in declared, f"{state_id}: {key} names {target}, which no SLS declares"
+                            assert declared[target].split(".")[0] == kind, f"{state_id}: {kind}: {target}"

@@ -210,6 +210,29 @@ def test_real_run_backs_up_migrates_and_verifies(world, deployment, pg):
     assert deployment.count("users") == len(USERS)
 
 
+def test_backup_on_its_own(world, deployment):
+    """``mas_syn2mas.backup`` alone, Synapse running (pg_dump reads one consistent snapshot): the file in
+    mas:syn2mas:backup_dir, 0600, with the checksum and size it reports, readable by pg_restore; nothing stopped,
+    the phase unchanged."""
+    res = deployment.call("mas_syn2mas.backup")
+    assert res.returncode == 0 and res.data["result"] is True, res.output
+    taken = res.data["backup"]
+    backup = Path(taken["path"])
+    assert backup.parent == deployment.root / "backups" and oct(backup.stat().st_mode & 0o777) == "0o600"
+    assert hashlib.sha256(backup.read_bytes()).hexdigest() == taken["sha256"]
+    assert backup.stat().st_size == taken["size"] and taken["database"].startswith("PostgreSQL database ")
+    assert res.data["comment"].startswith(f"backup of Synapse's {taken['database']} written to {backup} (")
+    assert not list(backup.parent.glob("*.partial"))
+    listed = subprocess.run(
+        [str(PostgresCluster.find_bindir() / "pg_restore"), "--list", str(backup)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert "TABLE public users " in listed.stdout
+    assert deployment.marker() is None and world.service.events() == [] and world.service.running
+
+
 def assert_legacy_synapse_back(world, deployment, checksum_before):
     """Synapse runs again on its legacy config and nothing changed its database."""
     assert world.service.running
@@ -293,7 +316,7 @@ def test_fault_disk_too_small_for_the_backup(world, deployment, tmp_path):
 
 
 @mas_target.double_only
-def test_fault_verification_mismatch(world, deployment, monkeypatch):
+def test_fault_verification_mismatch(world, deployment, monkeypatch, pg):
     monkeypatch.setenv("MAS_DOUBLE_FAULT", "migrate-drop-user")
     ret = run_fault(world, deployment)
     assert ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrated_unverified"}}
@@ -304,6 +327,46 @@ def test_fault_verification_mismatch(world, deployment, monkeypatch):
     res = deployment.state("mas", migration_in_progress=False)
     assert res.returncode != 0 and not deployment.dropin.exists()
     assert "verification found" in res.by_id("mas-synapse-file-mas_syn2mas-safe_to_delegate")["comment"]
+
+    # applied again, the state verifies again (mas_syn2mas.verify record=True), never migrates again: erin is
+    # still missing, so it fails and the phase stays
+    monkeypatch.delenv("MAS_DOUBLE_FAULT")
+    res, ret = deployment.migrated()
+    assert res.returncode != 0 and ret["result"] is False and ret["changes"] == {}
+    assert ret["comment"].startswith("syn2mas verification FAILED") and "missing in MAS: erin" in ret["comment"]
+    assert deployment.marker()["phase"] == "migrated_unverified" and deployment.count("users") == len(USERS) - 1
+
+    # MAS fixed by hand: erin, and a compatibility session for each Synapse device without one (erin's, and
+    # alice's since Synapse came back): the verification passes and the state records it
+    pg.query(
+        deployment.dbname,
+        "INSERT INTO users (user_id, username, created_at) VALUES (gen_random_uuid(), 'erin', now())",
+    )
+    devices = pg.query(
+        world.server.dbname,
+        "SELECT substr(u.name, 2, strpos(u.name, ':') - 2), d.device_id FROM devices d JOIN users u ON "
+        "u.name = d.user_id WHERE u.deactivated = 0 AND NOT coalesce(d.hidden, false)",
+    )
+    known = set(
+        pg.query(
+            deployment.dbname, "SELECT u.username, s.device_id FROM compat_sessions s JOIN users u USING (user_id)"
+        )
+    )
+    lacking = [row for row in devices if tuple(row) not in known]
+    assert "erin" in {name for name, _ in lacking}
+    for name, device in lacking:
+        pg.query(
+            deployment.dbname,
+            "INSERT INTO compat_sessions (compat_session_id, user_id, device_id, created_at) "
+            "SELECT gen_random_uuid(), user_id, %s, now() FROM users WHERE username = %s",
+            (device, name),
+        )
+    res, ret = deployment.migrated()
+    assert res.returncode == 0 and ret["result"] is True, ret["comment"]
+    assert ret["changes"] == {"phase": {"old": "migrated_unverified", "new": "verified"}}
+    marker = deployment.marker()
+    assert marker["phase"] == "verified" and marker["verification"]["result"] is True
+    assert marker["verification"]["errors"] == [] and marker["last_run"]["exit_code"] == 0
 
 
 def test_a_running_mas_the_formula_does_not_manage_refuses_before_anything_stops(world, deployment):

@@ -1,254 +1,70 @@
-"""Unit tests of the syn2mas phase guard (``_modules/mas_syn2mas.py``,
-``_states/mas_syn2mas.py``) with the Salt loader.
+"""Unit tests of syn2mas's run, check and states (``_modules/mas_syn2mas.py``, ``_states/mas_syn2mas.py`` and
+their helpers ``mas_formula.syn2mas_*``) with the Salt loader; its guards are in ``test_mas_syn2mas_guards.py``.
 
-The formula's other modules (the map, ``mas_synapse.config``,
-``mas_secret.scrub`` and its atomic writer) are the real ones; only the outside world is faked: ``cmd.run_all`` answers
-like ``mas-cli syn2mas`` (canned upstream-shaped output and exit codes), the
-``service.*`` functions are mocks and the HTTP probes of Synapse and MAS are
-replaced by a switch. Files (marker, Synapse config, secrets) are real, under
-tmp. The parts that read PostgreSQL (preflight, backup, verification) are
-stand-ins here (the ``native`` fixture): the integration tests run them
-against a real Synapse database (``test/integration/test_syn2mas_*.py``);
-the lock-out guard runs for real on a SQLite Synapse database.
+The formula's other modules (the map, ``mas_synapse.config``, the scrubber and
+the atomic writer) are the real ones; only the outside world is faked
+(``conftest.py``, ``syn2mas_unit.py``): ``cmd.run_all`` answers like
+``mas-cli syn2mas`` and ``pg_dump`` (canned upstream-shaped output and exit
+codes; pg_dump writes its file), the ``service.*`` functions are mocks and
+the formula's HTTP probe (``mas_formula.http.answers``) is a switch. Files
+(marker, Synapse config, secrets, backups) are real, under tmp.
+
+This tier has no PostgreSQL. The tests of a run's orchestration (the order of
+its steps, what it stops, starts, records and says) opt into
+``orchestration_stubs``, which stand in for the three PostgreSQL readers only:
+the preflight's checks, the backup's size estimate and the verification's
+comparison; the backup itself runs (pg_dump answered by ``cmd.run_all``).
+Everything else runs for real: the refusals before a run, the preflight
+against a PostgreSQL port nothing listens on. The preflight and the
+verification against real databases are integration tests
+(``test/integration/test_syn2mas*.py``).
 """
 
+import hashlib
 import json
 import os
-import sqlite3
 import stat
-from unittest.mock import MagicMock
+from pathlib import Path
 
 import pytest
 import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+from syn2mas_unit import (
+    DB_PASSWORD,
+    DUMP,
+    ERRORS_AND_WARNINGS,
+    MACAROON,
+    MIGRATE_OK,
+    NOT_EMPTY,
+    PEPPER,
+    PILLAR_SMTP,
+    SHARED,
+    WARNINGS_ONLY,
+    assert_no_secret,
+    mapdata,
+    marker,
+    syn2mas,
+    syn2mas_state,
+    synapse_unreachable,
+    told_straight,
+)
 
-from formula_modules import DEFAULTS, MODULES, STATES, dunders
+from formula_modules import dunders
 from harness.util import free_port
-from pillars import deep_update
-
-mas = MODULES["mas"]
-syn2mas = MODULES["mas_syn2mas"]
-syn2mas_state = STATES["mas_syn2mas"]
-
-PEPPER = "Pepper-Of-Synapse-0001"
-DB_PASSWORD = "Synapse-Db-Password-0002"
-MACAROON = "Macaroon-Secret-Key-0003"
-SHARED = "Shared-Secret-In-File-0004"
-PILLAR_SMTP = "Smtp-Pillar-Password-0005"
-SECRETS = (PEPPER, DB_PASSWORD, MACAROON, SHARED, PILLAR_SMTP)
-
-ERRORS_AND_WARNINGS = (
-    "2026-01-01T00:00:00.000000Z  INFO mas_cli::commands::syn2mas:1 Running checks\n"
-    "\n\n===== Errors =====\n"
-    "These issues prevent migrating from Synapse to MAS right now:\n\n"
-    "• Guest support is enabled in the Synapse configuration.\n\n"
-    "• Password scheme version '1' in the MAS config must have the same secret as the `pepper` value\n"
-    "  from Synapse, so that Synapse passwords can be imported.\n\n"
-    "\n\n===== Warnings =====\n"
-    "These potential issues should be considered before migrating from Synapse to MAS right now:\n\n"
-    "• Synapse config has registration enabled. This must be disabled after migration before bringing "
-    "Synapse back online.\n\n"
-)
-WARNINGS_ONLY = (
-    "\n\n===== Warnings =====\n"
-    "These potential issues should be considered before migrating from Synapse to MAS right now:\n\n"
-    "• Synapse database contains 1 non-email 3PIDs (probably phone numbers), which will be migrated but are not "
-    "supported by MAS.\n\n"
-)
-CHECK_OK = {"retcode": 0, "stdout": "Check completed successfully with no errors or warnings.\n", "stderr": ""}
-MIGRATE_OK = {"retcode": 0, "stdout": "", "stderr": "2026-01-01T00:00:00Z  INFO syn2mas: migration complete\n"}
-NOT_EMPTY = {
-    "retcode": 1,
-    "stdout": "",
-    "stderr": "Error: The MAS database is not empty: rows found in at least `users`. Please drop and recreate the "
-    "database, then try again.\n",
-}
-
-
-class FakeCli:
-    """``cmd.run_all`` answering like ``mas-cli syn2mas``: ``answers[action]``
-    (``check``, ``migrate``, ``dry-run``) is a dict or a list used in turn."""
-
-    def __init__(self):
-        self.calls = []
-        self.kwargs = []
-        self.answers = {"check": CHECK_OK, "migrate": MIGRATE_OK, "dry-run": MIGRATE_OK}
-
-    def __call__(self, argv, **kwargs):
-        assert isinstance(argv, list) and kwargs["python_shell"] is False
-        assert kwargs["output_loglevel"] == "quiet"
-        self.calls.append(argv)
-        self.kwargs.append(kwargs)
-        action = "dry-run" if "--dry-run" in argv else argv[-1]
-        answer = self.answers[action]
-        if isinstance(answer, list):
-            answer = answer.pop(0)
-        return dict(answer, pid=1)
-
-    @property
-    def actions(self):
-        return ["dry-run" if "--dry-run" in argv else argv[-1] for argv in self.calls]
-
-
-@pytest.fixture
-def pillar():
-    return {"mas": {"email": {"password": PILLAR_SMTP}}}
-
-
-@pytest.fixture
-def cli():
-    return FakeCli()
-
-
-@pytest.fixture
-def services():
-    return {
-        "service.status": MagicMock(return_value=True),
-        "service.stop": MagicMock(return_value=True),
-        "service.start": MagicMock(return_value=True),
-    }
-
-
-@pytest.fixture
-def up(monkeypatch):
-    """Which of Synapse/MAS answer over HTTP (the probe is replaced)."""
-    state = {"synapse": False, "mas": False}
-
-    def answers(url, timeout=3):
-        return state["synapse"] if "/_matrix/" in url else state["mas"]
-
-    monkeypatch.setattr(syn2mas, "_answers", answers)
-    return state
-
-
-class Native:
-    """Stand-ins for the PostgreSQL-reading steps of a real run: what they return, what they were asked."""
-
-    def __init__(self):
-        self.preflight_errors, self.preflight_warnings, self.verify_errors = [], [], []
-        self.plan_problems, self.backup_error, self.calls = [], None, []
-        self.mas_leftover = None
-
-    def preflight(self, mas, opts, marker, files, conf, secrets):
-        self.calls.append("preflight")
-        return {
-            "errors": list(self.preflight_errors),
-            "warnings": list(self.preflight_warnings),
-            "notes": [],
-            "counts": {"users": {"local": 3}},
-            "synapse_database": "PostgreSQL database synapse",
-            "mas_database": "MAS's database",
-            "synapse_configs": files,
-        }
-
-    def plan(self, mas, opts, database, secrets):
-        self.calls.append("backup check")
-        return (None if self.plan_problems else {"dir": opts["backup_dir"]}), list(self.plan_problems)
-
-    def backup(self, mas, opts, database, plan, secrets):
-        self.calls.append("backup")
-        if self.backup_error:
-            raise CommandExecutionError(self.backup_error)
-        return {"path": f"{plan['dir']}/synapse.dump", "sha256": "0" * 64, "size": 1024, "seconds": 0.1}
-
-    def verification(self, mas, opts, conf, files, secrets):
-        self.calls.append("verify")
-        return {"errors": list(self.verify_errors), "counts": {}, "missing": {}}
-
-    def leftovers(self, mas):
-        self.calls.append("leftovers")
-        return self.mas_leftover
-
-
-@pytest.fixture(autouse=True)
-def native(monkeypatch):
-    fake = Native()
-    monkeypatch.setattr(syn2mas, "_preflight", fake.preflight)
-    monkeypatch.setattr(syn2mas.syn2mas_backup, "backup_plan", fake.plan)
-    monkeypatch.setattr(syn2mas, "_backup", fake.backup)
-    monkeypatch.setattr(syn2mas, "_verification", fake.verification)
-    monkeypatch.setattr(syn2mas, "_mas_leftovers", fake.leftovers)
-    return fake
+from mas_formula import syn2mas_marker, syn2mas_output
 
 
 @pytest.fixture
 def configure_loader_modules(pillar, cli, services):
+    """The formula's modules, with this tier's stand-ins for the outside world (``cmd.run_all``, ``service.*``)."""
     return dunders(pillar, salt={"cmd.run_all": cli, **services})
-
-
-@pytest.fixture
-def world(tmp_path):
-    """A deployed MAS (wrapper, state dir, a secret file) and a Synapse config under tmp."""
-    base = tmp_path / "srv"
-    for sub in ("bin", "formula", "config/secrets"):
-        (base / sub).mkdir(parents=True)
-    wrapper = base / "bin" / "mas-cli"
-    wrapper.write_text("#!/bin/sh\nexit 99\n")
-    wrapper.chmod(0o755)
-    (base / "config" / "secrets" / "homeserver_secret").write_text(SHARED)
-    synapse = tmp_path / "synapse"
-    (synapse / "conf.d").mkdir(parents=True)
-    hs = synapse / "homeserver.yaml"
-    hs.write_text(
-        yaml.safe_dump(
-            {
-                "server_name": "example.com",
-                "macaroon_secret_key": MACAROON,
-                "password_config": {"pepper": PEPPER},
-                "database": {
-                    "name": "psycopg2",
-                    "args": {"user": "synapse", "password": DB_PASSWORD, "dbname": "synapse"},
-                },
-            }
-        )
-    )
-    (synapse / "conf.d" / "oidc.yaml").write_text("oidc_providers: []\n")
-    return {"base": base, "hs": hs, "conf_d": synapse / "conf.d", "tmp": tmp_path}
-
-
-def mapdata(world, **overrides):
-    data = deep_update(
-        DEFAULTS,
-        {
-            "enabled": True,
-            "server_name": "example.com",
-            "base_path": str(world["base"]),
-            "runtime": "binary",
-            "binary": {"path": str(world["base"] / "bin" / "mas-cli"), "share_dir": "/usr/local/share/mas-cli"},
-            "user": "root",
-            "group": "root",
-            "migration_in_progress": True,
-            "service": {"manage": False},
-            "synapse": {
-                "config_files": [str(world["hs"])],
-                "config_dir": str(world["conf_d"]),
-                "user": "root",
-                "group": "root",
-                "endpoint": "http://127.0.0.1:8008/",
-            },
-            "http": {"internal_bind": "127.0.0.1:8081"},
-            "syn2mas": {"backup_dir": str(world["tmp"] / "backups")},
-        },
-    )
-    return mas.settings(deep_update(data, overrides))
-
-
-def marker(world):
-    path = world["base"] / "formula" / "syn2mas.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def assert_no_secret(value):
-    text = json.dumps(value) if not isinstance(value, str) else value
-    for secret in SECRETS:
-        assert secret not in text
 
 
 # ------------------------------------------------------------------ parsing
 
 
 def test_parse_splits_errors_warnings_and_multiline_bullets():
-    errors, warnings, fatal = syn2mas.syn2mas_output.parse_output("", ERRORS_AND_WARNINGS)
+    errors, warnings, fatal = syn2mas_output.parse_output("", ERRORS_AND_WARNINGS)
     assert errors == [
         "Guest support is enabled in the Synapse configuration.",
         "Password scheme version '1' in the MAS config must have the same secret as the `pepper` value from "
@@ -266,12 +82,12 @@ def test_parse_fatal_report_with_causes():
         "2026-01-01T00:00:00Z ERROR mas_cli::commands::syn2mas:9 Failed to acquire syn2mas lock on the database.\n"
         "Error: could not connect to Synapse Postgres database\n\nCaused by:\n    connection refused\n"
     )
-    errors, warnings, fatal = syn2mas.syn2mas_output.parse_output("", stderr)
+    errors, warnings, fatal = syn2mas_output.parse_output("", stderr)
     assert (errors, warnings) == ([], [])
     assert fatal == "Error: could not connect to Synapse Postgres database\nCaused by:\n    connection refused"
     # with RUST_BACKTRACE set, anyhow adds the stack: not for the operator's comment (the summary keeps it)
     backtrace = stderr + "\nStack backtrace:\n   0: <unknown>\n  12: __libc_start_call_main\n"
-    assert syn2mas.syn2mas_output.parse_output("", backtrace)[2] == fatal
+    assert syn2mas_output.parse_output("", backtrace)[2] == fatal
 
 
 def test_scrub_removes_known_secrets_urls_and_colours(world):
@@ -281,7 +97,7 @@ def test_scrub_removes_known_secrets_urls_and_colours(world):
         f"\x1b[31mERROR\x1b[0m pepper={PEPPER} db={DB_PASSWORD} mac={MACAROON} shared={SHARED} smtp={PILLAR_SMTP} "
         "uri=postgresql://synapse:Uri-Pass-0006@db/synapse"
     )
-    scrubbed = syn2mas.syn2mas_output.scrub(text, secrets)
+    scrubbed = syn2mas_output.scrub(text, secrets)
     assert_no_secret(scrubbed)
     assert "Uri-Pass-0006" not in scrubbed and "postgresql://synapse:**********@db/synapse" in scrubbed
     assert scrubbed.startswith("ERROR pepper=**********")
@@ -367,14 +183,14 @@ def test_status_leaves_out_the_formulas_dropin_and_reports_blockers(world, up):
     assert "already delegates to MAS" in result["next_step"] and "check, dry run" not in result["comment"]
 
 
-def test_check_passes_on_exit_0(world, cli):
+def test_check_passes_on_exit_0(world, cli, orchestration_stubs):
     result = syn2mas.check(mapdata(world))
     assert (result["result"], result["exit_code"], result["errors"]) == (True, 0, [])
     assert cli.actions == ["check"]
 
 
 @pytest.mark.parametrize("accept", [False, True])
-def test_check_warnings_need_accepting(world, cli, accept):
+def test_check_warnings_need_accepting(world, cli, orchestration_stubs, accept):
     cli.answers["check"] = {"retcode": 11, "stdout": "", "stderr": WARNINGS_ONLY}
     result = syn2mas.check(mapdata(world), accept_warnings=accept)
     assert result["result"] is accept and result["exit_code"] == 11
@@ -382,7 +198,7 @@ def test_check_warnings_need_accepting(world, cli, accept):
     assert any("accept_warnings=True" in e for e in result["errors"]) is not accept
 
 
-def test_check_errors_and_the_not_empty_hint(world, cli):
+def test_check_errors_and_the_not_empty_hint(world, cli, orchestration_stubs):
     cli.answers["check"] = {"retcode": 10, "stdout": "", "stderr": ERRORS_AND_WARNINGS}
     result = syn2mas.check(mapdata(world))
     assert result["result"] is False and len(result["errors"]) == 2 and len(result["warnings"]) == 1
@@ -392,7 +208,7 @@ def test_check_errors_and_the_not_empty_hint(world, cli):
     assert "drop and recreate it" in result["errors"][1]
 
 
-def test_check_refuses_a_config_the_mas_user_cannot_read(world, cli):
+def test_check_refuses_a_config_the_mas_user_cannot_read(world, cli, orchestration_stubs):
     world["hs"].chmod(0o600)
     result = syn2mas.check(mapdata(world, user="nobody", group="nogroup"))
     assert result["result"] is False and cli.calls == []
@@ -402,7 +218,7 @@ def test_check_refuses_a_config_the_mas_user_cannot_read(world, cli):
 # ------------------------------------------------------------------ migrate
 
 
-def test_migrate_success_records_the_phase(world, cli, up, services):
+def test_migrate_success_records_the_phase(world, cli, up, services, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is True and result["phase"] == "verified" and result["phase_before"] == "legacy_auth"
@@ -421,16 +237,16 @@ def test_migrate_success_records_the_phase(world, cli, up, services):
     services["service.stop"].assert_not_called()
 
 
-def test_phase_reads_the_marker_only(world, cli, up, monkeypatch):
+def test_phase_reads_the_marker_only(world, cli, up, orchestration_stubs, monkeypatch):
     data = mapdata(world, syn2mas={"stop_services": False})
     assert syn2mas.phase(data) == "legacy_auth"
     syn2mas.migrate(mapdata=data)
     calls = len(cli.calls)
-    monkeypatch.setattr(syn2mas, "_answers", None)  # no probe allowed
+    monkeypatch.setattr(syn2mas.http, "answers", None)  # no probe allowed
     assert syn2mas.phase(data) == "verified" and len(cli.calls) == calls
 
 
-def test_a_second_migration_is_refused_by_the_guard(world, cli, up):
+def test_a_second_migration_is_refused_by_the_guard(world, cli, up, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     assert syn2mas.migrate(mapdata=data)["result"] is True
     cli.calls.clear()
@@ -499,7 +315,7 @@ def test_a_running_mas_the_formula_does_not_manage_refuses_before_anything_stops
     assert not any("MAS answers" in b for b in syn2mas.status(managed)["blockers"])
 
 
-def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up, services):
+def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up, services, orchestration_stubs):
     data = mapdata(world, service={"manage": True, "name": "mas-unit"}, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is True
@@ -513,7 +329,7 @@ def test_migrate_stops_synapse_and_mas_and_leaves_synapse_stopped(world, cli, up
     assert result["services"]["started"] == ["synapse-unit"]
 
 
-def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up, services):
+def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up, services, orchestration_stubs):
     up["synapse"] = True
     data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"stop_timeout": 1})
     result = syn2mas.migrate(mapdata=data)
@@ -523,7 +339,7 @@ def test_migrate_refused_when_synapse_keeps_answering_after_stop(world, cli, up,
     assert marker(world) is None and cli.actions == ["check"]
 
 
-def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, up, services):
+def test_failed_migration_stays_migrating_and_the_next_run_retries(world, cli, up, services, orchestration_stubs):
     data = mapdata(world, synapse={"service": "synapse-unit"})
     cli.answers["migrate"] = [
         {
@@ -566,7 +382,9 @@ KILLED_LOG = (
         (101, "exited with 101"),
     ],
 )
-def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(world, cli, up, services, code, how):
+def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(
+    world, cli, up, services, orchestration_stubs, code, how
+):
     """Issue 21.9: not "exited with -9" followed by INFO lines."""
     cli.answers["migrate"] = {"retcode": code, "stdout": "", "stderr": KILLED_LOG}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
@@ -581,7 +399,7 @@ def test_a_killed_migrate_says_how_it_ended_and_quotes_the_last_error_line(world
     assert result["summary"].endswith("(~45.5%)")  # the whole output stays in the summary
 
 
-def test_a_migrate_killed_by_salts_timeout_says_so(world, cli, up, services):
+def test_a_migrate_killed_by_salts_timeout_says_so(world, cli, up, services, orchestration_stubs):
     argv = f"{world['base']}/bin/mas-cli syn2mas --synapse-config {world['hs']} migrate"
     cli.answers["migrate"] = {"retcode": 1, "stdout": f"{argv} : Timed out after 3600 seconds", "stderr": ""}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
@@ -593,7 +411,7 @@ def test_a_migrate_killed_by_salts_timeout_says_so(world, cli, up, services):
     )
 
 
-def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services):
+def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services, orchestration_stubs):
     cli.answers["migrate"] = {"retcode": -9, "stdout": "", "stderr": KILLED_LOG.splitlines()[0] + "\n"}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
     assert result["errors"][0].startswith("mas-cli was killed by signal 9 (SIGKILL): it logged no error. SIGKILL")
@@ -602,7 +420,7 @@ def test_a_killed_migrate_without_an_error_line_says_so(world, cli, up, services
     assert refused["comment"] == "syn2mas check failed (mas-cli was killed by signal 9 (SIGKILL))"
 
 
-def test_warnings_refuse_a_real_migration_unless_accepted(world, cli, up):
+def test_warnings_refuse_a_real_migration_unless_accepted(world, cli, up, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     cli.answers["check"] = {"retcode": 11, "stdout": "", "stderr": WARNINGS_ONLY}
     refused = syn2mas.migrate(mapdata=data)
@@ -612,13 +430,13 @@ def test_warnings_refuse_a_real_migration_unless_accepted(world, cli, up):
     assert accepted["result"] is True and marker(world)["accepted_warnings"] == refused["warnings"]
 
 
-def test_check_errors_refuse_a_real_migration(world, cli, up):
+def test_check_errors_refuse_a_real_migration(world, cli, up, orchestration_stubs):
     cli.answers["check"] = {"retcode": 10, "stdout": "", "stderr": ERRORS_AND_WARNINGS}
     result = syn2mas.migrate(mapdata=mapdata(world), stop_services=False)
     assert result["result"] is False and len(result["errors"]) == 2 and cli.actions == ["check"]
 
 
-def test_dry_run_never_changes_the_phase(world, cli, up):
+def test_dry_run_never_changes_the_phase(world, cli, up, orchestration_stubs):
     up["synapse"] = True  # safe while Synapse runs
     data = mapdata(world)
     result = syn2mas.migrate(dry_run=True, mapdata=data)
@@ -630,12 +448,12 @@ def test_dry_run_never_changes_the_phase(world, cli, up):
     assert syn2mas.migrate(dry_run=True, accept_warnings=True, mapdata=data)["result"] is True
 
 
-def test_docker_runtime_asks_the_wrapper_to_mount_the_synapse_configs(world, cli, up):
+def test_docker_runtime_asks_the_wrapper_to_mount_the_synapse_configs(world, cli, up, orchestration_stubs):
     syn2mas.check(mapdata(world, runtime="docker", service={"docker": {"command": "/bin/true"}}))
     assert cli.kwargs[0]["env"] == {"MAS_CLI_READONLY_MOUNTS": f"{world['hs']}:{world['conf_d'] / 'oidc.yaml'}"}
 
 
-def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up):
+def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up, orchestration_stubs):
     # pillar paths cannot hold a space (mas.settings refuses them): a file of Synapse's config_dir can
     odd = world["conf_d"] / "odd name.yaml"
     odd.write_text("{}\n")
@@ -644,7 +462,7 @@ def test_docker_runtime_refuses_paths_it_cannot_mount(world, cli, up):
     assert cli.calls == []
 
 
-def test_explicit_synapse_config_files_and_database_uri(world, cli, up, pillar):
+def test_explicit_synapse_config_files_and_database_uri(world, cli, up, orchestration_stubs, pillar):
     # the URI may hold a password: the map only says it is set, the value comes from pillar
     pillar["mas"]["syn2mas"] = {"synapse_database_uri": "postgresql://synapse:Uri-Pass-0006@db/synapse"}
     fragment = world["tmp"] / "pre-mas-oidc.yaml"
@@ -681,7 +499,7 @@ def test_unreadable_marker_is_an_error_with_the_way_out(world, up):
     assert "mas_syn2mas.reset confirm=True" in str(err.value)
 
 
-def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
+def test_a_failed_stop_starts_synapse_again(world, cli, up, services, orchestration_stubs):
     services["service.stop"].side_effect = [True, False]
     data = mapdata(world, service={"manage": True, "name": "mas-unit"}, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
@@ -692,237 +510,10 @@ def test_a_failed_stop_starts_synapse_again(world, cli, up, services):
     assert marker(world) is None and cli.actions == ["check"]
 
 
-def test_reset_repairs_an_unreadable_marker(world):
-    (world["base"] / "formula" / "syn2mas.json").write_text("{not json")
-    done = syn2mas.reset(confirm=True, mapdata=mapdata(world))
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "unreadable", "new": "legacy_auth"}}
-    assert marker(world)["phase"] == "legacy_auth"
-
-
 def test_one_run_at_a_time(world, cli, up):
     data = mapdata(world, syn2mas={"stop_services": False})
-    with syn2mas.syn2mas_marker.exclusive(data), pytest.raises(CommandExecutionError, match="another syn2mas run"):
+    with syn2mas_marker.exclusive(data), pytest.raises(CommandExecutionError, match="another syn2mas run"):
         syn2mas.migrate(mapdata=data)
-
-
-# ------------------------------------------------------------------ reset / delegated
-
-
-def test_reset_needs_confirmation_and_synapse_authoritative(world, cli, up):
-    data = mapdata(world, syn2mas={"stop_services": False})
-    syn2mas.migrate(mapdata=data)
-    assert syn2mas.reset(mapdata=data)["result"] is False
-    delegating = mapdata(world, migration_in_progress=False)
-    assert "set it to true" in syn2mas.reset(confirm=True, mapdata=delegating)["errors"][0]
-    done = syn2mas.reset(confirm=True, mapdata=data)
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
-    saved = marker(world)
-    assert saved["phase"] == "legacy_auth" and saved["reset_from"] == "verified"
-    assert [h["phase"] for h in saved["history"]] == ["migrating", "verified", "legacy_auth"]
-    assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {}
-
-
-def test_reset_refuses_while_mas_still_holds_the_migration(world, cli, up, native):
-    """Issue 21.9: the reset checks MAS's database (``_mas_leftovers``: integration-tested) and names what to drop."""
-    data = mapdata(world, syn2mas={"stop_services": False})
-    syn2mas.migrate(mapdata=data)
-    native.mas_leftover = "MAS's database mas at localhost:5432 (mas:database) still holds the earlier migration"
-    refused = syn2mas.reset(confirm=True, mapdata=data)
-    assert refused["result"] is False and refused["errors"] == [native.mas_leftover]
-    assert (
-        refused["comment"] == "syn2mas reset refused (the phase is unchanged)" and marker(world)["phase"] == "verified"
-    )
-    native.mas_leftover = None
-    assert syn2mas.reset(confirm=True, mapdata=data)["changes"] == {"phase": {"old": "verified", "new": "legacy_auth"}}
-
-
-def test_mark_delegated_after_a_migration(world, cli, up):
-    data = mapdata(world, syn2mas={"stop_services": False})
-    delegating = mapdata(world, migration_in_progress=False)
-    cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: boom\n"}
-    syn2mas.migrate(mapdata=data)
-    dropin(world)
-    half = syn2mas.mark_delegated(delegating)
-    assert half["result"] is False and "did not finish (phase migrating" in half["errors"][0]
-
-    cli.answers["migrate"] = MIGRATE_OK
-    (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
-    syn2mas.migrate(mapdata=data)
-    assert "not there yet" in syn2mas.mark_delegated(delegating)["errors"][0]
-    dropin(world)
-    done = syn2mas.mark_delegated(delegating)
-    assert done["result"] is True and done["changes"] == {"phase": {"old": "verified", "new": "delegated"}}
-    assert marker(world)["phase"] == "delegated" and "migration" not in marker(world)
-    assert syn2mas.mark_delegated(delegating)["changes"] == {}
-
-
-def test_mark_delegated_records_a_homeserver_that_needed_no_migration(world):
-    synapse_sqlite(world)  # Synapse has no user yet
-    delegating = mapdata(world, migration_in_progress=False)
-    dropin(world)
-    fresh = syn2mas.mark_delegated(delegating)
-    assert fresh["result"] is True and fresh["changes"] == {"phase": {"old": None, "new": "delegated"}}
-    saved = marker(world)
-    assert saved["phase"] == "delegated" and saved["migration"] == "none"
-    assert saved["fresh_check"]["login_users"]["total"] == 0
-    status = syn2mas.status(delegating)
-    assert status["phase"] == "delegated" and "no migration was needed" in status["next_step"]
-    assert syn2mas.migrate(mapdata=mapdata(world))["errors"][0].startswith("no migration is needed")
-
-
-# ------------------------------------------------------------------ guards of `state.apply mas`
-
-
-def synapse_sqlite(world, users=(), external_ids=()):
-    """Point Synapse's config at a SQLite database holding ``users`` (Synapse's columns the guard reads).
-
-    ``users``: ``(name, password_hash, admin, deactivated, is_guest, appservice_id)``.
-    """
-    path = world["tmp"] / "homeserver.db"
-    conn = sqlite3.connect(path)
-    conn.executescript(
-        "CREATE TABLE users (name TEXT, password_hash TEXT, creation_ts BIGINT, admin SMALLINT DEFAULT 0 NOT NULL, "
-        "upgrade_ts BIGINT, is_guest SMALLINT DEFAULT 0 NOT NULL, appservice_id TEXT, consent_version TEXT, "
-        "consent_server_notice_sent TEXT, user_type TEXT, deactivated SMALLINT DEFAULT 0 NOT NULL, "
-        "shadow_banned BOOLEAN, consent_ts BIGINT, approved BOOLEAN, locked BOOLEAN DEFAULT FALSE NOT NULL, "
-        "suspended BOOLEAN DEFAULT FALSE NOT NULL, UNIQUE(name));"
-        "CREATE TABLE user_external_ids (auth_provider TEXT NOT NULL, external_id TEXT NOT NULL, "
-        "user_id TEXT NOT NULL, UNIQUE (auth_provider, external_id));"
-    )
-    conn.executemany(
-        "INSERT INTO users (name, password_hash, creation_ts, admin, deactivated, is_guest, appservice_id) "
-        "VALUES (?, ?, 1700000000, ?, ?, ?, ?)",
-        list(users),
-    )
-    conn.executemany("INSERT INTO user_external_ids VALUES (?, ?, ?)", list(external_ids))
-    conn.commit()
-    conn.close()
-    conf = yaml.safe_load(world["hs"].read_text())
-    conf["database"] = {"name": "sqlite3", "args": {"database": str(path)}}
-    world["hs"].write_text(yaml.safe_dump(conf))
-    return path
-
-
-def dropin(world):
-    (world["conf_d"] / "matrix-authentication-service.yaml").write_text("matrix_authentication_service: {}\n")
-
-
-LOGIN_USERS = [
-    ("@alice:example.com", "$2b$12$hash", 1, 0, 0, None),  # password
-    ("@bob:example.com", None, 0, 0, 0, None),  # OIDC only
-    ("@bridge:example.com", None, 0, 0, 0, "bridge"),  # application service: does not log in
-    ("@gone:example.com", "$2b$12$hash", 0, 1, 0, None),  # deactivated
-    ("@guest:example.com", None, 0, 0, 1, None),  # guest
-]
-
-
-def test_lockout_guard_refuses_synapse_users_without_a_migration(world):
-    synapse_sqlite(world, LOGIN_USERS, [("oidc-keycloak", "kc-bob", "@bob:example.com")])
-    result = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
-    assert result["result"] is False and result["phase"] == "legacy_auth"
-    error = result["errors"][0]
-    assert "holds 2 users who log in with a password (1) or through an upstream provider (1)" in error
-    assert "lock every one of them out" in error and "mas:migration_in_progress: true" in error
-    assert "mas_syn2mas.verify record=True" in error
-    assert result["probe"]["login_users"] == {"with_password": 1, "with_external_id": 1, "total": 2}
-
-
-def test_lockout_guard_passes_a_synapse_without_users(world):
-    synapse_sqlite(world, LOGIN_USERS[2:])  # only users who cannot log in
-    result = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
-    assert result["result"] is True and result["errors"] == [] and "no Synapse user to lock out" in result["comment"]
-    (world["tmp"] / "homeserver.db").unlink()  # Synapse never started: no database yet
-    assert syn2mas.lockout_check(mapdata(world, migration_in_progress=False))["result"] is True
-
-
-@pytest.mark.parametrize("case", ["unreachable", "no_config"])
-def test_lockout_guard_refuses_what_it_cannot_read_unless_assume_fresh(world, case):
-    if case == "no_config":
-        world["hs"].unlink()
-        (world["conf_d"] / "oidc.yaml").unlink()
-        text = "no Synapse config file found"
-    else:  # the world's Synapse config: PostgreSQL on a port nothing listens on
-        conf = yaml.safe_load(world["hs"].read_text())
-        conf["database"]["args"].update(host="127.0.0.1", port=free_port())
-        world["hs"].write_text(yaml.safe_dump(conf))
-        text = "is unreachable"
-    refused = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
-    assert refused["result"] is False and text in refused["errors"][0]
-    assert "mas:syn2mas:assume_fresh: true" in refused["errors"][0]
-    assert_no_secret(refused)
-    allowed = syn2mas.lockout_check(mapdata(world, migration_in_progress=False, syn2mas={"assume_fresh": True}))
-    assert allowed["result"] is True and "assume_fresh is true" in allowed["warnings"][0]
-
-
-@pytest.mark.parametrize(
-    "phase, ok, text",
-    [
-        ("migrating", False, "did not finish"),
-        ("legacy_auth", False, "was reset to legacy_auth"),
-        ("migrated_unverified", False, "verification found"),
-        ("rolled_back", False, "made authoritative again"),
-        ("migrated", True, "phase migrated"),
-        ("verified", True, "phase verified"),
-        ("delegated", True, "phase delegated"),
-    ],
-)
-def test_lockout_guard_follows_the_recorded_phase_without_asking_synapse(world, monkeypatch, phase, ok, text):
-    data = mapdata(world, migration_in_progress=False)
-    syn2mas.syn2mas_marker.set_phase(data, None, phase)
-    monkeypatch.setattr(syn2mas.syn2mas_db, "connected", None)  # no database may be asked
-    result = syn2mas.lockout_check(data)
-    assert result["result"] is ok and text in (result["comment"] + " ".join(result["errors"]))
-
-
-def test_rollback_guard_only_asks_while_synapse_delegates(world, monkeypatch):
-    monkeypatch.setattr(syn2mas.syn2mas_db, "connected", None)
-    data = mapdata(world)
-    assert "nothing to roll back" in syn2mas.rollback_check(data)["comment"]
-    syn2mas.syn2mas_marker.set_phase(data, None, "verified")
-    assert syn2mas.rollback_check(data)["result"] is True
-    dropin(world)  # Synapse delegates although `delegated` was not recorded: asked (and MAS cannot be read here)
-    with pytest.raises(TypeError):
-        syn2mas.rollback_check(mapdata(world))
-
-
-def test_rollback_guard_refuses_an_unreadable_mas_database_unless_forced(world):
-    data = mapdata(world, database={"host": "127.0.0.1", "port": free_port()})
-    syn2mas.syn2mas_marker.set_phase(data, None, "delegated", finished_at="2026-01-01T00:00:00+00:00")
-    dropin(world)
-    refused = syn2mas.rollback_check(data)
-    assert refused["result"] is False and "mas:migration_in_progress is true" in refused["errors"][0]
-    assert "is unreachable" in refused["errors"][0] and "mas:syn2mas:force_rollback: true" in refused["errors"][0]
-    disabled = syn2mas.rollback_check(mapdata(world, enabled=False, database={"port": free_port()}))
-    assert disabled["result"] is False and disabled["errors"][0].startswith("mas:enabled is false")
-    forced = syn2mas.rollback_check(
-        mapdata(world, database={"host": "127.0.0.1", "port": free_port()}, syn2mas={"force_rollback": True})
-    )
-    assert forced["result"] is True and forced["comment"].startswith("rollback forced")
-
-
-def test_mark_rolled_back_once_the_dropin_is_gone(world):
-    data = mapdata(world, syn2mas={"force_rollback": True})
-    syn2mas.syn2mas_marker.set_phase(data, None, "delegated")
-    dropin(world)
-    assert syn2mas.mark_rolled_back(data)["changes"] == {}
-    (world["conf_d"] / "matrix-authentication-service.yaml").unlink()
-    done = syn2mas.mark_rolled_back(data)
-    assert done["changes"] == {"phase": {"old": "delegated", "new": "rolled_back"}}
-    saved = marker(world)
-    assert saved["rolled_back_by"] == "mas:migration_in_progress: true" and saved["forced"] is True
-    status = syn2mas.status(data)
-    assert status["phase"] == "rolled_back" and "drop and recreate MAS's database" in status["next_step"]
-
-
-def test_guard_states_report_and_refuse(world):
-    synapse_sqlite(world, LOGIN_USERS)
-    ret = syn2mas_state.safe_to_delegate("syn2mas", mapdata=mapdata(world, migration_in_progress=False))
-    assert ret["result"] is False and ret["changes"] == {}
-    assert ret["comment"].startswith("delegating to MAS refused") and "\nErrors:\n- Synapse's SQLite" in ret["comment"]
-    ok = syn2mas_state.safe_to_roll_back("syn2mas", mapdata=mapdata(world))
-    assert ok["result"] is True and ok["changes"] == {}
-    rolled = syn2mas_state.rolled_back("syn2mas", mapdata=mapdata(world))
-    assert rolled["result"] is True and rolled["changes"] == {}
 
 
 # ------------------------------------------------------------------ the seed's extra arguments
@@ -981,7 +572,7 @@ def test_seed_extra_arguments_refused(world, arguments, text):
 # ------------------------------------------------------------------ states
 
 
-def test_state_migrated_runs_once(world, cli, up):
+def test_state_migrated_runs_once(world, cli, up, orchestration_stubs):
     data = mapdata(world, syn2mas={"stop_services": False})
     ret = syn2mas_state.migrated("syn2mas", mapdata=data)
     assert ret["result"] is True and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "verified"}}
@@ -990,7 +581,7 @@ def test_state_migrated_runs_once(world, cli, up):
     assert cli.actions == ["check", "migrate"]
 
 
-def test_state_failure_reports_the_phase_change_and_errors(world, cli, up):
+def test_state_failure_reports_the_phase_change_and_errors(world, cli, up, orchestration_stubs):
     cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}
     ret = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world), stop_services=False)
     assert ret["result"] is False and ret["changes"] == {"phase": {"old": "legacy_auth", "new": "migrating"}}
@@ -1011,28 +602,15 @@ def test_state_test_mode_touches_nothing(world, cli, up, services):
     services["service.stop"].assert_not_called()
 
 
-def test_state_dry_run_reports_no_change(world, cli, up):
+def test_state_dry_run_reports_no_change(world, cli, up, orchestration_stubs):
     ret = syn2mas_state.migrated("syn2mas", mapdata=mapdata(world, syn2mas={"dry_run": True}))
     assert ret["result"] is True and ret["changes"] == {} and "phase unchanged" in ret["comment"]
-
-
-def test_state_delegated(world, cli, up):
-    data = mapdata(world, syn2mas={"stop_services": False})
-    syn2mas.migrate(mapdata=data)
-    (world["conf_d"] / "matrix-authentication-service.yaml").write_text("{}\n")
-    delegating = mapdata(world, migration_in_progress=False)
-    syn2mas_state.__opts__["test"] = True
-    predicted = syn2mas_state.delegated("syn2mas", mapdata=delegating)
-    assert predicted["result"] is None and marker(world)["phase"] == "verified"
-    syn2mas_state.__opts__["test"] = False
-    ret = syn2mas_state.delegated("syn2mas", mapdata=delegating)
-    assert ret["result"] is True and ret["changes"] == {"phase": {"old": "verified", "new": "delegated"}}
 
 
 # ------------------------------------------------------------------ the steps of a real run
 
 
-def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, cli, up, services, native):
+def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, cli, up, services, orchestration_stubs):
     data = mapdata(world, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is True and result["phase"] == "verified"
@@ -1047,75 +625,145 @@ def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, c
         "start",
     ]
     assert [s["result"] for s in result["steps"]][-1] == "skipped"
-    assert native.calls == ["preflight", "backup check", "backup", "verify"]
+    assert orchestration_stubs.calls == ["preflight", "backup check", "verify"] and len(cli.dumps) == 1
     assert "Steps: preflight ok" in result["comment"] and "backup ok" in result["comment"]
+    # the backup pg_dump wrote: 0600, named in the comment, its checksum and size recorded
     saved = marker(world)
-    assert saved["backup"]["sha256"] == "0" * 64 and saved["verification"]["errors"] == []
-    assert [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
+    backup = Path(saved["backup"]["path"])
+    assert backup.parent == world["tmp"] / "backups" and backup.read_bytes() == DUMP
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600 and not list(backup.parent.glob("*.partial"))
+    assert saved["backup"]["sha256"] == hashlib.sha256(DUMP).hexdigest() and saved["backup"]["size"] == len(DUMP)
+    assert f"Backup: {backup} ({len(DUMP)} B)." in result["comment"]
+    assert saved["verification"]["errors"] == [] and [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
 
 
-def test_preflight_errors_refuse_before_anything_stops(world, cli, up, services, native):
-    native.preflight_errors = ["Unknown upstream provider oidc-keycloak: 1 Synapse users are linked to it"]
-    result = syn2mas.migrate(mapdata=mapdata(world))
-    assert result["result"] is False and result["errors"] == native.preflight_errors
+def test_the_backup_gives_pg_dump_the_password_in_a_private_passfile_only(world, cli, up, orchestration_stubs):
+    """``syn2mas_backup.backup`` for real (pg_dump is the outside world): Synapse's database password reaches pg_dump
+    in a 0600 PGPASSFILE that is gone afterwards, never in its argument list or environment."""
+    result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"stop_services": False}))
+    assert result["result"] is True
+    ((argv, kwargs),) = cli.dumps
+    assert argv[1:4] == ["--format=custom", "--no-password", "--file"] and argv[4].endswith(".dump.partial")
+    conninfo = argv[argv.index("--dbname") + 1]
+    assert "dbname=synapse" in conninfo and "user=synapse" in conninfo and "password" not in conninfo
+    assert DB_PASSWORD not in json.dumps(argv) and DB_PASSWORD not in json.dumps(kwargs["env"])
+    ((passfile, mode, content),) = cli.passfiles
+    assert kwargs["env"]["PGPASSFILE"] == passfile and mode == 0o600 and content == f"*:*:*:*:{DB_PASSWORD}\n"
+    assert not os.path.exists(passfile) and not os.path.exists(os.path.dirname(passfile))
+    assert_no_secret(result)
+
+
+def test_preflight_errors_refuse_before_anything_stops(world, cli, up, services):
+    """The real preflight: guest access (which MAS cannot take) and databases it cannot read refuse the run before
+    anything stops or runs, each error saying what to change."""
+    synapse_unreachable(world)
+    guests = world["conf_d"] / "guests.yaml"
+    guests.write_text("allow_guest_access: true\n")
+    data = mapdata(world, synapse={"service": "synapse-unit"}, database={"host": "127.0.0.1", "port": free_port()})
+    result = syn2mas.migrate(mapdata=data)
+    assert result["result"] is False and [s["step"] for s in result["steps"]] == ["preflight"]
+    assert result["comment"].startswith("syn2mas migration refused: the preflight found blocking errors.")
+    errors = "\n".join(result["errors"])
+    assert f"guest access is on (allow_guest_access in {guests}): MAS has no guests" in errors
+    assert "PostgreSQL database synapse at 127.0.0.1:" in errors and "is unreachable" in errors
+    assert "syn2mas writes there (create it: mas:database:manage, or by hand)" in errors  # MAS's database
     assert cli.calls == [] and marker(world) is None
     services["service.stop"].assert_not_called()
+    assert_no_secret(result)
+    alone = syn2mas.preflight(data)  # the same checks on their own
+    assert alone["result"] is False and alone["errors"] == result["errors"] and alone["counts"] == {}
 
 
-def test_preflight_warnings_need_accepting_too(world, cli, up, native):
-    native.preflight_warnings = ["1 non-email 3PIDs (msisdn: 1) are copied to MAS's user_unsupported_third_party_ids"]
+def test_check_needs_the_preflights_warnings_accepted(world, cli, up, orchestration_stubs):
+    """Orchestration: check merges the preflight's warnings with upstream's and refuses them unless accepted."""
+    orchestration_stubs.preflight_warnings = ["1 non-email 3PIDs (msisdn: 1) are copied to MAS's tables"]
     data = mapdata(world, syn2mas={"stop_services": False})
     refused = syn2mas.check(data)
-    assert refused["result"] is False and refused["warnings"] == native.preflight_warnings
-    assert "accept_warnings=True" in refused["errors"][-1]
+    assert refused["result"] is False and refused["warnings"] == orchestration_stubs.preflight_warnings
+    assert refused["errors"] == [
+        "1 warning(s): read them, then accept them with accept_warnings=True (pillar mas:syn2mas:accept_warnings: true)"
+    ]
     assert syn2mas.check(data, accept_warnings=True)["result"] is True
+    assert cli.actions == ["check", "check"]
 
 
 @pytest.mark.parametrize("where", ["plan", "backup"])
-def test_a_backup_that_fails_changes_nothing_and_starts_synapse_again(world, cli, up, services, native, where):
+def test_a_backup_that_fails_changes_nothing_and_starts_synapse_again(
+    world, cli, up, services, orchestration_stubs, where
+):
     if where == "plan":
-        native.plan_problems = ["the backup directory /x (mas:syn2mas:backup_dir) has 1.0 MiB free"]
-    else:
-        native.backup_error = "pg_dump of Synapse's database failed (exit 1): disk full"
+        orchestration_stubs.plan_problems = ["the backup directory /x (mas:syn2mas:backup_dir) has 1.0 MiB free"]
+    else:  # pg_dump fails: the real backup says so, scrubbed, and leaves no partial file
+        cli.answers["pg_dump"] = {"retcode": 1, "stdout": "", "stderr": f"pg_dump: error: disk full {DB_PASSWORD}\n"}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
     assert result["result"] is False and marker(world) is None and cli.actions == ["check"]
+    assert_no_secret(result)
     if where == "plan":  # refused before anything stops
         services["service.stop"].assert_not_called()
+        assert result["errors"] == orchestration_stubs.plan_problems and cli.dumps == []
     else:
         assert result["services"] == {"stopped": ["synapse-unit"], "started": ["synapse-unit"], "down": []}
         assert (
             "the backup failed, nothing was migrated. Synapse (still authoritative) was started again"
             in (result["comment"])
         )
+        assert result["errors"][0].startswith(
+            "pg_dump of Synapse's PostgreSQL database synapse at localhost:5432 failed (exit 1): pg_dump: error: "
+            "disk full **********"
+        )
+        assert list((world["tmp"] / "backups").iterdir()) == []
 
 
-def test_a_verification_mismatch_records_migrated_unverified_and_starts_synapse(world, cli, up, services, native):
-    native.verify_errors = ["1 Synapse users are missing in MAS: carol"]
+def test_a_verification_mismatch_records_migrated_unverified_and_starts_synapse(
+    world, cli, up, services, orchestration_stubs
+):
+    orchestration_stubs.verify_errors = ["1 Synapse users are missing in MAS: carol"]
     data = mapdata(world, synapse={"service": "synapse-unit"})
     result = syn2mas.migrate(mapdata=data)
     assert result["result"] is False and result["phase"] == "migrated_unverified"
-    assert result["errors"] == native.verify_errors and "verification FAILED" in result["comment"]
-    assert result["services"]["started"] == ["synapse-unit"]
+    assert "1 Synapse users are missing in MAS: carol" in result["errors"]
+    assert "verification FAILED" in result["comment"] and result["services"]["started"] == ["synapse-unit"]
     assert marker(world)["phase"] == "migrated_unverified"
     refused = syn2mas.lockout_check(mapdata(world, migration_in_progress=False))
     assert refused["result"] is False and "verification found" in refused["errors"][0]
-    # the state verifies again; once MAS holds everything the phase becomes verified
-    native.verify_errors = []
-    monkey = syn2mas_state.__salt__["mas_syn2mas.verify"]
-    syn2mas_state.__salt__["mas_syn2mas.verify"] = lambda mapdata=None, record=False: syn2mas._result(
-        True,
-        "verified",
-        "syn2mas verification passed",
-        changes={"phase": {"old": "migrated_unverified", "new": "verified"}},
-    )
-    try:
-        ret = syn2mas_state.migrated("syn2mas", mapdata=data)
-    finally:
-        syn2mas_state.__salt__["mas_syn2mas.verify"] = monkey
+    # the state verifies again (mas_syn2mas.verify record=True), never migrates again: still failing, nothing
+    # changes; once MAS holds everything, the phase becomes verified
+    again = syn2mas_state.migrated("syn2mas", mapdata=data)
+    assert again["result"] is False and again["changes"] == {} and "verification FAILED" in again["comment"]
+    assert marker(world)["phase"] == "migrated_unverified"
+    orchestration_stubs.verify_errors = []
+    ret = syn2mas_state.migrated("syn2mas", mapdata=data)
     assert ret["result"] is True and ret["changes"] == {"phase": {"old": "migrated_unverified", "new": "verified"}}
+    assert ret["comment"].startswith("syn2mas verification passed in ")
+    saved = marker(world)
+    assert saved["phase"] == "verified" and saved["verification"]["result"] is True
+    assert [h["phase"] for h in saved["history"]] == ["migrating", "migrated_unverified", "verified"]
+    assert cli.actions == ["check", "migrate"] and orchestration_stubs.calls.count("verify") == 3
 
 
-def test_synapse_left_down_is_reported(world, cli, up, services, native):
+def test_verify_records_from_the_marker_read_under_its_lock(world, orchestration_stubs, meanwhile):
+    """Issue #17.6: Synapse was recorded delegating after this verification started: a failing verification does
+    not write migrated_unverified over it."""
+    data = mapdata(world)
+    syn2mas_marker.set_phase(data, None, "migrated")
+    orchestration_stubs.verify_errors = ["1 Synapse users are missing in MAS: carol"]
+    meanwhile("delegated", delegated_at="by the other run")
+    result = syn2mas.verify(mapdata=data, record=True)
+    assert result["result"] is False and result["changes"] == {} and result["phase"] == "delegated"
+    assert marker(world)["phase"] == "delegated" and marker(world)["delegated_at"] == "by the other run"
+
+
+def test_migrate_decides_on_the_marker_read_under_its_lock(world, cli, up, services, orchestration_stubs, meanwhile):
+    """Another run finished the migration after this one read the marker: refused once it holds the lock."""
+    meanwhile("verified", finished_at="by the other run")
+    result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
+    assert result["result"] is False and result["phase"] == "verified"
+    assert result["errors"][0].startswith("already migrated (phase verified since by the other run)")
+    assert cli.calls == [] and orchestration_stubs.calls == [] and marker(world)["finished_at"] == "by the other run"
+    services["service.stop"].assert_not_called()
+
+
+def test_synapse_left_down_is_reported(world, cli, up, services, orchestration_stubs):
     services["service.start"].return_value = False
     cli.answers["migrate"] = {"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}
     result = syn2mas.migrate(mapdata=mapdata(world, synapse={"service": "synapse-unit"}))
@@ -1126,14 +774,7 @@ def test_synapse_left_down_is_reported(world, cli, up, services, native):
     assert "Synapse is DOWN" in ret["comment"] and ret["result"] is False
 
 
-def told_straight(comment):
-    """A comment an operator reads at a bad moment: no doubled punctuation, no sentence run into the next."""
-    assert ".." not in comment and " ." not in comment and ". ." not in comment, comment
-    assert "stays stopped" not in comment or "DOWN" not in comment, comment
-    return comment
-
-
-def test_comments_have_their_separators(world, cli, up, services, native):
+def test_comments_have_their_separators(world, cli, up, services, orchestration_stubs):
     """Issue 21.4: "services still running Synapse (still authoritative) was started again.." is gone."""
     up["synapse"] = True  # keeps answering after service.stop
     data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"stop_timeout": 1})
@@ -1142,7 +783,7 @@ def test_comments_have_their_separators(world, cli, up, services, native):
         "syn2mas migration refused: services still running. Synapse (still authoritative) was started again. Steps:"
     )
     up["synapse"] = False
-    native.backup_error = "pg_dump of Synapse's database failed (exit 1): disk full"
+    cli.answers["pg_dump"] = {"retcode": 1, "stdout": "", "stderr": "pg_dump: error: disk full\n"}
     comment = told_straight(syn2mas.migrate(mapdata=data)["comment"])
     assert comment.startswith(
         "syn2mas migration refused: the backup failed, nothing was migrated. Synapse (still authoritative) was "
@@ -1150,7 +791,9 @@ def test_comments_have_their_separators(world, cli, up, services, native):
     )
 
 
-def test_synapse_that_does_not_start_after_a_verified_migration_is_down_not_stopped(world, cli, up, services):
+def test_synapse_that_does_not_start_after_a_verified_migration_is_down_not_stopped(
+    world, cli, up, services, orchestration_stubs
+):
     """Issue 21.9: not "Synapse stays stopped until then" and "it is DOWN" in one comment."""
     services["service.start"].return_value = False
     data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"start_synapse_after": True})
@@ -1169,7 +812,9 @@ def test_synapse_that_does_not_start_after_a_verified_migration_is_down_not_stop
     ]
 
 
-def test_a_synapse_this_run_did_not_stop_is_named_when_it_does_not_answer(world, cli, up, services):
+def test_a_synapse_this_run_did_not_stop_is_named_when_it_does_not_answer(
+    world, cli, up, services, orchestration_stubs
+):
     """A Synapse found down (left DOWN by an earlier run) is neither stopped nor passed over in silence."""
     services["service.status"].return_value = False
     cli.answers["migrate"] = [{"retcode": 1, "stdout": "", "stderr": "Error: half-way\n"}, MIGRATE_OK, MIGRATE_OK]
@@ -1190,7 +835,7 @@ def test_a_synapse_this_run_did_not_stop_is_named_when_it_does_not_answer(world,
     assert asked["services"]["started"] == ["synapse-unit"] and "was started again" in told_straight(asked["comment"])
 
 
-def test_every_later_run_checks_that_synapse_answers(world, cli, up, services):
+def test_every_later_run_checks_that_synapse_answers(world, cli, up, services, orchestration_stubs):
     """Issue 21.9: after "Synapse is DOWN", a rerun with the fault gone does not report success in silence."""
     data = mapdata(world, synapse={"service": "synapse-unit"}, syn2mas={"start_synapse_after": True})
     services["service.start"].return_value = False
@@ -1238,14 +883,14 @@ def test_every_later_run_checks_that_synapse_answers(world, cli, up, services):
     assert "answer" not in syn2mas_state.migrated("syn2mas", mapdata=data)["comment"]
 
 
-def test_a_real_run_needs_a_backup_directory_or_backup_false(world, cli, up, native):
+def test_a_real_run_needs_a_backup_directory_or_backup_false(world, cli, up, orchestration_stubs):
     result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"backup_dir": "", "stop_services": False}))
     assert result["result"] is False and "mas:syn2mas:backup_dir is not set" in result["errors"][0]
     assert cli.calls == []
     without = syn2mas.migrate(
         mapdata=mapdata(world, syn2mas={"backup_dir": "", "backup": False, "stop_services": False})
     )
-    assert without["result"] is True and "backup" not in native.calls
+    assert without["result"] is True and "backup check" not in orchestration_stubs.calls and cli.dumps == []
     assert {"step": "backup", "result": "skipped", "seconds": 0.0, "why": "mas:syn2mas:backup is false"} in (
         without["steps"]
     )
