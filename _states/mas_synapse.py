@@ -73,7 +73,7 @@ def dropin(
 
     .. code-block:: yaml
 
-        mas-synapse-file-mas-synapse-dropin:
+        mas-synapse-file-mas_synapse-dropin:
           mas_synapse.dropin:
             - name: /etc/matrix-synapse/conf.d/matrix-authentication-service.yaml
             - endpoint: http://localhost:8080/auth/

@@ -79,7 +79,9 @@ def main(args: list[str]) -> int:
     second = subprocess.call([str(PYTEST), *_pass_two_args(args)], env=double)
     if second == NO_TESTS:
         print("scripts/test: pass 2 selected no test", flush=True)
-        second = 0
+        second = 0 if first != NO_TESTS else NO_TESTS
+    elif first == NO_TESTS:  # e.g. -m double_only: every test selected belongs to pass 2
+        first = 0
     return first or second
 
 

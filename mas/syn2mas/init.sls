@@ -5,7 +5,7 @@
 # Run it on purpose, after `mas` was applied with mas:migration_in_progress: true:
 #   salt-call state.apply mas.syn2mas pillar='{"mas": {"syn2mas": {"dry_run": true}}}'
 #   salt-call state.apply mas.syn2mas
-# See the README ("Migrating an existing Synapse") and mas_syn2mas.status.
+# See docs/migration.md and mas_syn2mas.status.
 
 ---
 include:

@@ -28,6 +28,12 @@ import time
 
 import pytest
 import yaml
+
+from harness import mas as mas_target
+from harness.browser import Browser
+from harness.oidc_provider import OidcProvider
+from harness.smtp import SmtpServer
+from harness.testca import TestCA
 from logins_world import (
     ISSUER,
     MATRIX_HOST,
@@ -47,12 +53,6 @@ from logins_world import (
     unit_environment,
     whoami,
 )
-
-from harness import mas as mas_target
-from harness.browser import Browser
-from harness.oidc_provider import OidcProvider
-from harness.smtp import SmtpServer
-from harness.testca import TestCA
 
 pytestmark = pytest.mark.integration
 

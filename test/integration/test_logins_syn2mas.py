@@ -13,6 +13,10 @@ import urllib.parse
 
 import pytest
 import yaml
+
+from harness.browser import Browser
+from harness.oidc_provider import OidcProvider
+from harness.testca import TestCA
 from logins_world import (
     MATRIX_HOST,
     PROVIDER_CLIENT,
@@ -25,10 +29,6 @@ from logins_world import (
     whoami,
 )
 from syn2mas_world import PROVIDER_ID, SUBJECT, SYNAPSE_IDP_ID, deploy, world_fixture
-
-from harness.browser import Browser
-from harness.oidc_provider import OidcProvider
-from harness.testca import TestCA
 
 pytestmark = pytest.mark.integration
 

@@ -19,13 +19,13 @@ import ssl
 import aiohttp
 import pytest
 import yaml
-from logins_world import ISSUER, MATRIX_HOST, Public, login_pillar, oauth_login, password_sign_in, start_mas, whoami
 from nio import AsyncClient, LoginResponse
 
 from harness import mas as mas_target
 from harness.browser import Browser
 from harness.testca import TestCA
 from harness.traefik import TraefikServer
+from logins_world import ISSUER, MATRIX_HOST, Public, login_pillar, oauth_login, password_sign_in, start_mas, whoami
 
 pytestmark = pytest.mark.integration
 

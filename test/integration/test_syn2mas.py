@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from harness import mas as mas_target
+from mas_double import run_server
+from pillars import deep_update
+from saltrun import REPO_ROOT, SaltMinion
 from syn2mas_world import (
     MIGRATED,
     PASSWORD,
@@ -31,11 +36,6 @@ from syn2mas_world import (
     oidc_fragment,
     world_secrets,
 )
-
-from harness import mas as mas_target
-from mas_double import run_server
-from pillars import deep_update
-from saltrun import REPO_ROOT, SaltMinion
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ import types
 
 import pytest
 import yaml
-from syn2mas_world import DROPIN, PASSWORD, deploy, service_minion, world_fixture
 
 from harness.util import free_port
 from pillars import deep_update, wired_pillar
+from syn2mas_world import DROPIN, PASSWORD, deploy, service_minion, world_fixture
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ the preflight and the state fail naming it and its user count; with
 
 import pytest
 import yaml
-from syn2mas_world import PROVIDER_ID, SYNAPSE_IDP_ID, deploy, world_fixture
 
 from harness.util import free_port
 from pillars import PILLAR_SECRETS, deep_update, wired_pillar
 from saltrun import REPO_ROOT, SaltMinion
+from syn2mas_world import PROVIDER_ID, SYNAPSE_IDP_ID, deploy, world_fixture
 
 pytestmark = pytest.mark.integration
 

@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from syn2mas_world import PASSWORD, SUBJECT, USERS, deploy, harness_service, world_fixture
 
 from harness import mas as mas_target
 from harness.postgres import PostgresCluster
 from harness.synapse import SYNAPSE_DB_ROLE
 from harness.util import unavailable
 from mas_double import run_server
+from syn2mas_world import PASSWORD, SUBJECT, USERS, deploy, harness_service, world_fixture
 
 pytestmark = pytest.mark.integration
 

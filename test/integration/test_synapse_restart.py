@@ -10,12 +10,12 @@ Synapse once, and Synapse then delegates to MAS.
 """
 
 import pytest
-from syn2mas_world import SynapseService
 
 from harness import service_standin
 from harness.util import free_port
 from pillars import PILLAR_SECRETS, deep_update, wired_pillar
 from saltrun import REPO_ROOT, SaltMinion
+from syn2mas_world import SynapseService
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from unittest.mock import MagicMock
 
 import pytest
 import yaml
-from syn2mas_unit import DB_PASSWORD, MACAROON, PEPPER, PILLAR_SMTP, SHARED, FakeCli, OrchestrationStubs
 
 from mas_formula import http, syn2mas_backup, syn2mas_guards, syn2mas_marker, syn2mas_preflight, syn2mas_verify
+from syn2mas_unit import DB_PASSWORD, MACAROON, PEPPER, PILLAR_SMTP, SHARED, FakeCli, OrchestrationStubs
 
 
 @pytest.fixture

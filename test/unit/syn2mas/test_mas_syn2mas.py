@@ -29,6 +29,10 @@ from pathlib import Path
 import pytest
 import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+from formula_modules import dunders
+from harness.util import free_port
+from mas_formula import syn2mas_marker, syn2mas_output
 from syn2mas_unit import (
     DB_PASSWORD,
     DUMP,
@@ -48,10 +52,6 @@ from syn2mas_unit import (
     synapse_unreachable,
     told_straight,
 )
-
-from formula_modules import dunders
-from harness.util import free_port
-from mas_formula import syn2mas_marker, syn2mas_output
 
 
 @pytest.fixture

@@ -7,6 +7,10 @@ from the marker read under its lock (``meanwhile``: another run records a phase 
 
 import pytest
 import yaml
+
+from formula_modules import dunders
+from harness.util import free_port
+from mas_formula import syn2mas_db, syn2mas_marker
 from syn2mas_unit import (
     DB_PASSWORD,
     LOGIN_USERS,
@@ -19,10 +23,6 @@ from syn2mas_unit import (
     syn2mas_state,
     synapse_sqlite,
 )
-
-from formula_modules import dunders
-from harness.util import free_port
-from mas_formula import syn2mas_db, syn2mas_marker
 
 
 @pytest.fixture
