@@ -6,9 +6,10 @@ MAS's admin API. Otherwise Synapse's shared-secret registration and admin API
 (syn2mas carries the users to MAS later). The comment of every state says
 which service received the change. The states of one run share one session
 per service and read MAS's users and emails once, in pages;
-``mas_user.sessions_closed`` (last in ``mas.users``) ends the sessions.
+``mas_user.sessions_closed`` (last in ``mas.users``) ends the sessions. The
+token states call the ``mas_token`` execution module.
 
-:depends: the ``mas_user`` execution module of this formula
+:depends: the ``mas_user`` and ``mas_token`` execution modules of this formula
 """
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -191,14 +192,14 @@ def registration_token(name, usage_limit=None, expires=None, revoked=False):
         if _mas_only(ret, what):
             return ret
         args = {"usage_limit": usage_limit, "expires": expires, "revoked": revoked, "batch": True}
-        plan = __salt__["mas_user.registration_token_plan"](name, **args)
+        plan = __salt__["mas_token.registration_token_plan"](name, **args)
         if not plan["changes"]:
             ret["comment"] = f"{what} is already as wanted in MAS ({plan['path']})"
             return ret
         if __opts__["test"]:
             ret.update(result=None, changes=plan["changes"], comment=f"{what} would be updated in MAS")
             return ret
-        done = __salt__["mas_user.registration_token_ensure"](name, **args)
+        done = __salt__["mas_token.registration_token_ensure"](name, **args)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _failed(ret, what, exc)
     ret["changes"] = done["changes"]
@@ -220,7 +221,7 @@ def bot_token(
     """
     Ensure the bot ``name`` has a valid access token in ``path`` (0600, owned
     by ``owner``:``group``): a MAS personal session, regenerated when it
-    expires within ``renew_before`` seconds (see ``mas_user.bot_token``).
+    expires within ``renew_before`` seconds (see ``mas_token.bot_token``).
     A valid token is kept as it is. Skipped while Synapse is authoritative.
 
     .. code-block:: yaml
@@ -247,7 +248,7 @@ def bot_token(
     try:
         if _mas_only(ret, what):
             return ret
-        status = __salt__["mas_user.bot_token_status"](name, path, **args)
+        status = __salt__["mas_token.bot_token_status"](name, path, **args)
         if status["action"] == "none":
             ret["comment"] = f"{what} is valid"
             return ret
@@ -256,7 +257,7 @@ def bot_token(
             ret["changes"] = {"token": {"old": status["reason"], "new": status["action"]}}
             ret["comment"] = f"{what} would be renewed in MAS ({status['action']})"
             return ret
-        done = __salt__["mas_user.bot_token"](name, path, **args)
+        done = __salt__["mas_token.bot_token"](name, path, **args)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _failed(ret, what, exc)
     ret["changes"] = done["changes"]
