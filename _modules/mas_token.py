@@ -32,9 +32,6 @@ HAS_REQUESTS = importlib.util.find_spec("requests") is not None
 
 __virtualname__ = "mas_token"
 
-#: Default margin before a bot token's expiry when it is renewed (seconds).
-RENEW_BEFORE = 86400
-
 
 def __virtual__():
     if not HAS_REQUESTS:
@@ -53,8 +50,10 @@ def _opened(what, batch):
 
 
 def _renew_before(renew_before):
-    """``renew_before``, or :data:`RENEW_BEFORE` when it is None."""
-    return RENEW_BEFORE if renew_before is None else renew_before
+    """``renew_before``, or the map's default (``mas:access_token_defaults:renew_before``) when it is None."""
+    if renew_before is None:
+        return __salt__["mas.mapdata"]()["access_token_defaults"]["renew_before"]
+    return renew_before
 
 
 def _run_quietly(argv):
@@ -162,7 +161,8 @@ def bot_token(
     derived from the user and path; ``synapse_admin``: also
     ``urn:synapse:admin:*``; ``scope`` replaces all of it). Idempotent: a
     valid token is kept; one that expires within ``renew_before`` seconds
-    (default one day) or is revoked is regenerated in the same session, the old one revoked.
+    (default: the map's ``mas:access_token_defaults:renew_before``, one day)
+    or is revoked is regenerated in the same session, the old one revoked.
     ``expires_in``: lifetime of a new token in seconds (``None``: no expiry).
     A MAS without personal sessions (its admin API answers 404) gets a
     compatibility token instead (``mas-cli manage issue-compatibility-token``,

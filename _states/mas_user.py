@@ -215,13 +215,15 @@ def bot_token(
     scope=None,
     device_id=None,
     expires_in=None,
-    renew_before=86400,
+    renew_before=None,
     synapse_admin=False,
 ):
     """
     Ensure the bot ``name`` has a valid access token in ``path`` (0600, owned
     by ``owner``:``group``): a MAS personal session, regenerated when it
-    expires within ``renew_before`` seconds (see ``mas_token.bot_token``).
+    expires within ``renew_before`` seconds (unset: the map's
+    ``mas:access_token_defaults:renew_before``, one day; see
+    ``mas_token.bot_token``).
     A valid token is kept as it is. Skipped while Synapse is authoritative.
 
     .. code-block:: yaml

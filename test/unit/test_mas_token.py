@@ -118,6 +118,16 @@ def test_compatibility_token_from_mas_cli_output():
         tokens.compat_token(mas, "bot", scope, False, failed, lambda text: text.replace("s3cr3t", "***"))
 
 
+def test_renew_before_comes_from_the_map_when_not_given(pillar, tmp_path):
+    pillar["mas"] = {"enabled": True, "server_name": "example.com", "base_path": str(tmp_path / "mas")}
+    assert mas_token._renew_before(None) == 86400
+    assert mas_token._renew_before(0) == 0
+    mas_token.__context__.clear()  # the map is cached for the run
+    pillar["mas"]["access_token_defaults"] = {"renew_before": 3600}
+    assert mas_token._renew_before(None) == 3600
+    assert mas_token._renew_before(120) == 120
+
+
 def test_tokens_are_refused_while_synapse_is_authoritative(pillar, tmp_path):
     pillar["mas"] = {"enabled": True, "migration_in_progress": True, "server_name": "example.com"}
     pillar["mas"]["base_path"] = str(tmp_path / "mas")

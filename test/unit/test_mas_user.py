@@ -156,6 +156,31 @@ def test_pillar_users_are_validated(tmp_path):
         assert expected in text
 
 
+def test_every_access_token_gets_renew_before_from_the_defaults_file(tmp_path):
+    """``renew_before``'s one home is mas/parameters/defaults.yaml (``access_token_defaults``), read through the map."""
+    entries = [
+        {"username": "plain", "access_token": {"path": "/run/plain.token"}},
+        {"username": "unset", "access_token": {"path": "/run/unset.token", "renew_before": None}},
+        {"username": "own", "access_token": {"path": "/run/own.token", "renew_before": 10}},
+        {"username": "none"},
+    ]
+    default = DEFAULTS["access_token_defaults"]["renew_before"]
+    assert isinstance(default, int) and default > 0
+    mas = mapdata(tmp_path, users=entries)
+    assert mas["access_token_defaults"] == {"renew_before": default}
+    found = {u["username"]: u["access_token"] for u in mas["users"]}
+    assert found["plain"] == {"path": "/run/plain.token", "renew_before": default}
+    assert found["unset"]["renew_before"] == default
+    assert found["own"]["renew_before"] == 10
+    assert found["none"] is None
+    site = mapdata(tmp_path, users=entries, access_token_defaults={"renew_before": 3600})
+    assert [u["access_token"] and u["access_token"]["renew_before"] for u in site["users"]] == [3600, 3600, 10, None]
+    with pytest.raises(SaltInvocationError) as err:
+        mapdata(tmp_path, access_token_defaults={"renew_before": -1, "colour": 1})
+    assert "mas:access_token_defaults:renew_before: must be a number of seconds >= 0, not -1" in str(err.value)
+    assert "mas:access_token_defaults: unknown keys colour" in str(err.value)
+
+
 class Standin:
     """A service's backend for the session tests: what was done to it."""
 
