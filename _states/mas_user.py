@@ -16,7 +16,10 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "mas_user"
 
+#: Which service each authority is.
 _WHERE = {"mas": "MAS", "synapse": "Synapse"}
+#: Said after "Synapse" in the comment of a user state whose change lands there.
+_SYNAPSE_NOTE = " (authoritative while MAS is disabled or mas:migration_in_progress; syn2mas carries it to MAS)"
 
 
 def __virtual__():
@@ -29,10 +32,9 @@ def _ret(name):
     return {"name": name, "result": True, "comment": "", "changes": {}}
 
 
-def _where(authority):
-    if authority == "mas":
-        return "MAS"
-    return "Synapse (authoritative while MAS is disabled or mas:migration_in_progress; syn2mas carries it to MAS)"
+def _lands_in(authority):
+    """Where a user state's change lands, for its comment: :data:`_WHERE`, and why when it is Synapse."""
+    return _WHERE[authority] + (_SYNAPSE_NOTE if authority == "synapse" else "")
 
 
 def _failed(ret, what, exc):
@@ -100,7 +102,7 @@ def present(
     }
     try:
         plan = __salt__["mas_user.plan"](name, wait=0 if __opts__["test"] else wait, batch=True, **args)
-        where = _where(plan["authority"])
+        where = _lands_in(plan["authority"])
         if not plan["changes"]:
             ret["comment"] = f"User {name} is already as wanted in {where}"
             return ret
@@ -117,7 +119,7 @@ def present(
         return _failed(ret, f"User {name}", exc)
     ret["changes"] = done["changes"]
     verb = "registered" if done["created"] else "updated" if done["changes"] else "already as wanted"
-    ret["comment"] = f"User {name} {verb} in {_where(done['authority'])}"
+    ret["comment"] = f"User {name} {verb} in {_lands_in(done['authority'])}"
     return ret
 
 
@@ -138,7 +140,7 @@ def absent(name, erase=False):
     try:
         if __opts__["test"]:
             plan = __salt__["mas_user.plan"](name, batch=True)
-            where = _where(plan["authority"])
+            where = _lands_in(plan["authority"])
             user = plan["user"]
             if user is None or user["deactivated"]:
                 state = "does not exist" if user is None else "is already deactivated"
@@ -150,7 +152,7 @@ def absent(name, erase=False):
         done = __salt__["mas_user.deactivate"](name, erase=erase, missing_ok=True, batch=True)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _failed(ret, f"User {name}", exc)
-    where = _where(done["authority"])
+    where = _lands_in(done["authority"])
     ret["changes"] = done["changes"]
     if not done["exists"]:
         ret["comment"] = f"User {name} does not exist in {where}"
