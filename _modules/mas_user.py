@@ -143,9 +143,11 @@ def authority():
 
 def close():
     """
-    End this run's shared sessions (``batch``): log out of Synapse (the
-    formula admin's token is then gone) and forget MAS's users read for the
-    run. The ``mas_user.sessions_closed`` state calls it last.
+    End this run's shared sessions (``batch``; ``mas_token``'s functions
+    share them too): log out of Synapse (the formula admin's token is then
+    gone) and forget MAS's users and registration tokens read for the run.
+    Returns ``{"closed": ["mas", "synapse"]}`` (those that were open). The
+    ``mas_user.sessions_closed`` state calls it last.
 
     CLI Example:
 
