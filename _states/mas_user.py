@@ -6,16 +6,20 @@ MAS's admin API. Otherwise Synapse's shared-secret registration and admin API
 (syn2mas carries the users to MAS later). The comment of every state says
 which service received the change. The states of one run share one session
 per service and read MAS's users and emails once, in pages;
-``mas_user.sessions_closed`` (last in ``mas.users``) ends the sessions.
+``mas_user.sessions_closed`` (last in ``mas.users``) ends the sessions. The
+token states call the ``mas_token`` execution module.
 
-:depends: the ``mas_user`` execution module of this formula
+:depends: the ``mas_user`` and ``mas_token`` execution modules of this formula
 """
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "mas_user"
 
+#: Which service each authority is.
 _WHERE = {"mas": "MAS", "synapse": "Synapse"}
+#: Said after "Synapse" in the comment of a user state whose change lands there.
+_SYNAPSE_NOTE = " (authoritative while MAS is disabled or mas:migration_in_progress; syn2mas carries it to MAS)"
 
 
 def __virtual__():
@@ -28,10 +32,9 @@ def _ret(name):
     return {"name": name, "result": True, "comment": "", "changes": {}}
 
 
-def _where(authority):
-    if authority == "mas":
-        return "MAS"
-    return "Synapse (authoritative while MAS is disabled or mas:migration_in_progress; syn2mas carries it to MAS)"
+def _lands_in(authority):
+    """Where a user state's change lands, for its comment: :data:`_WHERE`, and why when it is Synapse."""
+    return _WHERE[authority] + (_SYNAPSE_NOTE if authority == "synapse" else "")
 
 
 def _failed(ret, what, exc):
@@ -99,7 +102,7 @@ def present(
     }
     try:
         plan = __salt__["mas_user.plan"](name, wait=0 if __opts__["test"] else wait, batch=True, **args)
-        where = _where(plan["authority"])
+        where = _lands_in(plan["authority"])
         if not plan["changes"]:
             ret["comment"] = f"User {name} is already as wanted in {where}"
             return ret
@@ -116,7 +119,7 @@ def present(
         return _failed(ret, f"User {name}", exc)
     ret["changes"] = done["changes"]
     verb = "registered" if done["created"] else "updated" if done["changes"] else "already as wanted"
-    ret["comment"] = f"User {name} {verb} in {_where(done['authority'])}"
+    ret["comment"] = f"User {name} {verb} in {_lands_in(done['authority'])}"
     return ret
 
 
@@ -137,7 +140,7 @@ def absent(name, erase=False):
     try:
         if __opts__["test"]:
             plan = __salt__["mas_user.plan"](name, batch=True)
-            where = _where(plan["authority"])
+            where = _lands_in(plan["authority"])
             user = plan["user"]
             if user is None or user["deactivated"]:
                 state = "does not exist" if user is None else "is already deactivated"
@@ -149,7 +152,7 @@ def absent(name, erase=False):
         done = __salt__["mas_user.deactivate"](name, erase=erase, missing_ok=True, batch=True)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _failed(ret, f"User {name}", exc)
-    where = _where(done["authority"])
+    where = _lands_in(done["authority"])
     ret["changes"] = done["changes"]
     if not done["exists"]:
         ret["comment"] = f"User {name} does not exist in {where}"
@@ -191,14 +194,14 @@ def registration_token(name, usage_limit=None, expires=None, revoked=False):
         if _mas_only(ret, what):
             return ret
         args = {"usage_limit": usage_limit, "expires": expires, "revoked": revoked, "batch": True}
-        plan = __salt__["mas_user.registration_token_plan"](name, **args)
+        plan = __salt__["mas_token.registration_token_plan"](name, **args)
         if not plan["changes"]:
             ret["comment"] = f"{what} is already as wanted in MAS ({plan['path']})"
             return ret
         if __opts__["test"]:
             ret.update(result=None, changes=plan["changes"], comment=f"{what} would be updated in MAS")
             return ret
-        done = __salt__["mas_user.registration_token_ensure"](name, **args)
+        done = __salt__["mas_token.registration_token_ensure"](name, **args)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _failed(ret, what, exc)
     ret["changes"] = done["changes"]
@@ -214,13 +217,15 @@ def bot_token(
     scope=None,
     device_id=None,
     expires_in=None,
-    renew_before=86400,
+    renew_before=None,
     synapse_admin=False,
 ):
     """
     Ensure the bot ``name`` has a valid access token in ``path`` (0600, owned
     by ``owner``:``group``): a MAS personal session, regenerated when it
-    expires within ``renew_before`` seconds (see ``mas_user.bot_token``).
+    expires within ``renew_before`` seconds (unset: the map's
+    ``mas:access_token_defaults:renew_before``, one day; see
+    ``mas_token.bot_token``).
     A valid token is kept as it is. Skipped while Synapse is authoritative.
 
     .. code-block:: yaml
@@ -247,7 +252,7 @@ def bot_token(
     try:
         if _mas_only(ret, what):
             return ret
-        status = __salt__["mas_user.bot_token_status"](name, path, **args)
+        status = __salt__["mas_token.bot_token_status"](name, path, **args)
         if status["action"] == "none":
             ret["comment"] = f"{what} is valid"
             return ret
@@ -256,7 +261,7 @@ def bot_token(
             ret["changes"] = {"token": {"old": status["reason"], "new": status["action"]}}
             ret["comment"] = f"{what} would be renewed in MAS ({status['action']})"
             return ret
-        done = __salt__["mas_user.bot_token"](name, path, **args)
+        done = __salt__["mas_token.bot_token"](name, path, **args)
     except (CommandExecutionError, SaltInvocationError) as exc:
         return _failed(ret, what, exc)
     ret["changes"] = done["changes"]

@@ -29,6 +29,7 @@ EXECUTION_MODULES = (
     "mas_secret",
     "mas_db",
     "mas_user",
+    "mas_token",
     "mas_doctor",
     "mas_proxy",
     "mas_synapse",

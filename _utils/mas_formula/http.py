@@ -4,11 +4,16 @@ Every module that talks HTTP (users, doctor, syn2mas, Synapse's restart) opens
 its sessions here: never through an ``http(s)_proxy`` of the environment (the
 services are local or named by pillar), with the formula's User-Agent, and,
 for probes of a reverse proxy on another address, the ``Host`` header and TLS
-name of the public host. ``requests`` is imported when a session is opened,
-not when a module loads (most runs make no request).
+name of the public host. A :class:`Client` is a session with one service
+whose failures say which service did not answer; :func:`error_text` and
+:func:`json_body` read the answers of MAS's and Synapse's APIs. ``requests`` is
+imported when a session is opened, not when a module loads (most runs make no
+request).
 """
 
 import re
+
+from salt.exceptions import CommandExecutionError
 
 USER_AGENT = "mas-formula"
 
@@ -119,3 +124,47 @@ def wait_until_answers(url, timeout, pause=0.5, expect=200):
             if time.monotonic() >= deadline:
                 return False, round(time.monotonic() - started, 3), reason
             time.sleep(pause)
+
+
+def error_text(response):
+    """What an API refused, in one line: the titles of MAS's admin-API ``errors``, Matrix's ``errcode: error``,
+    else the start of the body."""
+    body = json_or_none(response)
+    if isinstance(body, dict) and "errors" in body:
+        return "; ".join(e.get("title", "") for e in body["errors"] if isinstance(e, dict)) or response.text[:200]
+    if isinstance(body, dict) and ("errcode" in body or "error" in body):
+        return f"{body.get('errcode', '')}: {body.get('error', '')}"
+    return response.text[:200]
+
+
+def json_body(response, where):
+    """The JSON body of ``response`` (None when it is empty); ``CommandExecutionError`` naming ``where`` when the
+    body is not JSON."""
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise CommandExecutionError(f"{where}: the answer is not JSON") from exc
+
+
+class Client:
+    """A session with one local service (``what``: "MAS", "Synapse"): a request that gets no answer raises
+    ``CommandExecutionError`` naming the service, the URL and why, with ``info["unreachable"]``."""
+
+    def __init__(self, what, timeout=30):
+        self.what = what
+        self.timeout = timeout
+        self.session = session()
+
+    def send(self, method, url, **kwargs):
+        """The ``requests.Response`` of one request (any status code)."""
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except errors() as exc:
+            raise CommandExecutionError(
+                f"{self.what} is not reachable at {url}: {why(exc)}", info={"unreachable": True}
+            ) from exc
+
+    def close(self):
+        self.session.close()

@@ -421,6 +421,16 @@ def docker_mounts(data):
     return sorted(mounts), errors
 
 
+def access_token(token, defaults):
+    """A ``mas:users`` entry's ``access_token`` with what it does not say taken from ``defaults``
+    (``mas:access_token_defaults``)."""
+    filled = dict(token)
+    for key, value in defaults.items():
+        if filled.get(key) is None:
+            filled[key] = value
+    return filled
+
+
 def redact(data):
     """Remove every secret value from ``data``; keep ``*_set`` flags instead."""
     data["secrets"]["encryption_set"] = grammar.is_set(data["secrets"].pop("encryption", None))
@@ -458,7 +468,7 @@ def redact(data):
                 "skip_password_check": bool(user.get("skip_password_check", False)),
                 "absent": bool(user.get("absent", False)),
                 "erase": bool(user.get("erase", False)),
-                "access_token": dict(token) if token else None,
+                "access_token": access_token(token, data["access_token_defaults"]) if token else None,
             }
         )
     data["users"] = users

@@ -198,6 +198,7 @@ def validate(data):
     _validate_proxy(data, errors)
     _validate_traefik_tls(data, errors)
     _validate_users(data, errors)
+    _validate_access_token_defaults(data, errors)
     _validate_registration_tokens(data, errors)
     _validate_syn2mas(data, errors)
     _validate_doctor(data, errors)
@@ -279,6 +280,25 @@ def _validate_users(data, errors):
         unknown = set(user) - set(USER_KEYS)
         if unknown:
             errors.add(path, f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(USER_KEYS)})")
+
+
+ACCESS_TOKEN_DEFAULT_KEYS = ("renew_before",)
+
+
+def _validate_access_token_defaults(data, errors):
+    defaults = data.get("access_token_defaults")
+    if not isinstance(defaults, dict):
+        errors.add(("access_token_defaults",), "must be a mapping {renew_before}")
+        return
+    value = defaults.get("renew_before")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        errors.add(("access_token_defaults", "renew_before"), f"must be a number of seconds >= 0, not {value!r}")
+    unknown = set(defaults) - set(ACCESS_TOKEN_DEFAULT_KEYS)
+    if unknown:
+        errors.add(
+            ("access_token_defaults",),
+            f"unknown keys {', '.join(sorted(unknown))} (known: {', '.join(ACCESS_TOKEN_DEFAULT_KEYS)})",
+        )
 
 
 def _validate_access_token(token, path, errors):

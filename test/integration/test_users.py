@@ -131,6 +131,8 @@ def test_users_from_pillar_are_registered_once(deployment, pg):
     assert rows(pg, "SELECT email FROM user_emails JOIN users USING (user_id) WHERE username = %s", "bot") == [
         ("bot@example.com",)
     ]
+    # sso-only exists, without a password (a count of its passwords alone would hold for a user never created)
+    assert rows(pg, "SELECT can_request_admin FROM users WHERE username = %s", "sso-only") == [(False,)]
     assert rows(
         pg, "SELECT count(*) FROM user_passwords JOIN users USING (user_id) WHERE username = %s", "sso-only"
     ) == [(0,)]
@@ -213,6 +215,21 @@ def test_lifecycle_on_mas(deployment, pg, tmp_path):
     assert refused.status_code == 401 and refused.json()["errcode"] == "M_USER_LOCKED"
     assert state(apply(locked=False, **new))["changes"] == {"locked": {"old": True, "new": False}}
     assert compat_login(mas, "carol", CAROL_NEW_PASSWORD).status_code == 200
+
+    # the same from the CLI: mas_user.lock, unlock and set_admin, each seen in MAS's database
+    locked = minion.run("mas_user.lock", "carol")
+    assert locked.data["changes"] == {"locked": {"old": False, "new": True}}, locked.output
+    assert rows(pg, "SELECT locked_at IS NOT NULL FROM users WHERE username = 'carol'") == [(True,)]
+    assert minion.run("mas_user.lock", "carol").data["changes"] == {}
+    unlocked = minion.run("mas_user.unlock", "carol")
+    assert unlocked.data["changes"] == {"locked": {"old": True, "new": False}}, unlocked.output
+    assert rows(pg, "SELECT locked_at IS NOT NULL FROM users WHERE username = 'carol'") == [(False,)]
+    promoted = minion.run("mas_user.set_admin", "carol")
+    assert promoted.data["changes"] == {"admin": {"old": False, "new": True}}, promoted.output
+    assert rows(pg, "SELECT can_request_admin FROM users WHERE username = 'carol'") == [(True,)]
+    demoted = minion.run("mas_user.set_admin", "carol", "admin=False")
+    assert demoted.data["changes"] == {"admin": {"old": True, "new": False}}, demoted.output
+    assert rows(pg, "SELECT can_request_admin FROM users WHERE username = 'carol'") == [(False,)]
 
     # add_email: a verified email (the seed's verify-email); test=True first
     predicted = minion.apply(deep_update(base, {}), sls="mas.users", test=True)
@@ -306,7 +323,7 @@ def test_registration_tokens_from_pillar(deployment, pg):
     assert (tokens_dir / "friends").read_text().strip() == value, "the token keeps its value"
 
 
-def test_bot_token_through_the_proxy(deployment, nginx_factory, tmp_path):
+def test_bot_token_through_the_proxy(deployment, nginx_factory, pg, tmp_path):
     minion, synapse = deployment["minion"], deployment["synapse"]
     token_file = tmp_path / "bot-home" / "token"
     token_file.parent.mkdir()
@@ -339,27 +356,60 @@ def test_bot_token_through_the_proxy(deployment, nginx_factory, tmp_path):
     )
     assert whoami.status_code == 200, whoami.text
     assert whoami.json()["user_id"] == "@alerts:example.com" and whoami.json()["device_id"].startswith("SALT")
+    device = whoami.json()["device_id"]
 
     again = minion.apply(pillar, sls="mas.users")
     assert again.returncode == 0 and again.changed == [], again.output
     assert token_file.read_text().strip() == token, "a valid token is kept"
 
-    # a token about to expire (renew_before > lifetime) is regenerated in the same session
-    renew = deep_update(pillar, {})
-    renew["users"][0]["access_token"]["renew_before"] = 8 * 86400
-    res = minion.apply(renew, sls="mas.users")
+    # mas_token.bot_token_status from the CLI, renew_before not given: the map's default (one day) ...
+    args = ("mas_token.bot_token_status", "alerts", str(token_file), "owner=nobody", "expires_in=604800")
+    minion.set_pillar({"mas": pillar})
+    status = minion.run(*args)
+    assert status.data == {"username": "alerts", "path": str(token_file), "action": "none", "reason": "valid"}
+    # ... and the site's own (mas:access_token_defaults:renew_before, longer than the 7 days' lifetime)
+    site_default = deep_update(pillar, {"access_token_defaults": {"renew_before": 8 * 86400}})
+    minion.set_pillar({"mas": site_default})
+    status = minion.run(*args)
+    assert (status.data["action"], status.data["reason"]) == ("regenerate", "token expires soon"), status.output
+    assert token_file.read_text().strip() == token, "a status changes nothing"
+
+    # a token about to expire is regenerated in the same session: by the site's default, then by its own
+    # renew_before (longer than its lifetime)
+    res = minion.apply(site_default, sls="mas.users")
     assert res.by_id("mas-users-mas_user-bot_token-alerts")["changes"] == {
         "token": {"old": "token expires soon", "new": "regenerated"}
     }
     fresh = token_file.read_text().strip()
     assert fresh != token
+    own = deep_update(pillar, {})
+    own["users"][0]["access_token"]["renew_before"] = 8 * 86400
+    res = minion.apply(own, sls="mas.users")
+    assert res.by_id("mas-users-mas_user-bot_token-alerts")["changes"] == {
+        "token": {"old": "token expires soon", "new": "regenerated"}
+    }
+    freshest = token_file.read_text().strip()
+    assert freshest not in (token, fresh)
     # (Synapse caches introspection answers for two minutes: ask MAS itself)
     assert introspect(deployment, token)["active"] is False
-    assert introspect(deployment, fresh)["active"] is True
+    assert introspect(deployment, fresh)["active"] is False
+    assert introspect(deployment, freshest)["active"] is True
+    # one personal session for the bot all along, its three tokens in it, two of them revoked
+    bot_sessions = "FROM personal_sessions s JOIN users u ON s.actor_user_id = u.user_id WHERE u.username = 'alerts'"
+    assert rows(pg, f"SELECT count(*), count(s.revoked_at) {bot_sessions}") == [(1, 0)]
+    assert rows(
+        pg,
+        "SELECT count(*), count(t.revoked_at) FROM personal_access_tokens t"
+        " JOIN personal_sessions s USING (personal_session_id) JOIN users u ON s.actor_user_id = u.user_id"
+        " WHERE u.username = 'alerts'",
+    ) == [(3, 2)]
     whoami = requests.get(
-        proxy.base_url + "/_matrix/client/v3/account/whoami", headers={"Authorization": f"Bearer {fresh}"}, timeout=30
+        proxy.base_url + "/_matrix/client/v3/account/whoami",
+        headers={"Authorization": f"Bearer {freshest}"},
+        timeout=30,
     )
-    assert whoami.status_code == 200 and whoami.json()["device_id"] == whoami.json()["device_id"]
+    assert whoami.status_code == 200, whoami.text
+    assert whoami.json()["device_id"] == device, "the bot keeps its device"
 
 
 def test_bad_input_is_refused_before_anything_is_created(deployment, pg):

@@ -6,7 +6,6 @@ and keeps it while it is valid.
 """
 
 import pytest
-import requests
 
 from harness import mas as mas_target
 from mas_double import run_server
@@ -57,4 +56,6 @@ def test_bot_token_falls_back_to_a_compatibility_token(deployment, tmp_path):
         )
         fresh = token_file.read_text().strip()
         assert fresh.startswith("mct_") and fresh != token
-        assert requests.get(synapse.base_url + "/_matrix/client/versions", timeout=10).status_code == 200
+        whoami = synapse.request("GET", "/_matrix/client/v3/account/whoami", token=fresh)
+        assert whoami.status_code == 200, whoami.text
+        assert (whoami.json()["user_id"], whoami.json()["device_id"]) == ("@legacy-bot:example.com", "LEGACYBOT")

@@ -132,7 +132,9 @@ def test_registration_goes_to_synapse(phase, homeserver, salt_minion, tmp_path):
     locked = salt_minion.run("mas_user.lock", bob)
     assert locked.data["changes"] == {"locked": {"old": False, "new": True}}, locked.output
     assert admin_get(homeserver, alice_token, f"@{bob}:example.com").json()["locked"] is True
-    salt_minion.run("mas_user.unlock", bob)
+    unlocked = salt_minion.run("mas_user.unlock", bob)
+    assert unlocked.data["changes"] == {"locked": {"old": True, "new": False}}, unlocked.output
+    assert admin_get(homeserver, alice_token, f"@{bob}:example.com").json()["locked"] is False
     gone = salt_minion.run("mas_user.deactivate", bob)
     assert gone.data["changes"] == {"deactivated": {"old": False, "new": True}}, gone.output
     assert admin_get(homeserver, alice_token, f"@{bob}:example.com").json()["deactivated"] is True
