@@ -32,7 +32,7 @@ def run(mas, tplroot):
                 scope=token.get("scope"),
                 device_id=token.get("device_id"),
                 expires_in=token.get("expires_in"),
-                renew_before=token.get("renew_before", 86400),
+                renew_before=token["renew_before"],
                 synapse_admin=token.get("synapse_admin", False),
                 require=[{"mas_user": state_id}],
             )
