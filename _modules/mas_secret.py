@@ -38,7 +38,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 import mas_formula
 
 mas_formula.refresh()
-from mas_formula import secretfiles  # noqa: E402  (after the refresh: a synced update is imported anew)
+from mas_formula import secretfiles, synapse_config  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 # cryptography is imported where keys are generated (once per deployment), not on every run
 HAS_CRYPTOGRAPHY = importlib.util.find_spec("cryptography") is not None
@@ -107,8 +107,11 @@ def _wanted(kind, pillar_key, source):
     """The bytes the secret file must hold, or None when it is generated/kept."""
 
     def pepper():
-        conf = __salt__["mas_synapse.config"](mask=False)["config"]
-        return salt.utils.data.traverse_dict_and_list(conf, ["password_config", "pepper"])
+        mas = __salt__["mas.mapdata"]()
+        syn = mas["synapse"]
+        extra = salt.utils.data.traverse_dict_and_list(__pillar__, f"{PILLAR_ROOT}:synapse:extra_config", {}) or {}
+        files = synapse_config.read(syn["config_files"], syn["config_dir"], extra, [mas["paths"]["synapse_dropin"]])
+        return salt.utils.data.traverse_dict_and_list(files["config"], ["password_config", "pepper"])
 
     return secretfiles.wanted(kind, pillar_value(pillar_key), pillar_key, source, pepper)
 

@@ -12,6 +12,7 @@ A value spliced into the SLS as text would add or break states instead.
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -201,12 +202,40 @@ def renders(module_salt_minion, tmp_path_factory):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+#: A state ID of the formula: mas-<sls path>-<module>-<function>[-<item>] (template-formula's convention).
+STATE_ID = re.compile(r"mas-[a-z0-9_-]+(?:-[A-Za-z0-9_.@-]+)?")
+
+
 def test_every_sls_is_rendered(renders):
+    """Each SLS renders, for every variant, to state data of the shape Salt runs: includes of SLS the formula has,
+    and states ``{id: {"module.function": [{argument: value}, ...]}}`` under stable IDs; the enabled deployments hold
+    the formula's main states."""
     assert len(SLS) >= 25
     for variant in VARIANTS:
+        ids = set()
         for sls in SLS:
-            rendered = renders[variant["name"]][sls]
-            assert isinstance(rendered["benign"], dict), (variant["name"], sls, rendered["benign"])
+            rendered = renders[variant["name"]][sls]["benign"]
+            where = (variant["name"], sls)
+            assert isinstance(rendered, dict), (*where, rendered)
+            for included in rendered.get("include", []):
+                # a relative include is relative to the SLS's package: itself for an init.sls
+                package = sls if SLS[sls].endswith("/init.sls") else sls.rsplit(".", 1)[0]
+                name = package + included if included.startswith(".") else included
+                assert name in SLS, (*where, included)
+            for sid, body in rendered.items():
+                if sid in ("include", "extend"):
+                    continue
+                assert STATE_ID.fullmatch(sid), (*where, sid)
+                assert isinstance(body, dict) and len(body) == 1, (*where, sid, body)
+                (function, args) = next(iter(body.items()))
+                assert re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", function), (*where, sid, function)
+                assert all(isinstance(a, dict) and len(a) == 1 for a in args), (*where, sid, args)
+                ids.add(sid)
+        if variant["data"].get("enabled", True):
+            for expected in ("mas-config-file-file-managed", "mas-service-unit-file-managed"):
+                assert expected in ids, (variant["name"], expected)
+        else:
+            assert "mas-synapse-clean-file-absent-dropin" in ids, variant["name"]
 
 
 @pytest.mark.parametrize("variant", [v["name"] for v in VARIANTS])
