@@ -111,6 +111,13 @@ def test_delegation_rollback_and_reset(world, deployment, pg):
     res, ret = deployment.migrated()
     assert ret["result"] is True and deployment.marker()["phase"] == "verified", ret["comment"]
 
+    # the delegation previewed first: the drop-in, Synapse's restart and the routes as changes to come, no failure
+    world.service.mark()
+    preview = deployment.state("mas", "test=True", migration_in_progress=False)
+    assert preview.returncode == 0 and preview.failed == [], preview.failed
+    assert preview.by_id(RESTART)["result"] is None and preview.by_id(RESTART)["changes"]
+    assert not deployment.dropin.exists() and restarts(world) == []
+
     # delegate; the restart of Synapse fails: an error in the state comment, the run fails
     world.service.write(fail=["restart"])
     world.service.mark()
