@@ -12,7 +12,9 @@ unpacked once, and pytest runs twice:
    MAS (marker ``double``, the same tests pass 1 ran against the real MAS) and its
    fault switches (marker ``double_only``).
 
-Without the tarball only pass 1 runs, with the double as MAS (under
+Both passes run their test files on ``$MAS_TEST_WORKERS`` workers (pytest-xdist, default 2, ``0``: one
+process; a test file stays on one worker, so its module fixtures are built once): most of a test's time is
+spent waiting on Salt, Synapse, MAS or PostgreSQL, which the other worker fills. Without the tarball only pass 1 runs, with the double as MAS (under
 ``CI=true`` that is an error naming the missing file). ``MAS_REAL_CLI`` and
 ``MAS_REAL_SHARE`` already set choose the real MAS to run instead. Arguments go to
 both passes; a ``-m`` expression narrows pass 2 too (``-m "not integration"``:
@@ -51,6 +53,16 @@ def _pass_two_args(args: list[str]) -> list[str]:
     return [*out, "-m", expression]
 
 
+def _workers(args: list[str]) -> list[str]:
+    """pytest-xdist's arguments: ``$MAS_TEST_WORKERS`` workers (default 2), unless the arguments choose already."""
+    if any(arg == "-n" or arg.startswith(("-n", "--numprocesses", "-p no:xdist")) for arg in args):
+        return []
+    workers = os.environ.get("MAS_TEST_WORKERS", "2")
+    if not workers.isdigit() or workers == "0":
+        return []
+    return ["-n", workers, "--dist", "loadfile"]
+
+
 def _real_mas(env: dict) -> bool:
     """Point ``env`` at the real MAS when one is given or beside the project; False when there is none."""
     if env.get("MAS_REAL_CLI") or env.get("MAS_REAL_SHARE"):
@@ -70,6 +82,7 @@ def _real_mas(env: dict) -> bool:
 
 def main(args: list[str]) -> int:
     env = dict(os.environ)
+    args = [*_workers(args), *args]
     if not _real_mas(env):
         return subprocess.call([str(PYTEST), *args], env=env)
     print(f"scripts/test: pass 1 of 2, the suite against the real MAS ({env['MAS_REAL_CLI']})", flush=True)

@@ -182,7 +182,7 @@ def fake_checkout(where):
 
 def scripts_test(checkout, *args, **env):
     """Run the fake checkout's ``scripts/test`` (no real MAS beside it, not under CI, unless ``env`` says so)."""
-    drop = ("PYTEST_DEBUG_TEMPROOT", "MAS_REAL_CLI", "MAS_REAL_SHARE", "MAS_RELEASE_DIR", "CI")
+    drop = ("PYTEST_DEBUG_TEMPROOT", "MAS_REAL_CLI", "MAS_REAL_SHARE", "MAS_RELEASE_DIR", "CI", "MAS_TEST_WORKERS")
     environ = {k: v for k, v in os.environ.items() if k not in drop}
     return subprocess.run(
         [str(checkout / "scripts" / "test"), *args],
@@ -202,7 +202,7 @@ def run_scripts_test(checkout, **env):
 def test_scripts_test_gives_each_checkout_its_own_pytest_temp_root(tmp_path):
     one, two = fake_checkout(tmp_path / "one"), fake_checkout(tmp_path / "two")
     first, second = run_scripts_test(one), run_scripts_test(two)
-    assert first.endswith("REAL= ARGS=-m not integration")
+    assert first.endswith("REAL= ARGS=-n 2 --dist loadfile -m not integration")
     root_one, root_two = first.split()[0].removeprefix("TEMPROOT="), second.split()[0].removeprefix("TEMPROOT=")
     assert root_one != root_two and os.path.isdir(root_one) and os.path.isdir(root_two)
     assert run_scripts_test(one) == first, "the same checkout keeps its root"
@@ -225,8 +225,8 @@ def test_scripts_test_runs_the_real_mas_then_the_doubles_own_tests(tmp_path):
     unpacked = mas_release.unpacked(release)
     assert not unpacked.directory.is_relative_to(REPO_ROOT) and not unpacked.directory.is_relative_to(checkout)
     assert [run.split(" ", 1)[1] for run in runs] == [
-        f"REAL={unpacked.cli} ARGS=-m not slow test/x",
-        "REAL= ARGS=test/x -m (not slow) and (double or double_only)",
+        f"REAL={unpacked.cli} ARGS=-n 2 --dist loadfile -m not slow test/x",
+        "REAL= ARGS=-n 2 --dist loadfile test/x -m (not slow) and (double or double_only)",
     ]
     assert "pass 1 of 2, the suite against the real MAS" in proc.stdout
     assert subprocess.run([str(unpacked.cli), "--version"], capture_output=True, check=True).stdout.startswith(
@@ -249,7 +249,12 @@ def test_scripts_test_under_ci_without_the_release_names_the_missing_file(tmp_pa
     # not under CI: the suite runs against the double, saying so
     proc = scripts_test(checkout, MAS_RELEASE_DIR=str(tmp_path / "elsewhere"))
     assert proc.returncode == 0 and "run against the MAS double" in proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].split(" ", 1)[1] == "REAL= ARGS="
+    assert proc.stdout.strip().splitlines()[-1].split(" ", 1)[1] == "REAL= ARGS=-n 2 --dist loadfile"
+    # the number of workers is the caller's: MAS_TEST_WORKERS=0 runs one process, a given -n wins
+    one = scripts_test(checkout, MAS_RELEASE_DIR=str(tmp_path / "elsewhere"), MAS_TEST_WORKERS="0")
+    assert one.stdout.strip().splitlines()[-1].split(" ", 1)[1] == "REAL= ARGS="
+    given = scripts_test(checkout, "-n", "3", MAS_RELEASE_DIR=str(tmp_path / "elsewhere"))
+    assert given.stdout.strip().splitlines()[-1].split(" ", 1)[1] == "REAL= ARGS=-n 3"
 
 
 # ------------------------------------------------------ the end of a test run
