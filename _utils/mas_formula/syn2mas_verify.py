@@ -122,12 +122,13 @@ KEY = {"users": "s.who, s.f", "emails": "s.who, s.v", "external_ids": "s.who, s.
 VALUE = {"users": "s.f", "emails": "s.v", "external_ids": "s.v", "devices": "s.v"}
 
 
-def digest_sql(kind, rows):
-    """``(bucket, rows with a value, sum of their hashes, all rows)`` per bucket; ``OFFSET 0`` keeps the user hash
-    computed once per row."""
+def digest_sql(kind, rows, buckets=False):
+    """``(rows with a value, sum of their hashes, all rows)`` of the whole set, or per bucket (``buckets``: the bucket
+    first); ``OFFSET 0`` keeps the user hash computed once per row."""
+    bucket = f"(s.uh & {BUCKETS - 1})::int" if buckets else ""
     return (
-        f"SELECT (s.uh & {BUCKETS - 1})::int, count({VALUE[kind]}), sum({ROW_HASH[kind]}), count(*) "  # noqa: S608
-        f"FROM ({rows} OFFSET 0) AS s GROUP BY 1"
+        f"SELECT {bucket + ', ' if buckets else ''}count({VALUE[kind]}), sum({ROW_HASH[kind]}), count(*) "  # noqa: S608
+        f"FROM ({rows} OFFSET 0) AS s" + (" GROUP BY 1" if buckets else "")
     )
 
 
@@ -204,13 +205,17 @@ class Readers:
             self.idle.put(reader)
 
 
-def bucket_sums(conn, kind, rows, params):
-    """``({bucket: (rows with a value, sum of their hashes)}, all rows)``."""
-    found = syn2mas_db.fetch(conn, digest_sql(kind, rows), params)
+def digest(conn, kind, rows, params, buckets=False):
+    """``((rows with a value, sum of their hashes), all rows)``; with ``buckets`` the first is per bucket."""
+    found = syn2mas_db.fetch(conn, digest_sql(kind, rows, buckets), params)
+    if not buckets:
+        n, total, every = found[0]
+        return (n, total), every
     return {bucket: (n, total) for bucket, n, total, _ in found}, sum(every for *_, every in found)
 
 
 def bucket_keys(conn, kind, rows, params, buckets):
+    """The rows of ``buckets``, as the tuples that name them."""
     return {tuple(row) for row in syn2mas_db.fetch(conn, keys_sql(kind, rows), dict(params, buckets=buckets))}
 
 
@@ -277,34 +282,51 @@ def verify(mas, opts, conf, files, secrets, mas_database):
         queries = rows_queries(columns)
         index = {"synapse": 0, "mas": 1}
         with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
-            sums = {
-                (side, kind): pool.submit(readers.run, side, bucket_sums, kind, queries[kind][index[side]], params)
-                for side, kind in ORDER
-            }
+
+            def each(kinds, func, *args):
+                """``func`` for both sides of each kind, on the readers: ``{(side, kind): future}``."""
+                return {
+                    (side, kind): pool.submit(readers.run, side, func, kind, queries[kind][index[side]], params, *args)
+                    for side, kind in ORDER
+                    if kind in kinds
+                }
+
+            # the whole sets first: equal sums, nothing to look for (no grouping: each row costs less)
+            whole = each(queries, digest)
             totals = {
                 (side, table): pool.submit(readers.run, side, count_rows, table)
                 for side, tables in COUNTED.items()
                 for table in tables
             }
-            fetches = {}
+            differ = []
             for kind in queries:
-                (left, _), (right, every) = sums["synapse", kind].result(), sums["mas", kind].result()
+                (left, _), (right, every) = whole["synapse", kind].result(), whole["mas", kind].result()
+                counts["synapse"][kind], counts["mas"][kind] = left[0], right[0]
                 if kind == "devices":  # every session (MAS's foreign key: a session has a user)
                     counts["mas"]["compat_sessions"] = every
-                counts["synapse"][kind] = sum(n for n, _ in left.values())
-                counts["mas"][kind] = sum(n for n, _ in right.values())
+                if left != right:
+                    differ.append(kind)
+            # then the buckets of the sets that differ, and the rows of the buckets that differ
+            sums = each(differ, digest, True)
+            differing = {}
+            for kind in differ:
+                left, right = sums["synapse", kind].result()[0], sums["mas", kind].result()[0]
                 # a Synapse row and its MAS row share their user's bucket: buckets without Synapse rows lack nothing
-                differing = sorted(bucket for bucket in left if left[bucket] != right.get(bucket))
-                if differing:
-                    fetches[kind] = [
-                        pool.submit(readers.run, side, bucket_keys, kind, queries[kind][i], params, differing)
-                        for i, side in enumerate(("synapse", "mas"))
-                    ]
-            for kind, (keys, mas_keys) in fetches.items():
-                lacking = keys.result() - mas_keys.result()
+                differing[kind] = sorted(bucket for bucket in left if left[bucket] != right.get(bucket))
+            fetched = {
+                key: future
+                for kind, buckets in differing.items()
+                if buckets
+                for key, future in each({kind}, bucket_keys, buckets).items()
+            }
+            for kind in differing:
+                if ("synapse", kind) not in fetched:
+                    continue
+                mas_keys = fetched["mas", kind].result()
+                lacking = fetched["synapse", kind].result() - mas_keys
                 if lacking:
                     missing[kind] = len(lacking)
-                    errors += missing_rows(kind, lacking, mas_keys.result())
+                    errors += missing_rows(kind, lacking, mas_keys)
             for (side, table), total in totals.items():
                 counts[side][table] = total.result()
     return {"errors": errors, "counts": counts, "missing": missing}
