@@ -1,16 +1,17 @@
 """The verification after a migration: MAS compared with Synapse set-wise (users with their admin, deactivated and locked state, emails, upstream links, devices), naming every row that is missing.
 
-Every compared set is digested inside PostgreSQL, in both databases: its rows
-go into 1024 buckets, each ``(count, sum of a 64-bit hash)``. A row's bucket is
-its user's: the low bits of a hash of the user's Matrix ID (Synapse's
-``users.name`` or ``user_id`` column as it is; MAS's ``'@' || username ||
-':' || server_name``), and a row's hash is keyed by that same user hash. So no
-text key is built per row, a user and their rows sit in the same bucket on both
-sides (an admin flag flipped is a user with another state, not a missing one),
-and Synapse's rows need no join with its users but an anti-join with the few
-whose rows syn2mas skips (application services, other servers; for devices also
-deactivated users and guests). Only the buckets that differ are fetched, key by
-key, to name the rows.
+Every compared set is digested inside PostgreSQL, in both databases, as
+``(count, sum of a 64-bit hash per row)``; a row's hash is keyed by a hash of
+its user's Matrix ID (Synapse's ``users.name`` or ``user_id`` column as it is;
+MAS's ``'@' || username || ':' || server_name``), so no text key is built per
+row, and Synapse's rows need no join with its users but an anti-join with the
+few whose rows syn2mas skips (application services, other servers; for devices
+also deactivated users and guests). Equal sums: nothing to look for. A set whose
+sums differ is digested again in 1024 buckets, a row's bucket being its user's
+(the low bits of that same user hash: a user and their rows sit in the same
+bucket on both sides, so an admin flag flipped is a user with another state,
+not a missing one); only the buckets that differ are fetched, key by key, to
+name the rows.
 
 Each database is read in one snapshot (``REPEATABLE READ``; the other readers
 import it with ``SET TRANSACTION SNAPSHOT``), by as many readers as this host
@@ -51,7 +52,9 @@ def rows_queries(synapse_columns):
     """``{kind: (synapse query, mas query)}``: rows ``(uh, who, ...)``: the user's hash, their localpart, the values.
 
     The values: ``f`` (users: admin, deactivated, locked and guest as bits), ``v`` (the email address, device ID or
-    upstream subject) and ``idp`` (external IDs: Synapse's provider ID).
+    upstream subject) and ``idp`` (external IDs: Synapse's provider ID). A Synapse row whose user is not in Synapse's
+    ``users`` at all is expected in MAS: syn2mas stops at such a row ("user ... was not found for migration but a
+    row in ... was found"), so no migration it finished had one.
     """
     locked = "coalesce(u.locked, false)::int" if "locked" in synapse_columns else "0"
 
@@ -140,8 +143,7 @@ def keys_sql(kind, rows):
     )
 
 
-#: Counts reported beside the compared sets (tokens are not compared: MAS hashes nothing, but they are many).
-#: (MAS's compat_sessions are counted by the devices' digest.)
+#: Counted, not compared, and reported beside the compared sets (MAS's compat_sessions: by the devices' digest).
 COUNTED = {"synapse": ("access_tokens", "refresh_tokens"), "mas": ("compat_access_tokens", "compat_refresh_tokens")}
 
 #: The order the digests start in, the longest first (at a million users the MAS side's joins of sessions and
