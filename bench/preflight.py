@@ -26,8 +26,9 @@ Prints every time, the load average, and the two ratios of the window:
 
 With ``--backup-modes``, also times the ``pg_dump`` modes that ``pg_restore``
 restores (custom format at several compression levels, directory format with
-two jobs), restores each into a scratch database (timed) and compares its row
-counts: the figures behind the backup's format (docs/migration.md).
+two jobs), ROUNDS times each in turn, restores each once into a scratch
+database (timed) and compares its row counts: the figures behind the backup's
+format (docs/migration.md).
 
 Usage (as root; PostgreSQL 15 server binaries and matrix-synapse installed, as
 for the tests; ``../shared/mas-release`` beside the checkout, or
@@ -259,9 +260,22 @@ def size_of(path):
     return path.stat().st_size
 
 
-def backup_modes(pg, root):
-    """Each pg_dump mode pg_restore restores: dump time and size, restore time, and the restored row counts."""
-    print("\nbackup modes (pg_dump of Synapse's database, Synapse stopped; then pg_restore into a scratch database):")
+def dump(pg, options, target):
+    """``pg_dump`` of Synapse's database with ``options`` into ``target``: its seconds."""
+    start = time.perf_counter()
+    subprocess.run(
+        [pg_tool(pg, "pg_dump"), *options, "--no-password", "--file", str(target), pg.dsn(SYNAPSE_DB)], check=True
+    )
+    return time.perf_counter() - start
+
+
+def backup_modes(pg, root, rounds):
+    """Each pg_dump mode pg_restore restores, ``rounds`` times in turn: dump times and size; the first dump of each
+    is restored into a scratch database (timed) and its row counts compared."""
+    print(
+        f"\nbackup modes (pg_dump of Synapse's database, Synapse stopped, {rounds} rounds in turn; the first dump "
+        "restored with pg_restore -j2 into a scratch database):"
+    )
     for method in ("lz4", "zstd"):
         probe = subprocess.run(
             [pg_tool(pg, "pg_dump"), f"--compress={method}", "--schema-only", "--file", os.devnull, pg.dsn(SYNAPSE_DB)],
@@ -273,37 +287,35 @@ def backup_modes(pg, root):
         print(f"  pg_dump --compress={method}: {'supported' if probe.returncode == 0 else 'refused: ' + said}")
     want = counts(pg, SYNAPSE_DB, SYNAPSE_TABLES)
     directory = root / "backup-modes"
-    results = {}
-    for label, options in BACKUP_MODES.items():
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir()
-        target = directory / "dump"
-        start = time.perf_counter()
-        subprocess.run(
-            [pg_tool(pg, "pg_dump"), *options, "--no-password", "--file", str(target), pg.dsn(SYNAPSE_DB)],
-            check=True,
-        )
-        dumped = time.perf_counter() - start
-        size = size_of(target)
-        pg.drop_database("restore_bench")
-        pg.create_database("restore_bench", synapse=True)
-        start = time.perf_counter()
-        subprocess.run(
-            [pg_tool(pg, "pg_restore"), "--no-owner", "--jobs=2", "--dbname", pg.dsn("restore_bench"), str(target)],
-            check=True,
-        )
-        restored = time.perf_counter() - start
-        same = counts(pg, "restore_bench", SYNAPSE_TABLES) == want
-        pg.drop_database("restore_bench")
-        results[label] = dumped
+    times, sizes, restores = {label: [] for label in BACKUP_MODES}, {}, {}
+    for turn in range(rounds):
+        for label, options in BACKUP_MODES.items():
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+            target = directory / "dump"
+            times[label].append(dump(pg, options, target))
+            sizes[label] = size_of(target)
+            if turn == 0:
+                pg.drop_database("restore_bench")
+                pg.create_database("restore_bench", synapse=True)
+                start = time.perf_counter()
+                subprocess.run(
+                    [pg_tool(pg, "pg_restore"), "--no-owner", "--jobs=2", "--dbname", pg.dsn("restore_bench")]
+                    + [str(target)],
+                    check=True,
+                )
+                restores[label] = (time.perf_counter() - start, counts(pg, "restore_bench", SYNAPSE_TABLES) == want)
+                pg.drop_database("restore_bench")
+    shutil.rmtree(directory, ignore_errors=True)
+    for label, seconds in times.items():
+        restored, same = restores[label]
         print(
-            f"  {label:30} dump {dumped:5.1f} s  {size / 2**20:7.1f} MiB  "
-            f"pg_restore -j2 {restored:5.1f} s  rows {'identical' if same else 'DIFFER'}",
+            f"  {label:30} dump {min(seconds):4.1f}-{max(seconds):4.1f} s (median {statistics.median(seconds):4.1f})  "
+            f"{sizes[label] / 2**20:6.1f} MiB  pg_restore -j2 {restored:5.1f} s  rows {'identical' if same else 'DIFFER'}",
             flush=True,
         )
-    shutil.rmtree(directory, ignore_errors=True)
-    fastest = min(results, key=results.get)
-    print(f"  fastest dump: {fastest}")
+    fastest = min(times, key=lambda label: statistics.median(times[label]))
+    print(f"  fastest dump (median): {fastest}; load average now {os.getloadavg()}")
 
 
 def deploy(root, pg, server, fragment):
@@ -416,7 +428,7 @@ def main(argv=None):
         for kind, expected in broken.items():
             print(f"  {kind:12} {expected!r:40} {'named' if named[kind] else 'NOT NAMED'}")
         if args.backup_modes:
-            backup_modes(pg, root)
+            backup_modes(pg, root, args.rounds)
         ok = (
             pre["result"]
             and ver["result"]

@@ -207,16 +207,29 @@ class Readers:
             self.idle.put(reader)
 
 
-def digest(conn, kind, rows, params, buckets=False):
+#: MAS's joins of a whole table with its users are merge joins: right after syn2mas MAS's tables have no statistics
+#: yet, and PostgreSQL then hashes all the users for each join; merged in ``user_id`` order through the indexes MAS
+#: keeps on both sides (users' primary key, each table's user foreign key) they cost less. At a million users
+#: (CPU seconds, no statistics): sessions 0.63 instead of 0.77, emails 0.12 instead of 0.32, links 0.13 instead of
+#: 0.21. Only for these digests (a fetch of some buckets' rows hashes the few users it needs).
+MERGE_JOINS = ("enable_hashjoin", "enable_nestloop")
+
+
+def digest(conn, side, kind, rows, params, buckets=False):
     """``((rows with a value, sum of their hashes), all rows)``; with ``buckets`` the first is per bucket."""
+    planner = MERGE_JOINS if side == "mas" and kind != "users" else ()
+    for setting in planner:
+        conn.execute(f"SET LOCAL {setting} = off")
     found = syn2mas_db.fetch(conn, digest_sql(kind, rows, buckets), params)
+    for setting in planner:
+        conn.execute(f"RESET {setting}")
     if not buckets:
         n, total, every = found[0]
         return (n, total), every
     return {bucket: (n, total) for bucket, n, total, _ in found}, sum(every for *_, every in found)
 
 
-def bucket_keys(conn, kind, rows, params, buckets):
+def bucket_keys(conn, _side, kind, rows, params, buckets):
     """The rows of ``buckets``, as the tuples that name them."""
     return {tuple(row) for row in syn2mas_db.fetch(conn, keys_sql(kind, rows), dict(params, buckets=buckets))}
 
@@ -288,7 +301,9 @@ def verify(mas, opts, conf, files, secrets, mas_database):
             def each(kinds, func, *args):
                 """``func`` for both sides of each kind, on the readers: ``{(side, kind): future}``."""
                 return {
-                    (side, kind): pool.submit(readers.run, side, func, kind, queries[kind][index[side]], params, *args)
+                    (side, kind): pool.submit(
+                        readers.run, side, func, side, kind, queries[kind][index[side]], params, *args
+                    )
                     for side, kind in ORDER
                     if kind in kinds
                 }
