@@ -112,10 +112,11 @@ def dump_options():
     """pg_dump's format and compression: the custom format (one file, which ``pg_restore`` restores, ``-j`` too),
     uncompressed (#18).
 
-    Measured on a million users (``bench/preflight.py --backup-modes``, 2 cores): ``-Fc`` spends most of its
-    6-7 s compressing (``-Z6``, the default); ``-Z1`` takes 4-5 s, ``-Z0`` 2.7-3.2 s for a file about 5.5 times
-    bigger (the tables' own size, which the backup check already requires free). PostgreSQL 15's ``pg_dump`` has
-    no lz4 or zstd; ``-Fd -j2 -Z0`` is 0.3-0.6 s faster still, but is a directory, not one file.
+    Measured on a million users (``bench/preflight.py --backup-modes``, 2 cores, 3 rounds; docs/migration.md):
+    ``-Fc`` spends most of its 6.6-8.9 s compressing (``-Z6``, the default); ``-Z1`` takes 3.7-4.5 s, ``-Z0``
+    2.8-3.6 s for a file about 5.5 times bigger (the tables' own size, which the backup check already requires
+    free). PostgreSQL 15's ``pg_dump`` has no lz4 or zstd; ``-Fd -j2 -Z0`` is about 0.4 s faster still, but is a
+    directory, not one file.
     """
     return ["--format=custom", "--compress=0"]
 
