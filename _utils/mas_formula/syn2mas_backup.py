@@ -108,6 +108,19 @@ def passfile_line(password):
     return f"*:*:*:*:{escaped}\n"
 
 
+def dump_options():
+    """pg_dump's format and compression: the custom format (one file, which ``pg_restore`` restores, ``-j`` too),
+    uncompressed (#18).
+
+    Measured on a million users (``bench/preflight.py --backup-modes``, 2 cores, 3 rounds; docs/migration.md):
+    ``-Fc`` spends most of its 6.6-8.9 s compressing (``-Z6``, the default); ``-Z1`` takes 3.7-4.5 s, ``-Z0``
+    2.8-3.6 s for a file about 5.5 times bigger (the tables' own size, which the backup check already requires
+    free). PostgreSQL 15's ``pg_dump`` has no lz4 or zstd; ``-Fd -j2 -Z0`` is about 0.4 s faster still, but is a
+    directory, not one file.
+    """
+    return ["--format=custom", "--compress=0"]
+
+
 def backup(mas, opts, database, plan, secrets, run_all):
     """Write ``pg_dump -Fc`` of Synapse's database into the backup directory (0600, root), atomically.
 
@@ -131,7 +144,7 @@ def backup(mas, opts, database, plan, secrets, run_all):
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(passfile_line(password))
             env["PGPASSFILE"] = passfile
-        argv = [pg_dump(), "--format=custom", "--no-password", "--file", partial, "--dbname", conninfo]
+        argv = [pg_dump(), *dump_options(), "--no-password", "--file", partial, "--dbname", conninfo]
         res = run_all(
             argv,
             python_shell=False,
