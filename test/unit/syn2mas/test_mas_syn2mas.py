@@ -643,7 +643,9 @@ def test_the_backup_gives_pg_dump_the_password_in_a_private_passfile_only(world,
     result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"stop_services": False}))
     assert result["result"] is True
     ((argv, kwargs),) = cli.dumps
-    assert argv[1:4] == ["--format=custom", "--no-password", "--file"] and argv[4].endswith(".dump.partial")
+    assert argv[1:5] == ["--format=custom", "--compress=0", "--no-password", "--file"] and argv[5].endswith(
+        ".dump.partial"
+    )
     conninfo = argv[argv.index("--dbname") + 1]
     assert "dbname=synapse" in conninfo and "user=synapse" in conninfo and "password" not in conninfo
     assert DB_PASSWORD not in json.dumps(argv) and DB_PASSWORD not in json.dumps(kwargs["env"])
