@@ -11,6 +11,7 @@ mas_syn2mas.verify`` must name each broken row, and nothing else.
 """
 
 import pytest
+
 from syn2mas_world import SYNAPSE_IDP_ID, USERS, deploy, world_fixture
 
 pytestmark = pytest.mark.integration
