@@ -27,27 +27,17 @@ import stat
 
 from salt.exceptions import CommandExecutionError
 
+import mas_formula
+
+mas_formula.refresh()
+from mas_formula import layout  # noqa: E402  (after the refresh: a synced update is imported anew)
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "mas_clean"
 
 #: A release of the binary runtime, extracted by ``mas.install.binary`` (``_binary_paths``).
 _RELEASE = re.compile(r"mas-cli-[0-9a-f]{16}")
-#: The map's paths of the files the formula keeps in its own directories.
-_OWN_FILES = (
-    "encryption_secret",
-    "homeserver_secret",
-    "admin_client_secret",
-    "database_password",
-    "email_password",
-    "synapse_pepper",
-    "syn2mas_marker",
-    "syn2mas_lock",
-    "secret_record",
-    "synapse_admin_password",
-    "password_fingerprints",
-)
-_TEMPLATES = ("config_file", "labels_file", "mas_cli", "register_user")
 NOT_OURS = "not written by the formula (no banner, not in its record)"
 
 
@@ -79,7 +69,7 @@ def _directories(paths):
 def _ours(mas, paths, record):
     """``path -> why it is the formula's`` for the files it can tell as its own (present or not)."""
     own = {path: "in the formula's record" for path in record}
-    for name in _OWN_FILES:
+    for name in layout.OWN_FILES:
         own.setdefault(paths[name], "the formula's own file")
     for entry in mas["secret_files"]:
         own.setdefault(entry["path"], "the formula's secret file")
@@ -90,7 +80,7 @@ def _ours(mas, paths, record):
     for directory in (paths["secrets_dir"], paths["keys_dir"], paths["state_dir"], paths["registration_tokens_dir"]):
         for path in __salt__["mas_secret.temporaries"](directory):
             own[path] = "the temporary file of an interrupted write"
-    for name in _TEMPLATES:  # a template is the formula's by its banner alone
+    for name in layout.TEMPLATES:  # a template is the formula's by its banner alone
         if __salt__["mas.managed_by_formula"](paths[name]):
             own[paths[name]] = "carries the formula's banner"
         else:

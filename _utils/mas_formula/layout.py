@@ -182,38 +182,33 @@ def secret_owner(paths):
     return {"record": paths["secret_record"], "dirs": [paths["secrets_dir"], paths["keys_dir"]]}
 
 
+#: The map's paths (``paths``) of the formula's own directories, of the templates it renders there, and of the files
+#: it keeps in its own directories (secrets and records): what no pillar key may place a file at, and what a purge
+#: removes.
+OWN_DIRECTORIES = ("base", "config_dir", "secrets_dir", "keys_dir", "data_dir", "bin_dir", "state_dir")
+TEMPLATES = ("config_file", "labels_file", "mas_cli", "register_user")
+OWN_FILES = (
+    "encryption_secret",
+    "homeserver_secret",
+    "admin_client_secret",
+    "database_password",
+    "email_password",
+    "synapse_pepper",
+    "syn2mas_marker",
+    "syn2mas_lock",
+    "secret_record",
+    "synapse_admin_password",
+    "password_fingerprints",
+)
+
+
 def validate_paths(data):
     """The files pillar places (unit, drop-in, Synapse's secret copy, proxy
     files) must not be one of the formula's own files or directories, nor lie
     where MAS or its account write, nor be the same file twice."""
     paths = data["paths"]
     errors = grammar.Errors()
-    own = {
-        paths[name]: name
-        for name in (
-            "base",
-            "config_dir",
-            "config_file",
-            "secrets_dir",
-            "keys_dir",
-            "data_dir",
-            "bin_dir",
-            "mas_cli",
-            "register_user",
-            "labels_file",
-            "state_dir",
-            "encryption_secret",
-            "homeserver_secret",
-            "admin_client_secret",
-            "database_password",
-            "email_password",
-            "synapse_pepper",
-            "secret_record",
-            "synapse_admin_password",
-            "password_fingerprints",
-        )
-        if name in paths
-    }
+    own = {paths[name]: name for name in (*OWN_DIRECTORIES, *TEMPLATES, *OWN_FILES) if name in paths}
     # the account writes data/; the others hold only the formula's secrets and records
     forbidden = {paths[name]: name for name in ("data_dir", "secrets_dir", "keys_dir", "state_dir")}
     placed = [(("service", "unit_dir"), paths["unit"]), (("synapse", "config_dir"), paths["synapse_dropin"])]
