@@ -71,3 +71,40 @@ def test_each_minion_renders_the_states_of_its_roles_under_one_hosts_ids(salt_mi
                 assert fun == "test" and ROLE_OF[state_id.split("-")[1]] not in roles, state_id
         together.update(mine)
     assert together == one_host
+
+
+def test_the_deploy_orchestration_targets_each_role_in_dependency_order(salt_minion, minimal_pillar):
+    def render(orch=None):
+        salt_minion.set_pillar({"mas": deep_update(minimal_pillar, {"orch": orch} if orch else {})})
+        return salt_minion.run("slsutil.renderer", "salt://mas/orch/deploy.sls", "default_renderer=jinja|yaml")
+
+    steps = render().data
+    assert list(steps) == [f"mas-orch-deploy-salt-state-{s}" for s in ("database", "mas", "synapse", "proxy", "doctor")]
+    args = {state_id: {k: v for arg in body["salt.state"] for k, v in arg.items()} for state_id, body in steps.items()}
+    assert [(a["tgt"], a["sls"], a["expect_minions"]) for a in args.values()] == [
+        ("I@mas:roles:database", "mas.database", False),
+        ("I@mas:roles:mas", "mas", True),
+        ("I@mas:roles:synapse", "mas.synapse", True),
+        ("I@mas:roles:proxy", "mas.proxy", False),
+        ("I@mas:roles:mas", "mas.doctor", True),
+    ]
+    assert all(a["tgt_type"] == "compound" for a in args.values())
+    previous = list(steps)[:-1]
+    assert [a.get("require") for a in args.values()] == [None] + [[{"salt": p}] for p in previous]
+    # by grains
+    grains = render({"targets": {"mas": "G@matrix:mas", "synapse": "G@matrix:synapse and not G@os:Windows"}}).data
+    targets = [{k: v for arg in body["salt.state"] for k, v in arg.items()}["tgt"] for body in grains.values()]
+    assert targets == [
+        "I@mas:roles:database",
+        "G@matrix:mas",
+        "G@matrix:synapse and not G@os:Windows",
+        "I@mas:roles:proxy",
+        "G@matrix:mas",
+    ]
+    for bad, message in (
+        ({"targets": {"web": "G@x:y"}}, "mas:orch:targets:web: not a role"),
+        ({"targets": {"mas": "G@x:y; rm -rf /"}}, "mas:orch:targets:mas: must be a compound target"),
+        ({"targets": ["G@x:y"]}, "mas:orch:targets must be a mapping"),
+    ):
+        res = render(bad)
+        assert res.returncode != 0 and message in res.output, res.output

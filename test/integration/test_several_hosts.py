@@ -124,6 +124,26 @@ class World:
             _control()(spec, "stop", "test")
 
 
+def in_parallel(calls):
+    """Call each of ``calls`` in a thread of its own (the daemons start and stop in seconds each); raise the first
+    error."""
+    errors = []
+
+    def call(function):
+        try:
+            function()
+        except Exception as exc:  # raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(function,)) for function in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def events(spec):
     path = Path(spec["events"])
     lines = path.read_text().splitlines() if path.exists() else []
@@ -291,7 +311,11 @@ def world(salt_factories, tmp_path_factory):
         },
     )
     envs = {"mas-db": {}, "synapse": synapse_env, "proxy": proxy_env}
-    w.minions = {name: master.salt_minion_daemon(name, overrides={"master": "127.0.0.1"}) for name in HOSTS}
+    # a grain naming the roles too: the second run targets by grains
+    w.minions = {
+        name: master.salt_minion_daemon(name, overrides={"master": "127.0.0.1", "grains": {"matrix": ROLES[name]}})
+        for name in HOSTS
+    }
     for name, minion in w.minions.items():
         # the stand-in `service` (and `nginx -t`) first on its PATH; a dict of its own (the factories share one)
         minion.environ = dict(minion.environ, **envs[name])
@@ -299,12 +323,12 @@ def world(salt_factories, tmp_path_factory):
     w.master = master
     w.supervisor = None
     with master.started():
-        for minion in w.minions.values():
-            minion.start()
+        in_parallel([minion.start for minion in w.minions.values()])
         try:
             w.timings["daemons"] = time.monotonic() - started - w.timings["services"]
             salt = master.salt_cli(timeout=300)
             w.salt, w.run = salt, master.salt_run_cli(timeout=600)
+            before = time.monotonic()
             # the operator's sync: the master's (ext_pillar and helpers), then the minions'
             sync = w.run.run("saltutil.sync_all")
             assert sync.returncode == 0, sync
@@ -312,6 +336,7 @@ def world(salt_factories, tmp_path_factory):
             for call in (["saltutil.sync_all"], ["saltutil.refresh_pillar", "wait=True"]):
                 res = salt.run(*call, minion_tgt="*")
                 assert res.returncode == 0 and sorted(res.data) == sorted(HOSTS), res
+            w.timings["sync"] = time.monotonic() - before
             w.supervisor = Supervisor(w.disk["mas-db"] / "mas" / "config" / "config.yaml", root / "mas.log")
             before = time.monotonic()
             w.first = w.run.run("state.orchestrate", "mas.orch.deploy")
@@ -320,8 +345,7 @@ def world(salt_factories, tmp_path_factory):
         finally:
             if w.supervisor is not None:
                 w.supervisor.stop()
-            for minion in w.minions.values():
-                minion.terminate()
+            in_parallel([minion.terminate for minion in w.minions.values()])
             w.stop()
             w.pg.stop()
             shutil.rmtree(root, ignore_errors=True)
@@ -460,13 +484,20 @@ def test_each_secret_reaches_exactly_the_minions_that_need_it(world):
 
 
 def test_a_second_run_changes_nothing(world):
+    """Targeted by grains this time (mas:orch:targets, given to the runner): the same minions, nothing changes."""
+    targets = {role: f"G@matrix:{role}" for role in ("mas", "synapse", "database", "proxy")}
     before = time.monotonic()
-    again = world.run.run("state.orchestrate", "mas.orch.deploy")
+    again = world.run.run(
+        "state.orchestrate", "mas.orch.deploy", f"pillar={json.dumps({'mas': {'orch': {'targets': targets}}})}"
+    )
     world.timings["second run"] = time.monotonic() - before
     assert again.returncode == 0, failures(again)
     ran = steps(again)
     assert {step: s["changes"] for step, s in ran.items()} == {step: {} for step in ran}
     assert all(s["result"] is True for s in ran.values())
+    where = {"database": "mas-db", "mas": "mas-db", "synapse": "synapse", "proxy": "proxy", "doctor": "mas-db"}
+    for step, minion in where.items():
+        assert f"No changes made to {minion}." in ran[f"mas-orch-deploy-salt-state-{step}"]["comment"], ran
     assert events(world.synapse_spec) == [("restart", SYNAPSE_SERVICE, "ok")]  # not restarted again
     assert events(world.nginx_spec) == [("restart", NGINX_SERVICE, "ok")]
     print("timings:", {k: round(v, 1) for k, v in world.timings.items()})
