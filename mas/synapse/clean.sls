@@ -14,8 +14,8 @@ def run(mas, tplroot):
     sls_proxy_clean = tplroot + ".proxy.clean"
     synapse = __salt__["mas_synapse.settings"](mas)
     secret = synapse["secret"]
-    # a copy of MAS's file beside MAS; on a minion of its own, the pillar value MAS's minion is served too
-    origin = {"source": secret["source"]} if secret["kind"] == "copy" else {"pillar_key": secret["pillar_key"]}
+    # a copy of MAS's file (source) beside MAS; on a minion of its own, the pillar value MAS's minion is served too
+    origin = {key: secret[key] for key in ("source", "pillar_key") if secret[key] is not None}
     states = {
         "include": [sls_proxy_clean],
         # the guard goes first: before the compatibility routes, the drop-in and a

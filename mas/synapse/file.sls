@@ -16,8 +16,8 @@ def run(mas, tplroot):
     sls_service = tplroot + ".service"
     synapse = __salt__["mas_synapse.settings"](mas)
     secret = synapse["secret"]
-    # a copy of MAS's file beside MAS; on a minion of its own, the pillar value MAS's minion is served too
-    origin = {"source": secret["source"]} if secret["kind"] == "copy" else {"pillar_key": secret["pillar_key"]}
+    # a copy of MAS's file (source) beside MAS; on a minion of its own, the pillar value MAS's minion is served too
+    origin = {key: secret[key] for key in ("source", "pillar_key") if secret[key] is not None}
     present = synapse["state"] == "present"
     guard = "safe_to_delegate" if present else "safe_to_roll_back"
     outcome = "delegated" if present else "rolled_back"

@@ -476,11 +476,11 @@ def test_each_secret_reaches_exactly_the_minions_that_need_it(world):
         for name, minion in world.minions.items():
             files = holding(world.disk[name], value) + holding(Path(minion.config["root_dir"]), value)
             assert bool(files) == (name in on_disk), f"{what} on the disk of {name}: {files}"
-    for name in world.minions:
-        items = world.salt.run("pillar.items", "unmask=True", minion_tgt=name)
-        assert items.returncode == 0, items
+    items = world.salt.run("pillar.items", "unmask=True", minion_tgt="*")
+    assert items.returncode == 0 and sorted(items.data) == sorted(HOSTS), items
+    for name, pillar in items.data.items():
         for what, (value, in_pillar, _) in wanted.items():
-            assert (value in json.dumps(items.data)) == (name in in_pillar), f"{what} in the pillar of {name}"
+            assert (value in json.dumps(pillar)) == (name in in_pillar), f"{what} in the pillar of {name}"
 
 
 def test_a_second_run_changes_nothing(world):
