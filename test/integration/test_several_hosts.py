@@ -16,6 +16,7 @@ MAS runs under ``mas:service:manage: false`` (systemd is not PID 1 here): the te
 once the MAS minion's config.yaml is written, as an operator's own supervisor would.
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -115,8 +116,8 @@ class World:
         spec_path = bin_dir / f"{name}.json"
         bin_dir.mkdir(parents=True, exist_ok=True)
         spec_path.write_text(json.dumps(spec))
+        self.services.append(spec)  # stopped at the end, also when it did not come up
         assert _control()(spec, "start", "test"), f"{name} did not start: {tail(Path(spec['log']))}"
-        self.services.append(spec)
         return spec_path, spec
 
     def stop(self):
@@ -237,18 +238,26 @@ def pillars(world):
 
 
 @pytest.fixture(scope="module")
-def world(salt_factories, tmp_path_factory):
+def world(salt_factories):
     require_root()
     if not mas_target.real():
         unavailable("the deployment on several hosts runs the real MAS (MAS_REAL_CLI, MAS_REAL_SHARE)")
+    with contextlib.ExitStack() as cleanup:  # whatever started is stopped, also when a step fails
+        yield from _world(salt_factories, cleanup)
+
+
+def _world(salt_factories, cleanup):
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mas-hosts-"))
+    cleanup.callback(shutil.rmtree, root, ignore_errors=True)
     w = World(root)
+    cleanup.callback(w.stop)
     w.timings = {}
     w.ports = {"web": free_port(HOSTS["mas-db"]), "internal": free_port(HOSTS["mas-db"])}
     w.database_password = secrets.token_urlsafe(24)
     # PostgreSQL on the MAS minion's address; MAS's role must log in with its password (the served one)
     w.pg = PostgresCluster(root / "pg", host=HOSTS["mas-db"])
+    cleanup.callback(w.pg.stop)
     w.pg.start()
     w.pg.require_password("mas")
     # Synapse on its own address, run as a service the formula restarts
@@ -322,33 +331,27 @@ def world(salt_factories, tmp_path_factory):
     pillars(w)
     w.master = master
     w.supervisor = None
-    with master.started():
-        in_parallel([minion.start for minion in w.minions.values()])
-        try:
-            w.timings["daemons"] = time.monotonic() - started - w.timings["services"]
-            salt = master.salt_cli(timeout=300)
-            w.salt, w.run = salt, master.salt_run_cli(timeout=600)
-            before = time.monotonic()
-            # the operator's sync: the master's (ext_pillar and helpers), then the minions'
-            sync = w.run.run("saltutil.sync_all")
-            assert sync.returncode == 0, sync
-            assert "pillar.mas_secrets" in sync.data["pillar"] and "utils.mas_formula" in str(sync.data["utils"])
-            for call in (["saltutil.sync_all"], ["saltutil.refresh_pillar", "wait=True"]):
-                res = salt.run(*call, minion_tgt="*")
-                assert res.returncode == 0 and sorted(res.data) == sorted(HOSTS), res
-            w.timings["sync"] = time.monotonic() - before
-            w.supervisor = Supervisor(w.disk["mas-db"] / "mas" / "config" / "config.yaml", root / "mas.log")
-            before = time.monotonic()
-            w.first = w.run.run("state.orchestrate", "mas.orch.deploy")
-            w.timings["first run"] = time.monotonic() - before
-            yield w
-        finally:
-            if w.supervisor is not None:
-                w.supervisor.stop()
-            in_parallel([minion.terminate for minion in w.minions.values()])
-            w.stop()
-            w.pg.stop()
-            shutil.rmtree(root, ignore_errors=True)
+    cleanup.enter_context(master.started())
+    cleanup.callback(in_parallel, [minion.terminate for minion in w.minions.values()])
+    in_parallel([minion.start for minion in w.minions.values()])
+    w.timings["daemons"] = time.monotonic() - started - w.timings["services"]
+    salt = master.salt_cli(timeout=300)
+    w.salt, w.run = salt, master.salt_run_cli(timeout=600)
+    before = time.monotonic()
+    # the operator's sync: the master's (ext_pillar and helpers), then the minions'
+    sync = w.run.run("saltutil.sync_all")
+    assert sync.returncode == 0, sync
+    assert "pillar.mas_secrets" in sync.data["pillar"] and "utils.mas_formula" in str(sync.data["utils"])
+    for call in (["saltutil.sync_all"], ["saltutil.refresh_pillar", "wait=True"]):
+        res = salt.run(*call, minion_tgt="*")
+        assert res.returncode == 0 and sorted(res.data) == sorted(HOSTS), res
+    w.timings["sync"] = time.monotonic() - before
+    w.supervisor = Supervisor(w.disk["mas-db"] / "mas" / "config" / "config.yaml", root / "mas.log")
+    cleanup.callback(w.supervisor.stop)
+    before = time.monotonic()
+    w.first = w.run.run("state.orchestrate", "mas.orch.deploy")
+    w.timings["first run"] = time.monotonic() - before
+    yield w
 
 
 def failures(res):
