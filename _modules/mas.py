@@ -120,24 +120,32 @@ def foreign_files(mas=None):
             " choose another path"
         )
 
-    templates = [
-        (("base_path",), paths["config_file"]),
-        (("base_path",), paths["mas_cli"]),
-        (("base_path",), paths["register_user"]),
-        (("service", "unit_dir"), paths["unit"]),
-        (("synapse", "config_dir"), paths["synapse_dropin"]),
-    ]
+    # only the files of the roles this minion holds (mas:roles): the others are written elsewhere
+    role = mas["role"]
+    templates, secrets = [], []
+    if role["mas"]:
+        templates += [
+            (("base_path",), paths["config_file"]),
+            (("base_path",), paths["mas_cli"]),
+            (("base_path",), paths["register_user"]),
+            (("service", "unit_dir"), paths["unit"]),
+        ]
+        secrets += [(("base_path",), e["path"], e["kind"], e["pillar_key"], None) for e in mas["secret_files"]]
+    if role["synapse"]:
+        templates.append((("synapse", "config_dir"), paths["synapse_dropin"]))
+        own = mas["synapse_secret"]
+        secrets.append(
+            (("synapse", "secret_path"), paths["synapse_secret"], own["kind"], own["pillar_key"], own["source"])
+        )
     proxy = proxy_helper.settings(mas)
     keys = {"snippet": "snippet_path", "public-snippet": "public_snippet_path", "config": "config_path"}
-    for entry in proxy["files"]:
+    for entry in proxy["files"] if role["proxy"] else []:
         templates.append((("proxy", proxy["type"], keys[entry["name"]]), entry["path"]))
-    if proxy["labels"]:
+    if proxy["labels"] and role["mas"]:
         templates.append((("base_path",), paths["labels_file"]))
     for key, path in templates:
         if os.path.lexists(path) and not managed_by_formula(path):
             refuse(key, path, f"exists without the line '{BANNER}'")
-    secrets = [(("base_path",), e["path"], e["kind"], e["pillar_key"], None) for e in mas["secret_files"]]
-    secrets.append((("synapse", "secret_path"), paths["synapse_secret"], "copy", None, paths["homeserver_secret"]))
     owner = layout.secret_owner(paths)
     for key, path, kind, pillar_key, source in secrets:
         if not os.path.lexists(path):

@@ -390,6 +390,15 @@ def _check_shared_secret(ctx):
             " restart Synapse",
             url,
         )
+    if resp.status_code in (401, 403) and not ctx.mas["role"]["synapse"]:
+        return _check(
+            ERROR,
+            f"Synapse refuses the shared secret MAS holds ({http.status(resp)}): its copy {synapse_file} on the Synapse"
+            " minion differs, or Synapse still runs with an older one",
+            "both minions must be served the same mas:secrets:homeserver_secret (docs/several-hosts.md): apply"
+            " mas.synapse on the Synapse minion (it restarts Synapse when the copy changes)",
+            url,
+        )
     if resp.status_code in (401, 403):
         try:
             same = hmac.compare_digest(_read_secret(synapse_file).encode(), secret.encode())
@@ -558,8 +567,11 @@ def _check_synapse_version(ctx):
     syn = ctx.synapse_settings
     unknown = []
     try:
-        conflicts = __salt__["mas_synapse.conflicts"](
-            syn["config_files"], syn["config_dir"], syn["dropin"], ctx.migrating
+        # Synapse's config is read where it is: on another minion, mas.synapse checks it there
+        conflicts = (
+            __salt__["mas_synapse.conflicts"](syn["config_files"], syn["config_dir"], syn["dropin"], ctx.migrating)
+            if ctx.mas["role"]["synapse"]
+            else []
         )
     except (CommandExecutionError, SaltInvocationError) as exc:
         conflicts = []
@@ -573,11 +585,13 @@ def _check_synapse_version(ctx):
         unknown.insert(0, f"Synapse's version is unknown ({err or 'no server_version in the answer'})")
     if unknown:
         return _check(WARNING, "; ".join(unknown), ctx.start_synapse_fix() if err else "", url)
+    config = (
+        "its config has nothing MAS or Synapse refuses together"
+        if ctx.mas["role"]["synapse"]
+        else "its config is checked on its own minion (mas.synapse)"
+    )
     return _check(
-        OK,
-        f"Synapse {version_text.split()[0]} (>= {'.'.join(map(str, SYNAPSE_MINIMUM[-1][0]))}); its config has nothing MAS or"
-        " Synapse refuses together",
-        url=url,
+        OK, f"Synapse {version_text.split()[0]} (>= {'.'.join(map(str, SYNAPSE_MINIMUM[-1][0]))}); {config}", url=url
     )
 
 
@@ -616,6 +630,13 @@ def _check_dropin_present(ctx):
     syn = ctx.synapse_settings
     dropin = syn["dropin"]
     url = "file://" + dropin
+    if not ctx.mas["role"]["synapse"]:
+        return _check(
+            SKIPPED,
+            f"Synapse is on another minion (mas:roles here: {', '.join(ctx.mas['roles'])}): its drop-in is written"
+            " there by mas.synapse; synapse_reaches_mas and shared_secret check what it does",
+            url=url,
+        )
     if ctx.migrating:
         if os.path.lexists(dropin):
             return _check(

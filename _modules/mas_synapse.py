@@ -43,6 +43,8 @@ __virtualname__ = "mas_synapse"
 
 #: Pillar key of the Synapse settings Salt cannot see in files (may hold secrets).
 EXTRA_CONFIG_PILLAR = "mas:synapse:extra_config"
+#: Pillar key of Synapse's ``registration_shared_secret`` where Synapse's files are not (a MAS minion of its own).
+REGISTRATION_SECRET_PILLAR = "mas:synapse:registration_shared_secret"  # noqa: S105 -- a pillar key, not a secret
 
 #: Python modules of well-known password auth providers loaded through
 #: ``modules:`` (Synapse refuses their callbacks at start-up under MAS).
@@ -316,7 +318,10 @@ def config(config_files=None, config_dir=None, extra_config=None, exclude=None, 
     Returns ``{"config": <merged mapping>, "origins": {<top-level key>: <file>},
     "files": [<files read>]}``. Later files win, like Synapse's own loader
     (whole top-level sections); ``extra_config`` is merged last with the
-    origin ``pillar mas:synapse:extra_config``. Secret values (keys such as
+    origin ``pillar mas:synapse:extra_config``; when it is taken from pillar,
+    so is ``mas:synapse:registration_shared_secret`` (Synapse's own, given to a
+    minion where Synapse's files are not, for the users while Synapse is
+    authoritative) as ``registration_shared_secret``. Secret values (keys such as
     ``registration_shared_secret``, ``macaroon_secret_key``, ``form_secret``,
     ``password_config.pepper``, passwords) are shown as ``**********`` unless
     ``mask`` is false; the formula's own modules read them unmasked, to find
@@ -351,6 +356,9 @@ def config(config_files=None, config_dir=None, extra_config=None, exclude=None, 
         exclude = list(exclude or []) + [mas["paths"]["synapse_dropin"]]
     if extra_config is None:
         extra_config = salt.utils.data.traverse_dict_and_list(__pillar__, EXTRA_CONFIG_PILLAR, {}, delimiter=":")
+        registration = salt.utils.data.traverse_dict_and_list(__pillar__, REGISTRATION_SECRET_PILLAR, delimiter=":")
+        if isinstance(extra_config, dict) and registration not in (None, ""):
+            extra_config = dict(extra_config, registration_shared_secret=str(registration))
     if not isinstance(extra_config, dict):
         raise SaltInvocationError(f"{EXTRA_CONFIG_PILLAR} must be a mapping of Synapse settings")
     found = synapse_config.read(config_files, config_dir, extra_config, exclude)
@@ -562,9 +570,12 @@ def settings(mas=None):
 
     Returns ``{dropin, config_dir, config_files, state ("present" while MAS is
     authoritative, "absent" while migrating), endpoint, secret: {path, dir,
-    source, user, group, mode}, restart, service, url (Synapse's client API
-    base, where a restart is checked)}``. Every path comes from the
-    map's ``paths``.
+    kind, source, pillar_key, user, group, mode}, restart, service, url
+    (Synapse's client API base, where a restart is checked)}``. Every path
+    comes from the map's ``paths``. Synapse's copy of the shared secret is a
+    copy of MAS's file (``kind: copy``), or on a minion with the ``synapse``
+    role and without ``mas`` (``mas:roles``) the pillar value both are served
+    (``kind: pillar``, ``pillar_key: mas:secrets:homeserver_secret``).
 
     mas
         The formula's map (default: ``mas.mapdata``).
@@ -586,7 +597,7 @@ def settings(mas=None):
         "secret": {
             "path": paths["synapse_secret"],
             "dir": os.path.dirname(paths["synapse_secret"]),
-            "source": paths["homeserver_secret"],
+            **mas["synapse_secret"],
             "user": syn["user"],
             "group": syn["group"],
             "mode": "0600",

@@ -10,6 +10,11 @@ module raises on purpose while the SLS asks it something (``SaltInvocationError`
 frames are logged at debug level). Any other exception is a bug of the SLS: it is shown with its traceback, as
 ``#!py`` would.
 
+An SLS that belongs to one role of a deployment on several hosts names it at its top (``ROLE = "synapse"``; roles:
+``mas``, ``synapse``, ``database``, ``proxy``). On a minion whose ``mas:roles`` lacks that role, ``run`` is not
+called: the SLS renders to one ``test.nop`` saying where that part runs (ID ``<the SLS's path with '-'>-test-nop-role``,
+e.g. ``mas-synapse-file-test-nop-role``), so that includes and ``sls`` requisites of the other SLS stay valid.
+
 The SLS also sees ``state``, which builds a state's body from keyword arguments, so an SLS reads close to YAML::
 
     state("file.managed", name=path, mode="0644", require=[{"sls": "mas.config"}])
@@ -44,6 +49,15 @@ def state(function, /, **arguments):
     return {function: [{key: value} for key, value in arguments.items()]}
 
 
+def elsewhere(sls, role, roles):
+    """The one state of an SLS of ``role`` on a minion that lacks it (``mas:roles`` is ``roles``)."""
+    return {
+        f"{sls.replace('.', '-')}-test-nop-role": state(
+            "test.nop", name=f"{sls}: the {role} role is on another minion (mas:roles here: {', '.join(roles)})"
+        )
+    }
+
+
 def render(template, saltenv="base", sls="", tmplpath=None, **kws):  # pylint: disable=unused-argument
     """
     Render a ``#!mas_py`` SLS: its ``run(mas, tplroot)``, given the formula's map.
@@ -76,6 +90,9 @@ def render(template, saltenv="base", sls="", tmplpath=None, **kws):  # pylint: d
     )
     try:
         loader.exec_module(module)
+        role = getattr(module, "ROLE", None)
+        if role is not None and not mas["role"][role]:
+            return elsewhere(sls, role, mas["roles"])
         return module.run(mas, sls.split(".")[0])
     except (SaltInvocationError, CommandExecutionError) as exc:
         log.debug("mas formula: rendering %s", sls, exc_info=True)

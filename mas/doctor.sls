@@ -6,6 +6,8 @@ the whole deployment (mas_doctor.run) and fails on an error (mas:doctor:strict:
 on a warning too). Included last by `mas` when mas:doctor:after_apply is true.
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     doctor = mas["doctor"]

@@ -26,7 +26,7 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = REPO / "demo-root"
 
-FORMULA_DIRS = ("mas", "_modules", "_states", "_utils", "_renderers")
+FORMULA_DIRS = ("mas", "_modules", "_states", "_utils", "_renderers", "_pillar")
 
 #: Written first into the demo root: ``--clean`` removes only a directory
 #: that holds it.
@@ -43,7 +43,7 @@ HOMESERVER_YAML = {
 
 def link_formula(dest):
     """Make ``dest`` a file root holding only the formula (links to mas/,
-    _modules/, _states/, _utils/, _renderers/), as a formulas directory or gitfs would serve it:
+    _modules/, _states/, _utils/, _renderers/, _pillar/), as a formulas directory or gitfs would serve it:
     the checkout's root also holds a virtualenv that Salt's file server would
     otherwise walk on every run."""
     dest = pathlib.Path(dest)

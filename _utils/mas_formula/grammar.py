@@ -137,6 +137,31 @@ def is_ip(value, version=None):
     return version is None or address.version == version
 
 
+#: The names that mean this very host (``/etc/hosts`` of Debian, RFC 6761's ``localhost.`` and its subdomains).
+THIS_HOST_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+
+
+def is_this_host(host, unspecified=True):
+    """Whether ``host`` (a name or an IP address, IPv6 with or without brackets) names this very host by
+    convention: ``localhost`` and its kin, ``127.0.0.1``, ``::1`` (IPv4-mapped too) or, unless ``unspecified`` is
+    false (a bind, where it means every address), an unspecified address (``0.0.0.0``, ``::``). The other addresses of ``127.0.0.0/8`` are not: each is chosen on purpose (several
+    services on one machine, each on its own loopback address, as the tests of several hosts run)."""
+    if not isinstance(host, str):
+        return False
+    name = host.strip().removeprefix("[").removesuffix("]").rstrip(".").lower()
+    if name in THIS_HOST_NAMES or name.endswith(".localhost"):
+        return True
+    if not IP_CHARS.fullmatch(name):
+        return False
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return (unspecified and address.is_unspecified) or str(address) in ("127.0.0.1", "::1")
+
+
 def as_port(value):
     """The port ``value`` names (an int, or a string of digits), else None; floats are refused."""
     if isinstance(value, bool):

@@ -18,7 +18,7 @@ import salt.utils.data
 import salt.utils.dictupdate
 from salt.exceptions import SaltInvocationError
 
-from mas_formula import grammar, pillar, rules
+from mas_formula import grammar, pillar, roles, rules
 
 # Secrets an operator may give in pillar: (pillar path, file name).
 PILLAR_SECRETS = (
@@ -175,6 +175,15 @@ def secret_files(data, paths, pepper_source):
     if pepper_source:
         add("synapse_pepper", paths["synapse_pepper"], "pepper", grammar.key("synapse", "pepper"))
     return files
+
+
+def synapse_secret(data):
+    """Where Synapse's copy of the shared secret comes from: ``{kind, source, pillar_key}``. Beside MAS, a copy of
+    MAS's file (``kind: copy``); on a minion with Synapse and without MAS, the pillar value both minions are served
+    (``kind: pillar``, ``mas:secrets:homeserver_secret``)."""
+    if data["role"]["synapse"] and not data["role"]["mas"]:
+        return {"kind": "pillar", "source": None, "pillar_key": grammar.key("secrets", "homeserver_secret")}
+    return {"kind": "copy", "source": data["paths"]["homeserver_secret"], "pillar_key": None}
 
 
 def secret_owner(paths):
@@ -433,6 +442,9 @@ def redact(data):
     data["database"]["password_set"] = grammar.is_set(data["database"].pop("password", None))
     data["email"]["password_set"] = grammar.is_set(data["email"].pop("password", None))
     data["synapse"]["pepper_set"] = grammar.is_set(data["synapse"].pop("pepper", None))
+    data["synapse"]["registration_shared_secret_set"] = grammar.is_set(
+        data["synapse"].pop("registration_shared_secret", None)
+    )
     # Synapse settings given in pillar may hold Synapse secrets: the modules
     # read them from pillar themselves; the map keeps only their names.
     data["synapse"]["extra_config_keys"] = sorted(data["synapse"].pop("extra_config", {}))
@@ -489,6 +501,20 @@ def settings(data, defaults, synapse_pepper):
     if errors:
         raise SaltInvocationError(grammar.INVALID + "\n- ".join(errors))
     data["synapse"]["secret_path"] = data["paths"]["synapse_secret"]
+    data["roles"] = [role for role in roles.ROLES if role in data["roles"]]
+    data["role"] = roles.held(data["roles"])
+    data["synapse_secret"] = synapse_secret(data)
+    # the addresses the formula derives when unset: cross_host names them as defaults
+    unset = {
+        path
+        for path in (
+            ("synapse", "mas_endpoint"),
+            ("proxy", "nginx", "mas_upstream"),
+            ("proxy", "traefik", "mas_url"),
+            ("doctor", "proxy_url"),
+        )
+        if not grammar.is_set(grammar.get(data, *path))
+    }
     if not grammar.is_set(data["synapse"]["mas_endpoint"]):
         port = data["http"]["web_bind"].rsplit(":", 1)[-1]
         data["synapse"]["mas_endpoint"] = f"http://localhost:{port}{'' if prefix == '/' else prefix}/"
@@ -513,6 +539,9 @@ def settings(data, defaults, synapse_pepper):
     for kind, key in (("nginx", "mas_upstream"), ("traefik", "mas_url")):
         if not grammar.is_set(proxy[kind].get(key)):
             proxy[kind][key] = upstream
+    errors = roles.cross_host(data, unset)
+    if errors:
+        raise SaltInvocationError(grammar.INVALID + "\n- ".join(errors))
     pepper_source = "pillar" if grammar.is_set(data["synapse"].get("pepper")) else None
     if pepper_source is None and synapse_pepper(data) is not None:
         pepper_source = "synapse"

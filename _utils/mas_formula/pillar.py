@@ -18,7 +18,7 @@ import re
 
 from salt.exceptions import SaltInvocationError
 
-from mas_formula import grammar, rules
+from mas_formula import grammar, roles, rules
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ def validate(data):
         errors.add(("synapse", "extra_config"), "must be a mapping (Synapse config keys)")
 
     _validate_synapse(data, errors)
+    roles.validate(data, errors)
     _validate_proxy(data, errors)
     _validate_traefik_tls(data, errors)
     _validate_users(data, errors)
@@ -657,6 +658,8 @@ def _validate_secrets(data, errors):
             " or be left out to let the formula generate it",
         )
     errors.secret(("synapse", "pepper"), grammar.get(data, "synapse", "pepper"))
+    # Synapse's own registration secret, for the users while Synapse is authoritative, where its config is not
+    errors.secret(("synapse", "registration_shared_secret"), grammar.get(data, "synapse", "registration_shared_secret"))
 
 
 def _validate_database(data, errors):

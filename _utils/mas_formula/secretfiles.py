@@ -99,9 +99,11 @@ def record(owner, path):
     atomic_write(owner["record"], json.dumps({"files": sorted(files | {path})}, indent=1) + "\n", "0600")
 
 
-def atomic_write(path, content, mode="0600", user="root", group="root", tmp_dir=None):
+def atomic_write(path, content, mode="0600", user="root", group="root", tmp_dir=None, exclusive=False):
     """Write ``content`` (bytes or UTF-8 text) to ``path`` atomically, staged in ``tmp_dir`` (default: the
-    directory of ``path``; it must be on the same filesystem); a symlink at ``path`` is replaced, never followed."""
+    directory of ``path``; it must be on the same filesystem); a symlink at ``path`` is replaced, never followed.
+    With ``exclusive``, an existing ``path`` (whoever wrote it, even meanwhile) is kept and nothing is written:
+    returns whether ``path`` was written."""
     uid, gid = owner_ids(user, group)
     data = content.encode() if isinstance(content, str) else bytes(content)
     directory = os.path.dirname(path)
@@ -122,7 +124,15 @@ def atomic_write(path, content, mode="0600", user="root", group="root", tmp_dir=
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            # a hard link never replaces: of two writers at once, one wins and both read its file
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except FileExistsError:
+        os.unlink(tmp)
+        return False
     except OSError as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -133,6 +143,7 @@ def atomic_write(path, content, mode="0600", user="root", group="root", tmp_dir=
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    return True
 
 
 def temporaries(directory):

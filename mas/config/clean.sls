@@ -4,6 +4,8 @@
 Only what this formula wrote (e.g. not the playbook's files at the same paths).
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     paths = mas["paths"]

@@ -1,6 +1,8 @@
 #!mas_py
 """MAS's config.yaml (no secret inside) and the bin/ wrappers."""
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_secrets = tplroot + ".secrets"

@@ -1,6 +1,8 @@
 #!mas_py
 """The MAS role, a UTF8 database and pg_trgm (mas:database:manage: true)."""
 
+ROLE = "database"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     database = mas["database"]

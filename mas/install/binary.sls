@@ -10,6 +10,8 @@ anything that points at the release is replaced. Without a source,
 MAS is installed some other way (mas:binary:path and mas:binary:share_dir).
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     states = {"include": [".account"]}

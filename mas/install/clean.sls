@@ -8,6 +8,8 @@ stopped and its config removed, and after the syn2mas rollback guard. The
 service account is kept (files elsewhere may still belong to it).
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     after = [tplroot + ".config.clean", tplroot + ".secrets.clean"]

@@ -6,6 +6,8 @@ snippets that exist are emptied, not deleted (an `include` of a missing file
 breaks nginx); the Traefik file is removed.
 """
 
+ROLE = "proxy"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     proxy = __salt__["mas_proxy.settings"](mas, clean=True)

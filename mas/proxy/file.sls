@@ -6,6 +6,8 @@ delegates to it. Files another proxy type left (a switch from nginx to
 Traefik, or back) are emptied (nginx) or removed (Traefik) in the same run.
 """
 
+ROLE = "proxy"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_synapse = tplroot + ".synapse"

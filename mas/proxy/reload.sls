@@ -6,6 +6,8 @@ ID: an `sls:` requisite would also match every state the included SLS include
 (Salt 3008), reloading on any MAS change.
 """
 
+ROLE = "proxy"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_proxy_file = tplroot + ".proxy.file"

@@ -6,6 +6,8 @@ mas.install.clean then removes them with the rest of what the formula made
 accident must be hard.
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     paths = mas["paths"]

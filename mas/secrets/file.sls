@@ -8,6 +8,8 @@ are removed, and so are the temporary files of an interrupted write (in
 keys_dir MAS would load one as a key and refuse to start).
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_install = tplroot + ".install"

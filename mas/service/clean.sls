@@ -6,6 +6,8 @@ routes are gone. Only a unit this formula wrote (e.g. not the playbook's of
 the same name) is touched.
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_synapse_clean = tplroot + ".synapse.clean"

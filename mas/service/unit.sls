@@ -4,6 +4,8 @@
 Both runtimes run `mas-cli config check` before starting the server.
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_config = tplroot + ".config"

@@ -5,6 +5,8 @@ Check first, then (a real run) stop Synapse and MAS, migrate, record the phase.
 Already migrated: nothing runs. mas:syn2mas:dry_run: true runs `migrate --dry-run`.
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     syn2mas = mas["syn2mas"]

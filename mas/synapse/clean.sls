@@ -7,11 +7,15 @@ file of the same name it did not write stays). The syn2mas rollback guard runs
 before any of it (mas_syn2mas.rollback_check).
 """
 
+ROLE = "synapse"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_proxy_clean = tplroot + ".proxy.clean"
     synapse = __salt__["mas_synapse.settings"](mas)
     secret = synapse["secret"]
+    # a copy of MAS's file (source) beside MAS; on a minion of its own, the pillar value MAS's minion is served too
+    origin = {key: secret[key] for key in ("source", "pillar_key") if secret[key] is not None}
     states = {
         "include": [sls_proxy_clean],
         # the guard goes first: before the compatibility routes, the drop-in and a
@@ -38,8 +42,8 @@ def run(mas, tplroot):
                 {
                     "fun": "mas_secret.foreign",
                     "path": secret["path"],
-                    "kind": "copy",
-                    "source": secret["source"],
+                    "kind": secret["kind"],
+                    **origin,
                     "owner": mas["secret_owner"],
                 }
             ],

@@ -8,12 +8,16 @@ lock Synapse's users out (mas_syn2mas.lockout_check), removing the drop-in
 refuses a silent rollback (mas_syn2mas.rollback_check).
 """
 
+ROLE = "synapse"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_secrets = tplroot + ".secrets"
     sls_service = tplroot + ".service"
     synapse = __salt__["mas_synapse.settings"](mas)
     secret = synapse["secret"]
+    # a copy of MAS's file (source) beside MAS; on a minion of its own, the pillar value MAS's minion is served too
+    origin = {key: secret[key] for key in ("source", "pillar_key") if secret[key] is not None}
     present = synapse["state"] == "present"
     guard = "safe_to_delegate" if present else "safe_to_roll_back"
     outcome = "delegated" if present else "rolled_back"
@@ -31,8 +35,8 @@ def run(mas, tplroot):
         "mas-synapse-file-mas_secret-present": state(
             "mas_secret.present",
             name=secret["path"],
-            kind="copy",
-            source=secret["source"],
+            kind=secret["kind"],
+            **origin,
             user=secret["user"],
             group=secret["group"],
             mode=secret["mode"],

@@ -7,6 +7,8 @@ a failed restart fails the run and says so. Under test=True the restart is
 predicted, not failed.
 """
 
+ROLE = "synapse"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_synapse_file = tplroot + ".synapse.file"

@@ -7,6 +7,8 @@ or mas:migration_in_progress is true -- syn2mas then brings the users over.
 Registration and bot tokens are MAS's: skipped meanwhile.
 """
 
+ROLE = "mas"  # mas:roles: elsewhere, the renderer gives one test.nop instead
+
 
 def run(mas, tplroot):
     sls_service = tplroot + ".service"

@@ -38,6 +38,21 @@ def run(mas, tplroot):
 def run(mas, tplroot):
     return {"x": state("test.nop", name=__salt__["mas.render"](["no-such-template.jinja"], "x", {}, tplroot))}
 """,
+    # an SLS of one role (mas:roles): on a minion without it, run is not called
+    "mas.probe.proxy_role": """#!mas_py
+ROLE = "proxy"
+
+
+def run(mas, tplroot):
+    return {"x": state("test.nop", name=mas["no_such_key_in_the_map"])}
+""",
+    "mas.probe.mas_role": """#!mas_py
+ROLE = "mas"
+
+
+def run(mas, tplroot):
+    return {"x": state("test.nop", name=mas["server_name"])}
+""",
     # a bug of the SLS: shown with its traceback, as #!py would
     "mas.probe.bug": """#!mas_py
 def run(mas, tplroot):
@@ -73,10 +88,30 @@ def rendered(module_salt_minion, tmp_path_factory):
         "binary": {"path": "/usr/local/bin/mas-cli", "share_dir": "/usr/local/share/mas-cli"},
         "base_path": str(tmp_path_factory.mktemp("root") / "srv" / "mas"),
     }
+    mas_alone = {
+        "roles": ["mas", "database"],
+        "secrets": {"homeserver_secret": "s" * 32},
+        "synapse": {"endpoint": "http://synapse.example.internal:8008/"},
+        "doctor": {"proxy_url": "https://proxy.example.internal"},
+    }
     return {
         "good": render(module_salt_minion, tmp_path_factory.mktemp("good"), pillar),
         "bad": render(module_salt_minion, tmp_path_factory.mktemp("bad"), deep_update(pillar, {"hostname": "-bad-"})),
+        "mas alone": render(module_salt_minion, tmp_path_factory.mktemp("split"), deep_update(pillar, mas_alone)),
     }
+
+
+def test_an_sls_of_a_role_the_minion_lacks_is_one_nop_saying_where_it_runs(rendered):
+    assert rendered["mas alone"]["mas.probe.proxy_role"] == {
+        "mas-probe-proxy_role-test-nop-role": {
+            "test.nop": [
+                {"name": "mas.probe.proxy_role: the proxy role is on another minion (mas:roles here: mas, database)"}
+            ]
+        }
+    }
+    assert rendered["mas alone"]["mas.probe.mas_role"] == {"x": {"test.nop": [{"name": "example.com"}]}}
+    # one host (the default): every role is here, run is called (and here finds its bug)
+    assert "KeyError: 'no_such_key_in_the_map'" in rendered["good"]["mas.probe.proxy_role"]
 
 
 def test_run_gets_the_map_and_tplroot_and_state_builds_single_key_arguments(rendered):

@@ -40,6 +40,7 @@ class NginxServer:
         http_include_files: snippets included at ``http`` level.
         tls: a certificate (:class:`harness.testca.ServerCert`): the server then
             speaks HTTPS only (``base_url`` is ``https://``).
+        host: the address it listens on (default ``127.0.0.1``).
 
     Attributes:
         config_path, error_log, access_log, base_url, port, binary.
@@ -53,10 +54,13 @@ class NginxServer:
         include_files: Sequence[Path | str] = (),
         http_include_files: Sequence[Path | str] = (),
         tls: ServerCert | None = None,
+        host: str = LOOPBACK,
     ):
         self.binary = require_binary("nginx", NGINX_CANDIDATES)
+        #: the address it listens on (another loopback address stands for another host)
+        self.host = host
         self.workdir = Path(workdir)
-        self.port = port or free_port()
+        self.port = port or free_port(host)
         self.synapse_upstream = synapse_upstream
         self.include_files = [Path(f) for f in include_files]
         self.http_include_files = [Path(f) for f in http_include_files]
@@ -64,7 +68,7 @@ class NginxServer:
         self.error_log = self.workdir / "error.log"
         self.access_log = self.workdir / "access.log"
         self.tls = tls
-        self.base_url = f"{'https' if tls else 'http'}://{LOOPBACK}:{self.port}"
+        self.base_url = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self._proc: subprocess.Popen | None = None
         self.write_config()
 
@@ -111,7 +115,7 @@ class NginxServer:
             f"    scgi_temp_path {tmp / 'scgi'};\n"
             f"{http_includes}"
             f"    server {{\n"
-            f"        listen {LOOPBACK}:{self.port}{' ssl' if self.tls else ''};\n"
+            f"        listen {self.host}:{self.port}{' ssl' if self.tls else ''};\n"
             f"{tls}"
             f"        server_name _;\n"
             f"        client_max_body_size 50M;\n"
@@ -178,7 +182,7 @@ class NginxServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nginx started no worker within {timeout}s")
             time.sleep(0.02)
-        wait_for_port(self.port, timeout=timeout, proc=self._proc)
+        wait_for_port(self.port, self.host, timeout=timeout, proc=self._proc)
 
     def reload(self, timeout: float = 10) -> None:
         """Rewrite the config, check it, and reload nginx (``nginx -s reload``).

@@ -57,7 +57,7 @@ class PostgresCluster:
         sockdir: the unix socket directory (``basedir/sock``).
         logfile: the server log (``basedir/postgres.log``).
         bindir: the directory with ``initdb``, ``pg_ctl``, ``psql``.
-        host: ``127.0.0.1``.
+        host: the address it listens on (default ``127.0.0.1``).
         port: the TCP port, chosen on the first :meth:`start` (``None`` before).
         superuser: the bootstrap superuser role, ``postgres``.
     """
@@ -67,7 +67,9 @@ class PostgresCluster:
     #: The OS user that runs the server when the tests run as root.
     os_user = "postgres"
 
-    def __init__(self, basedir: Path, bindir: Path | None = None):
+    def __init__(self, basedir: Path, bindir: Path | None = None, host: str = LOOPBACK):
+        #: the address it listens on (another loopback address stands for another host)
+        self.host = host
         self.basedir = Path(basedir)
         self.datadir = self.basedir / "data"
         self.sockdir = self.basedir / "sock"
@@ -159,7 +161,9 @@ class PostgresCluster:
             fh.write("\n# added by the mas-formula test harness\ninclude_if_exists = 'harness.conf'\n")
 
     def _write_runtime_conf(self) -> None:
-        settings = dict(_SERVER_SETTINGS, port=str(self.port), unix_socket_directories=str(self.sockdir))
+        settings = dict(
+            _SERVER_SETTINGS, listen_addresses=self.host, port=str(self.port), unix_socket_directories=str(self.sockdir)
+        )
         lines = [f"{key} = '{value}'" for key, value in settings.items()]
         conf = self.datadir / "harness.conf"
         conf.write_text("\n".join(lines) + "\n")
@@ -175,7 +179,7 @@ class PostgresCluster:
         if not (self.datadir / "PG_VERSION").exists():
             self._initdb()
         if self.port is None:
-            self.port = free_port()
+            self.port = free_port(self.host)
         self._write_runtime_conf()
         try:
             self._run_server_cmd(
@@ -198,7 +202,7 @@ class PostgresCluster:
         """Make TCP logins of ``role`` check its password (SCRAM); every other
         login stays ``trust``. Used to prove a password the formula set."""
         hba = self.datadir / "pg_hba.conf"
-        line = f"host all {role} 127.0.0.1/32 scram-sha-256\n"
+        line = f"host all {role} 127.0.0.0/8 scram-sha-256\n"
         content = hba.read_text()
         if line not in content:
             hba.write_text(line + content)

@@ -149,6 +149,7 @@ class SynapseServer:
             :func:`generate_config` for the same ``server_name``; when given,
             the ~2 s generation is skipped (the secrets are still fresh).
         dbname: name of the PostgreSQL database.
+        host: the address it listens on (default ``127.0.0.1``).
 
     Attributes:
         config_path, conf_d, log_path, output_path, base_url, port,
@@ -164,18 +165,21 @@ class SynapseServer:
         extra_config: Mapping[str, Any] | None = None,
         template_dir: Path | None = None,
         dbname: str | None = None,
+        host: str = LOOPBACK,
     ):
+        #: the address it listens on (another loopback address stands for another host)
+        self.host = host
         self.workdir = Path(workdir)
         self.server_name = server_name
         self.database = database
-        self.port = port or free_port()
+        self.port = port or free_port(host)
         self.extra_config = dict(extra_config or {})
         self.dbname = dbname or f"synapse_{secrets.token_hex(4)}"
         self.config_path = self.workdir / "hs.yaml"
         self.conf_d = self.workdir / "conf.d"
         self.log_path = self.workdir / "homeserver.log"
         self.output_path = self.workdir / "stdout.log"
-        self.base_url = f"http://{LOOPBACK}:{self.port}"
+        self.base_url = f"http://{host}:{self.port}"
         self._proc: subprocess.Popen | None = None
         self._session = requests.Session()
         self.config = self._write_config(template_dir)
@@ -230,7 +234,7 @@ class SynapseServer:
             "listeners": [
                 {
                     "port": self.port,
-                    "bind_addresses": [LOOPBACK],
+                    "bind_addresses": [self.host],
                     "type": "http",
                     "tls": False,
                     "x_forwarded": True,

@@ -27,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: recognises (``test/conftest.py``).
 CI_SUFFIX = "(CI=true: missing prerequisites are errors)"
 
-#: The only address servers started by the harness listen on.
+#: The address servers started by the harness listen on, unless given another (``host=``: another loopback
+#: address stands for another host, test_several_hosts.py).
 LOOPBACK = "127.0.0.1"
 
 

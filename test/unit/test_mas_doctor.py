@@ -417,6 +417,59 @@ def test_dropin_left_while_migrating_is_an_error(deployment, pillar, tmp_path):
     assert check["status"] == "error" and "migration_in_progress is true" in check["message"]
 
 
+def test_on_a_mas_minion_synapses_files_are_left_to_its_own_minion(deployment, pillar, tmp_path):
+    """mas:roles without synapse: the drop-in and Synapse's config are on another minion; the doctor judges
+    Synapse by its answers, and a refused shared secret points at the Synapse minion's copy."""
+
+    class Synapse(BaseHTTPRequestHandler):
+        def do_GET(self):
+            status, body = (
+                (401, {"errcode": "M_UNKNOWN_TOKEN"})
+                if self.path.startswith("/_synapse/mas/")
+                else (200, {"server_version": "1.163.2"})
+            )
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    # Synapse on an address of its own (an address naming this host is refused on a split minion)
+    server = ThreadingHTTPServer(("127.0.0.3", 0), Synapse)
+    closed = deployment["port"]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # what Synapse's config here would say is no business of this minion (it would be a conflict)
+        (tmp_path / "homeserver.yaml").write_text("enable_registration: true\n")
+        pillar["mas"] = deep_update(
+            pillar["mas"],
+            {
+                "roles": ["mas", "database"],
+                "secrets": {"homeserver_secret": SECRET},
+                "synapse": {"endpoint": f"http://127.0.0.3:{server.server_address[1]}/"},
+                "http": {"web_bind": f"127.0.0.2:{closed}", "internal_bind": f"127.0.0.2:{closed}"},
+                "doctor": {"proxy_url": f"http://127.0.0.4:{closed}"},
+            },
+        )
+        doctor_says(ALL_GOOD)
+        checks = by_name(mas_doctor.run(timeout=2))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert checks["dropin_present"]["status"] == "skipped"
+    assert "another minion" in checks["dropin_present"]["message"]
+    assert checks["synapse_version"]["status"] == "ok", checks["synapse_version"]
+    assert "checked on its own minion" in checks["synapse_version"]["message"]
+    shared = checks["shared_secret"]
+    assert shared["status"] == "error" and "on the Synapse minion differs" in shared["message"], shared
+    assert "apply mas.synapse on the Synapse minion" in shared["fix"]
+    assert SECRET not in json.dumps(checks)
+
+
 def test_render_marks_each_check_and_gives_the_fix():
     report = {
         "result": "error",

@@ -336,12 +336,29 @@ def test_synapse_settings_defaults():
     assert out["secret"] == {
         "path": "/srv/mas/synapse/homeserver_secret",
         "dir": "/srv/mas/synapse",
+        "kind": "copy",
         "source": "/srv/mas/config/secrets/homeserver_secret",
+        "pillar_key": None,
         "user": "matrix-synapse",
         "group": "matrix-synapse",
         "mode": "0600",
     }
     assert out["restart"] is True and out["service"] == "matrix-synapse"
+
+
+def test_synapse_settings_on_a_minion_of_its_own_take_the_shared_secret_from_pillar():
+    """mas:roles without mas: Synapse's copy is the pillar value the MAS minion is served too, not a copy of a file
+    that is on another host."""
+    out = mas_synapse.settings(
+        mapdata(
+            roles=["synapse"],
+            secrets={"homeserver_secret": "s" * 32},
+            synapse={"mas_endpoint": "http://mas.example.internal:8080/auth/"},
+        )
+    )
+    assert out["secret"]["kind"] == "pillar" and out["secret"]["source"] is None
+    assert out["secret"]["pillar_key"] == "mas:secrets:homeserver_secret"
+    assert out["endpoint"] == "http://mas.example.internal:8080/auth/"
 
 
 def test_synapse_settings_migrating_and_custom_secret_path():
