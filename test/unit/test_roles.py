@@ -202,7 +202,8 @@ def test_synapse_config_takes_the_registration_secret_from_pillar(tmp_path, pill
     # what the users' Synapse side registers with, on a MAS minion of its own
     files = {"config_files": [str(tmp_path / "absent.yaml")], "config_dir": str(tmp_path)}
     on_mas = mapdata(roles=["mas"], **deep_update(MAS_ALONE, {"synapse": files}))
-    assert MODULES["mas_user"]._Synapse(on_mas)._shared_secret() == "Synapse-Registration-4711"
+    migrating = dict(on_mas, migration_in_progress=True)  # Synapse is authoritative: registrations go there
+    assert MODULES["mas_user"]._connect(migrating).shared_secret() == "Synapse-Registration-4711"
     assert "mas:synapse:registration_shared_secret: must not contain control characters" in refusals(
         synapse={"registration_shared_secret": "a\nb"}
     )
