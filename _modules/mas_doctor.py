@@ -4,7 +4,7 @@ Doctor of the ``mas`` formula: named checks of the whole deployment (MAS, Synaps
 :py:func:`run` returns ``{"result": "ok"|"warning"|"error", "checks": [{name,
 status, message, fix, url, seconds}], "duration"}``. Each check has its own
 timeout and runs in its own thread; a check that cannot run says why and the
-others still run. The checks (see README "Doctor" for what to do when one
+others still run. The checks (see docs/doctor.md for what to do when one
 fails):
 
 ``mas_health``, ``mas_discovery``, ``compat_login_route``,

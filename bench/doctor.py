@@ -2,7 +2,7 @@
 trip measured in the same run.
 
 It starts what the integration tests start (a throwaway PostgreSQL, a real Synapse, nginx with the formula's
-snippet in the README's server block, the MAS double, binary runtime), wires them with the real ``salt-call``,
+snippet in docs/proxy.md's server block, the MAS double, binary runtime), wires them with the real ``salt-call``,
 then runs ``salt-call mas_doctor.run`` several times. Reported: the median of the function's own ``duration``
 (every check concurrent; ``mas_cli_doctor`` is the slowest), the median ``salt-call`` wall time (Salt's start
 included), the median of one ``GET /health`` from this process, and the ratio duration / round trip.
