@@ -341,16 +341,17 @@ def preflight(mapdata=None, ignore_missing_auth_providers=None):
 
 def backup(mapdata=None):
     """
-    Take a backup of Synapse's database now: ``pg_dump -Fc`` into
-    ``mas:syn2mas:backup_dir`` (free space checked first; the file is written
-    0600 under a ``.partial`` name, then renamed), connecting like syn2mas
+    Take a backup of Synapse's database now: ``pg_dump -Fd -j<cores>`` into
+    ``mas:syn2mas:backup_dir`` (free space checked first; a 0700 directory of
+    0600 files written under a ``.partial`` name, then renamed), connecting like syn2mas
     (Synapse's config, or ``mas:syn2mas:synapse_database_uri``; the password
     through a private PGPASSFILE). A real migration does this by itself after
     Synapse is stopped; this is the same on its own (Synapse may run: pg_dump
     reads one consistent snapshot). The phase marker is not changed.
 
     Returns ``{"result", "phase", "errors", "backup": {path, sha256, size,
-    database, at, seconds}, "comment"}``.
+    format, database, at, seconds}, "comment"}`` (``sha256``: what ``cd <path> && sha256sum * | sha256sum``
+    prints).
 
     mapdata
         The formula's map (default: computed from pillar).
@@ -647,7 +648,7 @@ def migrate(
     they must already be down, and so must a MAS the formula does not manage,
     ``mas:service:manage: false``: refused before anything runs while it
     answers; neither may answer over HTTP after the stop), **backup**
-    (``pg_dump -Fc``, its sha256 and size recorded in the marker; a failed
+    (``pg_dump -Fd``, its digest and size recorded in the marker; a failed
     backup starts Synapse again and changes nothing), **migrate** (the phase is
     ``migrating`` while it runs), **verify** (:py:func:`verify`: the phase
     becomes ``verified``, or ``migrated_unverified`` with the differences),

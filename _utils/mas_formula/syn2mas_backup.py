@@ -1,11 +1,12 @@
-"""The backup a real migration takes of Synapse's database: room checked before anything stops, then ``pg_dump`` into a 0600 file whose sha256 and size are recorded.
+"""The backup a real migration takes of Synapse's database: room checked before anything stops, then ``pg_dump`` into a 0700 directory of 0600 files whose digest and size are recorded.
 
-The password reaches ``pg_dump`` through a private 0600 PGPASSFILE, never its
-argument list; the dump is written under a ``.partial`` name and renamed once
-complete.
+The dump is pg_dump's directory format, one job per core (``pg_restore -j``
+restores it the same way); the password reaches ``pg_dump`` through a private
+0600 PGPASSFILE, never its argument list; the dump is written under a
+``.partial`` name and renamed once complete. Its ``sha256`` is that of the
+list of its files' sha256 (``cd <dump> && sha256sum * | sha256sum``).
 """
 
-import contextlib
 import datetime
 import hashlib
 import logging
@@ -108,33 +109,57 @@ def passfile_line(password):
     return f"*:*:*:*:{escaped}\n"
 
 
-def dump_options():
-    """pg_dump's format and compression: the custom format (one file, which ``pg_restore`` restores, ``-j`` too),
-    uncompressed (#18).
+def dump_jobs():
+    """pg_dump's jobs: one per core (at most 4): the backup runs while Synapse is down, nothing else needs them."""
+    return max(1, min(4, os.cpu_count() or 1))
 
-    Measured on a million users (``bench/preflight.py --backup-modes``, 2 cores, 3 rounds; docs/migration.md):
-    ``-Fc`` spends most of its 6.6-8.9 s compressing (``-Z6``, the default); ``-Z1`` takes 3.7-4.5 s, ``-Z0``
-    2.8-3.6 s for a file about 5.5 times bigger (the tables' own size, which the backup check already requires
-    free). PostgreSQL 15's ``pg_dump`` has no lz4 or zstd; ``-Fd -j2 -Z0`` is about 0.4 s faster still, but is a
-    directory, not one file.
+
+def dump_options(jobs):
+    """pg_dump's format and compression: the directory format with ``jobs`` parallel jobs, uncompressed (#18).
+
+    Measured on a million users (``bench/preflight.py --backup-modes``, 2 cores, 3 rounds each; docs/migration.md):
+    the dump's time is mostly compression (``-Fc``, pg_dump's default ``-Z6``: 6.2-7.2 s), then one process
+    writing every table (``-Fc -Z0``: 2.3-2.9 s); ``-Fd -j2 -Z0`` splits the tables over two processes: 1.7-3.1 s
+    (median 1.9 s), the fastest mode ``pg_restore`` restores, for the tables' own size on disk (which the backup
+    check already requires free). PostgreSQL 15's ``pg_dump`` has no lz4 or zstd.
     """
-    return ["--format=custom", "--compress=0"]
+    return ["--format=directory", f"--jobs={jobs}", "--compress=0"]
+
+
+def dump_digest(path):
+    """``(sha256, size)`` of a directory dump: the sha256 of the lines ``<sha256 of a file>  <its name>`` in name
+    order (what ``cd <dump> && sha256sum * | sha256sum`` prints), and the files' total size."""
+    listing, size = hashlib.sha256(), 0
+    for name in sorted(os.listdir(path)):
+        file = os.path.join(path, name)
+        digest = hashlib.sha256()
+        with salt.utils.files.fopen(file, "rb") as handle:
+            for block in iter(lambda h=handle: h.read(1024 * 1024), b""):
+                digest.update(block)
+            os.fsync(handle.fileno())
+        size += os.path.getsize(file)
+        listing.update(f"{digest.hexdigest()}  {name}\n".encode())
+    return listing.hexdigest(), size
 
 
 def backup(mas, opts, database, plan, secrets, run_all):
-    """Write ``pg_dump -Fc`` of Synapse's database into the backup directory (0600, root), atomically.
+    """Write ``pg_dump`` of Synapse's database (directory format, :func:`dump_options`) into the backup directory:
+    a 0700 directory of 0600 files (root), renamed into place once complete.
 
     The password reaches pg_dump through a 0600 PGPASSFILE, never argv or the
-    environment. Returns ``{path, sha256, size, database, at, seconds}``.
+    environment. Returns ``{path, sha256, size, format, database, at, seconds}``.
     """
     conninfo, password, dbname = dump_target(database)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", dbname)
     path = os.path.join(plan["dir"], f"synapse-{name}-{stamp}.dump")
+    count = 1
+    while os.path.lexists(path) or os.path.lexists(path + ".partial"):  # never over an earlier backup
+        count += 1
+        path = os.path.join(plan["dir"], f"synapse-{name}-{stamp}-{count}.dump")
     partial = path + ".partial"
     started = time.monotonic()
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    os.close(fd)
+    os.mkdir(partial, 0o700)
     private = tempfile.mkdtemp(prefix="mas-formula-pgpass-")
     try:
         env = {"PGAPPNAME": "mas-formula-backup"}
@@ -144,13 +169,14 @@ def backup(mas, opts, database, plan, secrets, run_all):
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(passfile_line(password))
             env["PGPASSFILE"] = passfile
-        argv = [pg_dump(), *dump_options(), "--no-password", "--file", partial, "--dbname", conninfo]
+        argv = [pg_dump(), *dump_options(dump_jobs()), "--no-password", "--file", partial, "--dbname", conninfo]
         res = run_all(
             argv,
             python_shell=False,
             output_loglevel="quiet",
             ignore_retcode=True,
             timeout=opts["timeout"],
+            umask="077",
             env=env,
         )
         if res["retcode"] != 0:
@@ -160,12 +186,10 @@ def backup(mas, opts, database, plan, secrets, run_all):
             raise CommandExecutionError(
                 f"pg_dump of Synapse's {database['label']} failed (exit {res['retcode']}): {reason}"
             )
-        digest = hashlib.sha256()
-        with salt.utils.files.fopen(partial, "rb") as handle:
-            for block in iter(lambda: handle.read(1024 * 1024), b""):
-                digest.update(block)
-            os.fsync(handle.fileno())
-        os.chmod(partial, 0o600)
+        for entry in os.listdir(partial):
+            os.chmod(os.path.join(partial, entry), 0o600)
+        os.chmod(partial, 0o700)
+        sha256, size = dump_digest(partial)
         os.rename(partial, path)
         dir_fd = os.open(plan["dir"], os.O_RDONLY)
         try:
@@ -173,16 +197,15 @@ def backup(mas, opts, database, plan, secrets, run_all):
         finally:
             os.close(dir_fd)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
+        shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    size = os.path.getsize(path)
     return {
         "path": path,
-        "sha256": digest.hexdigest(),
+        "sha256": sha256,
         "size": size,
+        "format": "directory",
         "database": database["label"],
         "at": syn2mas_marker.utc_now(),
         "seconds": round(time.monotonic() - started, 3),

@@ -161,11 +161,10 @@ def test_real_run_backs_up_migrates_and_verifies(world, deployment, pg):
     assert marker["verification"]["counts"]["synapse"]["users"] == len(USERS)
     assert [step["step"] for step in marker["steps"]][:3] == ["preflight", "check", "backup check"]
 
-    # the backup: 0600, its checksum and size recorded, and it restores to the same rows
+    # the backup: a 0700 directory of 0600 files, its digest and size recorded, and it restores to the same rows
     backup = Path(marker["backup"]["path"])
-    assert backup.parent == deployment.root / "backups" and oct(backup.stat().st_mode & 0o777) == "0o600"
-    assert hashlib.sha256(backup.read_bytes()).hexdigest() == marker["backup"]["sha256"]
-    assert backup.stat().st_size == marker["backup"]["size"]
+    assert backup.parent == deployment.root / "backups"
+    assert_backup_as_recorded(backup, marker["backup"])
     restored = "syn2mas_restore_check"
     pg.drop_database(restored)
     pg.create_database(restored, synapse=True)
@@ -212,15 +211,14 @@ def test_real_run_backs_up_migrates_and_verifies(world, deployment, pg):
 
 def test_backup_on_its_own(world, deployment):
     """``mas_syn2mas.backup`` alone, Synapse running (pg_dump reads one consistent snapshot): the file in
-    mas:syn2mas:backup_dir, 0600, with the checksum and size it reports, readable by pg_restore; nothing stopped,
+    mas:syn2mas:backup_dir (a 0700 directory of 0600 files) with the digest and size it reports, readable by pg_restore; nothing stopped,
     the phase unchanged."""
     res = deployment.call("mas_syn2mas.backup")
     assert res.returncode == 0 and res.data["result"] is True, res.output
     taken = res.data["backup"]
     backup = Path(taken["path"])
-    assert backup.parent == deployment.root / "backups" and oct(backup.stat().st_mode & 0o777) == "0o600"
-    assert hashlib.sha256(backup.read_bytes()).hexdigest() == taken["sha256"]
-    assert backup.stat().st_size == taken["size"] and taken["database"].startswith("PostgreSQL database ")
+    assert backup.parent == deployment.root / "backups" and taken["database"].startswith("PostgreSQL database ")
+    assert_backup_as_recorded(backup, taken)
     assert res.data["comment"].startswith(f"backup of Synapse's {taken['database']} written to {backup} (")
     assert not list(backup.parent.glob("*.partial"))
     listed = subprocess.run(
@@ -231,6 +229,17 @@ def test_backup_on_its_own(world, deployment):
     )
     assert "TABLE public users " in listed.stdout
     assert deployment.marker() is None and world.service.events() == [] and world.service.running
+
+
+def assert_backup_as_recorded(backup, recorded):
+    """pg_dump's directory format: a 0700 directory of 0600 files; its recorded sha256 is what
+    ``cd <dump> && sha256sum * | sha256sum`` prints, its size the files' total."""
+    assert recorded["format"] == "directory" and oct(backup.stat().st_mode & 0o777) == "0o700"
+    files = sorted(backup.iterdir())
+    assert files and {oct(f.stat().st_mode & 0o777) for f in files} == {"0o600"} and (backup / "toc.dat").is_file()
+    listing = subprocess.run(["sha256sum", *[f.name for f in files]], cwd=backup, capture_output=True, check=True)
+    assert hashlib.sha256(listing.stdout).hexdigest() == recorded["sha256"]
+    assert sum(f.stat().st_size for f in files) == recorded["size"]
 
 
 def assert_legacy_synapse_back(world, deployment, checksum_before):

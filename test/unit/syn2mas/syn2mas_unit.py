@@ -106,7 +106,10 @@ class FakeCli:
             if passfile:
                 self.passfiles.append((passfile, stat.S_IMODE(os.stat(passfile).st_mode), Path(passfile).read_text()))
             if answer["retcode"] == 0:
-                Path(argv[argv.index("--file") + 1]).write_bytes(DUMP)
+                # pg_dump's directory format: a table of contents and one file per table's data
+                target = Path(argv[argv.index("--file") + 1])
+                (target / "toc.dat").write_bytes(DUMP)
+                (target / "3456.dat").write_bytes(b"rows\n")
         return dict(answer, pid=1)
 
     @staticmethod

@@ -23,6 +23,7 @@ verification against real databases are integration tests
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -630,10 +631,15 @@ def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, c
     # the backup pg_dump wrote: 0600, named in the comment, its checksum and size recorded
     saved = marker(world)
     backup = Path(saved["backup"]["path"])
-    assert backup.parent == world["tmp"] / "backups" and backup.read_bytes() == DUMP
-    assert stat.S_IMODE(backup.stat().st_mode) == 0o600 and not list(backup.parent.glob("*.partial"))
-    assert saved["backup"]["sha256"] == hashlib.sha256(DUMP).hexdigest() and saved["backup"]["size"] == len(DUMP)
-    assert f"Backup: {backup} ({len(DUMP)} B)." in result["comment"]
+    assert backup.parent == world["tmp"] / "backups" and (backup / "toc.dat").read_bytes() == DUMP
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o700 and not list(backup.parent.glob("*.partial"))
+    assert {stat.S_IMODE(f.stat().st_mode) for f in backup.iterdir()} == {0o600}
+    # `cd <dump> && sha256sum * | sha256sum`
+    listing = "".join(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}\n" for f in sorted(backup.iterdir()))
+    size = len(DUMP) + len(b"rows\n")
+    assert saved["backup"]["sha256"] == hashlib.sha256(listing.encode()).hexdigest() and saved["backup"]["size"] == size
+    assert saved["backup"]["format"] == "directory"
+    assert f"Backup: {backup} ({size} B)." in result["comment"]
     assert saved["verification"]["errors"] == [] and [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
 
 
@@ -643,9 +649,11 @@ def test_the_backup_gives_pg_dump_the_password_in_a_private_passfile_only(world,
     result = syn2mas.migrate(mapdata=mapdata(world, syn2mas={"stop_services": False}))
     assert result["result"] is True
     ((argv, kwargs),) = cli.dumps
-    assert argv[1:5] == ["--format=custom", "--compress=0", "--no-password", "--file"] and argv[5].endswith(
-        ".dump.partial"
-    )
+    jobs = argv[2]
+    assert argv[1] == "--format=directory" and re.fullmatch(r"--jobs=[1-4]", jobs)
+    assert argv[3:6] == ["--compress=0", "--no-password", "--file"] and argv[6].endswith(".dump.partial")
+    assert kwargs["umask"] == "077"
+
     conninfo = argv[argv.index("--dbname") + 1]
     assert "dbname=synapse" in conninfo and "user=synapse" in conninfo and "password" not in conninfo
     assert DB_PASSWORD not in json.dumps(argv) and DB_PASSWORD not in json.dumps(kwargs["env"])
