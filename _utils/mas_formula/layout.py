@@ -145,6 +145,8 @@ def secret_files(data, paths, pepper_source):
         "allow_rotation": False,
         "owner": secret_owner(paths),
         "tmp_dir": None,
+        # MAS reads it (a change restarts MAS)
+        "mas_reads": True,
     }
     files = []
 
@@ -177,7 +179,13 @@ def secret_files(data, paths, pepper_source):
     if pepper_source:
         add("synapse_pepper", paths["synapse_pepper"], "pepper", grammar.key("synapse", "pepper"))
     if synapse_config_written(data):
-        add("synapse_config", paths["synapse_syn2mas_config"], "synapse_config", grammar.key("synapse", "database"))
+        add(
+            "synapse_config",
+            paths["synapse_syn2mas_config"],
+            "synapse_config",
+            grammar.key("synapse", "database"),
+            mas_reads=False,  # syn2mas's, not MAS's
+        )
     return files
 
 

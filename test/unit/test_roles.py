@@ -366,6 +366,7 @@ def test_a_mas_minion_without_synapse_writes_synapses_config_for_syn2mas_from_pi
         "mas:synapse:database",
         "0600",
     )
+    assert entry["mas_reads"] is False  # syn2mas's, not MAS's: a change does not restart MAS
     # what syn2mas, the preflight, the backup and the verification read there
     assert mas["syn2mas"]["synapse_config_files"] == [path]
     assert mas["synapse"]["database_set"] is True and "password" not in mas["synapse"]["database"]
