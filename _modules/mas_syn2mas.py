@@ -221,6 +221,18 @@ def _prepare(mapdata, overrides):
     }
 
 
+def _elsewhere(mas, phase, comment):
+    """The refusal of a change of phase on a minion without MAS: the phase is the MAS minion's."""
+    return _result(
+        False,
+        phase,
+        comment,
+        errors=[
+            f"the syn2mas phase is kept on the MAS minion (mas:roles here: {', '.join(mas['roles'])}): run this there"
+        ],
+    )
+
+
 def _answer(ret):
     """``ret`` as the module returns it: a refusal makes ``salt-call`` exit 1."""
     if not ret["result"]:
@@ -424,6 +436,8 @@ def verify(mapdata=None, record=False):
     ctx = _prepare(mapdata, {})
     mas = ctx["mas"]
     phase = syn2mas_marker.phase_of(ctx["marker"])
+    if record is True and not mas["role"]["mas"]:
+        return _elsewhere(mas, phase, "syn2mas verification not recorded")
     started = time.monotonic()
     try:
         found = syn2mas_verify.verify(mas, ctx["opts"], ctx["conf"], ctx["files"], ctx["secrets"], ctx["mas_database"])
@@ -929,6 +943,10 @@ def reset(confirm=False, mapdata=None):
         salt-call mas_syn2mas.reset confirm=True
     """
     mas = _mapdata(mapdata)
+    if not mas["role"]["mas"]:
+        return _elsewhere(
+            mas, syn2mas_marker.phase_of(syn2mas_guards.marker_for(mas, options(mas))), "syn2mas reset refused"
+        )
     with syn2mas_marker.exclusive(mas):
         try:
             marker = syn2mas_marker.read_marker(mas)

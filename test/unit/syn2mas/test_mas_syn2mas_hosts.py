@@ -268,3 +268,14 @@ def test_the_mas_minions_verdict_counts_from_ever_without_a_record(world, monkey
     verdict = syn2mas.verdict(mas_alone(world, migration_in_progress=True))
     assert verdict["phase"] == "none" and verdict["rollback"]["result"] is False
     assert "3 users and 1 sessions created in MAS since MAS became authoritative" in verdict["rollback"]["errors"][0]
+
+
+def test_no_change_of_phase_is_recorded_on_the_synapse_minion(world):
+    data = synapse_alone(world, migration_in_progress=True, syn2mas={"mas_phase": "rolled_back"})
+    for result in (syn2mas.reset(confirm=True, mapdata=data), syn2mas.verify(mapdata=data, record=True)):
+        assert result["result"] is False and result["phase"] == "rolled_back"
+        assert result["errors"] == [
+            "the syn2mas phase is kept on the MAS minion (mas:roles here: synapse): run this there"
+        ]
+    assert not (world["base"] / "formula" / "syn2mas.json").exists()
+    assert not (world["base"] / "formula" / "syn2mas.lock").exists()
