@@ -4,7 +4,8 @@ The secrets of the ``mas`` formula: generated or taken from pillar, written atom
 * :py:func:`status` / :py:func:`write` (driven by the ``mas_secret.present``
   state) manage one secret file: the MAS encryption secret, the shared secret,
   the signing keys, pillar secrets (database and SMTP passwords, provider client
-  secrets), Synapse's pepper and copies of another secret file. A generated
+  secrets), Synapse's pepper, copies of another secret file and, on a MAS
+  minion without Synapse, Synapse's config for syn2mas. A generated
   secret is never regenerated; the encryption secret is never replaced unless
   ``mas:secrets:allow_encryption_rotation``.
 * :py:func:`atomic_write` is the one atomic writer of the formula (secret files
@@ -50,9 +51,10 @@ __virtualname__ = "mas_secret"
 PILLAR_ROOT = "mas"
 
 #: Kinds of secret files: generated (hex32, token, the signing keys), from
-#: pillar, Synapse's pepper, or a copy of another secret file.
+#: pillar, Synapse's pepper, a copy of another secret file, or Synapse's config
+#: for syn2mas on a MAS minion without Synapse (built from pillar).
 GENERATED = ("hex32", "token", "rsa", "ec-p256", "ec-p384", "ec-k256")
-KINDS = GENERATED + ("pillar", "pepper", "copy")
+KINDS = GENERATED + ("pillar", "pepper", "copy", "synapse_config")
 
 MASK = secretfiles.MASK
 
@@ -113,7 +115,30 @@ def _wanted(kind, pillar_key, source):
         files = synapse_config.read(syn["config_files"], syn["config_dir"], extra, [mas["paths"]["synapse_dropin"]])
         return salt.utils.data.traverse_dict_and_list(files["config"], ["password_config", "pepper"])
 
+    if kind == "synapse_config":
+        return _synapse_config()
     return secretfiles.wanted(kind, pillar_value(pillar_key), pillar_key, source, pepper)
+
+
+def _synapse_config():
+    """The bytes of Synapse's config for syn2mas on a MAS minion without Synapse (``synapse_config.for_syn2mas``):
+    ``mas:synapse:database`` with its password, ``mas:synapse:pepper``, MAS's providers, ``mas:synapse:extra_config``."""
+    mas = __salt__["mas.mapdata"]()
+    database = salt.utils.data.traverse_dict_and_list(__pillar__, f"{PILLAR_ROOT}:synapse:database", {}) or {}
+    if not mas["synapse"].get("database_set") or not isinstance(database, dict):
+        raise CommandExecutionError(
+            "mas:synapse:database is not set: the Synapse config for syn2mas is written from it on a MAS minion"
+            " without Synapse"
+        )
+    extra = salt.utils.data.traverse_dict_and_list(__pillar__, f"{PILLAR_ROOT}:synapse:extra_config", {}) or {}
+    text = synapse_config.for_syn2mas(
+        mas["server_name"],
+        dict(mas["synapse"]["database"], password=database.get("password")),
+        pillar_value(f"{PILLAR_ROOT}:synapse:pepper"),
+        mas["upstream_oauth2_providers"],
+        extra,
+    )
+    return text.encode()
 
 
 def recorded(owner):
@@ -231,8 +256,10 @@ def status(
         ``hex32`` (MAS encryption secret), ``token`` (shared secret), ``rsa``,
         ``ec-p256``, ``ec-p384``, ``ec-k256`` (signing keys), ``pillar`` (a
         value that must come from pillar), ``pepper`` (Synapse's pepper, from
-        pillar ``pillar_key`` or Synapse's config) or ``copy`` (the content of
-        ``source``).
+        pillar ``pillar_key`` or Synapse's config), ``copy`` (the content of
+        ``source``) or ``synapse_config`` (Synapse's config for syn2mas on a
+        MAS minion without Synapse, built from ``mas:synapse:database`` and
+        the rest of pillar).
     pillar_key
         The colon-separated pillar key that may hold the value.
     user, group, mode

@@ -166,7 +166,14 @@ def _synapse_files(mas, opts):
             syn.get("config_files"), syn["config_dir"], {}, exclude=[syn2mas_marker.dropin(mas)], mask=False
         )
         files, conf = read["files"], read["config"]
-        if not files:
+        if not files and not mas["role"]["synapse"]:
+            problems.append(
+                f"Synapse is on another minion (mas:roles here: {', '.join(mas['roles'])}), so its config files are"
+                " not here: set mas:synapse:database (Synapse's PostgreSQL database as this minion reaches it) and,"
+                " if Synapse has one, mas:synapse:pepper in this minion's pillar; `state.apply mas` then writes"
+                " Synapse's config for syn2mas from them (docs/several-hosts.md)"
+            )
+        elif not files:
             problems.append(
                 "no Synapse config file found (mas:synapse:config_files, mas:synapse:config_dir); "
                 "set mas:syn2mas:synapse_config_files"
@@ -196,7 +203,7 @@ def _prepare(mapdata, overrides):
     """
     mas = _mapdata(mapdata)
     opts = options(mas, **overrides)
-    marker = syn2mas_marker.read_marker(mas)
+    marker = syn2mas_guards.marker_for(mas, opts)
     files, conf, file_problems = _synapse_files(mas, opts)
     common, real = syn2mas_guards.run_problems(mas, opts, files, __salt__["mas.runtime_problem"](mas))
     return {
@@ -212,6 +219,18 @@ def _prepare(mapdata, overrides):
         "mas_database": _mas_database(mas),
         "pepper": _pillar_value("synapse:pepper"),
     }
+
+
+def _elsewhere(mas, phase, comment):
+    """The refusal of a change of phase on a minion without MAS: the phase is the MAS minion's."""
+    return _result(
+        False,
+        phase,
+        comment,
+        errors=[
+            f"the syn2mas phase is kept on the MAS minion (mas:roles here: {', '.join(mas['roles'])}): run this there"
+        ],
+    )
 
 
 def _answer(ret):
@@ -418,6 +437,8 @@ def verify(mapdata=None, record=False):
     ctx = _prepare(mapdata, {})
     mas = ctx["mas"]
     phase = syn2mas_marker.phase_of(ctx["marker"])
+    if record is True and not mas["role"]["mas"]:
+        return _elsewhere(mas, phase, "syn2mas verification not recorded")
     started = time.monotonic()
     try:
         found = syn2mas_verify.verify(mas, ctx["opts"], ctx["conf"], ctx["files"], ctx["secrets"], ctx["mas_database"])
@@ -481,7 +502,8 @@ def phase(mapdata=None):
 
         salt-call mas_syn2mas.phase
     """
-    return syn2mas_marker.phase_of(syn2mas_marker.read_marker(_mapdata(mapdata)))
+    mas = _mapdata(mapdata)
+    return syn2mas_marker.phase_of(syn2mas_guards.marker_for(mas, options(mas)))
 
 
 def status(mapdata=None, ignore_missing_auth_providers=None, stop_services=None):
@@ -581,7 +603,7 @@ def ensure_synapse(start_synapse_after=None, test=False, mapdata=None):
     """
     mas = _mapdata(mapdata)
     opts = options(mas, start_synapse_after=start_synapse_after)
-    phase = syn2mas_marker.effective_phase(mas, syn2mas_marker.read_marker(mas))
+    phase = syn2mas_marker.effective_phase(mas, syn2mas_guards.marker_for(mas, opts))
     return _answer(syn2mas_run.ensure_synapse(_host(), mas, opts, phase, test))
 
 
@@ -709,7 +731,7 @@ def _lockout(mas, opts, marker):
         files, conf, _ = _synapse_files(mas, opts)
         return syn2mas_guards.probe_login_users(conf, opts, files, _known_secrets(mas, conf))
 
-    return syn2mas_guards.lockout(opts, marker, probe)
+    return syn2mas_guards.lockout(opts, marker, probe, syn2mas_guards.lockout_where(mas, opts))
 
 
 def lockout_check(mapdata=None):
@@ -738,7 +760,7 @@ def lockout_check(mapdata=None):
     """
     mas = _mapdata(mapdata)
     opts = options(mas)
-    marker = syn2mas_marker.read_marker(mas)
+    marker = syn2mas_guards.marker_for(mas, opts)
     ok, message, probe = _lockout(mas, opts, marker)
     warnings = [message] if ok and (probe or {}).get("assumed_fresh") else []
     return _result(
@@ -765,6 +787,12 @@ def rollback_check(mapdata=None):
     naming the numbers, unless ``mas:syn2mas:force_rollback`` is true; so does
     a MAS database the formula cannot read. Reads only.
 
+    Several hosts (``mas:roles``): on a MAS minion without Synapse, which
+    cannot see the drop-in, the count starts at the recorded migration (or
+    ever, with none recorded); on a Synapse minion without MAS, the MAS
+    minion's verdict decides when ``mas.orch.delegate`` passes it
+    (``mas:syn2mas:mas_rollback``).
+
     Returns ``{"result", "phase", "errors", "warnings", "comment", "counts"}``.
 
     mapdata
@@ -777,19 +805,33 @@ def rollback_check(mapdata=None):
         salt-call mas_syn2mas.rollback_check
     """
     mas = _mapdata(mapdata)
-    marker = syn2mas_marker.read_marker(mas)
+    opts = options(mas)
+    delegating_here = os.path.exists(syn2mas_marker.dropin(mas))
+    if not mas["role"]["mas"] and opts["mas_rollback"] is not None and delegating_here:
+        return _answer(syn2mas_guards.given_rollback(mas, opts, opts["mas_rollback"]))
+    return _answer(_rollback(mas, opts, syn2mas_guards.marker_for(mas, opts)))
+
+
+def _rollback(mas, opts, marker):
+    """The rollback guard's result (``syn2mas_guards.rollback``), MAS's database counted only when asked."""
 
     def created_since(since):
         return syn2mas_db.mas_created_since(_mas_database(mas), since, _known_secrets(mas, {}))
 
-    return _answer(syn2mas_guards.rollback(mas, options(mas), marker, created_since))
+    return syn2mas_guards.rollback(mas, opts, marker, created_since)
 
 
-def mark_rolled_back(mapdata=None):
+def verdict(mapdata=None):
     """
-    Record the ``rolled_back`` phase once Synapse is authoritative again
-    after a delegation (its drop-in removed), so that
-    :py:func:`status` tells the truth. Nothing to do otherwise.
+    What a Synapse minion of its own needs from this MAS minion, for its
+    guards (``mas.orch.delegate`` and ``mas.orch.migrate`` ask it on the
+    master and pass it on as ``mas:syn2mas:mas_phase`` and
+    ``mas:syn2mas:mas_rollback``): the phase recorded here (``none``
+    without a record), the rollback guard's verdict as this minion sees
+    it (MAS's database counted), and ``mas:synapse:service``. Reads only.
+
+    Returns ``{"result": True, "phase", "rollback": {"result", "comment",
+    "errors", "warnings", "counts", "minion"}, "synapse_service"}``.
 
     mapdata
         The formula's map (default: computed from pillar).
@@ -798,21 +840,71 @@ def mark_rolled_back(mapdata=None):
 
     .. code-block:: bash
 
+        salt-call mas_syn2mas.verdict
+    """
+    mas = _mapdata(mapdata)
+    opts = options(mas)
+    marker = syn2mas_marker.read_marker(mas)
+    found = _rollback(mas, opts, marker)
+    rollback = {key: found.get(key) for key in ("result", "comment", "errors", "warnings")}
+    rollback.update(counts=found.get("counts") or {}, minion=__grains__.get("id"))
+    return {
+        "result": True,
+        "phase": syn2mas_marker.phase_of(marker) if marker is not None else "none",
+        "rollback": rollback,
+        "synapse_service": mas["synapse"]["service"],
+    }
+
+
+def mark_rolled_back(mapdata=None, test=False):
+    """
+    Record the ``rolled_back`` phase once Synapse is authoritative again
+    after a delegation (its drop-in removed), so that
+    :py:func:`status` tells the truth. Nothing to do otherwise.
+
+    Several hosts (``mas:roles``): a Synapse minion without MAS records
+    nothing (the phase is the MAS minion's); on a MAS minion without Synapse
+    the drop-in is on the Synapse minion, so a ``delegated`` phase becomes
+    ``rolled_back`` here when called after Synapse's minion removed it
+    (``mas.orch.delegate`` applies ``mas.syn2mas.delegation`` for that).
+
+    mapdata
+        The formula's map (default: computed from pillar).
+    test
+        Only say what would be recorded.
+
+    CLI Example:
+
+    .. code-block:: bash
+
         salt-call mas_syn2mas.mark_rolled_back
     """
     mas = _mapdata(mapdata)
+    if not mas["role"]["mas"]:
+        return _result(True, phase(mas), "nothing to record here: the syn2mas phase is the MAS minion's", changes={})
     dropin = syn2mas_marker.dropin(mas)
+
+    def gone():  # the drop-in removed; on a MAS minion without Synapse it is on the Synapse minion
+        return not mas["role"]["synapse"] or not os.path.exists(dropin)
+
     # every `state.apply mas` while Synapse authenticates comes here: a read without the lock only spares taking
     # it (and failing while a migration holds it) when there is nothing to record; what is recorded is decided
     # on the marker read under the lock
-    phase = syn2mas_marker.phase_of(syn2mas_marker.read_marker(mas))
-    if phase == "delegated" and not os.path.exists(dropin):
+    found = syn2mas_marker.phase_of(syn2mas_marker.read_marker(mas))
+    why = "mas:enabled: false" if not mas.get("enabled") else "mas:migration_in_progress: true"
+    if found == "delegated" and test:  # the drop-in is removed in the same run
+        return _result(
+            True,
+            found,
+            f"syn2mas phase rolled_back would be recorded ({why})",
+            changes={"phase": {"old": found, "new": "rolled_back"}},
+        )
+    if found == "delegated" and gone():
         opts = options(mas)
-        why = "mas:enabled: false" if not mas.get("enabled") else "mas:migration_in_progress: true"
         with syn2mas_marker.exclusive(mas):
             marker = syn2mas_marker.read_marker(mas)
-            phase = syn2mas_marker.phase_of(marker)
-            if phase == "delegated" and not os.path.exists(dropin):
+            found = syn2mas_marker.phase_of(marker)
+            if found == "delegated" and gone():
                 syn2mas_marker.set_phase(
                     mas,
                     marker,
@@ -825,9 +917,9 @@ def mark_rolled_back(mapdata=None):
                     True,
                     "rolled_back",
                     f"syn2mas phase rolled_back recorded ({why}): Synapse authenticates again",
-                    changes={"phase": {"old": phase, "new": "rolled_back"}},
+                    changes={"phase": {"old": found, "new": "rolled_back"}},
                 )
-    return _result(True, phase, f"nothing to record (syn2mas phase {phase})", changes={})
+    return _result(True, found, f"nothing to record (syn2mas phase {found})", changes={})
 
 
 def reset(confirm=False, mapdata=None):
@@ -852,6 +944,10 @@ def reset(confirm=False, mapdata=None):
         salt-call mas_syn2mas.reset confirm=True
     """
     mas = _mapdata(mapdata)
+    if not mas["role"]["mas"]:
+        return _elsewhere(
+            mas, syn2mas_marker.phase_of(syn2mas_guards.marker_for(mas, options(mas))), "syn2mas reset refused"
+        )
     with syn2mas_marker.exclusive(mas):
         try:
             marker = syn2mas_marker.read_marker(mas)
@@ -906,6 +1002,14 @@ def mark_delegated(mapdata=None):
     ``migrating``, ``migrated_unverified``, ``rolled_back`` or a reset
     ``legacy_auth``, or Synapse users but no migration).
 
+    Several hosts (``mas:roles``): a Synapse minion without MAS records
+    nothing (the phase is the MAS minion's): it answers with the lock-out
+    guard's verdict. A MAS minion without Synapse records ``delegated``
+    after a recorded migration, once ``mas.orch.delegate`` has put the
+    drop-in in place on the Synapse minion (it applies
+    ``mas.syn2mas.delegation`` here then); with no migration recorded there
+    is nothing to record.
+
     mapdata
         The formula's map (default: computed from pillar).
 
@@ -917,6 +1021,13 @@ def mark_delegated(mapdata=None):
     """
     mas = _mapdata(mapdata)
     dropin = syn2mas_marker.dropin(mas)
+    if not mas["role"]["mas"]:
+        opts = options(mas)
+        marker = syn2mas_guards.marker_for(mas, opts)
+        ok, message, _ = _lockout(mas, opts, marker)
+        if not ok:
+            return _result(False, syn2mas_marker.phase_of(marker), "delegated refused", errors=[message])
+        return _result(True, syn2mas_marker.phase_of(marker), f"{message}; the phase is the MAS minion's", changes={})
     with syn2mas_marker.exclusive(mas):
         marker = syn2mas_marker.read_marker(mas)
         phase = syn2mas_marker.phase_of(marker)
@@ -924,7 +1035,11 @@ def mark_delegated(mapdata=None):
             return _result(True, phase, "syn2mas phase is already delegated", changes={})
         if mas.get("migration_in_progress"):
             return _result(False, phase, "delegated refused", errors=["mas:migration_in_progress is still true"])
-        if not os.path.exists(dropin):
+        if not mas["role"]["synapse"] and marker is None:
+            return _result(
+                True, phase, "nothing to record: no syn2mas migration is recorded on this minion", changes={}
+            )
+        if mas["role"]["synapse"] and not os.path.exists(dropin):
             return _result(
                 False, phase, "delegated refused", errors=[f"Synapse's drop-in {dropin} is not there yet: apply `mas`"]
             )

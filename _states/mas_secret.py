@@ -40,7 +40,8 @@ def present(
         The path of the secret file.
     kind
         ``hex32``, ``token``, ``rsa``, ``ec-p256``, ``ec-p384``, ``ec-k256``,
-        ``pillar``, ``pepper`` or ``copy`` (see ``mas_secret.status``).
+        ``pillar``, ``pepper``, ``copy`` or ``synapse_config`` (see
+        ``mas_secret.status``).
     pillar_key
         The pillar key that may hold the value (read on the minion, so the
         value never passes through the SLS).

@@ -295,13 +295,12 @@ def rolled_back(name, mapdata=None):
     ret = _ret(name)
     try:
         if __opts__["test"]:
-            phase = __salt__["mas_syn2mas.phase"](mapdata=mapdata)
-            if phase == "delegated":
+            result = __salt__["mas_syn2mas.mark_rolled_back"](mapdata=mapdata, test=True)
+            ret["comment"] = result["comment"]
+            if result["changes"]:
                 ret["result"] = None
                 ret["comment"] = "syn2mas phase rolled_back would be recorded once the drop-in is removed"
-                ret["changes"] = {"phase": {"old": phase, "new": "rolled_back"}}
-            else:
-                ret["comment"] = f"nothing to record (syn2mas phase {phase})"
+                ret["changes"] = result["changes"]
             return ret
         result = __salt__["mas_syn2mas.mark_rolled_back"](mapdata=mapdata)
     except (CommandExecutionError, SaltInvocationError) as exc:

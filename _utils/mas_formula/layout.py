@@ -105,6 +105,8 @@ def paths(data):
         "database_password": os.path.join(secrets_dir, "database_password"),
         "email_password": os.path.join(secrets_dir, "email_password"),
         "synapse_pepper": os.path.join(secrets_dir, "synapse_pepper"),
+        # Synapse's config for syn2mas on a MAS minion without Synapse (mas:synapse:database)
+        "synapse_syn2mas_config": os.path.join(secrets_dir, "synapse-syn2mas.yaml"),
         "data_dir": os.path.join(base, "data"),
         "bin_dir": os.path.join(base, "bin"),
         "mas_cli": os.path.join(base, "bin", "mas-cli"),
@@ -143,6 +145,8 @@ def secret_files(data, paths, pepper_source):
         "allow_rotation": False,
         "owner": secret_owner(paths),
         "tmp_dir": None,
+        # MAS reads it (a change restarts MAS)
+        "mas_reads": True,
     }
     files = []
 
@@ -174,7 +178,21 @@ def secret_files(data, paths, pepper_source):
             )
     if pepper_source:
         add("synapse_pepper", paths["synapse_pepper"], "pepper", grammar.key("synapse", "pepper"))
+    if synapse_config_written(data):
+        add(
+            "synapse_config",
+            paths["synapse_syn2mas_config"],
+            "synapse_config",
+            grammar.key("synapse", "database"),
+            mas_reads=False,  # syn2mas's, not MAS's
+        )
     return files
+
+
+def synapse_config_written(data):
+    """Whether the formula writes Synapse's config for syn2mas here: a MAS minion without Synapse (``mas:roles``)
+    whose pillar gives Synapse's database (``mas:synapse:database``)."""
+    return data["role"]["mas"] and not data["role"]["synapse"] and pillar.synapse_database_given(data)
 
 
 def synapse_secret(data):
@@ -203,6 +221,7 @@ OWN_FILES = (
     "database_password",
     "email_password",
     "synapse_pepper",
+    "synapse_syn2mas_config",
     "syn2mas_marker",
     "syn2mas_lock",
     "secret_record",
@@ -448,6 +467,8 @@ def redact(data):
     # Synapse settings given in pillar may hold Synapse secrets: the modules
     # read them from pillar themselves; the map keeps only their names.
     data["synapse"]["extra_config_keys"] = sorted(data["synapse"].pop("extra_config", {}))
+    data["synapse"]["database_set"] = pillar.synapse_database_given(data)
+    data["synapse"]["database"].pop("password", None)
     providers = []
     for provider in data["upstream_oauth2_providers"]:
         provider = dict(provider)
@@ -546,6 +567,9 @@ def settings(data, defaults, synapse_pepper):
     if pepper_source is None and synapse_pepper(data) is not None:
         pepper_source = "synapse"
     data["secret_files"] = secret_files(data, data["paths"], pepper_source)
+    if synapse_config_written(data) and not data["syn2mas"]["synapse_config_files"]:
+        # what syn2mas, the preflight, the backup and the verification read on a MAS minion without Synapse
+        data["syn2mas"]["synapse_config_files"] = [data["paths"]["synapse_syn2mas_config"]]
     data["secret_owner"] = secret_owner(data["paths"])
     redact(data)
     data["synapse"]["pepper_source"] = pepper_source

@@ -382,6 +382,8 @@ def _validate_syn2mas(data, errors):
         "assume_fresh",
         "force_rollback",
         "extra_arguments",
+        "mas_phase",
+        "mas_rollback",
     )
     for key in sorted(set(syn2mas) - set(known)):
         errors.add(("syn2mas", key), f"unknown option (known: {', '.join(sorted(known))})")
@@ -406,7 +408,48 @@ def _validate_syn2mas(data, errors):
         and backup_dir != "/"
     ):
         errors.add(("syn2mas", "backup_dir"), f"must be an absolute, normalised directory path, not {backup_dir!r}")
+    _syn2mas_verdicts(syn2mas, errors)
     _syn2mas_extra_arguments(data, errors)
+
+
+#: The phases ``mas:syn2mas:mas_phase`` may name (``syn2mas_marker.PHASES``, and ``none``: no migration recorded).
+MAS_PHASES = (
+    "none",
+    "legacy_auth",
+    "migrating",
+    "migrated_unverified",
+    "migrated",
+    "verified",
+    "delegated",
+    "rolled_back",
+)
+MAS_ROLLBACK_KEYS = ("result", "comment", "errors", "warnings", "counts", "minion")
+
+
+def _syn2mas_verdicts(syn2mas, errors):
+    """``mas:syn2mas:mas_phase`` and ``mas_rollback``: what the MAS minion says to a Synapse minion of its own
+    (``mas.orch.delegate`` passes them), or the operator's word."""
+    phase = syn2mas.get("mas_phase")
+    if phase is not None and phase not in MAS_PHASES:
+        errors.add(("syn2mas", "mas_phase"), f"must be one of {', '.join(MAS_PHASES)} (or unset), not {phase!r}")
+    verdict = syn2mas.get("mas_rollback")
+    if verdict is None:
+        return
+    path = ("syn2mas", "mas_rollback")
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("result"), bool):
+        errors.add(path, "must be the MAS minion's rollback verdict ({result: true|false, comment: ...}) or unset")
+        return
+    for key in sorted(set(verdict) - set(MAS_ROLLBACK_KEYS)):
+        errors.add((*path, key), f"unknown key (known: {', '.join(MAS_ROLLBACK_KEYS)})")
+    for key in ("comment", "minion"):
+        if verdict.get(key) is not None and not grammar.is_text(verdict[key]):
+            errors.add((*path, key), "must be a string without control characters")
+    for key in ("errors", "warnings"):
+        items = verdict.get(key)
+        if items is not None and not (isinstance(items, list) and all(isinstance(i, str) for i in items)):
+            errors.add((*path, key), "must be a list of strings")
+    if verdict.get("counts") is not None and not isinstance(verdict["counts"], dict):
+        errors.add((*path, "counts"), "must be a mapping")
 
 
 #: The seed's syn2mas arguments the formula translates (the TypeScript tool's; MDAD's ..._extra_arguments).
@@ -595,6 +638,46 @@ def _validate_synapse(data, errors):
     for key in ("user", "group"):
         errors.expect(("synapse", key), syn.get(key), "name")
     errors.expect(("synapse", "service"), syn.get("service"), "unit")
+    _validate_synapse_database(syn.get("database"), errors)
+
+
+#: ``mas:synapse:database``: Synapse's PostgreSQL database as a MAS minion without Synapse reaches it.
+SYNAPSE_DATABASE_KEYS = ("host", "port", "name", "user", "password", "sslmode")
+
+
+def synapse_database_given(data):
+    """Whether pillar gives Synapse's database (``mas:synapse:database``: a host, name, user or password set)."""
+    db = grammar.get(data, "synapse", "database")
+    return isinstance(db, dict) and any(grammar.is_set(db.get(key)) for key in ("host", "name", "user", "password"))
+
+
+def _validate_synapse_database(db, errors):
+    """``mas:synapse:database`` (``{host, port, name, user, password, sslmode}``): all or nothing, each of its
+    grammar; what a MAS minion without Synapse's config files reads Synapse's database with."""
+    path = ("synapse", "database")
+    if not isinstance(db, dict):
+        errors.add(path, f"must be a mapping of {', '.join(SYNAPSE_DATABASE_KEYS)}, not {db!r}")
+        return
+    for key in sorted(set(db) - set(SYNAPSE_DATABASE_KEYS)):
+        errors.add((*path, key), f"unknown key (known: {', '.join(SYNAPSE_DATABASE_KEYS)})")
+    errors.secret((*path, "password"), db.get("password"))
+    if not any(grammar.is_set(db.get(key)) for key in ("host", "name", "user", "password")):
+        return
+    host = db.get("host")
+    if not (grammar.CHECKS["host"](host) or grammar.is_path(host)):
+        errors.add(
+            (*path, "host"),
+            f"must be Synapse's PostgreSQL server as this minion reaches it, {grammar.KINDS['host']} (or its socket"
+            f" directory), not {host!r}",
+        )
+    errors.expect((*path, "port"), db.get("port"), "port")
+    what = "a PostgreSQL identifier (a letter or '_', then letters, digits, '_', '$' or '-'; at most 63)"
+    for key in ("name", "user"):
+        value = db.get(key)
+        if not (isinstance(value, str) and grammar.PG_IDENT.fullmatch(value)):
+            errors.add((*path, key), f"{value!r} is not Synapse's database {key}: must be {what}")
+    if db.get("sslmode") not in rules.SSL_MODES:
+        errors.add((*path, "sslmode"), f"must be one of {', '.join(rules.SSL_MODES)}, not {db.get('sslmode')!r}")
 
 
 def _validate_proxy(data, errors):

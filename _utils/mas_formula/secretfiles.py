@@ -191,6 +191,10 @@ def wanted(kind, value, pillar_key=None, source=None, pepper=None):
             )
         # syn2mas compares the v1 secret_file untrimmed: no trailing newline.
         return str(value).encode()
+    if kind == "synapse_config":
+        raise CommandExecutionError(
+            f"the Synapse config for syn2mas is built from pillar by mas_secret ({pillar_key} and the map)"
+        )
     if kind == "pillar":
         if value is None:
             raise CommandExecutionError(f"the pillar key {pillar_key} is not set")

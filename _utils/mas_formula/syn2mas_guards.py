@@ -5,6 +5,13 @@ databases. The ``mas_syn2mas`` module passes what comes from Salt: the
 runtime's problem, the databases' connection data and the secrets to scrub,
 and, where a database is read on some paths only (the guards run on every
 ``state.apply mas``), a callable that reads it.
+
+On several hosts (``mas:roles``) the phase is the MAS minion's: a Synapse
+minion without MAS keeps no marker and goes by what ``mas.orch.delegate``
+passes from the MAS minion (``mas:syn2mas:mas_phase`` and ``mas_rollback``:
+:func:`marker_for`, :func:`given_rollback`), and a MAS minion without Synapse
+cannot see the drop-in, so it counts what a rollback would break from the
+recorded migration on (:func:`rollback_target`).
 """
 
 import datetime
@@ -99,6 +106,39 @@ def run_problems(mas, opts, files, runtime_problem):
 # --------------------------------------------------------------------------
 
 
+def marker_for(mas, opts):
+    """The phase marker the guards go by: this minion's own (``syn2mas_marker.read_marker``), or on a minion
+    without MAS (``mas:roles``) the MAS minion's phase as ``mas.orch.delegate`` passes it
+    (``mas:syn2mas:mas_phase``; the operator's word otherwise): no marker of its own is read there. None when no
+    migration is recorded (or none was given)."""
+    if mas["role"]["mas"]:
+        return syn2mas_marker.read_marker(mas)
+    given = opts.get("mas_phase")
+    if given in (None, "none"):
+        return None
+    return {"phase": given, "given": True}
+
+
+def lockout_where(mas, opts):
+    """Where the lock-out guard looked for a recorded migration (the words of its refusal)."""
+    if mas["role"]["mas"]:
+        return "this minion"
+    if opts.get("mas_phase") == "none":
+        return "the MAS minion (mas:syn2mas:mas_phase: none)"
+    return (
+        "this Synapse minion, whose phase is the MAS minion's (`salt-run state.orchestrate mas.orch.delegate` passes"
+        " it as mas:syn2mas:mas_phase)"
+    )
+
+
+def phase_words(marker):
+    """``syn2mas phase <phase>``, saying where it comes from when the MAS minion gave it."""
+    phase = syn2mas_marker.phase_of(marker)
+    if (marker or {}).get("given"):
+        return f"the MAS minion's syn2mas phase {phase} (mas:syn2mas:mas_phase)"
+    return f"syn2mas phase {phase}"
+
+
 def probe_login_users(conf, opts, files, secrets):
     """Synapse's users who can log in (``syn2mas_db.login_users``) and the database's label; raises
     :class:`syn2mas_db.Unreachable` when the database cannot be found or read."""
@@ -106,15 +146,17 @@ def probe_login_users(conf, opts, files, secrets):
     return syn2mas_db.login_users(database, secrets), database["label"]
 
 
-def lockout(opts, marker, probe):
+def lockout(opts, marker, probe, where="this minion"):
     """The lock-out guard's verdict: ``(ok, message, probe)``; the last is what was found in Synapse (None when
     the recorded phase decided). ``probe()`` reads Synapse's database (:func:`probe_login_users`): only asked
-    when no migration is recorded."""
+    when no migration is recorded (on ``where``)."""
     phase = syn2mas_marker.phase_of(marker)
     fresh_again = phase == "rolled_back" and (marker or {}).get("migration") == "none"
     if marker is not None and not fresh_again:
         if phase in syn2mas_marker.MIGRATED_PHASES + ("delegated",):
-            return True, f"Synapse's users are in MAS (syn2mas phase {phase})", None
+            return True, f"Synapse's users are in MAS ({phase_words(marker)})", None
+        if marker.get("given"):
+            return False, f"{phase_words(marker)}: {NOT_DELEGABLE[phase]} (on the MAS minion)", None
         return False, NOT_DELEGABLE[phase], None
     try:
         users, label = probe()
@@ -136,7 +178,7 @@ def lockout(opts, marker, probe):
             False,
             f"Synapse's {label} holds {users['total']} users who log in with a password ({users['with_password']}) "
             f"or through an upstream provider ({users['with_external_id']}), and no syn2mas migration is recorded on "
-            "this minion: delegating to MAS now would lock every one of them out (MAS does not know them). "
+            f"{where}: delegating to MAS now would lock every one of them out (MAS does not know them). "
             f"{MIGRATE_FIRST}. Migrated them outside the formula? `salt-call mas_syn2mas.verify record=True` "
             "records it once MAS holds them all",
             {"login_users": users, "database": label},
@@ -154,9 +196,20 @@ def lockout(opts, marker, probe):
 
 
 def rollback_target(mas, marker):
-    """``(delegated, since)``: whether Synapse delegates (recorded or on disk) and since when MAS is authoritative."""
+    """``(delegated, since)``: whether Synapse delegates (recorded or on disk) and since when MAS is authoritative.
+
+    A MAS minion without Synapse (``mas:roles``) cannot see the drop-in: it counts from the recorded migration on
+    (verified or delegated), or from ever when none is recorded (a homeserver that needed none)."""
     dropin = os.path.exists(syn2mas_marker.dropin(mas))
     phase = syn2mas_marker.phase_of(marker)
+    if mas["role"]["mas"] and not mas["role"]["synapse"]:
+        if marker is None:
+            return True, None
+        if phase == "delegated" and marker.get("migration") == "none":
+            return True, None
+        if phase in syn2mas_marker.MIGRATED_PHASES + ("delegated",):
+            return True, marker.get("finished_at")
+        return False, None
     if marker is not None and phase == "delegated":
         since = None if marker.get("migration") == "none" else marker.get("finished_at")
         return dropin, since
@@ -208,6 +261,23 @@ def rollback(mas, opts, marker, created_since):
             True, phase, f"rollback forced (mas:syn2mas:force_rollback): {message}", warnings=[message], counts=counts
         )
     return result(True, phase, f"{why}: MAS holds no user or session created {when}; nothing breaks", counts=counts)
+
+
+def given_rollback(mas, opts, verdict):
+    """The rollback guard's result on a Synapse minion without MAS from the MAS minion's verdict
+    (``mas:syn2mas:mas_rollback``, as ``mas.orch.delegate`` passes it): its refusal stands unless this minion's
+    ``mas:syn2mas:force_rollback``."""
+    result = syn2mas_output.result
+    phase = syn2mas_marker.phase_of(marker_for(mas, opts))
+    minion = f" ({verdict['minion']})" if verdict.get("minion") else ""
+    said = "; ".join([verdict.get("comment") or "", *(verdict.get("errors") or [])]).strip("; ")
+    message = f"the MAS minion{minion} says (mas:syn2mas:mas_rollback): {said}"
+    counts = verdict.get("counts") or {}
+    if verdict["result"]:
+        return result(True, phase, message, warnings=list(verdict.get("warnings") or []), counts=counts)
+    if opts["force_rollback"]:
+        return result(True, phase, f"rollback forced (mas:syn2mas:force_rollback): {message}", warnings=[message])
+    return result(False, phase, "rollback refused", errors=[message], counts=counts)
 
 
 # --------------------------------------------------------------------------

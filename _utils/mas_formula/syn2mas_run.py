@@ -1,5 +1,10 @@
 """The machinery of a syn2mas run: ``mas-cli syn2mas`` run and told, the check, a dry run, the real migration step by step (preflight, check, backup check, stop, backup, migrate, verify, start) under the phase marker's lock, and where Synapse stands after each outcome.
 
+On a MAS minion without Synapse (``mas:roles``) the run never stops or starts
+Synapse: it runs on its own minion, where ``mas.orch.migrate`` stops it before
+the run and starts it again after a failure; here it is only probed over HTTP
+(:func:`synapse_elsewhere`), and a real run is refused while it answers.
+
 Helpers get no Salt dunders. What a run asks of the minion comes in a
 :class:`Host` the ``mas_syn2mas`` module builds from ``__salt__``
 (``service.status``/``stop``/``start``, ``cmd.run_all``) and the formula's
@@ -68,6 +73,21 @@ def synapse_url(mas):
 def mas_url(mas):
     """Where MAS answers when it runs (its health check)."""
     return mas["api"]["health_url"]
+
+
+def synapse_elsewhere(mas):
+    """True on a MAS minion without Synapse (``mas:roles``): Synapse is stopped and started on its own minion
+    (``mas.orch.migrate`` does it there); a run here only probes it over HTTP (``mas:synapse:endpoint``)."""
+    return not mas["role"]["synapse"]
+
+
+def _on_its_minion(mas):
+    """The words for a Synapse on another minion: where it runs, and how it is started there."""
+    name = mas["synapse"]["service"]
+    return (
+        f"it runs on another minion (mas:roles here: {', '.join(mas['roles'])}): `salt <its minion> service.start "
+        f"{name}` starts it there (salt-run state.orchestrate mas.orch.migrate does after a failure)"
+    )
 
 
 def argv(mas, opts, files, action, dry_run=False):
@@ -173,7 +193,12 @@ def verification(ctx):
 def unstoppable(mas, opts, synapse_up, mas_up):
     """Synapse or MAS answering that a real run would not stop: refused before anything runs or stops."""
     problems = []
-    if synapse_up and not opts["stop_services"]:
+    if synapse_up and synapse_elsewhere(mas):
+        problems.append(
+            f"Synapse answers at {synapse_url(mas)} and runs on another minion (mas:roles here: "
+            f"{', '.join(mas['roles'])}): stop it there first (salt-run state.orchestrate mas.orch.migrate does)"
+        )
+    elif synapse_up and not opts["stop_services"]:
         problems.append(
             f"Synapse answers at {synapse_url(mas)}: stop it yourself first (mas:syn2mas:stop_services is false)"
         )
@@ -193,7 +218,9 @@ def stop(host, mas, opts):
     stopped, problems = [], []
     if not opts["stop_services"]:
         return stopped, problems
-    targets = [("synapse", mas["synapse"]["service"], synapse_url(mas), "mas:synapse:service")]
+    targets = []
+    if not synapse_elsewhere(mas):  # elsewhere: stopped on its own minion before this run
+        targets.append(("synapse", mas["synapse"]["service"], synapse_url(mas), "mas:synapse:service"))
     if mas["service"]["manage"]:
         targets.append(("mas", mas["service"]["name"], mas_url(mas), "mas:service:name"))
     for kind, name, url, key in targets:
@@ -222,6 +249,8 @@ def still_answering(host, mas, opts, stopped):
     for what, url in up:
         if what.lower() in ours:
             how = "after service.stop"
+        elif what == "Synapse" and synapse_elsewhere(mas):
+            how = "(it runs on another minion: stop it there)"
         elif not opts["stop_services"]:
             how = "(mas:syn2mas:stop_services is false: stop it yourself)"
         elif what == "MAS" and not mas["service"]["manage"]:
@@ -260,6 +289,8 @@ def synapse_down(names):
 def synapse_not_running(mas):
     """The sentence saying that Synapse does not answer though this run did not stop it."""
     name = mas["synapse"]["service"]
+    if synapse_elsewhere(mas):
+        return f" Synapse does not answer at {synapse_url(mas)}: it is still authoritative; {_on_its_minion(mas)}."
     return (
         f" Synapse does not answer at {synapse_url(mas)} (this run did not stop it): it is still authoritative; "
         f"start it with `salt-call service.start {name}`."
@@ -273,6 +304,8 @@ def ensure_synapse(host, mas, opts, phase, test):
     if host.answers(url):
         return result(True, phase, f"Synapse answers at {url}", answers=True, changes={})
     down = f"Synapse does not answer at {url}"
+    if synapse_elsewhere(mas):  # never started from here
+        return result(True, phase, f"{down}: {_on_its_minion(mas)}", answers=False, changes={})
     if phase not in ("migrated", "verified", "migrated_unverified") or os.path.exists(syn2mas_marker.dropin(mas)):
         return result(True, phase, f"{down}: start it with `salt-call service.start {name}`", answers=False, changes={})
     if not opts["start_synapse_after"]:
@@ -410,9 +443,8 @@ def migrate(host, ctx):
             False, phase, "syn2mas migration refused: already migrated", errors=[syn2mas_marker.already(mas, marker)]
         )
     refusals = ctx["common"] + ctx["real"]
-    refusals += unstoppable(
-        mas, opts, not opts["stop_services"] and host.answers(synapse_url(mas)), host.answers(mas_url(mas))
-    )
+    probe_synapse = synapse_elsewhere(mas) or not opts["stop_services"]
+    refusals += unstoppable(mas, opts, probe_synapse and host.answers(synapse_url(mas)), host.answers(mas_url(mas)))
     if refusals:
         return result(False, phase, "syn2mas migration refused (nothing was run or stopped)", errors=refusals)
     with syn2mas_marker.exclusive(mas):
@@ -440,7 +472,7 @@ def _real_run(host, ctx):
         """Start the Synapse this run stopped (``asked``: also one found down, for start_synapse_after) and say
         where Synapse stands: a sentence for the comment ("" when it answers and nothing happened to it)."""
         targets = [entry for entry in stopped if entry[0] == "synapse"]
-        if not targets and asked and not host.answers(synapse_url(mas)):
+        if not targets and asked and not synapse_elsewhere(mas) and not host.answers(synapse_url(mas)):
             targets = [("synapse", mas["synapse"]["service"])]
         if targets:
             services["started"], services["down"] = steps.run(

@@ -40,7 +40,8 @@ def run(mas, tplroot):
             # change with it and MAS restarts once, on the new binary
             watch.append({"mas": "mas-install-binary-mas-release_extracted"})
         for secret in mas["secret_files"]:
-            watch.append({"mas_secret": f"mas-secrets-file-mas_secret-present-{secret['name']}"})
+            if secret["mas_reads"]:
+                watch.append({"mas_secret": f"mas-secrets-file-mas_secret-present-{secret['name']}"})
         states["mas-service-running-service-running"] = state(
             "service.running", name=service["name"], enable=True, require=require, watch=watch
         )

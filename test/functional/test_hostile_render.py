@@ -21,12 +21,13 @@ import yaml
 
 from formula_modules import DEFAULTS
 from pillars import deep_update
-from saltrun import REPO_ROOT
+from saltrun import RENDERED_ON_A_MASTER, REPO_ROOT
 
 SLS = {
     ".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".init"): "salt://"
     + str(p.relative_to(REPO_ROOT))
     for p in sorted((REPO_ROOT / "mas").rglob("*.sls"))
+    if str(p.relative_to(REPO_ROOT)) not in RENDERED_ON_A_MASTER
 }
 
 TAIL = "'\"\n\nmas-injected:\n  cmd.run:\n    - name: touch pwned\n# {{ 7 * 7 }} {% if 1 %}x{% endif %} ; : -- [a] {b}"

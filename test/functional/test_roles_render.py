@@ -23,6 +23,7 @@ SPLIT = {
     },
     "proxy": {"roles": ["proxy"], "proxy": {"nginx": {"mas_upstream": "http://mas.example.internal:8080"}}},
 }
+ROLE_NAMES = ("mas", "synapse", "database", "proxy")
 #: The states of each role, by the first part of their ID after mas-.
 ROLE_OF = {
     "install": "mas",
@@ -78,33 +79,52 @@ def test_the_deploy_orchestration_targets_each_role_in_dependency_order(salt_min
         salt_minion.set_pillar({"mas": deep_update(minimal_pillar, {"orch": orch} if orch else {})})
         return salt_minion.run("slsutil.renderer", "salt://mas/orch/deploy.sls", "default_renderer=jinja|yaml")
 
+    def args(body):
+        ((function, arguments),) = body.items()
+        return function, {k: v for arg in arguments for k, v in arg.items()}
+
     steps = render().data
-    assert list(steps) == [f"mas-orch-deploy-salt-state-{s}" for s in ("database", "mas", "synapse", "proxy", "doctor")]
-    args = {state_id: {k: v for arg in body["salt.state"] for k, v in arg.items()} for state_id, body in steps.items()}
-    assert [(a["tgt"], a["sls"], a["expect_minions"]) for a in args.values()] == [
-        ("I@mas:roles:database", "mas.database", False),
-        ("I@mas:roles:mas", "mas", True),
-        ("I@mas:roles:synapse", "mas.synapse", True),
-        ("I@mas:roles:proxy", "mas.proxy", False),
-        ("I@mas:roles:mas", "mas.doctor", True),
+    assert list(steps) == [
+        "mas-orch-deploy-salt-state-database",
+        "mas-orch-deploy-salt-state-mas",
+        "mas-orch-deploy-salt-runner-synapse",
+        "mas-orch-deploy-salt-state-proxy",
+        "mas-orch-deploy-salt-state-doctor",
     ]
-    assert all(a["tgt_type"] == "compound" for a in args.values())
+    found = {state_id: args(body) for state_id, body in steps.items()}
+    applied = [(f, a["tgt"], a["sls"], a["expect_minions"]) for f, a in found.values() if f == "salt.state"]
+    assert applied == [
+        ("salt.state", "I@mas:roles:database", "mas.database", False),
+        ("salt.state", "I@mas:roles:mas", "mas", True),
+        ("salt.state", "I@mas:roles:proxy", "mas.proxy", False),
+        ("salt.state", "I@mas:roles:mas", "mas.doctor", True),
+    ]
+    assert all(a["tgt_type"] == "compound" for f, a in found.values() if f == "salt.state")
+    # Synapse's side: mas.orch.delegate, nested (it asks the MAS minion for its phase when it runs), on the same targets
+    function, synapse = found["mas-orch-deploy-salt-runner-synapse"]
+    assert (function, synapse["name"], synapse["mods"]) == ("salt.runner", "state.orchestrate", "mas.orch.delegate")
+    assert synapse["pillar"] == {"mas": {"orch": {"targets": {r: f"I@mas:roles:{r}" for r in ROLE_NAMES}}}}
     previous = list(steps)[:-1]
-    assert [a.get("require") for a in args.values()] == [None] + [[{"salt": p}] for p in previous]
+    assert [a.get("require") for _, a in found.values()] == [None] + [[{"salt": p}] for p in previous]
     # by grains
     grains = render({"targets": {"mas": "G@matrix:mas", "synapse": "G@matrix:synapse and not G@os:Windows"}}).data
-    targets = [{k: v for arg in body["salt.state"] for k, v in arg.items()}["tgt"] for body in grains.values()]
-    assert targets == [
-        "I@mas:roles:database",
-        "G@matrix:mas",
-        "G@matrix:synapse and not G@os:Windows",
-        "I@mas:roles:proxy",
-        "G@matrix:mas",
-    ]
+    targets = [args(body)[1].get("tgt") for body in grains.values()]
+    assert targets == ["I@mas:roles:database", "G@matrix:mas", None, "I@mas:roles:proxy", "G@matrix:mas"]
+    nested = args(grains["mas-orch-deploy-salt-runner-synapse"])[1]["pillar"]["mas"]["orch"]["targets"]
+    assert nested["synapse"] == "G@matrix:synapse and not G@os:Windows" and nested["mas"] == "G@matrix:mas"
+    # mas:orch:migration_in_progress: passed to every step's minions
+    passed = render({"migration_in_progress": False}).data
+    for state_id, body in passed.items():
+        function, given = args(body)
+        if function == "salt.state":
+            assert given["pillar"] == {"mas": {"migration_in_progress": False}}, state_id
+        else:
+            assert given["pillar"]["mas"]["orch"]["migration_in_progress"] is False
     for bad, message in (
         ({"targets": {"web": "G@x:y"}}, "mas:orch:targets:web: not a role"),
         ({"targets": {"mas": "G@x:y; rm -rf /"}}, "mas:orch:targets:mas: must be a compound target"),
         ({"targets": ["G@x:y"]}, "mas:orch:targets must be a mapping"),
+        ({"migration_in_progress": "no"}, "mas:orch:migration_in_progress must be true or false"),
     ):
         res = render(bad)
         assert res.returncode != 0 and message in res.output, res.output

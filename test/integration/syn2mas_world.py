@@ -18,6 +18,7 @@ it through the very same functions (:class:`SynapseService`).
 import importlib.util
 import json
 import stat
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -189,8 +190,9 @@ def world_fixture(label):
 _TEMPLATES: dict[int, tuple[str, dict]] = {}
 
 
-def build_world(synapse_factory, pg, root):
-    """Create, start and populate the Synapse (see the module docstring); later calls copy the first."""
+def build_world(synapse_factory, pg, root, **server):
+    """Create, start and populate the Synapse (see the module docstring); later calls copy the first. ``server``:
+    more of ``SynapseServer``'s arguments (e.g. ``host``, the address it listens on)."""
     # no pause between background update batches: a fresh database finishes them in seconds, not a minute
     extra_config = {
         "password_config": {"pepper": PEPPER},
@@ -205,11 +207,11 @@ def build_world(synapse_factory, pg, root):
                 sql.Identifier(dbname), sql.Identifier(template), sql.Identifier(SYNAPSE_DB_ROLE)
             ),
         )
-        server = synapse_factory(database=pg, extra_config=extra_config, dbname=dbname)
+        server = synapse_factory(database=pg, extra_config=extra_config, dbname=dbname, **server)
         service = SynapseService(server, pg, root)
         service.start()
     else:
-        server = synapse_factory(database=pg, extra_config=extra_config)
+        server = synapse_factory(database=pg, extra_config=extra_config, **server)
         service = SynapseService(server, pg, root)
         service.start()
         tokens = {}
@@ -358,3 +360,97 @@ def deploy(world, pg, extmods, root, dbname, **overrides):
     assert res.returncode == 0, res.output
     assert not dep.dropin.exists()
     return dep
+
+
+#: Test scaffolding, never shipped: the ``mas:binary:path`` of a deployment whose faults a test injects (:class:`Faulty`).
+#: It execs the real mas-cli (or the double); armed (a file naming the fault), it injects that fault into the next
+#: real ``syn2mas migrate`` only, then disarms itself.
+FAULT_WRAPPER = """#!/bin/sh
+armed={dir}/armed
+case " $* " in *" syn2mas "*" migrate "*)
+  case " $* " in *" --dry-run "*) ;; *)
+    if [ -f "$armed" ]; then
+      fault=$(cat "$armed")
+      rm -f "$armed"
+      case "$fault" in
+        kill)
+          # killed by SIGKILL once it waits for Synapse's snapshot (real MAS: after its first commit)
+          {python} {dir}/fault.py kill $$ >>{dir}/fault.log 2>&1 &
+          n=0
+          while [ ! -f {dir}/ready ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n + 1)); done
+          ;;
+        nologin)
+          # Synapse's database refuses syn2mas's login (role NOLOGIN) while mas-cli runs
+          {python} {dir}/fault.py nologin >>{dir}/fault.log 2>&1
+          {cli} "$@"
+          rc=$?
+          {python} {dir}/fault.py login >>{dir}/fault.log 2>&1
+          exit $rc
+          ;;
+        unverified)
+          # the migration succeeds, then a row of MAS differs from Synapse's: alice is no admin there any more
+          {cli} "$@"
+          rc=$?
+          if [ $rc -eq 0 ]; then {python} {dir}/fault.py unverified >>{dir}/fault.log 2>&1; fi
+          exit $rc
+          ;;
+      esac
+    fi ;;
+  esac ;;
+esac
+exec {cli} "$@"
+"""
+
+#: The wrapper's helper: ``kill <pid>`` holds a SERIALIZABLE transaction open on Synapse's database, so that
+#: syn2mas's ``SERIALIZABLE READ ONLY DEFERRABLE`` read waits for a safe snapshot, and SIGKILLs mas-cli once
+#: it waits; ``nologin``/``login`` flip Synapse's role; ``unverified`` takes alice's admin flag in MAS away.
+FAULT_HELPER = """import os, signal, sys, time
+import psycopg
+
+SYNAPSE, ROLE, READY, MAS = {synapse!r}, {role!r}, {ready!r}, {mas!r}
+if sys.argv[1] == "kill":
+    pid = int(sys.argv[2])
+    with psycopg.connect(SYNAPSE) as held, psycopg.connect(SYNAPSE, autocommit=True) as watch:
+        held.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
+        held.execute("SELECT 1")
+        open(READY, "w").close()
+        deadline = time.monotonic() + 120
+        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SafeSnapshot'"
+        while not watch.execute(query).fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        held.rollback()
+elif sys.argv[1] == "unverified":
+    with psycopg.connect(MAS, autocommit=True) as conn:
+        conn.execute("UPDATE users SET can_request_admin = false WHERE username = 'alice'")
+else:
+    with psycopg.connect(SYNAPSE, dbname="postgres", autocommit=True) as conn:
+        conn.execute(f'ALTER ROLE "{{ROLE}}" {{"LOGIN" if sys.argv[1] == "login" else "NOLOGIN"}}')
+"""
+
+
+class Faulty:
+    """The fault wrapper (:data:`FAULT_WRAPPER`) in ``directory``, and its switch: ``wrapper`` is the path to give as
+    ``mas:binary:path``, :meth:`helper` writes its helper once the databases are known, :meth:`arm` arms a fault
+    (``kill``, ``nologin``, ``unverified``) for the next real ``syn2mas migrate``."""
+
+    def __init__(self, directory):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.wrapper = directory / "mas-cli"
+        values = {"dir": directory, "python": sys.executable, "cli": mas_target.cli()}
+        self.wrapper.write_text(FAULT_WRAPPER.format(**values))
+        self.wrapper.chmod(0o755)
+
+    def helper(self, synapse, role=SYNAPSE_DB_ROLE, mas=None):
+        """Write the helper: ``synapse`` and ``mas`` are the databases' superuser conninfos, ``role`` Synapse's."""
+        values = {"synapse": synapse, "role": role, "ready": str(self.directory / "ready"), "mas": mas}
+        (self.directory / "fault.py").write_text(FAULT_HELPER.format(**values))
+
+    def arm(self, fault):
+        (self.directory / "ready").unlink(missing_ok=True)
+        (self.directory / "armed").write_text(fault)
+
+    @property
+    def armed(self):
+        return (self.directory / "armed").exists()

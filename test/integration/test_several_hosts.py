@@ -39,7 +39,7 @@ from harness.synapse import SynapseServer, generate_config
 from harness.util import free_port, require_root, tail, unavailable
 from mas_demo import link_formula
 from mas_double import run_server
-from pillars import TEST_RATE_LIMITS
+from pillars import TEST_RATE_LIMITS, deep_update
 
 pytestmark = pytest.mark.integration
 
@@ -68,16 +68,18 @@ def _control():
 
 
 class Supervisor:
-    """The MAS minion's own supervisor (mas:service:manage is false): starts MAS once its config.yaml is there."""
+    """The MAS minion's own supervisor (mas:service:manage is false): starts MAS once its config.yaml is there (and
+    ``ready()`` says so)."""
 
-    def __init__(self, config, log):
+    def __init__(self, config, log, ready=None):
         self.config, self.log, self.mas, self.error = config, log, None, None
+        self.ready = ready or (lambda: True)
         self._thread = threading.Thread(target=self._watch, name="mas-supervisor", daemon=True)
         self._stop = threading.Event()
         self._thread.start()
 
     def _watch(self):
-        while not self._stop.is_set() and not self.config.exists():
+        while not self._stop.is_set() and not (self.config.exists() and self.ready()):
             time.sleep(0.1)
         if self._stop.is_set():
             return
@@ -198,7 +200,7 @@ def pillars(world):
             "mas_endpoint": f"http://{mas_host}:{ports['web']}/auth/",
             "user": "root",
             "group": "root",
-            "service": SYNAPSE_SERVICE,
+            "service": world.synapse_service,
             "restart": True,
         },
         "proxy": {"nginx": {"mas_upstream": f"http://{mas_host}:{ports['web']}", "service": NGINX_SERVICE}},
@@ -230,6 +232,9 @@ def pillars(world):
     own["mas-db"]["synapse"]["registration_shared_secret"] = world.synapse.registration_shared_secret
     # MAS and its database are on one minion: the password is no secret of two hosts; given to that minion only
     own["mas-db"]["database"] = {"password": world.database_password}
+    extra = world.extra_pillar(world) if callable(world.extra_pillar) else world.extra_pillar
+    common = deep_update(common, extra.get("common", {}))
+    own = {name: deep_update(own[name], extra.get(name, {})) for name in HOSTS}
     files = {"common": {"mas": common}, **{name.replace("-", "_"): {"mas": own[name]} for name in HOSTS}}
     top = {"base": {"*": ["common"], **{name: [name.replace("-", "_")] for name in HOSTS}}}
     for name, data in files.items():
@@ -239,20 +244,54 @@ def pillars(world):
 
 @pytest.fixture(scope="module")
 def world(salt_factories):
+    require_real_mas()
+    with contextlib.ExitStack() as cleanup:  # whatever started is stopped, also when a step fails
+        w = hosts(salt_factories, cleanup)
+        w.supervisor = Supervisor(w.disk["mas-db"] / "mas" / "config" / "config.yaml", w.root / "mas.log")
+        cleanup.callback(w.supervisor.stop)
+        before = time.monotonic()
+        w.first = w.run.run("state.orchestrate", "mas.orch.deploy")
+        w.timings["first run"] = time.monotonic() - before
+        yield w
+
+
+def require_real_mas():
     require_root()
     if not mas_target.real():
         unavailable("the deployment on several hosts runs the real MAS (MAS_REAL_CLI, MAS_REAL_SHARE)")
-    with contextlib.ExitStack() as cleanup:  # whatever started is stopped, also when a step fails
-        yield from _world(salt_factories, cleanup)
 
 
-def _world(salt_factories, cleanup):
+def plain_synapse(w):
+    """A new Synapse on the Synapse minion's address, run as a service the formula restarts: ``(server, spec file,
+    spec, service name)``."""
+    synapse = SynapseServer(
+        w.disk["synapse"] / "matrix-synapse",
+        template_dir=generate_config(w.root / "synapse-template", "example.com").parent,
+        host=HOSTS["synapse"],
+    )
+    spec_path, spec = w.start_service(
+        SYNAPSE_SERVICE,
+        [sys.executable, "-m", "synapse.app.homeserver", *synapse.config_args()],
+        f"{synapse.base_url}/_matrix/client/versions",
+        synapse.workdir,
+        w.disk["synapse"] / "bin",
+    )
+    return synapse, spec_path, spec, SYNAPSE_SERVICE
+
+
+def hosts(salt_factories, cleanup, synapse=plain_synapse, extra_pillar=None, master_overrides=None):
+    """The three hosts, their services, the master and its minions, synced, the pillar written; nothing applied.
+
+    ``synapse(world)`` starts the Synapse the Synapse minion holds (:func:`plain_synapse` by default);
+    ``extra_pillar`` (``{"common"|<minion>: {...}}``, or a function of the world giving it) is merged into the
+    pillar files; ``master_overrides`` into the master's configuration."""
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mas-hosts-"))
     cleanup.callback(shutil.rmtree, root, ignore_errors=True)
     w = World(root)
     cleanup.callback(w.stop)
     w.timings = {}
+    w.extra_pillar = extra_pillar or {}
     w.ports = {"web": free_port(HOSTS["mas-db"]), "internal": free_port(HOSTS["mas-db"])}
     w.database_password = secrets.token_urlsafe(24)
     # PostgreSQL on the MAS minion's address; MAS's role must log in with its password (the served one)
@@ -262,19 +301,8 @@ def _world(salt_factories, cleanup):
     w.pg.require_password("mas")
     # Synapse on its own address, run as a service the formula restarts
     synapse_bin = w.disk["synapse"] / "bin"
-    w.synapse = SynapseServer(
-        w.disk["synapse"] / "matrix-synapse",
-        template_dir=generate_config(root / "synapse-template", "example.com").parent,
-        host=HOSTS["synapse"],
-    )
-    synapse_spec_path, w.synapse_spec = w.start_service(
-        SYNAPSE_SERVICE,
-        [sys.executable, "-m", "synapse.app.homeserver", *w.synapse.config_args()],
-        f"{w.synapse.base_url}/_matrix/client/versions",
-        w.synapse.workdir,
-        synapse_bin,
-    )
-    synapse_env = service_standin.install(synapse_bin, {SYNAPSE_SERVICE: synapse_spec_path})
+    w.synapse, synapse_spec_path, w.synapse_spec, w.synapse_service = synapse(w)
+    synapse_env = service_standin.install(synapse_bin, {w.synapse_service: synapse_spec_path})
     # nginx on the proxy's address: the formula's snippets, then Synapse; `nginx -t` and the reload are its own
     from harness.nginx import NginxServer  # pylint: disable=import-outside-toplevel
 
@@ -317,6 +345,7 @@ def _world(salt_factories, cleanup):
             "file_roots": {"base": [str(formula)]},
             "pillar_roots": {"base": [str(w.pillar_dir)]},
             "ext_pillar": [{"mas_secrets": {"store": str(w.store)}}],
+            **(master_overrides or {}),
         },
     )
     envs = {"mas-db": {}, "synapse": synapse_env, "proxy": proxy_env}
@@ -346,22 +375,24 @@ def _world(salt_factories, cleanup):
         res = salt.run(*call, minion_tgt="*")
         assert res.returncode == 0 and sorted(res.data) == sorted(HOSTS), res
     w.timings["sync"] = time.monotonic() - before
-    w.supervisor = Supervisor(w.disk["mas-db"] / "mas" / "config" / "config.yaml", root / "mas.log")
-    cleanup.callback(w.supervisor.stop)
-    before = time.monotonic()
-    w.first = w.run.run("state.orchestrate", "mas.orch.deploy")
-    w.timings["first run"] = time.monotonic() - before
-    yield w
+    return w
 
 
 def failures(res):
     """What failed in an orchestration, as ``step: minion: state id: comment`` lines (or its raw output)."""
     if not isinstance(res.data, dict):
         return str(res)
+    return "\n".join(_failures(steps(res)))
+
+
+def _failures(ran):
     lines = []
-    for step, ret in steps(res).items():
+    for step, ret in ran.items():
         if ret["result"] is not True:
             lines.append(f"{step}: {ret['comment']}")
+        if "return" in (ret.get("changes") or {}):  # a nested orchestration
+            lines += [f"{step}: {line}" for line in _failures(nested_steps(ret))]
+            continue
         for minion, states in (ret.get("changes") or {}).get("ret", {}).items():
             if not isinstance(states, dict):
                 lines.append(f"{step}: {minion}: {states}")
@@ -369,15 +400,34 @@ def failures(res):
             for state in states.values():
                 if isinstance(state, dict) and state.get("result") is False:
                     lines.append(f"{step}: {minion}: {state['__id__']}: {state['comment']}")
-    return "\n".join(lines)
+    return lines
 
 
 def steps(res):
-    """The orchestration's salt.state steps by ID, in the order they ran."""
-    data = res.data.get("data", res.data)
+    """The orchestration's steps by ID, in the order they ran."""
+    return _ordered(res.data.get("data", res.data))
+
+
+def nested_steps(step):
+    """The steps of a nested orchestration (a ``salt.runner state.orchestrate`` step), by ID."""
+    returned = step["changes"]["return"]
+    data = returned.get("data", returned) if isinstance(returned, dict) else returned
+    return _ordered(data)
+
+
+def _ordered(data):
     ((_, states),) = data.items()
+    if not isinstance(states, dict):  # the orchestration did not render: its errors
+        raise AssertionError(states)
     ordered = sorted(states.values(), key=lambda s: s["__run_num__"])
     return {s["__id__"]: s for s in ordered}
+
+
+def changed_minions(step):
+    """The minions a step changed something on (a nested orchestration's: all of its steps')."""
+    if "return" in (step.get("changes") or {}):
+        return sorted({m for s in nested_steps(step).values() for m in changed_minions(s)})
+    return sorted(step["changes"].get("ret", step["changes"]))
 
 
 def test_deploy_applies_the_roles_in_dependency_order(world):
@@ -395,13 +445,23 @@ def test_deploy_applies_the_roles_in_dependency_order(world):
     )
     ran = steps(res)
     assert list(ran) == [
-        f"mas-orch-deploy-salt-state-{step}" for step in ("database", "mas", "synapse", "proxy", "doctor")
+        "mas-orch-deploy-salt-state-database",
+        "mas-orch-deploy-salt-state-mas",
+        "mas-orch-deploy-salt-runner-synapse",
+        "mas-orch-deploy-salt-state-proxy",
+        "mas-orch-deploy-salt-state-doctor",
     ]
     assert all(s["result"] is True for s in ran.values())
-    # each role on its minions only
-    changed = {step.rsplit("-", 1)[1]: sorted(s["changes"].get("ret", s["changes"])) for step, s in ran.items()}
+    # each role on its minions only; Synapse's side is mas.orch.delegate, nested: mas.synapse on the Synapse minion
+    # with the MAS minion's phase (none recorded: a new homeserver), then the MAS minion's record (nothing to record)
+    changed = {step.rsplit("-", 1)[1]: changed_minions(s) for step, s in ran.items()}
     assert changed["database"] == ["mas-db"] and changed["mas"] == ["mas-db"]
     assert changed["synapse"] == ["synapse"] and changed["proxy"] == ["proxy"]
+    delegation = nested_steps(ran["mas-orch-deploy-salt-runner-synapse"])
+    assert list(delegation) == ["mas-orch-delegate-salt-state-synapse", "mas-orch-delegate-salt-state-delegation"]
+    guard = delegation["mas-orch-delegate-salt-state-synapse"]["changes"]["ret"]["synapse"]
+    guard = next(s for s in guard.values() if s["__id__"] == "mas-synapse-file-mas_syn2mas-safe_to_delegate")
+    assert guard["result"] is True and "no Synapse user to lock out" in guard["comment"], guard
     # the formula restarted Synapse and reloaded nginx, through their services on their own minions
     assert events(world.synapse_spec) == [("restart", SYNAPSE_SERVICE, "ok")]
     assert events(world.nginx_spec) == [("restart", NGINX_SERVICE, "ok")]
@@ -427,10 +487,8 @@ def test_each_minion_gets_only_its_files(world):
     assert synapse_own == {
         "matrix-synapse/conf.d/matrix-authentication-service.yaml",
         "mas/synapse/homeserver_secret",
-        # the formula's records on that minion: which secret files it wrote, the syn2mas phase (and its lock)
+        # the formula's record on that minion: which secret files it wrote (the syn2mas phase is the MAS minion's)
         "mas/formula/secrets.json",
-        "mas/formula/syn2mas.json",
-        "mas/formula/syn2mas.lock",
     }, sorted(synapse_files)
     proxy_files = files_under(disk["proxy"], skip={disk["proxy"] / "bin", disk["proxy"] / "nginx-run"})
     assert proxy_files == {"nginx/snippets/matrix-authentication-service.conf"}
@@ -496,11 +554,19 @@ def test_a_second_run_changes_nothing(world):
     world.timings["second run"] = time.monotonic() - before
     assert again.returncode == 0, failures(again)
     ran = steps(again)
+    ran.update(nested_steps(ran.pop("mas-orch-deploy-salt-runner-synapse")))
     assert {step: s["changes"] for step, s in ran.items()} == {step: {} for step in ran}
     assert all(s["result"] is True for s in ran.values())
-    where = {"database": "mas-db", "mas": "mas-db", "synapse": "synapse", "proxy": "proxy", "doctor": "mas-db"}
+    where = {
+        "mas-orch-deploy-salt-state-database": "mas-db",
+        "mas-orch-deploy-salt-state-mas": "mas-db",
+        "mas-orch-delegate-salt-state-synapse": "synapse",
+        "mas-orch-delegate-salt-state-delegation": "mas-db",
+        "mas-orch-deploy-salt-state-proxy": "proxy",
+        "mas-orch-deploy-salt-state-doctor": "mas-db",
+    }
     for step, minion in where.items():
-        assert f"No changes made to {minion}." in ran[f"mas-orch-deploy-salt-state-{step}"]["comment"], ran
+        assert f"No changes made to {minion}." in ran[step]["comment"], ran
     assert events(world.synapse_spec) == [("restart", SYNAPSE_SERVICE, "ok")]  # not restarted again
     assert events(world.nginx_spec) == [("restart", NGINX_SERVICE, "ok")]
     print("timings:", {k: round(v, 1) for k, v in world.timings.items()})

@@ -17,7 +17,6 @@ again otherwise (Synapse itself writes bookkeeping rows when it starts, e.g.
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from harness.postgres import PostgresCluster
 from harness.synapse import SYNAPSE_DB_ROLE
 from harness.util import unavailable
 from mas_double import run_server
-from syn2mas_world import PASSWORD, SUBJECT, USERS, deploy, harness_service, world_fixture
+from syn2mas_world import PASSWORD, SUBJECT, USERS, Faulty, deploy, harness_service, world_fixture
 
 pytestmark = pytest.mark.integration
 
@@ -52,91 +51,14 @@ def deployment(world, pg, salt_extmods, tmp_path, request):
     yield from _deployment(world, pg, salt_extmods, tmp_path, request)
 
 
-#: Test scaffolding, never shipped: ``mas:binary:path`` of the ``faulty`` deployment. It execs the real
-#: mas-cli (or the double); armed (a file naming the fault), it injects that fault into the next real
-#: ``syn2mas migrate`` only, then disarms itself.
-FAULT_WRAPPER = """#!/bin/sh
-armed={dir}/armed
-case " $* " in *" syn2mas "*" migrate "*)
-  case " $* " in *" --dry-run "*) ;; *)
-    if [ -f "$armed" ]; then
-      fault=$(cat "$armed")
-      rm -f "$armed"
-      case "$fault" in
-        kill)
-          # killed by SIGKILL once it waits for Synapse's snapshot (real MAS: after its first commit)
-          {python} {dir}/fault.py kill $$ >>{dir}/fault.log 2>&1 &
-          n=0
-          while [ ! -f {dir}/ready ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n + 1)); done
-          ;;
-        nologin)
-          # Synapse's database refuses syn2mas's login (role NOLOGIN) while mas-cli runs
-          {python} {dir}/fault.py nologin >>{dir}/fault.log 2>&1
-          {cli} "$@"
-          rc=$?
-          {python} {dir}/fault.py login >>{dir}/fault.log 2>&1
-          exit $rc
-          ;;
-      esac
-    fi ;;
-  esac ;;
-esac
-exec {cli} "$@"
-"""
-
-#: The wrapper's helper: ``kill <pid>`` holds a SERIALIZABLE transaction open on Synapse's database, so that
-#: syn2mas's ``SERIALIZABLE READ ONLY DEFERRABLE`` read waits for a safe snapshot, and SIGKILLs mas-cli once
-#: it waits; ``nologin``/``login`` flip Synapse's role.
-FAULT_HELPER = """import os, signal, sys, time
-import psycopg
-
-SYNAPSE, ROLE, READY = {synapse!r}, {role!r}, {ready!r}
-if sys.argv[1] == "kill":
-    pid = int(sys.argv[2])
-    with psycopg.connect(SYNAPSE) as held, psycopg.connect(SYNAPSE, autocommit=True) as watch:
-        held.isolation_level = psycopg.IsolationLevel.SERIALIZABLE
-        held.execute("SELECT 1")
-        open(READY, "w").close()
-        deadline = time.monotonic() + 120
-        query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SafeSnapshot'"
-        while not watch.execute(query).fetchone()[0] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-        held.rollback()
-else:
-    with psycopg.connect(SYNAPSE, dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'ALTER ROLE "{{ROLE}}" {{"LOGIN" if sys.argv[1] == "login" else "NOLOGIN"}}')
-"""
-
-
-class Faulty:
-    """The fault wrapper's switch."""
-
-    def __init__(self, directory):
-        self.directory = directory
-
-    def arm(self, fault):
-        (self.directory / "ready").unlink(missing_ok=True)
-        (self.directory / "armed").write_text(fault)
-
-    @property
-    def armed(self):
-        return (self.directory / "armed").exists()
-
-
 @pytest.fixture
 def faulty(world, pg, salt_extmods, tmp_path, request):
-    """A deployment whose mas-cli is the fault wrapper around the real mas-cli (or the double)."""
-    directory = tmp_path / "fault"
-    directory.mkdir()
-    values = {"dir": directory, "python": sys.executable, "cli": mas_target.cli()}
-    wrapper = directory / "mas-cli"
-    wrapper.write_text(FAULT_WRAPPER.format(**values))
-    wrapper.chmod(0o755)
-    helper = {"synapse": world.service.conninfo, "role": SYNAPSE_DB_ROLE, "ready": str(directory / "ready")}
-    (directory / "fault.py").write_text(FAULT_HELPER.format(**helper))
-    for dep in _deployment(world, pg, salt_extmods, tmp_path, request, binary={"path": str(wrapper)}):
-        dep.fault = Faulty(directory)
+    """A deployment whose mas-cli is the fault wrapper (``syn2mas_world.Faulty``) around the real mas-cli (or the
+    double)."""
+    fault = Faulty(tmp_path / "fault")
+    fault.helper(synapse=world.service.conninfo, role=SYNAPSE_DB_ROLE)
+    for dep in _deployment(world, pg, salt_extmods, tmp_path, request, binary={"path": str(fault.wrapper)}):
+        dep.fault = fault
         yield dep
 
 

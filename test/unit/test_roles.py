@@ -8,6 +8,7 @@ import stat
 import threading
 
 import pytest
+import yaml
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from formula_modules import MODULES, configure_loader_modules, mapdata  # noqa: F401 (the loader fixture)
@@ -305,3 +306,150 @@ def test_ext_pillar_generates_once_even_when_minions_compile_at_once(tmp_path):
         thread.join()
     assert len(values) == 8 and len(set(values)) == 1
     assert secretfiles.temporaries(str(tmp_path / "store" / "example.com")) == []
+
+
+# ------------------------------------------- Synapse's config for syn2mas on a MAS minion without Synapse
+
+SYNAPSE_DB = {"host": "db.example.internal", "port": 5433, "name": "synapse", "user": "synapse_user"}
+SYNAPSE_DB_PASSWORD = "Synapse-Db-Password-4711"
+PROVIDERS = [
+    {
+        "id": "01HFVBY12TMNTYTBV8W921M5FA",
+        "synapse_idp_id": "oidc-keycloak",
+        "issuer": "https://keycloak.example.com/realms/matrix/",
+        "client_id": "mas",
+        "client_secret": "Client-Secret-0001",
+        "token_endpoint_auth_method": "client_secret_post",
+        "scope": "openid",
+    },
+    {
+        "id": "01HFVBY12TMNTYTBV8W921M5FB",
+        "synapse_idp_id": "oidc",
+        "issuer": "https://legacy.example.com/",
+        "client_id": "mas2",
+        "token_endpoint_auth_method": "none",
+        "scope": "openid",
+    },
+    {
+        "id": "01HFVBY12TMNTYTBV8W921M5FC",
+        "issuer": "https://new.example.com/",
+        "client_id": "n",
+        "token_endpoint_auth_method": "none",
+        "scope": "openid",
+    },
+]
+
+
+def mas_with_synapse_database(**overrides):
+    return deep_update(
+        MAS_ALONE,
+        deep_update(
+            {
+                "roles": ["mas", "database"],
+                "synapse": {"database": dict(SYNAPSE_DB, password=SYNAPSE_DB_PASSWORD)},
+                "upstream_oauth2_providers": PROVIDERS,
+            },
+            overrides,
+        ),
+    )
+
+
+def test_a_mas_minion_without_synapse_writes_synapses_config_for_syn2mas_from_pillar():
+    pillar = mas_with_synapse_database()
+    mas = mapdata(**pillar)
+    path = mas["paths"]["synapse_syn2mas_config"]
+    assert path == "/srv/mas/config/secrets/synapse-syn2mas.yaml"
+    (entry,) = [e for e in mas["secret_files"] if e["name"] == "synapse_config"]
+    assert (entry["path"], entry["kind"], entry["pillar_key"], entry["mode"]) == (
+        path,
+        "synapse_config",
+        "mas:synapse:database",
+        "0600",
+    )
+    assert entry["mas_reads"] is False  # syn2mas's, not MAS's: a change does not restart MAS
+    # what syn2mas, the preflight, the backup and the verification read there
+    assert mas["syn2mas"]["synapse_config_files"] == [path]
+    assert mas["synapse"]["database_set"] is True and "password" not in mas["synapse"]["database"]
+    assert SYNAPSE_DB_PASSWORD not in str(mas)
+    # the operator's own files win; beside Synapse (its files are there) or without the database: not written
+    assert mapdata(**deep_update(pillar, {"syn2mas": {"synapse_config_files": ["/x.yaml"]}}))["syn2mas"][
+        "synapse_config_files"
+    ] == ["/x.yaml"]
+    for other in (
+        mapdata(**deep_update(pillar, {"roles": ["mas", "synapse"]})),
+        mapdata(roles=["mas"], **MAS_ALONE),
+    ):
+        assert "synapse_config" not in [e["name"] for e in other["secret_files"]]
+        assert other["syn2mas"]["synapse_config_files"] == []
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        ({"host": "db.example.internal"}, "mas:synapse:database:name: '' is not Synapse's database name"),
+        ({"name": "synapse", "user": "s"}, "mas:synapse:database:host: must be Synapse's PostgreSQL server"),
+        (dict(SYNAPSE_DB, user="bad user"), "mas:synapse:database:user: 'bad user' is not Synapse's database user"),
+        (dict(SYNAPSE_DB, sslmode="maybe"), "mas:synapse:database:sslmode: must be one of disable, allow, prefer"),
+        (dict(SYNAPSE_DB, port="x"), "mas:synapse:database:port:"),
+        (dict(SYNAPSE_DB, dbname="synapse"), "mas:synapse:database:dbname: unknown key"),
+        (dict(SYNAPSE_DB, password="a\nb"), "mas:synapse:database:password: must not contain control characters"),
+        ("postgresql://synapse@db/synapse", "mas:synapse:database: must be a mapping of host, port, name, user"),
+    ],
+)
+def test_synapses_database_is_refused_naming_the_key(database, message):
+    assert message in refusals(roles=["mas"], **deep_update(MAS_ALONE, {"synapse": {"database": database}}))
+
+
+def test_the_config_for_syn2mas_holds_what_syn2mas_reads_and_is_a_secret_file(tmp_path, pillar):
+    pillar["mas"] = mas_with_synapse_database(
+        enabled=True,
+        server_name="example.com",
+        base_path=str(tmp_path / "mas"),
+        synapse={"pepper": "Pepper-0002", "extra_config": {"allow_guest_access": False, "enable_registration": True}},
+    )
+    mas = MODULES["mas"].mapdata()
+    secrets_dir = tmp_path / "mas" / "config" / "secrets"
+    secrets_dir.mkdir(parents=True)
+    (entry,) = [e for e in mas["secret_files"] if e["name"] == "synapse_config"]
+    args = {k: entry[k] for k in ("kind", "pillar_key", "user", "group", "mode", "owner")}
+    args.update(user="root", group="root")
+    write, status = MODULES["mas_secret"].write, MODULES["mas_secret"].status
+    assert write(entry["path"], **args)["action"] == "create"
+    path = secrets_dir / "synapse-syn2mas.yaml"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert text.startswith("# Synapse's settings for syn2mas on this MAS minion (Synapse runs on another one)")
+    assert yaml.safe_load(text) == {
+        "server_name": "example.com",
+        "database": {
+            "name": "psycopg2",
+            "args": {
+                "host": "db.example.internal",
+                "port": 5433,
+                "dbname": "synapse",
+                "user": "synapse_user",
+                "password": SYNAPSE_DB_PASSWORD,
+                "sslmode": "prefer",
+            },
+        },
+        "password_config": {"pepper": "Pepper-0002"},
+        # Synapse's providers as its user_external_ids name them (oidc-<idp_id>, oidc): the ones MAS maps
+        "oidc_providers": [
+            {"idp_id": "keycloak", "issuer": "https://keycloak.example.com/realms/matrix/", "client_id": "mas"},
+            {"idp_id": "oidc", "issuer": "https://legacy.example.com/", "client_id": "mas2"},
+        ],
+        "allow_guest_access": False,
+        "enable_registration": True,
+    }
+    # the same pillar, the same bytes; a new password rewrites it; the state never shows the content
+    assert status(entry["path"], **args)["action"] == "none"
+    pillar["mas"]["synapse"]["database"]["password"] = "Another-Password-0003"
+    assert status(entry["path"], **args) == {"action": "update", "reason": "from pillar"}
+    write(entry["path"], **args)
+    assert "Another-Password-0003" in path.read_text()
+    # it is the formula's own file (in its secrets directory), never refused as foreign
+    assert MODULES["mas"].foreign_files(MODULES["mas"].mapdata()) == []
+    # Synapse's own providers in extra_config are kept as given
+    pillar["mas"]["synapse"]["extra_config"] = {"oidc_providers": [{"idp_id": "own", "issuer": "https://own/"}]}
+    write(entry["path"], **args)
+    assert yaml.safe_load(path.read_text())["oidc_providers"] == [{"idp_id": "own", "issuer": "https://own/"}]
