@@ -604,7 +604,7 @@ def _real_run(host, ctx):
         phase,
         finished_at=last["at"],
         last_run=last,
-        verification=dict(verified_by, at=syn2mas_marker.utc_now()),
+        verification=dict(verified_by, at=syn2mas_marker.utc_now(), result=verified),
     )
     if not verified:
         after = synapse_after()

@@ -10,7 +10,7 @@ The provider serves discovery at ``<issuer>/.well-known/openid-configuration``,
 its login and consent pages (oidc-provider's development interactions: any
 password is accepted, the login name is the account and its subject), the token, userinfo
 and JWKS endpoints. Its certificate comes from a :class:`harness.testca.TestCA`
-(MAS refuses a self-signed certificate as a server's own), for ``127.0.0.1``.
+(MAS refuses a self-signed certificate as a server's own), for its address (``127.0.0.1`` unless told another).
 """
 
 from __future__ import annotations
@@ -54,25 +54,29 @@ class OidcProvider:
             ``token_endpoint_auth_method``, ``redirect_uris``).
         accounts: ``{login: {preferred_username, name, email}}``; the login name is the
             account's subject (``sub``), as oidc-provider's development login makes it.
+        host: the loopback address it listens on and names in its issuer (another address stands
+            for another host).
 
-    Attributes: ``issuer`` (``https://127.0.0.1:<port>``, no trailing slash, as
+    Attributes: ``issuer`` (``https://<host>:<port>``, no trailing slash, as
     the provider advertises it), ``port``, ``log_path``.
     """
 
-    def __init__(self, workdir: Path, ca: TestCA, clients: list[dict], accounts: dict | None = None):
+    def __init__(
+        self, workdir: Path, ca: TestCA, clients: list[dict], accounts: dict | None = None, host: str = LOOPBACK
+    ):
         self.node = ensure_installed()
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.issuer = f"https://{LOOPBACK}:{self.port}"
+        self.port = free_port(host)
+        self.issuer = f"https://{host}:{self.port}"
         self.ca = ca
-        cert = ca.issue(LOOPBACK, "localhost")
+        cert = ca.issue(host, "localhost")
         self.config_path = self.workdir / "provider.json"
         self.config_path.write_text(
             json.dumps(
                 {
                     "issuer": self.issuer,
-                    "host": LOOPBACK,
+                    "host": host,
                     "port": self.port,
                     "cert": str(cert.cert),
                     "key": str(cert.key),

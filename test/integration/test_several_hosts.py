@@ -37,6 +37,7 @@ from harness import service_standin
 from harness.postgres import PostgresCluster
 from harness.synapse import SynapseServer, generate_config
 from harness.util import free_port, require_root, tail, unavailable
+from logins_world import unit_environment
 from mas_demo import link_formula
 from mas_double import run_server
 from pillars import TEST_RATE_LIMITS, deep_update
@@ -69,11 +70,11 @@ def _control():
 
 class Supervisor:
     """The MAS minion's own supervisor (mas:service:manage is false): starts MAS once its config.yaml is there (and
-    ``ready()`` says so)."""
+    ``ready()`` says so), with the environment of the formula's ``unit`` when given (``mas:ca_bundle``)."""
 
-    def __init__(self, config, log, ready=None):
+    def __init__(self, config, log, ready=None, unit=None):
         self.config, self.log, self.mas, self.error = config, log, None, None
-        self.ready = ready or (lambda: True)
+        self.ready, self.unit = ready or (lambda: True), unit
         self._thread = threading.Thread(target=self._watch, name="mas-supervisor", daemon=True)
         self._stop = threading.Event()
         self._thread.start()
@@ -84,7 +85,8 @@ class Supervisor:
         if self._stop.is_set():
             return
         try:
-            self.mas = run_server([self.config], log_path=self.log, wait=True, timeout=60)
+            env = unit_environment(self.unit) if self.unit else None
+            self.mas = run_server([self.config], env=env, log_path=self.log, wait=True, timeout=60)
         except (RuntimeError, TimeoutError) as exc:  # MAS did not come up: the test says why
             self.error = exc
 
@@ -279,12 +281,14 @@ def plain_synapse(w):
     return synapse, spec_path, spec, SYNAPSE_SERVICE
 
 
-def hosts(salt_factories, cleanup, synapse=plain_synapse, extra_pillar=None, master_overrides=None):
+def hosts(salt_factories, cleanup, synapse=plain_synapse, extra_pillar=None, master_overrides=None, tls=None):
     """The three hosts, their services, the master and its minions, synced, the pillar written; nothing applied.
 
     ``synapse(world)`` starts the Synapse the Synapse minion holds (:func:`plain_synapse` by default);
     ``extra_pillar`` (``{"common"|<minion>: {...}}``, or a function of the world giving it) is merged into the
-    pillar files; ``master_overrides`` into the master's configuration."""
+    pillar files; ``master_overrides`` into the master's configuration. With ``tls`` (a ``harness.testca``
+    certificate), the proxy's nginx also serves the same locations over TLS, as a public server block does, at
+    ``world.public_url`` (for a browser's login; the doctor keeps the plain one)."""
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="mas-hosts-"))
     cleanup.callback(shutil.rmtree, root, ignore_errors=True)
@@ -316,10 +320,24 @@ def hosts(salt_factories, cleanup, synapse=plain_synapse, extra_pillar=None, mas
         "    proxy_set_header X-Forwarded-For $remote_addr;\n"
         "}\n"
     )
+    locations = [w.disk["proxy"] / "nginx" / "snippets" / "*.conf", synapse_location]
+    public_server = []
+    if tls is not None:
+        port = free_port(HOSTS["proxy"])
+        w.public_url = f"https://{HOSTS['proxy']}:{port}"
+        public_server = [w.disk["proxy"] / "nginx-run" / "public-server.conf"]
+        public_server[0].write_text(
+            "server {\n"
+            f"    listen {HOSTS['proxy']}:{port} ssl;\n"
+            f"    ssl_certificate {tls.cert};\n"
+            f"    ssl_certificate_key {tls.key};\n"
+            "    server_name _;\n" + "".join(f"    include {path};\n" for path in locations) + "}\n"
+        )
     nginx = NginxServer(
         w.disk["proxy"] / "nginx-run",
         synapse_upstream=None,
-        include_files=[w.disk["proxy"] / "nginx" / "snippets" / "*.conf", synapse_location],
+        include_files=locations,
+        http_include_files=public_server,
         host=HOSTS["proxy"],
     )
     w.nginx_url = nginx.base_url

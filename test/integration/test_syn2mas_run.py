@@ -80,6 +80,7 @@ def test_real_run_backs_up_migrates_and_verifies(world, deployment, pg):
 
     marker = deployment.marker()
     assert marker["phase"] == "verified" and marker["verification"]["errors"] == []
+    assert marker["verification"]["result"] is True  # as `mas_syn2mas.verify record=True` records it
     assert marker["verification"]["counts"]["synapse"]["users"] == len(USERS)
     assert [step["step"] for step in marker["steps"]][:3] == ["preflight", "check", "backup check"]
 

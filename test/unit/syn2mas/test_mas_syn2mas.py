@@ -640,7 +640,11 @@ def test_a_real_run_lists_its_steps_and_records_backup_and_verification(world, c
     assert saved["backup"]["sha256"] == hashlib.sha256(listing.encode()).hexdigest() and saved["backup"]["size"] == size
     assert saved["backup"]["format"] == "directory"
     assert f"Backup: {backup} ({size} B)." in result["comment"]
-    assert saved["verification"]["errors"] == [] and [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
+    assert (
+        saved["verification"]["errors"] == []
+        and saved["verification"]["result"] is True
+        and [s["step"] for s in saved["steps"]][:2] == ["preflight", "check"]
+    )
 
 
 def test_the_backup_gives_pg_dump_the_password_in_a_private_passfile_only(world, cli, up, orchestration_stubs):
