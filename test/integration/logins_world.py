@@ -52,6 +52,17 @@ def callback_url(provider_id: str = PROVIDER_ULID) -> str:
     return f"{ISSUER}upstream/callback/{provider_id}"
 
 
+def provider_client(method: str = "client_secret_basic", provider_id: str = PROVIDER_ULID) -> dict:
+    """MAS as the provider's client (an entry of :class:`harness.oidc_provider.OidcProvider`'s ``clients``), as
+    :func:`provider_pillar` with ``method`` and ``id=provider_id`` names it."""
+    return {
+        "client_id": PROVIDER_CLIENT,
+        "client_secret": PROVIDER_SECRET,
+        "token_endpoint_auth_method": method,
+        "redirect_uris": [callback_url(provider_id)],
+    }
+
+
 def provider_pillar(issuer: str, method: str = "client_secret_basic", **extra) -> dict:
     """``mas:upstream_oauth2_providers`` entry as the seed shows it, the localpart from ``preferred_username``."""
     provider = {

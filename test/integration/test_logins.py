@@ -37,16 +37,14 @@ from harness.testca import TestCA
 from logins_world import (
     ISSUER,
     MATRIX_HOST,
-    PROVIDER_CLIENT,
-    PROVIDER_SECRET,
     PUBLIC,
     SMTP_PASSWORD,
     SMTP_USER,
     Public,
-    callback_url,
     login_pillar,
     oauth_login,
     password_sign_in,
+    provider_client,
     provider_pillar,
     provider_sign_in,
     start_mas,
@@ -69,14 +67,7 @@ def provider(ca, tmp_path_factory):
     idp = OidcProvider(
         tmp_path_factory.mktemp("idp"),
         ca,
-        clients=[
-            {
-                "client_id": PROVIDER_CLIENT,
-                "client_secret": PROVIDER_SECRET,
-                "token_endpoint_auth_method": "client_secret_basic",
-                "redirect_uris": [callback_url()],
-            }
-        ],
+        clients=[provider_client()],
         accounts={"pat": {"preferred_username": "pat", "name": "Pat from the IdP"}},
     ).start()
     yield idp

@@ -19,10 +19,9 @@ from harness.oidc_provider import OidcProvider
 from harness.testca import TestCA
 from logins_world import (
     MATRIX_HOST,
-    PROVIDER_CLIENT,
-    PROVIDER_SECRET,
     Public,
     oauth_login,
+    provider_client,
     provider_pillar,
     provider_sign_in,
     start_mas,
@@ -38,18 +37,10 @@ MESSAGE = "Bob's message from before MAS"
 
 def test_old_account_after_syn2mas_through_the_provider(world, pg, salt_extmods, nginx_factory, tmp_path):
     ca = TestCA(tmp_path / "ca")
-    callback = f"https://{MATRIX_HOST}/auth/upstream/callback/{PROVIDER_ID}"
     idp = OidcProvider(
         tmp_path / "idp",
         ca,
-        clients=[
-            {
-                "client_id": PROVIDER_CLIENT,
-                "client_secret": PROVIDER_SECRET,
-                "token_endpoint_auth_method": "client_secret_post",
-                "redirect_uris": [callback],
-            }
-        ],
+        clients=[provider_client("client_secret_post", PROVIDER_ID)],
         # the development login's name is the subject: bob signs in as the subject Synapse linked him to
         accounts={SUBJECT: {"preferred_username": "bob", "name": "Bob"}},
     ).start()

@@ -41,11 +41,9 @@ from harness.testca import TestCA
 from harness.util import tail
 from logins_world import (
     MATRIX_HOST,
-    PROVIDER_CLIENT,
-    PROVIDER_SECRET,
     Public,
-    callback_url,
     oauth_login,
+    provider_client,
     provider_pillar,
     provider_sign_in,
     whoami,
@@ -162,14 +160,7 @@ def world(salt_factories, synapse_factory, tmp_path_factory):
         idp = OidcProvider(
             tmp_path_factory.mktemp("idp"),
             ca,
-            clients=[
-                {
-                    "client_id": PROVIDER_CLIENT,
-                    "client_secret": PROVIDER_SECRET,
-                    "token_endpoint_auth_method": "client_secret_post",
-                    "redirect_uris": [callback_url(PROVIDER_ID)],
-                }
-            ],
+            clients=[provider_client("client_secret_post", PROVIDER_ID)],
             accounts={SUBJECT: {"preferred_username": "bob", "name": "Bob"}},
             host=IDP_HOST,
         )
