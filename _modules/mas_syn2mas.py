@@ -72,12 +72,14 @@ import mas_formula
 mas_formula.refresh()
 from mas_formula import (  # noqa: E402  (after the refresh: a synced update is imported anew)
     http,
+    roles,
     secretfiles,
     syn2mas_backup,
     syn2mas_db,
     syn2mas_guards,
     syn2mas_marker,
     syn2mas_output,
+    syn2mas_preflight,
     syn2mas_run,
     syn2mas_verify,
 )
@@ -854,6 +856,35 @@ def verdict(mapdata=None):
         "rollback": rollback,
         "synapse_service": mas["synapse"]["service"],
     }
+
+
+def pepper_digest(nonce, mapdata=None):
+    """
+    This MAS minion's side of the pepper comparison across hosts
+    (``mas.orch.migrate`` asks it on the master, and ``mas_synapse.pepper_digest``
+    on the Synapse minion, with one nonce): the HMAC of the secret MAS will
+    verify the migrated passwords with (its password scheme version 1:
+    ``mas:synapse:pepper``, or Synapse's pepper from the files here), keyed
+    with ``nonce``. The pepper itself never leaves the minion. Reads only.
+
+    Returns ``{"digest": <hex> | "none" | None, "source": <where it is read>}``;
+    ``digest`` None when MAS verifies no migrated password (passwords
+    disabled, or no scheme version 1): nothing to compare.
+
+    nonce
+        The master's one-time key: 32 to 128 lowercase hex digits.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_syn2mas.pepper_digest 00112233445566778899aabbccddeeff
+    """
+    if not isinstance(nonce, str) or not roles.NONCE.fullmatch(nonce):
+        raise SaltInvocationError("nonce must be 32 to 128 lowercase hex digits")
+    mas = _mapdata(mapdata)
+    scheme, secret, source = syn2mas_preflight.mas_bcrypt_secret(mas, _pillar_value("synapse:pepper"))
+    return {"digest": None if scheme is None else roles.pepper_digest(nonce, secret), "source": source}
 
 
 def mark_rolled_back(mapdata=None, test=False):

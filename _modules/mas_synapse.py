@@ -35,7 +35,7 @@ from salt.exceptions import SaltInvocationError
 import mas_formula
 
 mas_formula.refresh()
-from mas_formula import http, secretfiles, synapse_config  # noqa: E402  (after the refresh: a synced update is imported anew)
+from mas_formula import http, roles, secretfiles, synapse_config  # noqa: E402  (after the refresh: a synced update is imported anew)
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +365,35 @@ def config(config_files=None, config_dir=None, extra_config=None, exclude=None, 
     if mask:
         found["config"] = secretfiles.mask(found["config"])
     return found
+
+
+def pepper_digest(nonce):
+    """
+    This Synapse minion's side of the pepper comparison across hosts
+    (``mas.orch.migrate`` asks it on the master, and ``mas_syn2mas.pepper_digest``
+    on the MAS minion, with one nonce): the HMAC of Synapse's
+    ``password_config.pepper`` (from the map's Synapse config files), keyed
+    with ``nonce``. The pepper itself never leaves the minion. Reads only.
+
+    Returns ``{"digest": <hex> | "none", "source": <where it is read>}``.
+
+    nonce
+        The master's one-time key: 32 to 128 lowercase hex digits.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call mas_synapse.pepper_digest 00112233445566778899aabbccddeeff
+    """
+    if not isinstance(nonce, str) or not roles.NONCE.fullmatch(nonce):
+        raise SaltInvocationError("nonce must be 32 to 128 lowercase hex digits")
+    found = config(mask=False)
+    pepper = _get(found["config"], "password_config", "pepper")
+    if pepper in (None, ""):
+        return {"digest": "none", "source": f"no password_config.pepper in {', '.join(found['files']) or 'no file'}"}
+    where = found["origins"].get("password_config", "?")
+    return {"digest": roles.pepper_digest(nonce, str(pepper).encode()), "source": f"password_config.pepper in {where}"}
 
 
 def _merged(config_files, config_dir, dropin, extra_config):

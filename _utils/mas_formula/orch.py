@@ -15,7 +15,9 @@ and requires the step before it, so a failure stops the rest.
   ``mas:syn2mas:mas_rollback``: the guards there have no marker of their own),
   then ``mas.syn2mas.delegation`` on the MAS minion, which records what Synapse
   did. Rendered when it runs, so it asks the phase as it is then.
-* :func:`migrate`: from the MAS minion's phase on: check (on the MAS minion),
+* :func:`migrate`: from the MAS minion's phase on: the peppers compared
+  (:func:`compare_peppers`: refused when MAS would not verify Synapse's
+  passwords), check (on the MAS minion),
   stop Synapse (on its minion), the migration (``mas.syn2mas``: backup, migrate,
   verify, under the phase marker's lock), MAS started, delegation, proxy,
   doctor; any failure from the stop on starts Synapse again on its minion. A
@@ -23,6 +25,7 @@ and requires the step before it, so a failure stops the rest.
 """
 
 import re
+import secrets
 
 from mas_formula import roles
 
@@ -147,6 +150,49 @@ def ask_mas(cmd, target):
     }
 
 
+def _answers(cmd, target, function, nonce):
+    """``{minion: return}`` of the minions of ``target`` that answered ``function(nonce)`` within the master's
+    ``timeout`` (a minion still working is waited for; one that is down is not), None when asking failed."""
+    try:
+        answers = cmd(target, function, arg=[nonce], tgt_type="compound", expect_minions=True)
+    except Exception:  # pylint: disable=broad-except  # the step that needs the minion says what is wrong with it
+        return None
+    found = {}
+    for minion, answer in (answers or {}).items():
+        ret = answer.get("ret", answer.get("return")) if isinstance(answer, dict) else None
+        if (
+            isinstance(answer, dict)
+            and not answer.get("failed")
+            and not answer.get("retcode")
+            and isinstance(ret, dict)
+        ):
+            found[minion] = ret
+    return found
+
+
+def compare_peppers(cmd, found, mas_minion):
+    """Refuse (:class:`PlanError`) a migration whose MAS minion would verify the migrated passwords with another
+    pepper than Synapse's (``mas:synapse:pepper`` wrong or missing on a MAS minion that cannot read Synapse's files):
+    every password user would be locked out after it. Both minions are asked for an HMAC of theirs under one fresh
+    nonce (``mas_syn2mas.pepper_digest``, ``mas_synapse.pepper_digest``); the peppers never leave their minions.
+    Nothing is compared when MAS verifies no migrated password or a Synapse minion does not answer (its step fails
+    then)."""
+    nonce = secrets.token_hex(16)
+    mas_side = (_answers(cmd, found["mas"], "mas_syn2mas.pepper_digest", nonce) or {}).get(mas_minion)
+    if not mas_side or mas_side.get("digest") is None:
+        return
+    synapse_side = _answers(cmd, found["synapse"], "mas_synapse.pepper_digest", nonce) or {}
+    for minion, theirs in sorted(synapse_side.items()):
+        if theirs.get("digest") != mas_side["digest"]:
+            raise PlanError(
+                f"Synapse's pepper on {minion} ({_one_line(theirs.get('source'))}) is not the one MAS on"
+                f" {mas_minion} would verify the migrated passwords with ({_one_line(mas_side.get('source'))}):"
+                " every password user would be locked out after the migration. Set mas:synapse:pepper in the MAS"
+                " minion's pillar to Synapse's password_config.pepper (or remove it where Synapse has none)."
+                " Nothing was stopped or migrated"
+            )
+
+
 def deploy(pillar):
     """``mas.orch.deploy``: ``mas.database``, ``mas``, Synapse's side (``mas.orch.delegate``), ``mas.proxy``, then
     ``mas.doctor``, each on the minions of its role."""
@@ -206,6 +252,8 @@ def migrate(pillar, cmd):
         )
     if not isinstance(service, str) or not service:
         raise PlanError(f"the MAS minion {verdict['minion']} gave no Synapse service (mas:synapse:service)")
+    if phase in TO_MIGRATE:
+        compare_peppers(cmd, found, verdict["minion"])
     on, off = {"mas": {"migration_in_progress": True}}, {"mas": {"migration_in_progress": False}}
     states, before, stopped = {}, None, []
 

@@ -9,9 +9,14 @@ Where two roles sit on different minions, the address one uses to reach the othe
 :func:`cross_host` refuses the names and addresses that mean "this very host" (:func:`grammar.is_this_host`),
 naming the key, on the minion that uses the address. The secrets two roles share (:data:`SHARED_SECRETS`) must come
 from pillar there (the formula's ext_pillar ``mas_secrets`` generates them on the master and serves each to the
-minions of its two roles): :func:`validate` refuses a split deployment without them.
+minions of its two roles): :func:`validate` refuses a split deployment without them. Synapse's pepper, which MAS
+must verify the migrated passwords with, is compared across the two minions without leaving either
+(:func:`pepper_digest`).
 """
 
+import hashlib
+import hmac
+import re
 import urllib.parse
 
 from mas_formula import grammar
@@ -24,6 +29,9 @@ SHARED_SECRETS = {
     ("secrets", "homeserver_secret"): ("mas", "synapse"),
     ("database", "password"): ("mas", "database"),
 }
+
+#: The one-time key the master gives both minions for a pepper comparison: lowercase hex, 32 to 128 digits.
+NONCE = re.compile(r"[0-9a-f]{32,128}")
 
 _WHAT = {"mas": "MAS", "synapse": "Synapse", "database": "its managed database", "proxy": "the reverse proxy"}
 
@@ -135,3 +143,15 @@ def cross_host(data, unset):
                 f" minion ({others}) and reaches MAS over the network: bind an address it reaches (e.g. [::]:8080)",
             )
     return errors
+
+
+def pepper_digest(nonce, pepper):
+    """What a minion tells the master of a pepper (``bytes``, or None: none): ``"none"``, or the HMAC-SHA256 of the
+    pepper keyed with the master's one-time ``nonce`` (hex). The master compares the MAS minion's with the Synapse
+    minion's; neither pepper leaves its minion, and a digest is worth nothing for the next comparison.
+    ``ValueError`` for a nonce outside :data:`NONCE`."""
+    if not isinstance(nonce, str) or not NONCE.fullmatch(nonce):
+        raise ValueError("the nonce must be 32 to 128 lowercase hex digits")
+    if pepper is None:
+        return "none"
+    return hmac.new(nonce.encode(), pepper, hashlib.sha256).hexdigest()

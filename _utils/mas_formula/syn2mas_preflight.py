@@ -74,7 +74,9 @@ def mas_bcrypt_secret(mas, pillar_pepper=None):
     """``(scheme, secret bytes or None, where)`` of MAS's password scheme version 1 (``scheme`` None: none).
 
     A ``secret_file`` is read raw (MAS compares it untrimmed); the formula's own
-    pepper file not written yet counts as the value the formula will write.
+    pepper file counts as the value the formula will write there: ``pillar_pepper``
+    (``mas:synapse:pepper``, which ``mas`` keeps the file in step with), or
+    Synapse's pepper when the file is not written yet.
     """
     passwords = (mas.get("mas_config") or {}).get("passwords") or {}
     if passwords.get("enabled", True) is False:
@@ -87,12 +89,13 @@ def mas_bcrypt_secret(mas, pillar_pepper=None):
     path = scheme.get("secret_file")
     if not path:
         return scheme, None, "passwords.schemes[version 1] has no secret"
+    ours = path == mas["paths"]["synapse_pepper"]
+    if ours and mas["synapse"].get("pepper_source") == "pillar" and pillar_pepper not in (None, ""):
+        return scheme, str(pillar_pepper).encode(), "mas:synapse:pepper (written to the pepper file by `mas`)"
     if os.path.isfile(path):
         with salt.utils.files.fopen(path, "rb") as handle:
             return scheme, handle.read(), f"{path} (MAS's bcrypt secret_file)"
-    if path == mas["paths"]["synapse_pepper"]:
-        if mas["synapse"].get("pepper_source") == "pillar":
-            return scheme, str(pillar_pepper).encode(), "mas:synapse:pepper (written to the pepper file by `mas`)"
+    if ours:
         syn = mas["synapse"]
         conf = synapse_config.read(
             syn.get("config_files"), syn["config_dir"], {}, exclude=[syn2mas_marker.dropin(mas)]

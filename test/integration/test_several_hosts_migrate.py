@@ -12,7 +12,8 @@ which MAS maps to Synapse's ``oidc-keycloak``; the proxy's nginx also serves its
 The formula was applied everywhere with ``mas:migration_in_progress: true`` (MAS not started yet: its supervisor
 starts it once the migration is verified, as an operator's would with ``mas:service:manage: false``).
 
-One fault at each step of the orchestration, each test on its own: the check refuses (a provider MAS does not map),
+One fault at each step of the orchestration, each test on its own: the plan refuses (the MAS minion's pillar gives
+another pepper than Synapse's), the check refuses (a provider MAS does not map),
 the Synapse minion is down (its salt-minion daemon stopped), the backup fails (an unwritable backup directory),
 syn2mas migrate fails (Synapse's database role NOLOGIN while it runs), the verification fails (a row of MAS changed
 after the migration). After each the run stopped at that step, Synapse answers on its legacy config (no drop-in, a
@@ -122,8 +123,9 @@ def migration_pillar(w):
     }
 
 
-#: Synapse's own bookkeeping, which its background jobs write while it runs (not the formula's doing).
-SYNAPSE_TIMERS = ("event_push_summary_last_receipt_stream_id", "event_push_summary_stream_ordering")
+#: Synapse's own bookkeeping, which its background jobs write while it runs (not the formula's doing): among them
+#: the client IPs of the last logins, which Synapse batches and writes seconds later.
+SYNAPSE_TIMERS = ("event_push_summary_last_receipt_stream_id", "event_push_summary_stream_ordering", "user_ips")
 
 
 def data_checksum(w):
@@ -302,6 +304,28 @@ def roll_back(w, name):
     token = w.synapse.login("alice", PASSWORD)  # Synapse's own login again
     assert w.synapse.request("POST", "/_matrix/client/v3/logout", token=token).status_code == 200
     w.timings[f"{name}: roll back"] = time.monotonic() - before
+
+
+def test_a_pepper_that_is_not_synapses_is_refused_before_anything_stops(world):
+    wrong = "Not-Synapses-Pepper-0003"
+    set_pillar(world, "mas-db", synapse=dict(migration_pillar(world)["mas-db"]["synapse"], pepper=wrong))
+    world.service.mark()
+    world.checksum = data_checksum(world)
+    res = world.run.run("state.orchestrate", "mas.orch.migrate")
+    assert res.returncode != 0
+    said = " ".join((res.stdout + res.stderr).split())
+    assert (
+        f"Synapse's pepper on synapse (password_config.pepper in {world.synapse.config_path}) is not the one MAS on"
+        " mas-db would verify the migrated passwords with (mas:synapse:pepper (written to the pepper file by `mas`)):"
+        " every password user would be locked out after the migration"
+    ) in said, said
+    assert wrong not in said and PEPPER not in said  # an HMAC under a fresh nonce from each side, never a pepper
+    assert phase(world) in NOT_MIGRATED
+    assert_legacy_synapse_back(world, stopped=False)
+
+    set_pillar(world, "mas-db")  # the fix: Synapse's pepper
+    completes(world, "pepper: rerun")
+    roll_back(world, "pepper")
 
 
 def test_the_check_refuses_a_provider_mas_does_not_map(world):

@@ -8,6 +8,7 @@ from unittest.mock import MagicMock
 
 import pytest
 import yaml
+from salt.exceptions import SaltInvocationError
 
 from formula_modules import MODULES, STATES, dunders, mapdata
 
@@ -367,3 +368,24 @@ def test_synapse_settings_migrating_and_custom_secret_path():
     )
     assert out["state"] == "absent"
     assert out["secret"]["path"] == "/etc/matrix-synapse/mas.secret"
+
+
+def test_pepper_digest_is_the_hmac_of_synapses_pepper_and_never_the_pepper(synapse_dir, pillar):
+    from mas_formula import roles  # pylint: disable=import-outside-toplevel
+
+    nonce = "a" * 32
+    pillar["mas"] = {
+        "synapse": {"config_files": [str(synapse_dir / "homeserver.yaml")], "config_dir": str(synapse_dir / "conf.d")}
+    }
+    found = mas_synapse.pepper_digest(nonce)
+    assert found == {
+        "digest": roles.pepper_digest(nonce, b"x"),
+        "source": f"password_config.pepper in {synapse_dir / 'homeserver.yaml'}",
+    }
+    # a later file wins, as in Synapse
+    write(synapse_dir / "conf.d" / "passwords.yaml", {"password_config": {"pepper": "y"}})
+    assert mas_synapse.pepper_digest(nonce)["digest"] == roles.pepper_digest(nonce, b"y")
+    write(synapse_dir / "conf.d" / "passwords.yaml", {"password_config": {"enabled": True}})
+    assert mas_synapse.pepper_digest(nonce)["digest"] == "none"
+    with pytest.raises(SaltInvocationError, match="nonce"):
+        mas_synapse.pepper_digest("x" * 32)

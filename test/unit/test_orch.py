@@ -6,25 +6,45 @@ asked through a stand-in for Salt's ``saltutil.cmd``; the orchestrations run for
 
 import pytest
 
-from mas_formula import orch
+from mas_formula import orch, roles
 
 ROLLBACK = {"result": True, "comment": "Synapse does not delegate to MAS", "errors": [], "warnings": [], "counts": {}}
 
 
 class Master:
-    """Salt's ``saltutil.cmd`` on the master, answering ``mas_syn2mas.verdict`` for the MAS minion."""
+    """Salt's ``saltutil.cmd`` on the master, answering ``mas_syn2mas.verdict`` for the MAS minion, and
+    ``mas_syn2mas.pepper_digest`` / ``mas_synapse.pepper_digest`` from the peppers of each side (``bytes``, None: no
+    pepper; a Synapse side of ``"down"``: its minion does not answer)."""
 
-    def __init__(self, phase="none", answers=None):
-        self.asked = []
+    def __init__(self, phase="none", answers=None, peppers=(b"Pepper-0001", b"Pepper-0001")):
+        self.asked, self.nonces = [], []
         self.answers = answers
         self.phase = phase
+        self.peppers = dict(zip(("mas_syn2mas", "mas_synapse"), peppers, strict=True))
 
     def __call__(self, tgt, fun, **kwargs):
         self.asked.append((tgt, fun, kwargs.get("tgt_type"), kwargs.get("expect_minions")))
         if self.answers is not None:
             return self.answers
+        if fun.endswith(".pepper_digest"):
+            (nonce,) = kwargs["arg"]
+            self.nonces.append(nonce)
+            module = fun.split(".")[0]
+            pepper = self.peppers[module]
+            if pepper == "down":
+                return {"synapse": {"ret": "Minion did not return. [No response]", "retcode": 1, "failed": True}}
+            where = {"mas_syn2mas": "mas:synapse:pepper", "mas_synapse": "password_config.pepper in homeserver.yaml"}
+            ret = {"digest": roles.pepper_digest(nonce, pepper), "source": where[module]}
+            return {"mas-db" if module == "mas_syn2mas" else "synapse": {"ret": ret, "retcode": 0}}
         ret = {"result": True, "phase": self.phase, "rollback": dict(ROLLBACK), "synapse_service": "matrix-synapse"}
         return {"mas-db": {"ret": ret, "retcode": 0, "jid": "1"}}
+
+
+VERDICT = ("I@mas:roles:mas", "mas_syn2mas.verdict", "compound", True)
+PEPPERS = [
+    ("I@mas:roles:mas", "mas_syn2mas.pepper_digest", "compound", True),
+    ("I@mas:roles:synapse", "mas_synapse.pepper_digest", "compound", True),
+]
 
 
 def arguments(body):
@@ -36,7 +56,8 @@ def arguments(body):
 def plan(phase, pillar=None):
     master = Master(phase)
     states = orch.migrate(pillar or {}, master)
-    assert master.asked == [("I@mas:roles:mas", "mas_syn2mas.verdict", "compound", True)]
+    # the peppers are compared before a migration, not once it is done
+    assert master.asked == [VERDICT] + (PEPPERS if phase in orch.TO_MIGRATE else [])
     return states
 
 
@@ -125,6 +146,53 @@ def test_a_rerun_resumes_from_the_phase_the_mas_minion_recorded():
         "mas-orch-migrate-salt-state-doctor",
     ]
     assert arguments(plan("delegated")["mas-orch-migrate-salt-state-mas"])[1].get("require") is None
+
+
+@pytest.mark.parametrize(
+    ("peppers", "synapse_has"),
+    [
+        ((b"Pepper-0001", b"Pepper-0002"), "password_config.pepper in homeserver.yaml"),
+        ((None, b"Pepper-0001"), "password_config.pepper in homeserver.yaml"),  # mas:synapse:pepper forgotten
+        ((b"Pepper-0001", None), "password_config.pepper in homeserver.yaml"),
+    ],
+)
+def test_a_migration_is_refused_when_mas_would_verify_passwords_with_another_pepper(peppers, synapse_has):
+    master = Master("none", peppers=peppers)
+    with pytest.raises(orch.PlanError) as err:
+        orch.migrate({}, master)
+    assert str(err.value) == (
+        f"Synapse's pepper on synapse ({synapse_has}) is not the one MAS on mas-db would verify the migrated passwords"
+        " with (mas:synapse:pepper): every password user would be locked out after the migration. Set"
+        " mas:synapse:pepper in the MAS minion's pillar to Synapse's password_config.pepper (or remove it where"
+        " Synapse has none). Nothing was stopped or migrated"
+    )
+    # one fresh nonce for both sides, never the pepper
+    assert len(master.nonces) == 2 and master.nonces[0] == master.nonces[1]
+    assert roles.NONCE.fullmatch(master.nonces[0])
+    assert all(b"Pepper" not in repr(ask).encode() for ask in master.asked)
+    again = Master("none", peppers=peppers)
+    with pytest.raises(orch.PlanError):
+        orch.migrate({}, again)
+    assert again.nonces[0] != master.nonces[0]
+
+
+def test_the_same_pepper_or_none_on_both_sides_or_a_synapse_minion_down_is_no_refusal():
+    for peppers in ((b"Pepper-0001", b"Pepper-0001"), (None, None), (b"Pepper-0001", "down")):
+        states = orch.migrate({}, Master("none", peppers=peppers))
+        assert next(iter(states)) == "mas-orch-migrate-salt-function-check"
+
+
+def test_a_mas_that_verifies_no_migrated_password_asks_no_synapse_minion():
+    class NoPasswords(Master):
+        def __call__(self, tgt, fun, **kwargs):
+            found = super().__call__(tgt, fun, **kwargs)
+            if fun == "mas_syn2mas.pepper_digest":
+                found["mas-db"]["ret"]["digest"] = None
+            return found
+
+    master = NoPasswords("none", peppers=(b"Pepper-0001", b"Pepper-0002"))
+    orch.migrate({}, master)
+    assert master.asked == [VERDICT, PEPPERS[0]]
 
 
 def test_a_rolled_back_migration_is_not_migrated_again_without_a_reset():

@@ -5,13 +5,15 @@ MAS minion records what the Synapse minion did and answers ``mas_syn2mas.verdict
 unit tests: ``syn2mas_unit.py`` and ``conftest.py``."""
 
 import pytest
+from salt.exceptions import SaltInvocationError
 
 from formula_modules import dunders
 from harness.util import free_port
-from mas_formula import syn2mas_db, syn2mas_marker
+from mas_formula import roles, syn2mas_db, syn2mas_marker
 from syn2mas_unit import (
     LOGIN_USERS,
     NOT_EMPTY,
+    PEPPER,
     assert_no_secret,
     dropin,
     mapdata,
@@ -279,3 +281,28 @@ def test_no_change_of_phase_is_recorded_on_the_synapse_minion(world):
         ]
     assert not (world["base"] / "formula" / "syn2mas.json").exists()
     assert not (world["base"] / "formula" / "syn2mas.lock").exists()
+
+
+# ------------------------------------------------------- the pepper compared across hosts
+
+NONCE = "0123456789abcdef" * 2
+
+
+def test_pepper_digest_is_the_hmac_of_the_secret_mas_verifies_migrated_passwords_with(world, pillar):
+    # one host: MAS verifies with Synapse's own pepper, read from Synapse's files
+    here = syn2mas.pepper_digest(NONCE, mapdata=mapdata(world))
+    assert here["digest"] == roles.pepper_digest(NONCE, PEPPER.encode()) and PEPPER not in str(here)
+    assert "Synapse's pepper from mas:synapse:config_files" in here["source"]
+    # a MAS minion of its own: the pepper its pillar gives, the right one or another
+    for pepper, same in ((PEPPER, True), ("Another-Pepper-0002", False)):
+        pillar["mas"]["synapse"] = {"pepper": pepper}
+        given = syn2mas.pepper_digest(NONCE, mapdata=mas_alone(world, synapse={"pepper": pepper}))
+        assert (given["digest"] == here["digest"]) is same and given["source"].startswith("mas:synapse:pepper")
+    # another nonce, another digest: one comparison's digest is worth nothing for the next
+    assert syn2mas.pepper_digest("f" * 32, mapdata=mapdata(world))["digest"] != here["digest"]
+    # MAS verifies no migrated password: nothing to compare
+    off = syn2mas.pepper_digest(NONCE, mapdata=mapdata(world, config={"passwords": {"enabled": False}}))
+    assert off["digest"] is None
+    for nonce in ("", "0123", NONCE.upper(), NONCE + "\n", None):
+        with pytest.raises(SaltInvocationError, match="nonce must be 32 to 128 lowercase hex digits"):
+            syn2mas.pepper_digest(nonce, mapdata=mapdata(world))
