@@ -56,3 +56,17 @@ def test_no_module_calls_back_up_the_stairs():
     for module in graph:
         visit(module)
     assert all(graph[m] <= set(graph) for m in graph), "a call to a module the formula does not have"
+
+
+def test_readmes_call_graph_is_the_calls_as_they_are():
+    """README's layout section draws who calls whom: each arrow is a call through ``__salt__`` and each call an
+    arrow (every module's trunk ends at the map, ``mas``)."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```text\n", 1)[1].split("```", 1)[0]
+    drawn = {"mas": set()}
+    for line in block.splitlines():
+        callers, callees = line.split("─►", 1)
+        for caller in callers.split(","):
+            drawn[caller.strip(" ─┴┤┐")] = set(re.findall(r"mas[a-z0-9_]*", callees)) - {"mas"}
+    assert drawn == {module: calls - {"mas"} for module, calls in _calls().items()}
