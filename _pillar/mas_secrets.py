@@ -23,7 +23,13 @@ helpers it imports) to the master::
     salt-run saltutil.sync_all
 
 ``store`` must not lie under the master's ``file_roots`` (every minion may
-fetch those files); the default is ``/srv/pillar/mas-secrets``. Synapse's own
+fetch those files); the default is ``/srv/pillar/mas-secrets``. Which minion
+gets what is decided on the pillar the master's own pillar tree gives it,
+compiled again without what a request adds: Salt merges a request's
+``pillar_override`` (``salt-call pillar.items pillar='{...}'`` on any minion)
+into the pillar an ext_pillar is handed, so that one cannot decide. Target the
+``mas:roles`` of the pillar tree by minion id, not by grains (a minion says its
+own grains). Synapse's own
 ``registration_shared_secret`` is not generated here: it is Synapse's, in its
 config on the Synapse minion; give it in pillar targeted to the MAS minion
 (``mas:synapse:registration_shared_secret``). The Salt mine is not used for any
@@ -36,6 +42,7 @@ import pwd
 import secrets
 import stat
 
+import salt.pillar
 from salt.exceptions import CommandExecutionError
 
 try:
@@ -124,6 +131,29 @@ def shared_secret(store, server_name, name):
     return secretfiles.read_regular(path).decode().strip()
 
 
+def own_pillar(minion_id):
+    """The pillar the master's own pillar tree gives ``minion_id``: compiled again without ext_pillars and without
+    ``pillar_override``, which Salt merges from the request into the pillar an ext_pillar is handed (any minion may
+    add ``mas:roles`` there with ``pillar.items pillar='{...}'``). Fails closed: ``{}`` when it does not compile."""
+    opts = dict(__opts__, ext_pillar=[])
+    compiler = None
+    try:
+        compiler = salt.pillar.Pillar(
+            opts, opts.get("grains") or {}, minion_id, opts.get("saltenv"), pillarenv=opts.get("pillarenv")
+        )
+        compiled = compiler.compile_pillar(ext=False)
+    except Exception as exc:  # pylint: disable=broad-except  # whatever it is, nothing is served
+        log.error("mas_secrets: the pillar of %s did not compile without the request's overrides: %s", minion_id, exc)
+        return {}
+    finally:
+        if compiler is not None:
+            compiler.destroy()
+    if compiled.get("_errors"):
+        log.error("mas_secrets: the pillar of %s has errors; no shared secret served", minion_id)
+        return {}
+    return compiled
+
+
 def ext_pillar(minion_id, pillar, store=DEFAULT_STORE):  # pylint: disable=unused-argument
     """
     The shared secrets this minion's roles need and its pillar does not give:
@@ -133,7 +163,9 @@ def ext_pillar(minion_id, pillar, store=DEFAULT_STORE):  # pylint: disable=unuse
     minion_id
         The minion whose pillar is compiled.
     pillar
-        Its pillar so far (``mas:enabled``, ``mas:roles``, ``mas:server_name``, ``mas:database:manage``).
+        Its pillar so far, with what the request added: not used to decide. The
+        pillar tree's own (:func:`own_pillar`) decides: ``mas:enabled``,
+        ``mas:roles``, ``mas:server_name``, ``mas:database:manage``.
     store
         Where the master keeps the secrets (default ``/srv/pillar/mas-secrets``).
 
@@ -143,6 +175,11 @@ def ext_pillar(minion_id, pillar, store=DEFAULT_STORE):  # pylint: disable=unuse
           - mas_secrets:
               store: /srv/pillar/mas-secrets
     """
+    return serve(own_pillar(minion_id), store)
+
+
+def serve(pillar, store=DEFAULT_STORE):
+    """The shared secrets a minion whose pillar tree gives ``pillar`` is served (see :func:`ext_pillar`)."""
     if _value(pillar, ("enabled",)) is not True:
         return {}
     held = _value(pillar, ("roles",), list(roles.ROLES))

@@ -27,7 +27,7 @@ and requires the step before it, so a failure stops the rest.
 import re
 import secrets
 
-from mas_formula import roles
+from mas_formula import grammar, roles
 
 ROLES = roles.ROLES
 
@@ -150,24 +150,34 @@ def ask_mas(cmd, target):
     }
 
 
-def _answers(cmd, target, function, nonce):
-    """``{minion: return}`` of the minions of ``target`` that answered ``function(nonce)`` within the master's
-    ``timeout`` (a minion still working is waited for; one that is down is not), None when asking failed."""
+#: What a minion answers of its pepper: ``none`` or an HMAC-SHA256 in hex.
+DIGEST = re.compile(r"none|[0-9a-f]{64}")
+
+
+def _digests(cmd, target, function, nonce):
+    """``({minion: its answer}, [minions down])`` of ``function(nonce)`` on the minions of ``target``, waited for
+    as long as they work on it (the master's ``timeout``); :class:`PlanError` when the master cannot ask or a
+    minion answers anything but ``{"digest": none | <hex>, "source"}`` (an error, the function not synced there)."""
     try:
         answers = cmd(target, function, arg=[nonce], tgt_type="compound", expect_minions=True)
-    except Exception:  # pylint: disable=broad-except  # the step that needs the minion says what is wrong with it
-        return None
-    found = {}
-    for minion, answer in (answers or {}).items():
-        ret = answer.get("ret", answer.get("return")) if isinstance(answer, dict) else None
-        if (
-            isinstance(answer, dict)
-            and not answer.get("failed")
-            and not answer.get("retcode")
-            and isinstance(ret, dict)
-        ):
-            found[minion] = ret
-    return found
+    except Exception as exc:  # pylint: disable=broad-except  # whatever the client raises, the render says it
+        raise PlanError(f"the minions of {target} could not be asked {function}: {exc}") from exc
+    found, down = {}, []
+    for minion, answer in sorted((answers or {}).items()):
+        if isinstance(answer, dict) and answer.get("failed"):
+            down.append(minion)
+            continue
+        ret = answer.get("ret", answer.get("return")) if isinstance(answer, dict) else answer
+        digest = ret.get("digest") if isinstance(ret, dict) else None
+        valid = digest is None or (isinstance(digest, str) and DIGEST.fullmatch(digest))
+        if not isinstance(ret, dict) or not isinstance(answer, dict) or answer.get("retcode") or not valid:
+            raise PlanError(
+                f"{minion} did not answer {function}: {_one_line(ret)[:300]} (the formula synced there? `salt"
+                f" {minion} saltutil.sync_all`). Its pepper was not compared with the other minion's: nothing was"
+                " stopped or migrated"
+            )
+        found[minion] = ret
+    return found, down
 
 
 def compare_peppers(cmd, found, mas_minion):
@@ -175,18 +185,21 @@ def compare_peppers(cmd, found, mas_minion):
     pepper than Synapse's (``mas:synapse:pepper`` wrong or missing on a MAS minion that cannot read Synapse's files):
     every password user would be locked out after it. Both minions are asked for an HMAC of theirs under one fresh
     nonce (``mas_syn2mas.pepper_digest``, ``mas_synapse.pepper_digest``); the peppers never leave their minions.
-    Nothing is compared when MAS verifies no migrated password or a Synapse minion does not answer (its step fails
-    then)."""
+    A minion that answers an error refuses too. Nothing is compared when MAS verifies no migrated password, nor with
+    a Synapse minion that is down (the step that stops Synapse there fails)."""
     nonce = secrets.token_hex(16)
-    mas_side = (_answers(cmd, found["mas"], "mas_syn2mas.pepper_digest", nonce) or {}).get(mas_minion)
-    if not mas_side or mas_side.get("digest") is None:
+    mas_side, _ = _digests(cmd, found["mas"], "mas_syn2mas.pepper_digest", nonce)
+    if mas_minion not in mas_side:
+        raise PlanError(f"the MAS minion {mas_minion} did not answer mas_syn2mas.pepper_digest: nothing was stopped")
+    mine = mas_side[mas_minion]
+    if mine.get("digest") is None:
         return
-    synapse_side = _answers(cmd, found["synapse"], "mas_synapse.pepper_digest", nonce) or {}
-    for minion, theirs in sorted(synapse_side.items()):
-        if theirs.get("digest") != mas_side["digest"]:
+    synapse_side, _ = _digests(cmd, found["synapse"], "mas_synapse.pepper_digest", nonce)
+    for minion, theirs in synapse_side.items():
+        if theirs.get("digest") != mine["digest"]:
             raise PlanError(
                 f"Synapse's pepper on {minion} ({_one_line(theirs.get('source'))}) is not the one MAS on"
-                f" {mas_minion} would verify the migrated passwords with ({_one_line(mas_side.get('source'))}):"
+                f" {mas_minion} would verify the migrated passwords with ({_one_line(mine.get('source'))}):"
                 " every password user would be locked out after the migration. Set mas:synapse:pepper in the MAS"
                 " minion's pillar to Synapse's password_config.pepper (or remove it where Synapse has none)."
                 " Nothing was stopped or migrated"
@@ -250,8 +263,11 @@ def migrate(pillar, cmd):
             " again, drop and recreate MAS's database, run `salt <MAS minion> mas_syn2mas.reset confirm=True`, then"
             " this orchestration again (docs/migration.md)"
         )
-    if not isinstance(service, str) or not service:
-        raise PlanError(f"the MAS minion {verdict['minion']} gave no Synapse service (mas:synapse:service)")
+    if not grammar.CHECKS["unit"](service):
+        raise PlanError(
+            f"the MAS minion {verdict['minion']} gave no Synapse service the master may stop (mas:synapse:service must"
+            f" be {grammar.KINDS['unit']}): {_one_line(service)[:100]}"
+        )
     if phase in TO_MIGRATE:
         compare_peppers(cmd, found, verdict["minion"])
     on, off = {"mas": {"migration_in_progress": True}}, {"mas": {"migration_in_progress": False}}

@@ -182,6 +182,61 @@ def test_the_same_pepper_or_none_on_both_sides_or_a_synapse_minion_down_is_no_re
         assert next(iter(states)) == "mas-orch-migrate-salt-function-check"
 
 
+@pytest.mark.parametrize(
+    ("module", "answer", "message"),
+    [
+        (
+            "mas_synapse",
+            {"ret": "'mas_synapse.pepper_digest' is not available.", "retcode": 254},
+            "synapse did not answer mas_synapse.pepper_digest: 'mas_synapse.pepper_digest' is not available. (the"
+            " formula synced there? `salt synapse saltutil.sync_all`)",
+        ),
+        (
+            "mas_synapse",
+            {"ret": "Traceback ... yaml.scanner.ScannerError", "retcode": 1},
+            "synapse did not answer mas_synapse.pepper_digest: Traceback ... yaml.scanner.ScannerError",
+        ),
+        (
+            "mas_synapse",
+            {"ret": {"digest": "Pepper-0001", "source": "x"}, "retcode": 0},
+            "synapse did not answer mas_synapse.pepper_digest: {'digest': 'Pepper-0001'",
+        ),
+        (
+            "mas_syn2mas",
+            {"ret": "'mas_syn2mas.pepper_digest' is not available.", "retcode": 254},
+            "mas-db did not answer mas_syn2mas.pepper_digest",
+        ),
+    ],
+)
+def test_a_minion_that_answers_an_error_refuses_the_migration(module, answer, message):
+    """Not compared is not the same pepper: a minion that answers an error (the formula not synced there, Synapse's
+    config unreadable, anything but a digest) refuses the plan, as a different pepper does."""
+
+    class Broken(Master):
+        def __call__(self, tgt, fun, **kwargs):
+            found = super().__call__(tgt, fun, **kwargs)
+            return {next(iter(found)): dict(answer)} if fun == f"{module}.pepper_digest" else found
+
+    with pytest.raises(orch.PlanError) as err:
+        orch.migrate({}, Broken("none"))
+    assert message in str(err.value) and "nothing was stopped" in str(err.value)
+
+
+@pytest.mark.parametrize("service", [None, "", "ssh; x --now", "-matrix-synapse", "matrix synapse", "a\n"])
+def test_the_synapse_service_the_mas_minion_names_is_a_unit_name(service):
+    """What the master stops on the Synapse minions comes from the MAS minion: a systemd unit name or nothing."""
+
+    class Naming(Master):
+        def __call__(self, tgt, fun, **kwargs):
+            found = super().__call__(tgt, fun, **kwargs)
+            if fun == "mas_syn2mas.verdict":
+                found["mas-db"]["ret"]["synapse_service"] = service
+            return found
+
+    with pytest.raises(orch.PlanError, match=r"gave no Synapse service the master may stop \(mas:synapse:service"):
+        orch.migrate({}, Naming("none"))
+
+
 def test_a_mas_that_verifies_no_migrated_password_asks_no_synapse_minion():
     class NoPasswords(Master):
         def __call__(self, tgt, fun, **kwargs):

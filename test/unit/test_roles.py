@@ -238,7 +238,7 @@ def test_ext_pillar_serves_each_shared_secret_to_exactly_its_two_roles(tmp_path)
         ("proxy", ["proxy"]),
         ("mas-synapse", ["mas", "synapse"]),
     ):
-        on[name] = ext.ext_pillar(name, minion(roles, database={"manage": True}), store=store)
+        on[name] = ext.serve(minion(roles, database={"manage": True}), store=store)
     shared = on["mas"]["mas"]["secrets"]["homeserver_secret"]
     password = on["mas"]["mas"]["database"]["password"]
     assert len(shared) == 64 and len(password) == 64 and shared != password
@@ -255,36 +255,56 @@ def test_ext_pillar_serves_each_shared_secret_to_exactly_its_two_roles(tmp_path)
         assert (directory / name).read_text() == value
         assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600
     # generated once: every later compilation serves the same values
-    assert ext.ext_pillar("synapse", minion(["synapse"]), store=store) == on["synapse"]
+    assert ext.serve(minion(["synapse"]), store=store) == on["synapse"]
+
+
+def test_ext_pillar_decides_on_the_pillar_tree_never_on_what_a_request_adds(tmp_path, monkeypatch):
+    """Salt merges a request's pillar_override into the pillar an ext_pillar is handed: the proxy asking with
+    ``mas:roles: [mas]`` gets nothing; what the master's own pillar tree gives it (``own_pillar``) decides. The real
+    recompilation runs against a real master in test_several_hosts."""
+    ext = load_ext_pillar([])
+    store = str(tmp_path / "store")
+    asked = minion(["mas"], database={"manage": True})
+    tree = {"proxy": minion(["proxy"]), "synapse": minion(["synapse"])}
+    monkeypatch.setattr(ext, "own_pillar", tree.get)
+    assert ext.ext_pillar("proxy", asked, store=store) == {}
+    served = ext.ext_pillar("synapse", asked, store=store)
+    assert list(served["mas"]) == ["secrets"]  # the Synapse minion's secret, not MAS's database password
+
+
+def test_own_pillar_fails_closed(caplog):
+    ext = load_ext_pillar([])  # a master configuration Salt's pillar cannot compile with
+    assert ext.own_pillar("synapse") == {}
+    assert "the pillar of synapse did not compile without the request's overrides" in caplog.text
 
 
 def test_ext_pillar_leaves_alone_what_it_should(tmp_path):
     ext = load_ext_pillar([])
     store = str(tmp_path / "store")
-    assert ext.ext_pillar("one-host", minion(["mas", "synapse", "database", "proxy"]), store=store) == {}
-    assert ext.ext_pillar("default", minion(None), store=store) == {}  # no roles: one host
-    assert ext.ext_pillar("off", {"mas": {"enabled": False, "server_name": "example.com", "roles": ["mas"]}}) == {}
-    assert ext.ext_pillar("bad", minion(["mas", "web"]), store=store) == {}
-    assert ext.ext_pillar("no-name", {"mas": {"enabled": True, "roles": ["mas"]}}, store=store) == {}
-    assert ext.ext_pillar("other", {"nginx": {}}, store=store) == {}
+    assert ext.serve(minion(["mas", "synapse", "database", "proxy"]), store=store) == {}
+    assert ext.serve(minion(None), store=store) == {}  # no roles: one host
+    assert ext.serve({"mas": {"enabled": False, "server_name": "example.com", "roles": ["mas"]}}) == {}
+    assert ext.serve(minion(["mas", "web"]), store=store) == {}
+    assert ext.serve({"mas": {"enabled": True, "roles": ["mas"]}}, store=store) == {}
+    assert ext.serve({"nginx": {}}, store=store) == {}
     # a secret pillar gives is not generated, nor served again
     given = minion(["synapse"], secrets={"homeserver_secret": SHARED})
-    assert ext.ext_pillar("synapse", given, store=store) == {}
+    assert ext.serve(given, store=store) == {}
     # the database password only with mas:database:manage
-    assert ext.ext_pillar("database", minion(["database"]), store=store) == {}
+    assert ext.serve(minion(["database"]), store=store) == {}
     assert not os.path.exists(store)
 
 
 def test_ext_pillar_refuses_a_store_every_minion_may_fetch(tmp_path):
     ext = load_ext_pillar([tmp_path / "salt"])
     with pytest.raises(CommandExecutionError, match="overlaps the file root"):
-        ext.ext_pillar("synapse", minion(["synapse"]), store=str(tmp_path / "salt" / "mas-secrets"))
+        ext.serve(minion(["synapse"]), store=str(tmp_path / "salt" / "mas-secrets"))
     with pytest.raises(CommandExecutionError, match="store must be an absolute"):
-        ext.ext_pillar("synapse", minion(["synapse"]), store="relative/dir")
+        ext.serve(minion(["synapse"]), store="relative/dir")
     (tmp_path / "open").mkdir(mode=0o755)
     os.chmod(tmp_path / "open", 0o755)  # noqa: S103 -- the open store the ext_pillar must refuse
     with pytest.raises(CommandExecutionError, match="mode 0700"):
-        ext.ext_pillar("synapse", minion(["synapse"]), store=str(tmp_path / "open"))
+        ext.serve(minion(["synapse"]), store=str(tmp_path / "open"))
 
 
 def test_ext_pillar_generates_once_even_when_minions_compile_at_once(tmp_path):
@@ -296,7 +316,7 @@ def test_ext_pillar_generates_once_even_when_minions_compile_at_once(tmp_path):
         threads.append(
             threading.Thread(
                 target=lambda roles=roles: values.append(
-                    ext.ext_pillar("m", minion(roles), store=store)["mas"]["secrets"]["homeserver_secret"]
+                    ext.serve(minion(roles), store=store)["mas"]["secrets"]["homeserver_secret"]
                 )
             )
         )
