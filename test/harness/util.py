@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -137,11 +138,39 @@ def require_binary(name: str, candidates: Iterable[str] = ()) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+#: Ports :func:`free_port` handed out in this process (never twice: the first may not be bound yet).
+_HANDED_OUT: set[int] = set()
+#: Where :func:`free_port` looks: below the kernel's ephemeral range (32768-60999, the ports of outgoing connections
+#: and of ``bind(0)``), one band per pytest-xdist worker, so that two workers never pick the same port.
+PORT_BANDS = 6000
+PORT_BASE = 8000
+
+
+def _band() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = PORT_BASE + (index % 4) * PORT_BANDS
+    return range(start, start + PORT_BANDS)
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port that is currently free on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port free on ``host`` now and not handed out before by this process: from this worker's band of ports
+    (:func:`_band`), where neither the other worker nor an outgoing connection takes one between this call and the
+    moment the test's server binds it."""
+    band = _band()
+    start = random.randrange(len(band))
+    for offset in range(len(band)):
+        port = band[(start + offset) % len(band)]
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {band} on {host}")
 
 
 def wait_for_http(
