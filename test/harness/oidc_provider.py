@@ -15,6 +15,7 @@ and JWKS endpoints. Its certificate comes from a :class:`harness.testca.TestCA`
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -31,16 +32,20 @@ PACKAGE_DIR = Path(__file__).resolve().parent / "oidc_provider"
 
 
 def ensure_installed() -> Path:
-    """``npm ci`` in :data:`PACKAGE_DIR` unless ``node_modules`` matches ``package-lock.json``; returns ``node``."""
+    """``npm ci`` in :data:`PACKAGE_DIR` unless ``node_modules`` matches ``package-lock.json``; returns ``node``.
+    One process at a time (an exclusive lock on ``node_modules.lock``): two pytest-xdist workers starting a provider
+    at once would otherwise unpack into one ``node_modules`` together."""
     node = require_binary("node")
     npm = require_binary("npm")
     lock = PACKAGE_DIR / "package-lock.json"
     installed = PACKAGE_DIR / "node_modules" / ".package-lock.json"
     stamp = PACKAGE_DIR / "node_modules" / ".mas-formula-lock"
-    if not (installed.is_file() and stamp.is_file() and stamp.read_text() == lock.read_text()):
-        shutil.rmtree(PACKAGE_DIR / "node_modules", ignore_errors=True)
-        run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PACKAGE_DIR)
-        stamp.write_text(lock.read_text())
+    with (PACKAGE_DIR / "node_modules.lock").open("a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not (installed.is_file() and stamp.is_file() and stamp.read_text() == lock.read_text()):
+            shutil.rmtree(PACKAGE_DIR / "node_modules", ignore_errors=True)
+            run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=PACKAGE_DIR)
+            stamp.write_text(lock.read_text())
     return Path(node)
 
 
