@@ -175,24 +175,36 @@ def ext_pillar(minion_id, pillar, store=DEFAULT_STORE):  # pylint: disable=unuse
           - mas_secrets:
               store: /srv/pillar/mas-secrets
     """
+    if not _wanted(pillar):  # the minions of no split deployment (most of a fleet): no second compilation
+        return {}
     return serve(own_pillar(minion_id), store)
+
+
+def _wanted(pillar):
+    """``(server_name, [(pillar path, file name)])`` of the shared secrets ``pillar`` says its minion needs and does
+    not give, or None."""
+    if _value(pillar, ("enabled",)) is not True:
+        return None
+    held = _value(pillar, ("roles",), list(roles.ROLES))
+    if not isinstance(held, list) or not held or not all(isinstance(r, str) and r in roles.ROLES for r in held):
+        return None  # the minion's own validation names what is wrong with mas:roles
+    flags = roles.held(held)
+    server_name = _value(pillar, ("server_name",))
+    if all(flags.values()) or not grammar.is_dns_name(server_name):
+        return None
+    data = {"database": {"manage": _value(pillar, ("database", "manage"), False)}}
+    files = [(path, name) for path, name in FILES.items() if roles.needs(flags, path, data)]
+    files = [(path, name) for path, name in files if not grammar.is_set(_value(pillar, path))]
+    return (server_name.lower(), files) if files else None
 
 
 def serve(pillar, store=DEFAULT_STORE):
     """The shared secrets a minion whose pillar tree gives ``pillar`` is served (see :func:`ext_pillar`)."""
-    if _value(pillar, ("enabled",)) is not True:
+    wanted = _wanted(pillar)
+    if wanted is None:
         return {}
-    held = _value(pillar, ("roles",), list(roles.ROLES))
-    if not isinstance(held, list) or not held or not all(isinstance(r, str) and r in roles.ROLES for r in held):
-        return {}  # the minion's own validation names what is wrong with mas:roles
-    flags = roles.held(held)
-    server_name = _value(pillar, ("server_name",))
-    if all(flags.values()) or not grammar.is_dns_name(server_name):
-        return {}
-    data = {"database": {"manage": _value(pillar, ("database", "manage"), False)}}
+    server_name, files = wanted
     served = {}
-    for path, name in FILES.items():
-        if roles.needs(flags, path, data) and not grammar.is_set(_value(pillar, path)):
-            value = shared_secret(_store(store), server_name.lower(), name)
-            served.setdefault(path[0], {})[path[1]] = value
-    return {grammar.PILLAR_ROOT: served} if served else {}
+    for path, name in files:
+        served.setdefault(path[0], {})[path[1]] = shared_secret(_store(store), server_name, name)
+    return {grammar.PILLAR_ROOT: served}

@@ -266,10 +266,15 @@ def test_ext_pillar_decides_on_the_pillar_tree_never_on_what_a_request_adds(tmp_
     store = str(tmp_path / "store")
     asked = minion(["mas"], database={"manage": True})
     tree = {"proxy": minion(["proxy"]), "synapse": minion(["synapse"])}
-    monkeypatch.setattr(ext, "own_pillar", tree.get)
+    compiled = []
+    monkeypatch.setattr(ext, "own_pillar", lambda minion_id: compiled.append(minion_id) or tree.get(minion_id))
     assert ext.ext_pillar("proxy", asked, store=store) == {}
     served = ext.ext_pillar("synapse", asked, store=store)
     assert list(served["mas"]) == ["secrets"]  # the Synapse minion's secret, not MAS's database password
+    # a minion of no split deployment (most of a fleet) costs no second compilation
+    assert ext.ext_pillar("web", {"nginx": {}}, store=store) == {}
+    assert ext.ext_pillar("one-host", minion(["mas", "synapse", "database", "proxy"]), store=store) == {}
+    assert compiled == ["proxy", "synapse"]
 
 
 def test_own_pillar_fails_closed(caplog):
