@@ -361,6 +361,11 @@ def check(host, ctx):
     args = argv(mas, opts, ctx["files"], "check")
     run = run_cli(host, mas, args, opts, ctx["files"], ctx["secrets"])
     ok, errors, warnings, comment = syn2mas_output.merge_check(pre, run, opts["accept_warnings"], phase)
+    return cli_result(ok, phase, comment, run, args, ctx["secrets"], errors, warnings, **extra)
+
+
+def cli_result(ok, phase, comment, run, args, secrets, errors, warnings, **extra):
+    """:func:`result` of a ``mas-cli syn2mas`` run: its exit code, summary and command line (secrets hidden)."""
     return result(
         ok,
         phase,
@@ -369,7 +374,7 @@ def check(host, ctx):
         errors=errors,
         warnings=warnings,
         summary=run["summary"],
-        command=syn2mas_output.displayed(args, ctx["secrets"]),
+        command=syn2mas_output.displayed(args, secrets),
         **extra,
     )
 
@@ -411,17 +416,8 @@ def dry_run(host, ctx):
     comment = "syn2mas dry run completed (phase unchanged)"
     if not ok:
         comment = f"syn2mas dry run failed ({syn2mas_output.ended_as(run['exit_code'])})"
-    return result(
-        ok and not errors,
-        phase,
-        comment,
-        exit_code=run["exit_code"],
-        errors=errors,
-        warnings=warnings,
-        summary=run["summary"],
-        counts=pre["counts"],
-        dry_run=True,
-        command=syn2mas_output.displayed(args, secrets),
+    return cli_result(
+        ok and not errors, phase, comment, run, args, secrets, errors, warnings, counts=pre["counts"], dry_run=True
     )
 
 
