@@ -143,7 +143,13 @@ def own_pillar(minion_id):
         )
         compiled = compiler.compile_pillar(ext=False)
     except Exception as exc:  # pylint: disable=broad-except  # whatever it is, nothing is served
-        log.error("mas_secrets: the pillar of %s did not compile without the request's overrides: %s", minion_id, exc)
+        # the exception's class only: a render error may quote the pillar file, secrets and all
+        log.error(
+            "mas_secrets: the pillar of %s did not compile without the request's overrides (%s); no shared secret"
+            " served",
+            minion_id,
+            type(exc).__name__,
+        )
         return {}
     finally:
         if compiler is not None:
